@@ -1,0 +1,361 @@
+"""The engine model: vLLM's iteration-level continuous batching, one replica.
+
+``EngineCore`` is a plain object with no SimPy in it: ``plan(t)`` decides the
+next iteration(s) starting at engine time ``t`` and returns their end times;
+``commit(n)`` applies the first ``n`` of them. The SimPy replica process
+(:mod:`sim.replica`) yields a timeout per plan; the micro-batch worker calls
+:meth:`EngineCore.run_to_completion` directly.
+
+Scheduling follows vLLM's v1 scheduler, thinking in tokens rather than
+phases: every running request has computed tokens catching up to its target
+under a per-step token budget.
+
+- Running pass first: each decoding sequence gets 1 token, then prefilling
+  sequences (in running order) get chunks from what is left of
+  ``max_num_batched_tokens``. If the KV blocks they need are not free, the
+  most recently admitted running request is preempted (recompute: its blocks
+  are freed and it goes back to the front of the waiting queue to recompute
+  prompt + generated tokens), until the rest fits.
+- Waiting pass, only if nothing was preempted: admit from the head of the
+  waiting queue while ``max_num_seqs``, the token budget and free KV blocks
+  allow. With chunked prefill the first chunk may be partial.
+- A sequence whose prefill completes samples its first token in that step
+  (TTFT is that step's end); each decode step adds one token.
+
+Decoding sequences are not touched one by one per step. They share an
+aggregate: their count ``D``, the sum of their computed tokens, and a
+histogram of ``(computed - decode_step_counter) mod block_size`` that says
+how many of them need a new KV block at any future step. Completion times
+are known on entering decode and kept in a heap. So when nothing can change
+the batch (no prefill in flight, nothing admissible waiting), ``plan`` fast-
+forwards up to the next completion or KV shortage in one call, and the step
+end times it returns are bit-identical to running those steps one by one.
+
+NOTE: ``max_num_batched_tokens >= max_num_seqs`` (checked in EngineConfig)
+guarantees every decode fits the token budget; prefilling requests are always
+behind all decoding ones in running order, so "decodes first" equals vLLM's
+single ordered pass.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+import numpy as np
+
+from costmodel.base import CostModel
+from costmodel.batch import StepBatch, chunk_attn_tokens
+from sim.config import EngineConfig
+from sim.request import SimRequest
+
+_NO_LIMIT = 1 << 62
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class EngineCore:
+    """Continuous-batching state of one replica; see the module docstring."""
+
+    def __init__(self, *, config: EngineConfig, cost: CostModel, num_blocks: int) -> None:
+        if num_blocks <= 0:
+            raise ValueError(f"num_blocks must be positive, got {num_blocks}")
+        self.cfg = config
+        self.cost = cost
+        self.bs = config.block_size
+        self.max_seqs = config.max_num_seqs
+        self.max_tokens = config.max_num_batched_tokens
+        self.chunked = config.chunked_prefill
+        self.fast_forward = config.fast_forward
+        self.total_blocks = num_blocks
+        self.used_blocks = 0
+
+        self.waiting: deque[SimRequest] = deque()
+        self.running: dict[int, SimRequest] = {}  # order -> request, admission order
+        self.prefilling: list[SimRequest] = []  # running requests still prefilling, in running order
+        self._next_order = 0
+
+        # decode aggregate
+        self.g = 0  # decode steps executed so far
+        self.num_decode = 0
+        self.decode_ctx = 0  # sum of computed tokens over decoding sequences
+        self._hist = [0] * self.bs
+        self._finish: list[tuple[int, int, int, SimRequest]] = []  # (finish_g, order, epoch, req)
+
+        # the plan awaiting commit
+        self._ends: np.ndarray | list[float] = []
+        self._plan_start = 0.0
+        self._plan_chunks: list[int] | None = None  # None: a pure-decode run
+        self._plan_decode_blocks = 0
+
+        # counters for reports
+        self.busy_s = 0.0
+        self.steps = 0
+        self.preemptions = 0
+
+    # ------------------------------------------------------------------ queries
+    def fits(self, req: SimRequest) -> bool:
+        """Whether the whole sequence could ever hold its KV on this engine."""
+        return _cdiv(req.input_tokens + req.output_tokens, self.bs) <= self.total_blocks
+
+    def has_work(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+    @property
+    def free_blocks(self) -> int:
+        return self.total_blocks - self.used_blocks
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def decode_blocks_held(self) -> int:
+        """KV blocks held by decoding sequences, recomputed from scratch (for invariant checks)."""
+        g, bs = self.g, self.bs
+        return sum(_cdiv(r.c0 + g - r.g0, bs) for r in self.running.values() if r.finish_g >= 0)
+
+    # ------------------------------------------------------------------ intake
+    def add(self, req: SimRequest) -> None:
+        """Queue a request at the back of the waiting queue (FCFS)."""
+        req.prefill_target = req.input_tokens + req.generated
+        req.finish_g = -1
+        self.waiting.append(req)
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, t: float) -> np.ndarray | list[float]:
+        """Plan the next iteration(s) from engine time ``t``; return their end times.
+
+        More than one end time is returned only for a fast-forwarded run of
+        pure-decode steps; the caller may commit any prefix of it.
+        """
+        if not self.running and not self.waiting:
+            raise RuntimeError("plan() called on an idle engine")
+        self._plan_start = t
+        if self.fast_forward and not self.prefilling and self.num_decode and self._waiting_blocked():
+            k = self._stable_steps()
+            if k > 0:
+                durations = self.cost.decode_run_times(self.num_decode, self.decode_ctx + self.num_decode, k)
+                ends = np.cumsum(np.concatenate(([t], durations)))[1:]
+                self._plan_chunks = None
+                self._ends = ends
+                return ends
+        return self._plan_step(t)
+
+    def _waiting_blocked(self) -> bool:
+        """True when the waiting pass would admit nothing now nor at any step before the next completion."""
+        if not self.waiting or len(self.running) >= self.max_seqs:
+            return True
+        head = self.waiting[0]
+        remaining = head.prefill_target - head.computed
+        budget = self.max_tokens - self.num_decode
+        if remaining > budget and not self.chunked:
+            return True
+        chunk = min(remaining, budget)
+        free_after_decodes = self.free_blocks - self._hist[-self.g % self.bs]
+        return _cdiv(head.computed + chunk, self.bs) > free_after_decodes
+
+    def _stable_steps(self) -> int:
+        """Steps that can run as pure decode before a completion or a KV shortage (0 = a shortage now)."""
+        heap = self._finish
+        while heap[0][2] != heap[0][3].epoch:  # drop entries of preempted requests
+            heapq.heappop(heap)
+        k_fin = heap[0][0] - self.g
+        free, d, bs, hist, g = self.free_blocks, self.num_decode, self.bs, self._hist, self.g
+        full_cycles = free // d  # every block_size steps each decode takes exactly one block
+        k = full_cycles * bs
+        if k >= k_fin:
+            return k_fin
+        left = free - full_cycles * d
+        while k < k_fin:
+            need = hist[-(g + k) % bs]
+            if need > left:
+                return k
+            left -= need
+            k += 1
+        return k_fin
+
+    def _plan_step(self, t: float) -> list[float]:
+        """Plan one general iteration (prefill chunks, admissions, preemption)."""
+        bs = self.bs
+        preempted = False
+        while True:
+            dec_blocks = self._hist[-self.g % bs] if self.num_decode else 0
+            budget = self.max_tokens - self.num_decode
+            need = dec_blocks
+            chunks: list[int] = []
+            for r in self.prefilling:
+                n = min(r.prefill_target - r.computed, budget)
+                if n > 0:
+                    budget -= n
+                    need += _cdiv(r.computed + n, bs) - r.blocks
+                    chunks.append(n)
+                else:
+                    chunks.append(0)
+            if need <= self.free_blocks:
+                break
+            self._preempt_last()
+            preempted = True
+        if not preempted:
+            free = self.free_blocks - need
+            waiting = self.waiting
+            while waiting and len(self.running) < self.max_seqs and budget > 0:
+                r = waiting[0]
+                remaining = r.prefill_target - r.computed
+                if remaining > budget and not self.chunked:
+                    break
+                n = min(remaining, budget)
+                nb = _cdiv(r.computed + n, bs) - r.blocks
+                if nb > free:
+                    break
+                waiting.popleft()
+                free -= nb
+                budget -= n
+                r.order = self._next_order
+                self._next_order += 1
+                self.running[r.order] = r
+                self.prefilling.append(r)
+                chunks.append(n)
+                if r.scheduled_s < 0:
+                    r.scheduled_s = t
+        prefill_tokens = 0
+        prefill_seqs = 0
+        attn = 0.0
+        for r, n in zip(self.prefilling, chunks):
+            if n:
+                prefill_tokens += n
+                prefill_seqs += 1
+                attn += chunk_attn_tokens(r.computed, n)
+        if prefill_tokens == 0 and self.num_decode == 0:
+            raise RuntimeError(
+                f"engine stalled: {len(self.waiting)} waiting, none admissible with "
+                f"{self.free_blocks}/{self.total_blocks} free KV blocks"
+            )
+        batch = StepBatch(
+            prefill_tokens=prefill_tokens,
+            prefill_seqs=prefill_seqs,
+            prefill_attn_tokens=attn,
+            decode_seqs=self.num_decode,
+            decode_ctx_tokens=self.decode_ctx + self.num_decode,
+        )
+        self._plan_chunks = chunks
+        self._plan_decode_blocks = dec_blocks
+        self._ends = [t + self.cost.step_time(batch)]
+        return self._ends
+
+    # ------------------------------------------------------------------ commit
+    def commit(self, n: int) -> list[tuple[SimRequest, float]]:
+        """Apply the first ``n`` planned steps; return (request, finish time) for those that completed."""
+        ends = self._ends
+        if not 1 <= n <= len(ends):
+            raise ValueError(f"commit({n}) outside the planned {len(ends)} steps")
+        end = float(ends[n - 1])
+        self.busy_s += end - self._plan_start
+        self.steps += n
+        finished: list[tuple[SimRequest, float]] = []
+        if self._plan_chunks is None:
+            self._advance_decodes(n, end, finished)
+        else:
+            if self.num_decode:
+                self.used_blocks += self._plan_decode_blocks
+                self._advance_decodes_counters(1)
+                self._pop_finished(end, finished)
+            self._advance_prefills(self._plan_chunks, end, finished)
+        self._ends = []
+        return finished
+
+    def _advance_decodes(self, n: int, end: float, finished: list) -> None:
+        bs, hist, g, d = self.bs, self._hist, self.g, self.num_decode
+        cycles, rest = divmod(n, bs)
+        new_blocks = cycles * d
+        for j in range(rest):
+            new_blocks += hist[-(g + j) % bs]
+        self.used_blocks += new_blocks
+        self._advance_decodes_counters(n)
+        self._pop_finished(end, finished)
+
+    def _advance_decodes_counters(self, n: int) -> None:
+        self.g += n
+        self.decode_ctx += n * self.num_decode
+
+    def _pop_finished(self, end: float, finished: list) -> None:
+        heap, g = self._finish, self.g
+        while heap and heap[0][0] <= g:
+            fg, _, epoch, r = heapq.heappop(heap)
+            if epoch != r.epoch:
+                continue
+            c = r.c0 + g - r.g0
+            self.used_blocks -= _cdiv(c, self.bs)
+            self.num_decode -= 1
+            self.decode_ctx -= c
+            self._hist[(r.c0 - r.g0) % self.bs] -= 1
+            r.generated = r.output_tokens
+            del self.running[r.order]
+            finished.append((r, end))
+
+    def _advance_prefills(self, chunks: list[int], end: float, finished: list) -> None:
+        bs = self.bs
+        still: list[SimRequest] = []
+        for r, n in zip(self.prefilling, chunks):
+            if n == 0:
+                still.append(r)
+                continue
+            r.computed += n
+            blocks = _cdiv(r.computed, bs)
+            self.used_blocks += blocks - r.blocks
+            r.blocks = blocks
+            if r.computed < r.prefill_target:
+                still.append(r)
+                continue
+            if r.first_token_s < 0:
+                r.first_token_s = end
+            r.generated += 1
+            if r.generated >= r.output_tokens:
+                self.used_blocks -= r.blocks
+                r.blocks = 0
+                del self.running[r.order]
+                finished.append((r, end))
+                continue
+            # enter decode
+            r.c0 = r.computed
+            r.g0 = self.g
+            r.gen0 = r.generated
+            r.finish_g = self.g + (r.output_tokens - r.generated)
+            self._hist[(r.c0 - r.g0) % bs] += 1
+            self.num_decode += 1
+            self.decode_ctx += r.c0
+            r.blocks = 0  # decode blocks are derived from the aggregate
+            heapq.heappush(self._finish, (r.finish_g, r.order, r.epoch, r))
+        self.prefilling = still
+
+    def _preempt_last(self) -> None:
+        """Preempt (recompute) the most recently admitted running request."""
+        order, r = self.running.popitem()
+        if r.finish_g < 0:  # still prefilling
+            self.prefilling.remove(r)
+            self.used_blocks -= r.blocks
+        else:
+            c = r.c0 + self.g - r.g0
+            self.used_blocks -= _cdiv(c, self.bs)
+            self.num_decode -= 1
+            self.decode_ctx -= c
+            self._hist[(r.c0 - r.g0) % self.bs] -= 1
+            r.generated = r.gen0 + self.g - r.g0
+            r.epoch += 1
+        r.computed = 0
+        r.blocks = 0
+        r.preemptions += 1
+        self.preemptions += 1
+        self.add(r)
+        self.waiting.rotate(1)  # add() appended; vLLM puts preempted requests at the front
+
+    # ------------------------------------------------------------------ batch mode
+    def run_to_completion(self, t: float) -> tuple[float, list[tuple[SimRequest, float]]]:
+        """Run until every queued request finishes (one blocking ``generate()`` call)."""
+        finished: list[tuple[SimRequest, float]] = []
+        while self.has_work():
+            ends = self.plan(t)
+            finished.extend(self.commit(len(ends)))
+            t = float(ends[-1])
+        return t, finished

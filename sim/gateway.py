@@ -1,0 +1,67 @@
+"""The gateway: admission queue (a policy) in front of the replicas.
+
+Continuous replicas are pushed work by a router, at arrival or, with a
+per-replica cap on requests in flight, whenever a slot frees. Micro-batch
+workers pull work themselves with :meth:`Gateway.take`.
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from sim.policies import Policy
+from sim.request import SimRequest
+
+
+class Gateway:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        policy: Policy,
+        *,
+        router=None,
+        max_outstanding: int | None = None,
+    ) -> None:
+        self.env = env
+        self.policy = policy
+        self.router = router
+        self.cap = max_outstanding
+        self.replicas: list = []  # continuous replicas (push); empty for micro-batch workers (pull)
+        self._work: simpy.Event | None = None
+
+    # ---- arrivals and completions
+    def submit(self, req: SimRequest) -> None:
+        now = self.env.now
+        self.policy.push(req, now)
+        if self.replicas:
+            self._dispatch(now)
+        elif self._work is not None:
+            work, self._work = self._work, None
+            work.succeed()
+
+    def finished(self, req: SimRequest, t: float) -> None:
+        self.policy.on_finish(req, t)
+        if self.replicas and self.cap is not None:
+            self._dispatch(t)
+
+    # ---- push side
+    def _dispatch(self, now: float) -> None:
+        policy, replicas, cap = self.policy, self.replicas, self.cap
+        while len(policy):
+            replica = self.router.pick(replicas, cap)
+            if replica is None:
+                return
+            replica.submit(policy.pop(now))
+
+    # ---- pull side
+    def has_waiting(self) -> bool:
+        return len(self.policy) > 0
+
+    def take(self, now: float, worker: int) -> SimRequest:
+        return self.policy.pop(now)
+
+    def work_event(self) -> simpy.Event:
+        """An event that fires on the next submission (shared by idle workers)."""
+        if self._work is None:
+            self._work = self.env.event()
+        return self._work

@@ -1,0 +1,133 @@
+"""SimPy processes that drive engines in simulated time.
+
+``ContinuousReplica`` is one vLLM-like server: it yields one timeout per
+plan of its :class:`~sim.engine.EngineCore` and is interrupted when new work
+arrives during a fast-forwarded run, so the step in progress finishes and the
+newcomer joins the next one, exactly as in step-by-step execution.
+
+``MicroBatchWorker`` is DriftSched's worker: it pulls a micro-batch from the
+gateway in policy order and runs it as one blocking ``generate()`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import simpy
+from simpy.core import URGENT
+from simpy.events import Event
+
+from sim.engine import EngineCore
+from sim.request import SimRequest
+
+FinishCallback = Callable[[SimRequest, float, int], None]
+
+
+def urgent_timeout(env: simpy.Environment, delay: float) -> Event:
+    """A timeout processed before ordinary events at the same instant.
+
+    Arrivals use it so that a request arriving exactly when a step ends is
+    seen by the next step, in step-by-step and fast-forwarded runs alike.
+    """
+    ev = Event(env)
+    ev._ok = True
+    ev._value = None
+    env.schedule(ev, URGENT, delay)
+    return ev
+
+
+class ContinuousReplica:
+    """One engine replica with continuous batching."""
+
+    def __init__(self, env: simpy.Environment, core: EngineCore, index: int, on_finish: FinishCallback) -> None:
+        self.env = env
+        self.core = core
+        self.index = index
+        self.on_finish = on_finish
+        self.outstanding = 0  # dispatched and not finished
+        self._idle: Event | None = None
+        self._interruptible = False
+        self.proc = env.process(self._run())
+
+    def submit(self, req: SimRequest) -> None:
+        self.outstanding += 1
+        self.core.add(req)
+        if self._idle is not None:
+            idle, self._idle = self._idle, None
+            idle.succeed()
+        elif self._interruptible:
+            self._interruptible = False
+            self.proc.interrupt()
+
+    def _run(self):
+        env, core = self.env, self.core
+        clock = 0.0
+        while True:
+            if not core.has_work():
+                self._idle = env.event()
+                yield self._idle
+                clock = env.now
+            ends = core.plan(clock)
+            n = len(ends)
+            if n > 1:
+                self._interruptible = True
+                try:
+                    yield env.timeout(max(0.0, ends[-1] - env.now))
+                except simpy.Interrupt:
+                    # the step in progress (first end >= now) still completes
+                    n = int(np.searchsorted(ends, env.now, side="left")) + 1
+                    yield env.timeout(max(0.0, ends[n - 1] - env.now))
+                self._interruptible = False
+            else:
+                yield env.timeout(max(0.0, ends[0] - env.now))
+            clock = float(ends[n - 1])
+            for req, t in core.commit(n):
+                self.outstanding -= 1
+                self.on_finish(req, t, self.index)
+
+
+class MicroBatchWorker:
+    """DriftSched's worker: batch in scheduler order, then one blocking generate().
+
+    It stops picking at ``batch_size`` requests, or when ``batch_wait_s`` has
+    passed since the first pick and the queue is empty, re-checking an empty
+    queue every ``batch_poll_s``. Every request of a batch completes when the
+    batch does.
+    """
+
+    def __init__(self, env: simpy.Environment, core: EngineCore, index: int, gateway, on_finish: FinishCallback) -> None:
+        self.env = env
+        self.core = core
+        self.index = index
+        self.gateway = gateway
+        self.on_finish = on_finish
+        self.outstanding = 0
+        self.batches = 0
+        self.proc = env.process(self._run())
+
+    def _run(self):
+        env, cfg, gw = self.env, self.core.cfg, self.gateway
+        while True:
+            while not gw.has_waiting():
+                yield gw.work_event()
+            first_pick = env.now
+            batch = [gw.take(env.now, self.index)]
+            while len(batch) < cfg.batch_size:
+                if gw.has_waiting():
+                    batch.append(gw.take(env.now, self.index))
+                elif env.now - first_pick >= cfg.batch_wait_s:
+                    break
+                else:
+                    yield env.timeout(cfg.batch_poll_s)
+            start = env.now
+            for req in batch:
+                req.scheduled_s = start  # DriftSched's queue wait ends when the batch starts
+                self.core.add(req)
+            self.outstanding = len(batch)
+            end, _ = self.core.run_to_completion(start)
+            self.batches += 1
+            yield env.timeout(max(0.0, end - env.now))
+            self.outstanding = 0
+            for req in batch:
+                self.on_finish(req, end, self.index)

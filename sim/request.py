@@ -1,0 +1,74 @@
+"""A live request inside the simulator: the trace row plus mutable engine state.
+
+Only requests in flight exist as objects; results live in columnar arrays
+(:mod:`sim.results`), so memory does not grow with finished requests.
+"""
+
+from __future__ import annotations
+
+
+class SimRequest:
+    """One request. Attribute names match :class:`sim.policies.Queued`."""
+
+    __slots__ = (
+        # from the trace (fixed)
+        "idx",  # row index into the trace / result columns
+        "request_id",
+        "arrival_s",  # s
+        "tenant",
+        "priority",  # lower is more urgent
+        "input_tokens",
+        "output_tokens",  # tokens the engine will generate (after max_tokens / max_model_len caps)
+        "est_tokens",  # estimated total budget, tokens (for SJF and friends)
+        "slo_e2e_s",
+        # engine state
+        "computed",  # tokens whose KV is computed (prefill progress)
+        "generated",  # output tokens produced so far
+        "blocks",  # KV blocks held while prefilling
+        "prefill_target",  # tokens to compute before the next token is sampled
+        "g0",  # engine decode-step counter when this request entered decode
+        "c0",  # computed tokens when it entered decode
+        "gen0",  # generated tokens when it entered decode
+        "finish_g",  # decode-step counter value at which it completes
+        "epoch",  # bumped on preemption, invalidates stale heap entries
+        "order",  # position in the engine's running order (admission sequence)
+        "first_token_s",
+        "scheduled_s",  # first time the engine scheduled it, s
+        "preemptions",
+    )
+
+    def __init__(
+        self,
+        *,
+        idx: int,
+        request_id: int,
+        arrival_s: float,
+        tenant: str,
+        priority: int,
+        input_tokens: int,
+        output_tokens: int,
+        est_tokens: int,
+        slo_e2e_s: float | None = None,
+    ) -> None:
+        self.idx = idx
+        self.request_id = request_id
+        self.arrival_s = arrival_s
+        self.tenant = tenant
+        self.priority = priority
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.est_tokens = est_tokens
+        self.slo_e2e_s = slo_e2e_s
+        self.computed = 0
+        self.generated = 0
+        self.blocks = 0
+        self.prefill_target = input_tokens
+        self.g0 = self.c0 = self.gen0 = self.finish_g = 0
+        self.epoch = 0
+        self.order = 0
+        self.first_token_s = -1.0
+        self.scheduled_s = -1.0
+        self.preemptions = 0
+
+    def __repr__(self) -> str:
+        return f"SimRequest(id={self.request_id}, tenant={self.tenant!r}, in={self.input_tokens}, out={self.output_tokens})"

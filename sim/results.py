@@ -1,0 +1,90 @@
+"""Per-request results, recorded into columns as requests finish.
+
+Nothing is kept per request but a few numbers in preallocated arrays, so a
+run's memory does not depend on how many requests have finished. The final
+table is one flat polars DataFrame, one row per trace request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from sim.request import SimRequest
+
+STATUS_PENDING, STATUS_OK, STATUS_REJECTED, STATUS_UNFINISHED = 0, 1, 2, 3
+_STATUS_NAMES = ["pending", "ok", "rejected", "unfinished"]
+
+
+class ResultRecorder:
+    """Columnar store for the outcome of every request in a trace."""
+
+    def __init__(self, n: int) -> None:
+        self.status = np.zeros(n, dtype=np.int8)
+        self.replica = np.full(n, -1, dtype=np.int32)
+        self.scheduled_s = np.full(n, np.nan)
+        self.first_token_s = np.full(n, np.nan)
+        self.finish_s = np.full(n, np.nan)
+        self.generated = np.zeros(n, dtype=np.int64)
+        self.preemptions = np.zeros(n, dtype=np.int32)
+        self.length_capped = np.zeros(n, dtype=bool)
+        self.reasons: dict[int, str] = {}
+
+    def finish(self, req: SimRequest, t: float, replica: int) -> None:
+        i = req.idx
+        self.status[i] = STATUS_OK
+        self.replica[i] = replica
+        self.scheduled_s[i] = req.scheduled_s
+        self.first_token_s[i] = req.first_token_s
+        self.finish_s[i] = t
+        self.generated[i] = req.generated
+        self.preemptions[i] = req.preemptions
+
+    def reject(self, idx: int, reason: str) -> None:
+        self.status[idx] = STATUS_REJECTED
+        self.reasons[idx] = reason
+
+    def mark_unfinished(self) -> int:
+        """Label requests still in flight when the run stopped; return how many."""
+        pending = self.status == STATUS_PENDING
+        self.status[pending] = STATUS_UNFINISHED
+        for i in np.flatnonzero(pending):
+            self.reasons[int(i)] = "unfinished at the simulation horizon"
+        return int(pending.sum())
+
+    def to_frame(self, trace: pl.DataFrame) -> pl.DataFrame:
+        """Join the recorded columns onto the trace rows, with derived latencies (seconds)."""
+        n = trace.height
+        reason = [None] * n
+        for i, r in self.reasons.items():
+            reason[i] = r
+        df = trace.select(
+            "request_id", "tenant", "arrival_s", "input_tokens", "output_tokens", "slo_ttft_s", "slo_e2e_s"
+        ).with_columns(
+            pl.Series("status", np.array(_STATUS_NAMES)[self.status], dtype=pl.String),
+            pl.Series("reason", reason, dtype=pl.String),
+            pl.Series("replica", self.replica),
+            pl.Series("generated_tokens", self.generated),
+            pl.Series("finish_reason", np.where(self.length_capped, "length", "stop"), dtype=pl.String),
+            pl.Series("preemptions", self.preemptions),
+            pl.Series("scheduled_s", self.scheduled_s),
+            pl.Series("first_token_s", self.first_token_s),
+            pl.Series("finish_s", self.finish_s),
+        )
+        ok = pl.col("status") == "ok"
+        df = df.with_columns(
+            pl.when(ok).then(pl.col("scheduled_s") - pl.col("arrival_s")).alias("queue_wait_s"),
+            pl.when(ok).then(pl.col("first_token_s") - pl.col("arrival_s")).alias("ttft_s"),
+            pl.when(ok).then(pl.col("finish_s") - pl.col("arrival_s")).alias("e2e_s"),
+        ).with_columns(
+            pl.when(ok & (pl.col("generated_tokens") > 1))
+            .then((pl.col("e2e_s") - pl.col("ttft_s")) / (pl.col("generated_tokens") - 1))
+            .alias("tpot_s"),
+        )
+        has_slo = pl.col("slo_ttft_s").is_not_null() | pl.col("slo_e2e_s").is_not_null()
+        met = (
+            ok
+            & (pl.col("slo_ttft_s").is_null() | (pl.col("ttft_s") <= pl.col("slo_ttft_s")))
+            & (pl.col("slo_e2e_s").is_null() | (pl.col("e2e_s") <= pl.col("slo_e2e_s")))
+        )
+        return df.with_columns(pl.when(has_slo).then(met).alias("slo_met"))
