@@ -49,7 +49,8 @@ def simulate(
     """Simulate ``trace`` (the request table of :mod:`traces.schema`).
 
     ``num_blocks`` is the KV capacity per replica in blocks (default: the
-    engine config's ``num_gpu_blocks``, else the cost model's). The run goes
+    engine config's ``num_gpu_blocks``, else the cost model's at the
+    engine's block size; :mod:`sim.scenario` passes the profile's figure). The run goes
     on until every request finished, or stops at ``horizon_s`` with the rest
     reported as unfinished. ``progress`` is called with the fraction of
     requests that have arrived.
@@ -58,9 +59,7 @@ def simulate(
         raise ConfigError(f"replicas: expected at least 1, got {replicas}")
     gateway = gateway or GatewayConfig()
     if num_blocks is None:
-        num_blocks = engine.num_gpu_blocks or cost.kv_capacity_blocks(
-            engine.block_size, engine.gpu_memory_utilization
-        )
+        num_blocks = engine.num_gpu_blocks or cost.kv_capacity_blocks(engine.block_size)
     env = simpy.Environment()
     n = trace.height
     rec = ResultRecorder(n)

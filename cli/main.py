@@ -1,0 +1,218 @@
+"""The ``driftsim`` command line: thin wrappers that parse, build a scenario, call the library, print.
+
+Every command exits non-zero with a one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cli.render import inspect_table, print_summary
+
+app = typer.Typer(
+    name="driftsim",
+    help=(
+        "Simulate multi-tenant LLM inference on GPUs: per-tenant latency under a scheduler, GPU, model and load.\n\n"
+        "Start with `driftsim simulate` (the embedded DriftSched set-up), then change one thing at a time: "
+        "`--trace`, `--profile`, `--replicas`, `--policy`, `--rate-scale`, or a whole `--scenario FILE`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+traces_app = typer.Typer(help="Look at request traces before simulating them.", no_args_is_help=True)
+app.add_typer(traces_app, name="traces")
+profiles_app = typer.Typer(help="Bundled GPU x model profiles (cost models).", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _input_errors():
+    from costmodel.profiles import ProfileError
+    from sim.config import ConfigError
+    from traces.schema import TraceError
+
+    return (ConfigError, TraceError, ProfileError, ValueError, FileNotFoundError)
+
+
+def _parse_weights(spec: str) -> dict[str, float]:
+    """'premium=2,standard=1' or 'a,b,c' -> weights."""
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, w = part.partition("=")
+        try:
+            out[name.strip()] = float(w) if w else 1.0
+        except ValueError:
+            _fail(f"--tenants: weight of {name!r} is not a number: {w!r} (expected e.g. premium=2,standard=1)")
+    if not out:
+        _fail("--tenants: expected names with optional weights, e.g. premium=1,standard=1,batch=1")
+    return out
+
+
+@app.command()
+def simulate(
+    scenario: Optional[Path] = typer.Option(None, "--scenario", "-s", help="Scenario TOML; default: the embedded DriftSched set-up.", rich_help_panel="Scenario"),
+    trace: Optional[Path] = typer.Option(None, "--trace", "-t", help="Replay this trace file (Azure/BurstGPT CSV, Mooncake/Bailian JSONL, Vidur CSV, driftsim CSV/Parquet).", rich_help_panel="Workload"),
+    trace_format: str = typer.Option("auto", "--format", help="Trace format if auto-detection is not enough.", rich_help_panel="Workload"),
+    tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a trace into tenants by weight: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
+    rate_scale: Optional[float] = typer.Option(None, "--rate-scale", help="Multiply the request rate (2 = twice as many requests per second).", rich_help_panel="Workload"),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Keep only arrivals in the first DURATION seconds.", rich_help_panel="Workload"),
+    max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Keep only the first N requests.", rich_help_panel="Workload"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="GPU x model profile name or file (see `driftsim profiles list`).", rich_help_panel="Hardware"),
+    replicas: Optional[int] = typer.Option(None, "--replicas", "-r", help="Engine replicas (one GPU each).", rich_help_panel="Hardware"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="'continuous' (vLLM server) or 'microbatch' (DriftSched worker).", rich_help_panel="Engine"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Sequences per engine iteration.", rich_help_panel="Engine"),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", help="Tokens per engine iteration.", rich_help_panel="Engine"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per KV block.", rich_help_panel="Engine"),
+    num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="KV blocks per replica (as a server's /metrics reports); default from the profile.", rich_help_panel="Engine"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Prompt + output limit per request.", rich_help_panel="Engine"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch size (microbatch mode).", rich_help_panel="Engine"),
+    batch_wait: Optional[float] = typer.Option(None, "--batch-wait", help="Micro-batch wait in seconds (microbatch mode).", rich_help_panel="Engine"),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Gateway queue policy (e.g. fifo).", rich_help_panel="Scheduling"),
+    max_outstanding: Optional[int] = typer.Option(None, "--max-outstanding", help="Cap on requests in flight per replica (continuous mode); the policy orders the rest.", rich_help_panel="Scheduling"),
+    router: Optional[str] = typer.Option(None, "--router", help="'least_outstanding' or 'round_robin'.", rich_help_panel="Scheduling"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads and tenant assignment.", rich_help_panel="Scenario"),
+    horizon: Optional[float] = typer.Option(None, "--horizon", help="Stop the simulation at this time (s); requests in flight are reported unfinished.", rich_help_panel="Scenario"),
+    step_by_step: bool = typer.Option(False, "--step-by-step", help="Disable the exact fast-forward (for checking; same results, slower).", rich_help_panel="Scenario"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default driftsim-out/<scenario>-<time>.", rich_help_panel="Output"),
+) -> None:
+    """Simulate a scenario and print per-tenant latency, throughput and SLO attainment.
+
+    Writes requests.parquet (one row per request) and summary.json to the output folder.
+
+    Examples:
+
+      driftsim simulate
+
+      driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=1,standard=2,batch=3 --profile a100-llama-3.1-8b --mode continuous
+
+      driftsim simulate --scenario my.toml --rate-scale 1.5 --replicas 2
+    """
+    from sim.scenario import load_scenario, run_scenario
+
+    workload: dict = {"rate_scale": rate_scale, "duration_s": duration, "max_requests": max_requests}
+    if trace is not None:
+        workload.update(kind="trace", path=str(trace), format=trace_format)
+    if tenants is not None:
+        workload["assign_tenants"] = _parse_weights(tenants)
+    engine = {
+        "mode": mode, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+        "block_size": block_size, "num_gpu_blocks": num_gpu_blocks, "max_model_len": max_model_len,
+        "batch_size": batch_size, "batch_wait_s": batch_wait,
+    }
+    if step_by_step:
+        engine["fast_forward"] = False
+    overrides = {
+        "profile": profile, "replicas": replicas, "seed": seed, "horizon_s": horizon,
+        "workload": workload, "engine": engine,
+        "gateway": {"policy": policy, "max_outstanding": max_outstanding, "router": router},
+    }
+    try:
+        sc = load_scenario(scenario, overrides)
+        t0 = time.perf_counter()
+        with Progress(
+            TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of arrivals"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+        ) as bar:
+            task = bar.add_task("sim", total=1.0)
+            result, context = run_scenario(sc, progress=lambda f: bar.update(task, completed=f))
+        wall = time.perf_counter() - t0
+    except _input_errors() as exc:
+        _fail(str(exc))
+        return
+    for line in context["trace_repairs"]:
+        err.print(f"[yellow]trace repair:[/] {line}", highlight=False)
+    folder = out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder.mkdir(parents=True, exist_ok=True)
+    result.requests.write_parquet(folder / "requests.parquet")
+    (folder / "summary.json").write_text(
+        json.dumps({"summary": result.summary, "context": context}, indent=2, default=_json_default, allow_nan=True)
+    )
+    n = result.requests.height
+    title = f"{sc.name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
+    print_summary(console, result.summary, title)
+    console.print(f"simulated {n} requests in {wall:.2f} s wall ({n / wall:,.0f} requests/s); results in [bold]{folder}[/]")
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+@traces_app.command("inspect")
+def traces_inspect(
+    file: Path = typer.Argument(..., help="Trace file to describe."),
+    trace_format: str = typer.Option("auto", "--format", help="Trace format if auto-detection is not enough."),
+) -> None:
+    """Print what a trace holds: span, rate, token-length percentiles, per tenant."""
+    from traces.inspect import inspect_trace
+    from traces.loaders import load_trace_with_report
+
+    try:
+        df, report = load_trace_with_report(file, trace_format)
+    except _input_errors() as exc:
+        _fail(str(exc))
+        return
+    for line in report.repairs:
+        err.print(f"[yellow]trace repair:[/] {line}", highlight=False)
+    for table in inspect_table(inspect_trace(df), f"{file} ({report.format}, {report.rows_loaded} of {report.rows_read} rows)"):
+        console.print(table)
+
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """List bundled profiles and where their numbers came from."""
+    from rich.table import Table
+
+    from costmodel.profiles import list_profiles, load_profile
+
+    t = Table(title="bundled profiles", title_justify="left")
+    for c in ("name", "GPU", "model", "cost model", "source"):
+        t.add_column(c)
+    for name in list_profiles():
+        p = load_profile(name)
+        t.add_row(name, p.gpu.name, p.model.name, p.cost_model.describe().get("kind", "?"), p.provenance.get("source", "?"))
+    console.print(t)
+
+
+@profiles_app.command("show")
+def profiles_show(name: str = typer.Argument(..., help="Profile name or file.")) -> None:
+    """Print a profile's parameters and provenance as JSON."""
+    from costmodel.profiles import load_profile
+
+    try:
+        p = load_profile(name)
+    except _input_errors() as exc:
+        _fail(str(exc))
+        return
+    console.print_json(json.dumps(p.describe(), default=_json_default))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Test factories: traces, cost models and engines built in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from costmodel.batch import StepBatch
+from costmodel.linear import LinearCostModel
+from sim.config import EngineConfig
+from sim.engine import EngineCore
+from sim.request import SimRequest
+from traces.schema import REQUEST_SCHEMA
+
+COEF = dict(
+    overhead_s=0.004,
+    per_prefill_token_s=1e-4,
+    per_prefill_attn_s=1e-8,
+    per_prefill_seq_s=1e-4,
+    per_decode_seq_s=2e-4,
+    per_decode_ctx_token_s=1e-6,
+)
+
+
+def linear_cost(**overrides) -> LinearCostModel:
+    return LinearCostModel(**{**COEF, **overrides})
+
+
+class RecordingCost:
+    """Wraps a cost model and keeps every batch it was asked to time."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[StepBatch] = []
+
+    def step_time(self, batch: StepBatch) -> float:
+        self.batches.append(batch)
+        return self.inner.step_time(batch)
+
+    def decode_run_times(self, num_seqs: int, ctx_tokens: int, k: int):
+        for j in range(k):
+            self.batches.append(StepBatch(decode_seqs=num_seqs, decode_ctx_tokens=ctx_tokens + j * num_seqs))
+        return self.inner.decode_run_times(num_seqs, ctx_tokens, k)
+
+    def kv_capacity_blocks(self, block_size: int) -> int:
+        return self.inner.kv_capacity_blocks(block_size)
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+
+def make_trace(rows: list[tuple[float, int, int]] | None = None, *, tenants: list[str] | None = None, **cols) -> pl.DataFrame:
+    """A schema-complete trace from (arrival_s, input_tokens, output_tokens) rows."""
+    rows = rows or []
+    n = len(rows)
+    data = {
+        "request_id": list(range(n)),
+        "arrival_s": [float(r[0]) for r in rows],
+        "tenant": tenants or ["default"] * n,
+        "input_tokens": [int(r[1]) for r in rows],
+        "output_tokens": [int(r[2]) for r in rows],
+    }
+    for c in REQUEST_SCHEMA:
+        data.setdefault(c, cols.get(c, [None] * n))
+    return pl.DataFrame(data, schema=REQUEST_SCHEMA)
+
+
+def random_trace(n: int, *, rate: float, seed: int, max_in: int = 900, max_out: int = 400, tenants=("a", "b", "c")):
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    rows = list(zip(arrivals, rng.integers(1, max_in, n), rng.integers(1, max_out, n)))
+    return make_trace(rows, tenants=[str(t) for t in rng.choice(list(tenants), n)])
+
+
+def make_request(i: int, input_tokens: int, output_tokens: int, arrival_s: float = 0.0) -> SimRequest:
+    return SimRequest(
+        idx=i, request_id=i, arrival_s=arrival_s, tenant="t", priority=0,
+        input_tokens=input_tokens, output_tokens=output_tokens, est_tokens=input_tokens + output_tokens,
+    )
+
+
+def make_engine(cost=None, *, num_blocks: int = 1000, **config) -> EngineCore:
+    cfg = EngineConfig(**{"max_model_len": 8192, **config})
+    return EngineCore(config=cfg, cost=cost or linear_cost(), num_blocks=num_blocks)

@@ -1,0 +1,156 @@
+"""Hand-computed cases for the continuous-batching engine model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from costmodel.batch import StepBatch, chunk_attn_tokens
+from sim.config import EngineConfig
+from sim.run import simulate
+from tests.factories import RecordingCost, linear_cost, make_engine, make_request, make_trace
+
+
+def prefill_time(cost, n, computed=0):
+    return cost.step_time(
+        StepBatch(prefill_tokens=n, prefill_seqs=1, prefill_attn_tokens=chunk_attn_tokens(computed, n))
+    )
+
+
+def run_engine(core, t=0.0):
+    """Step an engine to completion, checking KV accounting after every commit."""
+    done = {}
+    while core.has_work():
+        ends = core.plan(t)
+        for req, ft in core.commit(len(ends)):
+            done[req.request_id] = (req, ft)
+        t = float(ends[-1])
+        held = sum(r.blocks for r in core.prefilling) + core.decode_blocks_held()
+        assert core.used_blocks == held, "used blocks must equal the blocks the running requests hold"
+        assert 0 <= core.used_blocks <= core.total_blocks
+    return done, t
+
+
+def test_single_request_ttft_is_its_prefill_step():
+    cost = linear_cost()
+    core = make_engine(cost)
+    core.add(make_request(0, 100, 1))
+    done, end = run_engine(core)
+    req, finish = done[0]
+    assert req.first_token_s == pytest.approx(prefill_time(cost, 100), abs=0)
+    assert finish == req.first_token_s
+
+
+def test_single_request_decode_steps_follow_context():
+    cost = linear_cost()
+    core = make_engine(cost)
+    core.add(make_request(0, 100, 5))
+    done, end = run_engine(core)
+    expected = prefill_time(cost, 100)
+    for ctx in (101, 102, 103, 104):  # 4 decode steps after the prefill produced token 1
+        expected += cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=ctx))
+    assert done[0][1] == pytest.approx(expected, rel=1e-12)
+    assert core.steps == 5
+
+
+def test_two_requests_share_the_prefill_step():
+    cost = RecordingCost(linear_cost())
+    core = make_engine(cost)
+    core.add(make_request(0, 100, 3))
+    core.add(make_request(1, 50, 2))
+    done, _ = run_engine(core)
+    first = cost.batches[0]
+    assert (first.prefill_tokens, first.prefill_seqs, first.decode_seqs) == (150, 2, 0)
+    assert done[0][0].first_token_s == done[1][0].first_token_s
+    # step 2: both decode; request 1 finishes there
+    assert cost.batches[1] == StepBatch(decode_seqs=2, decode_ctx_tokens=101 + 51)
+    assert done[1][1] < done[0][1]
+
+
+def test_chunked_prefill_spreads_a_long_prompt_over_steps():
+    cost = RecordingCost(linear_cost())
+    core = make_engine(cost, max_num_batched_tokens=64, max_num_seqs=64)
+    core.add(make_request(0, 150, 1))
+    done, _ = run_engine(core)
+    chunks = [b.prefill_tokens for b in cost.batches]
+    assert chunks == [64, 64, 22]
+    expected = prefill_time(cost.inner, 64, 0)
+    expected += prefill_time(cost.inner, 64, 64)
+    expected += prefill_time(cost.inner, 22, 128)
+    assert done[0][0].first_token_s == pytest.approx(expected, rel=1e-12)
+
+
+def test_no_chunking_waits_for_a_budget_that_fits_the_prompt():
+    cost = RecordingCost(linear_cost())
+    core = make_engine(cost, max_num_batched_tokens=128, max_num_seqs=4, chunked_prefill=False, max_model_len=128)
+    core.add(make_request(0, 100, 3))
+    core.add(make_request(1, 100, 3))
+    run_engine(core)
+    # the second prompt does not fit the 128-token budget beside the first one
+    assert [b.prefill_tokens for b in cost.batches[:2]] == [100, 100]
+    assert cost.batches[1].decode_seqs == 1
+
+
+def test_preemption_when_kv_runs_out_recomputes_and_completes():
+    cost = RecordingCost(linear_cost())
+    # 6 blocks of 16 tokens = 96 tokens; two sequences growing to 60 tokens each cannot both fit
+    core = make_engine(cost, num_blocks=6, block_size=16, max_num_seqs=8, max_num_batched_tokens=64)
+    core.add(make_request(0, 20, 40))
+    core.add(make_request(1, 20, 40))
+    done, _ = run_engine(core)
+    assert core.preemptions >= 1
+    victim = done[1][0]
+    assert victim.preemptions >= 1 and done[0][0].preemptions == 0
+    assert victim.generated == 40 and done[0][0].generated == 40
+    # the victim recomputed prompt + generated tokens in one prefill after the survivor left
+    recompute = [b for b in cost.batches if b.prefill_tokens > 20]
+    assert recompute, "a recompute prefill longer than the prompt must appear"
+
+
+def test_max_num_seqs_caps_the_batch():
+    cost = RecordingCost(linear_cost())
+    core = make_engine(cost, max_num_seqs=3, max_num_batched_tokens=512)
+    for i in range(7):
+        core.add(make_request(i, 10, 5))
+    run_engine(core)
+    assert max(b.num_seqs for b in cost.batches) == 3
+
+
+def test_microbatch_requests_complete_with_their_batch():
+    trace = make_trace([(0.0, 50, 10), (0.001, 60, 200), (0.002, 40, 30), (1.0, 30, 5)])
+    cfg = EngineConfig(mode="microbatch", batch_size=8, batch_wait_s=0.01, batch_poll_s=0.005, max_model_len=4096)
+    res = simulate(trace, cost=linear_cost(), engine=cfg, num_blocks=1000)
+    df = res.requests.sort("request_id")
+    finish = df["finish_s"].to_list()
+    assert finish[0] == finish[1] == finish[2], "the first three share one batch"
+    assert finish[3] > 1.0
+    # the batch starts at the first poll after the wait expired with an empty queue: 0 + 2 polls of 5 ms
+    assert df["scheduled_s"][0] == pytest.approx(0.01)
+    assert res.replicas[0]["batches"] == 2
+
+
+def test_rejects_prompt_longer_than_max_model_len_and_caps_output():
+    trace = make_trace([(0.0, 5000, 10), (0.0, 100, 5000)])
+    res = simulate(trace, cost=linear_cost(), engine=EngineConfig(max_model_len=4096), num_blocks=1000)
+    df = res.requests.sort("request_id")
+    assert df["status"].to_list() == ["rejected", "ok"]
+    assert "max_model_len" in df["reason"][0]
+    assert df["generated_tokens"][1] == 4096 - 100 and df["finish_reason"][1] == "length"
+
+
+def test_rejects_request_larger_than_kv():
+    trace = make_trace([(0.0, 1000, 1000)])
+    res = simulate(trace, cost=linear_cost(), engine=EngineConfig(max_model_len=4096), num_blocks=10)
+    assert res.requests["status"][0] == "rejected"
+    assert "KV" in res.requests["reason"][0]
+
+
+def test_arrival_during_fast_forward_joins_the_next_step():
+    cost = linear_cost()
+    trace = make_trace([(0.0, 10, 200), (0.5, 10, 3)])
+    fast = simulate(trace, cost=cost, engine=EngineConfig(max_model_len=4096), num_blocks=1000)
+    slow = simulate(trace, cost=cost, engine=EngineConfig(max_model_len=4096, fast_forward=False), num_blocks=1000)
+    assert fast.requests.equals(slow.requests)
+    second = fast.requests.filter(request_id=1)
+    assert second["scheduled_s"][0] > 0.5 and math.isfinite(second["e2e_s"][0])
