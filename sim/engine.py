@@ -49,7 +49,7 @@ from costmodel.batch import StepBatch, chunk_attn_tokens
 from sim.config import EngineConfig
 from sim.request import SimRequest
 
-_NO_LIMIT = 1 << 62
+_SHORT_RUN = 24  # runs up to this many steps are planned without numpy
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -124,11 +124,14 @@ class EngineCore:
         self.waiting.append(req)
 
     # ------------------------------------------------------------------ planning
-    def plan(self, t: float) -> np.ndarray | list[float]:
+    def plan(self, t: float, until: float = float("inf")) -> np.ndarray | list[float]:
         """Plan the next iteration(s) from engine time ``t``; return their end times.
 
         More than one end time is returned only for a fast-forwarded run of
-        pure-decode steps; the caller may commit any prefix of it.
+        pure-decode steps; the caller may commit any prefix of it. Such a run
+        stops at the first step that ends at or after ``until`` (the next
+        known arrival), so the newcomer joins the step after it without an
+        interrupt.
         """
         if not self.running and not self.waiting:
             raise RuntimeError("plan() called on an idle engine")
@@ -136,12 +139,33 @@ class EngineCore:
         if self.fast_forward and not self.prefilling and self.num_decode and self._waiting_blocked():
             k = self._stable_steps()
             if k > 0:
-                durations = self.cost.decode_run_times(self.num_decode, self.decode_ctx + self.num_decode, k)
-                ends = np.cumsum(np.concatenate(([t], durations)))[1:]
                 self._plan_chunks = None
-                self._ends = ends
+                self._ends = ends = self._decode_run_ends(t, k, until)
                 return ends
         return self._plan_step(t)
+
+    def _decode_run_ends(self, t: float, k: int, until: float) -> np.ndarray | list[float]:
+        """End times of up to ``k`` pure-decode steps from ``t``, cut after the first that reaches ``until``.
+
+        Short runs are summed in Python (cheaper than numpy set-up); long ones
+        vectorised. Both add durations one at a time from ``t``, so the times
+        are bit-identical to step-by-step execution.
+        """
+        d, ctx = self.num_decode, self.decode_ctx + self.num_decode
+        if k <= _SHORT_RUN:
+            step_time = self.cost.step_time
+            ends = []
+            for j in range(k):
+                t = t + step_time(StepBatch(decode_seqs=d, decode_ctx_tokens=ctx + j * d))
+                ends.append(t)
+                if t >= until:
+                    break
+            return ends
+        durations = self.cost.decode_run_times(d, ctx, k)
+        ends = np.cumsum(np.concatenate(([t], durations)))[1:]
+        if ends[-1] >= until:
+            ends = ends[: int(np.searchsorted(ends, until, side="left")) + 1]
+        return ends
 
     def _waiting_blocked(self) -> bool:
         """True when the waiting pass would admit nothing now nor at any step before the next completion."""

@@ -40,14 +40,22 @@ def urgent_timeout(env: simpy.Environment, delay: float) -> Event:
 class ContinuousReplica:
     """One engine replica with continuous batching."""
 
-    def __init__(self, env: simpy.Environment, core: EngineCore, index: int, on_finish: FinishCallback) -> None:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        core: EngineCore,
+        index: int,
+        on_finish: FinishCallback,
+        next_arrival: Callable[[], float] = lambda: float("inf"),
+    ) -> None:
         self.env = env
+        self.next_arrival = next_arrival
         self.core = core
         self.index = index
         self.on_finish = on_finish
         self.outstanding = 0  # dispatched and not finished
         self._idle: Event | None = None
-        self._interruptible = False
+        self._run_ends: np.ndarray | list[float] | None = None  # a multi-step run in progress
         self.proc = env.process(self._run())
 
     def submit(self, req: SimRequest) -> None:
@@ -56,8 +64,9 @@ class ContinuousReplica:
         if self._idle is not None:
             idle, self._idle = self._idle, None
             idle.succeed()
-        elif self._interruptible:
-            self._interruptible = False
+        elif self._run_ends is not None and self._run_ends[-2] >= self.env.now:
+            # steps after the one in progress are planned: cut the run short
+            self._run_ends = None
             self.proc.interrupt()
 
     def _run(self):
@@ -68,17 +77,17 @@ class ContinuousReplica:
                 self._idle = env.event()
                 yield self._idle
                 clock = env.now
-            ends = core.plan(clock)
+            ends = core.plan(clock, self.next_arrival())
             n = len(ends)
             if n > 1:
-                self._interruptible = True
+                self._run_ends = ends
                 try:
                     yield env.timeout(max(0.0, ends[-1] - env.now))
                 except simpy.Interrupt:
                     # the step in progress (first end >= now) still completes
                     n = int(np.searchsorted(ends, env.now, side="left")) + 1
                     yield env.timeout(max(0.0, ends[n - 1] - env.now))
-                self._interruptible = False
+                self._run_ends = None
             else:
                 yield env.timeout(max(0.0, ends[0] - env.now))
             clock = float(ends[n - 1])

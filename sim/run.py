@@ -75,13 +75,14 @@ def simulate(
         gw.finished(req, t)
 
     cores = [EngineCore(config=engine, cost=cost, num_blocks=num_blocks) for _ in range(replicas)]
+    clock = _ArrivalClock()
     if engine.mode == "continuous":
-        gw.replicas = [ContinuousReplica(env, core, i, on_finish) for i, core in enumerate(cores)]
+        gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next) for i, core in enumerate(cores)]
         workers = gw.replicas
     else:
         workers = [MicroBatchWorker(env, core, i, gw, on_finish) for i, core in enumerate(cores)]
 
-    env.process(_arrivals(env, trace, engine, cores[0], gw, rec, progress))
+    env.process(_arrivals(env, trace, engine, cores[0], gw, rec, progress, clock))
     env.run(until=horizon_s)
     rec.mark_unfinished()
     replica_stats = [
@@ -95,7 +96,17 @@ def simulate(
     return SimResult(requests=requests, replicas=replica_stats, summary=summarize(requests, replica_stats))
 
 
-def _arrivals(env, trace, engine, core, gw, rec, progress):
+class _ArrivalClock:
+    """The next arrival time, which replicas use to end fast-forwarded runs without interrupts."""
+
+    def __init__(self) -> None:
+        self.next_s = float("inf")
+
+    def next(self) -> float:
+        return self.next_s
+
+
+def _arrivals(env, trace, engine, core, gw, rec, progress, clock):
     """Release each request at its arrival time; refuse the ones no engine could serve."""
     arrival = trace["arrival_s"].to_numpy()
     ids = trace["request_id"].to_numpy()
@@ -109,6 +120,7 @@ def _arrivals(env, trace, engine, core, gw, rec, progress):
     n = len(arrival)
     step = max(1, n // 200)
     for i in range(n):
+        clock.next_s = float(arrival[i])
         delay = arrival[i] - env.now
         if delay > 0:
             yield urgent_timeout(env, delay)
@@ -140,5 +152,6 @@ def _arrivals(env, trace, engine, core, gw, rec, progress):
             rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
             continue
         gw.submit(req)
+    clock.next_s = float("inf")
     if progress is not None:
         progress(1.0)

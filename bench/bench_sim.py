@@ -1,0 +1,119 @@
+"""Simulator speed benchmark: simulated requests per wall-second and peak memory.
+
+Workload (the yardstick of the speed issue): Llama-3.1-8B on one A100
+(bundled spec-derived profile), continuous batching with max_num_seqs 128 and
+max_num_batched_tokens 4096, prompt/output pairs resampled from the Azure
+2023 conversation trace (pairs with prompt <= 2048 tokens), Poisson arrivals
+at 80 % of the capacity measured here first by a saturation run.
+
+Each size runs in a fresh subprocess so its peak RSS is its own.
+
+    python bench/bench_sim.py                  # 10k and 100k requests
+    python bench/bench_sim.py --sizes 10000 100000 1000000
+    python bench/bench_sim.py --compare-step   # also time step-by-step execution (10k only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from costmodel.profiles import load_profile  # noqa: E402
+from sim.config import EngineConfig  # noqa: E402
+from sim.run import simulate  # noqa: E402
+from traces.loaders import load_trace  # noqa: E402
+from traces.schema import REQUEST_SCHEMA  # noqa: E402
+
+PROFILE = "a100-llama-3.1-8b"
+ENGINE = dict(max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096, block_size=16)
+
+
+def workload(n: int, rate: float | None, seed: int) -> pl.DataFrame:
+    conv = load_trace(ROOT / "traces" / "data" / "azure2023_conv.csv").filter(pl.col("input_tokens") <= 2048)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, conv.height, n)
+    arrivals = np.zeros(n) if rate is None else np.cumsum(rng.exponential(1.0 / rate, n))
+    df = pl.DataFrame({
+        "request_id": np.arange(n),
+        "arrival_s": arrivals,
+        "tenant": "default",
+        "input_tokens": conv["input_tokens"].to_numpy()[pick],
+        "output_tokens": conv["output_tokens"].to_numpy()[pick],
+    })
+    return df.with_columns(
+        *[pl.lit(None, dtype=REQUEST_SCHEMA[c]).alias(c) for c in REQUEST_SCHEMA if c not in df.columns]
+    ).select(list(REQUEST_SCHEMA))
+
+
+def run_once(n: int, rate: float | None, fast: bool, seed: int = 0) -> dict:
+    profile = load_profile(PROFILE)
+    engine = EngineConfig(**ENGINE, fast_forward=fast, gpu_memory_utilization=0.9)
+    trace = workload(n, rate, seed)
+    blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
+    t0 = time.perf_counter()
+    res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks)
+    wall = time.perf_counter() - t0
+    rep = res.replicas[0]
+    return {
+        "requests": n,
+        "fast_forward": fast,
+        "wall_s": wall,
+        "requests_per_s": n / wall,
+        "engine_steps": rep["steps"],
+        "steps_per_s": rep["steps"] / wall,
+        "us_per_request": 1e6 * wall / n,
+        "busy_fraction": res.summary["busy_fraction"],
+        "throughput_rps": res.summary["overall"]["throughput_rps"],
+        "mean_input": float(trace["input_tokens"].mean()),
+        "mean_output": float(trace["output_tokens"].mean()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def child(args) -> None:
+    print(json.dumps(run_once(args.child, args.rate, not args.step)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--load", type=float, default=0.8, help="fraction of measured capacity")
+    ap.add_argument("--compare-step", action="store_true")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--step", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    sat = run_once(5000, None, True)
+    capacity = sat["throughput_rps"]
+    rate = args.load * capacity
+    print(f"profile {PROFILE}, engine {ENGINE}")
+    print(f"capacity (5000 requests at t=0): {capacity:.2f} requests/s; offered load {rate:.2f} requests/s ({args.load:.0%})")
+    runs = [(n, False) for n in args.sizes]
+    if args.compare_step:
+        runs.append((min(args.sizes), True))
+    print(f"{'requests':>9} {'mode':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'busy':>6} {'peak RSS MB':>12}")
+    for n, step in runs:
+        cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate)] + (["--step"] if step else [])
+        r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        mode = "step-by-step" if step else "fast-forward"
+        print(f"{n:>9} {mode:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
+              f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['busy_fraction']:>6.1%} {r['peak_rss_mb']:>12.0f}")
+    print(f"(mean prompt {r['mean_input']:.0f} tokens, mean output {r['mean_output']:.0f} tokens)")
+
+
+if __name__ == "__main__":
+    main()
