@@ -40,7 +40,7 @@ class Gateway:
             work.succeed()
 
     def finished(self, req: SimRequest, t: float) -> None:
-        self.policy.on_finish(req, t)
+        self.policy.on_finish(req, t, output_tokens=req.generated)
         if self.replicas and self.cap is not None:
             self._dispatch(t)
 

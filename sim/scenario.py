@@ -132,9 +132,12 @@ def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
             seed=seed,
         )
     elif kind == "driftsched":
-        from traces.driftsched import DriftSchedWorkload, generate_driftsched
+        from traces.driftsched import driftsched_workload
 
-        df = generate_driftsched(DriftSchedWorkload(**w.get("params", {})), seed=seed)
+        try:
+            df = driftsched_workload(seed=seed, **w.get("params", {}))
+        except TypeError as exc:
+            raise ConfigError(f"scenario {scenario.name!r} [workload.params]: {exc}") from None
     else:
         raise ConfigError(
             f"scenario {scenario.name!r} [workload]: unknown kind {kind!r}; expected trace, synthetic or driftsched"
