@@ -95,9 +95,10 @@ def validate_trace(df: pl.DataFrame, *, source: str | None = None) -> None:
     """Check that `df` is a well-formed request table; raise TraceError naming the row and field if not.
 
     Checked: exact columns, order and dtypes; no nulls in required columns;
-    unique request ids; finite arrivals >= 0 in non-decreasing order; token
-    lengths >= 1; optional caps >= 1 and SLOs > 0 where given. Writers and
-    the simulator call this so a hand-built table fails early, not mid-run.
+    non-empty tenant names; unique request ids; finite arrivals >= 0 in
+    non-decreasing order; token lengths >= 1; optional caps >= 1 and SLOs > 0
+    where given. The writer calls this (and the simulator may), so a
+    hand-built table fails early rather than mid-run.
     """
     if not isinstance(df, pl.DataFrame):
         raise TraceError(f"expected a polars DataFrame, got {type(df).__name__}", source=source)
@@ -118,6 +119,7 @@ def validate_trace(df: pl.DataFrame, *, source: str | None = None) -> None:
             raise TraceError(f"dtype {df.schema[col]} where {dtype} is expected", source=source, field=col)
     for col in REQUIRED_COLUMNS:
         _first_bad(df, pl.col(col).is_null(), col, "a value (required column)", source)
+    _first_bad(df, pl.col("tenant") == "", "tenant", "a non-empty tenant name", source)
     _check_unique(df, "request_id", source)
     arr = pl.col("arrival_s")
     _first_bad(df, ~arr.is_finite() | (arr < 0), "arrival_s", "a finite number >= 0", source)

@@ -1,0 +1,577 @@
+"""Trace loaders: one pure function per public trace format, from a file to the one request table.
+
+Each reader validates as it reads and fails with a TraceError naming the
+file, the 1-based data row (the Nth record after the header; blank JSONL
+lines are not counted) and the source column. The few repairs a loader may
+make are listed in its LoadReport, so nothing is changed or dropped
+silently:
+
+* out-of-order arrivals are sorted (stably, ties keep file order);
+* failed requests are dropped where the format marks them (BurstGPT: 0
+  response tokens), with their count and rows;
+* columns of a native file that the schema lacks are ignored, by name.
+
+Ids: a source's own id column (Bailian `chat_id`, native `request_id`) is
+kept; otherwise `request_id` is the 0-based data row, so it survives sorting
+and dropping and points back into the file. Arrivals: formats with relative
+times keep them (they must be >= 0); wall-clock formats (Azure) count from
+the earliest timestamp.
+
+Scaling, clipping and tenant assignment are not done here: see transform.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from traces.schema import (
+    OPTIONAL_COLUMNS,
+    REQUEST_SCHEMA,
+    REQUIRED_COLUMNS,
+    TraceError,
+    _check_unique,
+    _first_bad,
+)
+
+__all__ = [
+    "FORMATS",
+    "LoadReport",
+    "detect_format",
+    "load_trace",
+    "load_trace_with_report",
+    "read_azure",
+    "read_bailian",
+    "read_burstgpt",
+    "read_mooncake",
+    "read_native",
+    "read_vidur",
+]
+
+_ROW = "__row"  # 1-based data row of the source file, carried along for error messages
+_MAX_LISTED_ROWS = 10  # rows named in a repair message before "..."
+
+
+@dataclass
+class LoadReport:
+    """What a load did besides reading: the repairs a caller (the CLI) should show the user."""
+
+    source: str
+    format: str
+    rows_read: int = 0  # data rows in the file
+    rows_loaded: int = 0  # rows in the returned table
+    repairs: list[str] = field(default_factory=list)  # one human-readable line per repair
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.rows_read - self.rows_loaded
+
+    def __str__(self) -> str:
+        head = f"{self.source} ({self.format}): {self.rows_loaded} of {self.rows_read} rows loaded"
+        return "\n".join([head, *(f"  - {r}" for r in self.repairs)])
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class _Format:
+    """How one public format maps onto the request table (source column names as the file spells them)."""
+
+    name: str
+    container: Literal["csv", "jsonl"]
+    time: str
+    time_unit: Literal["datetime", "s", "ms"]
+    input: str
+    output: str
+    request_id: str | None = None  # None: request_id is the 0-based data row
+    tenant: str | None = None  # None: tenant "default"
+    failed_zero_output: bool = False  # 0 output tokens marks a failed request: dropped and reported
+    hints: tuple[str, ...] = ()  # other columns the format is known by (auto-detection only)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.request_id, self.time, self.tenant, self.input, self.output) if c)
+
+
+_AZURE = _Format("azure", "csv", "TIMESTAMP", "datetime", "ContextTokens", "GeneratedTokens")
+_BURSTGPT = _Format(
+    "burstgpt",
+    "csv",
+    "Timestamp",
+    "s",
+    "Request tokens",
+    "Response tokens",
+    tenant="Model",
+    failed_zero_output=True,
+    hints=("Total tokens", "Log Type"),
+)
+_MOONCAKE = _Format("mooncake", "jsonl", "timestamp", "ms", "input_length", "output_length", hints=("hash_ids",))
+_BAILIAN = _Format(
+    "bailian",
+    "jsonl",
+    "timestamp",
+    "s",
+    "input_length",
+    "output_length",
+    request_id="chat_id",
+    hints=("parent_chat_id", "type", "turn", "hash_ids"),
+)
+_VIDUR = _Format("vidur", "csv", "arrived_at", "s", "num_prefill_tokens", "num_decode_tokens")
+_PUBLIC = {f.name: f for f in (_AZURE, _BURSTGPT, _MOONCAKE, _BAILIAN, _VIDUR)}
+
+
+def _describe_formats() -> str:
+    parts = [f"{f.name} ({f.container}: {', '.join(f.required)})" for f in _PUBLIC.values()]
+    parts.append(f"native (csv or parquet: {', '.join(REQUIRED_COLUMNS)} [+ {', '.join(OPTIONAL_COLUMNS)}])")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- column parsing
+
+
+def _nulls(dtype: pl.DataType, n: int) -> pl.Series:
+    return pl.Series(dtype=dtype).extend_constant(None, n)
+
+
+def _number(
+    df: pl.DataFrame,
+    col: str,
+    *,
+    source: str,
+    integer: bool,
+    minimum: float | None = None,
+    strictly_above: bool = False,
+    nullable: bool = False,
+) -> pl.Series:
+    """Parse one column (text or numeric) to Int64/Float64, raising at the first bad row.
+
+    Text is stripped; blank means missing. Integers may be written as "12" or
+    "12.0" (pandas writes the latter); NaN and infinities are always rejected.
+    Work is done in eager stages so no expression is evaluated twice.
+    """
+    dtype = df.schema[col]
+    if dtype == pl.String:
+        txt = df[col].str.strip_chars()
+        txt = txt.set(txt == "", None)
+    elif dtype.is_numeric():
+        txt = df[col]
+    else:
+        raise TraceError(f"expected numbers, found a column of type {dtype}", source=source, field=col)
+    present = txt.is_not_null()
+    as_float = txt.cast(pl.Float64, strict=False)
+    if integer:
+        # Exact integer parse first (ids beyond 2**53 survive), then integral floats such as "12.0".
+        as_int = txt.cast(pl.Int64, strict=False) if not dtype.is_float() else _nulls(pl.Int64, len(txt))
+        f = pl.col("f")
+        whole = f.is_finite() & (f == f.floor()) & (f.abs() < 2.0**63)
+        stage = pl.DataFrame({"i": as_int, "f": as_float})
+        value = stage.select(pl.coalesce("i", pl.when(whole).then(f.cast(pl.Int64, strict=False)))).to_series()
+        ok = value.is_not_null()
+        kind = "an integer"
+    else:
+        value = as_float
+        ok = value.is_finite().fill_null(False)
+        kind = "a finite number"
+    if minimum is not None:
+        ok = ok & ((value > minimum) if strictly_above else (value >= minimum)).fill_null(False)
+        kind += f" {'>' if strictly_above else '>='} {minimum:g}"
+    bad = present & ~ok
+    if not nullable:
+        bad = bad | ~present
+    if bad.any():
+        _first_bad(df, pl.lit(bad), col, kind, source, row_col=_ROW)
+    return value.alias(col)
+
+
+# "2023-11-16 18:17:03.9799600", "2024-05-10 00:00:00+00:00", "2024-05-10T00:00:00.5Z", ... naive is taken as UTC.
+_TIMESTAMP = r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\s*(Z|UTC|[+-]\d{2}:?\d{2})?$"
+
+
+def _timestamp_ns(df: pl.DataFrame, col: str, *, source: str) -> pl.Series:
+    """Parse wall-clock timestamps to integer nanoseconds since the epoch (exact, unlike float seconds).
+
+    Fast path: polars' strptime for the two layouts Azure uses (naive, and
+    with a UTC offset). Anything else, and every error message, goes through
+    the explicit regex parser below.
+    """
+    if df.schema[col] != pl.String:
+        raise TraceError(
+            f"expected timestamps as text, found a column of type {df.schema[col]}", source=source, field=col
+        )
+    txt = df[col].str.strip_chars()
+    layouts = [(pl.Datetime("ns"), "%Y-%m-%d %H:%M:%S%.f"), (pl.Datetime("ns", "UTC"), "%Y-%m-%d %H:%M:%S%.f%#z")]
+    first = txt.drop_nulls().head(1).to_list()
+    if first and (first[0][-1:] == "Z" or first[0][-6:-5] in ("+", "-")):
+        layouts.reverse()  # try the layout of the first row first; most files use one layout throughout
+    fast = _nulls(pl.Int64, len(txt))
+    for dtype, layout in layouts:
+        fast = fast.fill_null(txt.str.strptime(dtype, layout, strict=False).cast(pl.Int64))
+        if fast.null_count() == 0:
+            break
+    if fast.null_count() == 0:
+        return fast.alias(col)
+    return _timestamp_ns_regex(df, col, source=source)
+
+
+def _timestamp_ns_regex(df: pl.DataFrame, col: str, *, source: str) -> pl.Series:
+    """The general timestamp parser: one regex, then integer arithmetic; names the first bad row."""
+    names = ["date", "h", "m", "s", "frac", "tz"]
+    parts = df.select(pl.col(col).str.strip_chars().str.extract_groups(_TIMESTAMP).alias("g")).unnest("g")
+    parts = parts.rename(dict(zip(parts.columns, names)))
+    tz = pl.col("tz")
+    signed = tz.str.starts_with("+") | tz.str.starts_with("-")
+    fields = parts.select(
+        pl.col("date").str.to_date("%Y-%m-%d", strict=False).cast(pl.Int64).alias("days"),
+        *(pl.col(c).cast(pl.Int64) for c in ("h", "m", "s")),
+        pl.col("frac").str.pad_end(9, "0").cast(pl.Int64).fill_null(0),
+        pl.when(signed)
+        .then(
+            pl.when(tz.str.starts_with("-")).then(-1).otherwise(1)
+            * (tz.str.slice(1, 2).cast(pl.Int64) * 3600 + tz.str.slice(-2, 2).cast(pl.Int64) * 60)
+        )
+        .otherwise(0)
+        .alias("offset_s"),
+    )
+    d, h, m, s = pl.col("days"), pl.col("h"), pl.col("m"), pl.col("s")
+    out = fields.select(
+        ((d * 86400 + h * 3600 + m * 60 + s - pl.col("offset_s")) * 1_000_000_000 + pl.col("frac")).alias(col),
+        (d.is_not_null() & (h < 24) & (m < 60) & (s <= 60)).fill_null(False).alias("ok"),
+    )
+    if not out["ok"].all():
+        _first_bad(
+            df,
+            pl.lit(~out["ok"]),
+            col,
+            "a timestamp like '2023-11-16 18:17:03.9799600' (optionally ending in +00:00 or Z)",
+            source,
+            row_col=_ROW,
+        )
+    return out[col]
+
+
+def _text(df: pl.DataFrame, col: str, *, source: str, nullable: bool, strip: bool) -> pl.Series:
+    """A text column; required ones must be non-empty."""
+    dtype = df.schema[col]
+    if dtype not in (pl.String, pl.Categorical) and not isinstance(dtype, pl.Enum):
+        raise TraceError(f"expected text, found a column of type {dtype}", source=source, field=col)
+    value = pl.col(col).cast(pl.String)
+    if strip:
+        value = value.str.strip_chars()
+    if not nullable:
+        _first_bad(df, value.is_null() | (value == ""), col, "a non-empty name", source, row_col=_ROW)
+    return df.select(value.alias(col)).to_series()
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _source(path: str | os.PathLike) -> tuple[Path, str]:
+    p = Path(path)
+    if not p.is_file():
+        raise TraceError("no such file", source=str(path))
+    return p, str(path)
+
+
+def _csv_header(path: Path, source: str) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        raise TraceError("empty trace: the file has no header line", source=source)
+    return header
+
+
+def _first_record(path: Path, source: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                if line.lstrip().startswith("["):
+                    raise TraceError(
+                        "a JSON array, not JSON lines (one object per line); text-only traces such as ShareGPT"
+                        " need a tokenizer and are not supported",
+                        source=source,
+                    )
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TraceError(f"not valid JSON ({e.msg})", source=source, row=1) from e
+                if not isinstance(rec, dict):
+                    raise TraceError(f"expected a JSON object per line, got {type(rec).__name__}", source=source, row=1)
+                return rec
+    raise TraceError("empty trace: no records", source=source)
+
+
+def _require(found: list[str], required: tuple[str, ...], fmt: str, source: str) -> None:
+    missing = [c for c in required if c not in found]
+    if missing:
+        raise TraceError(
+            f"missing column(s) {missing} for the {fmt} format; found {found}, expected {list(required)}",
+            source=source,
+        )
+
+
+def _read(path: Path, source: str, container: str, columns: list[str]) -> pl.DataFrame:
+    """Read the named columns as text (parquet: as stored), numbered by data row."""
+    try:
+        if container == "csv":
+            lf = pl.scan_csv(path, infer_schema=False).select(columns)
+        elif container == "jsonl":
+            # Reading every field as text keeps bad values visible for the error message.
+            lf = pl.scan_ndjson(path, schema={c: pl.String for c in columns})
+        else:
+            lf = pl.scan_parquet(path).select(columns)
+        df = lf.with_row_index(_ROW, offset=1).collect()
+    except pl.exceptions.PolarsError as e:
+        raise TraceError(f"could not read the file as {container}: {e}", source=source) from e
+    if df.height == 0:
+        raise TraceError("empty trace: no data rows", source=source)
+    return df
+
+
+def _listed_rows(rows: pl.Series) -> str:
+    shown = ", ".join(str(r) for r in rows.head(_MAX_LISTED_ROWS).to_list())
+    return shown + (", ..." if rows.len() > _MAX_LISTED_ROWS else "")
+
+
+def _finish(
+    columns: dict[str, pl.Series], rows: pl.Series, report: LoadReport, *, id_field: str | None = "request_id"
+) -> pl.DataFrame:
+    """Assemble the table in schema order, null-filling optional columns; check ids; sort and report.
+
+    `columns` maps schema column -> parsed series; `id_field` is the source's
+    name for its id column (for the duplicate-id message), None when ids are
+    row numbers and so unique already.
+    """
+    df = pl.DataFrame({name: s.alias(name) for name, s in columns.items()}).with_columns(rows.alias(_ROW))
+    df = df.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in REQUEST_SCHEMA.items() if c not in columns)
+    df = df.select(*(pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()), _ROW)
+    if id_field:
+        _check_unique(df, "request_id", report.source, row_col=_ROW, field=id_field)
+    arr = pl.col("arrival_s")
+    late = df.filter(arr < arr.cum_max().shift(1))[_ROW]
+    if late.len():
+        df = df.sort("arrival_s", maintain_order=True)
+        report.repairs.append(
+            f"sorted {late.len()} out-of-order arrivals (at rows {_listed_rows(late)}); ties keep file order"
+        )
+    df = df.drop(_ROW)
+    report.rows_loaded = df.height
+    return df
+
+
+def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, LoadReport]:
+    p, source = _source(path)
+    found = _csv_header(p, source) if fmt.container == "csv" else list(_first_record(p, source))
+    _require(found, fmt.required, fmt.name, source)
+    raw = _read(p, source, fmt.container, list(fmt.required))
+    report = LoadReport(source=source, format=fmt.name, rows_read=raw.height)
+
+    output = _number(raw, fmt.output, source=source, integer=True, minimum=0 if fmt.failed_zero_output else 1)
+    if fmt.failed_zero_output:
+        failed = output == 0
+        if failed.any():
+            dropped = raw.filter(failed)[_ROW]
+            report.repairs.append(
+                f"dropped {dropped.len()} failed requests ({fmt.output} = 0) at rows {_listed_rows(dropped)}"
+            )
+            raw, output = raw.filter(~failed), output.filter(~failed)
+            if raw.height == 0:
+                raise TraceError(f"empty trace: all {dropped.len()} requests failed ({fmt.output} = 0)", source=source)
+
+    if fmt.time_unit == "datetime":
+        ns = _timestamp_ns(raw, fmt.time, source=source)
+        arrival = (ns - ns.min()) / 1e9
+    else:
+        scale = 1e-3 if fmt.time_unit == "ms" else 1.0
+        arrival = _number(raw, fmt.time, source=source, integer=False, minimum=0) * scale
+    if fmt.request_id:
+        ids = _number(raw, fmt.request_id, source=source, integer=True)
+    else:
+        ids = raw[_ROW].cast(pl.Int64) - 1
+    tenant = (
+        _text(raw, fmt.tenant, source=source, nullable=False, strip=True)
+        if fmt.tenant
+        else pl.repeat("default", raw.height, dtype=pl.String, eager=True)
+    )
+    columns = {
+        "request_id": ids,
+        "arrival_s": arrival,
+        "tenant": tenant,
+        "input_tokens": _number(raw, fmt.input, source=source, integer=True, minimum=1),
+        "output_tokens": output,
+    }
+    return _finish(columns, raw[_ROW], report, id_field=fmt.request_id), report
+
+
+# --------------------------------------------------------------------------- per-format readers
+
+
+def read_azure(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """Azure LLM inference trace, 2023 or 2024 (`TIMESTAMP`, `ContextTokens`, `GeneratedTokens`).
+
+    TIMESTAMP is wall clock, naive or UTC, with up to 9 fractional digits or
+    none; arrival_s counts from the earliest one. No tenants: "default".
+    """
+    return _read_public(path, _AZURE)
+
+
+def read_burstgpt(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """BurstGPT (`Timestamp` s from start, `Model`, `Request tokens`, `Response tokens`, ...).
+
+    Tenant is the `Model` column. Rows with 0 response tokens are failed
+    requests: they are dropped and listed in the report.
+    """
+    return _read_public(path, _BURSTGPT)
+
+
+def read_mooncake(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """Mooncake JSONL (`timestamp` ms, `input_length`, `output_length`; `hash_ids` ignored)."""
+    return _read_public(path, _MOONCAKE)
+
+
+def read_bailian(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """Qwen Bailian JSONL (`chat_id` -> request_id, `timestamp` s, `input_length`, `output_length`).
+
+    `parent_chat_id`, `type`, `turn` and `hash_ids` are not part of the
+    request table and are not read; tenant is "default".
+    """
+    return _read_public(path, _BAILIAN)
+
+
+def read_vidur(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """Vidur replay CSV (`arrived_at` s, `num_prefill_tokens`, `num_decode_tokens`)."""
+    return _read_public(path, _VIDUR)
+
+
+# Per schema column of a native file: (integer?, minimum, strictly above?) for numbers.
+_NATIVE_NUMBERS: dict[str, tuple[bool, float | None, bool]] = {
+    "request_id": (True, None, False),
+    "arrival_s": (False, 0, False),
+    "input_tokens": (True, 1, False),
+    "output_tokens": (True, 1, False),
+    "max_tokens": (True, 1, False),
+    "priority": (True, None, False),
+    "slo_ttft_s": (False, 0, True),
+    "slo_e2e_s": (False, 0, True),
+}
+
+
+def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """driftsim's own CSV or Parquet: the schema's columns by name; missing optional ones become null.
+
+    Arrivals are kept as written (>= 0). Columns the schema lacks are ignored
+    and named in the report.
+    """
+    p, source = _source(path)
+    container = _container(p)
+    if container == "jsonl":
+        raise TraceError("the native format is CSV or Parquet, not JSON lines", source=source)
+    if container == "csv":
+        found = _csv_header(p, source)
+    else:
+        try:
+            found = pl.scan_parquet(p).collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise TraceError(f"could not read the file as parquet: {e}", source=source) from e
+    _require(found, REQUIRED_COLUMNS, "native", source)
+    present = [c for c in REQUEST_SCHEMA if c in found]
+    raw = _read(p, source, container, present)
+    report = LoadReport(source=source, format="native", rows_read=raw.height)
+    extra = [c for c in found if c not in REQUEST_SCHEMA]
+    if extra:
+        report.repairs.append(f"ignored {len(extra)} column(s) not in the request schema: {extra}")
+    columns: dict[str, pl.Series] = {}
+    for col in present:
+        required = col in REQUIRED_COLUMNS
+        if col in _NATIVE_NUMBERS:
+            integer, minimum, above = _NATIVE_NUMBERS[col]
+            columns[col] = _number(
+                raw, col, source=source, integer=integer, minimum=minimum, strictly_above=above, nullable=not required
+            )
+        else:
+            # Tenant names are identifiers (stripped); prompt text is kept byte for byte.
+            columns[col] = _text(raw, col, source=source, nullable=not required, strip=col == "tenant")
+    return _finish(columns, raw[_ROW], report), report
+
+
+# --------------------------------------------------------------------------- detection and entry points
+
+#: format name -> reader. A reader is a pure function from a path to (table, report).
+FORMATS: dict[str, Callable[[str | os.PathLike], tuple[pl.DataFrame, LoadReport]]] = {
+    "azure": read_azure,
+    "burstgpt": read_burstgpt,
+    "mooncake": read_mooncake,
+    "bailian": read_bailian,
+    "vidur": read_vidur,
+    "native": read_native,
+}
+
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+def _container(path: Path) -> str:
+    """csv, jsonl or parquet: by extension when it is a known one, else by the first bytes."""
+    by_ext = _EXTENSIONS.get(path.suffix.lower())
+    if by_ext:
+        return by_ext
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    return "jsonl" if head.lstrip().startswith(b"{") else "csv"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Name the format of a trace file from its extension and header (CSV) or first record (JSONL).
+
+    The format whose columns best match wins; a format with all its required
+    columns beats one without, so a near miss still gets the loader whose
+    "missing column" error is most useful.
+    """
+    p, source = _source(path)
+    container = _container(p)
+    if container == "parquet":
+        return "native"
+    found = _csv_header(p, source) if container == "csv" else list(_first_record(p, source))
+    candidates = [(f.name, f.required, f.hints) for f in _PUBLIC.values() if f.container == container]
+    if container == "csv":
+        candidates.append(("native", REQUIRED_COLUMNS, OPTIONAL_COLUMNS))
+    scored = []
+    for name, required, hints in candidates:
+        overlap = len(set(found) & set(required + hints))
+        scored.append((all(c in found for c in required), overlap, name))
+    _, overlap, name = max(scored, key=lambda t: (t[0], t[1]))
+    if overlap == 0:
+        raise TraceError(
+            f"unknown trace format ({container} with columns {found}); expected one of: {_describe_formats()}",
+            source=source,
+        )
+    return name
+
+
+def load_trace_with_report(path: str | os.PathLike, format: str = "auto") -> tuple[pl.DataFrame, LoadReport]:
+    """Load any supported trace into the request table, with the report of repairs made on the way."""
+    name = detect_format(path) if format == "auto" else format
+    reader = FORMATS.get(name)
+    if reader is None:
+        raise TraceError(f"unknown trace format {format!r}; expected one of {['auto', *FORMATS]}", source=str(path))
+    return reader(path)
+
+
+def load_trace(path: str | os.PathLike, format: str = "auto") -> pl.DataFrame:
+    """Load any supported trace into the request table (REQUEST_SCHEMA columns, order and dtypes)."""
+    return load_trace_with_report(path, format)[0]
