@@ -69,9 +69,13 @@ class GatewayConfig:
     With ``max_outstanding`` unset every request is dispatched on arrival (a
     client talking straight to vLLM) and the policy never holds anything; set
     it to cap requests in flight per replica so the policy decides the order.
+    ``placement="engine"`` instead orders each engine's own waiting queue by
+    the policy (vLLM's ``priority`` scheduling generalised), with preemption
+    of the running request the policy ranks last.
     """
 
     policy: str = "fifo"
+    placement: Literal["gateway", "engine"] = "gateway"
     policy_params: dict[str, Any] = field(default_factory=dict)
     max_outstanding: int | None = None  # requests in flight per replica; None = no cap
     router: Literal["round_robin", "least_outstanding"] = "least_outstanding"
@@ -79,6 +83,8 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.max_outstanding is not None and self.max_outstanding <= 0:
             raise ConfigError(f"gateway.max_outstanding: expected a positive integer, got {self.max_outstanding}")
+        if self.placement not in ("gateway", "engine"):
+            raise ConfigError(f"gateway.placement: expected 'gateway' or 'engine', got {self.placement!r}")
         if self.router not in ("round_robin", "least_outstanding"):
             raise ConfigError(f"gateway.router: expected 'round_robin' or 'least_outstanding', got {self.router!r}")
 

@@ -46,7 +46,8 @@ import numpy as np
 
 from costmodel.base import CostModel
 from costmodel.batch import StepBatch, chunk_attn_tokens
-from sim.config import EngineConfig
+from sim.config import ConfigError, EngineConfig
+from sim.policies import Policy
 from sim.request import SimRequest
 
 _SHORT_RUN = 24  # runs up to this many steps are planned without numpy
@@ -56,10 +57,72 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+class FcfsQueue:
+    """vLLM's default waiting queue: arrival order, preempted requests go back to the front."""
+
+    def __init__(self) -> None:
+        self._q: deque[SimRequest] = deque()
+
+    def push(self, req: SimRequest) -> None:
+        self._q.append(req)
+
+    def push_front(self, req: SimRequest) -> None:
+        self._q.appendleft(req)
+
+    def peek(self) -> SimRequest:
+        return self._q[0]
+
+    def pop(self) -> SimRequest:
+        return self._q.popleft()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    @staticmethod
+    def victim(running: dict[int, SimRequest]) -> SimRequest:
+        """The most recently admitted running request."""
+        return running[next(reversed(running))]
+
+
+class PolicyQueue:
+    """A waiting queue ordered by a keyed policy, as vLLM's ``priority`` scheduling does.
+
+    Preempted requests are pushed back by their key; the preemption victim is
+    the running request the policy ranks last.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        if not policy.keyed:
+            raise ConfigError(
+                f"policy '{policy.name}' keeps per-tenant state and can only act at the gateway; "
+                "inside the engine use a keyed policy (fifo, priority, sjf, aging, edf, las, srpt)"
+            )
+        self.policy = policy
+
+    def push(self, req: SimRequest) -> None:
+        self.policy.push(req, 0.0)
+
+    push_front = push
+
+    def peek(self) -> SimRequest:
+        return self.policy.peek()
+
+    def pop(self) -> SimRequest:
+        return self.policy.pop(0.0)
+
+    def __len__(self) -> int:
+        return len(self.policy)
+
+    def victim(self, running: dict[int, SimRequest]) -> SimRequest:
+        return max(running.values(), key=self.policy.rank)
+
+
 class EngineCore:
     """Continuous-batching state of one replica; see the module docstring."""
 
-    def __init__(self, *, config: EngineConfig, cost: CostModel, num_blocks: int) -> None:
+    def __init__(
+        self, *, config: EngineConfig, cost: CostModel, num_blocks: int, policy: Policy | None = None
+    ) -> None:
         if num_blocks <= 0:
             raise ValueError(f"num_blocks must be positive, got {num_blocks}")
         self.cfg = config
@@ -72,7 +135,7 @@ class EngineCore:
         self.total_blocks = num_blocks
         self.used_blocks = 0
 
-        self.waiting: deque[SimRequest] = deque()
+        self.waiting: FcfsQueue | PolicyQueue = FcfsQueue() if policy is None else PolicyQueue(policy)
         self.running: dict[int, SimRequest] = {}  # order -> request, admission order
         self.prefilling: list[SimRequest] = []  # running requests still prefilling, in running order
         self._next_order = 0
@@ -118,10 +181,10 @@ class EngineCore:
 
     # ------------------------------------------------------------------ intake
     def add(self, req: SimRequest) -> None:
-        """Queue a request at the back of the waiting queue (FCFS)."""
+        """Queue a request in the waiting queue (at the back, for FCFS)."""
         req.prefill_target = req.input_tokens + req.generated
         req.finish_g = -1
-        self.waiting.append(req)
+        self.waiting.push(req)
 
     # ------------------------------------------------------------------ planning
     def plan(self, t: float, until: float = float("inf")) -> np.ndarray | list[float]:
@@ -171,7 +234,7 @@ class EngineCore:
         """True when the waiting pass would admit nothing now nor at any step before the next completion."""
         if not self.waiting or len(self.running) >= self.max_seqs:
             return True
-        head = self.waiting[0]
+        head = self.waiting.peek()
         remaining = head.prefill_target - head.computed
         budget = self.max_tokens - self.num_decode
         if remaining > budget and not self.chunked:
@@ -225,7 +288,7 @@ class EngineCore:
             free = self.free_blocks - need
             waiting = self.waiting
             while waiting and len(self.running) < self.max_seqs and budget > 0:
-                r = waiting[0]
+                r = waiting.peek()
                 remaining = r.prefill_target - r.computed
                 if remaining > budget and not self.chunked:
                     break
@@ -233,7 +296,7 @@ class EngineCore:
                 nb = _cdiv(r.computed + n, bs) - r.blocks
                 if nb > free:
                     break
-                waiting.popleft()
+                waiting.pop()
                 free -= nb
                 budget -= n
                 r.order = self._next_order
@@ -354,8 +417,9 @@ class EngineCore:
         self.prefilling = still
 
     def _preempt_last(self) -> None:
-        """Preempt (recompute) the most recently admitted running request."""
-        order, r = self.running.popitem()
+        """Preempt (recompute) the victim the waiting queue names: for FCFS the most recently admitted."""
+        r = self.waiting.victim(self.running)
+        del self.running[r.order]
         if r.finish_g < 0:  # still prefilling
             self.prefilling.remove(r)
             self.used_blocks -= r.blocks
@@ -371,8 +435,9 @@ class EngineCore:
         r.blocks = 0
         r.preemptions += 1
         self.preemptions += 1
-        self.add(r)
-        self.waiting.rotate(1)  # add() appended; vLLM puts preempted requests at the front
+        r.prefill_target = r.input_tokens + r.generated
+        r.finish_g = -1
+        self.waiting.push_front(r)
 
     # ------------------------------------------------------------------ batch mode
     def run_to_completion(self, t: float) -> tuple[float, list[tuple[SimRequest, float]]]:

@@ -34,6 +34,7 @@ class Queued(Protocol):
     est_tokens: int  # estimated total budget (input + estimated output), tokens
     input_tokens: int  # prompt length, tokens (same counter as est_tokens)
     slo_e2e_s: float | None  # end-to-end objective, seconds; None when the trace has none
+    generated: int  # output tokens produced so far (0 until an engine has run it; > 0 after a preemption)
 
 
 class Policy:
@@ -45,6 +46,8 @@ class Policy:
     """
 
     name = "base"
+    #: True when the order is a static key, so the policy can also order an engine's waiting queue.
+    keyed = True
 
     def __init__(self) -> None:
         self._heap: list[tuple[Any, float, int, Queued]] = []
@@ -61,6 +64,14 @@ class Policy:
         if not self._heap:
             return None
         return heapq.heappop(self._heap)[-1]
+
+    def peek(self) -> Queued | None:
+        """The request ``pop`` would return next (keyed policies only)."""
+        return self._heap[0][-1] if self._heap else None
+
+    def rank(self, req: Queued) -> tuple:
+        """Full sort tuple of a request; the largest is the engine's preemption victim."""
+        return (self.key(req), req.arrival_s, req.request_id)
 
     def on_finish(self, req: Queued, now: float, *, output_tokens: int | None = None) -> None:
         """Feedback when a dispatched request completes with ``output_tokens`` generated (stateful policies)."""
@@ -158,6 +169,7 @@ class Weighted(Policy):
     """
 
     name = "weighted"
+    keyed = False
 
     def __init__(self, *, weights: Mapping[str, int] | None = None, strict: bool = False) -> None:
         super().__init__()
@@ -220,6 +232,7 @@ class Vtc(Policy):
     """
 
     name = "vtc"
+    keyed = False
 
     def __init__(
         self,
@@ -322,6 +335,28 @@ class Edf(Policy):
         return self.deadline(req)
 
 
+class Las(Policy):
+    """Least attained service: fewest output tokens already generated first (preempted work resumes last).
+
+    Uses the runtime progress the engine reports (``generated``), so it
+    matters inside the engine, where preempted requests wait beside new ones.
+    """
+
+    name = "las"
+
+    def key(self, req: Queued) -> Any:
+        return req.generated
+
+
+class Srpt(Policy):
+    """Shortest remaining (estimated) processing: estimated output minus tokens already generated."""
+
+    name = "srpt"
+
+    def key(self, req: Queued) -> Any:
+        return max(req.est_tokens - req.input_tokens - req.generated, 0)
+
+
 POLICIES: dict[str, Callable[..., Policy]] = {
     "fifo": Fifo,
     "priority": Priority,
@@ -330,6 +365,8 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "aging": Aging,
     "vtc": Vtc,
     "edf": Edf,
+    "las": Las,
+    "srpt": Srpt,
 }
 
 

@@ -15,6 +15,7 @@ import polars as pl
 import simpy
 
 from costmodel.base import CostModel
+from sim.admission import Admission, AdmissionConfig
 from sim.config import ConfigError, EngineConfig, GatewayConfig
 from sim.engine import EngineCore
 from sim.gateway import Gateway
@@ -44,6 +45,8 @@ def simulate(
     replicas: int = 1,
     num_blocks: int | None = None,
     horizon_s: float | None = None,
+    admission: AdmissionConfig | None = None,
+    seed: int = 0,
     progress: Callable[[float], None] | None = None,
 ) -> SimResult:
     """Simulate ``trace`` (the request table of :mod:`traces.schema`).
@@ -52,8 +55,10 @@ def simulate(
     engine config's ``num_gpu_blocks``, else the cost model's at the
     engine's block size; :mod:`sim.scenario` passes the profile's figure). The run goes
     on until every request finished, or stops at ``horizon_s`` with the rest
-    reported as unfinished. ``progress`` is called with the fraction of
-    requests that have arrived.
+    reported as unfinished. ``admission`` says how output lengths are
+    estimated (default: the oracle, i.e. the real lengths); ``seed`` drives
+    its random parts. ``progress`` is called with the fraction of requests
+    that have arrived.
     """
     if replicas < 1:
         raise ConfigError(f"replicas: expected at least 1, got {replicas}")
@@ -63,18 +68,31 @@ def simulate(
     env = simpy.Environment()
     n = trace.height
     rec = ResultRecorder(n)
+    adm = Admission(admission or AdmissionConfig(), trace, seed=seed)
+    in_engine = gateway.placement == "engine"
+    if in_engine and engine.mode == "microbatch":
+        raise ConfigError("gateway.placement 'engine' needs engine.mode 'continuous'; the micro-batch worker orders at the gateway")
     gw = Gateway(
         env,
-        make_policy(gateway.policy, **gateway.policy_params),
+        make_policy("fifo" if in_engine else gateway.policy, **({} if in_engine else gateway.policy_params)),
         router=ROUTERS[gateway.router](),
         max_outstanding=gateway.max_outstanding,
     )
 
     def on_finish(req: SimRequest, t: float, replica: int) -> None:
         rec.finish(req, t, replica)
+        adm.complete(req, t)
         gw.finished(req, t)
 
-    cores = [EngineCore(config=engine, cost=cost, num_blocks=num_blocks) for _ in range(replicas)]
+    cores = [
+        EngineCore(
+            config=engine,
+            cost=cost,
+            num_blocks=num_blocks,
+            policy=make_policy(gateway.policy, **gateway.policy_params) if in_engine else None,
+        )
+        for _ in range(replicas)
+    ]
     clock = _ArrivalClock()
     if engine.mode == "continuous":
         gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next) for i, core in enumerate(cores)]
@@ -82,7 +100,7 @@ def simulate(
     else:
         workers = [MicroBatchWorker(env, core, i, gw, on_finish) for i, core in enumerate(cores)]
 
-    env.process(_arrivals(env, trace, engine, cores[0], gw, rec, progress, clock))
+    env.process(_arrivals(env, trace, engine, cores[0], gw, rec, adm, progress, clock))
     env.run(until=horizon_s)
     rec.mark_unfinished()
     replica_stats = [
@@ -92,8 +110,10 @@ def simulate(
     if engine.mode == "microbatch":
         for stats, w in zip(replica_stats, workers):
             stats["batches"] = w.batches
-    requests = rec.to_frame(trace)
-    return SimResult(requests=requests, replicas=replica_stats, summary=summarize(requests, replica_stats))
+    requests = rec.to_frame(trace).with_columns(**adm.columns())
+    summary = summarize(requests, replica_stats)
+    summary["estimation"] = adm.summary(requests)
+    return SimResult(requests=requests, replicas=replica_stats, summary=summary)
 
 
 class _ArrivalClock:
@@ -106,7 +126,7 @@ class _ArrivalClock:
         return self.next_s
 
 
-def _arrivals(env, trace, engine, core, gw, rec, progress, clock):
+def _arrivals(env, trace, engine, core, gw, rec, adm, progress, clock):
     """Release each request at its arrival time; refuse the ones no engine could serve."""
     arrival = trace["arrival_s"].to_numpy()
     ids = trace["request_id"].to_numpy()
@@ -151,6 +171,7 @@ def _arrivals(env, trace, engine, core, gw, rec, progress, clock):
         if not core.fits(req):
             rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
             continue
+        adm.admit(req)
         gw.submit(req)
     clock.next_s = float("inf")
     if progress is not None:

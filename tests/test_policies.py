@@ -26,6 +26,7 @@ class Req:
     est_tokens: int
     input_tokens: int
     slo_e2e_s: float | None = None
+    generated: int = 0
 
 
 def make_req(
@@ -62,8 +63,8 @@ def tenants_of(policy: Policy, n: int, now: float = 0.0) -> list[str]:
 # ---------------------------------------------------------------- registry
 
 
-def test_registry_holds_the_original_five_and_two_more():
-    assert set(POLICIES) == {"fifo", "priority", "weighted", "sjf", "aging", "vtc", "edf"}
+def test_registry_holds_the_original_five_and_four_more():
+    assert set(POLICIES) == {"fifo", "priority", "weighted", "sjf", "aging", "vtc", "edf", "las", "srpt"}
     for name in POLICIES:
         assert make_policy(name).name == name
 

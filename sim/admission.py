@@ -1,0 +1,190 @@
+"""Admission: what the gateway knows about a request before it runs.
+
+At arrival every request gets an estimated output length (what SJF, SRPT,
+VTC and friends order by) from one of three estimators; at completion the
+real length is fed back so the estimator can learn (DriftSched's EMA drift
+calibration, or an online learned predictor).
+
+- ``oracle``: the real output length (the regret baseline).
+- ``driftsched``: the original formula, ``int(base(category) * bias *
+  safety(tier) * input_factor)``, category from prompt keywords, with EMA
+  calibration on or off. Traces without prompt text use an estimator-error
+  model instead: a naive estimate ``actual / ratio`` with the ratio drawn per
+  tenant, then the same EMA bias on top (keyed by tenant).
+- ``learned``: an online quantile model of output length (scikit-learn).
+
+Units follow the token counter, as in the original: the ``whitespace``
+variant counts prompt words and observes the output in words (estimated
+from the generated tokens), the ``tokenizer`` variant counts real tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from sim.calibration import DriftCalibrator, mae_rmse
+from sim.config import ConfigError
+from sim.estimation import (
+    EstimatorErrorModel,
+    RatioDist,
+    TokenizerCounter,
+    WhitespaceCounter,
+    classify_category,
+    estimate_output,
+    job_size,
+    words_from_tokens,
+)
+from sim.length_predictor import OnlineLengthPredictor
+from sim.request import SimRequest
+
+ESTIMATORS = ("oracle", "driftsched", "learned")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionConfig:
+    """How output lengths are estimated at admission and learned from completions."""
+
+    estimator: Literal["oracle", "driftsched", "learned"] = "oracle"
+    counter: Literal["whitespace", "tokenizer"] = "tokenizer"
+    tokenizer_path: str | None = None  # a local tokenizer.json (or directory) for the tokenizer counter
+    calibration: bool = True  # DriftSched's EMA bias on/off
+    granularity: Literal["category", "tenant", "tenant_category"] = "category"
+    alpha: float = 0.1
+    # estimator-error model for traces without prompt text: actual/estimate ~ lognormal(median, sigma)
+    error_median: float = 1.0
+    error_sigma: float = 0.5
+    error_per_tenant: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"admission.estimator: expected one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.counter not in ("whitespace", "tokenizer"):
+            raise ConfigError(f"admission.counter: expected 'whitespace' or 'tokenizer', got {self.counter!r}")
+
+
+class Admission:
+    """Per-run estimator state plus columnar records of every estimate."""
+
+    def __init__(self, config: AdmissionConfig, trace: pl.DataFrame, *, seed: int = 0) -> None:
+        self.cfg = config
+        n = trace.height
+        self.category: list[str] = ["-"] * n
+        self.est_output = np.zeros(n, dtype=np.int64)
+        self.prompt_units = np.zeros(n, dtype=np.int64)  # input length in the counter's units
+        self.bias = np.full(n, np.nan)
+        self.observed = np.full(n, -1, dtype=np.int64)
+        self._prompts = trace["prompt"].to_list()
+        self._naive: np.ndarray | None = None
+        words = config.counter == "whitespace"
+        self._observe_units = words_from_tokens if words else (lambda t: t)
+        if config.estimator == "oracle":
+            return
+        if config.counter == "tokenizer" and config.tokenizer_path is not None:
+            self._counter = TokenizerCounter(config.tokenizer_path)
+        elif config.counter == "tokenizer":
+            self._counter = None  # use the trace's own token counts
+        else:
+            self._counter = WhitespaceCounter()
+        if config.estimator == "driftsched":
+            self.model = DriftCalibrator(alpha=config.alpha, enabled=config.calibration, granularity=config.granularity)
+        else:
+            self.model = OnlineLengthPredictor(seed=seed)
+        if trace["prompt"].null_count() > 0:
+            per = {t: RatioDist(median=m, sigma=s) for t, (m, s) in config.error_per_tenant.items()}
+            errors = EstimatorErrorModel(
+                default=RatioDist(median=config.error_median, sigma=config.error_sigma), per_group=per, seed=seed
+            )
+            actual = self._observe_units(trace["output_tokens"].to_numpy())
+            self._naive = errors.estimates(actual, trace["tenant"].to_list(), trace["arrival_s"].to_numpy())
+
+    def admit(self, req: SimRequest) -> None:
+        """Attach ``est_tokens`` (input + estimated output) to a request at arrival."""
+        i, cfg = req.idx, self.cfg
+        if cfg.estimator == "oracle":
+            self.est_output[i] = req.output_tokens
+            self.prompt_units[i] = req.input_tokens
+            req.est_tokens = req.input_tokens + req.output_tokens
+            return
+        prompt = self._prompts[i]
+        if prompt is None:
+            n_in = req.input_tokens
+            category = req.tenant
+            naive = int(self._naive[i])
+            if cfg.estimator == "driftsched":
+                bias = self.model.bias(category=category, tenant=req.tenant)
+                est = int(naive * bias)
+                self.bias[i] = bias
+            else:
+                est = self.model.predict(category=category, tenant=req.tenant, input_tokens=n_in)
+        else:
+            category = classify_category(prompt)
+            n_in = req.input_tokens if self._counter is None else self._counter.count(prompt)
+            if cfg.estimator == "driftsched":
+                bias = self.model.bias(category=category, tenant=req.tenant)
+                est = estimate_output(category, req.tenant, n_in, bias)
+                self.bias[i] = bias
+            else:
+                est = self.model.predict(category=category, tenant=req.tenant, input_tokens=n_in)
+        self.category[i] = category
+        self.prompt_units[i] = n_in
+        self.est_output[i] = est
+        req.est_tokens = n_in + est
+
+    def complete(self, req: SimRequest, t: float) -> None:
+        """Feed the real output length back (in the counter's units)."""
+        i = req.idx
+        observed = int(self._observe_units(req.generated))
+        self.observed[i] = observed
+        if self.cfg.estimator == "oracle":
+            return
+        category = self.category[i]
+        if self.cfg.estimator == "driftsched":
+            base = None if self._prompts[i] is not None else max(1, int(self._naive[i]))
+            self.model.observe(category=category, actual_output=observed, tenant=req.tenant, now=t, base=base)
+        else:
+            self.model.observe(
+                category=category, tenant=req.tenant, input_tokens=int(self.prompt_units[i]), actual_output=observed, now=t
+            )
+
+    def columns(self) -> dict[str, pl.Series]:
+        """Per-request estimate columns for the results table."""
+        observed = np.where(self.observed >= 0, self.observed, 0)
+        done = self.observed >= 0
+        budget = self.prompt_units + self.est_output
+        true_budget = self.prompt_units + observed
+        return {
+            "category": pl.Series(self.category, dtype=pl.String),
+            "est_output": pl.Series(self.est_output),
+            "observed_output": pl.Series(np.where(done, self.observed, None).tolist(), dtype=pl.Int64),
+            "est_bias": pl.Series(self.bias),
+            "job_size": pl.Series([job_size(int(b)) for b in budget], dtype=pl.String),
+            "true_job_size": pl.Series([job_size(int(b)) if d else None for b, d in zip(true_budget, done)], dtype=pl.String),
+        }
+
+    def summary(self, requests: pl.DataFrame) -> dict:
+        """Estimation error (MAE, RMSE) overall and per category, and job-size misclassification."""
+        done = requests.filter(pl.col("observed_output").is_not_null())
+        if done.height == 0:
+            return {"estimator": self.cfg.estimator, "completed": 0}
+        mae, rmse = mae_rmse(done["est_output"].to_numpy(), done["observed_output"].to_numpy())
+        per_cat = {}
+        for cat, part in done.group_by("category", maintain_order=True):
+            m, r = mae_rmse(part["est_output"].to_numpy(), part["observed_output"].to_numpy())
+            per_cat[cat[0]] = {"requests": part.height, "mae": m, "rmse": r}
+        out = {
+            "estimator": self.cfg.estimator,
+            "counter": self.cfg.counter,
+            "calibration": self.cfg.calibration,
+            "completed": done.height,
+            "mae": mae,
+            "rmse": rmse,
+            "by_category": dict(sorted(per_cat.items())),
+            "misclassification_rate": float((done["job_size"] != done["true_job_size"]).mean()),
+        }
+        if self.cfg.estimator == "driftsched":
+            out["final_bias"] = self.model.biases
+        return out
