@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cli.render import inspect_table, print_summary
+from cli.render import inspect_table, print_estimation, print_summary
 
 app = typer.Typer(
     name="driftsim",
@@ -90,6 +90,12 @@ def simulate(
     policy: Optional[str] = typer.Option(None, "--policy", help="Gateway queue policy (e.g. fifo).", rich_help_panel="Scheduling"),
     max_outstanding: Optional[int] = typer.Option(None, "--max-outstanding", help="Cap on requests in flight per replica (continuous mode); the policy orders the rest.", rich_help_panel="Scheduling"),
     router: Optional[str] = typer.Option(None, "--router", help="'least_outstanding' or 'round_robin'.", rich_help_panel="Scheduling"),
+    placement: Optional[str] = typer.Option(None, "--placement", help="Where the policy acts: 'gateway' (in front of the engine) or 'engine' (vLLM-style priority scheduling with preemption).", rich_help_panel="Scheduling"),
+    estimator: Optional[str] = typer.Option(None, "--estimator", help="Output-length estimate at admission: 'oracle' (real lengths), 'driftsched' (keyword formula + EMA calibration) or 'learned'.", rich_help_panel="Scheduling"),
+    counter: Optional[str] = typer.Option(None, "--counter", help="Token counting for estimates: 'tokenizer' or 'whitespace' (DriftSched's split() proxy).", rich_help_panel="Scheduling"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json (or its folder) for --counter tokenizer; default: the trace's own token counts.", rich_help_panel="Scheduling"),
+    calibration: Optional[bool] = typer.Option(None, "--calibration/--no-calibration", help="DriftSched's EMA drift calibration on or off.", rich_help_panel="Scheduling"),
+    oracle_regret: bool = typer.Option(False, "--oracle-regret", help="Also simulate with the real output lengths as estimates and report the latency gap.", rich_help_panel="Scheduling"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads and tenant assignment.", rich_help_panel="Scenario"),
     horizon: Optional[float] = typer.Option(None, "--horizon", help="Stop the simulation at this time (s); requests in flight are reported unfinished.", rich_help_panel="Scenario"),
     step_by_step: bool = typer.Option(False, "--step-by-step", help="Disable the exact fast-forward (for checking; same results, slower).", rich_help_panel="Scenario"),
@@ -124,7 +130,11 @@ def simulate(
     overrides = {
         "profile": profile, "replicas": replicas, "seed": seed, "horizon_s": horizon,
         "workload": workload, "engine": engine,
-        "gateway": {"policy": policy, "max_outstanding": max_outstanding, "router": router},
+        "gateway": {"policy": policy, "max_outstanding": max_outstanding, "router": router, "placement": placement},
+        "admission": {
+            "estimator": estimator, "counter": counter, "calibration": calibration,
+            "tokenizer_path": str(tokenizer) if tokenizer else None,
+        },
     }
     try:
         sc = load_scenario(scenario, overrides)
@@ -134,7 +144,9 @@ def simulate(
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
         ) as bar:
             task = bar.add_task("sim", total=1.0)
-            result, context = run_scenario(sc, progress=lambda f: bar.update(task, completed=f))
+            result, context = run_scenario(
+                sc, progress=lambda f: bar.update(task, completed=f), oracle_regret=oracle_regret
+            )
         wall = time.perf_counter() - t0
     except _input_errors() as exc:
         _fail(str(exc))
@@ -150,6 +162,7 @@ def simulate(
     n = result.requests.height
     title = f"{sc.name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
     print_summary(console, result.summary, title)
+    print_estimation(console, result.summary.get("estimation", {}), context.get("regret"))
     console.print(f"simulated {n} requests in {wall:.2f} s wall ({n / wall:,.0f} requests/s); results in [bold]{folder}[/]")
 
 
@@ -177,7 +190,8 @@ def traces_inspect(
         return
     for line in report.repairs:
         err.print(f"[yellow]trace repair:[/] {line}", highlight=False)
-    for table in inspect_table(inspect_trace(df), f"{file} ({report.format}, {report.rows_loaded} of {report.rows_read} rows)"):
+    title = f"{file.name}: {report.format} format, {report.rows_loaded} of {report.rows_read} rows"
+    for table in inspect_table(inspect_trace(df), title):
         console.print(table)
 
 
@@ -189,8 +203,11 @@ def profiles_list() -> None:
     from costmodel.profiles import list_profiles, load_profile
 
     t = Table(title="bundled profiles", title_justify="left")
-    for c in ("name", "GPU", "model", "cost model", "source"):
-        t.add_column(c)
+    t.add_column("name", no_wrap=True)
+    t.add_column("GPU")
+    t.add_column("model")
+    t.add_column("kind", no_wrap=True)
+    t.add_column("numbers", no_wrap=True)
     for name in list_profiles():
         p = load_profile(name)
         t.add_row(name, p.gpu.name, p.model.name, p.cost_model.describe().get("kind", "?"), p.provenance.get("source", "?"))

@@ -69,6 +69,37 @@ def print_summary(console: Console, summary: dict, title: str) -> None:
     )
 
 
+def print_estimation(console: Console, est: dict, regret: dict | None) -> None:
+    """Estimation error (when an estimator other than the oracle ran) and the regret to the oracle."""
+    if est.get("estimator") not in (None, "oracle") and est.get("completed"):
+        t = Table(
+            title=f"output-length estimates: {est['estimator']}, {est['counter']} counter, "
+            f"calibration {'on' if est['calibration'] else 'off'}",
+            title_justify="left",
+        )
+        for c in ("category", "requests", "MAE", "RMSE"):
+            t.add_column(c, justify="left" if c == "category" else "right", no_wrap=True)
+        for cat, v in est["by_category"].items():
+            t.add_row(cat, str(v["requests"]), f"{v['mae']:.1f}", f"{v['rmse']:.1f}")
+        t.add_row("[bold]overall[/]", str(est["completed"]), f"{est['mae']:.1f}", f"{est['rmse']:.1f}")
+        console.print(t)
+        console.print(f"job-size misclassification: {_fmt_pct(est['misclassification_rate'])}")
+    if regret:
+        t = Table(title="regret: latency minus the oracle's (real lengths known)", title_justify="left")
+        t.add_column("tenant", no_wrap=True)
+        for c in ("E2E mean", "E2E p50", "E2E p99", "TTFT p99"):
+            t.add_column(c, justify="right", no_wrap=True)
+        for name, v in regret.items():
+            t.add_row(name, *(_fmt_signed(v[k]) for k in ("e2e_s:mean", "e2e_s:p50", "e2e_s:p99", "ttft_s:p99")))
+        console.print(t)
+
+
+def _fmt_signed(x: float) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return ("+" if x >= 0 else "-") + _fmt_s(abs(x))
+
+
 def inspect_table(info: dict, title: str) -> list[Table]:
     """Tables for ``driftsim traces inspect``."""
     head = Table(title=title, title_justify="left", show_header=False)
@@ -95,12 +126,13 @@ def inspect_table(info: dict, title: str) -> list[Table]:
     tenants = info.get("tenants")
     if tenants:
         t = Table(title="per tenant", title_justify="left")
-        keys = sorted({k for v in tenants.values() for k in v if not isinstance(v[k], dict)})
-        t.add_column("tenant")
-        for k in keys:
-            t.add_column(k, justify="right")
+        columns = {"requests": "requests", "share": "share", "rate_per_s": "req/s",
+                   "mean_input_tokens": "mean in", "mean_output_tokens": "mean out"}
+        t.add_column("tenant", no_wrap=True)
+        for label in columns.values():
+            t.add_column(label, justify="right", no_wrap=True)
         for name, v in tenants.items():
-            t.add_row(name, *(_num(v.get(k)) for k in keys))
+            t.add_row(name, *(_num(v.get(k)) for k in columns))
         tables.append(t)
     return tables
 
@@ -109,5 +141,7 @@ def _num(v) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+        if v.is_integer():
+            return f"{v:.0f}"
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)

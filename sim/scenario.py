@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from costmodel.profiles import Profile, load_profile
+from sim.admission import AdmissionConfig
 from sim.config import ConfigError, EngineConfig, GatewayConfig
 from sim.run import SimResult, simulate
 from traces import transform
@@ -31,7 +32,10 @@ from traces.synth import LengthDist, TenantLoad, generate
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DEFAULT_SCENARIO = SCENARIO_DIR / "driftsched.toml"
 
-_TOP_KEYS = {"name", "description", "seed", "replicas", "profile", "horizon_s", "workload", "engine", "gateway", "tenants"}
+_TOP_KEYS = {
+    "name", "description", "seed", "replicas", "profile", "horizon_s", "workload", "engine", "gateway", "tenants",
+    "admission",
+}
 _WORKLOAD_KEYS = {
     "kind", "path", "format", "assign_tenants", "assign_method", "rate_scale", "duration_s", "max_requests",
     "tenants", "num_requests", "params",
@@ -73,10 +77,13 @@ def load_scenario(path: str | Path | None = None, overrides: dict | None = None)
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``; None values in ``over`` (unset flags) change nothing."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+        if isinstance(v, dict):
+            merged = _merge(out[k] if isinstance(out.get(k), dict) else {}, v)
+            if merged or k in out:
+                out[k] = merged
         elif v is not None:
             out[k] = v
     return out
@@ -112,6 +119,14 @@ def build_gateway(scenario: Scenario) -> GatewayConfig:
     table = dict(scenario.raw.get("gateway", {}))
     _check_keys(table, {f.name for f in fields(GatewayConfig)}, f"scenario {scenario.name!r} [gateway]")
     return GatewayConfig(**table)
+
+
+def build_admission(scenario: Scenario) -> AdmissionConfig:
+    table = dict(scenario.raw.get("admission", {}))
+    _check_keys(table, {f.name for f in fields(AdmissionConfig)}, f"scenario {scenario.name!r} [admission]")
+    if "error_per_tenant" in table:
+        table["error_per_tenant"] = {k: tuple(v) for k, v in table["error_per_tenant"].items()}
+    return AdmissionConfig(**table)
 
 
 def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
@@ -182,29 +197,51 @@ def _tenant_load(t: dict, scenario: str) -> TenantLoad:
         raise ConfigError(f"{where} {t['name']!r}: {exc}") from None
 
 
-def run_scenario(scenario: Scenario, *, progress=None) -> tuple[SimResult, dict]:
-    """Build everything and simulate; returns the result and a context dict for reports."""
+def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = False) -> tuple[SimResult, dict]:
+    """Build everything and simulate; returns the result and a context dict for reports.
+
+    With ``oracle_regret`` the same trace is simulated again with the real
+    output lengths as estimates, and ``context["regret"]`` holds the latency
+    gap per tenant (this run minus the oracle's).
+    """
     profile = build_profile(scenario)
     engine = build_engine(scenario, profile)
     gateway = build_gateway(scenario)
+    admission = build_admission(scenario)
     trace, report = build_trace(scenario)
     num_blocks = engine.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
-    result = simulate(
-        trace,
+    run = dict(
         cost=profile.cost_model,
         engine=engine,
         gateway=gateway,
         replicas=int(scenario.raw.get("replicas", 1)),
         num_blocks=num_blocks,
         horizon_s=scenario.raw.get("horizon_s"),
-        progress=progress,
+        seed=scenario.seed,
     )
+    result = simulate(trace, admission=admission, progress=progress, **run)
     context = {
         "scenario": scenario.raw,
         "profile": profile.describe(),
         "engine": engine.__dict__,
         "gateway": gateway.__dict__,
         "kv_blocks_per_replica": num_blocks,
+        "admission": admission.__dict__,
         "trace_repairs": list(report.repairs) if report is not None else [],
     }
+    if oracle_regret:
+        oracle = simulate(trace, admission=AdmissionConfig(estimator="oracle"), **run)
+        context["regret"] = regret(result.summary, oracle.summary)
     return result, context
+
+
+def regret(run: dict, oracle: dict) -> dict:
+    """Latency gap to the oracle per tenant and overall: seconds (run minus oracle) for E2E and TTFT."""
+    out = {}
+    for name in [*run["tenants"], "overall"]:
+        mine = run["overall"] if name == "overall" else run["tenants"][name]
+        best = oracle["overall"] if name == "overall" else oracle["tenants"][name]
+        out[name] = {
+            f"{m}:{s}": mine[m][s] - best[m][s] for m in ("e2e_s", "ttft_s") for s in ("mean", "p50", "p99")
+        }
+    return out
