@@ -29,13 +29,14 @@ import polars as pl
 from sim.calibration import DriftCalibrator, mae_rmse
 from sim.config import ConfigError
 from sim.estimation import (
+    MEDIUM_MAX_TOKENS,
+    SHORT_MAX_TOKENS,
     EstimatorErrorModel,
     RatioDist,
     TokenizerCounter,
     WhitespaceCounter,
     classify_category,
     estimate_output,
-    job_size,
     words_from_tokens,
 )
 from sim.length_predictor import OnlineLengthPredictor
@@ -66,23 +67,35 @@ class AdmissionConfig:
             raise ConfigError(f"admission.counter: expected 'whitespace' or 'tokenizer', got {self.counter!r}")
 
 
+def _job_size_expr(budget) -> pl.Expr:
+    """Vectorised :func:`sim.estimation.job_size` (same thresholds)."""
+    return (
+        pl.when(pl.lit(budget) <= SHORT_MAX_TOKENS)
+        .then(pl.lit("short"))
+        .when(pl.lit(budget) <= MEDIUM_MAX_TOKENS)
+        .then(pl.lit("medium"))
+        .otherwise(pl.lit("long"))
+    )
+
+
 class Admission:
     """Per-run estimator state plus columnar records of every estimate."""
 
     def __init__(self, config: AdmissionConfig, trace: pl.DataFrame, *, seed: int = 0) -> None:
         self.cfg = config
         n = trace.height
-        self.category: list[str] = ["-"] * n
         self.est_output = np.zeros(n, dtype=np.int64)
         self.prompt_units = np.zeros(n, dtype=np.int64)  # input length in the counter's units
         self.bias = np.full(n, np.nan)
         self.observed = np.full(n, -1, dtype=np.int64)
-        self._prompts = trace["prompt"].to_list()
         self._naive: np.ndarray | None = None
         words = config.counter == "whitespace"
         self._observe_units = words_from_tokens if words else (lambda t: t)
         if config.estimator == "oracle":
+            self.category = None  # no per-request Python objects for the default estimator
             return
+        self.category: list[str] | None = ["-"] * n
+        self._prompts = trace["prompt"].to_list()
         if config.counter == "tokenizer" and config.tokenizer_path is not None:
             self._counter = TokenizerCounter(config.tokenizer_path)
         elif config.counter == "tokenizer":
@@ -150,19 +163,22 @@ class Admission:
                 category=category, tenant=req.tenant, input_tokens=int(self.prompt_units[i]), actual_output=observed, now=t
             )
 
-    def columns(self) -> dict[str, pl.Series]:
-        """Per-request estimate columns for the results table."""
-        observed = np.where(self.observed >= 0, self.observed, 0)
-        done = self.observed >= 0
-        budget = self.prompt_units + self.est_output
-        true_budget = self.prompt_units + observed
+    def columns(self) -> dict[str, pl.Series | pl.Expr]:
+        """Per-request estimate columns for the results table (vectorised; no per-row Python)."""
+        n = len(self.est_output)
+        observed = pl.Series(self.observed)
+        observed = pl.when(observed >= 0).then(observed).alias("observed_output")
+        category = (
+            pl.repeat(None, n, dtype=pl.String, eager=True) if self.category is None else pl.Series(self.category, dtype=pl.String)
+        )
+        units = pl.Series(self.prompt_units)
         return {
-            "category": pl.Series(self.category, dtype=pl.String),
+            "category": category,
             "est_output": pl.Series(self.est_output),
-            "observed_output": pl.Series(np.where(done, self.observed, None).tolist(), dtype=pl.Int64),
+            "observed_output": observed,
             "est_bias": pl.Series(self.bias),
-            "job_size": pl.Series([job_size(int(b)) for b in budget], dtype=pl.String),
-            "true_job_size": pl.Series([job_size(int(b)) if d else None for b, d in zip(true_budget, done)], dtype=pl.String),
+            "job_size": _job_size_expr(units + pl.Series(self.est_output)),
+            "true_job_size": pl.when(observed.is_not_null()).then(_job_size_expr(units + pl.Series(self.observed))),
         }
 
     def summary(self, requests: pl.DataFrame) -> dict:

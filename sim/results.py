@@ -55,17 +55,18 @@ class ResultRecorder:
     def to_frame(self, trace: pl.DataFrame) -> pl.DataFrame:
         """Join the recorded columns onto the trace rows, with derived latencies (seconds)."""
         n = trace.height
-        reason = [None] * n
-        for i, r in self.reasons.items():
-            reason[i] = r
+        reason = pl.repeat(None, n, dtype=pl.String, eager=True)
+        if self.reasons:
+            reason = reason.scatter(list(self.reasons), list(self.reasons.values()))
+        status = pl.Series(self.status).replace_strict(dict(enumerate(_STATUS_NAMES)), return_dtype=pl.String)
         df = trace.select(
             "request_id", "tenant", "arrival_s", "input_tokens", "output_tokens", "slo_ttft_s", "slo_e2e_s"
         ).with_columns(
-            pl.Series("status", np.array(_STATUS_NAMES)[self.status], dtype=pl.String),
-            pl.Series("reason", reason, dtype=pl.String),
+            status.alias("status"),
+            reason.alias("reason"),
             pl.Series("replica", self.replica),
             pl.Series("generated_tokens", self.generated),
-            pl.Series("finish_reason", np.where(self.length_capped, "length", "stop"), dtype=pl.String),
+            pl.when(pl.Series(self.length_capped)).then(pl.lit("length")).otherwise(pl.lit("stop")).alias("finish_reason"),
             pl.Series("preemptions", self.preemptions),
             pl.Series("scheduled_s", self.scheduled_s),
             pl.Series("first_token_s", self.first_token_s),

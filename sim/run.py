@@ -130,7 +130,8 @@ def _arrivals(env, trace, engine, core, gw, rec, adm, progress, clock):
     """Release each request at its arrival time; refuse the ones no engine could serve."""
     arrival = trace["arrival_s"].to_numpy()
     ids = trace["request_id"].to_numpy()
-    tenants = trace["tenant"].to_list()
+    tenant_names = sorted(trace["tenant"].unique().to_list())  # one shared str per tenant, not per request
+    tenant_codes = trace["tenant"].cast(pl.Enum(tenant_names)).to_physical().to_numpy()
     inp = trace["input_tokens"].to_numpy()
     out = trace["output_tokens"].to_numpy()
     max_tokens = trace["max_tokens"].fill_null(-1).to_numpy()
@@ -161,7 +162,7 @@ def _arrivals(env, trace, engine, core, gw, rec, adm, progress, clock):
             idx=i,
             request_id=int(ids[i]),
             arrival_s=float(arrival[i]),
-            tenant=tenants[i],
+            tenant=tenant_names[tenant_codes[i]],
             priority=int(prio[i]),
             input_tokens=prompt,
             output_tokens=gen,
