@@ -75,6 +75,8 @@ def run_once(n: int, rate: float | None, fast: bool, seed: int = 0) -> dict:
         "us_per_request": 1e6 * wall / n,
         "busy_fraction": res.summary["busy_fraction"],
         "throughput_rps": res.summary["overall"]["throughput_rps"],
+        "e2e_p50_s": res.summary["overall"]["e2e_s"]["p50"],
+        "ttft_p99_s": res.summary["overall"]["ttft_s"]["p99"],
         "mean_input": float(trace["input_tokens"].mean()),
         "mean_output": float(trace["output_tokens"].mean()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -105,13 +107,14 @@ def main() -> None:
     runs = [(n, False) for n in args.sizes]
     if args.compare_step:
         runs.append((min(args.sizes), True))
-    print(f"{'requests':>9} {'mode':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'busy':>6} {'peak RSS MB':>12}")
+    print(f"{'requests':>9} {'mode':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'E2E p50':>8} {'TTFT p99':>9} {'peak RSS MB':>12}")
     for n, step in runs:
         cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate)] + (["--step"] if step else [])
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         mode = "step-by-step" if step else "fast-forward"
         print(f"{n:>9} {mode:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
-              f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['busy_fraction']:>6.1%} {r['peak_rss_mb']:>12.0f}")
+              f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['e2e_p50_s']:>7.2f}s {r['ttft_p99_s']:>8.2f}s "
+              f"{r['peak_rss_mb']:>12.0f}")
     print(f"(mean prompt {r['mean_input']:.0f} tokens, mean output {r['mean_output']:.0f} tokens)")
 
 

@@ -67,14 +67,19 @@ class AdmissionConfig:
             raise ConfigError(f"admission.counter: expected 'whitespace' or 'tokenizer', got {self.counter!r}")
 
 
+JOB_SIZE = pl.Enum(["short", "medium", "long"])
+
+
 def _job_size_expr(budget) -> pl.Expr:
     """Vectorised :func:`sim.estimation.job_size` (same thresholds)."""
+    budget = budget if isinstance(budget, pl.Expr) else pl.lit(budget)
     return (
-        pl.when(pl.lit(budget) <= SHORT_MAX_TOKENS)
+        pl.when(budget <= SHORT_MAX_TOKENS)
         .then(pl.lit("short"))
-        .when(pl.lit(budget) <= MEDIUM_MAX_TOKENS)
+        .when(budget <= MEDIUM_MAX_TOKENS)
         .then(pl.lit("medium"))
         .otherwise(pl.lit("long"))
+        .cast(JOB_SIZE)
     )
 
 
@@ -84,6 +89,8 @@ class Admission:
     def __init__(self, config: AdmissionConfig, trace: pl.DataFrame, *, seed: int = 0) -> None:
         self.cfg = config
         n = trace.height
+        if config.estimator == "oracle":
+            return  # estimates are the real lengths: nothing to keep per request
         self.est_output = np.zeros(n, dtype=np.int64)
         self.prompt_units = np.zeros(n, dtype=np.int64)  # input length in the counter's units
         self.bias = np.full(n, np.nan)
@@ -91,10 +98,7 @@ class Admission:
         self._naive: np.ndarray | None = None
         words = config.counter == "whitespace"
         self._observe_units = words_from_tokens if words else (lambda t: t)
-        if config.estimator == "oracle":
-            self.category = None  # no per-request Python objects for the default estimator
-            return
-        self.category: list[str] | None = ["-"] * n
+        self.category: list[str] = ["-"] * n
         self._prompts = trace["prompt"].to_list()
         if config.counter == "tokenizer" and config.tokenizer_path is not None:
             self._counter = TokenizerCounter(config.tokenizer_path)
@@ -118,8 +122,6 @@ class Admission:
         """Attach ``est_tokens`` (input + estimated output) to a request at arrival."""
         i, cfg = req.idx, self.cfg
         if cfg.estimator == "oracle":
-            self.est_output[i] = req.output_tokens
-            self.prompt_units[i] = req.input_tokens
             req.est_tokens = req.input_tokens + req.output_tokens
             return
         prompt = self._prompts[i]
@@ -149,11 +151,11 @@ class Admission:
 
     def complete(self, req: SimRequest, t: float) -> None:
         """Feed the real output length back (in the counter's units)."""
+        if self.cfg.estimator == "oracle":
+            return
         i = req.idx
         observed = int(self._observe_units(req.generated))
         self.observed[i] = observed
-        if self.cfg.estimator == "oracle":
-            return
         category = self.category[i]
         if self.cfg.estimator == "driftsched":
             base = None if self._prompts[i] is not None else max(1, int(self._naive[i]))
@@ -165,15 +167,22 @@ class Admission:
 
     def columns(self) -> dict[str, pl.Series | pl.Expr]:
         """Per-request estimate columns for the results table (vectorised; no per-row Python)."""
-        n = len(self.est_output)
+        if self.cfg.estimator == "oracle":
+            # the estimate is the real length; sizes and categories are not computed
+            real = pl.when(pl.col("status") == "ok").then(pl.col("generated_tokens").cast(pl.Int64))
+            return {
+                "category": pl.lit(None, dtype=pl.String),
+                "est_output": real,
+                "observed_output": real,
+                "est_bias": pl.lit(None, dtype=pl.Float64),
+                "job_size": pl.lit(None, dtype=JOB_SIZE),
+                "true_job_size": pl.lit(None, dtype=JOB_SIZE),
+            }
         observed = pl.Series(self.observed)
         observed = pl.when(observed >= 0).then(observed).alias("observed_output")
-        category = (
-            pl.repeat(None, n, dtype=pl.String, eager=True) if self.category is None else pl.Series(self.category, dtype=pl.String)
-        )
         units = pl.Series(self.prompt_units)
         return {
-            "category": category,
+            "category": pl.Series(self.category, dtype=pl.String),
             "est_output": pl.Series(self.est_output),
             "observed_output": observed,
             "est_bias": pl.Series(self.bias),
@@ -181,9 +190,18 @@ class Admission:
             "true_job_size": pl.when(observed.is_not_null()).then(_job_size_expr(units + pl.Series(self.observed))),
         }
 
+    def history(self) -> pl.DataFrame | None:
+        """The DriftSched calibrator's bias after every completion (None for the other estimators)."""
+        model = getattr(self, "model", None)
+        return model.history() if isinstance(model, DriftCalibrator) else None
+
     def summary(self, requests: pl.DataFrame) -> dict:
         """Estimation error (MAE, RMSE) overall and per category, and job-size misclassification."""
-        done = requests.filter(pl.col("observed_output").is_not_null())
+        if self.cfg.estimator == "oracle":
+            return {"estimator": "oracle", "mae": 0.0, "rmse": 0.0}
+        done = requests.select(
+            "category", "est_output", "observed_output", "job_size", "true_job_size"
+        ).filter(pl.col("observed_output").is_not_null())
         if done.height == 0:
             return {"estimator": self.cfg.estimator, "completed": 0}
         mae, rmse = mae_rmse(done["est_output"].to_numpy(), done["observed_output"].to_numpy())

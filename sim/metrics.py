@@ -51,14 +51,17 @@ def summarize(requests: pl.DataFrame, replicas: list[dict]) -> dict:
     start = float(requests["arrival_s"].min()) if requests.height else 0.0
     end = float(finish.max()) if finish.len() else start
     span = max(end - start, 0.0)
+    lean = requests.select(
+        "tenant", "status", "generated_tokens", "preemptions", "slo_met", *LATENCY_METRICS
+    )  # filter copies only these columns
     tenants = {
-        t: _group_summary(requests.filter(pl.col("tenant") == t), span)
+        t: _group_summary(lean.filter(pl.col("tenant") == t), span)
         for t in sorted(requests["tenant"].unique().to_list())
     }
     busy = [r["busy_s"] for r in replicas]
     return {
         "span_s": span,
-        "overall": _group_summary(requests, span),
+        "overall": _group_summary(lean, span),
         "tenants": tenants,
         "replicas": [dict(r, busy_fraction=(r["busy_s"] / span if span > 0 else math.nan)) for r in replicas],
         "busy_fraction": (sum(busy) / (span * len(busy))) if span > 0 and busy else math.nan,

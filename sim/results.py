@@ -14,6 +14,13 @@ from sim.request import SimRequest
 
 STATUS_PENDING, STATUS_OK, STATUS_REJECTED, STATUS_UNFINISHED = 0, 1, 2, 3
 _STATUS_NAMES = ["pending", "ok", "rejected", "unfinished"]
+STATUS = pl.Enum(_STATUS_NAMES)
+FINISH_REASON = pl.Enum(["stop", "length"])
+
+
+def _from_codes(codes: np.ndarray, enum: pl.Enum) -> pl.Series:
+    """An Enum column from integer codes (1 byte per row instead of a string)."""
+    return enum.categories.gather(pl.Series(codes.astype(np.uint32))).cast(enum)
 
 
 class ResultRecorder:
@@ -25,7 +32,7 @@ class ResultRecorder:
         self.scheduled_s = np.full(n, np.nan)
         self.first_token_s = np.full(n, np.nan)
         self.finish_s = np.full(n, np.nan)
-        self.generated = np.zeros(n, dtype=np.int64)
+        self.generated = np.zeros(n, dtype=np.int32)
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.length_capped = np.zeros(n, dtype=bool)
         self.reasons: dict[int, str] = {}
@@ -58,7 +65,7 @@ class ResultRecorder:
         reason = pl.repeat(None, n, dtype=pl.String, eager=True)
         if self.reasons:
             reason = reason.scatter(list(self.reasons), list(self.reasons.values()))
-        status = pl.Series(self.status).replace_strict(dict(enumerate(_STATUS_NAMES)), return_dtype=pl.String)
+        status = _from_codes(self.status, STATUS)
         df = trace.select(
             "request_id", "tenant", "arrival_s", "input_tokens", "output_tokens", "slo_ttft_s", "slo_e2e_s"
         ).with_columns(
@@ -66,7 +73,7 @@ class ResultRecorder:
             reason.alias("reason"),
             pl.Series("replica", self.replica),
             pl.Series("generated_tokens", self.generated),
-            pl.when(pl.Series(self.length_capped)).then(pl.lit("length")).otherwise(pl.lit("stop")).alias("finish_reason"),
+            _from_codes(self.length_capped, FINISH_REASON).alias("finish_reason"),
             pl.Series("preemptions", self.preemptions),
             pl.Series("scheduled_s", self.scheduled_s),
             pl.Series("first_token_s", self.first_token_s),

@@ -29,11 +29,18 @@ from sim.router import ROUTERS
 
 @dataclass
 class SimResult:
-    """What a run produced: one row per request, replica counters and the summary."""
+    """What a run produced: one row per request, replica counters and the summary.
+
+    ``calibration_history``: with the ``driftsched`` estimator, the bias after
+    every completion (columns ``time_s``, ``key``, ``bias``; see
+    :meth:`sim.calibration.DriftCalibrator.history`); None otherwise. Kept
+    out of ``summary`` so that stays small and JSON-ready.
+    """
 
     requests: pl.DataFrame
     replicas: list[dict]
     summary: dict = field(default_factory=dict)
+    calibration_history: pl.DataFrame | None = None
 
 
 def simulate(
@@ -113,7 +120,7 @@ def simulate(
     requests = rec.to_frame(trace).with_columns(**adm.columns())
     summary = summarize(requests, replica_stats)
     summary["estimation"] = adm.summary(requests)
-    return SimResult(requests=requests, replicas=replica_stats, summary=summary)
+    return SimResult(requests=requests, replicas=replica_stats, summary=summary, calibration_history=adm.history())
 
 
 class _ArrivalClock:
