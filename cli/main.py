@@ -33,6 +33,8 @@ traces_app = typer.Typer(help="Look at request traces before simulating them.", 
 app.add_typer(traces_app, name="traces")
 profiles_app = typer.Typer(help="Bundled GPU x model profiles (cost models).", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
+reproduce_app = typer.Typer(help="Reproduce a paper's experiments in simulation, with the paper's numbers alongside.", no_args_is_help=True)
+app.add_typer(reproduce_app, name="reproduce")
 
 console = Console()
 err = Console(stderr=True)
@@ -225,6 +227,116 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name or file."))
         _fail(str(exc))
         return
     console.print_json(json.dumps(p.describe(), default=_json_default))
+
+
+def _parse_seeds(option: list[str] | None, extra: list[str] | None) -> list[int]:
+    """Seeds from ``--seeds 0 1 2`` (click sees one option value and two extra arguments), ``--seeds 0,1,2`` or repeats."""
+    seeds: list[int] = []
+    for token in [*(option or []), *(extra or [])]:
+        for part in token.replace(",", " ").split():
+            try:
+                seeds.append(int(part))
+            except ValueError:
+                _fail(f"--seeds: expected integers, got {part!r} (e.g. --seeds 0 1 2)")
+    return seeds or [0, 1, 2]
+
+
+@reproduce_app.command("driftsched", context_settings={"allow_extra_args": True})
+def reproduce_driftsched(
+    ctx: typer.Context,
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default 0 1 2); one workload per seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default driftsim-out/reproduce-driftsched-<time>."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json (or its folder) for the tokenizer counter; default: the trace's own counts."),
+) -> None:
+    """Run the DriftSched paper's grid (policies x token counters x calibration x seeds) and compare with the paper.
+
+    Prints the headline table (paper vs driftsim, with notes where they
+    differ) and per-tier latency; writes results.parquet (one row per
+    seed x policy x counter x calibration x tenant), headline.json and an
+    offline interactive report.html.
+
+    Example: driftsim reproduce driftsched --seeds 0 1 2 --out out/
+    """
+    from sim.experiments.driftsched import headline_table, run_driftsched_experiment
+    from sim.experiments.report import write_report
+
+    seed_list = _parse_seeds(seeds, ctx.args)  # "--seeds 0 1 2": click passes 1 and 2 as extra arguments
+    t0 = time.perf_counter()
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+        ) as bar:
+            task = bar.add_task("simulating", total=None)
+
+            def progress(done: int, total: int, label: str) -> None:
+                bar.update(task, completed=done, total=total, description=label)
+
+            result = run_driftsched_experiment(
+                seeds=seed_list, tokenizer_path=str(tokenizer) if tokenizer else None, progress=progress
+            )
+    except (*_input_errors(), ImportError) as exc:
+        _fail(str(exc))
+        return
+    rows = headline_table(result)
+    folder = out or Path("driftsim-out") / f"reproduce-driftsched-{datetime.now():%Y%m%d-%H%M%S}"
+    folder.mkdir(parents=True, exist_ok=True)
+    result.table.write_parquet(folder / "results.parquet")
+    (folder / "headline.json").write_text(
+        json.dumps({"headline": result.headline, "table": rows, "meta": result.meta}, indent=2, default=_json_default)
+    )
+    write_report(result, folder / "report.html")
+    wall = time.perf_counter() - t0
+    _print_reproduction(result, rows)
+    m = result.meta
+    console.print(
+        f"{m['runs']} runs of {m['n_learning'] + m['n_stress']} requests in {wall:.1f} s wall "
+        f"(simulation {m['wall_s']:.1f} s); results in [bold]{folder}[/]"
+    )
+
+
+def _print_reproduction(result, rows: list[dict]) -> None:
+    """The headline rows the paper has a figure for, the per-tier latency table (with Jain's index) and the caveats.
+
+    Rows without a paper figure (per-tier medians, Jain) are the per-tier
+    table's content, so they are not repeated; headline.json and the report
+    keep every row.
+    """
+    from rich.table import Table
+
+    from sim.experiments.headline import format_value, is_discrepancy, view_config
+
+    t = Table(title="DriftSched headline: paper vs driftsim", title_justify="left")
+    t.add_column("metric", ratio=3)
+    t.add_column("paper", justify="right", ratio=1)
+    t.add_column("driftsim", justify="right", ratio=1)
+    t.add_column("note", ratio=4)
+    for r in rows:
+        if r["paper"] is None and not r["metric"].startswith("Job-size"):
+            continue
+        note = f"[red]{r['note']}[/]" if is_discrepancy(r["note"]) else r["note"]
+        t.add_row(r["metric"], format_value(r["paper"], r["unit"]), format_value(r["driftsim"], r["unit"]), note)
+    console.print(t, highlight=False)
+    view = view_config(result)
+    lat = Table(title=f"E2E latency per tier (s), mean over seeds; {view}", title_justify="left")
+    lat.add_column("policy", no_wrap=True)
+    lat.add_column("tier", no_wrap=True)
+    for col in ("mean", "p50", "p90", "p99", "wait p50", "Jain"):
+        lat.add_column(col, justify="right", no_wrap=True)
+    jain = result.headline["jain"].get(view, {})
+    policies = list(result.headline["per_tier"].get(view, {}).items())
+    for k, (policy, groups) in enumerate(policies):
+        for i, (tier, g) in enumerate(groups.items()):
+            lat.add_row(
+                policy if i == 0 else "", f"[bold]{tier}[/]" if tier == "overall" else tier,
+                *(f"{g[c]:.1f}" for c in ("e2e_mean_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "queue_wait_p50_s")),
+                format_value(jain.get(policy)) if i == 0 else "",
+                end_section=i == len(groups) - 1 and k < len(policies) - 1,
+            )  # fmt: skip
+    console.print(lat, highlight=False)
+    console.print("Jain: Jain's index over the tiers' mean E2E (1 = all tiers wait alike; 1/3 = one tier gets everything).")
+    for note in result.headline.get("notes", []):
+        console.print(f"[dim]- {note}[/]", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

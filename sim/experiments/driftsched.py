@@ -82,7 +82,11 @@ class ExperimentResult:
 
     ``table``: one row per (seed, policy, counter, calibration, tenant),
     ``tenant == "overall"`` for the whole run; latencies in seconds,
-    estimation errors in the counter's units (words or tokens).
+    estimation errors in the counter's units (words or tokens);
+    ``jain_e2e`` (Jain's index over the tenants' mean E2E), ``span_s``,
+    ``busy_fraction``, ``learning_drain_s`` (when the learning phase alone
+    drains; NaN with ``pause="fixed"``) and ``stress_start_s`` (where phase
+    2's first gap starts) are per run, repeated on its rows.
     ``requests``: per-request results of ``meta["representative_seed"]``
     for every configuration. ``bias_history``: the calibrator's bias after
     every completion (calibration on only) for that seed. ``final_bias``:
@@ -188,8 +192,10 @@ def run_driftsched_experiment(
                 drain_s = _learning_drain_s(trace, n_learning, run)
                 stress_start_s = drain_s + phase_gap_s
                 run_trace = _trace(scenario, seed, {**params, "stress_start_s": stress_start_s}, counter)
-            elif n_learning > 0 and n_stress > 0:
-                stress_start_s = float(run_trace.filter(pl.col("request_id") >= n_learning)["arrival_s"].min())
+            elif n_learning > 0 and n_stress > 0:  # fixed: where the generator put phase 2's first gap
+                last = float(trace.filter(pl.col("request_id") < n_learning)["arrival_s"].max())
+                given = params.get("stress_start_s")
+                stress_start_s = max(float(given), last) if given is not None else last + phase_gap_s
             res = simulate(run_trace, **run)
             key = dict(seed=seed, policy=policy, counter=ctr, calibration=cal)
             rows.extend(_rows(res, key, drain_s, stress_start_s))

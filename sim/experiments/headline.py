@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from sim.estimation import SAFETY, WORDS_PER_TOKEN
+
 if TYPE_CHECKING:
     from sim.experiments.driftsched import ExperimentResult
 
@@ -302,7 +304,7 @@ def headline_rows(result: ExperimentResult, *, tolerance_pts: float = 10.0) -> l
                              "(mean output / base length in tokens; our output model's choice)"))  # fmt: skip
         else:
             rows.append(_row(f"Final calibration bias, {counter} counter", "drifts from 1.0 (no figure)", f"{lo:.2f}-{hi:.2f}", "",
-                             "words per token (0.75, fixed in driftsim) times mean output / base"))  # fmt: skip
+                             f"words per token ({WORDS_PER_TOKEN:g}, fixed in driftsim) times mean output / base"))  # fmt: skip
     rel = h["relative_mae"]
     ws_on, tok_off = rel.get(config_label("whitespace", True)), rel.get(config_label("tokenizer", False))
     ws_off, tok_on = rel.get(config_label("whitespace", False)), rel.get(config_label("tokenizer", True))
@@ -347,7 +349,7 @@ def notes(result: ExperimentResult, headline: dict | None = None) -> list[str]:
         "else stops early, Beta-distributed), not from Qwen1.5-1.8B-Chat at temperature 0.7; estimation errors and the "
         "calibrated biases depend on that choice.",
         "Whitespace counter: prompts are counted with split(); outputs are known only as token counts, so their word count is "
-        "taken as 0.75 x tokens (no per-text variation).",
+        f"taken as {WORDS_PER_TOKEN:g} x tokens (no per-text variation).",
     ]
     if m.get("tokenizer_path"):
         out.append(f"Tokenizer counter: prompts recounted with the tokenizer at {m['tokenizer_path']}; outputs in real tokens.")
@@ -375,7 +377,8 @@ def notes(result: ExperimentResult, headline: dict | None = None) -> list[str]:
     if sjf and {"premium", "batch"} <= set(sjf) and sjf["premium"]["e2e_p50_s"] > sjf["batch"]["e2e_p50_s"]:
         out.append(
             f"SJF inverts the tiers (median E2E premium {sjf['premium']['e2e_p50_s']:.0f} s, batch {sjf['batch']['e2e_p50_s']:.0f} s): "
-            "the estimator's safety factors (premium 1.2, batch 0.8) scale the estimates SJF orders by, so batch jobs look shortest."
+            f"the estimator's safety factors (premium {SAFETY['premium']:g}, batch {SAFETY['batch']:g}) scale the estimates SJF "
+            "orders by, so batch jobs look shortest."
         )
     ap = headline.get("aging_vs_priority") or aging_equals_priority(result)
     if ap and ap["identical"]:
