@@ -335,6 +335,14 @@ def _print_reproduction(result, rows: list[dict]) -> None:
             )  # fmt: skip
     console.print(lat, highlight=False)
     console.print("Jain: Jain's index over the tiers' mean E2E (1 = all tiers wait alike; 1/3 = one tier gets everything).")
+    beyond = result.headline.get("beyond") or {}
+    if beyond:
+        b = Table(title="beyond the paper, SJF: regret to the oracle and estimation error (tokens)", title_justify="left")
+        for col in ("estimator", "E2E p50 regret", "E2E p99 regret", "MAE"):
+            b.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True)
+        for name, r in beyond["regret"].items():
+            b.add_row(name, f"{r['p50']:+.1f} s", f"{r['p99']:+.1f} s", f"{beyond['mae'][name]:.1f}")
+        console.print(b, highlight=False)
     for note in result.headline.get("notes", []):
         console.print(f"[dim]- {note}[/]", highlight=False)
 

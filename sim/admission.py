@@ -54,6 +54,7 @@ class AdmissionConfig:
     tokenizer_path: str | None = None  # a local tokenizer.json (or directory) for the tokenizer counter
     calibration: bool = True  # DriftSched's EMA bias on/off
     granularity: Literal["category", "tenant", "tenant_category"] = "category"
+    learned_kind: Literal["linear_quantile", "hgb_quantile", "sgd"] = "linear_quantile"  # the learned estimator's model
     alpha: float = 0.1
     # estimator-error model for traces without prompt text: actual/estimate ~ lognormal(median, sigma)
     error_median: float = 1.0
@@ -109,7 +110,7 @@ class Admission:
         if config.estimator == "driftsched":
             self.model = DriftCalibrator(alpha=config.alpha, enabled=config.calibration, granularity=config.granularity)
         else:
-            self.model = OnlineLengthPredictor(seed=seed)
+            self.model = OnlineLengthPredictor(kind=config.learned_kind, seed=seed)
         if trace["prompt"].null_count() > 0:
             per = {t: RatioDist(median=m, sigma=s) for t, (m, s) in config.error_per_tenant.items()}
             errors = EstimatorErrorModel(

@@ -102,8 +102,11 @@ class OnlineLengthPredictor:
         if self._model is None:
             pred = float(estimate_output(category, tenant, input_tokens, 1.0))
         else:
-            x = self.features(category=category, tenant=tenant, input_tokens=input_tokens)[None, :]
-            pred = float(self._model.predict(x)[0])
+            x = self.features(category=category, tenant=tenant, input_tokens=input_tokens)
+            if self.kind == "hgb_quantile":
+                pred = float(self._model.predict(x[None, :])[0])
+            else:  # linear models: the dot product directly (sklearn's per-call overhead dominates one row)
+                pred = float(x @ self._model.coef_ + np.ravel(self._model.intercept_)[0])
             if self.kind == "sgd":
                 pred = float(np.expm1(pred))
         if not np.isfinite(pred):

@@ -59,6 +59,9 @@ from sim.scenario import Scenario, build_engine, build_gateway, build_profile, b
 from traces.driftsched import driftsched_workload
 
 POLICIES: tuple[str, ...] = ("fifo", "priority", "weighted", "sjf", "aging")
+#: Policies run again with the oracle and the learned estimator (FIFO as the control: its order ignores estimates).
+BEYOND_POLICIES: tuple[str, ...] = ("fifo", "sjf")
+BEYOND_ESTIMATORS: tuple[str, ...] = ("oracle", "learned")
 COUNTERS: tuple[str, ...] = ("whitespace", "tokenizer")
 OVERALL = "overall"
 
@@ -92,6 +95,10 @@ class ExperimentResult:
     every completion (calibration on only) for that seed. ``final_bias``:
     each run's final bias per category (calibration on, every seed).
     ``headline``: :func:`sim.experiments.headline.compute_headline`.
+    ``beyond``: the same row shape, keyed by (seed, policy, estimator), for
+    runs beyond the paper: the oracle (real lengths known: the regret
+    baseline) and the learned predictor, both in token units, under the
+    policies whose order reads the estimates (``BEYOND_POLICIES``).
     """
 
     table: pl.DataFrame
@@ -100,6 +107,7 @@ class ExperimentResult:
     final_bias: pl.DataFrame
     meta: dict
     headline: dict = field(default_factory=dict)
+    beyond: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 class _CachedCounter:
@@ -167,7 +175,9 @@ def run_driftsched_experiment(
     )  # fmt: skip
 
     configs = [(p, c, cal) for p in policies for cal in calibration for c in counters]
-    total, done = len(seeds) * len(configs), 0
+    beyond = [(p, e) for p in policies if p in BEYOND_POLICIES for e in BEYOND_ESTIMATORS]
+    total, done = len(seeds) * (len(configs) + len(beyond)), 0
+    beyond_rows: list[dict] = []
     rep_seed = int(seeds[0])
     rows: list[dict] = []
     request_parts: list[pl.DataFrame] = []
@@ -180,10 +190,11 @@ def run_driftsched_experiment(
         trace = _trace(scenario, seed, params, counter)
         if seed == rep_seed:
             prompt_range = [int(trace["input_tokens"].min()), int(trace["input_tokens"].max())]
-        for policy, ctr, cal in configs:
+        runs = [(p, "driftsched", c, cal) for p, c, cal in configs] + [(p, e, "tokenizer", False) for p, e in beyond]
+        for policy, estimator, ctr, cal in runs:
             # NOTE: no tokenizer_path here: the trace's prompt lengths are already this tokenizer's counts (recounted once
             # per seed by _trace), which is what the admission would compute, without reloading the tokenizer per run.
-            admission = AdmissionConfig(estimator="driftsched", counter=ctr, calibration=cal)
+            admission = AdmissionConfig(estimator=estimator, counter=ctr, calibration=cal)
             gateway = replace(gateway0, policy=policy, placement="gateway", policy_params={})
             run = dict(common, gateway=gateway, admission=admission, seed=seed)
             drain_s = stress_start_s = math.nan
@@ -197,6 +208,12 @@ def run_driftsched_experiment(
                 given = params.get("stress_start_s")
                 stress_start_s = max(float(given), last) if given is not None else last + phase_gap_s
             res = simulate(run_trace, **run)
+            done += 1
+            if estimator != "driftsched":
+                beyond_rows.extend(_rows(res, dict(seed=seed, policy=policy, estimator=estimator), drain_s, stress_start_s))
+                if progress is not None:
+                    progress(done, total, f"seed {seed} {policy} {estimator} estimator")
+                continue
             key = dict(seed=seed, policy=policy, counter=ctr, calibration=cal)
             rows.extend(_rows(res, key, drain_s, stress_start_s))
             if cal:
@@ -206,7 +223,6 @@ def run_driftsched_experiment(
                 hist = getattr(res, "calibration_history", None)
                 if cal and hist is not None:
                     history_parts.append(hist.with_columns(**{k: pl.lit(v) for k, v in key.items()}))
-            done += 1
             if progress is not None:
                 progress(done, total, f"seed {seed} {policy} {ctr} calibration {'on' if cal else 'off'}")
 
@@ -239,6 +255,7 @@ def run_driftsched_experiment(
         bias_history=_concat_or_empty(history_parts),
         final_bias=pl.DataFrame(bias_rows, schema=_FINAL_BIAS_SCHEMA),
         meta=meta,
+        beyond=pl.DataFrame(beyond_rows),
     )
     result.headline = compute_headline(result)
     return result
@@ -294,11 +311,12 @@ def _estimation(part: pl.DataFrame) -> dict:
     est, obs = done["est_output"].to_numpy(), done["observed_output"].to_numpy()
     mae, rmse = mae_rmse(est, obs)
     mean_obs = float(obs.mean())
+    wrong = (done["job_size"] != done["true_job_size"]).mean()  # None for the oracle, which sizes nothing
     return {
         "mae": mae,
         "rmse": rmse,
         "rel_mae": mae / mean_obs if mean_obs > 0 else math.nan,
-        "misclassification": float((done["job_size"] != done["true_job_size"]).mean()),
+        "misclassification": math.nan if wrong is None else float(wrong),
     }
 
 
