@@ -289,6 +289,21 @@ def per_tier_html(result: ExperimentResult, label: str) -> str:
     return "\n".join(out)
 
 
+def beyond_html(result: ExperimentResult) -> str:
+    """Regret to the oracle and the learned predictor's error under SJF (see headline.beyond_the_paper)."""
+    beyond = result.headline.get("beyond") or {}
+    if not beyond:
+        return "<p>Not run (needs SJF in the grid).</p>"
+    out = ["<table><tr><th>estimator</th><th>E2E p50 regret</th><th>E2E p99 regret</th><th>MAE (tokens)</th></tr>"]
+    for name, r in beyond["regret"].items():
+        out.append(
+            f"<tr><td>{_e(name)}</td><td class='num'>{r['p50']:+.1f} s</td><td class='num'>{r['p99']:+.1f} s</td>"
+            f"<td class='num'>{beyond['mae'][name]:.1f}</td></tr>"
+        )
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def _fmt_s(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f} s"
 
@@ -336,6 +351,10 @@ def render_report(result: ExperimentResult, *, title: str = "DriftSched reproduc
         "<p>Only SJF reads the estimates, so the other policies are the same in every counter x calibration cell.</p>",
         per_tier_html(result, view),
         other_cells,
+        "<h2>Beyond the paper: regret to an oracle, and a learned predictor</h2>",
+        "<p>SJF with each estimator, minus SJF when the real output lengths are known (mean over seeds), and each "
+        "estimator's mean absolute error in tokens.</p>",
+        beyond_html(result),
         "<h2>Figures</h2>",
         "<p>Use each figure's dropdown to switch the counter x calibration cell or the policy.</p>",
         *fig_html,
