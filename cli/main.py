@@ -97,6 +97,7 @@ def simulate(
     counter: Optional[str] = typer.Option(None, "--counter", help="Token counting for estimates: 'tokenizer' or 'whitespace' (DriftSched's split() proxy).", rich_help_panel="Scheduling"),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json (or its folder) for --counter tokenizer; default: the trace's own token counts.", rich_help_panel="Scheduling"),
     calibration: Optional[bool] = typer.Option(None, "--calibration/--no-calibration", help="DriftSched's EMA drift calibration on or off.", rich_help_panel="Scheduling"),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help="Calibration bias key: 'category' (the original), 'tenant' or 'tenant_category'.", rich_help_panel="Scheduling"),
     oracle_regret: bool = typer.Option(False, "--oracle-regret", help="Also simulate with the real output lengths as estimates and report the latency gap.", rich_help_panel="Scheduling"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads and tenant assignment.", rich_help_panel="Scenario"),
     horizon: Optional[float] = typer.Option(None, "--horizon", help="Stop the simulation at this time (s); requests in flight are reported unfinished.", rich_help_panel="Scenario"),
@@ -134,7 +135,7 @@ def simulate(
         "workload": workload, "engine": engine,
         "gateway": {"policy": policy, "max_outstanding": max_outstanding, "router": router, "placement": placement},
         "admission": {
-            "estimator": estimator, "counter": counter, "calibration": calibration,
+            "estimator": estimator, "counter": counter, "calibration": calibration, "granularity": granularity,
             "tokenizer_path": str(tokenizer) if tokenizer else None,
         },
     }

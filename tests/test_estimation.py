@@ -115,6 +115,21 @@ def test_tokenizer_counter_without_libraries_is_a_clear_error(tmp_path):
         TokenizerCounter(tmp_path)
 
 
+def test_tokenizer_counter_counts_with_a_real_local_tokenizer(tmp_path):
+    """A byte-level BPE trained here (nothing downloaded) counts tokens, and more of them than words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = ["Summarize the architecture of the KV cache in PagedAttention.", "Explain BGP route selection."] * 50
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    counter = TokenizerCounter(tmp_path)
+    text = "Summarize the unfamiliar Kubernetes scheduler internals"
+    assert counter.count(text) == len(tok.encode(text, add_special_tokens=False).ids)
+    assert counter.count(text) > WhitespaceCounter().count(text)
+
+
 def test_words_from_tokens():
     assert words_from_tokens(64) == 48
     assert words_from_tokens(1) == 1
