@@ -348,6 +348,11 @@ def _print_reproduction(result, rows: list[dict]) -> None:
         console.print(f"[dim]- {note}[/]", highlight=False)
 
 
+from cli.capacity_cmds import register as _register_capacity  # noqa: E402  (commands defined in their own module)
+
+_register_capacity(app)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

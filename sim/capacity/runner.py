@@ -64,6 +64,7 @@ class RunOutcome:
     ok: bool
     error: str | None = None
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the worker process during the run: wall much above it means a busy machine
     rows: list[dict] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
     timeseries: dict | None = None
@@ -95,7 +96,7 @@ def _worker() -> str:
 
 def execute(spec: RunSpec) -> RunOutcome:
     """Simulate ``spec`` and return its outcome (see the module docstring for what raises)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _test_hooks(spec.options)
     try:
         if spec.options.get("measure_capacity"):
@@ -110,6 +111,7 @@ def execute(spec: RunSpec) -> RunOutcome:
     wall = time.perf_counter() - t0
     out = RunOutcome(
         index=spec.index, label=spec.label, config=spec.config, params=spec.params, ok=True, wall_s=wall,
+        cpu_s=time.process_time() - c0,
         rows=summary_rows(spec, requests, summary, info, wall), checks=evaluate(requests, spec.targets),
         worker=_worker(),
     )  # fmt: skip
@@ -144,9 +146,12 @@ def simulate_spec(spec: RunSpec) -> tuple[pl.DataFrame, list[dict], dict]:
     from sim.scenario import Scenario, run_scenario
 
     raw = spec.scenario
-    pool = spec.options.get("pool")
-    if pool:
+    pool = {p: int(n) for p, n in (spec.options.get("pool") or {}).items() if int(n) > 0}
+    if len(pool) > 1:
         return simulate_mixed(raw, pool, spec.options.get("capacity"))
+    if pool:  # one GPU type: the ordinary homogeneous run
+        (profile, n), = pool.items()
+        raw = dict(raw, profile=profile, replicas=n)
     sc = Scenario(name=str(raw.get("name", "sweep")), raw=raw)
     result, ctx = run_scenario(sc)
     profile = ctx["profile"]
@@ -265,8 +270,8 @@ def summary_rows(spec: RunSpec, requests: pl.DataFrame, summary: dict, info: dic
     common = {"index": spec.index, "config": spec.config, "label": spec.label}
     common.update({k: v for k, v in spec.params.items() if k not in ("seed", "profile", "replicas", "pool")})
     common.update(
-        profile="+".join(f"{p}x{n}" for p, n in pool.items()) if len(pool) > 1 else next(iter(pool)),
-        gpu="+".join(f"{info['gpus'][p]}x{n}" for p, n in pool.items()) if len(pool) > 1 else next(iter(info["gpus"].values())),
+        profile="+".join(f"{p}:{n}" for p, n in pool.items()) if len(pool) > 1 else next(iter(pool)),
+        gpu="+".join(f"{info['gpus'][p]}:{n}" for p, n in pool.items()) if len(pool) > 1 else next(iter(info["gpus"].values())),
         replicas=sum(pool.values()),
         seed=int(spec.scenario.get("seed", 0)),
     )  # fmt: skip
@@ -308,7 +313,7 @@ def _per_tenant_extras(requests: pl.DataFrame) -> dict[str, dict]:
         pl.col("ttft_s").fill_null(math.inf), pl.col("e2e_s").fill_null(math.inf)
     )
     out = {r["tenant"]: r for r in lean.group_by("tenant").agg(exprs).to_dicts()}
-    out[OVERALL] = lean.select(exprs).to_dicts()[0]
+    out[OVERALL] = dict(lean.select(exprs).to_dicts()[0], slo_ttft_s=None, slo_e2e_s=None)  # tenants' SLOs differ
     return {k: {kk: (math.nan if vv is None else vv) for kk, vv in v.items()} for k, v in out.items()}
 
 

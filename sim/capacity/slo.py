@@ -14,7 +14,9 @@ Targets come from the scenario's ``[tenants.NAME]`` ``slo_ttft_s`` /
 ``slo_e2e_s`` at a target attainment (default 0.99), or from the command
 line as ``TENANT.METRIC[.pQQ]=SECONDS`` (``premium.ttft.p99=0.5``,
 ``*.e2e.p95=10``; ``*`` is every tenant, ``overall`` all requests together).
-A command-line target replaces the scenario's for the same tenant and metric.
+A command-line target replaces the scenario's for the same tenant and metric
+(``*`` replaces it for every tenant), and a named tenant's own target beats
+``*`` for that tenant.
 
 Across seeds a configuration passes under ``criterion="all"`` (default) when
 every seed passes, judged on the worst seed; under ``"mean"`` when the mean
@@ -131,7 +133,8 @@ def combine(scenario: list[Target], cli: list[Target], known_tenants: list[str] 
         seen[k] = t
     cli = list(seen.values())
     replaced = {(t.tenant, t.metric) for t in cli}
-    out = [t for t in scenario if (t.tenant, t.metric) not in replaced] + cli
+    everyone = {t.metric for t in cli if t.tenant == "*"}
+    out = [t for t in scenario if (t.tenant, t.metric) not in replaced and t.metric not in everyone] + cli
     if known_tenants is not None:
         for t in out:
             if t.tenant not in ("*", "overall") and t.tenant not in known_tenants:
@@ -161,9 +164,11 @@ def evaluate(requests: pl.DataFrame, targets: tuple[Target, ...] | list[Target])
     if not targets:
         return []
     tenants = sorted(requests["tenant"].unique().to_list())
+    named = {(t.tenant, t.metric) for t in targets if t.tenant != "*"}
     out = []
     for t in targets:
-        for tenant in tenants if t.tenant == "*" else [t.tenant]:
+        # '*' is every tenant that has no target of its own for this metric
+        for tenant in [x for x in tenants if (x, t.metric) not in named] if t.tenant == "*" else [t.tenant]:
             part = requests if tenant == "overall" else requests.filter(pl.col("tenant") == tenant)
             value, attainment, n = tail_value(part, t.metric, t.quantile, t.threshold_s)
             out.append({

@@ -232,7 +232,7 @@ def fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, dict):
-        return "+".join(f"{k}x{n}" for k, n in v.items())
+        return "+".join(f"{k}:{n}" for k, n in v.items())
     return str(v)
 
 
@@ -269,15 +269,17 @@ def make_spec(
 ) -> RunSpec:
     """One spec from a base scenario, fixed overrides and this run's axis values (``seed`` included)."""
     over = copy.deepcopy(fixed)
+    options = dict(options or {})
     for name, value in params.items():
-        if name == "pool":
-            continue  # a mixed pool is an option, not a scenario key
+        if name == "pool":  # a GPU pool (profile -> replicas) is run by the runner, not a scenario key
+            options["pool"] = dict(value)
+            continue
         set_path(over, axis_path(name), value)
     label = label_of(params)
     config = label_of({k: v for k, v in params.items() if k != "seed"})
     return RunSpec(
         index=index, label=label, config=config, params=dict(params), overrides=over,
-        scenario=resolve(scenario, over), targets=tuple(targets), options=dict(options or {}),
+        scenario=resolve(scenario, over), targets=tuple(targets), options=options,
     )  # fmt: skip
 
 
