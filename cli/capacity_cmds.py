@@ -95,7 +95,7 @@ _RAY = typer.Option(None, "--ray", help="Run on a Ray cluster: its address, 'aut
 _RETRIES = typer.Option(2, "--retries", help="Retries of a run whose worker crashed or died before it is reported failed.", rich_help_panel="Execution")
 _OUT = typer.Option(None, "--out", "-o", help="Results folder; default driftsim-out/<command>-<time>.", rich_help_panel="Output")
 _FORMAT = typer.Option("parquet", "--format", help="Table format: parquet or csv.", rich_help_panel="Output")
-_STUDY = typer.Option(None, "--study", help="Study TOML (scenario, seeds, [axes], [set], [prices], [slo]); flags win over it.", rich_help_panel="Study")
+_STUDY = typer.Option(None, "--study", help="Study TOML (scenario, seeds and the tables axes, set, prices, slo); flags win over it.", rich_help_panel="Study")
 
 
 def _seeds(text: str | None, study_seeds: list[int] | None, default: list[int]) -> list[int]:
