@@ -348,8 +348,11 @@ def _print_reproduction(result, rows: list[dict]) -> None:
         console.print(f"[dim]- {note}[/]", highlight=False)
 
 
-from cli.capacity_cmds import register as _register_capacity  # noqa: E402  (commands defined in their own module)
+from cli import profiling_cmds  # noqa: E402  (commands defined in their own modules)
+from cli.capacity_cmds import register as _register_capacity  # noqa: E402
 
+app.command("profile")(profiling_cmds.profile)
+app.command("fit")(profiling_cmds.fit)
 _register_capacity(app)
 
 

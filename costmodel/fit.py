@@ -113,3 +113,402 @@ def linearize_profile(name_or_path: str) -> LinearFit:
     grid = batch_grid(max_num_seqs=d["max_num_seqs"], max_num_batched_tokens=d["max_num_batched_tokens"],
                       max_model_len=d["max_model_len"])
     return linearize(profile.cost_model, grid, name=f"{profile.name}-linear")
+
+
+# ---------------------------------------------------------------------------
+# Fitting measured engine steps (``driftsim fit``)
+# ---------------------------------------------------------------------------
+#
+# The measurements are a table with one row per engine step (see
+# ``profiling/measurements.py``): the step's wall time and the five StepBatch
+# quantities it ran. The model is the same linear form as above, fitted on
+# relative error with every coefficient >= 0 (each term is a physical cost:
+# a negative one would make a bigger batch faster). Error is always measured
+# on held-out steps: K-fold cross-validation grouped by sweep point, so the
+# steps of one experiment never sit on both sides of a split (they are
+# strongly correlated and would flatter the fit).
+
+#: The regressors, in LinearCostModel's coefficient order (after overhead_s).
+FIT_FEATURES = ("prefill_tokens", "prefill_attn_tokens", "prefill_seqs", "decode_seqs", "decode_ctx_tokens")
+FIT_PHASES = ("prefill", "decode", "mixed")
+#: Held-out error targets for a profile to be called good (fractions).
+TARGET_MDAPE = 0.05
+TARGET_P90APE = 0.15
+MIN_ROWS = 30
+MIN_PHASE_ROWS = 5
+
+
+class FitError(ValueError):
+    """The measurements cannot support a fit (too few, or a phase missing)."""
+
+
+@dataclass(frozen=True)
+class PhaseError:
+    """Held-out absolute percentage error of one model on one phase's steps."""
+
+    n: int  # held-out steps
+    mdape: float  # median |pred - real| / real
+    p90ape: float  # 90th percentile of the same
+    mape: float  # mean of the same
+
+    def meets_targets(self) -> bool:
+        return self.mdape <= TARGET_MDAPE and self.p90ape <= TARGET_P90APE
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What ``fit_measurements`` did and how well each model predicts held-out steps.
+
+    ``errors[model][phase]`` for model in ("linear", "gbt") and phase in
+    prefill | decode | mixed | all (phases with no steps are absent).
+    ``winner`` is the model with the lower P90 error over all held-out steps.
+    """
+
+    errors: dict
+    winner: str
+    folds: int
+    rows: int  # steps fitted
+    groups: int  # sweep points (CV groups)
+    excluded: dict  # reason -> steps left out
+    phase_rows: dict  # phase -> steps fitted
+    coefficients: dict  # the linear model's, fitted on all rows
+    features: tuple = FIT_FEATURES
+    method: str = ""
+    neighbour_cpu: float | None = None  # CPU other processes used while the fitted steps ran, cores (None = unknown)
+
+    def meets_targets(self, model: str = "linear") -> bool:
+        return all(e.meets_targets() for p, e in self.errors[model].items() if p != "all")
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method, "features": list(self.features), "folds": self.folds, "rows": self.rows,
+            "groups": self.groups, "excluded": dict(self.excluded), "phase_rows": dict(self.phase_rows),
+            "winner": self.winner,
+            **({"neighbour_cpu": round(self.neighbour_cpu, 3)} if self.neighbour_cpu is not None else {}),
+            "targets": {"mdape": TARGET_MDAPE, "p90ape": TARGET_P90APE},
+            "heldout": {m: {p: {"n": e.n, "mdape": round(e.mdape, 5), "p90ape": round(e.p90ape, 5),
+                                "mape": round(e.mape, 5)} for p, e in per.items()}
+                        for m, per in self.errors.items()},
+        }
+
+
+def _fit_rows(measurements, *, exclude_new_shape: bool, max_wait_frac: float | None):
+    """The fit's rows from a Measurements object or a polars DataFrame, and
+    counts of what was left out and why."""
+    import polars as pl
+
+    df = measurements.df if hasattr(measurements, "df") else measurements
+    missing = [c for c in ("phase", "step_time_s", *FIT_FEATURES) if c not in df.columns]
+    if missing:
+        raise FitError(f"measurements lack column(s) {', '.join(missing)}")
+    excluded: dict[str, int] = {}
+
+    def drop(mask, reason):
+        nonlocal df
+        n = int(df.select(mask.sum()).item())
+        if n:
+            excluded[reason] = excluded.get(reason, 0) + n
+            df = df.filter(~mask)
+
+    if "warmup" in df.columns:
+        drop(pl.col("warmup").fill_null(False), "warm-up")
+    drop(~pl.col("phase").is_in(FIT_PHASES), "no usable batch record")
+    drop(~(pl.col("step_time_s").is_finite() & (pl.col("step_time_s") > 0)), "bad step time")
+    if exclude_new_shape and "new_shape" in df.columns:
+        drop(pl.col("new_shape").fill_null(False), "first step of a new batch shape")
+    if max_wait_frac is not None and "wait_s" in df.columns:
+        # NaN (unknown, e.g. HTTP) must not count as waiting: polars orders NaN above every number
+        drop((pl.col("wait_s").is_not_nan() & (pl.col("wait_s") > max_wait_frac * pl.col("step_time_s")))
+             .fill_null(False),
+             "engine thread kept waiting by other processes")
+    return df, excluded
+
+
+def _linear_solve(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error; returns [overhead, *features]."""
+    from sklearn.linear_model import LinearRegression
+
+    A = np.hstack([np.ones((len(y), 1)), X]) / y[:, None]
+    scale = np.linalg.norm(A, axis=0)
+    scale[scale == 0] = 1.0
+    reg = LinearRegression(positive=True, fit_intercept=False)
+    reg.fit(A / scale, np.ones_like(y))
+    return reg.coef_ / scale
+
+
+def _linear_predict(coef: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return coef[0] + X @ coef[1:]
+
+
+def _gbt(seed: int):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, min_samples_leaf=5,
+                                         l2_regularization=1e-3, random_state=seed)
+
+
+def _errors(y: np.ndarray, pred: np.ndarray, phases: np.ndarray) -> dict:
+    ape = np.abs(pred - y) / y
+    out = {}
+    for phase in (*FIT_PHASES, "all"):
+        sel = ape if phase == "all" else ape[phases == phase]
+        if len(sel):
+            out[phase] = PhaseError(n=int(len(sel)), mdape=float(np.median(sel)),
+                                    p90ape=float(np.quantile(sel, 0.9)), mape=float(sel.mean()))
+    return out
+
+
+def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new_shape: bool = True,
+                     max_wait_frac: float | None = 0.05,
+                     name: str = "measured", provenance: dict | None = None,
+                     kv=None) -> tuple[LinearCostModel, FitReport]:
+    """Fit a :class:`LinearCostModel` to measured steps and report held-out error.
+
+    - Features: constant (``overhead_s``), prefill tokens, prefill attention
+      (token-pairs), prefill sequences, decode sequences, decode context
+      tokens; coefficients >= 0 (scikit-learn ``LinearRegression(positive=True)``
+      on rows divided by their step time, i.e. least *relative* squares).
+    - Error: ``folds``-fold cross-validation grouped by sweep point
+      (``point_id``, ``rep``); every step is predicted once by a model that
+      never saw its point. Reported per phase as median and P90 absolute
+      percentage error, for the linear model and for a gradient-boosted-trees
+      alternative (``HistGradientBoostingRegressor`` on log step time).
+    - Rows left out: warm-up, steps without a batch record, and (by default)
+      the first step with each new token count, whose time includes one-off
+      kernel preparation; counts are in the report.
+
+    Raises :class:`FitError` when fewer than :data:`MIN_ROWS` steps remain,
+    when prefill or decode steps number fewer than :data:`MIN_PHASE_ROWS`, or
+    when there are fewer than three sweep points to cross-validate over.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    df, excluded = _fit_rows(measurements, exclude_new_shape=exclude_new_shape, max_wait_frac=max_wait_frac)
+    n = df.height
+    phase_rows = {p: int((df["phase"] == p).sum()) for p in FIT_PHASES}
+    if n < MIN_ROWS:
+        raise FitError(f"too few measurements to fit: {n} usable steps (need >= {MIN_ROWS})"
+                       + (f"; left out: {excluded}" if excluded else "") + "; measure longer (--budget-s)")
+    for phase in ("prefill", "decode"):
+        if phase_rows[phase] < MIN_PHASE_ROWS:
+            raise FitError(f"too few {phase} steps to fit: {phase_rows[phase]} (need >= {MIN_PHASE_ROWS}); "
+                           "the sweep did not cover that phase, measure longer (--budget-s)")
+    if "point_id" in df.columns:
+        reps = df["rep"].to_numpy() if "rep" in df.columns else np.zeros(n, dtype=np.int64)
+        groups = df["point_id"].to_numpy().astype(np.int64) * 1000 + reps.astype(np.int64)
+    else:
+        groups = np.arange(n)
+    n_groups = len(np.unique(groups))
+    if n_groups < 3:
+        raise FitError(f"too few sweep points to cross-validate: {n_groups} (need >= 3)")
+    k = min(folds, n_groups)
+    X = df.select(FIT_FEATURES).to_numpy().astype(np.float64)
+    y = df["step_time_s"].to_numpy().astype(np.float64)
+    phases = df["phase"].to_numpy()
+
+    pred_lin = np.empty(n)
+    pred_gbt = np.empty(n)
+    for train, test in GroupKFold(n_splits=k).split(X, y, groups):
+        coef = _linear_solve(X[train], y[train])
+        pred_lin[test] = _linear_predict(coef, X[test])
+        gbt = _gbt(seed).fit(X[train], np.log(y[train]))
+        pred_gbt[test] = np.exp(gbt.predict(X[test]))
+    errors = {"linear": _errors(y, pred_lin, phases), "gbt": _errors(y, pred_gbt, phases)}
+    winner = "linear" if errors["linear"]["all"].p90ape <= errors["gbt"]["all"].p90ape else "gbt"
+
+    coef = _linear_solve(X, y)
+    if not coef[0] > 0:
+        raise FitError("fitted overhead_s is not > 0: the measurements cannot pin the constant term "
+                       "(no small steps?)")
+    values = _coef_dict(coef)
+    model = LinearCostModel(**values, kv=kv, name=name, provenance=provenance)
+    method = (f"scikit-learn LinearRegression(positive=True) on rows divided by step time (least relative squares), "
+              f"features {', '.join(FIT_FEATURES)} + constant; held-out error from {k}-fold GroupKFold by sweep point; "
+              "alternative: HistGradientBoostingRegressor on log step time, same folds")
+    neighbour = None
+    if {"host_cpu_s", "own_cpu_s"} <= set(df.columns):
+        other = (df["host_cpu_s"] - df["own_cpu_s"]).to_numpy()
+        ok = np.isfinite(other)
+        if ok.any():
+            neighbour = float(max(0.0, other[ok].sum() / y[ok].sum()))
+    report = FitReport(errors=errors, winner=winner, folds=k, rows=n, groups=n_groups, excluded=excluded,
+                       phase_rows=phase_rows, coefficients=values, method=method, neighbour_cpu=neighbour)
+    return model, report
+
+
+def _coef_dict(coef: np.ndarray) -> dict[str, float]:
+    """[overhead, *FIT_FEATURES] -> LinearCostModel keyword arguments."""
+    by_feature = dict(zip(FIT_FEATURES, coef[1:], strict=True))
+    return {
+        "overhead_s": float(coef[0]),
+        "per_prefill_token_s": float(by_feature["prefill_tokens"]),
+        "per_prefill_attn_s": float(by_feature["prefill_attn_tokens"]),
+        "per_prefill_seq_s": float(by_feature["prefill_seqs"]),
+        "per_decode_seq_s": float(by_feature["decode_seqs"]),
+        "per_decode_ctx_token_s": float(by_feature["decode_ctx_tokens"]),
+    }
+
+
+# ---- writing a measured profile ----------------------------------------------
+
+def _toml_scalar(value) -> str:
+    import json as _json
+    import math as _math
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not _math.isfinite(value):
+            return _json.dumps(str(value))
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
+    return _json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
+
+
+def _toml_key(key: str) -> str:
+    import json as _json
+    import re as _re
+
+    return key if _re.fullmatch(r"[A-Za-z0-9_-]+", key) else _json.dumps(key)
+
+
+def _toml_table(name: str, table: dict, lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and v is not None}
+    subtables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    lines.append(f"\n[{name}]")
+    for key, value in scalars.items():
+        lines.append(f"{_toml_key(str(key))} = {_toml_scalar(value)}")
+    for key, value in subtables.items():
+        _toml_table(f"{name}.{_toml_key(str(key))}", value, lines)
+
+
+def _gpu_table(meta: dict) -> tuple[dict, str]:
+    """[gpu] for the device that was measured, and a note on where it came from.
+
+    A linear profile with a measured KV block count uses none of these
+    numbers unless a scenario changes gpu_memory_utilization; they are there
+    because every profile names its device. Known GPUs take their spec
+    numbers from a bundled profile of the same GPU."""
+    import os as _os
+
+    from costmodel.profiles import PROFILE_DIR
+
+    device, name = meta.get("device") or "unknown", str(meta.get("device_name") or "unknown device")
+    if device == "cuda":
+        import tomllib as _tomllib
+
+        for path in sorted(PROFILE_DIR.glob("*.toml")):
+            with path.open("rb") as f:
+                gpu = _tomllib.load(f).get("gpu", {})
+            short = gpu.get("name", "").replace("NVIDIA ", "")
+            if short and short.lower() in name.lower():
+                return dict(gpu), f"spec numbers copied from the bundled {path.name}"
+    try:
+        mem = int(_os.sysconf("SC_PAGE_SIZE") * _os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        mem = 1
+    label = f"CPU: {name}" if device == "cpu" else name
+    return ({"name": label, "peak_flops": 1.0, "mem_bandwidth": 1.0, "mem_bytes": mem},
+            "peak_flops and mem_bandwidth are placeholders (unknown for this device; unused by a linear "
+            "profile with a measured num_gpu_blocks); mem_bytes is the host's memory")
+
+
+def write_profile(path, model: LinearCostModel, report: FitReport, meta: dict, *, name: str | None = None,
+                  description: str | None = None, measurements_path=None, model_arch: dict | None = None) -> None:
+    """Write a measured linear profile (TOML) that ``load_profile`` reads back.
+
+    ``meta`` is the measurement file's metadata (engine, device, limits, KV
+    blocks, date, ...); ``model_arch`` overrides ``meta["model_arch"]`` (the
+    ``[model]`` fields). The file is checked by loading it before returning;
+    a :class:`costmodel.profiles.ProfileError` means it was not written.
+    """
+    import datetime as _dt
+    import hashlib
+    import os as _os
+    from pathlib import Path as _Path
+
+    from costmodel.profiles import load_profile
+
+    path = _Path(path)
+    arch = dict(model_arch or meta.get("model_arch") or {})
+    if not arch:
+        raise FitError("the measurements do not say what model was served (no model_arch in their metadata); "
+                       "pass the model folder (--model-dir) so its config.json can be read")
+    limits = meta.get("limits") or {}
+    for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+        if not limits.get(key):
+            raise FitError(f"the measurements' metadata lacks limits.{key}")
+    blocks, block_size = meta.get("num_gpu_blocks"), meta.get("block_size")
+    util = float(meta.get("gpu_memory_utilization") or 0.9)
+    name = name or path.stem
+    gpu, gpu_note = _gpu_table(meta)
+    sha = None
+    if measurements_path is not None and _Path(measurements_path).is_file():
+        sha = hashlib.sha256(_Path(measurements_path).read_bytes()).hexdigest()
+    fit = report.to_dict()
+    heldout = fit.pop("heldout")
+    lin = heldout["linear"]
+    summary = ", ".join(f"{p} {e['mdape'] * 100:.1f} % / {e['p90ape'] * 100:.1f} %" for p, e in lin.items() if p != "all")
+    notes = (f"Linear cost model fitted by `driftsim fit` to {report.rows} engine steps measured by `driftsim profile` "
+             f"({meta.get('driver', '?')} driver) on {meta.get('engine', '?')} {meta.get('engine_version', '?')}, "
+             f"{meta.get('device_name') or meta.get('device') or '?'}. Held-out error (median / P90 absolute "
+             f"percentage, {report.folds}-fold CV by sweep point): {summary}. Alternative model compared: "
+             f"gradient-boosted trees; winner: {report.winner}. {gpu_note}.")
+    data: dict = {
+        "gpu": gpu,
+        "model": {k: arch[k] for k in ("name", "num_layers", "hidden_size", "num_heads", "num_kv_heads",
+                                      "intermediate_size", "vocab_size", "dtype_bytes", "tied_embeddings",
+                                      "qkv_bias", "head_dim") if k in arch},
+        "cost_model": {"kind": "linear", **model.coefficients},
+        "kv": ({"num_gpu_blocks": int(blocks), "num_gpu_blocks_block_size": int(block_size)}
+               if blocks and block_size else {}),
+        "engine_defaults": {
+            "block_size": int(block_size or 16),
+            "max_num_seqs": int(limits["max_num_seqs"]),
+            "max_num_batched_tokens": int(limits["max_num_batched_tokens"]),
+            "max_model_len": int(limits["max_model_len"]),
+            "gpu_memory_utilization": util,
+            "chunked_prefill": bool(limits.get("chunked_prefill", True)),
+        },
+        "provenance": {
+            "source": "measured",
+            "date": _dt.date.today().isoformat(),
+            "measured_at": str(meta.get("date", "")),
+            "notes": notes,
+            "spec_sources": [f"measured: {measurements_path}" if measurements_path else "measured"],
+            "engine": meta.get("engine"), "engine_version": meta.get("engine_version"),
+            "driver": meta.get("driver"), "endpoint": meta.get("endpoint"),
+            "model_path": meta.get("model"), "dtype": meta.get("dtype"),
+            "device": meta.get("device"), "device_name": meta.get("device_name"),
+            "host": meta.get("host"), "measurement_status": meta.get("status"),
+            "measurements": str(measurements_path) if measurements_path else None,
+            "measurements_sha256": sha,
+            "fit": {**{k: v for k, v in fit.items() if not isinstance(v, dict)},
+                    "excluded": fit["excluded"], "phase_rows": fit["phase_rows"], "targets": fit["targets"],
+                    "heldout": heldout},
+        },
+    }
+    if "enforce_eager" in limits:
+        data["engine_defaults"]["enforce_eager"] = bool(limits["enforce_eager"])
+    if not data["kv"]:
+        raise FitError("the measurements' metadata has no num_gpu_blocks/block_size (the server published no "
+                       "vllm:cache_config_info); the simulator would have no KV capacity for this profile")
+    default_description = f"{arch.get('name', 'model')} on {gpu['name']}, measured ({meta.get('driver', '?')} driver)"
+    lines = [f"# Measured profile written by `driftsim fit`{f' from {measurements_path}' if measurements_path else ''}.",
+             "# Regenerate it rather than editing the numbers.",
+             f"name = {_toml_scalar(name)}",
+             f"description = {_toml_scalar(description or default_description)}"]
+    for table in ("gpu", "model", "cost_model", "kv", "engine_defaults", "provenance"):
+        _toml_table(table, data[table], lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{_os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    try:
+        load_profile(tmp)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    _os.replace(tmp, path)

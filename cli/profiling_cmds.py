@@ -1,0 +1,299 @@
+"""``driftsim profile`` and ``driftsim fit``: measure a real engine, then fit
+the latency model to the measurements.
+
+Thin wrappers, as the rest of the CLI: parse options, call
+``profiling.sweep.run_sweep`` / ``costmodel.fit.fit_measurements``, print
+rich tables, exit non-zero on failure. Register them on the app with::
+
+    from cli import profiling_cmds
+    app.command("profile")(profiling_cmds.profile)
+    app.command("fit")(profiling_cmds.fit)
+
+Exit codes: 0 done; 1 the measurement stopped early (engine/server failure
+or Ctrl-C; what was measured is in the file); 2 bad input (unreachable
+endpoint, bad file, too few measurements); 3 ``fit --check-targets`` and
+the held-out error misses the targets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
+
+
+def profile(
+    engine: str = typer.Option("offline", "--engine", "-e", help="'offline' (vllm.LLM in this process: exact step times) or 'http' (any OpenAI-compatible server)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder. offline: the model to load; http: where to read config.json (optional) or what to serve with --serve."),
+    build_tiny_model: bool = typer.Option(False, "--build-tiny-model", help="Build (or reuse) the small random-weight Llama and profile it; nothing is downloaded."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="http: server base URL, e.g. http://127.0.0.1:8000."),
+    serve: bool = typer.Option(False, "--serve", help="http: start a local vLLM server for --model, profile it, stop it."),
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="http: model name on the server (default: its first model)."),
+    budget_s: float = typer.Option(300.0, "--budget-s", help="Time for measuring (warm-up included), seconds. Minutes on a CPU; give a GPU 15-30 min."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Measurement file (.parquet or .csv); default driftsim-out/measurements-<time>.parquet."),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Engine limit: sequences per step (http: what the server was started with; default 128)."),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", help="Engine limit: tokens per step (http: as the server; default 2048)."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Engine limit: prompt + output tokens (offline default 2048; http: read from the server)."),
+    dtype: str = typer.Option("auto", "--dtype", help="offline: weights dtype ('auto' = float32 on CPU)."),
+    kv_cache_gib: int = typer.Option(1, "--kv-cache-gib", help="CPU engines: KV cache size (VLLM_CPU_KVCACHE_SPACE), GiB."),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", help="offline on GPU: fraction of GPU memory vLLM may use."),
+    cpu_threads: Optional[str] = typer.Option(None, "--cpu-threads", help="CPU engines: cores for the engine's OpenMP threads, e.g. '1' or '2-7' (default: all but the first)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the plan order and the prompts."),
+) -> None:
+    """Measure a real engine: run a sweep of prefill, decode and mixed steps and write one row per step.
+
+    Examples:
+
+      driftsim profile --build-tiny-model --budget-s 300 --out tiny.parquet
+
+      driftsim profile --model /models/qwen1.5-1.8b-chat --budget-s 1800 --out l4.parquet
+
+      driftsim profile --engine http --endpoint http://127.0.0.1:8000 --max-num-seqs 256 --out srv.parquet
+    """
+    from profiling.sweep import run_sweep
+
+    if engine not in ("offline", "http"):
+        _fail(f"--engine: expected 'offline' or 'http', got {engine!r}")
+    if not budget_s > 0:
+        _fail(f"--budget-s must be > 0, got {budget_s}")
+    if engine == "http" and not (endpoint or serve):
+        _fail("--engine http needs --endpoint URL (or --serve with --model)")
+    if endpoint and serve:
+        _fail("give either --endpoint or --serve, not both")
+    if engine == "offline" and endpoint:
+        _fail("--endpoint is for --engine http")
+    if model is None and not build_tiny_model and (engine == "offline" or serve):
+        _fail("which model? give --model DIR or --build-tiny-model")
+    if model is not None and build_tiny_model:
+        _fail("give either --model or --build-tiny-model, not both")
+    if model is not None and not model.is_dir():
+        _fail(f"--model {model}: not a folder")
+    out = out or Path("driftsim-out") / f"measurements-{datetime.now():%Y%m%d-%H%M%S}.parquet"
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        _fail(f"--out {out}: must end in .parquet or .csv")
+
+    offline_config = None
+    if engine == "offline":
+        from profiling.offline import OfflineConfig, prepare_environment
+
+        offline_config = OfflineConfig(
+            model=str(model) if model else "", dtype=dtype, max_model_len=max_model_len or 2048,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens or 2048,
+            gpu_memory_utilization=gpu_memory_utilization, kv_cache_space_gib=kv_cache_gib,
+            cpu_threads_bind=cpu_threads, seed=seed)
+        prepare_environment(offline_config)  # before anything imports torch (the model build does)
+
+    t_total = time.perf_counter()
+    if build_tiny_model:
+        from profiling.tiny_model import build_tiny_model as build
+
+        with err.status("building the tiny model"):
+            try:
+                model = build()
+            except ImportError as exc:
+                _fail(f"building the tiny model needs torch, transformers and tokenizers (the engine extra): {exc}")
+        err.print(f"tiny model: {model}")
+        if offline_config is not None:
+            from dataclasses import replace
+
+            offline_config = replace(offline_config, model=str(model))
+
+    server = None
+    try:
+        if engine == "offline":
+            from profiling.offline import EngineUnavailable, OfflineDriver
+
+            driver = OfflineDriver(offline_config)
+            with err.status("starting the engine"):
+                try:
+                    driver.start()
+                except EngineUnavailable as exc:
+                    _fail(str(exc))
+        else:
+            from profiling.http import EndpointError, HttpConfig, HttpDriver
+            from profiling.modelinfo import model_arch
+
+            if serve:
+                from profiling.server import ServerConfig, ServerStartError, VllmServer
+
+                server = VllmServer(ServerConfig(model=str(model), max_model_len=max_model_len or 2048,
+                                                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                                                 kv_cache_space_gib=kv_cache_gib,
+                                                 env={"VLLM_CPU_OMP_THREADS_BIND": cpu_threads} if cpu_threads else {}))
+                with err.status("starting the vLLM server"):
+                    try:
+                        server.start()
+                    except ServerStartError as exc:
+                        _fail(str(exc))
+                endpoint = server.url
+                err.print(f"server up at {endpoint} in {server.startup_s:.0f} s (log {server.log_path})")
+            vocab = 4000
+            arch = None
+            if model is not None:
+                try:
+                    arch = model_arch(model)
+                    vocab = arch["vocab_size"]
+                except (OSError, ValueError) as exc:
+                    _fail(str(exc))
+            driver = HttpDriver(HttpConfig(endpoint=str(endpoint), model=served_model,
+                                           max_num_seqs=max_num_seqs or 128,
+                                           max_num_batched_tokens=max_num_batched_tokens or 2048,
+                                           max_model_len=max_model_len, vocab_size=vocab, seed=seed))
+            try:
+                driver.start()
+            except EndpointError as exc:
+                _fail(str(exc))
+        extra = {}
+        if engine == "http" and model is not None:
+            extra["model_arch"] = arch
+            extra["model_dir"] = str(model)
+        limits = driver.limits()
+        err.print(f"limits: {limits.max_num_seqs} seqs, {limits.max_num_batched_tokens} tokens per step, "
+                  f"max_model_len {limits.max_model_len}, KV {limits.kv_tokens or '?'} tokens; "
+                  f"measuring for up to {budget_s:.0f} s into {out}")
+        with err.status("measuring") as status:
+            def progress(i: int, n: int, elapsed: float, point) -> None:
+                status.update(f"measuring: {elapsed:5.0f} / {budget_s:.0f} s, point {i + 1} of {n}: {point.describe()}")
+
+            result = run_sweep(driver, out=out, budget_s=budget_s, seed=seed, extra_meta=extra, progress=progress)
+    finally:
+        if engine == "offline" and "driver" in locals():
+            driver.close()
+        if server is not None:
+            server.stop()
+
+    console.print(f"measured {result.rows} steps in {result.wall_s:.0f} s ({time.perf_counter() - t_total:.0f} s in all, "
+                  "engine start included)")
+    t = Table()
+    t.add_column("phase")
+    t.add_column("steps", justify="right")
+    for phase in ("prefill", "decode", "mixed"):
+        t.add_row(phase, str(result.phase_counts.get(phase, 0)))
+    console.print(t)
+    console.print(f"{result.points_run} of {result.points_planned} planned points; status [bold]{result.status}[/]; "
+                  f"measurements in [bold]{result.path}[/]")
+    if result.status != "complete":
+        err.print(f"[bold red]error:[/] measurement stopped early: {result.error}; the {result.rows} steps "
+                  f"measured so far are kept in {result.path}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"next: driftsim fit {result.path} --out {out.with_suffix('.toml')}")
+
+
+def fit(
+    measurements: Path = typer.Argument(..., help="Measurement file written by `driftsim profile`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile to write (TOML); default: beside the measurements."),
+    name: Optional[str] = typer.Option(None, "--name", help="Profile name (default: the file stem)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model folder to read config.json from, if the measurements do not name the model's shapes (http runs without --model)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (grouped by sweep point)."),
+    include_new_shapes: bool = typer.Option(False, "--include-new-shapes", help="Also fit the first step of each new batch shape (one-off kernel preparation)."),
+    keep_contended: bool = typer.Option(False, "--keep-contended", help="Also fit steps during which other processes kept the engine thread waiting."),
+    check_targets: bool = typer.Option(False, "--check-targets", help="Exit 3 if the linear model's held-out error misses the targets (median <= 5 %, P90 <= 15 % per phase)."),
+) -> None:
+    """Fit the linear latency model to measurements, print its held-out error, write a profile for `driftsim simulate --profile`.
+
+    The error is measured on held-out steps (K-fold cross-validation grouped by sweep point), per phase,
+    for the linear model and for gradient-boosted trees.
+    """
+    from costmodel.fit import TARGET_MDAPE, TARGET_P90APE, FitError, fit_measurements, write_profile
+    from costmodel.profiles import ProfileError
+    from profiling.measurements import MeasurementError, load_measurements
+
+    if folds < 2:
+        _fail(f"--folds must be >= 2, got {folds}")
+    try:
+        m = load_measurements(measurements)
+        if m.meta.get("status") not in (None, "complete"):
+            err.print(f"[yellow]warning:[/] {measurements}: the measurement run did not complete "
+                      f"({m.meta.get('status')}: {m.meta.get('error', '')}); fitting the {m.df.height} rows it kept",
+                      highlight=False)
+        model, report = fit_measurements(m, folds=folds, exclude_new_shape=not include_new_shapes,
+                                         max_wait_frac=None if keep_contended else 0.05)
+    except (MeasurementError, FitError) as exc:
+        _fail(str(exc))
+        return
+    arch = None
+    if model_dir is not None:
+        from profiling.modelinfo import model_arch
+
+        try:
+            arch = model_arch(model_dir, dtype=m.meta.get("dtype"))
+        except (OSError, ValueError) as exc:
+            _fail(str(exc))
+    out = out or measurements.with_suffix(".toml")
+
+    t = Table(title=f"held-out step-time error ({report.folds}-fold CV by sweep point, {report.rows} steps, "
+                    f"{report.groups} points)", title_justify="left")
+    t.add_column("phase")
+    t.add_column("steps", justify="right")
+    for model_name in ("linear", "gbt"):
+        label = "linear" if model_name == "linear" else "GBT"
+        t.add_column(f"{label} median", justify="right")
+        t.add_column(f"{label} P90", justify="right")
+    t.add_column("linear meets target", justify="center")
+    for phase in ("prefill", "decode", "mixed", "all"):
+        lin = report.errors["linear"].get(phase)
+        gbt = report.errors["gbt"].get(phase)
+        if lin is None:
+            t.add_row(phase, "0", "-", "-", "-", "-", "-")
+            continue
+        ok = lin.mdape <= TARGET_MDAPE and lin.p90ape <= TARGET_P90APE
+        t.add_row(f"[bold]{phase}[/]" if phase == "all" else phase, str(lin.n), _pct(lin.mdape), _pct(lin.p90ape),
+                  _pct(gbt.mdape), _pct(gbt.p90ape), ("[green]yes[/]" if ok else "[red]no[/]") if phase != "all" else "",
+                  end_section=phase == "mixed")
+    console.print(t)
+    if report.excluded:
+        console.print("left out: " + ", ".join(f"{n} {why}" for why, n in report.excluded.items()), highlight=False)
+    if report.neighbour_cpu is not None and report.neighbour_cpu > 0.2:
+        err.print(f"[yellow]warning:[/] other processes used {report.neighbour_cpu:.1f} CPU cores on average while "
+                  "these steps ran; shared caches and memory make the timings noisier than the engine alone. "
+                  "Re-measure on an otherwise idle machine for a clean profile.", highlight=False)
+    console.print(f"winner (lower P90 over all held-out steps): [bold]{'linear' if report.winner == 'linear' else 'gradient-boosted trees'}[/]"
+                  + ("" if report.winner == "linear" else
+                     " (the profile still holds the linear model: it is the form the simulator evaluates)"))
+    c = Table(title="linear model (fitted on all steps)", title_justify="left")
+    c.add_column("coefficient")
+    c.add_column("value", justify="right")
+    for key, value in model.coefficients.items():
+        c.add_row(key, f"{value:.4g}")
+    console.print(c)
+    try:
+        write_profile(out, model, report, m.meta, name=name, measurements_path=measurements, model_arch=arch)
+    except (FitError, ProfileError) as exc:
+        _fail(str(exc))
+    console.print(f"profile written to [bold]{out}[/]; use it with: driftsim simulate --profile {out}")
+    if check_targets and not report.meets_targets("linear"):
+        err.print(f"[bold red]targets missed:[/] the linear model's held-out error exceeds median "
+                  f"{TARGET_MDAPE:.0%} or P90 {TARGET_P90APE:.0%} in some phase", highlight=False)
+        raise typer.Exit(3)
+
+
+def _standalone_app() -> typer.Typer:
+    """The two commands on their own (``python -m cli.profiling_cmds``), for
+    scripts and tests that must not depend on how the main app wires them."""
+    app = typer.Typer(name="driftsim-profiling", no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False)
+    app.command("profile")(profile)
+    app.command("fit")(fit)
+    return app
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _standalone_app()()

