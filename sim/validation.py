@@ -1,0 +1,612 @@
+"""Simulating a replayed trace, and scoring the simulator against the real run.
+
+The real side (:mod:`profiling.replay`) gives one row per request with the
+times the client saw: ``released_s`` (entered the gateway), ``sent_s``,
+``first_token_s``, ``finish_s``, ``delivered_s`` and every token's arrival.
+This module
+
+1. builds the simulator's input from it (:func:`sim_trace`): the same
+   requests with the same pinned lengths, arriving when the real gateway
+   sent them (no cap: the request reached the engine then) or when it
+   released them (a cap or the micro-batch worker: the simulated gateway then
+   decides, with the same policy, when each is dispatched), plus the
+   measured client/HTTP overhead;
+2. simulates it (:func:`simulate_replay`) with the server's real KV capacity
+   and limits, recording what the real side records: gateway dispatch time
+   and every token's time (each engine step's end, for the requests it
+   advanced);
+3. pairs the two and scores them (:func:`compare`): per metric (TTFT, TPOT,
+   ITL, E2E, queue wait), overall and per tenant, mean / p50 / p90 / p99 for
+   real and sim and the relative error ``(sim - real) / real``; per-request
+   paired errors; SLO attainment and fairness on both sides; and, given
+   several real runs of the same trace, the real engine's own run-to-run
+   spread (:func:`spread`): the noise floor no simulator can beat.
+
+Latencies on both sides are measured from the *real* release time, so a
+difference is the simulator's error and nothing else:
+``queue_wait = dispatch - released``, ``ttft = first token - released``,
+``e2e = delivered - released`` (delivered = last token, or the batch's end
+for the micro-batch worker), ``tpot = (last token - first token) / (n - 1)``,
+ITL = every gap between consecutive tokens of a request (pooled).
+
+Why a wiring of its own (:func:`simulate_replay`) instead of
+:func:`sim.run.simulate`: the score needs two things ``simulate`` does not
+expose, the gateway's dispatch time per request and the end time of every
+engine step. It assembles the very same parts (``Gateway``, policy,
+``ContinuousReplica`` / ``MicroBatchWorker``, ``EngineCore``,
+``ResultRecorder``) with two taps: a policy wrapper that notes each pop, and
+an ``EngineCore`` that notes each committed step's end. A test checks that
+its per-request results are identical to ``simulate``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import simpy
+
+from costmodel.base import CostModel
+from costmodel.batch import StepBatch
+from sim.config import ConfigError, EngineConfig, GatewayConfig
+from sim.engine import EngineCore
+from sim.gateway import Gateway
+from sim.policies import Policy, make_policy
+from sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
+from sim.request import SimRequest
+from sim.results import ResultRecorder
+from sim.router import ROUTERS
+from traces.schema import REQUEST_SCHEMA
+
+#: Metrics scored, in report order (seconds).
+METRICS = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_wait_s")
+METRIC_LABELS = {"ttft_s": "TTFT", "tpot_s": "TPOT", "itl_s": "ITL", "e2e_s": "E2E", "queue_wait_s": "queue wait"}
+STATS = ("mean", "p50", "p90", "p99")
+_Q = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+OVERALL = "overall"
+
+#: The issue's figures to reach: |relative error| of (metric, statistic), overall.
+TARGETS: dict[tuple[str, str], float] = {
+    ("e2e_s", "p50"): 0.05,
+    ("e2e_s", "p99"): 0.10,
+    ("ttft_s", "p50"): 0.10,
+    ("ttft_s", "p99"): 0.15,
+    ("tpot_s", "p50"): 0.05,
+    ("itl_s", "p50"): 0.05,
+}
+
+
+# ---------------------------------------------------------------------------
+# 1. the simulator's input
+# ---------------------------------------------------------------------------
+
+def sim_trace(trace: pl.DataFrame, real: pl.DataFrame, *, gateway_holds: bool, overhead_s: float = 0.0) -> pl.DataFrame:
+    """The request table to simulate for one real replay of ``trace``.
+
+    ``real`` is the replay's frame (:func:`profiling.gateway.records_frame`).
+    Only requests the real gateway released are kept (a Ctrl-C'd replay
+    simulates what really ran). Arrival: ``sent_s`` when the gateway holds
+    nothing (no cap: each request reached the engine when sent), else
+    ``released_s`` (the simulated gateway then holds and dispatches it with
+    the same policy), plus ``overhead_s``, the client/HTTP/API-server time a
+    1-token request shows beyond its engine step. Output lengths are the
+    pinned ones the server was asked for (``output_tokens`` of ``real``).
+    """
+    col = "released_s" if gateway_holds else "sent_s"
+    times = real.select("request_id", pl.col(col).alias("_t"), pl.col("output_tokens").alias("_out"))
+    df = (
+        trace.join(times, on="request_id", how="inner")
+        .filter(pl.col("_t").is_not_null() & pl.col("_t").is_not_nan())
+        .with_columns((pl.col("_t") + overhead_s).alias("arrival_s"), pl.col("_out").alias("output_tokens"),
+                      pl.lit(None, dtype=pl.Int64).alias("max_tokens"))
+        .sort("arrival_s", "request_id")
+    )
+    return df.select(list(REQUEST_SCHEMA))
+
+
+# ---------------------------------------------------------------------------
+# 2. simulating it, with taps
+# ---------------------------------------------------------------------------
+
+class _DispatchTap(Policy):
+    """Wraps a policy; notes the simulated time of every pop (a dispatch)."""
+
+    def __init__(self, inner: Policy, log: dict[int, float]) -> None:
+        self.inner = inner
+        self.log = log
+        self.name = inner.name
+        self.keyed = inner.keyed
+
+    def push(self, req, now):
+        self.inner.push(req, now)
+
+    def pop(self, now):
+        req = self.inner.pop(now)
+        if req is not None:
+            self.log[req.request_id] = now
+        return req
+
+    def on_finish(self, req, now, *, output_tokens=None):
+        self.inner.on_finish(req, now, output_tokens=output_tokens)
+
+    def __len__(self):
+        return len(self.inner)
+
+
+class _StepTapCore(EngineCore):
+    """An EngineCore that notes the end time of every committed step."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.step_ends: list[float] = []
+
+    def commit(self, n: int):
+        ends = self._ends
+        self.step_ends.extend(float(x) for x in ends[:n])
+        return super().commit(n)
+
+
+@dataclass
+class SimReplay:
+    """What :func:`simulate_replay` produced: per-request rows and every step's end per replica."""
+
+    requests: pl.DataFrame
+    step_ends: list[np.ndarray]
+    replicas: list[dict] = field(default_factory=list)
+
+
+def simulate_replay(
+    trace: pl.DataFrame,
+    *,
+    cost: CostModel,
+    engine: EngineConfig,
+    gateway: GatewayConfig | None = None,
+    num_blocks: int | None = None,
+    replicas: int = 1,
+    horizon_s: float | None = None,
+) -> SimReplay:
+    """Simulate ``trace`` as :func:`sim.run.simulate` does (oracle length
+    estimates), noting each request's gateway dispatch and every step's end.
+
+    The returned ``requests`` has simulate's columns plus ``dispatch_s``,
+    ``delivered_s`` (= ``finish_s``; in micro-batch mode the batch's end,
+    which is when the worker hands results back) and ``token_times`` (the
+    end of every step that gave the request a token; None for a request that
+    was preempted, whose tokens are not all at consecutive steps).
+    """
+    gateway = gateway or GatewayConfig()
+    if gateway.placement != "gateway":
+        raise ConfigError("validation replays the policy at the gateway; placement 'engine' has no real counterpart here")
+    if num_blocks is None:
+        num_blocks = engine.num_gpu_blocks or cost.kv_capacity_blocks(engine.block_size)
+    env = simpy.Environment()
+    rec = ResultRecorder(trace.height)
+    dispatched: dict[int, float] = {}
+    gw = Gateway(env, _DispatchTap(make_policy(gateway.policy, **gateway.policy_params), dispatched),
+                 router=ROUTERS[gateway.router](), max_outstanding=gateway.max_outstanding)
+
+    def on_finish(req: SimRequest, t: float, replica: int) -> None:
+        rec.finish(req, t, replica)
+        gw.finished(req, t)
+
+    cores = [_StepTapCore(config=engine, cost=cost, num_blocks=num_blocks) for _ in range(replicas)]
+    clock = {"next": math.inf}
+    if engine.mode == "continuous":
+        gw.replicas = [ContinuousReplica(env, c, i, on_finish, lambda: clock["next"]) for i, c in enumerate(cores)]
+    else:
+        for i, c in enumerate(cores):
+            MicroBatchWorker(env, c, i, gw, on_finish)
+    env.process(_arrivals(env, trace, engine, cores[0], gw, rec, clock))
+    env.run(until=horizon_s)
+    rec.mark_unfinished()
+    df = rec.to_frame(trace)
+    ids = df["request_id"].to_list()
+    df = df.with_columns(
+        pl.Series("dispatch_s", [dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64),
+        pl.col("finish_s").alias("delivered_s"),
+    )
+    step_ends = [np.asarray(c.step_ends) for c in cores]
+    df = df.with_columns(pl.Series("token_times", _token_times(df, step_ends), dtype=pl.List(pl.Float64)))
+    stats = [{"replica": i, "busy_s": c.busy_s, "steps": c.steps, "preemptions": c.preemptions,
+              "kv_blocks": c.total_blocks} for i, c in enumerate(cores)]
+    return SimReplay(requests=df, step_ends=step_ends, replicas=stats)
+
+
+def _token_times(df: pl.DataFrame, step_ends: list[np.ndarray]) -> list[list[float] | None]:
+    """Each request's token times: the step ends from its first token to its last on its replica.
+
+    Every decoding sequence gets one token per step (the engine's budget is
+    never below ``max_num_seqs``), so between its first and last token a
+    request that was never preempted has a token at every step end.
+    """
+    out: list[list[float] | None] = []
+    for rep, first, last, n, pre, status in df.select(
+        "replica", "first_token_s", "finish_s", "generated_tokens", "preemptions", "status"
+    ).iter_rows():
+        if status != "ok" or pre or rep is None or rep < 0:
+            out.append(None)
+            continue
+        ends = step_ends[rep]
+        lo = int(np.searchsorted(ends, first, side="left"))
+        hi = int(np.searchsorted(ends, last, side="right"))
+        times = ends[lo:hi].tolist()
+        out.append(times if len(times) == n else None)
+    return out
+
+
+def _arrivals(env, trace, engine, core, gw, rec, clock):
+    """As :func:`sim.run._arrivals` with the oracle estimator (est_tokens = input + output)."""
+    arrival = trace["arrival_s"].to_numpy()
+    ids = trace["request_id"].to_numpy()
+    tenants = trace["tenant"].to_list()
+    inp = trace["input_tokens"].to_numpy()
+    out = trace["output_tokens"].to_numpy()
+    max_tokens = trace["max_tokens"].fill_null(-1).to_numpy()
+    prio = trace["priority"].fill_null(0).to_numpy()
+    slo = trace["slo_e2e_s"].to_numpy()
+    max_len = engine.max_model_len
+    for i in range(len(arrival)):
+        clock["next"] = float(arrival[i])
+        delay = arrival[i] - env.now
+        if delay > 0:
+            yield urgent_timeout(env, delay)
+        prompt = int(inp[i])
+        if prompt >= max_len:
+            rec.reject(i, f"prompt of {prompt} tokens does not fit max_model_len {max_len}")
+            continue
+        gen = int(out[i])
+        cap = max_len - prompt
+        if max_tokens[i] > 0:
+            cap = min(cap, int(max_tokens[i]))
+        if gen > cap:
+            gen = cap
+            rec.length_capped[i] = True
+        req = SimRequest(idx=i, request_id=int(ids[i]), arrival_s=float(arrival[i]), tenant=tenants[i],
+                         priority=int(prio[i]), input_tokens=prompt, output_tokens=gen, est_tokens=prompt + gen,
+                         slo_e2e_s=None if np.isnan(slo[i]) else float(slo[i]))
+        if not core.fits(req):
+            rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
+            continue
+        gw.submit(req)
+    clock["next"] = math.inf
+
+
+class OffsetCost:
+    """A cost model corrected for one server: ``max(inner + offset_s, floor_s)`` per step (> 0).
+
+    ``offset_s`` (any sign) is per-step work the profile lacks; ``floor_s``
+    what async scheduling makes of the server's per-step CPU work: its
+    front-end loop (schedule, collect and stream outputs) runs beside the
+    forward pass, so a small batch's step cannot be shorter than that loop.
+    Keeps the :class:`costmodel.base.CostModel` contract: ``decode_run_times``
+    applies the same operations elementwise, so fast-forwarded runs stay
+    bit-identical to step-by-step ones.
+    """
+
+    MIN_STEP_S = 1e-6
+
+    def __init__(self, inner: CostModel, offset_s: float = 0.0, floor_s: float = 0.0) -> None:
+        self.inner = inner
+        self.offset_s = float(offset_s)
+        self.floor_s = max(float(floor_s), self.MIN_STEP_S)
+
+    def step_time(self, batch: StepBatch) -> float:
+        return max(self.inner.step_time(batch) + self.offset_s, self.floor_s)
+
+    def decode_run_times(self, num_seqs: int, ctx_tokens: int, k: int) -> np.ndarray:
+        return np.maximum(self.inner.decode_run_times(num_seqs, ctx_tokens, k) + self.offset_s, self.floor_s)
+
+    def kv_capacity_blocks(self, block_size: int) -> int:
+        return self.inner.kv_capacity_blocks(block_size)
+
+    def describe(self) -> dict:
+        d = dict(self.inner.describe())
+        d["server_correction"] = {"offset_s": self.offset_s, "floor_s": self.floor_s}
+        return d
+
+
+def tpot_gap(real: pl.DataFrame, sim: pl.DataFrame) -> float:
+    """Median over requests completed on both sides of ``real TPOT - sim TPOT``, s (NaN if none).
+
+    A request's TPOT is its mean step time from first to last token; both
+    sides saw the same steps' *kinds* (the same prefills joined its decode),
+    so the difference is per-step time the cost model misses on this server.
+    """
+    r = real.filter(pl.col("status") == "ok", pl.col("completion_tokens") > 1).select(
+        "request_id", ((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("completion_tokens") - 1)).alias("r"))
+    s = sim.filter(pl.col("status") == "ok", pl.col("generated_tokens") > 1).select(
+        "request_id", ((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("generated_tokens") - 1)).alias("s"))
+    d = r.join(s, on="request_id").select(pl.col("r") - pl.col("s"))
+    return float(d.to_series().median()) if d.height else math.nan
+
+
+def _tpots(df: pl.DataFrame, n_col: str) -> pl.DataFrame:
+    return df.filter(pl.col("status").cast(pl.String) == "ok", pl.col(n_col) > 1).select(
+        "request_id", ((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col(n_col) - 1)).alias("tpot"))
+
+
+def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel, engine: EngineConfig,
+                     gateway: GatewayConfig | None = None, floors: int = 12) -> dict:
+    """Fit :class:`OffsetCost`'s ``(offset_s, floor_s)`` to one held-out replay.
+
+    ``real`` is the replay's frame, ``trace`` its simulator input
+    (:func:`sim_trace`). For each candidate floor (none, then ``floors``
+    values from 0.8x to 1.6x the model's one-sequence decode step) the
+    offset is found by :func:`tpot_gap` (twice: the gap moves the batching a
+    little); the pair with the least mean squared relative per-request TPOT
+    error wins. Returns ``{"offset_s", "floor_s", "rms_rel_err", "tried"}``.
+    """
+    r = _tpots(real, "completion_tokens")
+    one = cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=int(trace["input_tokens"].median() or 1)))
+    candidates = [0.0] + [one * (0.8 + 0.8 * i / max(1, floors - 1)) for i in range(floors)]
+    best: dict | None = None
+    tried = []
+    for floor in candidates:
+        offset = 0.0
+        for _ in range(2):
+            sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor), engine=engine, gateway=gateway).requests
+            gap = tpot_gap(real, sim)
+            if not math.isfinite(gap):
+                break
+            offset += gap
+        sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor), engine=engine, gateway=gateway).requests
+        d = r.join(_tpots(sim, "generated_tokens"), on="request_id", suffix="_sim")
+        if not d.height:
+            continue
+        rel = ((d["tpot_sim"] - d["tpot"]) / d["tpot"]).to_numpy()
+        score = float(np.sqrt(np.mean(rel ** 2)))
+        tried.append({"floor_s": floor, "offset_s": offset, "rms_rel_err": score})
+        if best is None or score < best["rms_rel_err"]:
+            best = {"offset_s": offset, "floor_s": floor, "rms_rel_err": score}
+    best = best or {"offset_s": 0.0, "floor_s": 0.0, "rms_rel_err": math.nan}
+    return {**best, "tried": tried}
+
+
+def overhead_from_probe(samples: list[tuple[int, float]], cost: CostModel) -> float:
+    """Client/HTTP/API-server overhead from 1-token probes on an idle server, s (>= 0).
+
+    ``samples`` are ``(prompt_len, ttft_s)``; each one's excess over the
+    cost model's prefill step for its prompt is an overhead sample; the
+    result is their median.
+    """
+    excess = [t - cost.step_time(StepBatch(prefill_tokens=p, prefill_seqs=1, prefill_attn_tokens=p * (p + 1) / 2))
+              for p, t in samples]
+    return max(0.0, float(np.median(excess))) if excess else 0.0
+
+
+# ---------------------------------------------------------------------------
+# 3. pairing and scoring
+# ---------------------------------------------------------------------------
+
+def latencies(frame: pl.DataFrame, released: pl.DataFrame, *, shift_s: float = 0.0) -> pl.DataFrame:
+    """Per-request latencies from event times, measured from the real release time.
+
+    ``frame`` has ``request_id``, ``status``, ``dispatch_s``, ``first_token_s``,
+    ``finish_s``, ``delivered_s``, ``n_tokens`` and ``token_times``; its times
+    are taken ``- shift_s`` (the simulator's clock runs ``overhead_s`` ahead of
+    the client's for dispatches, see :func:`sim_trace`). ``released`` maps
+    ``request_id`` to ``released_s`` and ``tenant``.
+    """
+    df = frame.join(released, on="request_id", how="inner")
+    ok = pl.col("status") == "ok"
+    return df.select(
+        "request_id", "tenant", "status",
+        pl.when(ok).then(pl.col("dispatch_s") - shift_s - pl.col("released_s")).alias("queue_wait_s"),
+        pl.when(ok).then(pl.col("first_token_s") - pl.col("released_s")).alias("ttft_s"),
+        pl.when(ok).then(pl.col("delivered_s") - pl.col("released_s")).alias("e2e_s"),
+        pl.when(ok & (pl.col("n_tokens") > 1))
+        .then((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("n_tokens") - 1)).alias("tpot_s"),
+        pl.when(ok).then(pl.col("token_times").list.diff(null_behavior="drop")).alias("itls"),
+    )
+
+
+def real_latencies(real: pl.DataFrame) -> pl.DataFrame:
+    """:func:`latencies` of a real replay frame."""
+    frame = real.select("request_id", "status", pl.col("sent_s").alias("dispatch_s"), "first_token_s", "finish_s",
+                        "delivered_s", pl.col("completion_tokens").alias("n_tokens"), "token_times")
+    return latencies(frame, real.select("request_id", "released_s", "tenant"))
+
+
+def sim_latencies(sim: pl.DataFrame, real: pl.DataFrame, *, overhead_s: float = 0.0) -> pl.DataFrame:
+    """:func:`latencies` of a simulated replay, from the real release times."""
+    frame = sim.select("request_id", pl.col("status").cast(pl.String), "dispatch_s", "first_token_s", "finish_s",
+                       "delivered_s", pl.col("generated_tokens").alias("n_tokens"), "token_times")
+    return latencies(frame, real.select("request_id", "released_s", "tenant"), shift_s=overhead_s)
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {s: math.nan for s in STATS}
+    return {"mean": float(x.mean()), **{k: float(np.quantile(x, q)) for k, q in _Q.items()}}
+
+
+def metric_values(lat: pl.DataFrame, metric: str, ids: set[int] | None = None) -> np.ndarray:
+    """All values of ``metric`` over completed requests (ITL: every gap, pooled), optionally only ``ids``."""
+    df = lat.filter(pl.col("status") == "ok")
+    if ids is not None:
+        df = df.filter(pl.col("request_id").is_in(list(ids)))
+    if metric == "itl_s":
+        s = df["itls"].drop_nulls().explode().drop_nulls()
+        return s.to_numpy().astype(np.float64) if s.len() else np.empty(0)
+    return df[metric].drop_nulls().to_numpy().astype(np.float64)
+
+
+def rel_err(sim: float, real: float) -> float:
+    """``(sim - real) / real``; NaN when undefined."""
+    if real is None or sim is None or not math.isfinite(real) or not math.isfinite(sim) or real == 0:
+        return math.nan
+    return (sim - real) / abs(real)
+
+
+def jain(values: list[float]) -> float:
+    """Jain's fairness index of positive values: 1 = equal, 1/n = one takes all."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0 or not (v ** 2).sum() > 0:
+        return math.nan
+    return float(v.sum() ** 2 / (v.size * (v ** 2).sum()))
+
+
+def _slo(lat: pl.DataFrame, trace: pl.DataFrame) -> pl.DataFrame:
+    """Per-request SLO met (null where the request has no SLO); unfinished requests with an SLO miss it."""
+    df = lat.join(trace.select("request_id", "slo_ttft_s", "slo_e2e_s"), on="request_id", how="left")
+    ok = pl.col("status") == "ok"
+    has = pl.col("slo_ttft_s").is_not_null() | pl.col("slo_e2e_s").is_not_null()
+    met = (ok & (pl.col("slo_ttft_s").is_null() | (pl.col("ttft_s") <= pl.col("slo_ttft_s")))
+           & (pl.col("slo_e2e_s").is_null() | (pl.col("e2e_s") <= pl.col("slo_e2e_s"))))
+    return df.select("request_id", "tenant", pl.when(has).then(met).alias("slo_met"))
+
+
+def compare(real: pl.DataFrame, sim: pl.DataFrame, trace: pl.DataFrame, *, overhead_s: float = 0.0) -> dict:
+    """Score one simulated replay against its real run.
+
+    Only requests that completed on *both* sides are compared (the others are
+    counted). Returns a JSON-ready dict::
+
+        {"requests": {...counts...},
+         "groups": {group: {metric: {stat: {"real", "sim", "err"}}}},   # group: "overall" or a tenant
+         "paired": {metric: {"median_abs", "p90_abs", "mean_signed", "n"}},  # per-request (sim-real)/real
+         "slo": {group: {"real", "sim", "diff_pts"}},
+         "fairness": {"jain_e2e_mean": {"real", "sim"}, "jain_slowdown": {...}}}
+    """
+    rl = real_latencies(real)
+    sl = sim_latencies(sim, real, overhead_s=overhead_s)
+    ok_r = set(rl.filter(pl.col("status") == "ok")["request_id"].to_list())
+    ok_s = set(sl.filter(pl.col("status") == "ok")["request_id"].to_list())
+    both = ok_r & ok_s
+    tenants = sorted(set(real["tenant"].to_list()))
+    groups: dict[str, dict] = {}
+    for g in [OVERALL, *tenants]:
+        ids = both if g == OVERALL else both & set(real.filter(pl.col("tenant") == g)["request_id"].to_list())
+        per = {}
+        for m in METRICS:
+            r = _stats(metric_values(rl, m, ids))
+            s = _stats(metric_values(sl, m, ids))
+            per[m] = {k: {"real": r[k], "sim": s[k], "err": rel_err(s[k], r[k])} for k in STATS}
+        per["requests"] = len(ids)
+        groups[g] = per
+    paired = {}
+    pair = rl.join(sl, on="request_id", suffix="_sim").filter(pl.col("request_id").is_in(list(both)))
+    for m in ("ttft_s", "tpot_s", "e2e_s", "queue_wait_s"):
+        r = pair[m].to_numpy().astype(np.float64)
+        s = pair[f"{m}_sim"].to_numpy().astype(np.float64)
+        sel = np.isfinite(r) & np.isfinite(s) & (np.abs(r) > 0)
+        e = (s[sel] - r[sel]) / np.abs(r[sel])
+        paired[m] = ({"n": int(e.size), "median_abs": float(np.median(np.abs(e))),
+                      "p90_abs": float(np.quantile(np.abs(e), 0.9)), "mean_signed": float(e.mean())}
+                     if e.size else {"n": 0, "median_abs": math.nan, "p90_abs": math.nan, "mean_signed": math.nan})
+    slo_r, slo_s = _slo(rl, trace), _slo(sl, trace)
+    released = set(real.filter(pl.col("released_s").is_not_null() & pl.col("released_s").is_not_nan())["request_id"].to_list())
+    slo: dict[str, dict] = {}
+    for g in [OVERALL, *tenants]:
+        sel = [pl.col("request_id").is_in(list(released))] + ([] if g == OVERALL else [pl.col("tenant") == g])
+        a = slo_r.filter(*sel)["slo_met"].drop_nulls()
+        b = slo_s.filter(*sel)["slo_met"].drop_nulls()
+        ra = float(a.mean()) if a.len() else None
+        sa = float(b.mean()) if b.len() else None
+        slo[g] = {"real": ra, "sim": sa, "n": a.len(),
+                  "diff_pts": None if ra is None or sa is None else 100 * (sa - ra)}
+    fairness = {}
+    for key, metric in (("jain_e2e_mean", "e2e_s"), ("jain_ttft_mean", "ttft_s")):
+        fr = [groups[t][metric]["mean"]["real"] for t in tenants]
+        fs = [groups[t][metric]["mean"]["sim"] for t in tenants]
+        fairness[key] = {"real": jain(fr), "sim": jain(fs)}
+    counts = {"replayed": real.height, "real_ok": len(ok_r), "sim_ok": len(ok_s), "compared": len(both),
+              "real_errors": int((real["status"] == "error").sum()),
+              "real_cancelled": int(real["status"].is_in(["cancelled", "not_sent"]).sum())}
+    return {"requests": counts, "groups": groups, "paired": paired, "slo": slo, "fairness": fairness}
+
+
+def spread(stats_per_run: list[dict]) -> dict:
+    """Run-to-run spread of the real engine from several :func:`compare` results' real statistics.
+
+    For each (group, metric, stat): the mean over pairs of runs ``i < j`` of
+    ``|x_i - x_j| / ((x_i + x_j) / 2)``, i.e. the relative error one real run
+    makes predicting another. NaN with fewer than two runs.
+    """
+    out: dict[str, dict] = {}
+    if not stats_per_run:
+        return out
+    for g, per in stats_per_run[0]["groups"].items():
+        out[g] = {}
+        for m in METRICS:
+            out[g][m] = {}
+            for k in STATS:
+                xs = [r["groups"].get(g, {}).get(m, {}).get(k, {}).get("real", math.nan) for r in stats_per_run]
+                diffs = [abs(a - b) / ((a + b) / 2) for i, a in enumerate(xs) for b in xs[i + 1:]
+                         if math.isfinite(a) and math.isfinite(b) and (a + b) > 0]
+                out[g][m][k] = float(np.mean(diffs)) if diffs else math.nan
+    return out
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Combine per-repeat :func:`compare` results: mean real, mean sim, mean signed
+    and mean absolute relative error per (group, metric, stat), plus the spread."""
+    if not runs:
+        return {}
+    sp = spread(runs)
+    groups: dict[str, dict] = {}
+    for g in runs[0]["groups"]:
+        groups[g] = {}
+        for m in METRICS:
+            groups[g][m] = {}
+            for k in STATS:
+                cells = [r["groups"].get(g, {}).get(m, {}).get(k) for r in runs]
+                cells = [c for c in cells if c is not None]
+                errs = [c["err"] for c in cells if math.isfinite(c["err"])]
+                groups[g][m][k] = {
+                    "real": _nanmean([c["real"] for c in cells]),
+                    "sim": _nanmean([c["sim"] for c in cells]),
+                    "err": float(np.mean(errs)) if errs else math.nan,
+                    "abs_err": float(np.mean(np.abs(errs))) if errs else math.nan,
+                    "spread": sp.get(g, {}).get(m, {}).get(k, math.nan),
+                }
+    return {"groups": groups, "repeats": len(runs)}
+
+
+def _nanmean(xs: list[float]) -> float:
+    v = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(v)) if v else math.nan
+
+
+def target_check(agg: dict, targets: dict[tuple[str, str], float] | None = None) -> list[dict]:
+    """One row per target: the overall |error| (mean over repeats), the bound, the spread, and whether met."""
+    targets = TARGETS if targets is None else targets
+    rows = []
+    for (m, k), bound in targets.items():
+        cell = agg["groups"][OVERALL][m][k]
+        err = cell["abs_err"]
+        rows.append({"metric": m, "stat": k, "abs_err": err, "bound": bound, "spread": cell["spread"],
+                     "met": bool(math.isfinite(err) and err <= bound),
+                     "within_spread": bool(math.isfinite(err) and math.isfinite(cell["spread"]) and err <= cell["spread"])})
+    return rows
+
+
+def parse_bounds(spec: str) -> dict[tuple[str, str], float]:
+    """``"e2e:p50=0.25,ttft:p99=0.5"`` -> ``{("e2e_s", "p50"): 0.25, ...}`` (fractions; a ``%`` suffix is allowed)."""
+    out: dict[tuple[str, str], float] = {}
+    aliases = {"e2e": "e2e_s", "ttft": "ttft_s", "tpot": "tpot_s", "itl": "itl_s", "queue": "queue_wait_s",
+               "queue_wait": "queue_wait_s"}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        metric, colon, stat = key.partition(":")
+        metric = aliases.get(metric.strip().lower(), metric.strip().lower())
+        stat = stat.strip().lower()
+        if not eq or not colon or metric not in METRICS or stat not in STATS:
+            raise ValueError(f"bad bound {part!r}: expected METRIC:STAT=VALUE with METRIC in "
+                             f"{', '.join(aliases)} and STAT in {', '.join(STATS)}, e.g. e2e:p50=0.25")
+        value = value.strip()
+        try:
+            v = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+        except ValueError:
+            raise ValueError(f"bad bound {part!r}: {value!r} is not a number") from None
+        if not v > 0:
+            raise ValueError(f"bad bound {part!r}: must be > 0")
+        out[(metric, stat)] = v
+    return out

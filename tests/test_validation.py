@@ -1,0 +1,495 @@
+"""Validation mode, fast tests: the real gateway against a mock engine
+(httpx.MockTransport), the simulation of a replay, and the scoring math on
+hand-built pairs. The real-engine tests are in test_validation_engine.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import signal
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, StreamingClient, check_endpoint,
+                               records_frame, run_replay)
+from profiling.http import EndpointError, OpenAIClient
+from profiling.replay import fit_trace, read_server_facts, replay_requests
+from sim.config import EngineConfig, GatewayConfig
+from sim.policies import make_policy
+from sim.run import simulate
+from sim.validation import (OVERALL, aggregate, compare, jain, overhead_from_probe, parse_bounds, rel_err,
+                            sim_trace, simulate_replay, spread, target_check)
+from tests.factories import linear_cost, make_trace
+
+
+# ---- a mock engine ------------------------------------------------------------------
+
+class MockEngine:
+    """An OpenAI-compatible MockTransport handler: streams ``max_tokens`` tokens,
+    one every ``tpot_s`` after ``ttft_s``, with vLLM's usage on every chunk.
+
+    Prompt length selects misbehaviour: ``fail_500`` answers HTTP 500,
+    ``drop`` drops the stream after 2 tokens, ``hang`` stops sending after
+    one token. ``log`` keeps (event, prompt_len, time); ``concurrent``/
+    ``max_concurrent`` count streams in flight.
+    """
+
+    def __init__(self, *, ttft_s=0.02, tpot_s=0.005, fail_500=(), drop=(), hang=(), on_request=None):
+        self.ttft_s, self.tpot_s = ttft_s, tpot_s
+        self.fail_500, self.drop, self.hang = set(fail_500), set(drop), set(hang)
+        self.on_request = on_request
+        self.concurrent = self.max_concurrent = self.requests = 0
+        self.order: list[int] = []  # prompt lengths in the order the requests arrived
+
+    def plain(self, request: httpx.Request) -> httpx.Response:
+        """The non-streaming routes (for the sync client)."""
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(200)
+        if path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "tiny", "max_model_len": 1024}]})
+        if path == "/metrics":
+            return httpx.Response(200, text='vllm:cache_config_info{block_size="128",num_gpu_blocks="512"} 1.0\n')
+        if path == "/version":
+            return httpx.Response(200, json={"version": "mock"})
+        return httpx.Response(404)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/completions":
+            return self.plain(request)
+        body = json.loads(request.content)
+        n_prompt, n = len(body["prompt"]), body["max_tokens"]
+        assert body["ignore_eos"] is True and body["min_tokens"] == n and body["stream"] is True
+        self.order.append(n_prompt)
+        self.requests += 1
+        if self.on_request is not None:
+            self.on_request(self)
+        if n_prompt in self.fail_500:
+            return httpx.Response(500, text="engine exploded")
+        return httpx.Response(200, content=self._stream(n_prompt, n), headers={"content-type": "text/event-stream"})
+
+    async def _stream(self, n_prompt: int, n: int):
+        # NOTE: the client stops reading at [DONE], so the count drops before it is sent
+        # (a generator's finally would only run when garbage-collected)
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        await asyncio.sleep(self.ttft_s)
+        for k in range(1, n + 1):
+            if k > 1:
+                await asyncio.sleep(self.tpot_s)
+            chunk = {"choices": [{"text": "x", "finish_reason": "length" if k == n else None}],
+                     "usage": {"prompt_tokens": n_prompt, "completion_tokens": k}}
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if n_prompt in self.drop and k == 2:
+                self.concurrent -= 1
+                raise httpx.ReadError("peer closed connection")
+            if n_prompt in self.hang:
+                self.concurrent -= 1
+                await asyncio.sleep(3600)
+        self.concurrent -= 1
+        yield b"data: [DONE]\n\n"
+
+
+def client_for(engine) -> OpenAIClient:
+    return OpenAIClient("http://engine.test", transport=httpx.MockTransport(engine.plain),
+                        async_transport=httpx.MockTransport(engine))
+
+
+def requests(rows, tenants=None, priorities=None) -> list[ReplayRequest]:
+    """ReplayRequests from (arrival_s, input_tokens, output_tokens) rows."""
+    out = []
+    for i, (t, inp, o) in enumerate(rows):
+        out.append(ReplayRequest(idx=i, request_id=i, arrival_s=t, tenant=(tenants or ["a"] * len(rows))[i],
+                                 priority=(priorities or [0] * len(rows))[i], input_tokens=inp, output_tokens=o,
+                                 est_tokens=inp + o))
+    return out
+
+
+def gateway(engine, reqs, policy="fifo", **kw) -> ReplayGateway:
+    client = client_for(engine)
+    return ReplayGateway(reqs, policy=make_policy(policy), client=StreamingClient(client, model="tiny", clock=lambda: 0.0),
+                         **kw)
+
+
+def run(gw: ReplayGateway):
+    return asyncio.run(gw.run())
+
+
+# ---- the gateway ----------------------------------------------------------------------
+
+def test_uncapped_gateway_sends_each_request_when_released_and_times_every_token():
+    eng = MockEngine(ttft_s=0.02, tpot_s=0.005)
+    recs = run(gateway(eng, requests([(0.0, 10, 4), (0.03, 11, 3), (0.06, 12, 1)])))
+    assert [r.status for r in recs] == ["ok"] * 3
+    for r in recs:
+        assert r.released_s >= r.intended_s - 1e-3
+        assert 0 <= r.sent_s - r.released_s < 0.02
+        assert len(r.token_times) == r.output_tokens == r.completion_tokens
+        assert r.first_token_s == r.token_times[0] and r.finish_s == r.token_times[-1] == r.delivered_s
+        assert r.first_token_s - r.sent_s >= 0.02 - 1e-3
+        assert all(b >= a for a, b in zip(r.token_times, r.token_times[1:]))
+    df = records_frame(recs)
+    assert df["ttft_s"].min() >= 0.02 - 1e-3
+    assert df.filter(pl.col("request_id") == 2)["tpot_s"][0] is None  # one token: no TPOT
+    assert df["token_times"].list.len().to_list() == [4, 3, 1]
+
+
+def test_cap_is_honoured_and_the_policy_picks_who_goes_next():
+    # a long head-of-line request holds the only slot while three arrive; priority picks 3, 2, 1 by tier
+    eng = MockEngine(ttft_s=0.03, tpot_s=0.002)
+    reqs = requests([(0.0, 20, 10), (0.005, 21, 2), (0.006, 22, 2), (0.007, 23, 2)], priorities=[0, 3, 2, 1])
+    recs = run(gateway(eng, reqs, policy="priority", max_outstanding=1))
+    assert eng.max_concurrent == 1
+    assert eng.order == [20, 23, 22, 21]
+    sent = [r.sent_s for r in recs]
+    assert sent[3] < sent[2] < sent[1]
+    df = records_frame(recs)
+    assert df["queue_wait_s"][1] > df["queue_wait_s"][3] > 0.02  # they waited in the gateway, not the engine
+
+
+@pytest.mark.parametrize("cap", [2, 3])
+def test_cap_bounds_requests_in_flight(cap):
+    eng = MockEngine(ttft_s=0.01, tpot_s=0.002)
+    recs = run(gateway(eng, requests([(0.001 * i, 10 + i, 5) for i in range(9)]), max_outstanding=cap))
+    assert eng.max_concurrent == cap
+    assert all(r.status == "ok" for r in recs)
+
+
+def test_sjf_at_the_gateway_orders_by_estimated_size():
+    eng = MockEngine(ttft_s=0.02, tpot_s=0.001)
+    reqs = requests([(0.0, 30, 5), (0.002, 31, 50), (0.003, 32, 20), (0.004, 33, 2)])
+    run(gateway(eng, reqs, policy="sjf", max_outstanding=1))
+    assert eng.order == [30, 33, 32, 31]
+
+
+def test_errors_are_recorded_per_request_and_the_replay_goes_on():
+    eng = MockEngine(ttft_s=0.005, tpot_s=0.002, fail_500={11}, drop={12}, hang={13})
+    reqs = requests([(0.0, 10, 4), (0.0, 11, 4), (0.0, 12, 5), (0.0, 13, 5), (0.01, 14, 3)])
+    recs = run(gateway(eng, reqs, request_timeout_s=0.3))
+    by = {r.input_tokens: r for r in recs}
+    assert by[10].status == by[14].status == "ok"
+    assert by[11].status == "error" and "HTTP 500" in by[11].error and "engine exploded" in by[11].error
+    assert by[11].http_status == 500
+    assert by[12].status == "error" and "dropped after 2 of 5 tokens" in by[12].error
+    assert len(by[12].token_times) == 2  # what arrived is kept
+    assert by[13].status == "error" and "no completion within 0.3 s" in by[13].error
+    assert by[13].completion_tokens == 1
+    df = records_frame(recs)
+    assert df.filter(pl.col("status") == "error")["e2e_s"].null_count() == 3
+
+
+def test_cancelling_the_replay_keeps_what_was_measured():
+    eng = MockEngine(ttft_s=0.01, tpot_s=0.01)
+    reqs = requests([(0.0, 10, 2), (0.05, 11, 40), (5.0, 12, 2)])
+    gw = gateway(eng, reqs)
+
+    async def go():
+        task = asyncio.create_task(gw.run())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    done, partial, never = gw.records
+    assert done.status == "ok" and len(done.token_times) == 2
+    assert partial.status == "cancelled" and 0 < partial.completion_tokens < 40
+    assert len(partial.token_times) == partial.completion_tokens
+    assert never.status == "not_sent" and math.isnan(never.sent_s)
+
+
+def test_ctrl_c_stops_the_replay_and_returns_partial_results():
+    def interrupt(engine):
+        if engine.requests == 2:
+            asyncio.get_running_loop().call_later(0.05, signal.raise_signal, signal.SIGINT)
+
+    eng = MockEngine(ttft_s=0.01, tpot_s=0.01, on_request=interrupt)
+    gw = gateway(eng, requests([(0.0, 10, 2), (0.03, 11, 30), (3.0, 12, 2)]))
+    records, interrupted = run_replay(gw)
+    assert interrupted
+    assert [r.status for r in records] == ["ok", "cancelled", "not_sent"]
+    assert records[1].completion_tokens > 0
+
+
+def test_microbatch_worker_batches_in_policy_order_and_delivers_at_the_batch_end():
+    eng = MockEngine(ttft_s=0.01, tpot_s=0.002)
+    reqs = requests([(0.0, 10, 2), (0.001, 11, 8), (0.002, 12, 2), (0.2, 13, 2), (0.201, 14, 2)],
+                    priorities=[3, 2, 1, 2, 1])
+    recs = run(gateway(eng, reqs, policy="priority", microbatch=MicroBatch(batch_size=2, batch_wait_s=0.02)))
+    # first pick at t=0 is the only one there (10); it waits 20 ms for a second: 12 (prio 1) beats 11
+    assert [r.batch for r in recs] == [0, 1, 0, 2, 2]
+    assert recs[0].delivered_s == recs[2].delivered_s >= max(recs[0].finish_s, recs[2].finish_s)
+    assert recs[3].delivered_s == recs[4].delivered_s
+    assert eng.max_concurrent == 2
+
+
+def test_unreachable_endpoint_fails_fast_with_a_clear_message():
+    def refuse(request):
+        raise httpx.ConnectError("connection refused")
+
+    with pytest.raises(EndpointError, match="cannot reach .*is the server running"):
+        check_endpoint(OpenAIClient("http://engine.test", transport=httpx.MockTransport(refuse)))
+    with pytest.raises(EndpointError, match="not served"):
+        check_endpoint(client_for(MockEngine()), "other-model")
+
+
+def test_server_facts_come_from_the_server():
+    facts = read_server_facts(client_for(MockEngine()), max_num_seqs=32, max_num_batched_tokens=1024)
+    assert (facts.model, facts.max_model_len, facts.num_gpu_blocks, facts.block_size) == ("tiny", 1024, 512, 128)
+    assert facts.version == "mock"
+
+
+# ---- the simulated side ---------------------------------------------------------------
+
+def _random_trace(seed: int, n: int = 60) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(0.05, n))
+    rows = [(float(a), int(rng.integers(8, 300)), int(rng.integers(1, 80))) for a in t]
+    tenants = [["premium", "standard", "batch"][i % 3] for i in range(n)]
+    return make_trace(rows, tenants=tenants, priority=[1 + i % 3 for i in range(n)])
+
+
+@pytest.mark.parametrize("mode,cap,policy", [("continuous", None, "fifo"), ("continuous", 4, "priority"),
+                                             ("continuous", 3, "vtc"), ("microbatch", None, "sjf")])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_simulate_replay_matches_simulate(mode, cap, policy, seed):
+    trace = _random_trace(seed)
+    engine = EngineConfig(mode=mode, max_num_seqs=8, max_num_batched_tokens=256, block_size=16, num_gpu_blocks=120,
+                          max_model_len=512, batch_size=4)
+    gw = GatewayConfig(policy=policy, max_outstanding=cap)
+    cost = linear_cost()
+    ref = simulate(trace, cost=cost, engine=engine, gateway=gw).requests
+    got = simulate_replay(trace, cost=cost, engine=engine, gateway=gw).requests
+    for col in ("status", "scheduled_s", "first_token_s", "finish_s", "generated_tokens", "preemptions"):
+        assert got[col].to_list() == ref[col].to_list(), col
+
+
+def test_simulated_tokens_are_at_step_ends_and_dispatch_is_noted():
+    trace = _random_trace(3, 30)
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=256, block_size=16, num_gpu_blocks=400,
+                          max_model_len=512)
+    res = simulate_replay(trace, cost=linear_cost(), engine=engine, gateway=GatewayConfig(max_outstanding=3))
+    df = res.requests.filter(pl.col("status") == "ok", pl.col("preemptions") == 0)
+    assert df.height == 30
+    for row in df.iter_rows(named=True):
+        tt = row["token_times"]
+        assert len(tt) == row["generated_tokens"]
+        assert tt[0] == row["first_token_s"] and tt[-1] == row["finish_s"]
+        assert row["arrival_s"] <= row["dispatch_s"] <= row["scheduled_s"]
+    steps = res.step_ends[0]
+    assert np.all(np.diff(steps) > 0)
+
+
+def test_sim_trace_arrives_at_send_or_release_times_plus_overhead():
+    trace = make_trace([(0.0, 10, 5), (1.0, 20, 6), (2.0, 30, 7)])
+    real = pl.DataFrame({"request_id": [0, 1, 2], "released_s": [0.01, 1.02, None], "sent_s": [0.02, 1.5, None],
+                         "output_tokens": [5, 4, 7]}, schema_overrides={"released_s": pl.Float64, "sent_s": pl.Float64})
+    sent = sim_trace(trace, real, gateway_holds=False, overhead_s=0.005)
+    assert sent["arrival_s"].to_list() == pytest.approx([0.025, 1.505])  # the unreleased request is not simulated
+    assert sent["output_tokens"].to_list() == [5, 4]
+    held = sim_trace(trace, real, gateway_holds=True)
+    assert held["arrival_s"].to_list() == pytest.approx([0.01, 1.02])
+
+
+def test_fit_trace_pins_lengths_to_the_server():
+    trace = make_trace([(0.0, 10, 50), (0.1, 1000, 50), (0.2, 2000, 5), (0.3, 10, 500)], max_tokens=[20, None, None, None])
+    fitted, notes = fit_trace(trace, 1024)
+    assert fitted["output_tokens"].to_list() == [20, 24, 500]
+    assert fitted["max_tokens"].null_count() == 3
+    assert any("dropped 1" in n for n in notes) and any("capped the output of 2" in n for n in notes)
+    reqs = replay_requests(fitted)
+    assert [r.est_tokens for r in reqs] == [30, 1024, 510]
+
+
+def test_overhead_is_probe_ttft_beyond_the_prefill_step():
+    cost = linear_cost()
+    from costmodel.batch import StepBatch
+    def step(p):
+        return cost.step_time(StepBatch(prefill_tokens=p, prefill_seqs=1, prefill_attn_tokens=p * (p + 1) / 2))
+
+    samples = [(16, step(16) + 0.003), (128, step(128) + 0.004), (384, step(384) + 0.010)]
+    assert overhead_from_probe(samples, cost) == pytest.approx(0.004)
+    assert overhead_from_probe([(16, step(16) / 2)], cost) == 0.0
+    assert overhead_from_probe([], cost) == 0.0
+
+
+def test_offset_cost_keeps_the_cost_contract_and_tpot_gap_measures_it():
+    from costmodel.batch import StepBatch
+    from sim.validation import OffsetCost, tpot_gap
+
+    cost = linear_cost()
+    fixed = OffsetCost(cost, 0.002)
+    b = StepBatch(decode_seqs=3, decode_ctx_tokens=90)
+    assert fixed.step_time(b) == pytest.approx(cost.step_time(b) + 0.002)
+    run = fixed.decode_run_times(3, 90, 50)
+    assert [float(x) for x in run] == [fixed.step_time(StepBatch(decode_seqs=3, decode_ctx_tokens=90 + 3 * j))
+                                       for j in range(50)]
+    assert OffsetCost(cost, -1.0).step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=1)) > 0
+    trace = _random_trace(5, 40)
+    eng = EngineConfig(max_num_seqs=8, max_num_batched_tokens=256, block_size=16, num_gpu_blocks=300, max_model_len=512)
+    a = simulate_replay(trace, cost=fixed, engine=eng).requests
+    slow = simulate_replay(trace, cost=fixed, engine=EngineConfig(**{**eng.__dict__, "fast_forward": False})).requests
+    assert a["finish_s"].to_list() == slow["finish_s"].to_list()  # fast-forward = step by step
+    # a "real" run that is the simulation with 2 ms more per step: the gap recovers about 2 ms
+    base = simulate_replay(trace, cost=cost, engine=eng).requests
+    real = a.rename({"generated_tokens": "completion_tokens"}).with_columns(pl.col("status").cast(pl.String))
+    assert tpot_gap(real, base) == pytest.approx(0.002, abs=3e-4)
+
+
+# ---- scoring on hand-built pairs ------------------------------------------------------
+
+def _real_frame(rows):
+    """rows: (id, tenant, released, sent, [token times])."""
+    return pl.DataFrame({
+        "request_id": [r[0] for r in rows], "tenant": [r[1] for r in rows],
+        "released_s": [r[2] for r in rows], "sent_s": [r[3] for r in rows],
+        "first_token_s": [r[4][0] for r in rows], "finish_s": [r[4][-1] for r in rows],
+        "delivered_s": [r[4][-1] for r in rows], "completion_tokens": [len(r[4]) for r in rows],
+        "output_tokens": [len(r[4]) for r in rows], "status": ["ok"] * len(rows),
+        "token_times": [r[4] for r in rows]})
+
+
+def _sim_frame(rows):
+    return pl.DataFrame({
+        "request_id": [r[0] for r in rows], "status": ["ok"] * len(rows), "dispatch_s": [r[3] for r in rows],
+        "first_token_s": [r[4][0] for r in rows], "finish_s": [r[4][-1] for r in rows],
+        "delivered_s": [r[4][-1] for r in rows], "generated_tokens": [len(r[4]) for r in rows],
+        "token_times": [r[4] for r in rows]})
+
+
+def test_compare_computes_relative_errors_per_metric_tenant_and_request():
+    # real: released at 0, first token at 1, tokens every 1 s; sim: everything 10 % later
+    real_rows = [(i, "a" if i < 2 else "b", 0.0, 0.0, [1.0 + k for k in range(3)]) for i in range(4)]
+    sim_rows = [(i, None, 0.0, 0.0, [1.1 * (1.0 + k) for k in range(3)]) for i in range(4)]
+    trace = make_trace([(0.0, 10, 3)] * 4, tenants=["a", "a", "b", "b"], slo_e2e_s=[3.1, 3.1, 3.1, 3.5])
+    score = compare(_real_frame(real_rows), _sim_frame(sim_rows), trace)
+    g = score["groups"][OVERALL]
+    assert g["ttft_s"]["p50"]["real"] == pytest.approx(1.0)
+    assert g["ttft_s"]["p50"]["err"] == pytest.approx(0.1)
+    assert g["e2e_s"]["p99"]["err"] == pytest.approx(0.1)
+    assert g["tpot_s"]["mean"]["err"] == pytest.approx(0.1)
+    assert g["itl_s"]["p50"]["real"] == pytest.approx(1.0) and g["itl_s"]["p50"]["err"] == pytest.approx(0.1)
+    assert math.isnan(g["queue_wait_s"]["p50"]["err"])  # 0 real wait: relative error undefined
+    assert score["groups"]["b"]["e2e_s"]["mean"]["err"] == pytest.approx(0.1)
+    assert score["paired"]["e2e_s"]["median_abs"] == pytest.approx(0.1)
+    assert score["paired"]["e2e_s"]["mean_signed"] == pytest.approx(0.1)
+    # SLO: real e2e 3.0 meets 3.1 and 3.5; sim 3.3 misses 3.1, meets 3.5 (one request of four)
+    assert score["slo"][OVERALL]["real"] == 1.0 and score["slo"][OVERALL]["sim"] == 0.25
+    assert score["slo"]["b"]["sim"] == 0.5 and score["slo"][OVERALL]["diff_pts"] == pytest.approx(-75)
+    assert score["fairness"]["jain_e2e_mean"]["real"] == pytest.approx(1.0)
+    assert score["requests"]["compared"] == 4
+
+
+def test_only_requests_completed_on_both_sides_are_compared():
+    real = _real_frame([(0, "a", 0.0, 0.0, [1.0, 2.0]), (1, "a", 0.0, 0.0, [5.0, 6.0])])
+    real = real.with_columns(pl.Series("status", ["ok", "error"]))
+    sim = _sim_frame([(0, None, 0.0, 0.0, [1.0, 2.0]), (1, None, 0.0, 0.0, [1.0, 2.0])])
+    score = compare(real, sim, make_trace([(0.0, 1, 2)] * 2, tenants=["a", "a"]))
+    assert score["requests"]["compared"] == 1 and score["requests"]["real_errors"] == 1
+    assert score["groups"][OVERALL]["e2e_s"]["mean"]["err"] == 0.0
+
+
+def test_spread_is_the_mean_pairwise_relative_difference_of_real_runs():
+    runs = [{"groups": {OVERALL: {m: {k: {"real": v, "sim": 1.0, "err": rel_err(1.0, v)} for k in ("mean", "p50", "p90", "p99")}
+                                   for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_wait_s")}}}
+            for v in (1.0, 1.1, 1.2)]
+    sp = spread(runs)[OVERALL]["e2e_s"]["p50"]
+    expect = np.mean([0.1 / 1.05, 0.2 / 1.1, 0.1 / 1.15])
+    assert sp == pytest.approx(expect)
+    agg = aggregate(runs)
+    cell = agg["groups"][OVERALL]["e2e_s"]["p50"]
+    assert cell["real"] == pytest.approx(1.1) and cell["spread"] == pytest.approx(expect)
+    assert cell["abs_err"] == pytest.approx(np.mean([0.0, 0.1 / 1.1, 0.2 / 1.2]))
+    assert math.isnan(spread(runs[:1])[OVERALL]["e2e_s"]["p50"])
+    rows = target_check(agg, {("e2e_s", "p50"): 0.1})
+    assert rows[0]["met"] and rows[0]["within_spread"]
+
+
+def test_jain_and_bounds():
+    assert jain([1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    assert jain([1.0, 0.0, 0.0]) == pytest.approx(1 / 3)
+    assert parse_bounds("e2e:p50=0.25, ttft:p99=50%") == {("e2e_s", "p50"): 0.25, ("ttft_s", "p99"): 0.5}
+    with pytest.raises(ValueError, match="METRIC:STAT=VALUE"):
+        parse_bounds("e2e=0.2")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_bounds("e2e:p50=x")
+
+
+# ---- the whole pipeline on a mock engine, and the CLI's error paths ---------------------------
+
+def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
+    from profiling.replay import run_validation
+    from sim.validation_report import write_outputs
+
+    client = client_for(MockEngine(ttft_s=0.01, tpot_s=0.002))
+    facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
+    traces = [(load, make_trace([(0.01 * i / load, 20 + i, 3 + i % 4) for i in range(8)],
+                                tenants=["a", "b"] * 4, slo_e2e_s=[1.0] * 8)) for load in (0.5, 1.0)]
+    res = run_validation(client=client, facts=facts, cost=linear_cost(), gateway=GatewayConfig(), traces=traces,
+                         capacity=10.0, repeat=2, warmup=False, overhead_s=0.001,
+                         calibration=traces[0][1])
+    assert [lv.load for lv in res.levels] == [0.5, 1.0]
+    assert all(len(lv.real) == len(lv.sim) == len(lv.scores) == 2 for lv in res.levels)
+    assert res.pooled is not None and res.pooled.trace.height == 16
+    assert res.calibration["requests"] == 8 and math.isfinite(res.step_offset_s)
+    cell = res.levels[0].aggregate["groups"][OVERALL]["e2e_s"]["p50"]
+    assert cell["real"] > 0 and cell["sim"] > 0 and math.isfinite(cell["spread"])
+    paths = write_outputs(res, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["levels"][1]["aggregate"]["groups"]["b"]["ttft_s"]["p99"]["real"] > 0
+    assert "all levels" in data["targets"]
+    real = pl.read_parquet(paths["real"])
+    assert real.height == 32 and set(real["repeat"]) == {0, 1} and set(real["load"]) == {0.5, 1.0}
+    sim = pl.read_parquet(paths["sim"])
+    assert sim.height == 32 and sim["token_times"].list.len().sum() == real["token_times"].list.len().sum()
+    page = paths["html"].read_text()
+    assert "plotly" in page and "load 0.5" in page and "Figures to reach" in page
+
+
+def test_cli_fails_fast_on_an_unreachable_endpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.validate_cmds import validate
+    from profiling.server import free_port
+
+    app = __import__("typer").Typer()
+    app.command()(validate)
+    runner = CliRunner()
+    res = runner.invoke(app, ["--endpoint", f"http://127.0.0.1:{free_port()}", "--profile", "l4-qwen1.5-1.8b-chat-linear",
+                              "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "cannot reach" in res.output and "is the server running" in res.output
+    res = runner.invoke(app, ["--profile", "l4-qwen1.5-1.8b-chat-linear"])
+    assert res.exit_code == 2 and "exactly one of --endpoint" in res.output
+    res = runner.invoke(app, ["--endpoint", "http://x", "--profile", "l4-qwen1.5-1.8b-chat-linear", "--loads", "0.5,-1"])
+    assert res.exit_code == 2 and "--loads" in res.output
+    res = runner.invoke(app, ["--endpoint", "http://x", "--profile", "l4-qwen1.5-1.8b-chat-linear", "--check", "e2e=1"])
+    assert res.exit_code == 2 and "METRIC:STAT=VALUE" in res.output
+
+
+def test_calibration_recovers_a_known_floor_and_offset():
+    import time
+
+    from sim.validation import OffsetCost, calibrate_server
+
+    cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
+    eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
+                       max_model_len=1024)
+    rng = np.random.default_rng(0)
+    light = np.cumsum(rng.exponential(0.6, 30))
+    heavy = light[-1] + 2 + np.cumsum(rng.exponential(0.05, 30))
+    rows = [(float(t), int(rng.integers(16, 200)), int(rng.integers(10, 60))) for t in np.concatenate([light, heavy])]
+    trace = make_trace(rows)
+    truth = OffsetCost(cost, 0.002, 0.015)  # the "server": 2 ms more per step, never under 15 ms
+    real = simulate_replay(trace, cost=truth, engine=eng).requests
+    real = real.rename({"generated_tokens": "completion_tokens"}).with_columns(pl.col("status").cast(pl.String))
+    t = time.perf_counter()
+    fit = calibrate_server(real, trace, cost=cost, engine=eng)
+    assert time.perf_counter() - t < 20
+    assert fit["offset_s"] == pytest.approx(0.002, abs=0.001)
+    assert fit["floor_s"] == pytest.approx(0.015, abs=0.002)
+    assert fit["rms_rel_err"] < 0.03
