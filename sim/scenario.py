@@ -61,19 +61,23 @@ def load_scenario(path: str | Path | None = None, overrides: dict | None = None)
     ``overrides`` is a nested dict merged over the file (what CLI flags set).
     """
     path = Path(path) if path is not None else DEFAULT_SCENARIO
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: scenario file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    raw = _merge(raw, overrides or {})
+    raw = _merge(read_toml(path, "scenario"), overrides or {})
     _check_keys(raw, _TOP_KEYS, str(path))
     _check_keys(raw.get("workload", {}), _WORKLOAD_KEYS, f"{path} [workload]")
     for tenant, table in raw.get("tenants", {}).items():
         _check_keys(table, _TENANT_KEYS, f"{path} [tenants.{tenant}]")
     return Scenario(name=str(raw.get("name", path.stem)), raw=raw)
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as data (never code), with one-line errors naming the file."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -25,13 +25,13 @@ A study file (every key optional; flags given on the command line win)::
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sim.capacity.slo import Target, combine, parse_slo, scenario_tenants, targets_from_scenario
 from sim.capacity.spec import axis_path, merge, parse_assignment, resolve, set_path
 from sim.config import ConfigError
+from sim.scenario import read_toml
 
 _KEYS = {"scenario", "seeds", "attainment", "criterion", "axes", "set", "prices", "slo"}
 
@@ -51,13 +51,7 @@ class StudyFile:
 def read_study(path: str | Path) -> StudyFile:
     """Parse a study TOML strictly (an unknown key is an error naming it)."""
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: study file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "study")
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(_KEYS))}")
