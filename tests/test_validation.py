@@ -203,13 +203,20 @@ def test_cancelling_the_replay_keeps_what_was_measured():
 
 
 def test_ctrl_c_stops_the_replay_and_returns_partial_results():
+    # A terminal delivers Ctrl-C to a process whose SIGINT handler is Python's default; a job started in the
+    # background by a non-interactive shell inherits SIGINT ignored, so install the default explicitly.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def interrupt(engine):
         if engine.requests == 2:
             asyncio.get_running_loop().call_later(0.05, signal.raise_signal, signal.SIGINT)
 
     eng = MockEngine(ttft_s=0.01, tpot_s=0.01, on_request=interrupt)
     gw = gateway(eng, requests([(0.0, 10, 2), (0.03, 11, 30), (3.0, 12, 2)]))
-    records, interrupted = run_replay(gw)
+    try:
+        records, interrupted = run_replay(gw)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert interrupted
     assert [r.status for r in records] == ["ok", "cancelled", "not_sent"]
     assert records[1].completion_tokens > 0
