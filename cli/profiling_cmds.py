@@ -261,6 +261,8 @@ def fit(
     console.print(t)
     if report.excluded:
         console.print("left out: " + ", ".join(f"{n} {why}" for why, n in report.excluded.items()), highlight=False)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if report.neighbour_cpu is not None and report.neighbour_cpu > 0.2:
         err.print(f"[yellow]warning:[/] other processes used {report.neighbour_cpu:.1f} CPU cores on average while "
                   "these steps ran; shared caches and memory make the timings noisier than the engine alone. "

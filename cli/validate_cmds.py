@@ -192,7 +192,8 @@ def validate(
     block_size: Optional[int] = typer.Option(None, "--block-size", help="KV block size, with --num-gpu-blocks.", rich_help_panel="Engine"),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Prompt token ids are drawn below this (default: the launched model's vocabulary, else 4000).", rich_help_panel="Engine"),
     repeat: int = typer.Option(1, "--repeat", help="Replay each level N times: the real engine's run-to-run spread (the noise floor) is reported beside the sim's error.", rich_help_panel="Run"),
-    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="First replay a held-out trace (same lengths, another draw, loads 0.3 and 0.9) and fit a per-step offset and floor for this server (its per-step work the profile lacks). Never fitted on the validated traces.", rich_help_panel="Run"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="First replay a held-out trace (same lengths, another draw, loads 0.3 and 0.9) and fit a per-step offset, a per-sequence cost and a floor for this server (its work the profile lacks: front-end loop, streaming). Never fitted on the validated traces.", rich_help_panel="Run"),
+    wait_quiet: float = typer.Option(0.0, "--wait-quiet", help="Before each replay, wait up to this many seconds for other processes to stop using the CPU (shared machines).", rich_help_panel="Run"),
     overhead_ms: Optional[float] = typer.Option(None, "--overhead-ms", help="Client/HTTP overhead to add to simulated arrivals (default: measured with 1-token requests).", rich_help_panel="Run"),
     timeout_s: float = typer.Option(600.0, "--timeout-s", help="Per-request timeout, s (a request past it is recorded as an error).", rich_help_panel="Run"),
     seed: int = typer.Option(0, "--seed", help="Seed for the synthetic workload, tenant split and prompts.", rich_help_panel="Run"),
@@ -364,7 +365,7 @@ def validate(
                                     overhead_s=None if overhead_ms is None else overhead_ms / 1000,
                                     request_timeout_s=timeout_s, progress=status.update, config=config,
                                     server_pgid=server.proc.pid if server is not None and server.proc else None,
-                                    calibration=calib_trace)
+                                    calibration=calib_trace, wait_quiet_s=wait_quiet)
     finally:
         if server is not None:
             server.stop()
@@ -375,7 +376,8 @@ def validate(
     if result.calibration:
         c = result.calibration
         console.print(f"calibration (held-out replay of {c['requests']} requests): simulated steps get "
-                      f"{result.step_offset_s * 1000:+.2f} ms and a floor of {result.step_floor_s * 1000:.1f} ms "
+                      f"{result.step_offset_s * 1000:+.2f} ms, {result.step_per_seq_s * 1000:+.2f} ms per decoding "
+                      f"sequence and a floor of {result.step_floor_s * 1000:.1f} ms "
                       f"(per-request TPOT error on it: {100 * c['rms_rel_tpot_err']:.1f} % rms)")
     console.print(f"client/HTTP overhead: {result.overhead_s * 1000:.1f} ms"
                   + (f" (from {len(result.overhead_samples)} 1-token requests)" if result.overhead_samples else " (given)"))

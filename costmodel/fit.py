@@ -136,6 +136,10 @@ TARGET_MDAPE = 0.05
 TARGET_P90APE = 0.15
 MIN_ROWS = 30
 MIN_PHASE_ROWS = 5
+#: Where the constant term fits to zero (the per-sequence terms absorb it, as
+#: with HTTP-derived steps that all carry at least one sequence), it is set to
+#: this so every step still costs > 0; the report says so.
+MIN_OVERHEAD_S = 1e-6
 
 
 class FitError(ValueError):
@@ -175,6 +179,7 @@ class FitReport:
     features: tuple = FIT_FEATURES
     method: str = ""
     neighbour_cpu: float | None = None  # CPU other processes used while the fitted steps ran, cores (None = unknown)
+    warnings: tuple = ()  # what the fit had to repair, in words
 
     def meets_targets(self, model: str = "linear") -> bool:
         return all(e.meets_targets() for p, e in self.errors[model].items() if p != "all")
@@ -185,6 +190,7 @@ class FitReport:
             "groups": self.groups, "excluded": dict(self.excluded), "phase_rows": dict(self.phase_rows),
             "winner": self.winner,
             **({"neighbour_cpu": round(self.neighbour_cpu, 3)} if self.neighbour_cpu is not None else {}),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
             "targets": {"mdape": TARGET_MDAPE, "p90ape": TARGET_P90APE},
             "heldout": {m: {p: {"n": e.n, "mdape": round(e.mdape, 5), "p90ape": round(e.p90ape, 5),
                                 "mape": round(e.mape, 5)} for p, e in per.items()}
@@ -317,9 +323,11 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
     winner = "linear" if errors["linear"]["all"].p90ape <= errors["gbt"]["all"].p90ape else "gbt"
 
     coef = _linear_solve(X, y)
+    warnings: list[str] = []
     if not coef[0] > 0:
-        raise FitError("fitted overhead_s is not > 0: the measurements cannot pin the constant term "
-                       "(no small steps?)")
+        coef[0] = MIN_OVERHEAD_S
+        warnings.append(f"the constant term (overhead_s) fitted to 0: the per-sequence terms absorb it "
+                        f"(every step measured carries a sequence); set to {MIN_OVERHEAD_S:g} s")
     values = _coef_dict(coef)
     model = LinearCostModel(**values, kv=kv, name=name, provenance=provenance)
     method = (f"scikit-learn LinearRegression(positive=True) on rows divided by step time (least relative squares), "
@@ -332,7 +340,8 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
         if ok.any():
             neighbour = float(max(0.0, other[ok].sum() / y[ok].sum()))
     report = FitReport(errors=errors, winner=winner, folds=k, rows=n, groups=n_groups, excluded=excluded,
-                       phase_rows=phase_rows, coefficients=values, method=method, neighbour_cpu=neighbour)
+                       phase_rows=phase_rows, coefficients=values, method=method, neighbour_cpu=neighbour,
+                       warnings=tuple(warnings))
     return model, report
 
 

@@ -401,6 +401,25 @@ class ForeignCpu:
 CONTENDED_SHARE = 0.10
 
 
+def wait_for_quiet(meter: "ForeignCpu", *, max_wait_s: float, window_s: float = 2.0,
+                   say: Callable[[str], None] | None = None) -> float:
+    """Wait (up to ``max_wait_s``) until other processes use under ``CONTENDED_SHARE / 2`` of the CPU
+    for two windows in a row; return the seconds waited. On a shared machine this keeps a
+    neighbour's burst out of the real side's timings."""
+    t0 = time.perf_counter()
+    calm = 0
+    while time.perf_counter() - t0 < max_wait_s:
+        meter.start()
+        time.sleep(window_s)
+        share = meter.stop()["foreign_share"]
+        calm = calm + 1 if not share > CONTENDED_SHARE / 2 else 0
+        if calm >= 2:
+            break
+        if say is not None and calm == 0:
+            say(f"waiting for the machine to quieten (other processes use {100 * share:.0f} % of the CPU)")
+    return time.perf_counter() - t0
+
+
 def _port(url: str) -> int | None:
     from urllib.parse import urlparse
 
@@ -450,12 +469,15 @@ class ValidationResult:
     calibration: dict | None = None  # the held-out calibration replay: its trace size, rate, the step offset found
     step_offset_s: float = 0.0  # added to every simulated step (from the calibration replay; 0 without one)
     step_floor_s: float = 0.0  # no simulated step is shorter (from the calibration replay; 0 = none)
+    step_per_seq_s: float = 0.0  # added per decoding sequence to every simulated step (from the calibration replay)
+    calibration_frame: pl.DataFrame | None = None  # the calibration replay's per-request frame
 
     def to_dict(self) -> dict:
         """Everything but the per-request frames, JSON-ready."""
         return {
             "config": self.config, "server": asdict(self.facts), "overhead_s": self.overhead_s,
-            "step_offset_s": self.step_offset_s, "step_floor_s": self.step_floor_s, "calibration": self.calibration,
+            "step_offset_s": self.step_offset_s, "step_floor_s": self.step_floor_s,
+            "step_per_seq_s": self.step_per_seq_s, "calibration": self.calibration,
             "overhead_samples_s": self.overhead_samples, "capacity_rps": self.capacity_rps,
             "notes": self.notes, "interrupted": self.interrupted,
             "levels": [{"load": lv.load, "rate_rps": lv.rate_rps, "requests": lv.trace.height,
@@ -486,6 +508,7 @@ def run_validation(
     config: dict | None = None,
     server_pgid: int | None = None,
     calibration: pl.DataFrame | None = None,
+    wait_quiet_s: float = 0.0,
 ) -> ValidationResult:
     """Replay each ``(load, trace)`` ``repeat`` times, simulate each replay, score it.
 
@@ -494,11 +517,14 @@ def run_validation(
     ``server_pgid``: a launched server's process group, so its CPU is not
     counted as contention (see :class:`ForeignCpu`). ``calibration``: a
     held-out trace (never one of ``traces``) replayed once first, to which
-    :func:`sim.validation.calibrate_server` fits a per-step offset and a
-    floor for this server (:class:`sim.validation.OffsetCost`): the per-step
-    work it does beyond what the profile measured (its front-end loop, IPC
-    between its processes, streaming), which a profile measured elsewhere
-    (e.g. the in-process engine) times differently.
+    :func:`sim.validation.calibrate_server` fits a per-step offset, a
+    per-sequence cost and a floor for this server
+    (:class:`sim.validation.OffsetCost`): the work it does beyond what the
+    profile measured (its front-end loop, IPC between its processes,
+    detokenising and streaming every token), which a profile measured
+    elsewhere (e.g. the in-process engine) does not time. ``wait_quiet_s``: before
+    each replay wait up to this long for other processes to stop using the
+    CPU (:func:`wait_for_quiet`).
     """
     say = progress or (lambda _msg: None)
     meter = ForeignCpu(server_pgid=server_pgid, port=_port(facts.url))
@@ -506,8 +532,9 @@ def run_validation(
     holds = gateway.max_outstanding is not None or microbatch is not None
     notes: list[str] = []
     samples: list[tuple[int, float]] = []
-    step_offset_s = step_floor_s = 0.0
+    step_offset_s = step_floor_s = step_per_seq_s = 0.0
     calib: dict | None = None
+    cframe: pl.DataFrame | None = None
     try:
         if warmup:
             say("warming the server up")
@@ -521,22 +548,25 @@ def run_validation(
             say(f"calibration replay ({ctrace.height} requests, held out)")
             crun = replay(ctrace, client=client, model=facts.model, gateway=gateway, microbatch=microbatch,
                           vocab_size=vocab_size, seed=seed + 1, request_timeout_s=request_timeout_s)
+            cframe = crun.frame
             if crun.interrupted:
                 raise KeyboardInterrupt
             st = sim_trace(ctrace, crun.frame, gateway_holds=holds, overhead_s=overhead_s)
             say("fitting the server's step offset and floor to the calibration replay")
             fit = calibrate_server(crun.frame, st, cost=cost, engine=engine, gateway=gateway)
-            step_offset_s, step_floor_s = fit["offset_s"], fit["floor_s"]
-            cost = OffsetCost(cost, step_offset_s, step_floor_s)
+            step_offset_s, step_floor_s, step_per_seq_s = fit["offset_s"], fit["floor_s"], fit["per_seq_s"]
+            cost = OffsetCost(cost, step_offset_s, step_floor_s, step_per_seq_s)
             if samples:
                 overhead_s = overhead_from_probe(samples, cost)
             calib = {"requests": ctrace.height, "wall_s": crun.wall_s, "step_offset_s": step_offset_s,
-                     "step_floor_s": step_floor_s, "rms_rel_tpot_err": fit["rms_rel_err"], "tried": fit["tried"],
+                     "step_floor_s": step_floor_s, "step_per_seq_s": step_per_seq_s,
+                     "rms_rel_tpot_err": fit["rms_rel_err"], "tried": fit["tried"],
                      "real_errors": int((crun.frame["status"] != "ok").sum())}
     except KeyboardInterrupt:
         return ValidationResult(levels=[], facts=facts, overhead_s=overhead_s or 0.0, overhead_samples=samples,
                                 capacity_rps=capacity, config=config or {}, notes=notes, interrupted=True,
-                                calibration=calib, step_offset_s=step_offset_s, step_floor_s=step_floor_s)
+                                calibration=calib, step_offset_s=step_offset_s, step_floor_s=step_floor_s,
+                                step_per_seq_s=step_per_seq_s, calibration_frame=cframe)
     levels: list[LevelResult] = []
     interrupted = False
     for load, raw in traces:
@@ -548,6 +578,10 @@ def run_validation(
         for r in range(repeat):
             label = f"load {load:g}" if load is not None else "trace"
             say(f"{label}: replay {r + 1} of {repeat} ({trace.height} requests, {lv.rate_rps:.2f} req/s)")
+            if wait_quiet_s:
+                waited = wait_for_quiet(meter, max_wait_s=wait_quiet_s, say=say)
+                if waited > 5:
+                    notes.append(f"{label} replay {r + 1}: waited {waited:.0f} s for other processes to quieten")
             before = engine_counters(client)
             meter.start()
             run = replay(trace, client=client, model=facts.model, gateway=gateway, microbatch=microbatch,
@@ -574,7 +608,8 @@ def run_validation(
     return ValidationResult(levels=levels, facts=facts, overhead_s=overhead_s, overhead_samples=samples,
                             capacity_rps=capacity, config=config or {}, notes=notes, interrupted=interrupted,
                             pooled=pool_levels(levels, overhead_s=overhead_s), step_offset_s=step_offset_s,
-                            step_floor_s=step_floor_s, calibration=calib)
+                            step_floor_s=step_floor_s, step_per_seq_s=step_per_seq_s, calibration=calib,
+                            calibration_frame=cframe)
 
 
 def pool_levels(levels: list[LevelResult], *, overhead_s: float) -> LevelResult | None:

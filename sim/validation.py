@@ -14,7 +14,9 @@ This module
 2. simulates it (:func:`simulate_replay`) with the server's real KV capacity
    and limits, recording what the real side records: gateway dispatch time
    and every token's time (each engine step's end, for the requests it
-   advanced);
+   advanced), optionally with the profile corrected for the server
+   (:class:`OffsetCost`: a per-step offset and a floor, fitted by
+   :func:`calibrate_server` on a held-out replay, never the scored one);
 3. pairs the two and scores them (:func:`compare`): per metric (TTFT, TPOT,
    ITL, E2E, queue wait), overall and per tenant, mean / p50 / p90 / p99 for
    real and sim and the relative error ``(sim - real) / real``; per-request
@@ -23,7 +25,8 @@ This module
    spread (:func:`spread`): the noise floor no simulator can beat.
 
 Latencies on both sides are measured from the *real* release time, so a
-difference is the simulator's error and nothing else:
+difference is the simulator's error and nothing else (the simulator's
+clock runs ``overhead_s`` ahead for dispatches, see :func:`latencies`):
 ``queue_wait = dispatch - released``, ``ttft = first token - released``,
 ``e2e = delivered - released`` (delivered = last token, or the batch's end
 for the micro-batch worker), ``tpot = (last token - first token) / (n - 1)``,
@@ -275,36 +278,45 @@ def _arrivals(env, trace, engine, core, gw, rec, clock):
 
 
 class OffsetCost:
-    """A cost model corrected for one server: ``max(inner + offset_s, floor_s)`` per step (> 0).
+    """A cost model corrected for one server:
+    ``max(inner + offset_s + per_seq_s * decode_seqs, floor_s)`` per step (always > 0).
 
-    ``offset_s`` (any sign) is per-step work the profile lacks; ``floor_s``
-    what async scheduling makes of the server's per-step CPU work: its
-    front-end loop (schedule, collect and stream outputs) runs beside the
-    forward pass, so a small batch's step cannot be shorter than that loop.
+    - ``offset_s`` (any sign): per-step work the profile lacks;
+    - ``per_seq_s``: work per decoding sequence per step the profile lacks:
+      on a server every generated token is also detokenised, serialised and
+      streamed by the front end (and read by the gateway), which an
+      in-process profile never sees;
+    - ``floor_s``: what async scheduling makes of the server's per-step CPU
+      work: its front-end loop (schedule, collect and stream outputs) runs
+      beside the forward pass, so a small batch's step cannot be shorter
+      than that loop.
+
     Keeps the :class:`costmodel.base.CostModel` contract: ``decode_run_times``
-    applies the same operations elementwise, so fast-forwarded runs stay
-    bit-identical to step-by-step ones.
+    applies the same operations in the same order elementwise, so
+    fast-forwarded runs stay bit-identical to step-by-step ones.
     """
 
     MIN_STEP_S = 1e-6
 
-    def __init__(self, inner: CostModel, offset_s: float = 0.0, floor_s: float = 0.0) -> None:
+    def __init__(self, inner: CostModel, offset_s: float = 0.0, floor_s: float = 0.0, per_seq_s: float = 0.0) -> None:
         self.inner = inner
         self.offset_s = float(offset_s)
+        self.per_seq_s = float(per_seq_s)
         self.floor_s = max(float(floor_s), self.MIN_STEP_S)
 
     def step_time(self, batch: StepBatch) -> float:
-        return max(self.inner.step_time(batch) + self.offset_s, self.floor_s)
+        return max(self.inner.step_time(batch) + self.offset_s + self.per_seq_s * batch.decode_seqs, self.floor_s)
 
     def decode_run_times(self, num_seqs: int, ctx_tokens: int, k: int) -> np.ndarray:
-        return np.maximum(self.inner.decode_run_times(num_seqs, ctx_tokens, k) + self.offset_s, self.floor_s)
+        return np.maximum(self.inner.decode_run_times(num_seqs, ctx_tokens, k) + self.offset_s
+                          + self.per_seq_s * num_seqs, self.floor_s)
 
     def kv_capacity_blocks(self, block_size: int) -> int:
         return self.inner.kv_capacity_blocks(block_size)
 
     def describe(self) -> dict:
         d = dict(self.inner.describe())
-        d["server_correction"] = {"offset_s": self.offset_s, "floor_s": self.floor_s}
+        d["server_correction"] = {"offset_s": self.offset_s, "per_seq_s": self.per_seq_s, "floor_s": self.floor_s}
         return d
 
 
@@ -329,39 +341,50 @@ def _tpots(df: pl.DataFrame, n_col: str) -> pl.DataFrame:
 
 
 def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel, engine: EngineConfig,
-                     gateway: GatewayConfig | None = None, floors: int = 12) -> dict:
-    """Fit :class:`OffsetCost`'s ``(offset_s, floor_s)`` to one held-out replay.
+                     gateway: GatewayConfig | None = None, floors: int = 7,
+                     per_seq_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
+    """Fit :class:`OffsetCost`'s ``(offset_s, per_seq_s, floor_s)`` to one held-out replay.
 
     ``real`` is the replay's frame, ``trace`` its simulator input
-    (:func:`sim_trace`). For each candidate floor (none, then ``floors``
-    values from 0.8x to 1.6x the model's one-sequence decode step) the
-    offset is found by :func:`tpot_gap` (twice: the gap moves the batching a
-    little); the pair with the least mean squared relative per-request TPOT
-    error wins. Returns ``{"offset_s", "floor_s", "rms_rel_err", "tried"}``.
+    (:func:`sim_trace`); the replay should hold light and heavy stretches
+    (:func:`profiling.replay.calibration_trace`) so that a floor (light
+    load) can be told from a per-sequence cost (heavy load). Grid: floors
+    (none, then ``floors`` values from 1.0x to 1.6x the model's
+    one-sequence decode step) x per-sequence costs (``per_seq_fractions`` of
+    the model's own per-sequence decode slope); for each pair the offset is
+    found by :func:`tpot_gap` (twice: the gap moves the batching a little).
+    The triple with the least root-mean-square relative per-request TPOT
+    error wins. Returns ``{"offset_s", "per_seq_s", "floor_s", "rms_rel_err", "tried"}``.
     """
     r = _tpots(real, "completion_tokens")
-    one = cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=int(trace["input_tokens"].median() or 1)))
-    candidates = [0.0] + [one * (0.8 + 0.8 * i / max(1, floors - 1)) for i in range(floors)]
+    ctx = int(trace["input_tokens"].median() or 1)
+    one = cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=ctx))
+    slope = max(0.0, cost.step_time(StepBatch(decode_seqs=2, decode_ctx_tokens=2 * ctx)) - one)
+    floors_s = [0.0] + [one * (1.0 + 0.6 * i / max(1, floors - 1)) for i in range(floors)]
     best: dict | None = None
     tried = []
-    for floor in candidates:
-        offset = 0.0
-        for _ in range(2):
-            sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor), engine=engine, gateway=gateway).requests
-            gap = tpot_gap(real, sim)
-            if not math.isfinite(gap):
-                break
-            offset += gap
-        sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor), engine=engine, gateway=gateway).requests
-        d = r.join(_tpots(sim, "generated_tokens"), on="request_id", suffix="_sim")
-        if not d.height:
-            continue
-        rel = ((d["tpot_sim"] - d["tpot"]) / d["tpot"]).to_numpy()
-        score = float(np.sqrt(np.mean(rel ** 2)))
-        tried.append({"floor_s": floor, "offset_s": offset, "rms_rel_err": score})
-        if best is None or score < best["rms_rel_err"]:
-            best = {"offset_s": offset, "floor_s": floor, "rms_rel_err": score}
-    best = best or {"offset_s": 0.0, "floor_s": 0.0, "rms_rel_err": math.nan}
+    for per_seq in (f * slope for f in per_seq_fractions):
+        for floor in floors_s:
+            offset = 0.0
+            for _ in range(2):
+                sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor, per_seq), engine=engine,
+                                      gateway=gateway).requests
+                gap = tpot_gap(real, sim)
+                if not math.isfinite(gap):
+                    break
+                offset += gap
+            sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor, per_seq), engine=engine,
+                                  gateway=gateway).requests
+            d = r.join(_tpots(sim, "generated_tokens"), on="request_id", suffix="_sim")
+            if not d.height:
+                continue
+            rel = ((d["tpot_sim"] - d["tpot"]) / d["tpot"]).to_numpy()
+            score = float(np.sqrt(np.mean(rel ** 2)))
+            cell = {"offset_s": offset, "per_seq_s": per_seq, "floor_s": floor, "rms_rel_err": score}
+            tried.append(cell)
+            if best is None or score < best["rms_rel_err"]:
+                best = dict(cell)
+    best = best or {"offset_s": 0.0, "per_seq_s": 0.0, "floor_s": 0.0, "rms_rel_err": math.nan}
     return {**best, "tried": tried}
 
 

@@ -12,7 +12,8 @@
   saturation shows);
 - ``validation.json``: everything in the tables (NaN written as null);
 - ``real_requests.parquet`` and ``sim_requests.parquet``: one row per
-  request per level per repeat (token times included).
+  request per level per repeat (token times included);
+  ``calibration_requests.parquet``: the held-out calibration replay.
 """
 
 from __future__ import annotations
@@ -311,7 +312,8 @@ def render_report(result, *, title: str = "driftsim validation: simulator vs rea
     if getattr(result, "calibration", None):
         c = result.calibration
         step = (f" Calibration: a held-out replay of {c['requests']} requests (never one of the traces below) gave "
-                f"every simulated step {result.step_offset_s * 1000:+.2f} ms and a floor of "
+                f"every simulated step {result.step_offset_s * 1000:+.2f} ms, "
+                f"{getattr(result, 'step_per_seq_s', 0.0) * 1000:+.2f} ms per decoding sequence and a floor of "
                 f"{result.step_floor_s * 1000:.1f} ms for this server.")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{CSS}</style></head><body>
 <h1>{_e(title)}</h1>
@@ -344,5 +346,9 @@ def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
         real.write_parquet(paths["real"])
     if sim.height:
         sim.write_parquet(paths["sim"])
+    cframe = getattr(result, "calibration_frame", None)
+    if cframe is not None and cframe.height:
+        paths["calibration"] = out / "calibration_requests.parquet"
+        cframe.write_parquet(paths["calibration"])
     paths["html"].write_text(render_report(result))
     return paths

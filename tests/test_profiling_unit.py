@@ -452,6 +452,19 @@ def test_fit_recovers_known_coefficients():
     assert report.winner == "linear"  # the data are linear: the linear model must win
 
 
+def test_fit_without_a_constant_term_keeps_steps_positive_and_says_so():
+    """Steps whose constant cost sits in the per-sequence terms (as HTTP-derived steps, which all carry
+    a sequence) fit the constant to 0: the fit floors it and reports it instead of failing."""
+    rows = synthetic_rows(noise=0.0)
+    for r in rows:
+        r["step_time_s"] -= TRUE.overhead_s + 1e-4  # a negative constant: the non-negative fit must clamp it
+    model, report = fit_measurements(to_frame(rows))
+    assert model.overhead_s == pytest.approx(1e-6)
+    assert report.warnings and "overhead_s" in report.warnings[0]
+    assert report.to_dict()["warnings"] == list(report.warnings)
+    assert model.per_decode_seq_s > 0 and model.per_prefill_token_s > 0
+
+
 def test_fit_reports_heldout_error_honestly_on_noisy_data():
     _, report = fit_measurements(to_frame(synthetic_rows(noise=0.10)))
     lin = report.errors["linear"]["all"]

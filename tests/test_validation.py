@@ -336,6 +336,10 @@ def test_offset_cost_keeps_the_cost_contract_and_tpot_gap_measures_it():
     assert [float(x) for x in run] == [fixed.step_time(StepBatch(decode_seqs=3, decode_ctx_tokens=90 + 3 * j))
                                        for j in range(50)]
     assert OffsetCost(cost, -1.0).step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=1)) > 0
+    per_seq = OffsetCost(cost, 0.001, 0.0, 0.0005)
+    assert per_seq.step_time(b) == pytest.approx(cost.step_time(b) + 0.001 + 3 * 0.0005)
+    assert [float(x) for x in per_seq.decode_run_times(3, 90, 20)] == \
+        [per_seq.step_time(StepBatch(decode_seqs=3, decode_ctx_tokens=90 + 3 * j)) for j in range(20)]
     trace = _random_trace(5, 40)
     eng = EngineConfig(max_num_seqs=8, max_num_batched_tokens=256, block_size=16, num_gpu_blocks=300, max_model_len=512)
     a = simulate_replay(trace, cost=fixed, engine=eng).requests
@@ -491,12 +495,13 @@ def test_calibration_recovers_a_known_floor_and_offset():
     heavy = light[-1] + 2 + np.cumsum(rng.exponential(0.05, 30))
     rows = [(float(t), int(rng.integers(16, 200)), int(rng.integers(10, 60))) for t in np.concatenate([light, heavy])]
     trace = make_trace(rows)
-    truth = OffsetCost(cost, 0.002, 0.015)  # the "server": 2 ms more per step, never under 15 ms
+    truth = OffsetCost(cost, 0.002, 0.015, 0.0005)  # the "server": 2 ms more per step, 0.5 ms per sequence, >= 15 ms
     real = simulate_replay(trace, cost=truth, engine=eng).requests
     real = real.rename({"generated_tokens": "completion_tokens"}).with_columns(pl.col("status").cast(pl.String))
     t = time.perf_counter()
     fit = calibrate_server(real, trace, cost=cost, engine=eng)
     assert time.perf_counter() - t < 20
     assert fit["offset_s"] == pytest.approx(0.002, abs=0.001)
+    assert fit["per_seq_s"] == pytest.approx(0.0005, abs=0.0002)
     assert fit["floor_s"] == pytest.approx(0.015, abs=0.002)
     assert fit["rms_rel_err"] < 0.03

