@@ -253,32 +253,28 @@ def max_load(study: Study, pool: Pool, *, start: float = 1.0, min_scale: float =
     first = f(start)
     lo = hi = None
     notes: list[str] = []
+    def walk(factor: float):
+        """Double (factor 2) or halve (factor 1/2) the load until feasibility flips; None at the bound."""
+        s, last = start, first
+        while True:
+            s *= factor
+            if not (min_scale <= s <= max_scale):
+                return None, last, s
+            pl_.expect(2 + bisect_steps)
+            p = f(s)
+            if p.feasible != first.feasible:
+                return p, last, s
+            last = p
+
     if first.feasible:
-        lo, s = first, start
-        while hi is None:
-            if s * 2 > max_scale:
-                notes.append(f"still meets every SLO at the upper bound --max-scale {max_scale:g}; the limit may be higher")
-                break
-            s *= 2
-            pl_.expect(2 + bisect_steps)
-            p = f(s)
-            if p.feasible:
-                lo = p
-            else:
-                hi = p
+        hi, lo, s = walk(2.0)
+        if hi is None:
+            notes.append(f"still meets every SLO at the upper bound --max-scale {max_scale:g}; the limit may be higher")
     else:
-        hi, s = first, start
-        while lo is None:
-            if s / 2 < min_scale:
-                res = PlanResult("load", {}, "infeasible", hi.verdict, pl_.probes)
-                raise Infeasible(f"no load down to rate scale {s:g} meets every SLO; there: {_failures(hi)}", res)
-            s /= 2
-            pl_.expect(2 + bisect_steps)
-            p = f(s)
-            if p.feasible:
-                lo = p
-            else:
-                hi = p
+        lo, hi, s = walk(0.5)
+        if lo is None:
+            res = PlanResult("load", {}, "infeasible", hi.verdict, pl_.probes)
+            raise Infeasible(f"no load down to rate scale {s / 0.5:g} meets every SLO; there: {_failures(hi)}", res)
     while hi is not None and hi.params["rate_scale"] / lo.params["rate_scale"] - 1 > tolerance:
         a, b = lo.params["rate_scale"], hi.params["rate_scale"]
         pl_.expect(math.ceil(math.log2(math.log(b / a) / math.log1p(tolerance))))

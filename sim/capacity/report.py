@@ -33,6 +33,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from sim.capacity.results import ResultSet, aggregate, pool_price
+from sim.html import figures_html
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22")
 MAX_LINES = 24  # configurations drawn in the CDF figure
@@ -341,12 +342,7 @@ def render_report(rs: ResultSet, *, prices: dict | None = None, title: str | Non
     figures = [*load_figures(rs, summary), cdf_figure(rs), timeseries_figure(rs)]
     cost_fig, unit = cost_figure(rs, prices)
     figures.append(cost_fig)
-    fig_html, first = [], True
-    for fig in figures:
-        if fig is None:
-            continue
-        fig_html.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False, config={"displaylogo": False}))
-        first = False
+    fig_html = figures_html(figures)
     runs = rs.runs
     n_runs = runs.height
     failed = runs.filter(~pl.col("ok")) if n_runs else runs

@@ -32,6 +32,7 @@ from plotly.subplots import make_subplots
 
 from sim.experiments.driftsched import ExperimentResult, headline_table
 from sim.experiments.headline import OVERALL, config_label, format_value, is_discrepancy, tier_order, view_config
+from sim.html import figures_html
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 CDF_POINTS = 201  # quantiles per CDF line: enough to read, small enough to embed 80 lines
@@ -315,12 +316,7 @@ def render_report(result: ExperimentResult, *, title: str = "DriftSched reproduc
     gaps = [r for r in rows if is_discrepancy(r["note"])]
     view = view_config(result)
     figures = [latency_cdf_figure(result), queue_depth_figure(result), bias_figure(result), error_figure(result)]
-    fig_html, first = [], True
-    for fig in figures:
-        if fig is None:
-            continue
-        fig_html.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False, config={"displaylogo": False}))
-        first = False
+    fig_html = figures_html(figures)
     gap_list = "".join(
         f"<li>{_e(r['metric'])}: driftsim {_e(format_value(r['driftsim'], r['unit']))} vs paper "
         f"{_e(format_value(r['paper'], r['unit']))} — {_e(r['note'])}</li>"
