@@ -103,6 +103,8 @@ def simulate(
     horizon: Optional[float] = typer.Option(None, "--horizon", help="Stop the simulation at this time (s); requests in flight are reported unfinished.", rich_help_panel="Scenario"),
     step_by_step: bool = typer.Option(False, "--step-by-step", help="Disable the exact fast-forward (for checking; same results, slower).", rich_help_panel="Scenario"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default driftsim-out/<scenario>-<time>.", rich_help_panel="Output"),
+    summary_only: bool = typer.Option(False, "--summary-only", help="Keep no per-request rows: write summary.json only (percentiles within 0.5 %, from a streaming sketch). A native trace file is read lazily; memory stays flat.", rich_help_panel="Output"),
+    stream: bool = typer.Option(False, "--stream", help="Read a native trace file lazily and write requests.parquet as requests settle; memory stays flat (percentiles within 0.5 %).", rich_help_panel="Output"),
 ) -> None:
     """Simulate a scenario and print per-tenant latency, throughput and SLO attainment.
 
@@ -115,6 +117,8 @@ def simulate(
       driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=1,standard=2,batch=3 --profile a100-llama-3.1-8b --mode continuous
 
       driftsim simulate --scenario my.toml --rate-scale 1.5 --replicas 2
+
+      driftsim simulate --trace week.parquet --summary-only
     """
     from sim.scenario import load_scenario, run_scenario
 
@@ -139,6 +143,13 @@ def simulate(
             "tokenizer_path": str(tokenizer) if tokenizer else None,
         },
     }
+    if summary_only and stream:
+        _fail("--summary-only writes no per-request rows and --stream writes them as they settle; choose one")
+        return
+    if oracle_regret and (summary_only or stream):
+        _fail("--oracle-regret needs the trace and results in memory; drop --summary-only / --stream")
+        return
+    folder = None
     try:
         sc = load_scenario(scenario, overrides)
         t0 = time.perf_counter()
@@ -147,24 +158,36 @@ def simulate(
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
         ) as bar:
             task = bar.add_task("sim", total=1.0)
-            result, context = run_scenario(
-                sc, progress=lambda f: bar.update(task, completed=f), oracle_regret=oracle_regret
-            )
+            if summary_only or stream:
+                from sim.scenario_stream import run_scenario_streamed
+
+                folder = out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
+                result, context = run_scenario_streamed(
+                    sc, results_path=None if summary_only else folder / "requests.parquet", summary_only=summary_only,
+                    progress=lambda f: bar.update(task, completed=f),
+                )
+            else:
+                result, context = run_scenario(
+                    sc, progress=lambda f: bar.update(task, completed=f), oracle_regret=oracle_regret
+                )
         wall = time.perf_counter() - t0
     except _input_errors() as exc:
         _fail(str(exc))
         return
     for line in context["trace_repairs"]:
         err.print(f"[yellow]trace repair:[/] {line}", highlight=False)
-    folder = out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = folder or out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
-    result.requests.write_parquet(folder / "requests.parquet")
+    if result.requests is not None:
+        result.requests.write_parquet(folder / "requests.parquet")
     (folder / "summary.json").write_text(
         json.dumps({"summary": result.summary, "context": context}, indent=2, default=_json_default, allow_nan=True)
     )
-    n = result.requests.height
+    n = result.requests.height if result.requests is not None else result.summary["overall"]["requests"]
     title = f"{sc.name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
     print_summary(console, result.summary, title)
+    if "percentiles" in result.summary:
+        console.print(f"percentiles from a streaming sketch, within {result.summary['percentiles']['relative_error']:.1%} of exact; counts and means exact")
     print_estimation(console, result.summary.get("estimation", {}), context.get("regret"))
     console.print(f"simulated {n} requests in {wall:.2f} s wall ({n / wall:,.0f} requests/s); results in [bold]{folder}[/]")
 

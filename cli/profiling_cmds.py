@@ -47,6 +47,7 @@ def profile(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="http: server base URL, e.g. http://127.0.0.1:8000."),
     serve: bool = typer.Option(False, "--serve", help="http: start a local vLLM server for --model, profile it, stop it."),
     served_model: Optional[str] = typer.Option(None, "--served-model", help="http: model name on the server (default: its first model)."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="http: file whose first line is the endpoint's API key (default: $DRIFTSIM_API_KEY, then $OPENAI_API_KEY). Sent to that endpoint only; never written anywhere."),
     budget_s: float = typer.Option(300.0, "--budget-s", help="Time for measuring (warm-up included), seconds. Minutes on a CPU; give a GPU 15-30 min."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Measurement file (.parquet or .csv); default driftsim-out/measurements-<time>.parquet."),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Engine limit: sequences per step (http: what the server was started with; default 128)."),
@@ -153,7 +154,13 @@ def profile(
                     vocab = arch["vocab_size"]
                 except (OSError, ValueError) as exc:
                     _fail(str(exc))
-            driver = HttpDriver(HttpConfig(endpoint=str(endpoint), model=served_model,
+            from profiling.secrets import SecretError, load_api_key
+
+            try:
+                api_key = load_api_key(api_key_file)
+            except SecretError as exc:
+                _fail(str(exc))
+            driver = HttpDriver(HttpConfig(endpoint=str(endpoint), model=served_model, api_key=api_key,
                                            max_num_seqs=max_num_seqs or 128,
                                            max_num_batched_tokens=max_num_batched_tokens or 2048,
                                            max_model_len=max_model_len, vocab_size=vocab, seed=seed))
@@ -206,6 +213,7 @@ def fit(
     include_new_shapes: bool = typer.Option(False, "--include-new-shapes", help="Also fit the first step of each new batch shape (one-off kernel preparation)."),
     keep_contended: bool = typer.Option(False, "--keep-contended", help="Also fit steps during which other processes kept the engine thread waiting."),
     check_targets: bool = typer.Option(False, "--check-targets", help="Exit 3 if the linear model's held-out error misses the targets (median <= 5 %, P90 <= 15 % per phase)."),
+    decode_knots: str = typer.Option("auto", "--decode-knots", help="Decode table knots (decode batch sizes where the per-sequence cost may change): 'auto' (chosen by cross-validation), 'none' (one cost per sequence), or a list such as 1,8,64."),
 ) -> None:
     """Fit the linear latency model to measurements, print its held-out error, write a profile for `driftsim simulate --profile`.
 
@@ -218,6 +226,12 @@ def fit(
 
     if folds < 2:
         _fail(f"--folds must be >= 2, got {folds}")
+    knots_arg: object = decode_knots.strip().lower()
+    if knots_arg not in ("auto", "none"):
+        try:
+            knots_arg = [int(k) for k in str(knots_arg).split(",")]
+        except ValueError:
+            _fail(f"--decode-knots must be 'auto', 'none' or comma-separated integers such as 1,8,64, got {decode_knots!r}")
     try:
         m = load_measurements(measurements)
         if m.meta.get("status") not in (None, "complete"):
@@ -225,7 +239,7 @@ def fit(
                       f"({m.meta.get('status')}: {m.meta.get('error', '')}); fitting the {m.df.height} rows it kept",
                       highlight=False)
         model, report = fit_measurements(m, folds=folds, exclude_new_shape=not include_new_shapes,
-                                         max_wait_frac=None if keep_contended else 0.05)
+                                         max_wait_frac=None if keep_contended else 0.05, decode_knots=knots_arg)
     except (MeasurementError, FitError) as exc:
         _fail(str(exc))
         return
@@ -243,22 +257,33 @@ def fit(
                     f"{report.groups} points)", title_justify="left")
     t.add_column("phase")
     t.add_column("steps", justify="right")
-    for model_name in ("linear", "gbt"):
-        label = "linear" if model_name == "linear" else "GBT"
-        t.add_column(f"{label} median", justify="right")
-        t.add_column(f"{label} P90", justify="right")
+    shown = [m_ for m_ in ("linear", "linear_plain", "gbt") if m_ in report.errors]
+    labels = {"linear": "linear", "linear_plain": "no-table", "gbt": "GBT"}
+    for model_name in shown:
+        t.add_column(f"{labels[model_name]} median", justify="right")
+        t.add_column(f"{labels[model_name]} P90", justify="right")
     t.add_column("linear meets target", justify="center")
     for phase in ("prefill", "decode", "mixed", "all"):
         lin = report.errors["linear"].get(phase)
-        gbt = report.errors["gbt"].get(phase)
         if lin is None:
-            t.add_row(phase, "0", "-", "-", "-", "-", "-")
+            t.add_row(phase, "0", *["-"] * (2 * len(shown) + 1))
             continue
         ok = lin.mdape <= TARGET_MDAPE and lin.p90ape <= TARGET_P90APE
-        t.add_row(f"[bold]{phase}[/]" if phase == "all" else phase, str(lin.n), _pct(lin.mdape), _pct(lin.p90ape),
-                  _pct(gbt.mdape), _pct(gbt.p90ape), ("[green]yes[/]" if ok else "[red]no[/]") if phase != "all" else "",
+        cells = [c for m_ in shown for c in (_pct(report.errors[m_][phase].mdape), _pct(report.errors[m_][phase].p90ape))]
+        t.add_row(f"[bold]{phase}[/]" if phase == "all" else phase, str(lin.n), *cells,
+                  ("[green]yes[/]" if ok else "[red]no[/]") if phase != "all" else "",
                   end_section=phase == "mixed")
     console.print(t)
+    if "linear_plain" in report.errors:
+        console.print("linear: the profile's model, "
+                      + (f"with a decode table at {', '.join(map(str, report.decode_knots))} decode sequences"
+                         if report.decode_knots else "no decode table chosen")
+                      + "; no-table: the same fit with one cost per decode sequence", highlight=False)
+    rep = report.decode_repeatability
+    if rep is not None:
+        console.print(f"repeatability: {rep.n} decode steps differ from same-shape steps of other sweep points by "
+                      f"median {_pct(rep.mdape)}, P90 {_pct(rep.p90ape)} (run-to-run measurement noise: a rough floor "
+                      "for any model's held-out decode error)", highlight=False)
     if report.excluded:
         console.print("left out: " + ", ".join(f"{n} {why}" for why, n in report.excluded.items()), highlight=False)
     for warning in report.warnings:
@@ -274,7 +299,10 @@ def fit(
     c.add_column("coefficient")
     c.add_column("value", justify="right")
     for key, value in model.coefficients.items():
-        c.add_row(key, f"{value:.4g}")
+        c.add_row(key + (" (beyond the table)" if key == "per_decode_seq_s" and model.decode_seq_knots else ""),
+                  f"{value:.4g}")
+    for knot, cost in zip(model.decode_seq_knots, model.decode_seq_cost_s):
+        c.add_row(f"decode sequences cost at {knot} (s)", f"{cost:.4g}")
     console.print(c)
     try:
         write_profile(out, model, report, m.meta, name=name, measurements_path=measurements, model_arch=arch)

@@ -31,7 +31,12 @@ def summary_tables(summary: dict, title: str) -> list[Table]:
     volume.add_column("tenant", no_wrap=True)
     for col in ("requests", "done", "refused", "req/s", "out tok/s", "SLO met", "preempt"):
         volume.add_column(col, justify="right", no_wrap=True)
+    clients = any(g.get("timeout") or g.get("abandoned") or g.get("retries") for _, g in groups)  # sim.client
+    if clients:
+        for col in ("timeout", "abandoned", "retries"):
+            volume.add_column(col, justify="right", no_wrap=True)
     for name, g in groups:
+        extra = [str(g.get(k, 0)) for k in ("timeout", "abandoned", "retries")] if clients else []
         volume.add_row(
             f"[bold]{name}[/]" if name == "overall" else name,
             str(g["requests"]),
@@ -41,6 +46,7 @@ def summary_tables(summary: dict, title: str) -> list[Table]:
             f"{g['output_tokens_per_s']:.0f}",
             _fmt_pct(g["slo_attainment"]),
             str(g["preemptions"]),
+            *extra,
             end_section=name == groups[-2][0],
         )
     latency = Table(title="latency per tenant (completed requests)", title_justify="left")

@@ -32,6 +32,9 @@ console = Console()
 err = Console(stderr=True)
 
 DEFAULT_LOADS = "0.3,0.6,0.9,1.2"
+#: The held-out calibration replay: 40 requests at each of these loads, light to past saturation,
+#: so that every batch size the levels reach is seen (its lengths are another draw, its seed another).
+CALIBRATION_LOADS = (0.3, 0.8, 1.3)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -176,26 +179,31 @@ def validate(
     mode: str = typer.Option("continuous", "--mode", help="'continuous' or 'microbatch' (DriftSched's worker at the gateway).", rich_help_panel="Gateway"),
     batch_size: int = typer.Option(32, "--batch-size", help="Micro-batch size.", rich_help_panel="Gateway"),
     batch_wait: float = typer.Option(0.01, "--batch-wait", help="Micro-batch wait, s.", rich_help_panel="Gateway"),
-    profile: str = typer.Option(..., "--profile", "-p", help="Profile (name or TOML) fitted on this engine: `driftsim fit` output.", rich_help_panel="Simulator"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile (name or TOML) fitted on this engine: `driftsim fit` output (required, except with --rescore).", rich_help_panel="Simulator"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Running server's base URL, e.g. http://127.0.0.1:8000.", rich_help_panel="Engine"),
     launch: Optional[Path] = typer.Option(None, "--launch", help="Start a local vLLM server for this model folder, validate, stop it.", rich_help_panel="Engine"),
     launch_tiny: bool = typer.Option(False, "--launch-tiny", help="Build (or reuse) the tiny random-weight Llama and launch it.", rich_help_panel="Engine"),
     engine_python: Optional[Path] = typer.Option(None, "--engine-python", help="Python with vllm installed, for --launch (default: this one).", rich_help_panel="Engine"),
     served_model: Optional[str] = typer.Option(None, "--served-model", help="Model name on the server (default: its first).", rich_help_panel="Engine"),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File whose first line is the endpoint's API key (default: $DRIFTSIM_API_KEY, then $OPENAI_API_KEY). Sent to that endpoint only; never logged or written.", rich_help_panel="Engine"),
     max_num_seqs: int = typer.Option(32, "--max-num-seqs", help="Engine limit (launch: passed to the server; endpoint: what it was started with).", rich_help_panel="Engine"),
     max_num_batched_tokens: int = typer.Option(1024, "--max-num-batched-tokens", help="Engine limit, as --max-num-seqs.", rich_help_panel="Engine"),
     max_model_len: int = typer.Option(1024, "--max-model-len", help="launch: the server's max_model_len (an endpoint's is read from /v1/models).", rich_help_panel="Engine"),
-    async_scheduling: bool = typer.Option(True, "--async-scheduling/--no-async-scheduling", help="launch: vLLM's async scheduling (on by default, as in vLLM; see VALIDATION.md for how it differs from the simulator's synchronous steps).", rich_help_panel="Engine"),
+    async_scheduling: bool = typer.Option(True, "--async-scheduling/--no-async-scheduling", help="launch: vLLM's async scheduling (on by default, as in vLLM). The simulator's admission model (EngineConfig.async_scheduling) is chosen by the calibration replay; see VALIDATION.md.", rich_help_panel="Engine"),
     pin: bool = typer.Option(True, "--pin/--no-pin", help="launch on CPU: run the server's front end (API server, engine core) and this gateway on one core and the model's threads on the others (as the profile's offline engine ran), so the front end's work does not preempt the model.", rich_help_panel="Engine"),
     kv_cache_gib: int = typer.Option(1, "--kv-cache-gib", help="launch on CPU: VLLM_CPU_KVCACHE_SPACE, GiB.", rich_help_panel="Engine"),
     num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="KV blocks, for servers whose /metrics lacks vllm:cache_config_info.", rich_help_panel="Engine"),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="KV block size, with --num-gpu-blocks.", rich_help_panel="Engine"),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Prompt token ids are drawn below this (default: the launched model's vocabulary, else 4000).", rich_help_panel="Engine"),
     repeat: int = typer.Option(1, "--repeat", help="Replay each level N times: the real engine's run-to-run spread (the noise floor) is reported beside the sim's error.", rich_help_panel="Run"),
-    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="First replay a held-out trace (same lengths, another draw, loads 0.3 and 0.9) and fit a per-step offset, a per-sequence cost and a floor for this server (its work the profile lacks: front-end loop, streaming). Never fitted on the validated traces.", rich_help_panel="Run"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="First replay a held-out trace (same lengths, another draw and seed, loads 0.3, 0.8 and 1.3 x capacity), recover the server's engine steps from its token arrival times and fit what this server adds to the profile's step time per number of decoding sequences, and whether its TTFTs follow synchronous or async-scheduling admission. Never fitted on the validated traces.", rich_help_panel="Run"),
     wait_quiet: float = typer.Option(0.0, "--wait-quiet", help="Before each replay, wait up to this many seconds for other processes to stop using the CPU (shared machines).", rich_help_panel="Run"),
     overhead_ms: Optional[float] = typer.Option(None, "--overhead-ms", help="Client/HTTP overhead to add to simulated arrivals (default: measured with 1-token requests).", rich_help_panel="Run"),
-    timeout_s: float = typer.Option(600.0, "--timeout-s", help="Per-request timeout, s (a request past it is recorded as an error).", rich_help_panel="Run"),
+    timeout_s: float = typer.Option(600.0, "--timeout-s", help="Per-request timeout, s, from its entry into the gateway (a request past it is recorded as 'timeout'; the simulator's [client] timeout_s means the same).", rich_help_panel="Run"),
+    retries: int = typer.Option(0, "--retries", help="Send a timed-out or failed request again, up to N more times (same request id; attempts are recorded).", rich_help_panel="Run"),
+    backoff_s: float = typer.Option(1.0, "--backoff-s", help="Wait before the first retry, s; each further retry waits twice as long.", rich_help_panel="Run"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the validation saved in --out after a crash, a kill or Ctrl-C: requests already finished are kept, the others replayed; calibration is not redone.", rich_help_panel="Run"),
+    rescore: Optional[Path] = typer.Option(None, "--rescore", help="Re-score the validation saved in this folder from its per-request journals, without a server, and rewrite its report.", rich_help_panel="Run"),
     seed: int = typer.Option(0, "--seed", help="Seed for the synthetic workload, tenant split and prompts.", rich_help_panel="Run"),
     check: Optional[str] = typer.Option(None, "--check", help="Exit 3 if an overall error exceeds a bound: 'e2e:p50=0.25,ttft:p99=0.5' (fractions or %).", rich_help_panel="Run"),
     check_targets: bool = typer.Option(False, "--check-targets", help="Exit 3 unless the issue's figures are reached (E2E p50/p99 5/10 %, TTFT 10/15 %, TPOT and ITL p50 5 %).", rich_help_panel="Run"),
@@ -216,8 +224,10 @@ def validate(
     from costmodel.profiles import ProfileError, load_profile
     from profiling.gateway import MicroBatch
     from profiling.http import EndpointError, OpenAIClient
+    from profiling.secrets import redact
     from profiling.replay import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace, read_server_facts,
                                   run_validation)
+    from sim.client import ClientConfig
     from sim.config import ConfigError, GatewayConfig
     from sim.policies import POLICIES
     from sim.validation import TARGETS, parse_bounds
@@ -225,6 +235,31 @@ def validate(
     from traces.schema import TraceError
 
     # ---- parse
+    folder = out or Path("driftsim-out") / f"validate-{datetime.now():%Y%m%d-%H%M%S}"
+    if rescore is not None:
+        from profiling.journal import JournalError
+        from profiling.resume import rescore as rescore_saved
+
+        try:
+            bounds = parse_bounds(check) if check else None
+            bounds = {**TARGETS, **(bounds or {})} if check_targets else bounds
+            cost = load_profile(profile).cost_model if profile else None
+            with err.status("re-scoring") as status:
+                result = rescore_saved(rescore, cost=cost, progress=status.update)
+        except (JournalError, ProfileError, FileNotFoundError, KeyError, ValueError) as exc:
+            _fail(f"--rescore {rescore}: {exc}")
+            return
+        report(result, out or rescore, bounds)
+        return
+    if resume and out is None:
+        _fail("--resume needs --out FOLDER: the folder of the validation to continue")
+    if not resume and (folder / "replays" / "levels.json").exists():
+        _fail(f"{folder} already holds a validation: pass --resume to continue it, --rescore {folder} to "
+              "re-score it, or choose another --out")
+    if profile is None:
+        _fail("--profile is required: the profile fitted on this engine (`driftsim fit` output)")
+    if retries < 0 or not backoff_s >= 0:
+        _fail(f"--retries must be >= 0 and --backoff-s >= 0, got {retries} and {backoff_s}")
     if sum(x is not None and x is not False for x in (endpoint, launch, launch_tiny or None)) != 1:
         _fail("give exactly one of --endpoint URL, --launch MODEL_DIR or --launch-tiny")
     if repeat < 1:
@@ -325,7 +360,13 @@ def validate(
                 except (OSError, ValueError, KeyError):
                     pass
         try:
-            client = OpenAIClient(str(endpoint), timeout_s=timeout_s)
+            from profiling.secrets import SecretError, load_api_key
+
+            try:
+                api_key = load_api_key(api_key_file)
+            except SecretError as exc:
+                _fail(str(exc))
+            client = OpenAIClient(str(endpoint), timeout_s=timeout_s, api_key=api_key)
             facts = read_server_facts(client, model=served_model, max_num_seqs=max_num_seqs,
                                       max_num_batched_tokens=max_num_batched_tokens,
                                       async_scheduling=(async_scheduling if server is not None else None),
@@ -338,7 +379,8 @@ def validate(
         # ---- the workload per level
         shape = fit_trace(base if base is not None else workload.trace(1.0, seed=seed), facts.max_model_len)[0]
         capacity = capacity_rps(shape, cost=prof.cost_model, engine=engine)
-        calib_trace = calibration_trace(shape, (0.3 * capacity, 0.9 * capacity), seed=seed + 1000) if calibrate else None
+        calib_trace = calibration_trace(shape, tuple(x * capacity for x in CALIBRATION_LOADS), requests=40,
+                                        seed=seed + 1000) if calibrate else None
         if level_loads is not None:
             if base is not None:
                 from traces.transform import scale_rate
@@ -355,7 +397,7 @@ def validate(
                   "trace": str(trace) if trace else "synthetic", "loads": level_loads, "repeat": repeat,
                   "seed": seed, "launched": server is not None, "pinned": bool(server is not None and pin),
                   "calibrate": calibrate,
-                  "command": " ".join(sys.argv)}
+                  "command": redact(" ".join(sys.argv))}
         err.print(f"server: {facts.model}, {facts.num_gpu_blocks} KV blocks x {facts.block_size} tokens, "
                   f"max_num_seqs {facts.max_num_seqs}, max_num_batched_tokens {facts.max_num_batched_tokens}"
                   + (f"; capacity (load 1.0) {capacity:.2f} req/s simulated" if capacity else ""), highlight=False)
@@ -365,20 +407,28 @@ def validate(
                                     overhead_s=None if overhead_ms is None else overhead_ms / 1000,
                                     request_timeout_s=timeout_s, progress=status.update, config=config,
                                     server_pgid=server.proc.pid if server is not None and server.proc else None,
-                                    calibration=calib_trace, wait_quiet_s=wait_quiet)
+                                    calibration=calib_trace, wait_quiet_s=wait_quiet,
+                                    journal_dir=folder / "replays", resume=resume,
+                                    client_config=ClientConfig(timeout_s=timeout_s, retries=retries, backoff_s=backoff_s))
     finally:
         if server is not None:
             server.stop()
 
     # ---- report
-    folder = out or Path("driftsim-out") / f"validate-{datetime.now():%Y%m%d-%H%M%S}"
+    report(result, folder, bounds)
+
+
+def report(result, folder: Path, bounds: dict | None) -> None:
+    """Write the outputs, print the tables, exit 1 if interrupted, 3 if a bound is exceeded."""
+    from sim.validation import TARGETS
+    from sim.validation_report import write_outputs
+
     paths = write_outputs(result, folder)
     if result.calibration:
         c = result.calibration
-        console.print(f"calibration (held-out replay of {c['requests']} requests): simulated steps get "
-                      f"{result.step_offset_s * 1000:+.2f} ms, {result.step_per_seq_s * 1000:+.2f} ms per decoding "
-                      f"sequence and a floor of {result.step_floor_s * 1000:.1f} ms "
-                      f"(per-request TPOT error on it: {100 * c['rms_rel_tpot_err']:.1f} % rms)")
+        from sim.validation import describe_calibration
+
+        console.print(f"calibration: {describe_calibration(c)}", highlight=False)
     console.print(f"client/HTTP overhead: {result.overhead_s * 1000:.1f} ms"
                   + (f" (from {len(result.overhead_samples)} 1-token requests)" if result.overhead_samples else " (given)"))
     from sim.validation_report import _all_levels

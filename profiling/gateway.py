@@ -33,11 +33,19 @@ Every request records (seconds since the replay started, ``perf_counter``):
 Output lengths are pinned (``ignore_eos``, ``min_tokens = max_tokens``) and
 prompts are token-id lists, so the engine does exactly the work the trace says.
 
-Robustness: a server error, a timeout or a dropped stream is recorded on that
-request (status ``error``, with the message) and the replay goes on;
-cancelling the replay (Ctrl-C) keeps everything measured so far (requests in
-flight become ``cancelled`` with the tokens they had); an unreachable endpoint
-fails before anything is released (:func:`check_endpoint`).
+Robustness: a server error or a dropped stream is recorded on that request
+(status ``error``, with the message) and the replay goes on; the client's
+timeouts, retries and abandonment follow :class:`sim.client.ClientConfig`,
+exactly as the simulator models them (a request past its timeout is taken
+out of the policy or its stream is closed, so the server aborts it; status
+``timeout``/``abandoned``; ``attempts`` counts retries); three refused
+connections in a row mean the server is gone: the replay stops and every
+request not yet sent is recorded as ``error`` with that reason. Cancelling
+the replay (Ctrl-C) keeps everything measured so far (requests in flight
+become ``cancelled`` with the tokens they had); an unreachable endpoint fails
+before anything is released (:func:`check_endpoint`). ``on_record`` sees
+each request once, when its outcome is final (the journal of
+:mod:`profiling.journal`).
 
 The only code that talks HTTP is :class:`StreamingClient`, a thin layer over
 :class:`profiling.http.OpenAIClient` (the project's one client seam): unit
@@ -57,6 +65,8 @@ import httpx
 import numpy as np
 
 from profiling.http import EndpointError, OpenAIClient
+from profiling.secrets import redact
+from sim.client import ClientConfig
 from sim.policies import Policy
 
 #: Per-request outcomes.
@@ -65,6 +75,10 @@ STATUS_ERROR = "error"  # HTTP error, timeout, dropped or short stream: see ``er
 STATUS_CANCELLED = "cancelled"  # in flight when the replay was cancelled (Ctrl-C)
 STATUS_NOT_SENT = "not_sent"  # released or not yet due when the replay stopped
 STATUS_SKIPPED = "skipped"  # never sent: does not fit the server (reason in ``error``)
+STATUS_TIMEOUT = "timeout"  # every attempt ran past the client's timeout (sim.client.ClientConfig)
+STATUS_ABANDONED = "abandoned"  # the user left before a first token (sim.client.ClientConfig)
+STATUS_BACKOFF = "backoff"  # between a failed attempt and its retry (never a final status)
+FINAL_STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_CANCELLED, STATUS_SKIPPED, STATUS_TIMEOUT, STATUS_ABANDONED)
 
 
 @dataclass(eq=False)
@@ -110,14 +124,19 @@ class RequestRecord:
     error: str | None = None
     http_status: int | None = None
     batch: int = -1  # micro-batch number, -1 otherwise
+    attempts: int = 1  # > 1 after client retries (sim.client.ClientConfig)
 
     @property
     def done(self) -> bool:
-        return self.status in (STATUS_OK, STATUS_ERROR, STATUS_CANCELLED, STATUS_SKIPPED)
+        return self.status in FINAL_STATUSES
 
 
 class RequestFailed(Exception):
-    """A request failed; the message says how (the record keeps its tokens)."""
+    """A request failed; the message says how (the record keeps its tokens; API keys masked)."""
+
+    def __init__(self, message: str = "", *, unreachable: bool = False) -> None:
+        super().__init__(redact(message))
+        self.unreachable = unreachable  # the connection was refused: the server may be gone
 
 
 # ---- the client seam -------------------------------------------------------------
@@ -191,7 +210,7 @@ class StreamingClient:
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise RequestFailed(f"connection dropped after {count} of {max_tokens} tokens ({exc.__class__.__name__}: {exc})") from None
         except httpx.ConnectError as exc:
-            raise RequestFailed(f"cannot connect: {exc}") from None
+            raise RequestFailed(f"cannot connect: {exc}", unreachable=True) from None
         except httpx.HTTPError as exc:
             raise RequestFailed(f"{exc.__class__.__name__}: {exc}") from None
         if max_tokens == 0 and done:
@@ -261,6 +280,9 @@ class ReplayGateway:
         seed: int = 0,
         request_timeout_s: float | None = 600.0,
         skip: dict[int, str] | None = None,
+        client_config: ClientConfig | None = None,
+        on_record: Callable[[RequestRecord], None] | None = None,
+        stop_after_unreachable: int | None = 3,
     ) -> None:
         if max_outstanding is not None and max_outstanding < 1:
             raise ValueError(f"max_outstanding must be >= 1, got {max_outstanding}")
@@ -274,6 +296,16 @@ class ReplayGateway:
         self.vocab_size = vocab_size
         self.seed = seed
         self.request_timeout_s = request_timeout_s
+        #: timeouts, retries, abandonment: the simulator's semantics (sim.client)
+        self.cfg = client_config if client_config is not None else ClientConfig(timeout_s=request_timeout_s)
+        self.on_record = on_record  # called once per request when it reaches a final status (journal)
+        self._task_of: dict[int, asyncio.Task] = {}
+        self._giving_up: dict[int, tuple[str, str]] = {}  # idx -> (status, reason) of a timer's cancel
+        self._saw_token: set[int] = set()
+        #: this many connection refusals in a row (no success between) = the server is gone: stop
+        self.stop_after_unreachable = stop_after_unreachable
+        self._refused = 0
+        self.stopped: str | None = None  # why the replay stopped early (the server is gone)
         self.records = [
             RequestRecord(idx=r.idx, request_id=r.request_id, tenant=r.tenant, input_tokens=r.input_tokens,
                           output_tokens=r.output_tokens, intended_s=r.arrival_s)
@@ -305,14 +337,21 @@ class ReplayGateway:
             try:
                 if self.microbatch is not None:
                     worker = asyncio.create_task(self._microbatch_worker())
+                for rec in self.records:
+                    if rec.status == STATUS_SKIPPED:
+                        self._final(rec)
                 for i, req in enumerate(self.requests):
                     if self.records[i].status == STATUS_SKIPPED:
                         continue
                     delay = req.arrival_s - self.now()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                    if self.stopped:
+                        break
                     self._release(i, req)
                 while not all(r.done for r in self.records):
+                    if self.stopped:
+                        self._fail_unsent()
                     await asyncio.sleep(0.01)
                     if worker is not None and worker.done():
                         worker.result()  # surface a crashed worker
@@ -336,13 +375,23 @@ class ReplayGateway:
             elif rec.status == "queued":
                 rec.status = STATUS_NOT_SENT
                 rec.error = "waiting in the gateway when the replay was cancelled"
+            elif rec.status == STATUS_BACKOFF:
+                rec.status = STATUS_NOT_SENT
+                rec.error = f"{rec.error}; waiting to retry when the replay was cancelled"
 
     # ---- release and dispatch (mirrors sim.gateway.Gateway)
     def _release(self, i: int, req: ReplayRequest) -> None:
         now = self.now()
         req.arrival_s = now
         rec = self.records[i]
-        rec.released_s = now
+        loop = asyncio.get_running_loop()
+        if math.isnan(rec.released_s):  # first attempt: the user's clock starts
+            rec.released_s = now
+            after = self.cfg.abandon_after(req.tenant)
+            if after is not None:
+                loop.call_later(after, self._abandon, req, after)
+        if self.cfg.timeout_s is not None:
+            loop.call_later(self.cfg.timeout_s, self._expire, req, rec.attempts)
         rec.status = "queued"
         self.policy.push(req, now)
         if self.microbatch is None:
@@ -361,36 +410,113 @@ class ReplayGateway:
         rec.status = "sending"
         rec.batch = batch
         task = asyncio.create_task(self._send(req))
+        self._task_of[req.idx] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
+    # ---- the client giving up (sim.client semantics)
+    def _give_up(self, req: ReplayRequest, status: str, reason: str) -> None:
+        """Withdraw the attempt under way: out of the policy if waiting, else cancel its stream
+        (the server aborts a request whose client disconnects); the slot frees at once."""
+        rec = self.records[req.idx]
+        if rec.status == "queued":
+            if not self.policy.remove(req):
+                raise RuntimeError(f"request {req.request_id} is queued but not in the policy")
+            self._failed(req, status, reason)
+        elif rec.status == "sending":
+            self._giving_up[req.idx] = (status, reason)
+            self._task_of[req.idx].cancel()
+
+    def _expire(self, req: ReplayRequest, attempt: int) -> None:
+        rec = self.records[req.idx]
+        if rec.attempts != attempt or rec.status not in ("queued", "sending"):
+            return
+        self._give_up(req, STATUS_TIMEOUT, self.cfg.timeout_reason(attempt, rec.completion_tokens, req.output_tokens))
+
+    def _abandon(self, req: ReplayRequest, after: float) -> None:
+        rec = self.records[req.idx]
+        if rec.done or rec.completion_tokens or req.idx in self._saw_token:
+            return
+        reason = self.cfg.abandon_reason(after, rec.attempts)
+        if rec.status == STATUS_BACKOFF:
+            self._failed(req, STATUS_ABANDONED, reason)
+        else:
+            self._give_up(req, STATUS_ABANDONED, reason)
+
+    def _failed(self, req: ReplayRequest, status: str, reason: str) -> None:
+        """An attempt failed: retry it after the backoff if the client still may, else final."""
+        rec = self.records[req.idx]
+        if rec.completion_tokens:
+            self._saw_token.add(req.idx)
+        k = rec.attempts
+        note = redact(reason if not self.cfg.retries else f"attempt {k}: {reason}")
+        rec.error = note if not rec.error else f"{rec.error}; {note}"
+        if status != STATUS_ABANDONED and k <= self.cfg.retries and not self.stopped:
+            rec.status = STATUS_BACKOFF
+            asyncio.get_running_loop().call_later(self.cfg.backoff(k), self._retry, req)
+            return
+        rec.status = status
+        self._final(rec)
+
+    def _retry(self, req: ReplayRequest) -> None:
+        rec = self.records[req.idx]
+        if rec.status != STATUS_BACKOFF:
+            return  # the user left meanwhile
+        rec.attempts += 1
+        rec.sent_s = rec.first_token_s = rec.finish_s = rec.delivered_s = math.nan
+        rec.token_times = []
+        rec.completion_tokens = 0
+        rec.prompt_tokens = rec.http_status = None
+        req.generated = 0
+        self._release(req.idx, req)
+
+    def _fail_unsent(self) -> None:
+        """The server is gone: every request not yet sent fails now, with the reason (none is dropped)."""
+        for i, rec in enumerate(self.records):
+            if rec.status in ("queued", STATUS_NOT_SENT, STATUS_BACKOFF):
+                if rec.status == "queued":
+                    self.policy.remove(self.requests[i])
+                note = f"not sent: {self.stopped}"
+                rec.error = note if not rec.error else f"{rec.error}; {note}"
+                rec.status = STATUS_ERROR
+                self._final(rec)
+
+    def _final(self, rec: RequestRecord) -> None:
+        if self.on_record is not None:
+            self.on_record(rec)
+
     async def _send(self, req: ReplayRequest) -> None:
         rec = self.records[req.idx]
         ids = prompt_ids(req.request_id, req.input_tokens, vocab_size=self.vocab_size, seed=self.seed)
+        failure: tuple[str, str] | None = None
         try:
-            if self.request_timeout_s is None:
-                await self.client.stream(self._ac, ids, req.output_tokens, rec)
-            else:
-                await asyncio.wait_for(self.client.stream(self._ac, ids, req.output_tokens, rec),
-                                       self.request_timeout_s)
+            await self.client.stream(self._ac, ids, req.output_tokens, rec)
             rec.status = STATUS_OK
+            self._refused = 0
         except RequestFailed as exc:
-            rec.status, rec.error = STATUS_ERROR, str(exc)
-        except asyncio.TimeoutError:
-            rec.status = STATUS_ERROR
-            rec.error = f"no completion within {self.request_timeout_s:g} s ({rec.completion_tokens} of {req.output_tokens} tokens)"
+            failure = (STATUS_ERROR, str(exc))
+            self._refused = self._refused + 1 if exc.unreachable else 0
+            if self.stop_after_unreachable and self._refused >= self.stop_after_unreachable and not self.stopped:
+                self.stopped = (f"the server stopped answering ({self._refused} connections refused in a row, "
+                                f"the last: {exc})")
         except asyncio.CancelledError:
-            rec.status = STATUS_CANCELLED
-            rec.error = f"cancelled after {rec.completion_tokens} of {req.output_tokens} tokens"
-            raise
+            failure = self._giving_up.pop(req.idx, None)
+            if failure is None:  # the replay is being cancelled
+                rec.status = STATUS_CANCELLED
+                rec.error = f"cancelled after {rec.completion_tokens} of {req.output_tokens} tokens"
+                raise
         except Exception as exc:  # a bug or an unexpected transport failure: record it, keep replaying
-            rec.status, rec.error = STATUS_ERROR, f"{exc.__class__.__name__}: {exc}"
+            failure = (STATUS_ERROR, f"{exc.__class__.__name__}: {exc}")
         finally:
             req.generated = rec.completion_tokens
             self.inflight -= 1
+        if failure is not None:
+            self._failed(req, *failure)
         if math.isnan(rec.delivered_s) and self.microbatch is None:
             rec.delivered_s = rec.finish_s
+        if rec.status == STATUS_OK and self.microbatch is None:
+            self._final(rec)
         if self.microbatch is None:
             now = self.now()
             self.policy.on_finish(req, now, output_tokens=req.generated)
@@ -421,6 +547,8 @@ class ReplayGateway:
             end = self.now()
             for req in batch:
                 self.records[req.idx].delivered_s = end
+                if self.records[req.idx].status == STATUS_OK:
+                    self._final(self.records[req.idx])
             for req in batch:
                 policy.on_finish(req, end, output_tokens=req.generated)
 
@@ -442,6 +570,9 @@ def run_replay(gateway: ReplayGateway) -> tuple[list[RequestRecord], bool]:
             elif rec.status == "queued":
                 rec.status = STATUS_NOT_SENT
                 rec.error = "waiting in the gateway when the replay was interrupted"
+            elif rec.status == STATUS_BACKOFF:
+                rec.status = STATUS_NOT_SENT
+                rec.error = f"{rec.error}; waiting to retry when the replay was interrupted"
         return gateway.records, True
 
 
@@ -458,7 +589,7 @@ def records_frame(records: list[RequestRecord]):
     rows: dict[str, list[Any]] = {k: [] for k in (
         "request_id", "tenant", "input_tokens", "output_tokens", "intended_s", "released_s", "sent_s",
         "first_token_s", "finish_s", "delivered_s", "completion_tokens", "prompt_tokens", "status", "error",
-        "http_status", "batch", "token_times")}
+        "http_status", "batch", "attempts", "token_times")}
     for r in records:
         for k in rows:
             rows[k].append(getattr(r, k))
@@ -467,7 +598,7 @@ def records_frame(records: list[RequestRecord]):
         "intended_s": pl.Float64, "released_s": pl.Float64, "sent_s": pl.Float64, "first_token_s": pl.Float64,
         "finish_s": pl.Float64, "delivered_s": pl.Float64, "completion_tokens": pl.Int64,
         "prompt_tokens": pl.Int64, "status": pl.String, "error": pl.String, "http_status": pl.Int64,
-        "batch": pl.Int64, "token_times": pl.List(pl.Float64)}, strict=False)
+        "batch": pl.Int64, "attempts": pl.Int64, "token_times": pl.List(pl.Float64)}, strict=False)
     ok = pl.col("status") == STATUS_OK
     return df.with_columns(
         pl.when(ok).then(pl.col("sent_s") - pl.col("released_s")).alias("queue_wait_s"),

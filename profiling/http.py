@@ -70,11 +70,16 @@ import numpy as np
 from costmodel.batch import chunk_attn_tokens
 from profiling.measurements import empty_row, phase_of
 from profiling.plan import EngineLimits, ProbePoint
+from profiling.secrets import ApiKey, EndpointAuth, as_key, redact
 
 
 class EndpointError(RuntimeError):
     """The endpoint is unreachable, is not an OpenAI-compatible server, or
-    failed a request; the message says which and what it answered."""
+    failed a request; the message says which and what it answered (any API
+    key in it is masked: a server may echo one back)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(redact(message))
 
 
 # ---- Prometheus text ---------------------------------------------------------
@@ -148,10 +153,11 @@ class OpenAIClient:
 
     ``transport`` (and ``async_transport``) exist for tests
     (``httpx.MockTransport``); by default httpx opens real connections.
-    Every failure becomes an :class:`EndpointError` naming the URL.
+    Every failure becomes an :class:`EndpointError` naming the URL. An
+    ``api_key`` goes only to this endpoint's origin (:mod:`profiling.secrets`).
     """
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 600.0,
+    def __init__(self, base_url: str, *, api_key: "str | ApiKey | None" = None, timeout_s: float = 600.0,
                  transport: httpx.BaseTransport | None = None,
                  async_transport: httpx.AsyncBaseTransport | None = None) -> None:
         base = base_url.rstrip("/")
@@ -160,11 +166,14 @@ class OpenAIClient:
         if not re.match(r"^https?://", base):
             raise EndpointError(f"endpoint {base_url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000)")
         self.base_url = base
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        key = as_key(api_key)
+        self._auth = EndpointAuth(key, base) if key is not None else None
+        self._headers: dict[str, str] = {}
         self._timeout = httpx.Timeout(timeout_s, connect=10.0)
         self._transport = transport
         self._async_transport = async_transport if async_transport is not None else transport  # MockTransport is both
-        self._client = httpx.Client(base_url=base, headers=self._headers, timeout=self._timeout, transport=transport)
+        self._client = httpx.Client(base_url=base, headers=self._headers, timeout=self._timeout, transport=transport,
+                                    auth=self._auth)
 
     def close(self) -> None:
         self._client.close()
@@ -183,6 +192,10 @@ class OpenAIClient:
 
     def _get_ok(self, path: str) -> httpx.Response:
         resp = self._get(path)
+        if 300 <= resp.status_code < 400:  # not followed: the API key must not travel to another host
+            raise EndpointError(f"GET {self.base_url}{path} answered {resp.status_code}, a redirect to "
+                                f"{resp.headers.get('location', '?')}, which driftsim does not follow; "
+                                "give the final URL as the endpoint")
         if resp.status_code >= 400:
             raise EndpointError(f"GET {self.base_url}{path} answered {resp.status_code}: {resp.text[:300]}")
         return resp
@@ -289,7 +302,7 @@ class OpenAIClient:
     def async_client(self, connections: int) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=connections + 8, max_keepalive_connections=connections + 8)
         return httpx.AsyncClient(headers=self._headers, timeout=self._timeout, limits=limits,
-                                 transport=self._async_transport)
+                                 transport=self._async_transport, auth=self._auth)
 
 
 # ---- turning token arrivals into steps ----------------------------------------------
@@ -360,7 +373,7 @@ class HttpConfig:
 
     endpoint: str
     model: str | None = None  # served model name; None = the server's first model
-    api_key: str | None = None
+    api_key: "ApiKey | None" = None  # a str is wrapped so it never prints (profiling.secrets)
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None = from /v1/models
@@ -368,6 +381,9 @@ class HttpConfig:
     gate_tokens: int = 512  # prompt of the gate request: its prefill must outlast sending a probe's requests
     seed: int = 0
     timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "api_key", as_key(self.api_key))
 
 
 class HttpDriver:

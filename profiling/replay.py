@@ -39,7 +39,7 @@ from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, Streami
 from profiling.http import EndpointError, OpenAIClient, cache_config
 from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
-from sim.validation import (OffsetCost, aggregate, calibrate_server, compare, overhead_from_probe, sim_trace,
+from sim.validation import (OffsetCost, aggregate, calibrate_server, calibrated, compare, overhead_from_probe, sim_trace,
                             simulate_replay)
 from traces.schema import REQUEST_SCHEMA
 from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
@@ -267,13 +267,14 @@ class ReplayRun:
 
 def replay(trace: pl.DataFrame, *, client: OpenAIClient, model: str, gateway: GatewayConfig,
            microbatch: MicroBatch | None = None, vocab_size: int = 4000, seed: int = 0,
-           request_timeout_s: float | None = 600.0) -> ReplayRun:
-    """Replay a fitted trace through a real gateway running ``gateway``'s policy."""
+           request_timeout_s: float | None = 600.0, client_config=None) -> ReplayRun:
+    """Replay a fitted trace through a real gateway running ``gateway``'s policy
+    (``client_config``: timeouts, retries, abandonment, :class:`sim.client.ClientConfig`)."""
     reqs = replay_requests(trace)
     gw = ReplayGateway(reqs, policy=make_policy(gateway.policy, **gateway.policy_params),
                        client=StreamingClient(client, model=model, clock=time.perf_counter),
                        max_outstanding=gateway.max_outstanding, microbatch=microbatch, vocab_size=vocab_size,
-                       seed=seed, request_timeout_s=request_timeout_s)
+                       seed=seed, request_timeout_s=request_timeout_s, client_config=client_config)
     t = time.perf_counter()
     records, interrupted = run_replay(gw)
     return ReplayRun(frame=records_frame(records), interrupted=interrupted, wall_s=time.perf_counter() - t)
@@ -509,6 +510,9 @@ def run_validation(
     server_pgid: int | None = None,
     calibration: pl.DataFrame | None = None,
     wait_quiet_s: float = 0.0,
+    journal_dir=None,
+    resume: bool = False,
+    client_config=None,
 ) -> ValidationResult:
     """Replay each ``(load, trace)`` ``repeat`` times, simulate each replay, score it.
 
@@ -517,14 +521,16 @@ def run_validation(
     ``server_pgid``: a launched server's process group, so its CPU is not
     counted as contention (see :class:`ForeignCpu`). ``calibration``: a
     held-out trace (never one of ``traces``) replayed once first, to which
-    :func:`sim.validation.calibrate_server` fits a per-step offset, a
-    per-sequence cost and a floor for this server
-    (:class:`sim.validation.OffsetCost`): the work it does beyond what the
-    profile measured (its front-end loop, IPC between its processes,
+    :func:`sim.validation.calibrate_server` fits a per-decode-count step correction for this server
+    (:class:`sim.server_steps.StepCorrection`: the work it does beyond what
+    the profile measured (its front-end loop, IPC between its processes,
     detokenising and streaming every token), which a profile measured
-    elsewhere (e.g. the in-process engine) does not time. ``wait_quiet_s``: before
+    elsewhere (e.g. the in-process engine) does not time), and which
+    admission model (synchronous or async scheduling) its TTFTs follow. ``wait_quiet_s``: before
     each replay wait up to this long for other processes to stop using the
-    CPU (:func:`wait_for_quiet`).
+    CPU (:func:`wait_for_quiet`). ``journal_dir``: keep the level traces, the calibration
+    and a journal per replay there (:mod:`profiling.resume`); with ``resume``, continue
+    what a previous run there saved instead of starting over.
     """
     say = progress or (lambda _msg: None)
     meter = ForeignCpu(server_pgid=server_pgid, port=_port(facts.url))
@@ -535,10 +541,35 @@ def run_validation(
     step_offset_s = step_floor_s = step_per_seq_s = 0.0
     calib: dict | None = None
     cframe: pl.DataFrame | None = None
+    folder = saved = None
+    if journal_dir is not None:  # nothing measured is lost: see profiling.resume
+        from pathlib import Path
+
+        from profiling.resume import load_levels, load_state, save_levels
+
+        folder = Path(journal_dir)
+        if resume and (folder / "levels.json").exists():
+            traces = load_levels(folder)
+        else:
+            save_levels(folder, traces)
+        saved = load_state(folder) if resume else None
+        if saved is not None:  # calibrated before it stopped: keep the same corrections
+            overhead_s = saved["overhead_s"]
+            samples = [tuple(x) for x in saved.get("overhead_samples") or []]
+            step_offset_s, step_floor_s = saved["step_offset_s"], saved["step_floor_s"]
+            step_per_seq_s = saved["step_per_seq_s"]
+            calib, calibration = saved.get("calibration"), None
+            if any((step_offset_s, step_floor_s, step_per_seq_s)):
+                cost = OffsetCost(cost, step_offset_s, step_floor_s, step_per_seq_s)
+            cost, engine = calibrated(cost, engine, calib)
     try:
         if warmup:
             say("warming the server up")
             warm_up(client, facts.model, vocab_size=vocab_size, max_model_len=facts.max_model_len, seed=seed)
+        if wait_quiet_s and (overhead_s is None or calibration is not None):
+            waited = wait_for_quiet(meter, max_wait_s=wait_quiet_s, say=say)
+            if waited > 5:
+                notes.append(f"overhead probe and calibration: waited {waited:.0f} s for other processes to quieten")
         if overhead_s is None:
             say("measuring the client/HTTP overhead with 1-token requests")
             samples = probe_overhead(client, facts.model, vocab_size=vocab_size, seed=seed)
@@ -546,30 +577,43 @@ def run_validation(
         if calibration is not None:
             ctrace, _ = fit_trace(calibration, facts.max_model_len)
             say(f"calibration replay ({ctrace.height} requests, held out)")
+            meter.start()
             crun = replay(ctrace, client=client, model=facts.model, gateway=gateway, microbatch=microbatch,
                           vocab_size=vocab_size, seed=seed + 1, request_timeout_s=request_timeout_s)
+            ccontention = {**meter.stop(), "load_1min": host_load()}
+            if ccontention["foreign_share"] > CONTENDED_SHARE:
+                notes.append(f"calibration replay: other processes used {100 * ccontention['foreign_share']:.0f} % "
+                             "of the CPU meanwhile; the correction fitted to it is distorted (rerun on an idle machine)")
             cframe = crun.frame
             if crun.interrupted:
                 raise KeyboardInterrupt
             st = sim_trace(ctrace, crun.frame, gateway_holds=holds, overhead_s=overhead_s)
-            say("fitting the server's step offset and floor to the calibration replay")
-            fit = calibrate_server(crun.frame, st, cost=cost, engine=engine, gateway=gateway)
-            step_offset_s, step_floor_s, step_per_seq_s = fit["offset_s"], fit["floor_s"], fit["per_seq_s"]
-            cost = OffsetCost(cost, step_offset_s, step_floor_s, step_per_seq_s)
+            say("fitting the server's step times and admission to the calibration replay")
+            fit = calibrate_server(crun.frame, st, cost=cost, engine=engine, gateway=gateway, overhead_s=overhead_s)
+            calib = {"requests": ctrace.height, "wall_s": crun.wall_s,
+                     "correction": {"knots": fit["knots"], "values_s": fit["values_s"]},
+                     "async_scheduling": fit["async_scheduling"], "steps": fit["steps"],
+                     "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
+                     "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"],
+                     "tpot_err": fit["tpot_err"], "real_errors": int((crun.frame["status"] != "ok").sum()),
+                     "contention": ccontention}
+            cost, engine = calibrated(cost, engine, calib)
             if samples:
                 overhead_s = overhead_from_probe(samples, cost)
-            calib = {"requests": ctrace.height, "wall_s": crun.wall_s, "step_offset_s": step_offset_s,
-                     "step_floor_s": step_floor_s, "step_per_seq_s": step_per_seq_s,
-                     "rms_rel_tpot_err": fit["rms_rel_err"], "tried": fit["tried"],
-                     "real_errors": int((crun.frame["status"] != "ok").sum())}
     except KeyboardInterrupt:
         return ValidationResult(levels=[], facts=facts, overhead_s=overhead_s or 0.0, overhead_samples=samples,
                                 capacity_rps=capacity, config=config or {}, notes=notes, interrupted=True,
                                 calibration=calib, step_offset_s=step_offset_s, step_floor_s=step_floor_s,
                                 step_per_seq_s=step_per_seq_s, calibration_frame=cframe)
+    if folder is not None and saved is None:
+        from profiling.resume import save_state
+
+        save_state(folder, facts=asdict(facts), overhead_s=overhead_s, overhead_samples=samples,
+                   step_offset_s=step_offset_s, step_floor_s=step_floor_s, step_per_seq_s=step_per_seq_s,
+                   calibration=calib, capacity_rps=capacity, config=config or {})
     levels: list[LevelResult] = []
     interrupted = False
-    for load, raw in traces:
+    for li, (load, raw) in enumerate(traces):
         trace, fit_notes = fit_trace(raw, facts.max_model_len)
         notes += [f"load {load}: {n}" if load is not None else n for n in fit_notes]
         span = float(trace["arrival_s"].max() - trace["arrival_s"].min()) if trace.height > 1 else 0.0
@@ -584,8 +628,17 @@ def run_validation(
                     notes.append(f"{label} replay {r + 1}: waited {waited:.0f} s for other processes to quieten")
             before = engine_counters(client)
             meter.start()
-            run = replay(trace, client=client, model=facts.model, gateway=gateway, microbatch=microbatch,
-                         vocab_size=vocab_size, seed=seed, request_timeout_s=request_timeout_s)
+            if folder is not None:
+                from profiling.resume import journal_path, load_replay_meta, replay_journaled, save_replay_meta
+
+                run = replay_journaled(trace, journal_path(folder, li, r), resume=resume, client=client,
+                                       model=facts.model, gateway=gateway, microbatch=microbatch,
+                                       vocab_size=vocab_size, seed=seed, request_timeout_s=request_timeout_s,
+                                       client_config=client_config)
+            else:
+                run = replay(trace, client=client, model=facts.model, gateway=gateway, microbatch=microbatch,
+                             vocab_size=vocab_size, seed=seed, request_timeout_s=request_timeout_s,
+                             client_config=client_config)
             lv.wall_s.append(run.wall_s)
             lv.contention.append({**meter.stop(), "load_1min": host_load()})
             if lv.contention[-1]["foreign_share"] > CONTENDED_SHARE:
@@ -593,6 +646,13 @@ def run_validation(
                              f"{100 * lv.contention[-1]['foreign_share']:.0f} % of the CPU meanwhile; "
                              "its timings are distorted (rerun on an idle machine)")
             after = engine_counters(client)
+            if folder is not None:
+                old = load_replay_meta(folder, li, r) if resume and run.wall_s == 0.0 else {}
+                if old:  # done before: keep what was measured then
+                    lv.wall_s[-1], lv.contention[-1] = old.get("wall_s", 0.0), old.get("contention") or {}
+                    before, after = old.get("before") or {}, old.get("after") or {}
+                save_replay_meta(folder, li, r, {"wall_s": lv.wall_s[-1], "contention": lv.contention[-1],
+                                                 "before": before, "after": after, "interrupted": run.interrupted})
             st = sim_trace(trace, run.frame, gateway_holds=holds, overhead_s=overhead_s)
             simres = simulate_replay(st, cost=cost, engine=engine, gateway=gateway)
             lv.engine.append(compare_engine(before, after, simres))

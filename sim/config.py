@@ -37,6 +37,10 @@ class EngineConfig:
     batch_poll_s: float = 0.005  # the worker re-checks an empty queue this often
     # exact fast-forward over steps where nothing can change the batch
     fast_forward: bool = True
+    # vLLM v1's async scheduling (the default of `vllm serve`): step k+1 is scheduled when step k
+    # starts, so a request reaching the engine during step k runs from step k+2, and a slot or KV
+    # freed by a request finishing in step k is reusable from step k+2 (see sim/engine.py)
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len", "batch_size")

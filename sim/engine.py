@@ -31,6 +31,29 @@ the batch (no prefill in flight, nothing admissible waiting), ``plan`` fast-
 forwards up to the next completion or KV shortage in one call, and the step
 end times it returns are bit-identical to running those steps one by one.
 
+With ``EngineConfig.async_scheduling`` (vLLM v1's default for ``vllm serve``:
+``EngineCore.step_with_batch_queue`` with a batch queue of 2) step k+1 is
+scheduled when step k is launched, before step k's outputs are known. The
+model keeps what that changes for the timeline:
+
+- *intake lag*: a request that reaches the engine during step k sits in an
+  inbox (vLLM's input queue) and enters the waiting queue only when step
+  k+1 is planned at step k's end, i.e. it can run from step k+2. A step
+  planned after an idle gap, or one whose pre-scheduled batch would have
+  been empty (nothing running or waiting), takes everything that arrived;
+- *release lag*: a request finishing in step k still holds its slot and its
+  KV blocks while step k+1 is scheduled (vLLM frees them when it processes
+  step k's output), so the waiting pass of step k+1 sees them as taken.
+
+Decodes of a request whose prefill completes in step k are scheduled in
+step k+1 (vLLM schedules them against output placeholders), and a request
+never gets a step beyond its ``max_tokens``, as in the synchronous model.
+Steps and their durations are the same: what a served engine adds to each
+step (its CPU loop beside the forward pass) is the cost model's business
+(see ``sim.server_steps.StepCorrection``). Inbox entries note the index of
+the step during which they arrived, not a time, so fast-forwarded runs stay
+bit-identical to step-by-step ones.
+
 NOTE: ``max_num_batched_tokens >= max_num_seqs`` (checked in EngineConfig)
 guarantees every decode fits the token budget; prefilling requests are always
 behind all decoding ones in running order, so "decodes first" equals vLLM's
@@ -75,6 +98,13 @@ class FcfsQueue:
     def pop(self) -> SimRequest:
         return self._q.popleft()
 
+    def remove(self, req: SimRequest) -> bool:
+        try:
+            self._q.remove(req)
+        except ValueError:
+            return False
+        return True
+
     def __len__(self) -> int:
         return len(self._q)
 
@@ -110,6 +140,9 @@ class PolicyQueue:
     def pop(self) -> SimRequest:
         return self.policy.pop(0.0)
 
+    def remove(self, req: SimRequest) -> bool:
+        return self.policy.remove(req)
+
     def __len__(self) -> int:
         return len(self.policy)
 
@@ -132,6 +165,7 @@ class EngineCore:
         self.max_tokens = config.max_num_batched_tokens
         self.chunked = config.chunked_prefill
         self.fast_forward = config.fast_forward
+        self.async_sched = config.async_scheduling
         self.total_blocks = num_blocks
         self.used_blocks = 0
 
@@ -153,6 +187,14 @@ class EngineCore:
         self._plan_chunks: list[int] | None = None  # None: a pure-decode run
         self._plan_decode_blocks = 0
 
+        # async scheduling: requests not yet in the scheduler, and what the last committed step
+        # left behind (its end, the slots and KV blocks its finishers still hold)
+        self._inbox: deque[list] = deque()  # [step during which it arrived (None: the one planned), request]
+        self._last_end = -1.0
+        self._lag_seqs = self._lag_blocks = 0
+        self._lagged = False  # the plan in progress sees the last step's finishers as still there
+        self._freed = 0
+
         # counters for reports
         self.busy_s = 0.0
         self.steps = 0
@@ -164,7 +206,7 @@ class EngineCore:
         return _cdiv(req.input_tokens + req.output_tokens, self.bs) <= self.total_blocks
 
     def has_work(self) -> bool:
-        return bool(self.running) or bool(self.waiting)
+        return bool(self.running) or bool(self.waiting) or bool(self._inbox)
 
     @property
     def free_blocks(self) -> int:
@@ -181,10 +223,53 @@ class EngineCore:
 
     # ------------------------------------------------------------------ intake
     def add(self, req: SimRequest) -> None:
-        """Queue a request in the waiting queue (at the back, for FCFS)."""
+        """Queue a request in the waiting queue (at the back, for FCFS).
+
+        With async scheduling it first waits in the inbox, noting the step during which it
+        arrived: the one planned, if any, else the last one (it arrived at that step's end).
+        Steps, not times, so that fast-forwarded and step-by-step runs agree bit for bit.
+        """
         req.prefill_target = req.input_tokens + req.generated
         req.finish_g = -1
-        self.waiting.push(req)
+        if self.async_sched:
+            self._inbox.append([None if len(self._ends) else self.steps, req])
+        else:
+            self.waiting.push(req)
+
+    def _intake(self, t: float) -> None:
+        """Async scheduling: move into the waiting queue what the step planned at ``t`` can see.
+
+        A step right after the last one was scheduled when that one started: it sees arrivals
+        up to then (during earlier steps), and the last step's finishers still holding their
+        slots and blocks. Otherwise (after an idle gap, or when that pre-scheduled batch would
+        have been empty) it sees everything that arrived and nothing lags.
+        """
+        self._lagged = t == self._last_end
+        # the step planned now (self.steps + 1) was scheduled when the last one started
+        self._take_inbox(self.steps - 1 if self._lagged else self.steps)
+        if self._lagged and not self.running and not self._head_admissible():
+            self._lagged = False  # the pre-scheduled batch was empty: vLLM schedules again now
+            self._take_inbox(self.steps)
+        if self._lagged and not (self._lag_seqs or self._lag_blocks):
+            self._lagged = False
+
+    def _take_inbox(self, step: int) -> None:
+        """Move into the waiting queue the requests that arrived during steps up to ``step``."""
+        inbox = self._inbox
+        while inbox and inbox[0][0] <= step:
+            self.waiting.push(inbox.popleft()[1])
+
+    def _head_admissible(self) -> bool:
+        """With nothing running: would the waiting head be admitted while the last step's
+        finishers still hold their slots and blocks?"""
+        if not self.waiting or self._lag_seqs >= self.max_seqs:
+            return False
+        head = self.waiting.peek()
+        remaining = head.prefill_target - head.computed
+        if remaining > self.max_tokens and not self.chunked:
+            return False
+        n = min(remaining, self.max_tokens)
+        return _cdiv(head.computed + n, self.bs) - head.blocks <= self.free_blocks - self._lag_blocks
 
     # ------------------------------------------------------------------ planning
     def plan(self, t: float, until: float = float("inf")) -> np.ndarray | list[float]:
@@ -196,10 +281,13 @@ class EngineCore:
         known arrival), so the newcomer joins the step after it without an
         interrupt.
         """
+        if self.async_sched:
+            self._intake(t)
         if not self.running and not self.waiting:
             raise RuntimeError("plan() called on an idle engine")
         self._plan_start = t
-        if self.fast_forward and not self.prefilling and self.num_decode and self._waiting_blocked():
+        if (self.fast_forward and not self.prefilling and self.num_decode and not self._lagged
+                and not self._inbox and self._waiting_blocked()):
             k = self._stable_steps()
             if k > 0:
                 self._plan_chunks = None
@@ -280,14 +368,18 @@ class EngineCore:
                     chunks.append(n)
                 else:
                     chunks.append(0)
-            if need <= self.free_blocks:
+            if need <= self.free_blocks - (self._lag_blocks if self._lagged else 0):
                 break
             self._preempt_last()
             preempted = True
         if not preempted:
             free = self.free_blocks - need
+            max_seqs = self.max_seqs
+            if self._lagged:  # the last step's finishers still hold their slots and blocks
+                free -= self._lag_blocks
+                max_seqs -= self._lag_seqs
             waiting = self.waiting
-            while waiting and len(self.running) < self.max_seqs and budget > 0:
+            while waiting and len(self.running) < max_seqs and budget > 0:
                 r = waiting.peek()
                 remaining = r.prefill_target - r.computed
                 if remaining > budget and not self.chunked:
@@ -314,6 +406,12 @@ class EngineCore:
                 prefill_tokens += n
                 prefill_seqs += 1
                 attn += chunk_attn_tokens(r.computed, n)
+        if prefill_tokens == 0 and self.num_decode == 0 and self._lagged:
+            # vLLM's pre-scheduled batch came out empty (the finishers' blocks forced a
+            # preemption): it schedules again once their output is processed and they are freed
+            self._lagged = False
+            self._take_inbox(self.steps)
+            return self._plan_step(t)
         if prefill_tokens == 0 and self.num_decode == 0:
             raise RuntimeError(
                 f"engine stalled: {len(self.waiting)} waiting, none admissible with "
@@ -338,6 +436,8 @@ class EngineCore:
         if not 1 <= n <= len(ends):
             raise ValueError(f"commit({n}) outside the planned {len(ends)} steps")
         end = float(ends[n - 1])
+        self._last_end = end
+        self._freed = 0
         self.busy_s += end - self._plan_start
         self.steps += n
         finished: list[tuple[SimRequest, float]] = []
@@ -350,6 +450,10 @@ class EngineCore:
                 self._pop_finished(end, finished)
             self._advance_prefills(self._plan_chunks, end, finished)
         self._ends = []
+        self._lag_seqs, self._lag_blocks = len(finished), self._freed
+        for entry in self._inbox:  # arrived during the step in progress: the last one committed
+            if entry[0] is None:
+                entry[0] = self.steps
         return finished
 
     def _advance_decodes(self, n: int, end: float, finished: list) -> None:
@@ -374,6 +478,7 @@ class EngineCore:
                 continue
             c = r.c0 + g - r.g0
             self.used_blocks -= _cdiv(c, self.bs)
+            self._freed += _cdiv(c, self.bs)
             self.num_decode -= 1
             self.decode_ctx -= c
             self._hist[(r.c0 - r.g0) % self.bs] -= 1
@@ -400,6 +505,7 @@ class EngineCore:
             r.generated += 1
             if r.generated >= r.output_tokens:
                 self.used_blocks -= r.blocks
+                self._freed += r.blocks
                 r.blocks = 0
                 del self.running[r.order]
                 finished.append((r, end))
@@ -438,6 +544,54 @@ class EngineCore:
         r.prefill_target = r.input_tokens + r.generated
         r.finish_g = -1
         self.waiting.push_front(r)
+
+    # ------------------------------------------------------------------ abort
+    def abort(self, req: SimRequest) -> bool:
+        """Drop a request whose client went away and free its KV, as vLLM's ``abort_requests``.
+
+        Call between steps only (no plan awaiting commit), as vLLM handles
+        aborts between steps. False if the request is not on this engine.
+        """
+        if self._ends:
+            raise RuntimeError("abort() with a planned step not committed")
+        for i, (_, r) in enumerate(self._inbox):
+            if r is req:
+                del self._inbox[i]
+                return True
+        if self.waiting.remove(req):
+            return True
+        if self.running.get(req.order) is not req:
+            return False
+        del self.running[req.order]
+        if req.finish_g < 0:  # still prefilling
+            self.prefilling.remove(req)
+            self.used_blocks -= req.blocks
+        else:
+            c = req.c0 + self.g - req.g0
+            self.used_blocks -= _cdiv(c, self.bs)
+            self.num_decode -= 1
+            self.decode_ctx -= c
+            self._hist[(req.c0 - req.g0) % self.bs] -= 1
+            req.generated = req.gen0 + self.g - req.g0
+            req.epoch += 1  # its completion-heap entry is now stale
+        req.blocks = 0
+        req.finish_g = -1
+        return True
+
+    def generated_by(self, req: SimRequest, t: float) -> int:
+        """Output tokens ``req`` has produced in steps ending at or before ``t`` (committed or
+        planned), the same in fast-forwarded and step-by-step runs."""
+        if self.running.get(req.order) is not req:
+            return req.generated
+        ends = self._ends
+        planned = int(np.searchsorted(np.asarray(ends), t, side="right")) if len(ends) else 0
+        if req.finish_g >= 0:  # decoding: one token per step
+            return min(req.output_tokens, req.gen0 + self.g - req.g0 + planned)
+        if planned and self._plan_chunks is not None:  # a prefill step: its last chunk samples a token
+            k = self.prefilling.index(req) if req in self.prefilling else -1
+            if 0 <= k < len(self._plan_chunks) and req.computed + self._plan_chunks[k] >= req.prefill_target:
+                return req.generated + 1
+        return req.generated
 
     # ------------------------------------------------------------------ batch mode
     def run_to_completion(self, t: float) -> tuple[float, list[tuple[SimRequest, float]]]:

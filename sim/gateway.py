@@ -39,8 +39,9 @@ class Gateway:
             work, self._work = self._work, None
             work.succeed()
 
-    def finished(self, req: SimRequest, t: float) -> None:
-        self.policy.on_finish(req, t, output_tokens=req.generated)
+    def finished(self, req: SimRequest, t: float, output_tokens: int | None = None) -> None:
+        """``req`` left (completed, or its client gave up with ``output_tokens`` received): free its slot."""
+        self.policy.on_finish(req, t, output_tokens=req.generated if output_tokens is None else output_tokens)
         if self.replicas and self.cap is not None:
             self._dispatch(t)
 

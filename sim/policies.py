@@ -76,6 +76,17 @@ class Policy:
     def on_finish(self, req: Queued, now: float, *, output_tokens: int | None = None) -> None:
         """Feedback when a dispatched request completes with ``output_tokens`` generated (stateful policies)."""
 
+    def remove(self, req: Queued) -> bool:
+        """Take a waiting request out (its client gave up); False if it is not waiting here.
+        O(n): only timeouts and abandonment use it."""
+        for i, entry in enumerate(self._heap):
+            if entry[-1] is req:
+                self._heap[i] = self._heap[-1]
+                self._heap.pop()
+                heapq.heapify(self._heap)
+                return True
+        return False
+
     def __len__(self) -> int:
         return len(self._heap)
 
@@ -207,6 +218,9 @@ class Weighted(Policy):
                 return heapq.heappop(queue)[-1]
         return None
 
+    def remove(self, req: Queued) -> bool:
+        return _remove_queued(self, req)
+
     def __len__(self) -> int:
         return self._n
 
@@ -299,8 +313,24 @@ class Vtc(Policy):
             return
         self.counters[req.tenant] += self.output_price * (output_tokens - charged) / self._weight(req.tenant)
 
+    def remove(self, req: Queued) -> bool:
+        return _remove_queued(self, req)
+
     def __len__(self) -> int:
         return self._n
+
+
+def _remove_queued(policy: "Weighted | Vtc", req: Queued) -> bool:
+    """``remove`` for policies with per-tenant queues (``_queues``, ``_n``); counters are left as they are."""
+    for queue in policy._queues.values():
+        for i, entry in enumerate(queue):
+            if entry[-1] is req:
+                queue[i] = queue[-1]
+                queue.pop()
+                heapq.heapify(queue)
+                policy._n -= 1
+                return True
+    return False
 
 
 #: Our default end-to-end objectives per tenant for EDF, seconds (the original has no SLOs).

@@ -54,6 +54,7 @@ class ContinuousReplica:
         self.index = index
         self.on_finish = on_finish
         self.outstanding = 0  # dispatched and not finished
+        self._aborts: list[SimRequest] = []  # clients gone: dropped at the next step boundary
         self._idle: Event | None = None
         self._run_ends: np.ndarray | list[float] | None = None  # a multi-step run in progress
         self.proc = env.process(self._run())
@@ -69,10 +70,23 @@ class ContinuousReplica:
             self._run_ends = None
             self.proc.interrupt()
 
+    def abort(self, req: SimRequest) -> None:
+        """The client of ``req`` gave up: its slot frees now; the engine drops it and frees its KV
+        when the step in progress ends (vLLM handles aborts between steps)."""
+        self.outstanding -= 1
+        self._aborts.append(req)
+        if self._run_ends is not None and self._run_ends[-2] >= self.env.now:
+            self._run_ends = None
+            self.proc.interrupt()
+
     def _run(self):
         env, core = self.env, self.core
         clock = 0.0
         while True:
+            if self._aborts:
+                for req in self._aborts:
+                    core.abort(req)
+                self._aborts.clear()
             if not core.has_work():
                 self._idle = env.event()
                 yield self._idle
@@ -92,6 +106,9 @@ class ContinuousReplica:
                 yield env.timeout(max(0.0, ends[0] - env.now))
             clock = float(ends[n - 1])
             for req, t in core.commit(n):
+                if self._aborts and req in self._aborts:  # finished in the step its client left during
+                    self._aborts.remove(req)
+                    continue
                 self.outstanding -= 1
                 self.on_finish(req, t, self.index)
 

@@ -13,7 +13,8 @@ import polars as pl
 from sim.request import SimRequest
 
 STATUS_PENDING, STATUS_OK, STATUS_REJECTED, STATUS_UNFINISHED = 0, 1, 2, 3
-_STATUS_NAMES = ["pending", "ok", "rejected", "unfinished"]
+STATUS_TIMEOUT, STATUS_ABANDONED = 4, 5  # the client gave up (sim.client)
+_STATUS_NAMES = ["pending", "ok", "rejected", "unfinished", "timeout", "abandoned"]
 STATUS = pl.Enum(_STATUS_NAMES)
 FINISH_REASON = pl.Enum(["stop", "length"])
 
@@ -26,7 +27,8 @@ def _from_codes(codes: np.ndarray, enum: pl.Enum) -> pl.Series:
 class ResultRecorder:
     """Columnar store for the outcome of every request in a trace."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, base: int = 0) -> None:
+        self.base = base  # trace row of this recorder's first row (a chunk of a streamed trace starts later)
         self.status = np.zeros(n, dtype=np.int8)
         self.replica = np.full(n, -1, dtype=np.int32)
         self.scheduled_s = np.full(n, np.nan)
@@ -35,10 +37,11 @@ class ResultRecorder:
         self.generated = np.zeros(n, dtype=np.int32)
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.length_capped = np.zeros(n, dtype=bool)
+        self.attempts = np.ones(n, dtype=np.int16)  # > 1 only with client retries (sim.client)
         self.reasons: dict[int, str] = {}
 
     def finish(self, req: SimRequest, t: float, replica: int) -> None:
-        i = req.idx
+        i = req.idx - self.base
         self.status[i] = STATUS_OK
         self.replica[i] = replica
         self.scheduled_s[i] = req.scheduled_s
@@ -47,9 +50,21 @@ class ResultRecorder:
         self.generated[i] = req.generated
         self.preemptions[i] = req.preemptions
 
+    def give_up(self, idx: int, status: int, reason: str, generated: int = 0) -> None:
+        """The client gave up on the request (``STATUS_TIMEOUT`` or ``STATUS_ABANDONED``)."""
+        idx -= self.base
+        self.status[idx] = status
+        self.generated[idx] = generated
+        self.reasons[idx] = reason
+
     def reject(self, idx: int, reason: str) -> None:
+        idx -= self.base
         self.status[idx] = STATUS_REJECTED
         self.reasons[idx] = reason
+
+    def cap_length(self, idx: int) -> None:
+        """The request's output was cut to its max_tokens or the model length."""
+        self.length_capped[idx - self.base] = True
 
     def mark_unfinished(self) -> int:
         """Label requests still in flight when the run stopped; return how many."""
@@ -75,6 +90,7 @@ class ResultRecorder:
             pl.Series("generated_tokens", self.generated),
             _from_codes(self.length_capped, FINISH_REASON).alias("finish_reason"),
             pl.Series("preemptions", self.preemptions),
+            pl.Series("attempts", self.attempts),
             pl.Series("scheduled_s", self.scheduled_s),
             pl.Series("first_token_s", self.first_token_s),
             pl.Series("finish_s", self.finish_s),

@@ -7,7 +7,10 @@ completion -> columnar results.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -16,6 +19,7 @@ import simpy
 
 from costmodel.base import CostModel
 from sim.admission import Admission, AdmissionConfig
+from sim.client import ClientConfig, SimClient
 from sim.config import ConfigError, EngineConfig, GatewayConfig
 from sim.engine import EngineCore
 from sim.gateway import Gateway
@@ -23,28 +27,33 @@ from sim.metrics import summarize
 from sim.policies import make_policy
 from sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
 from sim.request import SimRequest
-from sim.results import ResultRecorder
 from sim.router import ROUTERS
+from sim.streaming import DEFAULT_CHUNK_ROWS, ChunkedResults, FrameSink, ParquetSink, SummarySink
+from traces.schema import empty_trace
+from traces.stream import TraceStream
 
 
 @dataclass
 class SimResult:
     """What a run produced: one row per request, replica counters and the summary.
 
+    ``requests`` is None when the rows were not kept: written to
+    ``requests_path`` as they settled, or folded into the summary only.
     ``calibration_history``: with the ``driftsched`` estimator, the bias after
     every completion (columns ``time_s``, ``key``, ``bias``; see
     :meth:`sim.calibration.DriftCalibrator.history`); None otherwise. Kept
     out of ``summary`` so that stays small and JSON-ready.
     """
 
-    requests: pl.DataFrame
+    requests: pl.DataFrame | None
     replicas: list[dict]
     summary: dict = field(default_factory=dict)
     calibration_history: pl.DataFrame | None = None
+    requests_path: Path | None = None
 
 
 def simulate(
-    trace: pl.DataFrame,
+    trace: pl.DataFrame | TraceStream,
     *,
     cost: CostModel,
     engine: EngineConfig,
@@ -55,6 +64,10 @@ def simulate(
     admission: AdmissionConfig | None = None,
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
+    client: ClientConfig | None = None,
+    results_path: str | os.PathLike | None = None,
+    summary_only: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> SimResult:
     """Simulate ``trace`` (the request table of :mod:`traces.schema`).
 
@@ -65,17 +78,53 @@ def simulate(
     reported as unfinished. ``admission`` says how output lengths are
     estimated (default: the oracle, i.e. the real lengths); ``seed`` drives
     its random parts. ``progress`` is called with the fraction of requests
-    that have arrived.
+    that have arrived. ``client``: timeouts, retries and abandonment
+    (:mod:`sim.client`).
+
+    Week-long traces: ``trace`` may be a :class:`traces.stream.TraceStream`
+    (a file read lazily in arrival-ordered chunks of ``chunk_rows``).
+    ``results_path`` writes the per-request rows to that Parquet file chunk
+    by chunk as they settle instead of keeping them; ``summary_only`` keeps
+    no rows at all. Either way memory follows the requests in flight, the
+    rows are the ones the in-memory run gives, bit for bit, and the
+    summary's percentiles come from a sketch within 0.5 % relative error
+    (counts and means exact; :class:`sim.metrics.StreamingSummary`). These
+    modes need the oracle estimator (the others keep state for every
+    request of the trace).
     """
     if replicas < 1:
         raise ConfigError(f"replicas: expected at least 1, got {replicas}")
     gateway = gateway or GatewayConfig()
     if num_blocks is None:
         num_blocks = engine.num_gpu_blocks or cost.kv_capacity_blocks(engine.block_size)
+    streamed_input = not isinstance(trace, pl.DataFrame)
+    if summary_only and results_path is not None:
+        raise ConfigError("summary_only keeps no per-request rows; do not also give results_path")
+    admission = admission or AdmissionConfig()
+    if admission.estimator != "oracle" and (streamed_input or summary_only or results_path is not None):
+        raise ConfigError(
+            f"admission.estimator {admission.estimator!r}: a streamed trace or streamed results need the 'oracle'"
+            " estimator (the others keep state for every request of the trace); load the trace in memory instead"
+        )
+    if chunk_rows < 1:
+        raise ConfigError(f"chunk_rows: expected at least 1, got {chunk_rows}")
     env = simpy.Environment()
-    n = trace.height
-    rec = ResultRecorder(n)
-    adm = Admission(admission or AdmissionConfig(), trace, seed=seed)
+    n = trace.rows if streamed_input else trace.height
+    adm = Admission(admission, empty_trace() if streamed_input else trace, seed=seed)
+    if summary_only:
+        sink = SummarySink()
+    elif results_path is not None:
+        sink = ParquetSink(results_path)
+    else:
+        sink = FrameSink()
+    chunk_columns = adm.columns() if admission.estimator == "oracle" else {}  # expressions: same per chunk
+    rec = ChunkedResults(sink.write, lambda r, chunk: r.to_frame(chunk).with_columns(**chunk_columns))
+    if streamed_input:
+        chunks: Iterator[pl.DataFrame] = iter(trace)
+    elif isinstance(sink, FrameSink):
+        chunks = iter([trace])  # one chunk: the whole table, as it always was
+    else:
+        chunks = (trace.slice(i, chunk_rows) for i in range(0, trace.height, chunk_rows))
     in_engine = gateway.placement == "engine"
     if in_engine and engine.mode == "microbatch":
         raise ConfigError("gateway.placement 'engine' needs engine.mode 'continuous'; the micro-batch worker orders at the gateway")
@@ -87,6 +136,8 @@ def simulate(
     )
 
     def on_finish(req: SimRequest, t: float, replica: int) -> None:
+        if sim_client is not None and not sim_client.completed(req):
+            return
         rec.finish(req, t, replica)
         adm.complete(req, t)
         gw.finished(req, t)
@@ -107,9 +158,21 @@ def simulate(
     else:
         workers = [MicroBatchWorker(env, core, i, gw, on_finish) for i, core in enumerate(cores)]
 
-    env.process(_arrivals(env, trace, engine, cores[0], gw, rec, adm, progress, clock))
-    env.run(until=horizon_s)
-    rec.mark_unfinished()
+    sim_client = None
+    if client is not None and client.active:
+        if engine.mode != "continuous":
+            raise ConfigError("client timeouts and abandonment need engine.mode 'continuous' "
+                              "(a micro-batch worker's blocking generate() cannot drop one request)")
+        sim_client = SimClient(env, client, gw, rec, gw.replicas)
+    env.process(_arrivals(env, chunks, n, engine, cores[0], gw if sim_client is None else sim_client, rec, adm,
+                          progress, clock))
+    try:
+        env.run(until=horizon_s)
+        rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
+    except BaseException:
+        if isinstance(sink, ParquetSink):
+            sink.abort()
+        raise
     replica_stats = [
         {"replica": i, "busy_s": c.busy_s, "steps": c.steps, "preemptions": c.preemptions, "kv_blocks": c.total_blocks}
         for i, c in enumerate(cores)
@@ -117,7 +180,14 @@ def simulate(
     if engine.mode == "microbatch":
         for stats, w in zip(replica_stats, workers):
             stats["batches"] = w.batches
-    requests = rec.to_frame(trace).with_columns(**adm.columns())
+    if not isinstance(sink, FrameSink):
+        summary = sink.summary.result(replica_stats)
+        summary["estimation"] = adm.summary(None)  # oracle: nothing per request
+        path = sink.close() if isinstance(sink, ParquetSink) else None
+        return SimResult(requests=None, replicas=replica_stats, summary=summary, requests_path=path)
+    requests = sink.frame()
+    if not chunk_columns:
+        requests = requests.with_columns(**adm.columns())
     summary = summarize(requests, replica_stats)
     summary["estimation"] = adm.summary(requests)
     return SimResult(requests=requests, replicas=replica_stats, summary=summary, calibration_history=adm.history())
@@ -133,54 +203,63 @@ class _ArrivalClock:
         return self.next_s
 
 
-def _arrivals(env, trace, engine, core, gw, rec, adm, progress, clock):
-    """Release each request at its arrival time; refuse the ones no engine could serve."""
-    arrival = trace["arrival_s"].to_numpy()
-    ids = trace["request_id"].to_numpy()
-    tenant_names = sorted(trace["tenant"].unique().to_list())  # one shared str per tenant, not per request
-    tenant_codes = trace["tenant"].cast(pl.Enum(tenant_names)).to_physical().to_numpy()
-    inp = trace["input_tokens"].to_numpy()
-    out = trace["output_tokens"].to_numpy()
-    max_tokens = trace["max_tokens"].fill_null(-1).to_numpy()
-    prio = trace["priority"].fill_null(0).to_numpy()
-    slo = trace["slo_e2e_s"].to_numpy()
+def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: ChunkedResults, adm, progress, clock):
+    """Release each request at its arrival time; refuse the ones no engine could serve.
+
+    The trace comes in arrival-ordered chunks (one, for a table in memory);
+    a request's ``idx`` is its row in the whole trace.
+    """
+    tenant_str: dict[str, str] = {}  # one shared str per tenant, not per request
     max_len = engine.max_model_len
-    n = len(arrival)
     step = max(1, n // 200)
-    for i in range(n):
-        clock.next_s = float(arrival[i])
-        delay = arrival[i] - env.now
-        if delay > 0:
-            yield urgent_timeout(env, delay)
-        if progress is not None and i % step == 0:
-            progress(i / n)
-        prompt = int(inp[i])
-        if prompt >= max_len:
-            rec.reject(i, f"prompt of {prompt} tokens does not fit max_model_len {max_len}")
-            continue
-        gen = int(out[i])
-        cap = max_len - prompt
-        if max_tokens[i] > 0:
-            cap = min(cap, int(max_tokens[i]))
-        if gen > cap:
-            gen = cap
-            rec.length_capped[i] = True
-        req = SimRequest(
-            idx=i,
-            request_id=int(ids[i]),
-            arrival_s=float(arrival[i]),
-            tenant=tenant_names[tenant_codes[i]],
-            priority=int(prio[i]),
-            input_tokens=prompt,
-            output_tokens=gen,
-            est_tokens=prompt + gen,
-            slo_e2e_s=None if np.isnan(slo[i]) else float(slo[i]),
-        )
-        if not core.fits(req):
-            rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
-            continue
-        adm.admit(req)
-        gw.submit(req)
+    for chunk in chunks:
+        base = rec.rows
+        rec.open(chunk)
+        arrival = chunk["arrival_s"].to_numpy()
+        ids = chunk["request_id"].to_numpy()
+        tenant_names = [tenant_str.setdefault(t, t) for t in sorted(chunk["tenant"].unique().to_list())]
+        tenant_codes = chunk["tenant"].cast(pl.Enum(tenant_names)).to_physical().to_numpy()
+        inp = chunk["input_tokens"].to_numpy()
+        out = chunk["output_tokens"].to_numpy()
+        max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy()
+        prio = chunk["priority"].fill_null(0).to_numpy()
+        slo = chunk["slo_e2e_s"].to_numpy()
+        for j in range(chunk.height):
+            i = base + j
+            clock.next_s = float(arrival[j])
+            delay = arrival[j] - env.now
+            if delay > 0:
+                yield urgent_timeout(env, delay)
+            if progress is not None and i % step == 0:
+                progress(i / n)
+            prompt = int(inp[j])
+            if prompt >= max_len:
+                rec.reject(i, f"prompt of {prompt} tokens does not fit max_model_len {max_len}")
+                continue
+            gen = int(out[j])
+            cap = max_len - prompt
+            if max_tokens[j] > 0:
+                cap = min(cap, int(max_tokens[j]))
+            if gen > cap:
+                gen = cap
+                rec.cap_length(i)
+            req = SimRequest(
+                idx=i,
+                request_id=int(ids[j]),
+                arrival_s=float(arrival[j]),
+                tenant=tenant_names[tenant_codes[j]],
+                priority=int(prio[j]),
+                input_tokens=prompt,
+                output_tokens=gen,
+                est_tokens=prompt + gen,
+                slo_e2e_s=None if np.isnan(slo[j]) else float(slo[j]),
+            )
+            if not core.fits(req):
+                rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
+                continue
+            adm.admit(req)
+            gw.submit(req)
+        rec.arrived()
     clock.next_s = float("inf")
     if progress is not None:
         progress(1.0)

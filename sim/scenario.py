@@ -4,7 +4,28 @@ A scenario names a workload (a trace file, a synthetic multi-tenant mix, or
 the DriftSched experiment's generator), a profile (GPU x model cost model),
 engine limits, the gateway policy, per-tenant SLOs and the seed. Parsing is
 strict: an unknown key or a wrong type is an error naming the key, so a typo
-never silently falls back to a default. Scenario files are data only.
+never silently falls back to a default.
+
+Scenario files are data only: they are parsed by the standard library's
+``tomllib`` (nothing in a file is evaluated or imported) and every error is a
+:class:`ConfigError` naming the file and the key. A file, with the command
+line's overrides merged in, is held to these limits (:data:`LIMITS`):
+
+* the file is at most 1 MiB of UTF-8 TOML, tables and arrays nest at most 16
+  deep, an array holds at most 10,000 items and a string at most 4,096
+  characters;
+* at most 1,000 tenants, in ``[tenants.*]`` and in ``[[workload.tenants]]``;
+* every number is finite (no nan or inf) and every integer fits 64 bits;
+* ``seed`` is an integer in [0, 2**63); ``replicas`` an integer in [1, 4096];
+  ``workload.num_requests`` and ``workload.max_requests`` integers in
+  [1, 10**9];
+* ``horizon_s``, ``workload.duration_s``, ``slo_ttft_s`` and ``slo_e2e_s``
+  are numbers of seconds in (0, 10**9]; ``workload.rate_scale`` a number in
+  (0, 10**6]; a tenant's ``priority`` an integer in [-10**6, 10**6];
+* names, descriptions, profiles, paths and formats are strings.
+
+Engine, gateway and admission values are checked by their config records
+when the scenario is built (:func:`build_engine` and friends).
 
 The embedded default (:data:`DEFAULT_SCENARIO`) is DriftSched's set-up:
 three tenants on one NVIDIA L4 serving Qwen1.5-1.8B-Chat behind the
@@ -14,6 +35,7 @@ micro-batch worker.
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +45,7 @@ import polars as pl
 
 from costmodel.profiles import Profile, load_profile
 from sim.admission import AdmissionConfig
+from sim.client import ClientConfig
 from sim.config import ConfigError, EngineConfig, GatewayConfig
 from sim.run import SimResult, simulate
 from traces import transform
@@ -34,13 +57,28 @@ DEFAULT_SCENARIO = SCENARIO_DIR / "driftsched.toml"
 
 _TOP_KEYS = {
     "name", "description", "seed", "replicas", "profile", "horizon_s", "workload", "engine", "gateway", "tenants",
-    "admission",
+    "admission", "client",
 }
 _WORKLOAD_KEYS = {
     "kind", "path", "format", "assign_tenants", "assign_method", "rate_scale", "duration_s", "max_requests",
     "tenants", "num_requests", "params",
 }
 _TENANT_KEYS = {"priority", "slo_ttft_s", "slo_e2e_s"}
+
+#: What a scenario file may hold at most; see the module docstring.
+LIMITS = {
+    "file_bytes": 1 << 20,
+    "depth": 16,
+    "array_items": 10_000,
+    "string_chars": 4_096,
+    "tenants": 1_000,
+    "replicas": 4_096,
+    "requests": 10**9,
+    "seconds": 1e9,
+    "rate_scale": 1e6,
+    "priority": 10**6,
+}
+_INT64 = 2**63
 
 
 @dataclass
@@ -49,6 +87,7 @@ class Scenario:
 
     name: str
     raw: dict
+    source: str | None = None  # the file it was read from, for error messages
 
     @property
     def seed(self) -> int:
@@ -62,22 +101,125 @@ def load_scenario(path: str | Path | None = None, overrides: dict | None = None)
     """
     path = Path(path) if path is not None else DEFAULT_SCENARIO
     raw = _merge(read_toml(path, "scenario"), overrides or {})
-    _check_keys(raw, _TOP_KEYS, str(path))
-    _check_keys(raw.get("workload", {}), _WORKLOAD_KEYS, f"{path} [workload]")
-    for tenant, table in raw.get("tenants", {}).items():
-        _check_keys(table, _TENANT_KEYS, f"{path} [tenants.{tenant}]")
-    return Scenario(name=str(raw.get("name", path.stem)), raw=raw)
+    check_scenario(raw, str(path))
+    return Scenario(name=str(raw.get("name", path.stem)), raw=raw, source=str(path))
 
 
 def read_toml(path: Path, what: str) -> dict:
-    """A TOML file as data (never code), with one-line errors naming the file."""
+    """A TOML file as data (never code), at most ``LIMITS["file_bytes"]``, with one-line errors naming the file."""
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            data = f.read(LIMITS["file_bytes"] + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+    if len(data) > LIMITS["file_bytes"]:
+        raise ConfigError(f"{path}: {what} file larger than {LIMITS['file_bytes']} bytes; a {what} is a short text")
+    try:
+        return tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark, as some editors write, is skipped
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a {what} file is TOML text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deep") from None
+
+
+def check_scenario(raw: dict, where: str) -> None:
+    """Hold a scenario dict to the module's rules and :data:`LIMITS`; raise ConfigError naming ``where`` and the key."""
+    _check_data(raw, where, "", 0)
+    _check_keys(raw, _TOP_KEYS, where)
+    for key in ("name", "description", "profile"):
+        _typed(raw, key, str, where)
+    _int_in(raw, "seed", 0, _INT64 - 1, where)
+    _int_in(raw, "replicas", 1, LIMITS["replicas"], where)
+    _seconds(raw, "horizon_s", where)
+    for key in ("engine", "gateway", "admission", "client"):
+        _typed(raw, key, dict, where)
+    w = raw.get("workload", {})
+    _check_keys(w, _WORKLOAD_KEYS, f"{where} [workload]")
+    ww = f"{where} [workload]"
+    for key in ("kind", "path", "format", "assign_method"):
+        _typed(w, key, str, ww)
+    _number_in(w, "rate_scale", LIMITS["rate_scale"], ww)
+    _seconds(w, "duration_s", ww)
+    _int_in(w, "max_requests", 1, LIMITS["requests"], ww)
+    _int_in(w, "num_requests", 1, LIMITS["requests"], ww)
+    _typed(w, "params", dict, ww)
+    _typed(w, "tenants", list, ww)
+    if len(w.get("tenants", [])) > LIMITS["tenants"]:
+        raise ConfigError(f"{ww}: {len(w['tenants'])} tenants; at most {LIMITS['tenants']}")
+    if "assign_tenants" in w:
+        a = w["assign_tenants"]
+        ok = (isinstance(a, list) and all(isinstance(t, str) for t in a)) or (
+            isinstance(a, dict) and all(_is_number(v) and v > 0 for v in a.values())
+        )
+        if not ok or not a:
+            raise ConfigError(f"{ww} assign_tenants: expected tenant names, or a table of name = weight > 0")
+    _typed(raw, "tenants", dict, where)
+    tenants = raw.get("tenants", {})
+    if len(tenants) > LIMITS["tenants"]:
+        raise ConfigError(f"{where} [tenants]: {len(tenants)} tenants; at most {LIMITS['tenants']}")
+    for tenant, table in tenants.items():
+        wt = f"{where} [tenants.{tenant}]"
+        _check_keys(table, _TENANT_KEYS, wt)
+        _int_in(table, "priority", -LIMITS["priority"], LIMITS["priority"], wt)
+        _seconds(table, "slo_ttft_s", wt)
+        _seconds(table, "slo_e2e_s", wt)
+
+
+def _check_data(value: Any, where: str, key: str, depth: int) -> None:
+    """Limits that hold everywhere in the file: nesting, array and string sizes, finite numbers, 64-bit integers."""
+    at = f"{where}: {key or 'the file'}"
+    if depth > LIMITS["depth"]:
+        raise ConfigError(f"{at}: nested deeper than {LIMITS['depth']} levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if len(k) > LIMITS["string_chars"]:
+                raise ConfigError(f"{at}: a key longer than {LIMITS['string_chars']} characters")
+            _check_data(v, where, f"{key}.{k}" if key else k, depth + 1)
+    elif isinstance(value, list):
+        if len(value) > LIMITS["array_items"]:
+            raise ConfigError(f"{at}: an array of {len(value)} items; at most {LIMITS['array_items']}")
+        for i, v in enumerate(value):
+            _check_data(v, where, f"{key}[{i}]", depth + 1)
+    elif isinstance(value, str) and len(value) > LIMITS["string_chars"]:
+        raise ConfigError(f"{at}: a string of {len(value)} characters; at most {LIMITS['string_chars']}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{at}: expected a finite number, got {value}")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        raise ConfigError(f"{at}: integer {value} does not fit 64 bits")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _typed(table: dict, key: str, kind: type, where: str) -> None:
+    if key in table and not isinstance(table[key], kind):
+        what = {str: "a string", dict: "a table", list: "an array"}[kind]
+        raise ConfigError(f"{where} {key}: expected {what}, got {type(table[key]).__name__} {table[key]!r:.80}")
+
+
+def _int_in(table: dict, key: str, low: int, high: int, where: str) -> None:
+    if key not in table or table[key] is None:
+        return
+    v = table[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+        raise ConfigError(f"{where} {key}: expected an integer in [{low}, {high}], got {v!r:.80}")
+
+
+def _number_in(table: dict, key: str, high: float, where: str) -> None:
+    if key not in table or table[key] is None:
+        return
+    v = table[key]
+    if not _is_number(v) or not 0 < v <= high:
+        raise ConfigError(f"{where} {key}: expected a number in (0, {high:g}], got {v!r:.80}")
+
+
+def _seconds(table: dict, key: str, where: str) -> None:
+    _number_in(table, key, LIMITS["seconds"], where)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -110,27 +252,60 @@ def build_engine(scenario: Scenario, profile: Profile) -> EngineConfig:
     """Engine config: the profile's engine defaults, overridden by the scenario's [engine]."""
     allowed = {f.name for f in fields(EngineConfig)}
     table = dict(scenario.raw.get("engine", {}))
-    _check_keys(table, allowed, f"scenario {scenario.name!r} [engine]")
+    _check_keys(table, allowed, _where(scenario, "engine"))
     values = {k: v for k, v in profile.engine_defaults.items() if k in allowed}
     values.update(table)
     try:
         return EngineConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"scenario {scenario.name!r} [engine]: {exc}") from None
+    except (TypeError, ConfigError) as exc:  # the record names the field; this adds the file
+        raise ConfigError(f"{_where(scenario, 'engine')}: {exc}") from None
+
+
+def _where(scenario: Scenario, section: str) -> str:
+    """Where a scenario's section came from, for error messages: its name, and its file when known."""
+    return f"scenario {scenario.name!r}{f' ({scenario.source})' if scenario.source else ''} [{section}]"
 
 
 def build_gateway(scenario: Scenario) -> GatewayConfig:
+    where = _where(scenario, "gateway")
     table = dict(scenario.raw.get("gateway", {}))
-    _check_keys(table, {f.name for f in fields(GatewayConfig)}, f"scenario {scenario.name!r} [gateway]")
-    return GatewayConfig(**table)
+    _check_keys(table, {f.name for f in fields(GatewayConfig)}, where)
+    for key, kind in (("policy", str), ("policy_params", dict)):
+        _typed(table, key, kind, where)
+    _int_in(table, "max_outstanding", 1, LIMITS["requests"], where)
+    try:
+        return GatewayConfig(**table)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_client(scenario: Scenario) -> ClientConfig | None:
+    """``[client]``: timeouts, retries and abandonment (:mod:`sim.client`); None without the table."""
+    if "client" not in scenario.raw:
+        return None
+    _check_keys(scenario.raw["client"], {f.name for f in fields(ClientConfig)}, f"scenario {scenario.name!r} [client]")
+    return ClientConfig(**scenario.raw["client"])
 
 
 def build_admission(scenario: Scenario) -> AdmissionConfig:
+    where = _where(scenario, "admission")
     table = dict(scenario.raw.get("admission", {}))
-    _check_keys(table, {f.name for f in fields(AdmissionConfig)}, f"scenario {scenario.name!r} [admission]")
+    _check_keys(table, {f.name for f in fields(AdmissionConfig)}, where)
+    for key in ("alpha", "error_median", "error_sigma"):
+        if key in table and not _is_number(table[key]):
+            raise ConfigError(f"{where} {key}: expected a number, got {table[key]!r:.80}")
     if "error_per_tenant" in table:
-        table["error_per_tenant"] = {k: tuple(v) for k, v in table["error_per_tenant"].items()}
-    return AdmissionConfig(**table)
+        per = table["error_per_tenant"]
+        pairs = isinstance(per, dict) and all(
+            isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v) for v in per.values()
+        )
+        if not pairs:
+            raise ConfigError(f"{where} error_per_tenant: expected a table of tenant = [median, sigma]")
+        table["error_per_tenant"] = {k: tuple(v) for k, v in per.items()}
+    try:
+        return AdmissionConfig(**table)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
@@ -222,6 +397,7 @@ def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = Fal
         num_blocks=num_blocks,
         horizon_s=scenario.raw.get("horizon_s"),
         seed=scenario.seed,
+        client=build_client(scenario),
     )
     result = simulate(trace, admission=admission, progress=progress, **run)
     context = {

@@ -15,8 +15,9 @@ This module
    and limits, recording what the real side records: gateway dispatch time
    and every token's time (each engine step's end, for the requests it
    advanced), optionally with the profile corrected for the server
-   (:class:`OffsetCost`: a per-step offset and a floor, fitted by
-   :func:`calibrate_server` on a held-out replay, never the scored one);
+   (:class:`sim.server_steps.StepCorrection`, fitted with the admission
+   model by :func:`calibrate_server` on a held-out replay, never the scored
+   one);
 3. pairs the two and scores them (:func:`compare`): per metric (TTFT, TPOT,
    ITL, E2E, queue wait), overall and per tenant, mean / p50 / p90 / p99 for
    real and sim and the relative error ``(sim - real) / real``; per-request
@@ -281,6 +282,10 @@ class OffsetCost:
     """A cost model corrected for one server:
     ``max(inner + offset_s + per_seq_s * decode_seqs, floor_s)`` per step (always > 0).
 
+    The form earlier validations fitted (their saved state still names it); calibration now fits
+    :class:`sim.server_steps.StepCorrection`, which the measured steps showed to be needed (a
+    served engine's extra per-step time is not linear in the batch).
+
     - ``offset_s`` (any sign): per-step work the profile lacks;
     - ``per_seq_s``: work per decoding sequence per step the profile lacks:
       on a server every generated token is also detokenised, serialised and
@@ -320,72 +325,81 @@ class OffsetCost:
         return d
 
 
-def tpot_gap(real: pl.DataFrame, sim: pl.DataFrame) -> float:
-    """Median over requests completed on both sides of ``real TPOT - sim TPOT``, s (NaN if none).
+def calibrated(cost: CostModel, engine: EngineConfig, calibration: dict | None) -> tuple[CostModel, EngineConfig]:
+    """The profile and engine as :func:`calibrate_server` fitted them for a server.
 
-    A request's TPOT is its mean step time from first to last token; both
-    sides saw the same steps' *kinds* (the same prefills joined its decode),
-    so the difference is per-step time the cost model misses on this server.
+    ``calibration`` is a validation's saved calibration (its ``correction``:
+    ``{"knots", "values_s"}``, and ``async_scheduling``); without one, or
+    without those keys, ``cost`` and ``engine`` come back unchanged.
     """
-    r = real.filter(pl.col("status") == "ok", pl.col("completion_tokens") > 1).select(
-        "request_id", ((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("completion_tokens") - 1)).alias("r"))
-    s = sim.filter(pl.col("status") == "ok", pl.col("generated_tokens") > 1).select(
-        "request_id", ((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("generated_tokens") - 1)).alias("s"))
-    d = r.join(s, on="request_id").select(pl.col("r") - pl.col("s"))
-    return float(d.to_series().median()) if d.height else math.nan
+    from dataclasses import replace
+
+    from sim.server_steps import StepCorrection
+
+    corr = (calibration or {}).get("correction")
+    if corr:
+        cost = StepCorrection(cost, corr["knots"], corr["values_s"])
+    if calibration and "async_scheduling" in calibration:
+        engine = replace(engine, async_scheduling=bool(calibration["async_scheduling"]))
+    return cost, engine
 
 
-def _tpots(df: pl.DataFrame, n_col: str) -> pl.DataFrame:
-    return df.filter(pl.col("status").cast(pl.String) == "ok", pl.col(n_col) > 1).select(
-        "request_id", ((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col(n_col) - 1)).alias("tpot"))
+def describe_calibration(calib: dict) -> str:
+    """One sentence on what a calibration found (for the console and the report)."""
+    corr = calib.get("correction")
+    if not corr:  # an older calibration: a per-step offset, per-sequence cost and floor
+        return (f"held-out replay of {calib.get('requests')} requests: steps "
+                f"{1000 * (calib.get('step_offset_s') or 0):+.2f} ms, {1000 * (calib.get('step_per_seq_s') or 0):+.2f} ms "
+                f"per decoding sequence, floor {1000 * (calib.get('step_floor_s') or 0):.1f} ms")
+    adds = ", ".join(f"{k}: {1000 * v:+.1f}" for k, v in zip(corr["knots"], corr["values_s"]))
+    ttft = calib.get("ttft_err") or {}
+    return (f"held-out replay of {calib.get('requests')} requests, {calib.get('steps')} engine steps recovered; "
+            f"ms added to a step by decoding sequences ({adds}); step error {100 * calib.get('step_err', math.nan):.1f} % "
+            f"(profile alone {100 * calib.get('profile_step_err', math.nan):.1f} %); admission: "
+            f"{'async scheduling (from step k+2)' if calib.get('async_scheduling') else 'synchronous (from step k+1)'}, "
+            f"per-request TTFT error {100 * ttft.get('sync', math.nan):.1f} % sync vs {100 * ttft.get('async', math.nan):.1f} % async")
 
 
 def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel, engine: EngineConfig,
-                     gateway: GatewayConfig | None = None, floors: int = 7,
-                     per_seq_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
-    """Fit :class:`OffsetCost`'s ``(offset_s, per_seq_s, floor_s)`` to one held-out replay.
+                     gateway: GatewayConfig | None = None, overhead_s: float = 0.0) -> dict:
+    """Fit this server's step-time correction and admission timing to one held-out replay.
 
     ``real`` is the replay's frame, ``trace`` its simulator input
-    (:func:`sim_trace`); the replay should hold light and heavy stretches
-    (:func:`profiling.replay.calibration_trace`) so that a floor (light
-    load) can be told from a per-sequence cost (heavy load). Grid: floors
-    (none, then ``floors`` values from 1.0x to 1.6x the model's
-    one-sequence decode step) x per-sequence costs (``per_seq_fractions`` of
-    the model's own per-sequence decode slope); for each pair the offset is
-    found by :func:`tpot_gap` (twice: the gap moves the batching a little).
-    The triple with the least root-mean-square relative per-request TPOT
-    error wins. Returns ``{"offset_s", "per_seq_s", "floor_s", "rms_rel_err", "tried"}``.
+    (:func:`sim_trace`, with ``overhead_s``); the replay should run from light
+    load to past saturation (:func:`profiling.replay.calibration_trace`) so
+    that every batch size is seen.
+
+    1. The engine's steps are recovered from the token arrival times and a
+       per-decode-count correction is fitted to them
+       (:func:`sim.server_steps.fit_step_correction`).
+    2. The replay is simulated with that correction under both admission
+       models, synchronous (a request arriving during step k runs from step
+       k+1) and vLLM's async scheduling (from step k+2,
+       ``EngineConfig.async_scheduling``); the one whose per-request TTFT is
+       closer (median absolute relative error) is kept. Whether a server
+       behaves like either depends on which of its two stages (the CPU loop,
+       the forward pass) is the bottleneck, so this is measured, not assumed.
+
+    Returns the fit (``knots``, ``values_s``, its step errors) plus
+    ``async_scheduling`` (the admission model kept), ``ttft_err`` (per model)
+    and ``tpot_err`` (median absolute relative per-request TPOT error with the
+    correction and the admission model kept).
     """
-    r = _tpots(real, "completion_tokens")
-    ctx = int(trace["input_tokens"].median() or 1)
-    one = cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=ctx))
-    slope = max(0.0, cost.step_time(StepBatch(decode_seqs=2, decode_ctx_tokens=2 * ctx)) - one)
-    floors_s = [0.0] + [one * (1.0 + 0.6 * i / max(1, floors - 1)) for i in range(floors)]
-    best: dict | None = None
-    tried = []
-    for per_seq in (f * slope for f in per_seq_fractions):
-        for floor in floors_s:
-            offset = 0.0
-            for _ in range(2):
-                sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor, per_seq), engine=engine,
-                                      gateway=gateway).requests
-                gap = tpot_gap(real, sim)
-                if not math.isfinite(gap):
-                    break
-                offset += gap
-            sim = simulate_replay(trace, cost=OffsetCost(cost, offset, floor, per_seq), engine=engine,
-                                  gateway=gateway).requests
-            d = r.join(_tpots(sim, "generated_tokens"), on="request_id", suffix="_sim")
-            if not d.height:
-                continue
-            rel = ((d["tpot_sim"] - d["tpot"]) / d["tpot"]).to_numpy()
-            score = float(np.sqrt(np.mean(rel ** 2)))
-            cell = {"offset_s": offset, "per_seq_s": per_seq, "floor_s": floor, "rms_rel_err": score}
-            tried.append(cell)
-            if best is None or score < best["rms_rel_err"]:
-                best = dict(cell)
-    best = best or {"offset_s": 0.0, "per_seq_s": 0.0, "floor_s": 0.0, "rms_rel_err": math.nan}
-    return {**best, "tried": tried}
+    from dataclasses import replace
+
+    from sim.server_steps import StepCorrection, fit_step_correction, observed_steps
+
+    fit = fit_step_correction(observed_steps(real), cost, max_num_seqs=engine.max_num_seqs)
+    corrected = StepCorrection(cost, fit["knots"], fit["values_s"])
+    errs = {}
+    for asynch in (False, True):
+        sim = simulate_replay(trace, cost=corrected, engine=replace(engine, async_scheduling=asynch),
+                              gateway=gateway).requests
+        errs[asynch] = compare(real, sim, trace, overhead_s=overhead_s)["paired"]
+    choice = bool(errs[True]["ttft_s"]["median_abs"] < errs[False]["ttft_s"]["median_abs"])
+    return {**fit, "async_scheduling": choice,
+            "ttft_err": {"sync": errs[False]["ttft_s"]["median_abs"], "async": errs[True]["ttft_s"]["median_abs"]},
+            "tpot_err": errs[choice]["tpot_s"]["median_abs"]}
 
 
 def overhead_from_probe(samples: list[tuple[int, float]], cost: CostModel) -> float:
@@ -538,7 +552,7 @@ def compare(real: pl.DataFrame, sim: pl.DataFrame, trace: pl.DataFrame, *, overh
         fs = [groups[t][metric]["mean"]["sim"] for t in tenants]
         fairness[key] = {"real": jain(fr), "sim": jain(fs)}
     counts = {"replayed": real.height, "real_ok": len(ok_r), "sim_ok": len(ok_s), "compared": len(both),
-              "real_errors": int((real["status"] == "error").sum()),
+              "real_errors": int(real["status"].is_in(["error", "timeout", "abandoned"]).sum()),
               "real_cancelled": int(real["status"].is_in(["cancelled", "not_sent"]).sum())}
     return {"requests": counts, "groups": groups, "paired": paired, "slo": slo, "fairness": fairness}
 

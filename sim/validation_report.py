@@ -311,10 +311,9 @@ def render_report(result, *, title: str = "driftsim validation: simulator vs rea
     step = ""
     if getattr(result, "calibration", None):
         c = result.calibration
-        step = (f" Calibration: a held-out replay of {c['requests']} requests (never one of the traces below) gave "
-                f"every simulated step {result.step_offset_s * 1000:+.2f} ms, "
-                f"{getattr(result, 'step_per_seq_s', 0.0) * 1000:+.2f} ms per decoding sequence and a floor of "
-                f"{result.step_floor_s * 1000:.1f} ms for this server.")
+        from sim.validation import describe_calibration
+
+        step = f" Calibration (never one of the traces below): {_e(describe_calibration(c))}."
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{CSS}</style></head><body>
 <h1>{_e(title)}</h1>
 <p class="note">Generated {datetime.now():%Y-%m-%d %H:%M}. Server: {server}. Policy {_e(cfg.get('policy'))}
@@ -340,15 +339,17 @@ def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
              "real": out / "real_requests.parquet", "sim": out / "sim_requests.parquet"}
     data = result.to_dict()
     data["targets"] = {level_label(lv.load): target_check(lv.aggregate) for lv in _all_levels(result)}
-    paths["json"].write_text(json.dumps(clean(data), indent=1))
+    from profiling.journal import atomic_write_parquet, atomic_write_text  # temp file + os.replace
+
+    atomic_write_text(paths["json"], json.dumps(clean(data), indent=1))
     real, sim = request_frames(result)
     if real.height:
-        real.write_parquet(paths["real"])
+        atomic_write_parquet(paths["real"], real)
     if sim.height:
-        sim.write_parquet(paths["sim"])
+        atomic_write_parquet(paths["sim"], sim)
     cframe = getattr(result, "calibration_frame", None)
     if cframe is not None and cframe.height:
         paths["calibration"] = out / "calibration_requests.parquet"
-        cframe.write_parquet(paths["calibration"])
-    paths["html"].write_text(render_report(result))
+        atomic_write_parquet(paths["calibration"], cframe)
+    atomic_write_text(paths["html"], render_report(result))
     return paths

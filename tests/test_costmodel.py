@@ -323,3 +323,101 @@ def test_measured_blocks_in_a_profile_win(tmp_path):
     assert profile.kv_capacity_blocks() == 3000
     assert profile.cost_model.kv_capacity_blocks(16) == 3000
     assert profile.kv_capacity_blocks(32) == 1500
+
+
+# ---- the decode-sequence table of the linear model --------------------------
+
+TABLED = dict(overhead_s=0.002, per_prefill_token_s=1e-4, per_prefill_attn_s=1e-8, per_prefill_seq_s=5e-4,
+              per_decode_seq_s=7e-4, per_decode_ctx_token_s=1e-6,
+              decode_seq_knots=[1, 4, 64], decode_seq_cost_s=[4e-3, 2.5e-3, 41e-3])
+LINEAR_TEXT = (PROFILE_DIR / "l4-qwen1.5-1.8b-chat-linear.toml").read_text()
+TABLE_LINES = "decode_seq_knots = [1, 4, 64]\ndecode_seq_cost_s = [4e-3, 2.5e-3, 41e-3]\n"
+
+
+def test_decode_table_by_hand():
+    cm = LinearCostModel(**TABLED)
+    s = cm.decode_seqs_s
+    assert s(0.0) == 0.0 and s(1.0) == 4e-3 and s(4.0) == 2.5e-3 and s(64.0) == 41e-3
+    assert s(2.0) == pytest.approx(4e-3 - 1.5e-3 / 3, rel=1e-12)  # 1 -> 4: cheaper per step, a kernel switch
+    assert s(34.0) == pytest.approx(2.5e-3 + 38.5e-3 / 2, rel=1e-12)
+    assert s(100.0) == pytest.approx(41e-3 + 36 * 7e-4, rel=1e-12)  # beyond the table: per_decode_seq_s each
+    b = StepBatch(prefill_tokens=100, prefill_seqs=2, prefill_attn_tokens=5050.0, decode_seqs=4, decode_ctx_tokens=1000)
+    assert cm.step_time(b) == pytest.approx(0.002 + 0.01 + 0.0000505 + 0.001 + 2.5e-3 + 0.001, rel=1e-12)
+    assert cm.breakdown(b)["total_s"] == cm.step_time(b)
+    assert cm.step_time(decode(1, 10)) > cm.step_time(decode(4, 10))  # what the table is for
+    assert cm.describe()["parameters"]["decode_seq_knots"] == [1, 4, 64]
+    assert "decode_seq_knots" not in LinearCostModel(overhead_s=0.001).describe()["parameters"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(num_seqs=st.one_of(st.integers(0, 80), st.sampled_from([1, 3, 4, 5, 63, 64, 65]), st.integers(0, 2**30)),
+       ctx=st.one_of(st.integers(0, 10**6), st.integers(2**53, 2**62)), k=st.integers(0, 40))
+def test_decode_table_keeps_decode_runs_bit_identical(num_seqs, ctx, k):
+    cm = LinearCostModel(**TABLED)
+    runs = cm.decode_run_times(num_seqs, ctx, k)
+    one_by_one = [cm.step_time(StepBatch(decode_seqs=num_seqs, decode_ctx_tokens=ctx + j * num_seqs))
+                  for j in range(k)]
+    assert np.array_equal(bits(runs), bits(one_by_one))
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=batches)
+def test_without_a_table_the_model_is_the_plain_formula_bit_for_bit(batch):
+    """Profiles written before decode tables existed evaluate exactly as they did."""
+    c = dict(overhead_s=0.002, per_prefill_token_s=1e-4, per_prefill_attn_s=1e-8, per_prefill_seq_s=5e-4,
+             per_decode_seq_s=2e-4, per_decode_ctx_token_s=1e-6)
+    expected = (c["overhead_s"] + c["per_prefill_token_s"] * float(batch.prefill_tokens)
+                + c["per_prefill_attn_s"] * float(batch.prefill_attn_tokens)
+                + c["per_prefill_seq_s"] * float(batch.prefill_seqs) + c["per_decode_seq_s"] * float(batch.decode_seqs)
+                + c["per_decode_ctx_token_s"] * float(batch.decode_ctx_tokens))
+    assert bits(LinearCostModel(**c).step_time(batch)) == bits(expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=batches)
+def test_decode_table_keeps_step_time_positive(batch):
+    t = LinearCostModel(**{**TABLED, "decode_seq_cost_s": [0.0, 0.0, 0.0], "per_decode_seq_s": 0.0}).step_time(batch)
+    assert math.isfinite(t) and t >= 0.002
+
+
+@pytest.mark.parametrize("knots, costs, message", [
+    ([1, 4], [1e-3], "same length"),
+    ([4, 4], [1e-3, 2e-3], "strictly increasing"),
+    ([0, 4], [1e-3, 2e-3], "integers >= 1"),
+    ([1.5], [1e-3], "integers >= 1"),
+    ([1], [-1e-3], "finite numbers >= 0"),
+    ([1], [math.nan], "finite numbers >= 0"),
+])
+def test_decode_table_rejects_bad_tables(knots, costs, message):
+    with pytest.raises(ValueError, match=message):
+        LinearCostModel(overhead_s=0.001, decode_seq_knots=knots, decode_seq_cost_s=costs)
+
+
+def test_profile_with_a_decode_table_loads_and_evaluates_it(tmp_path):
+    path = write(tmp_path, LINEAR_TEXT.replace('kind = "linear"\n', 'kind = "linear"\n' + TABLE_LINES, 1))
+    cm = load_profile(path).cost_model
+    plain = MODELS["l4-qwen1.5-1.8b-chat-linear"].cost_model
+    assert cm.decode_table == {"decode_seq_knots": [1, 4, 64], "decode_seq_cost_s": [4e-3, 2.5e-3, 41e-3]}
+    assert plain.decode_seq_knots == ()  # the bundled profile has none and stays plain
+    same = LinearCostModel(**plain.coefficients, decode_seq_knots=[1, 4, 64], decode_seq_cost_s=[4e-3, 2.5e-3, 41e-3])
+    for b in (decode(1, 100), decode(3, 100), decode(300, 100), prefill(512), StepBatch(prefill_tokens=64, prefill_seqs=1,
+                                                                                           decode_seqs=5, decode_ctx_tokens=500)):
+        assert cm.step_time(b) == same.step_time(b)
+    assert cm.step_time(prefill(512)) == plain.step_time(prefill(512))  # no decode sequences: the table adds nothing
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("decode_seq_knots = [1, 4]\n", r"\[cost_model\]\.decode_seq_cost_s: missing"),
+    ("decode_seq_cost_s = [1e-3]\n", r"\[cost_model\]\.decode_seq_knots: missing"),
+    ("decode_seq_knots = [4, 1]\ndecode_seq_cost_s = [1e-3, 2e-3]\n", r"decode_seq_knots: must be strictly increasing"),
+    ("decode_seq_knots = [1.0, 4.0]\ndecode_seq_cost_s = [1e-3, 2e-3]\n", r"decode_seq_knots: expected a non-empty list of integers"),
+    ("decode_seq_knots = []\ndecode_seq_cost_s = []\n", r"decode_seq_knots: expected a non-empty list"),
+    ("decode_seq_knots = [1, 4]\ndecode_seq_cost_s = [1e-3]\n", r"decode_seq_cost_s: expected one value per knot \(2\), got 1"),
+    ("decode_seq_knots = [1]\ndecode_seq_cost_s = [-1e-3]\n", r"decode_seq_cost_s: expected a list of finite numbers >= 0"),
+    ("decode_seq_knots = [1]\ndecode_seq_cost_s = 1e-3\n", r"decode_seq_cost_s: expected a list"),
+])
+def test_bad_decode_table_in_a_profile_names_the_key(tmp_path, lines, message):
+    path = write(tmp_path, LINEAR_TEXT.replace('kind = "linear"\n', 'kind = "linear"\n' + lines, 1))
+    with pytest.raises(ProfileError, match=message) as info:
+        load_profile(path)
+    assert str(path) in str(info.value)

@@ -9,7 +9,7 @@ import pytest
 from costmodel.batch import StepBatch, chunk_attn_tokens
 from sim.config import EngineConfig
 from sim.run import simulate
-from tests.factories import RecordingCost, linear_cost, make_engine, make_request, make_trace
+from tests.factories import RecordingCost, linear_cost, make_engine, make_request, make_trace, table_cost
 
 
 def prefill_time(cost, n, computed=0):
@@ -154,3 +154,58 @@ def test_arrival_during_fast_forward_joins_the_next_step():
     assert fast.requests.equals(slow.requests)
     second = fast.requests.filter(request_id=1)
     assert second["scheduled_s"][0] > 0.5 and math.isfinite(second["e2e_s"][0])
+
+
+def test_fast_forward_is_exact_with_a_decode_table():
+    """Decode runs at batch sizes on both sides of the table's knots (1, 4, 16) equal step-by-step execution."""
+    cost = RecordingCost(table_cost())
+    trace = make_trace([(0.01 * i, 10 + 7 * i, 40 + 31 * i) for i in range(20)])
+    fast = simulate(trace, cost=cost, engine=EngineConfig(max_model_len=4096), num_blocks=1000)
+    slow = simulate(trace, cost=table_cost(), engine=EngineConfig(max_model_len=4096, fast_forward=False),
+                    num_blocks=1000)
+    assert fast.requests.equals(slow.requests)
+    sizes = {b.decode_seqs for b in cost.batches if b.prefill_tokens == 0}
+    assert {1, 2, 4, 5, 16, 17} <= sizes, sorted(sizes)
+
+
+def _sim(trace, cost, **engine):
+    return simulate(trace, cost=cost, engine=EngineConfig(max_model_len=4096, **engine), num_blocks=1000).requests
+
+
+def test_async_scheduling_runs_an_arrival_one_step_later_and_fast_forward_stays_exact():
+    cost = linear_cost()
+    trace = make_trace([(0.0, 10, 200), (0.5, 10, 3)])
+    sync = _sim(trace, cost)
+    fast = _sim(trace, cost, async_scheduling=True)
+    slow = _sim(trace, cost, async_scheduling=True, fast_forward=False)
+    assert fast.equals(slow)
+    t_sync = sync.filter(request_id=1)["scheduled_s"][0]
+    t_async = fast.filter(request_id=1)["scheduled_s"][0]
+    # the step in progress at 0.5 ends at t_sync; vLLM had already scheduled the next one, a 1-sequence decode
+    ctx = 10 + round((t_sync - prefill_time(cost, 10)) / cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=120)))
+    assert t_async - t_sync == pytest.approx(cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=ctx)), rel=1e-3)
+    assert fast.filter(request_id=0)["ttft_s"][0] == sync.filter(request_id=0)["ttft_s"][0]  # idle engine: no lag
+
+
+def test_async_scheduling_keeps_a_finisher_slot_for_one_more_step():
+    cost = linear_cost()
+    # two slots: A (5 tokens) and C (50) run; B waits for A's slot
+    trace = make_trace([(0.0, 10, 5), (0.0, 10, 50), (0.0001, 10, 3)])
+    sync = _sim(trace, cost, max_num_seqs=2)
+    fast = _sim(trace, cost, max_num_seqs=2, async_scheduling=True)
+    assert fast.equals(_sim(trace, cost, max_num_seqs=2, async_scheduling=True, fast_forward=False))
+    a_done = sync.filter(request_id=0)["finish_s"][0]
+    assert sync.filter(request_id=2)["scheduled_s"][0] == a_done
+    # vLLM scheduled the step after A's last one before A's output freed its slot: C decodes alone first
+    b_async = fast.filter(request_id=2)["scheduled_s"][0]
+    assert fast.filter(request_id=0)["finish_s"][0] == a_done
+    assert b_async == pytest.approx(a_done + cost.step_time(StepBatch(decode_seqs=1, decode_ctx_tokens=15)), rel=1e-9)
+
+
+def test_async_scheduling_with_nothing_left_to_run_admits_at_once():
+    cost = linear_cost()
+    # one slot: B cannot join A's batch, and once A is done vLLM's pre-scheduled step is empty
+    trace = make_trace([(0.0, 10, 5), (0.0001, 10, 3)])
+    sync = _sim(trace, cost, max_num_seqs=1)
+    fast = _sim(trace, cost, max_num_seqs=1, async_scheduling=True)
+    assert fast.equals(sync)

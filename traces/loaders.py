@@ -9,7 +9,16 @@ silently:
 * out-of-order arrivals are sorted (stably, ties keep file order);
 * failed requests are dropped where the format marks them (BurstGPT: 0
   response tokens), with their count and rows;
+* blank CSV rows (no value in any column read, e.g. a trailing empty line)
+  are skipped, with their count and rows;
+* whitespace around tenant names is stripped, with the count of names changed;
 * columns of a native file that the schema lacks are ignored, by name.
+
+So ``rows_read == rows_loaded + rows dropped or skipped as listed``. Files
+that are not UTF-8 text (compressed, UTF-16, binary), CSV with bare-CR line
+ends, a byte-order mark in JSON lines, malformed CSV/JSON records,
+timestamps outside 1678..2261 (where nanoseconds fit 64 bits) and integers
+written as floats beyond 2**53 (no longer exact) are refused by name.
 
 Ids: a source's own id column (Bailian `chat_id`, native `request_id`) is
 kept; otherwise `request_id` is the 0-based data row, so it survives sorting
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,10 +164,14 @@ def _number(
     """Parse one column (text or numeric) to Int64/Float64, raising at the first bad row.
 
     Text is stripped; blank means missing. Integers may be written as "12" or
-    "12.0" (pandas writes the latter); NaN and infinities are always rejected.
-    Work is done in eager stages so no expression is evaluated twice.
+    "12.0" (pandas writes the latter), the latter only up to 2**53 where a
+    float is still exact; NaN and infinities are always rejected. Work is
+    done in eager stages so no expression is evaluated twice.
     """
     dtype = df.schema[col]
+    if dtype == pl.Null:  # a column with no values at all (a typed file's all-null column)
+        df = df.with_columns(pl.col(col).cast(pl.String))
+        dtype = pl.String
     if dtype == pl.String:
         txt = df[col].str.strip_chars()
         txt = txt.set(txt == "", None)
@@ -171,7 +185,7 @@ def _number(
         # Exact integer parse first (ids beyond 2**53 survive), then integral floats such as "12.0".
         as_int = txt.cast(pl.Int64, strict=False) if not dtype.is_float() else _nulls(pl.Int64, len(txt))
         f = pl.col("f")
-        whole = f.is_finite() & (f == f.floor()) & (f.abs() < 2.0**63)
+        whole = f.is_finite() & (f == f.floor()) & (f.abs() < 2.0**53)
         stage = pl.DataFrame({"i": as_int, "f": as_float})
         value = stage.select(pl.coalesce("i", pl.when(whole).then(f.cast(pl.Int64, strict=False)))).to_series()
         ok = value.is_not_null()
@@ -192,7 +206,13 @@ def _number(
 
 
 # "2023-11-16 18:17:03.9799600", "2024-05-10 00:00:00+00:00", "2024-05-10T00:00:00.5Z", ... naive is taken as UTC.
-_TIMESTAMP = r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\s*(Z|UTC|[+-]\d{2}:?\d{2})?$"
+# ASCII digits only: the regex engine's \d would also match other scripts' digits.
+_TIMESTAMP = (
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"\s*(Z|UTC|[+-][0-9]{2}:?[0-9]{2})?$"
+)
+# Nanoseconds since the epoch fit an Int64 for these dates (1677-09-22 .. 2262-04-10, with a day's margin).
+_FIRST_DAY, _LAST_DAY = -106750, 106749
 
 
 def _timestamp_ns(df: pl.DataFrame, col: str, *, source: str) -> pl.Series:
@@ -216,6 +236,9 @@ def _timestamp_ns(df: pl.DataFrame, col: str, *, source: str) -> pl.Series:
         fast = fast.fill_null(txt.str.strptime(dtype, layout, strict=False).cast(pl.Int64))
         if fast.null_count() == 0:
             break
+    # strptime wraps nanoseconds around silently outside 1677..2262: leave other years to the checked parser.
+    year_ok = txt.str.slice(0, 4).cast(pl.Int64, strict=False).is_between(1678, 2261).fill_null(False)
+    fast = fast.zip_with(year_ok, _nulls(pl.Int64, len(txt)))
     if fast.null_count() == 0:
         return fast.alias(col)
     return _timestamp_ns_regex(df, col, source=source)
@@ -243,31 +266,44 @@ def _timestamp_ns_regex(df: pl.DataFrame, col: str, *, source: str) -> pl.Series
     d, h, m, s = pl.col("days"), pl.col("h"), pl.col("m"), pl.col("s")
     out = fields.select(
         ((d * 86400 + h * 3600 + m * 60 + s - pl.col("offset_s")) * 1_000_000_000 + pl.col("frac")).alias(col),
-        (d.is_not_null() & (h < 24) & (m < 60) & (s <= 60)).fill_null(False).alias("ok"),
+        (d.is_between(_FIRST_DAY, _LAST_DAY) & (h < 24) & (m < 60) & (s <= 60) & (pl.col("offset_s").abs() < 86400))
+        .fill_null(False)
+        .alias("ok"),
     )
     if not out["ok"].all():
         _first_bad(
             df,
             pl.lit(~out["ok"]),
             col,
-            "a timestamp like '2023-11-16 18:17:03.9799600' (optionally ending in +00:00 or Z)",
+            "a timestamp like '2023-11-16 18:17:03.9799600' (optionally ending in +00:00 or Z), years 1678 to 2261",
             source,
             row_col=_ROW,
         )
     return out[col]
 
 
-def _text(df: pl.DataFrame, col: str, *, source: str, nullable: bool, strip: bool) -> pl.Series:
-    """A text column; required ones must be non-empty."""
+def _text(
+    df: pl.DataFrame, col: str, *, source: str, nullable: bool, strip: bool, report: LoadReport | None = None
+) -> pl.Series:
+    """A text column; required ones must be non-empty. Names changed by stripping are counted in `report`."""
     dtype = df.schema[col]
-    if dtype not in (pl.String, pl.Categorical) and not isinstance(dtype, pl.Enum):
+    if dtype == pl.Null:  # a typed file's all-null column
+        df = df.with_columns(pl.col(col).cast(pl.String))
+    elif dtype not in (pl.String, pl.Categorical) and not isinstance(dtype, pl.Enum):
         raise TraceError(f"expected text, found a column of type {dtype}", source=source, field=col)
     value = pl.col(col).cast(pl.String)
     if strip:
         value = value.str.strip_chars()
     if not nullable:
         _first_bad(df, value.is_null() | (value == ""), col, "a non-empty name", source, row_col=_ROW)
-    return df.select(value.alias(col)).to_series()
+    out = df.select(value.alias(col)).to_series()
+    if strip and report is not None:
+        changed = df.filter(pl.lit(out.ne_missing(df[col].cast(pl.String))))[_ROW]
+        if changed.len():
+            report.repairs.append(
+                f"stripped whitespace around {changed.len()} {col} names at rows {_listed_rows(changed)}"
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- reading files
@@ -280,16 +316,60 @@ def _source(path: str | os.PathLike) -> tuple[Path, str]:
     return p, str(path)
 
 
+_MAGIC = {
+    b"\x1f\x8b": "a gzip-compressed file; decompress it first",
+    b"PK\x03\x04": "a zip archive; extract the trace first",
+    b"\x28\xb5\x2f\xfd": "a zstd-compressed file; decompress it first",
+    b"BZh": "a bzip2-compressed file; decompress it first",
+    b"\xfd7zXZ\x00": "an xz-compressed file; decompress it first",
+    b"PAR1": "a Parquet file; give it a .parquet name",
+    b"\xff\xfe": "UTF-16 text; save it as UTF-8",
+    b"\xfe\xff": "UTF-16 text; save it as UTF-8",
+}
+_SNIFF_BYTES = 65536
+
+
+def _check_text(path: Path, source: str) -> None:
+    """Refuse, by its first bytes, a file that is not UTF-8 text with LF or CRLF line ends."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise TraceError(f"cannot read the file: {e.strerror or e}", source=source) from None
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            raise TraceError(f"not a text trace: {what}", source=source)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4 or len(head) < _SNIFF_BYTES:  # not just a character cut at the sniff boundary
+            line = head[: e.start].count(b"\n") + 1
+            raise TraceError(f"not UTF-8 text: line {line} has the byte {head[e.start]:#04x}", source=source) from None
+    if b"\r" in head and b"\n" not in head:
+        raise TraceError("lines end in a bare CR (classic Mac); save the file with LF or CRLF line ends", source=source)
+
+
 def _csv_header(path: Path, source: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f), None)
+    _check_text(path, source)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f, strict=True), None)
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise TraceError(f"could not read the CSV header line: {e}", source=source) from None
     if not header:
         raise TraceError("empty trace: the file has no header line", source=source)
     return header
 
 
 def _first_record(path: Path, source: str) -> dict:
-    with open(path, encoding="utf-8") as f:
+    _check_text(path, source)
+    with open(path, encoding="utf-8", errors="replace") as f:  # _read names a later undecodable line
+        if f.read(1) != "\ufeff":
+            f.seek(0)
+        else:
+            raise TraceError(
+                "starts with a byte-order mark, which JSON lines do not allow; save it without one", source=source
+            )
         for line in f:
             if line.strip():
                 if line.lstrip().startswith("["):
@@ -329,10 +409,71 @@ def _read(path: Path, source: str, container: str, columns: list[str]) -> pl.Dat
             lf = pl.scan_parquet(path).select(columns)
         df = lf.with_row_index(_ROW, offset=1).collect()
     except pl.exceptions.PolarsError as e:
+        if container != "parquet":
+            _locate_bad_record(path, source, container)
         raise TraceError(f"could not read the file as {container}: {e}", source=source) from e
     if df.height == 0:
         raise TraceError("empty trace: no data rows", source=source)
     return df
+
+
+def _locate_bad_record(path: Path, source: str, container: str) -> None:
+    """After the fast reader failed: find the first record that breaks the container's rules and name it.
+
+    Slow (pure Python) but only ever run on a file that is already known bad.
+    Returns when it finds nothing, and the caller raises the reader's own message.
+    """
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                what = f"not UTF-8 text: line {line_no} has the byte {line[e.start]:#04x}"
+                raise TraceError(what, source=source) from None
+    if container == "jsonl":
+        with open(path, encoding="utf-8-sig") as f:
+            row = 0
+            for line in f:
+                if not line.strip():
+                    continue
+                row += 1
+                try:
+                    rec = json.loads(line, parse_constant=_reject_constant)
+                except (json.JSONDecodeError, ValueError) as e:
+                    raise TraceError(f"not valid JSON ({getattr(e, 'msg', e)})", source=source, row=row) from None
+                if not isinstance(rec, dict):
+                    what = f"expected a JSON object per line, got {type(rec).__name__}"
+                    raise TraceError(what, source=source, row=row)
+                for key, value in rec.items():
+                    if isinstance(value, float) and not math.isfinite(value):
+                        raise TraceError("a number too large for a float", source=source, row=row, field=key)
+        return
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, strict=True)
+        width, row = len(next(reader, [])), 0
+        try:
+            for row, rec in enumerate(reader, 1):
+                if len(rec) > width:
+                    raise TraceError(f"{len(rec)} fields where the header has {width}", source=source, row=row)
+        except csv.Error as e:
+            raise TraceError(f"malformed CSV ({e})", source=source, row=row + 1) from None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _drop_blank_rows(raw: pl.DataFrame, report: LoadReport) -> pl.DataFrame:
+    """Drop CSV records with no value in any column read (blank lines, ",,,"), listing them in the report."""
+    blank = raw.select(pl.all_horizontal(pl.exclude(_ROW).str.strip_chars().fill_null("") == "")).to_series()
+    if not blank.any():
+        return raw
+    rows = raw.filter(blank)[_ROW]
+    report.repairs.append(f"skipped {rows.len()} blank rows (no value in any column read) at rows {_listed_rows(rows)}")
+    raw = raw.filter(~blank)
+    if raw.height == 0:
+        raise TraceError("empty trace: every data row is blank", source=report.source)
+    return raw
 
 
 def _listed_rows(rows: pl.Series) -> str:
@@ -372,6 +513,8 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
     _require(found, fmt.required, fmt.name, source)
     raw = _read(p, source, fmt.container, list(fmt.required))
     report = LoadReport(source=source, format=fmt.name, rows_read=raw.height)
+    if fmt.container == "csv":
+        raw = _drop_blank_rows(raw, report)
 
     output = _number(raw, fmt.output, source=source, integer=True, minimum=0 if fmt.failed_zero_output else 1)
     if fmt.failed_zero_output:
@@ -387,7 +530,11 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
 
     if fmt.time_unit == "datetime":
         ns = _timestamp_ns(raw, fmt.time, source=source)
-        arrival = (ns - ns.min()) / 1e9
+        if int(ns.max()) - int(ns.min()) >= 2**63:  # the Int64 difference below would wrap around
+            _first_bad(raw, pl.lit(ns == ns.max()), fmt.time, "timestamps spanning less than 292 years", source,
+                       row_col=_ROW)  # fmt: skip
+        # numpy divides exactly rounded; polars' series / scalar multiplies by 1e-9 and can be an ulp off
+        arrival = pl.Series(fmt.time, (ns - ns.min()).to_numpy() / 1e9)
     else:
         scale = 1e-3 if fmt.time_unit == "ms" else 1.0
         arrival = _number(raw, fmt.time, source=source, integer=False, minimum=0) * scale
@@ -396,7 +543,7 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
     else:
         ids = raw[_ROW].cast(pl.Int64) - 1
     tenant = (
-        _text(raw, fmt.tenant, source=source, nullable=False, strip=True)
+        _text(raw, fmt.tenant, source=source, nullable=False, strip=True, report=report)
         if fmt.tenant
         else pl.repeat("default", raw.height, dtype=pl.String, eager=True)
     )
@@ -484,6 +631,8 @@ def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
     present = [c for c in REQUEST_SCHEMA if c in found]
     raw = _read(p, source, container, present)
     report = LoadReport(source=source, format="native", rows_read=raw.height)
+    if container == "csv":
+        raw = _drop_blank_rows(raw, report)
     extra = [c for c in found if c not in REQUEST_SCHEMA]
     if extra:
         report.repairs.append(f"ignored {len(extra)} column(s) not in the request schema: {extra}")
@@ -497,7 +646,7 @@ def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
             )
         else:
             # Tenant names are identifiers (stripped); prompt text is kept byte for byte.
-            columns[col] = _text(raw, col, source=source, nullable=not required, strip=col == "tenant")
+            columns[col] = _text(raw, col, source=source, nullable=not required, strip=col == "tenant", report=report)
     return _finish(columns, raw[_ROW], report), report
 
 

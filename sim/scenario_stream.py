@@ -1,0 +1,128 @@
+"""A scenario run for week-long traces: the trace file read lazily, results streamed or summarised.
+
+:func:`sim.scenario.run_scenario` loads the whole trace and keeps every
+result row. :func:`run_scenario_streamed` runs the same scenario with flat
+memory: a trace in driftsim's native Parquet or CSV is read in chunks
+(:class:`traces.stream.TraceStream`), with the workload's rate scaling,
+duration, request cap and per-tenant SLOs and priorities applied chunk by
+chunk; per-request rows go to a Parquet file as they settle, or with
+``summary_only`` only into the summary (percentiles within 0.5 %). Other
+workloads (public trace formats, generated ones) are built in memory as
+usual and fed in chunks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import polars as pl
+
+from sim.config import ConfigError
+from sim.run import SimResult, simulate
+from sim.scenario import (
+    Scenario,
+    build_admission,
+    build_client,
+    build_engine,
+    build_gateway,
+    build_profile,
+    build_trace,
+)
+from sim.streaming import DEFAULT_CHUNK_ROWS
+from traces import transform
+from traces.loaders import LoadReport, detect_format
+from traces.stream import TraceStream
+
+
+def streamed_trace(scenario: Scenario, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[TraceStream | pl.DataFrame, LoadReport | None]:
+    """The scenario's workload: a lazy stream for a native trace file, else the table :func:`build_trace` makes."""
+    w = scenario.raw.get("workload", {"kind": "driftsched"})
+    kind = w.get("kind", "trace" if "path" in w else "driftsched")
+    if kind != "trace" or "path" not in w:
+        return build_trace(scenario)
+    fmt = w.get("format", "auto")
+    if (detect_format(w["path"]) if fmt == "auto" else fmt) != "native":
+        return build_trace(scenario)  # public formats are sorted / re-based whole by their loaders
+    if w.get("assign_tenants"):
+        raise ConfigError(
+            f"scenario {scenario.name!r} [workload]: assign_tenants splits the whole trace at once and is not"
+            " available on a streamed trace; write the tenants into the file, or run without streaming"
+        )
+    tenants = scenario.raw.get("tenants", {})
+    slos = {t: (v.get("slo_ttft_s"), v.get("slo_e2e_s")) for t, v in tenants.items()}
+    prios = {t: v["priority"] for t, v in tenants.items() if "priority" in v}
+
+    def per_tenant(df: pl.DataFrame) -> pl.DataFrame:
+        present = set(df["tenant"].unique().to_list())
+        chunk_slos = {t: v for t, v in slos.items() if t in present}
+        chunk_prios = {t: v for t, v in prios.items() if t in present}
+        if chunk_slos:
+            df = transform.set_slos(df, chunk_slos)
+        if chunk_prios:
+            df = transform.set_priorities(df, chunk_prios)
+        return df
+
+    stream = TraceStream(
+        w["path"],
+        chunk_rows=chunk_rows,
+        rate_scale=float(w.get("rate_scale", 1.0)),
+        duration_s=None if w.get("duration_s") is None else float(w["duration_s"]),
+        max_requests=None if w.get("max_requests") is None else int(w["max_requests"]),
+        map_chunk=per_tenant if (slos or prios) else None,
+    )
+    if stream.rows == 0:
+        raise ConfigError(f"scenario {scenario.name!r}: the workload has no requests")
+    return stream, stream.report
+
+
+def run_scenario_streamed(
+    scenario: Scenario,
+    *,
+    results_path: str | os.PathLike | None = None,
+    summary_only: bool = False,
+    progress=None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> tuple[SimResult, dict]:
+    """Like :func:`sim.scenario.run_scenario`, with memory that does not grow with the trace.
+
+    Give ``results_path`` (per-request rows written there as they settle) or
+    ``summary_only``. The summary's percentiles come from the sketch
+    (``summary["percentiles"]`` says so); the oracle estimator only.
+    """
+    if not summary_only and results_path is None:
+        raise ConfigError("a streamed run needs results_path, or summary_only")
+    profile = build_profile(scenario)
+    engine = build_engine(scenario, profile)
+    gateway = build_gateway(scenario)
+    admission = build_admission(scenario)
+    client = build_client(scenario)
+    trace, report = streamed_trace(scenario, chunk_rows=chunk_rows)
+    num_blocks = engine.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
+    result = simulate(
+        trace,
+        cost=profile.cost_model,
+        engine=engine,
+        gateway=gateway,
+        replicas=int(scenario.raw.get("replicas", 1)),
+        num_blocks=num_blocks,
+        horizon_s=scenario.raw.get("horizon_s"),
+        admission=admission,
+        seed=scenario.seed,
+        client=client,
+        progress=progress,
+        results_path=results_path,
+        summary_only=summary_only,
+        chunk_rows=chunk_rows,
+    )
+    context = {
+        "scenario": scenario.raw,
+        "profile": profile.describe(),
+        "engine": engine.__dict__,
+        "gateway": gateway.__dict__,
+        "kv_blocks_per_replica": num_blocks,
+        "admission": admission.__dict__,
+        "client": client.__dict__ if client is not None else None,
+        "trace_repairs": list(report.repairs) if report is not None else [],
+        "trace_streamed": isinstance(trace, TraceStream),
+    }
+    return result, context

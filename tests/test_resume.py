@@ -1,0 +1,219 @@
+"""Nothing measured is lost: atomic writes, the per-request journal, a replay killed with
+SIGKILL and then resumed (no request lost or duplicated), re-scoring without a server,
+and a replay whose server dies (the rest recorded as failed, with the reason)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from profiling.gateway import ReplayGateway, StreamingClient, run_replay
+from profiling.journal import JournalError, ReplayJournal, atomic_write_text, read_journal, trace_key
+from profiling.replay import read_server_facts, run_validation
+from profiling.resume import rescore
+from sim.config import GatewayConfig
+from sim.policies import make_policy
+from tests.factories import linear_cost, make_trace
+from tests.test_validation import MockEngine, client_for, requests
+
+REPO = Path(__file__).resolve().parent.parent
+N = 30
+
+
+def trace() -> pl.DataFrame:
+    return make_trace([(0.05 * i, 20 + i, 4 + i % 3) for i in range(N)], tenants=["a", "b", "c"] * (N // 3))
+
+
+def validate(engine, folder: Path, *, resume=False):
+    client = client_for(engine)
+    facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
+    return run_validation(client=client, facts=facts, cost=linear_cost(), gateway=GatewayConfig(),
+                          traces=[(1.0, trace())], capacity=10.0, warmup=False, overhead_s=0.001,
+                          journal_dir=folder, resume=resume)
+
+
+CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from tests.test_resume import validate
+from tests.test_validation import MockEngine
+validate(MockEngine(ttft_s=0.01, tpot_s=0.01), Path({folder!r}))
+"""
+
+
+def test_a_replay_killed_mid_way_resumes_without_losing_or_repeating_a_request(tmp_path):
+    folder = tmp_path / "replays"
+    journal = folder / "level-0-rep-0.jsonl"
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO), folder=str(folder))], cwd=REPO)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_text().count("\n") >= 10:  # header + 9 requests
+            break
+        assert child.poll() is None, "the replay ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    before, dropped = read_journal(journal, trace=trace_key(trace()["request_id"]))
+    assert 9 <= len(before) < N and dropped == 0
+
+    eng = MockEngine(ttft_s=0.01, tpot_s=0.01)
+    res = validate(eng, folder, resume=True)
+    assert not res.interrupted
+    real = res.levels[0].real[0]
+    assert real.height == N and real["request_id"].n_unique() == N
+    assert (real["status"] == "ok").all()
+    # only the requests the journal lacked went to the server again
+    assert eng.requests == N - len(before)
+    after, _ = read_journal(journal)
+    assert sorted(after) == list(range(N))
+    # kept requests are exactly what the killed run measured
+    kept = real.filter(pl.col("request_id").is_in([before[i]["request_id"] for i in before]))
+    assert sorted(kept["first_token_s"].to_list()) == sorted(before[i]["first_token_s"] for i in before)
+    # ... and re-scoring from the saved files alone gives the same per-request frame
+    again = rescore(tmp_path, cost=linear_cost())
+    cols = ["request_id", "status", "released_s", "first_token_s", "finish_s", "token_times", "attempts"]
+    assert again.levels[0].real[0].select(cols).equals(real.select(cols))
+    assert again.levels[0].scores[0]["requests"] == res.levels[0].scores[0]["requests"]
+
+
+def test_ctrl_c_then_rescore_then_resume(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def interrupt(engine):
+        if engine.requests == 8:
+            import asyncio
+
+            asyncio.get_running_loop().call_later(0.02, signal.raise_signal, signal.SIGINT)
+
+    folder = tmp_path / "replays"
+    try:
+        first = validate(MockEngine(ttft_s=0.01, tpot_s=0.01, on_request=interrupt), folder)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert first.interrupted
+    done, _ = read_journal(folder / "level-0-rep-0.jsonl")
+    assert 0 < len(done) < N
+    # re-scored as it stands: what finished, and the rest kept as not_sent
+    partial = rescore(tmp_path, cost=linear_cost()).levels[0].real[0]
+    assert partial.height == N and (partial["status"] == "ok").sum() == len(done)
+    eng = MockEngine(ttft_s=0.01, tpot_s=0.01)
+    res = validate(eng, folder, resume=True)
+    real = res.levels[0].real[0]
+    assert real.height == N and real["request_id"].n_unique() == N and (real["status"] == "ok").all()
+    assert eng.requests == N - len(done)
+
+
+def test_rescore_keeps_requests_missing_from_a_journal_as_not_sent(tmp_path):
+    folder = tmp_path / "replays"
+    validate(MockEngine(ttft_s=0.005, tpot_s=0.002), folder)
+    journal = folder / "level-0-rep-0.jsonl"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:-5]) + "\n" + lines[-5][: len(lines[-5]) // 2])  # a line cut by a kill
+    res = rescore(tmp_path, cost=linear_cost())
+    real = res.levels[0].real[0]
+    assert real.height == N
+    lost = real.filter(pl.col("status") == "not_sent")
+    assert lost.height == 5 and lost["error"].str.contains("not in the journal").all()
+    assert res.interrupted and any("5 request(s) not in its journal" in n for n in res.notes)
+
+
+def test_journal_refuses_another_trace_and_a_second_run_without_resume(tmp_path):
+    folder = tmp_path / "replays"
+    validate(MockEngine(ttft_s=0.005, tpot_s=0.002), folder)
+    with pytest.raises(JournalError, match="written for another trace"):
+        read_journal(folder / "level-0-rep-0.jsonl", trace="0123456789abcdef")
+    with pytest.raises(JournalError, match="pass --resume"):
+        validate(MockEngine(ttft_s=0.005, tpot_s=0.002), folder)
+    with pytest.raises(JournalError, match="nothing to re-score|no saved validation"):
+        rescore(tmp_path / "elsewhere")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "report.json"
+    atomic_write_text(path, '{"ok": 1}')
+
+    def broken(p: Path):
+        p.write_text('{"half')
+        raise OSError("disk full")
+
+    from profiling.journal import atomic_write
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, broken)
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+
+
+def test_a_dead_server_stops_the_replay_and_every_unsent_request_is_recorded(tmp_path):
+    calls = {"n": 0}
+    eng = MockEngine(ttft_s=0.002, tpot_s=0.001)
+
+    async def dies_after_three(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/completions":
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise httpx.ConnectError("[Errno 111] Connection refused")
+        return await eng(request)
+
+    from profiling.http import OpenAIClient
+
+    client = OpenAIClient("http://engine.test", transport=httpx.MockTransport(eng.plain),
+                          async_transport=httpx.MockTransport(dies_after_three))
+    reqs = requests([(0.02 * i if i < 5 else 0.1 * i, 10 + i, 3) for i in range(20)])  # the trace spans 1.9 s
+    journal = ReplayJournal(tmp_path / "j.jsonl", trace="t", requests=20)
+    gw = ReplayGateway(reqs, policy=make_policy("fifo"), client=StreamingClient(client, model="tiny", clock=lambda: 0),
+                       on_record=journal.record)
+    t = time.perf_counter()
+    records, interrupted = run_replay(gw)
+    journal.close()
+    assert time.perf_counter() - t < 1.2  # stopped, not waiting through the rest of the trace
+    assert not interrupted and gw.stopped and "3 connections refused in a row" in gw.stopped
+    statuses = [r.status for r in records]
+    assert statuses[:3] == ["ok"] * 3 and set(statuses[3:]) == {"error"}
+    unsent = [r for r in records if r.error and r.error.startswith("not sent: the server stopped answering")]
+    assert len(unsent) >= 10
+    rows, _ = read_journal(tmp_path / "j.jsonl")
+    assert sorted(rows) == list(range(20))  # every request is on disk with its outcome
+
+
+def test_cli_resume_and_rescore(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.validate_cmds import validate
+    from tests.test_secrets import KEY, KeyServer, cli_app
+
+    monkeypatch.setenv("DRIFTSIM_API_KEY", KEY)
+    out = tmp_path / "v"
+    args = ["--profile", "l4-qwen1.5-1.8b-chat-linear", "--requests", "6", "--loads", "0.5", "--no-calibrate",
+            "--max-num-seqs", "8", "--max-num-batched-tokens", "256", "--out", str(out)]
+    app = cli_app(validate)
+    with KeyServer() as server:
+        res = CliRunner().invoke(app, ["--endpoint", server.url, *args])
+        assert res.exit_code == 0, res.output
+        first = pl.read_parquet(out / "real_requests.parquet")
+        sent = server.completions
+        res = CliRunner().invoke(app, ["--endpoint", server.url, *args])
+        assert res.exit_code == 2 and "already holds a validation" in " ".join(res.output.split())
+        res = CliRunner().invoke(app, ["--endpoint", server.url, *args, "--resume"])
+        assert res.exit_code == 0, res.output
+        # nothing left to replay: only the warm-up reached the server again (no probe, no replay)
+        assert server.completions - sent == 6
+    (out / "report.html").unlink()
+    res = CliRunner().invoke(app, ["--rescore", str(out)])  # no server, no profile needed
+    assert res.exit_code == 0, res.output
+    assert (out / "report.html").is_file()
+    again = pl.read_parquet(out / "real_requests.parquet")
+    cols = ["request_id", "status", "first_token_s", "token_times"]
+    assert again.select(cols).equals(first.select(cols))
+    res = CliRunner().invoke(app, ["--rescore", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "nothing to re-score" in " ".join(res.output.split())
