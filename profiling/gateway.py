@@ -55,7 +55,6 @@ tests give it an ``httpx.MockTransport``.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ from typing import Any, Callable
 import httpx
 import numpy as np
 
-from profiling.http import EndpointError, OpenAIClient
+from profiling.http import EndpointError, OpenAIClient, StreamChunkError, sse_chunks
 from profiling.secrets import redact
 from sim.client import ClientConfig
 from sim.policies import Policy
@@ -175,20 +174,10 @@ class StreamingClient:
                 if resp.status_code >= 400:
                     body = (await resp.aread()).decode(errors="replace")[:300]
                     raise RequestFailed(f"HTTP {resp.status_code}: {body}")
-                async for line in resp.aiter_lines():
-                    now = self.clock()
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                async for now, chunk in sse_chunks(resp, self.clock):
+                    if chunk is None:
                         done = True
                         break
-                    try:
-                        chunk = json.loads(data)
-                    except json.JSONDecodeError:
-                        raise RequestFailed(f"stream sent a chunk that is not JSON: {data[:200]}") from None
-                    if "error" in chunk:
-                        raise RequestFailed(f"server reported an error mid-stream: {chunk['error']}")
                     usage = chunk.get("usage") or {}
                     if usage.get("prompt_tokens") is not None:
                         rec.prompt_tokens = int(usage["prompt_tokens"])
@@ -205,6 +194,8 @@ class StreamingClient:
                         rec.finish_s = now
                         count = new
                         rec.completion_tokens = count
+        except StreamChunkError as exc:
+            raise RequestFailed(str(exc)) from None
         except httpx.TimeoutException as exc:
             raise RequestFailed(f"timed out after {count} of {max_tokens} tokens ({exc.__class__.__name__})") from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:

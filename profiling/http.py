@@ -148,6 +148,32 @@ class StreamResult:
     finish_reason: str | None = None
 
 
+
+class StreamChunkError(ValueError):
+    """A completion stream sent a chunk that is not JSON, or one that reports an error."""
+
+
+async def sse_chunks(resp: httpx.Response, clock: Callable[[], float]):
+    """Yield ``(arrival time, chunk)`` for each ``data:`` event of an OpenAI
+    completion stream, timed on arrival; a final ``(time, None)`` marks
+    ``[DONE]``. Raises :class:`StreamChunkError` on a chunk that is not JSON
+    or carries an error (the callers add where it came from)."""
+    async for line in resp.aiter_lines():
+        now = clock()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            yield now, None
+            return
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            raise StreamChunkError(f"stream sent a chunk that is not JSON: {data[:200]}") from None
+        if "error" in chunk:
+            raise StreamChunkError(f"server reported an error mid-stream: {chunk['error']}")
+        yield now, chunk
+
 class OpenAIClient:
     """The only code that talks HTTP to an engine.
 
@@ -257,20 +283,10 @@ class OpenAIClient:
                 if resp.status_code >= 400:
                     body = (await resp.aread()).decode(errors="replace")[:300]
                     raise EndpointError(f"POST {url} answered {resp.status_code}: {body}")
-                async for line in resp.aiter_lines():
-                    now = time.perf_counter()
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                async for now, chunk in sse_chunks(resp, time.perf_counter):
+                    if chunk is None:
                         done = True
                         break
-                    try:
-                        chunk = json.loads(data)
-                    except json.JSONDecodeError:
-                        raise EndpointError(f"POST {url}: stream sent a chunk that is not JSON: {data[:200]}") from None
-                    if "error" in chunk:
-                        raise EndpointError(f"POST {url}: server reported an error mid-stream: {chunk['error']}")
                     usage = chunk.get("usage") or {}
                     if "completion_tokens" not in usage:
                         raise EndpointError(
@@ -287,6 +303,8 @@ class OpenAIClient:
                             progress[0] = count
                     for choice in chunk.get("choices") or []:
                         finish = choice.get("finish_reason") or finish
+        except StreamChunkError as exc:
+            raise EndpointError(f"POST {url}: {exc}") from None
         except httpx.ConnectError as exc:
             raise EndpointError(f"cannot reach {url}: {exc} (is the server running?)") from None
         except httpx.TimeoutException as exc:

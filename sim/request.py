@@ -72,3 +72,15 @@ class SimRequest:
 
     def __repr__(self) -> str:
         return f"SimRequest(id={self.request_id}, tenant={self.tenant!r}, in={self.input_tokens}, out={self.output_tokens})"
+
+
+def engine_output_tokens(prompt: int, output: int, max_tokens: int, max_model_len: int) -> tuple[int | None, bool, str]:
+    """What the engine will generate for a trace row, as vLLM would: ``(tokens, capped, "")``, the
+    output cut to the request's ``max_tokens`` (when > 0) and to what fits in ``max_model_len``;
+    or ``(None, False, reason)`` when the prompt alone does not fit."""
+    if prompt >= max_model_len:
+        return None, False, f"prompt of {prompt} tokens does not fit max_model_len {max_model_len}"
+    cap = max_model_len - prompt
+    if max_tokens > 0:
+        cap = min(cap, max_tokens)
+    return (cap, True, "") if output > cap else (output, False, "")

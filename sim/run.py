@@ -26,7 +26,7 @@ from sim.gateway import Gateway
 from sim.metrics import summarize
 from sim.policies import make_policy
 from sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
-from sim.request import SimRequest
+from sim.request import SimRequest, engine_output_tokens
 from sim.router import ROUTERS
 from sim.streaming import DEFAULT_CHUNK_ROWS, ChunkedResults, FrameSink, ParquetSink, SummarySink
 from traces.schema import empty_trace
@@ -233,15 +233,11 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
             if progress is not None and i % step == 0:
                 progress(i / n)
             prompt = int(inp[j])
-            if prompt >= max_len:
-                rec.reject(i, f"prompt of {prompt} tokens does not fit max_model_len {max_len}")
+            gen, capped, why = engine_output_tokens(prompt, int(out[j]), int(max_tokens[j]), max_len)
+            if gen is None:
+                rec.reject(i, why)
                 continue
-            gen = int(out[j])
-            cap = max_len - prompt
-            if max_tokens[j] > 0:
-                cap = min(cap, int(max_tokens[j]))
-            if gen > cap:
-                gen = cap
+            if capped:
                 rec.cap_length(i)
             req = SimRequest(
                 idx=i,

@@ -376,18 +376,13 @@ def _tenant_load(t: dict, scenario: str) -> TenantLoad:
         raise ConfigError(f"{where} {t['name']!r}: {exc}") from None
 
 
-def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = False) -> tuple[SimResult, dict]:
-    """Build everything and simulate; returns the result and a context dict for reports.
-
-    With ``oracle_regret`` the same trace is simulated again with the real
-    output lengths as estimates, and ``context["regret"]`` holds the latency
-    gap per tenant (this run minus the oracle's).
-    """
+def simulation_setup(scenario: Scenario) -> tuple[dict, dict]:
+    """The scenario's engine, gateway, replicas, KV and client as :func:`sim.run.simulate` keyword
+    arguments, and what a report says of them (admission and trace are the caller's)."""
     profile = build_profile(scenario)
     engine = build_engine(scenario, profile)
     gateway = build_gateway(scenario)
-    admission = build_admission(scenario)
-    trace, report = build_trace(scenario)
+    client = build_client(scenario)
     num_blocks = engine.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
     run = dict(
         cost=profile.cost_model,
@@ -397,18 +392,32 @@ def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = Fal
         num_blocks=num_blocks,
         horizon_s=scenario.raw.get("horizon_s"),
         seed=scenario.seed,
-        client=build_client(scenario),
+        client=client,
     )
-    result = simulate(trace, admission=admission, progress=progress, **run)
     context = {
         "scenario": scenario.raw,
         "profile": profile.describe(),
         "engine": engine.__dict__,
         "gateway": gateway.__dict__,
         "kv_blocks_per_replica": num_blocks,
-        "admission": admission.__dict__,
-        "trace_repairs": list(report.repairs) if report is not None else [],
+        "client": client.__dict__ if client is not None else None,
     }
+    return run, context
+
+
+def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = False) -> tuple[SimResult, dict]:
+    """Build everything and simulate; returns the result and a context dict for reports.
+
+    With ``oracle_regret`` the same trace is simulated again with the real
+    output lengths as estimates, and ``context["regret"]`` holds the latency
+    gap per tenant (this run minus the oracle's).
+    """
+    run, context = simulation_setup(scenario)
+    admission = build_admission(scenario)
+    context["admission"] = admission.__dict__
+    trace, report = build_trace(scenario)
+    context["trace_repairs"] = list(report.repairs) if report is not None else []
+    result = simulate(trace, admission=admission, progress=progress, **run)
     if oracle_regret:
         oracle = simulate(trace, admission=AdmissionConfig(estimator="oracle"), **run)
         context["regret"] = regret(result.summary, oracle.summary)

@@ -19,15 +19,7 @@ import polars as pl
 
 from sim.config import ConfigError
 from sim.run import SimResult, simulate
-from sim.scenario import (
-    Scenario,
-    build_admission,
-    build_client,
-    build_engine,
-    build_gateway,
-    build_profile,
-    build_trace,
-)
+from sim.scenario import Scenario, build_admission, build_trace, simulation_setup
 from sim.streaming import DEFAULT_CHUNK_ROWS
 from traces import transform
 from traces.loaders import LoadReport, detect_format
@@ -91,38 +83,12 @@ def run_scenario_streamed(
     """
     if not summary_only and results_path is None:
         raise ConfigError("a streamed run needs results_path, or summary_only")
-    profile = build_profile(scenario)
-    engine = build_engine(scenario, profile)
-    gateway = build_gateway(scenario)
+    run, context = simulation_setup(scenario)
     admission = build_admission(scenario)
-    client = build_client(scenario)
     trace, report = streamed_trace(scenario, chunk_rows=chunk_rows)
-    num_blocks = engine.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
-    result = simulate(
-        trace,
-        cost=profile.cost_model,
-        engine=engine,
-        gateway=gateway,
-        replicas=int(scenario.raw.get("replicas", 1)),
-        num_blocks=num_blocks,
-        horizon_s=scenario.raw.get("horizon_s"),
-        admission=admission,
-        seed=scenario.seed,
-        client=client,
-        progress=progress,
-        results_path=results_path,
-        summary_only=summary_only,
-        chunk_rows=chunk_rows,
-    )
-    context = {
-        "scenario": scenario.raw,
-        "profile": profile.describe(),
-        "engine": engine.__dict__,
-        "gateway": gateway.__dict__,
-        "kv_blocks_per_replica": num_blocks,
-        "admission": admission.__dict__,
-        "client": client.__dict__ if client is not None else None,
-        "trace_repairs": list(report.repairs) if report is not None else [],
-        "trace_streamed": isinstance(trace, TraceStream),
-    }
+    result = simulate(trace, admission=admission, progress=progress, results_path=results_path,
+                      summary_only=summary_only, chunk_rows=chunk_rows, **run)
+    context.update(admission=admission.__dict__,
+                   trace_repairs=list(report.repairs) if report is not None else [],
+                   trace_streamed=isinstance(trace, TraceStream))
     return result, context

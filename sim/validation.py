@@ -60,7 +60,7 @@ from sim.engine import EngineCore
 from sim.gateway import Gateway
 from sim.policies import Policy, make_policy
 from sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
-from sim.request import SimRequest
+from sim.request import SimRequest, engine_output_tokens
 from sim.results import ResultRecorder
 from sim.router import ROUTERS
 from traces.schema import REQUEST_SCHEMA
@@ -258,15 +258,11 @@ def _arrivals(env, trace, engine, core, gw, rec, clock):
         if delay > 0:
             yield urgent_timeout(env, delay)
         prompt = int(inp[i])
-        if prompt >= max_len:
-            rec.reject(i, f"prompt of {prompt} tokens does not fit max_model_len {max_len}")
+        gen, capped, why = engine_output_tokens(prompt, int(out[i]), int(max_tokens[i]), max_len)
+        if gen is None:
+            rec.reject(i, why)
             continue
-        gen = int(out[i])
-        cap = max_len - prompt
-        if max_tokens[i] > 0:
-            cap = min(cap, int(max_tokens[i]))
-        if gen > cap:
-            gen = cap
+        if capped:
             rec.length_capped[i] = True
         req = SimRequest(idx=i, request_id=int(ids[i]), arrival_s=float(arrival[i]), tenant=tenants[i],
                          priority=int(prio[i]), input_tokens=prompt, output_tokens=gen, est_tokens=prompt + gen,
