@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cli.render import inspect_table, print_estimation, print_summary
+from sim.atomic import atomic_write_parquet, atomic_write_text
 
 app = typer.Typer(
     name="driftsim",
@@ -179,10 +180,9 @@ def simulate(
     folder = folder or out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     if result.requests is not None:
-        result.requests.write_parquet(folder / "requests.parquet")
-    (folder / "summary.json").write_text(
-        json.dumps({"summary": result.summary, "context": context}, indent=2, default=_json_default, allow_nan=True)
-    )
+        atomic_write_parquet(folder / "requests.parquet", result.requests)
+    atomic_write_text(folder / "summary.json", json.dumps({"summary": result.summary, "context": context}, indent=2,
+                                                          default=_json_default, allow_nan=True))
     n = result.requests.height if result.requests is not None else result.summary["overall"]["requests"]
     title = f"{sc.name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
     print_summary(console, result.summary, title)
@@ -305,10 +305,9 @@ def reproduce_driftsched(
     rows = headline_table(result)
     folder = out or Path("driftsim-out") / f"reproduce-driftsched-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
-    result.table.write_parquet(folder / "results.parquet")
-    (folder / "headline.json").write_text(
-        json.dumps({"headline": result.headline, "table": rows, "meta": result.meta}, indent=2, default=_json_default)
-    )
+    atomic_write_parquet(folder / "results.parquet", result.table)
+    atomic_write_text(folder / "headline.json", json.dumps({"headline": result.headline, "table": rows,
+                                                            "meta": result.meta}, indent=2, default=_json_default))
     write_report(result, folder / "report.html")
     wall = time.perf_counter() - t0
     _print_reproduction(result, rows)

@@ -99,6 +99,10 @@ def load_profile(name_or_path: str | Path) -> Profile:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start}); a profile is a TOML file") from None
+    except RecursionError:
+        raise ProfileError(f"{path}: nested too deeply to be a profile") from None
     return _build(path, data)
 
 
@@ -106,6 +110,8 @@ def _resolve(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text:
         path = Path(name_or_path)
+        if path.is_dir():
+            raise ProfileError(f"{path}: is a folder, expected a profile TOML file")
         if not path.is_file():
             raise ProfileError(f"{path}: profile file not found")
         return path

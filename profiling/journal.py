@@ -23,10 +23,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable
+
+from sim.atomic import _json_default, atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text  # noqa: F401
 
 #: outcomes a resumed replay keeps (anything else, e.g. ``error`` or ``cancelled``, is replayed)
 KEEP_ON_RESUME = ("ok", "timeout", "abandoned", "skipped")
@@ -39,53 +40,7 @@ class JournalError(ValueError):
     """A journal or saved state cannot be used; the message names the file and why."""
 
 
-# ---- atomic writes ------------------------------------------------------------------
-
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_path)`` and move the result over ``path`` atomically (same folder, fsynced)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False, default=_json_default))
-
-
-def atomic_write_parquet(path: str | Path, df) -> Path:
-    return atomic_write(path, lambda p: df.write_parquet(p))
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
-
+# ---- atomic writes (sim.atomic; re-exported here for the replay's callers) ------------
 
 def _finite(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):

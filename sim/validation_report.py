@@ -339,7 +339,7 @@ def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
              "real": out / "real_requests.parquet", "sim": out / "sim_requests.parquet"}
     data = result.to_dict()
     data["targets"] = {level_label(lv.load): target_check(lv.aggregate) for lv in _all_levels(result)}
-    from profiling.journal import atomic_write_parquet, atomic_write_text  # temp file + os.replace
+    from sim.atomic import atomic_write_parquet, atomic_write_text  # temp file + os.replace
 
     atomic_write_text(paths["json"], json.dumps(clean(data), indent=1))
     real, sim = request_frames(result)

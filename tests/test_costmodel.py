@@ -317,6 +317,21 @@ def test_missing_table_and_bad_toml_and_unknown_name(tmp_path):
         load_profile(tmp_path / "absent.toml")
 
 
+def test_hostile_profile_files_are_clear_errors(tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[gpu]\n")
+    with pytest.raises(ProfileError, match="binary.toml: not UTF-8"):
+        load_profile(binary)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ProfileError, match="deep.toml"):
+        load_profile(deep)
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(ProfileError, match="folder.toml: is a folder"):
+        load_profile(folder)
+
+
 def test_measured_blocks_in_a_profile_win(tmp_path):
     text = DEFAULT_TEXT.replace("[kv]", "[kv]\nnum_gpu_blocks = 3000\nnum_gpu_blocks_block_size = 16", 1)
     profile = load_profile(write(tmp_path, text))

@@ -32,6 +32,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from sim.atomic import atomic_write_text
 from sim.capacity.results import ResultSet, aggregate, pool_price
 from sim.html import figures_html
 
@@ -385,5 +386,5 @@ def write_report(results: str | Path | ResultSet, out: str | Path | None = None,
         out = (p.parent if p.is_file() else p) / "report.html"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(rs, **kwargs), encoding="utf-8")
+    atomic_write_text(out, render_report(rs, **kwargs))
     return out

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
+from sim.atomic import atomic_write, atomic_write_text
 from sim.capacity.runner import RunOutcome
 from sim.capacity.stats import mean_ci
 from sim.metrics import LATENCY_METRICS, STATS
@@ -114,11 +115,9 @@ class ResultSet:
                   "timeseries": self.timeseries, "cdf": self.cdf}
         for name, df in tables.items():
             path = folder / f"{name}.{fmt}"
-            if fmt == "parquet":
-                df.write_parquet(path)
-            else:
-                df.write_csv(path)
-        (folder / "meta.json").write_text(json.dumps(dict(self.meta, format=fmt), indent=2, default=str, allow_nan=True))
+            atomic_write(path, df.write_parquet if fmt == "parquet" else df.write_csv)
+        atomic_write_text(folder / "meta.json", json.dumps(dict(self.meta, format=fmt), indent=2, default=str,
+                                                           allow_nan=True))
         return folder
 
     @classmethod

@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from sim.atomic import atomic_write_text
 from sim.experiments.driftsched import ExperimentResult, headline_table
 from sim.experiments.headline import OVERALL, config_label, format_value, is_discrepancy, tier_order, view_config
 from sim.html import figures_html
@@ -363,5 +364,5 @@ def write_report(result: ExperimentResult, path: str | Path, **kwargs: Any) -> P
     """Write :func:`render_report` to ``path`` (folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(result, **kwargs), encoding="utf-8")
+    atomic_write_text(path, render_report(result, **kwargs))
     return path
