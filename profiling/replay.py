@@ -109,6 +109,14 @@ def engine_config(facts: ServerFacts, *, microbatch: MicroBatch | None = None) -
 
 # ---- workloads ----------------------------------------------------------------------
 
+def fitted_calibration(fit: dict) -> dict:
+    """The saved form of :func:`sim.validation.calibrate_server`'s fit (what :func:`sim.validation.calibrated` reads)."""
+    return {"correction": {"knots": fit["knots"], "values_s": fit["values_s"], "prefill_step_s": fit["prefill_step_s"]},
+            "async_scheduling": fit["async_scheduling"], "steps": fit["steps"], "prefill_steps": fit["prefill_steps"],
+            "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
+            "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"], "tpot_err": fit["tpot_err"]}
+
+
 def fit_trace(trace: pl.DataFrame, max_model_len: int) -> tuple[pl.DataFrame, list[str]]:
     """Pin each request's output length and make it fit the server.
 
@@ -590,13 +598,8 @@ def run_validation(
             st = sim_trace(ctrace, crun.frame, gateway_holds=holds, overhead_s=overhead_s)
             say("fitting the server's step times and admission to the calibration replay")
             fit = calibrate_server(crun.frame, st, cost=cost, engine=engine, gateway=gateway, overhead_s=overhead_s)
-            calib = {"requests": ctrace.height, "wall_s": crun.wall_s,
-                     "correction": {"knots": fit["knots"], "values_s": fit["values_s"]},
-                     "async_scheduling": fit["async_scheduling"], "steps": fit["steps"],
-                     "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
-                     "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"],
-                     "tpot_err": fit["tpot_err"], "real_errors": int((crun.frame["status"] != "ok").sum()),
-                     "contention": ccontention}
+            calib = {"requests": ctrace.height, "wall_s": crun.wall_s, **fitted_calibration(fit),
+                     "real_errors": int((crun.frame["status"] != "ok").sum()), "contention": ccontention}
             cost, engine = calibrated(cost, engine, calib)
             if samples:
                 overhead_s = overhead_from_probe(samples, cost)

@@ -24,7 +24,12 @@ requests finished before the crash are not in flight again.
 
 :func:`rescore` rebuilds the whole result from these files without a
 server: each replay's frame from its journal (requests it lacks are kept as
-``not_sent``, with the reason), simulated and scored as a live run is.
+``not_sent``, with the reason), simulated and scored as a live run is. When
+the folder holds the held-out calibration replay
+(``calibration_requests.parquet``), the calibration is fitted to it again
+(:func:`sim.validation.calibrate_server`, then the client overhead from the
+saved probes), so a changed calibration is scored on the saved replays,
+still held out; otherwise the saved calibration is used.
 """
 
 from __future__ import annotations
@@ -197,9 +202,11 @@ def rescore(out: str | Path, *, cost=None, progress=None):
     from costmodel.profiles import load_profile
     from profiling.gateway import MicroBatch
     from profiling.replay import (LevelResult, ServerFacts, ValidationResult, compare_engine, engine_config,
-                                  fit_trace, pool_levels)
+                                  fit_trace, fitted_calibration, pool_levels)
     from sim.config import GatewayConfig
-    from sim.validation import OffsetCost, aggregate, calibrated, compare, sim_trace, simulate_replay
+    from sim.validation import (OffsetCost, aggregate, calibrate_server, calibrated, compare, overhead_from_probe,
+                                sim_trace, simulate_replay)
+    from traces.schema import REQUEST_SCHEMA
 
     say = progress or (lambda _msg: None)
     folder = replays_dir(out)
@@ -218,11 +225,29 @@ def rescore(out: str | Path, *, cost=None, progress=None):
     gw = GatewayConfig(policy=config.get("policy", "fifo"), max_outstanding=config.get("max_outstanding"))
     mb = MicroBatch(**{k: v for k, v in config["microbatch"].items()}) if config.get("microbatch") else None
     engine = engine_config(facts, microbatch=mb)
-    cost, engine = calibrated(cost, engine, state.get("calibration"))
     holds = gw.max_outstanding is not None or mb is not None
     overhead = float(state.get("overhead_s") or 0.0)
-    levels: list[LevelResult] = []
+    samples = [tuple(x) for x in state.get("overhead_samples") or []]
     notes = list(state.get("notes") or [])
+    calib = state.get("calibration")
+    cpath = Path(out) / "calibration_requests.parquet"
+    cframe = None
+    if calib and calib.get("correction") and cpath.exists():  # fit the calibration again, held out as before
+        say("re-fitting the calibration to the saved calibration replay")
+        cframe = pl.read_parquet(cpath)
+        ctrace = cframe.select("request_id", pl.col("intended_s").alias("arrival_s"), "tenant", "input_tokens",
+                               "output_tokens", *[pl.lit(None, dtype=t).alias(c) for c, t in REQUEST_SCHEMA.items()
+                                                  if c not in cframe.columns and c != "arrival_s"]).select(
+            list(REQUEST_SCHEMA))
+        c_overhead = overhead_from_probe(samples, cost) if samples else overhead  # as the live run had it then
+        st = sim_trace(ctrace, cframe, gateway_holds=holds, overhead_s=c_overhead)
+        fit = calibrate_server(cframe, st, cost=cost, engine=engine, gateway=gw, overhead_s=c_overhead)
+        calib = {**calib, **fitted_calibration(fit)}
+        notes.append(f"calibration fitted again to {cpath.name}")
+    cost, engine = calibrated(cost, engine, calib)
+    if cframe is not None and samples:
+        overhead = overhead_from_probe(samples, cost)
+    levels: list[LevelResult] = []
     for li, (load, raw) in enumerate(levels_in):
         trace, _ = fit_trace(raw, facts.max_model_len)  # as the live run replayed it
         span = float(trace["arrival_s"].max() - trace["arrival_s"].min()) if trace.height > 1 else 0.0
@@ -255,4 +280,5 @@ def rescore(out: str | Path, *, cost=None, progress=None):
                             capacity_rps=state.get("capacity_rps"), config=config, notes=notes,
                             interrupted=any(lv.interrupted for lv in levels),
                             pooled=pool_levels(levels, overhead_s=overhead), step_offset_s=offs[0],
-                            step_floor_s=offs[1], step_per_seq_s=offs[2], calibration=state.get("calibration"))
+                            step_floor_s=offs[1], step_per_seq_s=offs[2], calibration=calib,
+                            calibration_frame=cframe)

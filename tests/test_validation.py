@@ -530,4 +530,33 @@ def test_calibration_recovers_a_known_correction_and_the_admission_model():
         for k, v in got.items():
             assert v == pytest.approx(added[knots.index(k)], abs=2e-4), (k, got)
         assert fit["mean_abs_rel_err"] < 0.01 < fit["profile_mean_abs_rel_err"]
+        assert abs(fit["prefill_step_s"]) < 5e-4  # this server adds nothing to mixed steps
         assert fit["async_scheduling"] is asynch, fit["ttft_err"]
+
+
+def test_calibration_recovers_a_known_prefill_step_correction():
+    """A server that adds 8 ms to every mixed step: the fit finds it on the steps with a prefill,
+    the decode correction is unchanged, and a prefill-only step (an idle engine) gets none of it."""
+    from costmodel.batch import StepBatch
+    from sim.server_steps import StepCorrection, count_knots, fit_step_correction, observed_steps
+    from sim.validation import calibrated
+
+    cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
+    eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
+                       max_model_len=1024)
+    knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
+    _, real = _server_replay(StepCorrection(cost, knots, added, prefill_step_s=0.008), eng)
+    steps = observed_steps(real)
+    fit = fit_step_correction(steps, cost, max_num_seqs=16)
+    assert fit["prefill_steps"] >= 20
+    assert fit["prefill_step_s"] == pytest.approx(0.008, abs=5e-4)
+    for k, v in zip(fit["knots"], fit["values_s"]):
+        assert v == pytest.approx(added[knots.index(k)], abs=2e-4), (k, fit)
+    assert fit_step_correction(steps, cost, max_num_seqs=16, min_prefill_steps=10**6)["prefill_step_s"] == 0.0
+    model, _ = calibrated(cost, eng, {"correction": {k: fit[k] for k in ("knots", "values_s", "prefill_step_s")}})
+    mixed = StepBatch(prefill_tokens=100, prefill_seqs=1, prefill_attn_tokens=5050, decode_seqs=4, decode_ctx_tokens=400)
+    alone = StepBatch(prefill_tokens=100, prefill_seqs=1, prefill_attn_tokens=5050)
+    decode = StepBatch(decode_seqs=4, decode_ctx_tokens=400)
+    assert model.step_time(mixed) - cost.step_time(mixed) == pytest.approx(
+        model.step_time(decode) - cost.step_time(decode) + fit["prefill_step_s"])
+    assert model.step_time(alone) - cost.step_time(alone) == pytest.approx(model.correction(0))
