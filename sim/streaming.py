@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from sim.metrics import StreamingSummary
 from sim.request import SimRequest
@@ -192,13 +191,15 @@ class ParquetSink(SummarySink):
         super().__init__(summary)
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self._writer: pq.ParquetWriter | None = None
+        self._writer = None  # pyarrow.parquet.ParquetWriter, opened with the first rows
         self.rows = 0
 
     def write(self, frame: pl.DataFrame) -> None:
         table = frame.to_arrow()
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            import pyarrow.parquet as pq  # here, not at import: pyarrow costs ~30 MB of RSS
+
             self._writer = pq.ParquetWriter(self.partial, table.schema)
         self._writer.write_table(table)
         self.rows += frame.height

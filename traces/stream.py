@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from traces.loaders import (
     _NATIVE_NUMBERS,
@@ -86,6 +85,8 @@ class TraceStream:
         if self.container == "csv":
             found = _csv_header(self.path, self.source)
         else:
+            import pyarrow.parquet as pq  # here, not at import: pyarrow costs ~30 MB of RSS
+
             try:
                 found = pq.ParquetFile(self.path).schema_arrow.names
             except Exception as e:  # pyarrow raises several types for a file that is not Parquet
@@ -108,6 +109,8 @@ class TraceStream:
                 lf = pl.scan_csv(self.path, infer_schema=False).select(columns)
                 batches = lf.collect_batches(chunk_size=self.chunk_rows)
             else:
+                import pyarrow.parquet as pq
+
                 # a buffered stream: reading whole column chunks at once made RSS grow with the file
                 pf = pq.ParquetFile(self.path, buffer_size=_READ_BUFFER)
                 batches = (pl.from_arrow(b) for b in pf.iter_batches(batch_size=self.chunk_rows, columns=columns))
