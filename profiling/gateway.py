@@ -359,16 +359,21 @@ class ReplayGateway:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.mark_unfinished("cancelled")
+
+    def mark_unfinished(self, how: str) -> None:
+        """Give every request the replay did not finish a final status saying where it was when the
+        replay was ``how`` (cancelled, interrupted): mid-stream, queued, or waiting to retry."""
         for rec in self.records:
             if rec.status == "sending":
                 rec.status = STATUS_CANCELLED
                 rec.error = f"cancelled after {rec.completion_tokens} of {rec.output_tokens} tokens"
             elif rec.status == "queued":
                 rec.status = STATUS_NOT_SENT
-                rec.error = "waiting in the gateway when the replay was cancelled"
+                rec.error = f"waiting in the gateway when the replay was {how}"
             elif rec.status == STATUS_BACKOFF:
                 rec.status = STATUS_NOT_SENT
-                rec.error = f"{rec.error}; waiting to retry when the replay was cancelled"
+                rec.error = f"{rec.error}; waiting to retry when the replay was {how}"
 
     # ---- release and dispatch (mirrors sim.gateway.Gateway)
     def _release(self, i: int, req: ReplayRequest) -> None:
@@ -554,16 +559,7 @@ def run_replay(gateway: ReplayGateway) -> tuple[list[RequestRecord], bool]:
         asyncio.run(gateway.run())
         return gateway.records, False
     except KeyboardInterrupt:
-        for rec in gateway.records:  # asyncio.run cancelled the tasks; mark any the loop never reached
-            if rec.status == "sending":
-                rec.status = STATUS_CANCELLED
-                rec.error = f"cancelled after {rec.completion_tokens} of {rec.output_tokens} tokens"
-            elif rec.status == "queued":
-                rec.status = STATUS_NOT_SENT
-                rec.error = "waiting in the gateway when the replay was interrupted"
-            elif rec.status == STATUS_BACKOFF:
-                rec.status = STATUS_NOT_SENT
-                rec.error = f"{rec.error}; waiting to retry when the replay was interrupted"
+        gateway.mark_unfinished("interrupted")  # asyncio.run cancelled the tasks; mark any the loop never reached
         return gateway.records, True
 
 
