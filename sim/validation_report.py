@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from sim.html import figures_html, group_dropdown
 from sim.validation import (METRIC_LABELS, METRICS, OVERALL, STATS, metric_values, real_latencies, sim_latencies,
                             target_check)
 
@@ -106,25 +107,10 @@ def cdf_figure(result) -> go.Figure:
                 n += 1
         labels.append(level_label(lv.load))
         counts.append(n)
-    _dropdown(fig, labels, counts)
+    group_dropdown(fig, labels, counts, y=1.15, pad_bottom=None, margin_top=110)
     fig.update_layout(title="Latency CDFs, real (solid) vs simulated (dashed)", height=420)
     fig.update_yaxes(title_text="fraction of requests (ITL: of gaps)", row=1, col=1)
     return fig
-
-
-def _dropdown(fig: go.Figure, labels: list[str], counts: list[int]) -> None:
-    total = sum(counts)
-    starts = np.cumsum([0, *counts])
-    buttons = []
-    for i, label in enumerate(labels):
-        vis = [False] * total
-        vis[starts[i]:starts[i + 1]] = [True] * counts[i]
-        buttons.append(dict(label=label, method="update", args=[{"visible": vis}]))
-    for k, tr in enumerate(fig.data):
-        tr.visible = bool(counts) and starts[0] <= k < starts[1]
-    if len(labels) > 1:
-        fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15,
-                                            yanchor="bottom")], margin=dict(t=110))
 
 
 def error_vs_load_figure(result) -> go.Figure | None:
@@ -194,7 +180,7 @@ def timeline_figure(result) -> go.Figure:
                                      marker=dict(color=color, size=6, symbol="circle" if side == "real" else "x")))
         labels.append(level_label(lv.load))
         counts.append(2)
-    _dropdown(fig, labels, counts)
+    group_dropdown(fig, labels, counts, y=1.15, pad_bottom=None, margin_top=110)
     fig.update_layout(title="E2E latency by release time, real vs sim (first repeat)", height=420,
                       xaxis_title="release time (s since the replay started)", yaxis_title="E2E (s)")
     return fig
@@ -293,13 +279,7 @@ td:first-child,th:first-child{text-align:left}
 def render_report(result, *, title: str = "driftsim validation: simulator vs real engine") -> str:
     facts = result.facts
     figs = [cdf_figure(result), error_vs_load_figure(result), paired_figure(result), timeline_figure(result)]
-    fig_html = []
-    first = True
-    for fig in figs:
-        if fig is None:
-            continue
-        fig_html.append(fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
-        first = False
+    fig_html = figures_html(figs)
     cfg = result.config
     server = (f"{_e(facts.model)} at {_e(facts.url)} (vLLM {_e(facts.version)}), max_model_len {facts.max_model_len}, "
               f"{facts.num_gpu_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs {facts.max_num_seqs}, "

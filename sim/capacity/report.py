@@ -22,7 +22,6 @@ engine: engine-side sampling of batch size and KV blocks is not available yet.
 from __future__ import annotations
 
 import html
-import itertools
 import math
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ from plotly.subplots import make_subplots
 
 from sim.atomic import atomic_write_text
 from sim.capacity.results import ResultSet, aggregate, pool_price
-from sim.html import figures_html
+from sim.html import figures_html, group_dropdown
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22")
 MAX_LINES = 24  # configurations drawn in the CDF figure
@@ -66,25 +65,6 @@ def _axes(rs: ResultSet) -> list[str]:
         axes = {"replicas": ["replicas"], "load": ["rate_scale"], "gpu-mix": ["profile"], "policy": ["policy"]}.get(question, [])
         axes = [a for a in axes if a in rs.table.columns]
     return axes
-
-
-def _dropdown(fig: go.Figure, labels: list[str], counts: list[int], active: int = 0) -> go.Figure:
-    """Show one group of traces at a time; group ``i`` is the next ``counts[i]`` traces."""
-    if len(labels) <= 1:
-        return fig
-    starts = list(itertools.accumulate([0, *counts]))
-    total = starts[-1]
-    buttons = []
-    for i, label in enumerate(labels):
-        visible = [starts[i] <= k < starts[i + 1] for k in range(total)]
-        buttons.append(dict(label=label, method="update", args=[{"visible": visible}]))
-    for k, trace in enumerate(fig.data):
-        trace.visible = starts[active] <= k < starts[active + 1]
-    fig.update_layout(
-        updatemenus=[dict(buttons=buttons, active=active, direction="down", x=1.0, xanchor="right", y=1.0, yanchor="bottom", pad={"b": 40})],
-        margin=dict(t=120),
-    )
-    return fig
 
 
 # --------------------------------------------------------------------------- figures
@@ -141,7 +121,7 @@ def load_figures(rs: ResultSet, summary: pl.DataFrame) -> list[go.Figure]:
         fig.update_xaxes(title_text=x or "configuration")
         fig.update_yaxes(title_text=title, row=1, col=1)
         fig.update_layout(title=f"{title} vs {x or 'configuration'} per tenant (mean over seeds, 95 % CI)", height=430)
-        figs.append(_dropdown(fig, labels, counts))
+        figs.append(group_dropdown(fig, labels, counts))
     return figs
 
 
@@ -185,7 +165,7 @@ def cdf_figure(rs: ResultSet) -> go.Figure | None:
     fig.update_yaxes(title_text="fraction of completed requests", row=1, col=1)
     more = f" (first {MAX_LINES} of {cdf['config'].n_unique()})" if cdf["config"].n_unique() > MAX_LINES else ""
     fig.update_layout(title=f"Latency CDF per tenant, one line per configuration{more}, first seed", height=450)
-    return _dropdown(fig, labels, counts)
+    return group_dropdown(fig, labels, counts)
 
 
 def timeseries_figure(rs: ResultSet) -> go.Figure | None:
@@ -229,7 +209,7 @@ def timeseries_figure(rs: ResultSet) -> go.Figure | None:
     fig.update_xaxes(title_text="time (s)", row=3, col=1)
     fig.update_yaxes(tickformat=".0%", row=3, col=1)
     fig.update_layout(title="Over time, one representative run (first seed) per configuration", height=760)
-    return _dropdown(fig, labels, counts)
+    return group_dropdown(fig, labels, counts)
 
 
 def cost_figure(rs: ResultSet, prices: dict) -> tuple[go.Figure | None, str]:

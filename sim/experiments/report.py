@@ -33,7 +33,7 @@ from plotly.subplots import make_subplots
 from sim.atomic import atomic_write_text
 from sim.experiments.driftsched import ExperimentResult, headline_table
 from sim.experiments.headline import OVERALL, config_label, format_value, is_discrepancy, tier_order, view_config
-from sim.html import figures_html
+from sim.html import figures_html, group_dropdown
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 CDF_POINTS = 201  # quantiles per CDF line: enough to read, small enough to embed 80 lines
@@ -48,24 +48,6 @@ def _colors(names) -> dict[str, str]:
 def _configs(result: ExperimentResult) -> list[tuple[str, bool]]:
     m = result.meta
     return [(c, cal) for cal in m["calibration"] for c in m["counters"]]
-
-
-def _dropdown(fig: go.Figure, labels: list[str], counts: list[int], active: int = 0) -> go.Figure:
-    """Show one group of traces at a time; group ``i`` is the next ``counts[i]`` traces in order."""
-    total = sum(counts)
-    starts = np.cumsum([0, *counts])
-    buttons = []
-    for i, label in enumerate(labels):
-        visible = [False] * total
-        visible[starts[i] : starts[i + 1]] = [True] * counts[i]
-        buttons.append(dict(label=label, method="update", args=[{"visible": visible}]))
-    for k, trace in enumerate(fig.data):
-        trace.visible = bool(starts[active] <= k < starts[active + 1])
-    fig.update_layout(
-        updatemenus=[dict(buttons=buttons, active=active, direction="down", x=1.0, xanchor="right", y=1.0, yanchor="bottom", pad={"b": 40})],
-        margin=dict(t=120),
-    )
-    return fig
 
 
 def latency_cdf_figure(result: ExperimentResult) -> go.Figure:
@@ -100,7 +82,7 @@ def latency_cdf_figure(result: ExperimentResult) -> go.Figure:
     fig.update_xaxes(title_text="E2E latency (s)")
     fig.update_yaxes(title_text="fraction of requests", row=1, col=1)
     fig.update_layout(title=f"E2E latency CDF per tier, seed {result.meta['representative_seed']}", height=430)
-    return _dropdown(fig, labels, counts, active=_view_index(result))
+    return group_dropdown(fig, labels, counts, menu_for_one=True, active=_view_index(result))
 
 
 def _view_index(result: ExperimentResult) -> int:
@@ -155,7 +137,7 @@ def queue_depth_figure(result: ExperimentResult) -> go.Figure:
     fig.update_xaxes(title_text="time (s)", row=len(policies), col=1)
     fig.update_yaxes(title_text="waiting")
     fig.update_layout(title=f"Queue depth per tier, seed {result.meta['representative_seed']}", height=230 * len(policies) + 120)
-    return _dropdown(fig, labels, counts, active=_view_index(result))
+    return group_dropdown(fig, labels, counts, menu_for_one=True, active=_view_index(result))
 
 
 def bias_figure(result: ExperimentResult) -> go.Figure | None:
@@ -192,7 +174,7 @@ def bias_figure(result: ExperimentResult) -> go.Figure | None:
     fig.update_xaxes(title_text="completion time (s)")
     fig.update_yaxes(title_text="bias (actual / base)", row=1, col=1)
     fig.update_layout(title=f"Calibration bias per category (calibration on), seed {result.meta['representative_seed']}", height=430)
-    return _dropdown(fig, policies, counts, active=0)
+    return group_dropdown(fig, policies, counts, menu_for_one=True, active=0)
 
 
 def error_figure(result: ExperimentResult) -> go.Figure:
@@ -229,7 +211,7 @@ def error_figure(result: ExperimentResult) -> go.Figure:
     fig.update_xaxes(title_text="arrival time (s)")
     fig.update_yaxes(title_text=f"MAE per {ERROR_BIN_S:g} s of arrivals", row=1, col=1)
     fig.update_layout(title=f"Output-length estimation error over time, seed {result.meta['representative_seed']}", height=430)
-    return _dropdown(fig, policies, counts, active=0)
+    return group_dropdown(fig, policies, counts, menu_for_one=True, active=0)
 
 
 # --------------------------------------------------------------------------- HTML
