@@ -525,6 +525,16 @@ class EngineCore:
     def _preempt_last(self) -> None:
         """Preempt (recompute) the victim the waiting queue names: for FCFS the most recently admitted."""
         r = self.waiting.victim(self.running)
+        self._take_off_running(r)
+        r.computed = 0
+        r.preemptions += 1
+        self.preemptions += 1
+        r.prefill_target = r.input_tokens + r.generated
+        self.waiting.push_front(r)
+
+    def _take_off_running(self, r: SimRequest) -> None:
+        """Remove a running request and give back its KV blocks: from the prefilling list, or from the
+        decode aggregate (its generated count brought up to date, its completion-heap entry made stale)."""
         del self.running[r.order]
         if r.finish_g < 0:  # still prefilling
             self.prefilling.remove(r)
@@ -537,13 +547,8 @@ class EngineCore:
             self._hist[(r.c0 - r.g0) % self.bs] -= 1
             r.generated = r.gen0 + self.g - r.g0
             r.epoch += 1
-        r.computed = 0
         r.blocks = 0
-        r.preemptions += 1
-        self.preemptions += 1
-        r.prefill_target = r.input_tokens + r.generated
         r.finish_g = -1
-        self.waiting.push_front(r)
 
     # ------------------------------------------------------------------ abort
     def abort(self, req: SimRequest) -> bool:
@@ -562,20 +567,7 @@ class EngineCore:
             return True
         if self.running.get(req.order) is not req:
             return False
-        del self.running[req.order]
-        if req.finish_g < 0:  # still prefilling
-            self.prefilling.remove(req)
-            self.used_blocks -= req.blocks
-        else:
-            c = req.c0 + self.g - req.g0
-            self.used_blocks -= _cdiv(c, self.bs)
-            self.num_decode -= 1
-            self.decode_ctx -= c
-            self._hist[(req.c0 - req.g0) % self.bs] -= 1
-            req.generated = req.gen0 + self.g - req.g0
-            req.epoch += 1  # its completion-heap entry is now stale
-        req.blocks = 0
-        req.finish_g = -1
+        self._take_off_running(req)
         return True
 
     def generated_by(self, req: SimRequest, t: float) -> int:
