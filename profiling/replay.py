@@ -463,6 +463,17 @@ class LevelResult:
     contention: list[dict] = field(default_factory=list)  # per replay: CPU other processes used (ForeignCpu)
     engine: list[dict] = field(default_factory=list)  # per replay: engine steps, tokens, preemptions, real vs sim
 
+    def add_replay(self, frame: pl.DataFrame, repeat: int, *, before: dict, after: dict, gateway_holds: bool,
+                   overhead_s: float, cost, engine, gateway) -> None:
+        """Simulate one real replay of this level's trace (from its real send or release times) and keep
+        both sides, the score and the engine counters; the live run and ``--rescore`` both come here."""
+        st = sim_trace(self.trace, frame, gateway_holds=gateway_holds, overhead_s=overhead_s)
+        simres = simulate_replay(st, cost=cost, engine=engine, gateway=gateway)
+        self.engine.append(compare_engine(before, after, simres))
+        self.real.append(frame.with_columns(pl.lit(repeat).alias("repeat")))
+        self.sim.append(simres.requests.with_columns(pl.lit(repeat).alias("repeat")))
+        self.scores.append(compare(frame, simres.requests, self.trace, overhead_s=overhead_s))
+
 
 @dataclass
 class ValidationResult:
@@ -656,12 +667,8 @@ def run_validation(
                     before, after = old.get("before") or {}, old.get("after") or {}
                 save_replay_meta(folder, li, r, {"wall_s": lv.wall_s[-1], "contention": lv.contention[-1],
                                                  "before": before, "after": after, "interrupted": run.interrupted})
-            st = sim_trace(trace, run.frame, gateway_holds=holds, overhead_s=overhead_s)
-            simres = simulate_replay(st, cost=cost, engine=engine, gateway=gateway)
-            lv.engine.append(compare_engine(before, after, simres))
-            lv.real.append(run.frame.with_columns(pl.lit(r).alias("repeat")))
-            lv.sim.append(simres.requests.with_columns(pl.lit(r).alias("repeat")))
-            lv.scores.append(compare(run.frame, simres.requests, trace, overhead_s=overhead_s))
+            lv.add_replay(run.frame, r, before=before, after=after, gateway_holds=holds, overhead_s=overhead_s,
+                          cost=cost, engine=engine, gateway=gateway)
             lv.aggregate = aggregate(lv.scores)
             if run.interrupted:
                 lv.interrupted = interrupted = True

@@ -201,11 +201,10 @@ def rescore(out: str | Path, *, cost=None, progress=None):
     (see the module docstring); ``cost`` None = the profile named in the saved configuration."""
     from costmodel.profiles import load_profile
     from profiling.gateway import MicroBatch
-    from profiling.replay import (LevelResult, ServerFacts, ValidationResult, compare_engine, engine_config,
-                                  fit_trace, fitted_calibration, pool_levels)
+    from profiling.replay import (LevelResult, ServerFacts, ValidationResult, engine_config, fit_trace,
+                                  fitted_calibration, pool_levels)
     from sim.config import GatewayConfig
-    from sim.validation import (OffsetCost, aggregate, calibrate_server, calibrated, compare, overhead_from_probe,
-                                sim_trace, simulate_replay)
+    from sim.validation import OffsetCost, aggregate, calibrate_server, calibrated, overhead_from_probe, sim_trace
     from traces.schema import REQUEST_SCHEMA
 
     say = progress or (lambda _msg: None)
@@ -260,12 +259,8 @@ def rescore(out: str | Path, *, cost=None, progress=None):
             missing = int((frame["status"] == STATUS_NOT_SENT).sum())
             if missing:
                 notes.append(f"level {li} replay {r + 1}: {missing} request(s) not in its journal (kept as not_sent)")
-            st = sim_trace(trace, frame, gateway_holds=holds, overhead_s=overhead)
-            simres = simulate_replay(st, cost=cost, engine=engine, gateway=gw)
-            lv.engine.append(compare_engine(meta.get("before") or {}, meta.get("after") or {}, simres))
-            lv.real.append(frame.with_columns(pl.lit(r).alias("repeat")))
-            lv.sim.append(simres.requests.with_columns(pl.lit(r).alias("repeat")))
-            lv.scores.append(compare(frame, simres.requests, trace, overhead_s=overhead))
+            lv.add_replay(frame, r, before=meta.get("before") or {}, after=meta.get("after") or {},
+                          gateway_holds=holds, overhead_s=overhead, cost=cost, engine=engine, gateway=gw)
             lv.wall_s.append(float(meta.get("wall_s") or math.nan))
             lv.contention.append(meta.get("contention") or {})
             lv.interrupted |= bool(meta.get("interrupted", True)) or missing > 0
