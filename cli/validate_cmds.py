@@ -73,13 +73,15 @@ def _ms(x: float | None) -> str:
 def level_table(lv) -> Table:
     """Real vs sim vs error (and spread) per metric, overall."""
     from sim.validation import METRIC_LABELS, METRICS, OVERALL
-    from sim.validation_report import level_label
+    from sim.validation_report import level_label, speed_text
 
     reps = len(lv.real) if lv.load != "all" else len(lv.scores)
     rate = f", {lv.rate_rps:.2f} req/s" if isinstance(lv.rate_rps, float) and math.isfinite(lv.rate_rps) else ""
     busy = [c.get("foreign_share", math.nan) for c in getattr(lv, "contention", [])]
     busy = [b for b in busy if math.isfinite(b)]
     other = f", other processes {100 * max(busy):.0f} % CPU" if busy else ""
+    speed = speed_text(lv)
+    other += f"; {speed}" if speed else ""
     t = Table(title=f"{level_label(lv.load)}: {lv.trace.height} requests{rate}, {reps} real run(s){other}"
                     f"{' [interrupted]' if lv.interrupted else ''}", title_justify="left")
     t.add_column("metric", no_wrap=True)

@@ -313,6 +313,18 @@ def engine_counters(client: OpenAIClient) -> dict:
     return {k: metric_total(m, name) for k, name in _COUNTERS.items()}
 
 
+def replay_speed(frame: pl.DataFrame, *, cost, engine: EngineConfig, overhead_s: float) -> dict:
+    """The real server's speed during one replay against the cost model the simulator used
+    (:func:`sim.server_steps.step_speed` on the replay's steps, recovered as the calibration
+    recovers them): a server that drifted since its calibration shows here, not in the fit."""
+    from sim.server_steps import scheduled_steps, step_speed
+
+    steps = scheduled_steps(frame, max_num_batched_tokens=engine.max_num_batched_tokens,
+                            max_num_seqs=engine.max_num_seqs, chunked=engine.chunked_prefill,
+                            arrival_offset_s=overhead_s, lag_steps=2 if engine.async_scheduling else 1, cost=cost)
+    return step_speed(steps, cost)
+
+
 def compare_engine(before: dict, after: dict, sim) -> dict:
     """Engine-side facts of one replay, real (``/metrics`` deltas) beside simulated: steps, tokens
     computed, preemptions, mean engine queue time (vLLM's, from the request's arrival at the engine
@@ -467,6 +479,7 @@ class LevelResult:
     interrupted: bool = False
     contention: list[dict] = field(default_factory=list)  # per replay: CPU other processes used (ForeignCpu)
     engine: list[dict] = field(default_factory=list)  # per replay: engine steps, tokens, preemptions, real vs sim
+    speed: list[dict] = field(default_factory=list)  # per replay: its steps against the simulated cost model
 
     def add_replay(self, frame: pl.DataFrame, repeat: int, *, before: dict, after: dict, gateway_holds: bool,
                    overhead_s: float, cost, engine, gateway) -> None:
@@ -478,6 +491,7 @@ class LevelResult:
         self.real.append(frame.with_columns(pl.lit(repeat).alias("repeat")))
         self.sim.append(simres.requests.with_columns(pl.lit(repeat).alias("repeat")))
         self.scores.append(compare(frame, simres.requests, self.trace, overhead_s=overhead_s))
+        self.speed.append(replay_speed(frame, cost=cost, engine=engine, overhead_s=overhead_s))
 
 
 @dataclass
@@ -507,7 +521,7 @@ class ValidationResult:
             "notes": self.notes, "interrupted": self.interrupted,
             "levels": [{"load": lv.load, "rate_rps": lv.rate_rps, "requests": lv.trace.height,
                         "repeats": len(lv.real), "wall_s": lv.wall_s, "interrupted": lv.interrupted,
-                        "contention": lv.contention, "engine": lv.engine,
+                        "contention": lv.contention, "engine": lv.engine, "server_speed": lv.speed,
                         "aggregate": lv.aggregate, "runs": lv.scores} for lv in self.levels],
             "all_levels": None if self.pooled is None else {"aggregate": self.pooled.aggregate,
                                                             "runs": self.pooled.scores},

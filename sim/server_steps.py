@@ -227,6 +227,23 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
     return _steps_frame(out, ("consistent",))
 
 
+def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
+    """How one replay's steps ran against a cost model: the median of observed / modelled step time
+    over the explained pure-decode steps and over the explained mixed steps (1.0: as the model says;
+    1.1: the server ran 10 % slower), with how many steps each rests on. A diagnostic, never fitted:
+    it tells a server that changed speed since its calibration from a simulator that is wrong."""
+    if "consistent" in steps.columns:
+        steps = steps.filter(pl.col("consistent"))
+    steps = steps.filter(pl.col("duration_s") > 0)
+    out = {}
+    for kind, part in (("decode", steps.filter(pl.col("prefill_seqs") == 0)),
+                       ("mixed", steps.filter(pl.col("prefill_seqs") > 0, pl.col("decode_seqs") > 0))):
+        ratio = part["duration_s"].to_numpy() / predicted(part, cost) if part.height else np.empty(0)
+        out[kind] = float(np.median(ratio)) if ratio.size else math.nan
+        out[f"{kind}_steps"] = int(ratio.size)
+    return out
+
+
 def predicted(steps: pl.DataFrame, cost: CostModel) -> np.ndarray:
     """The cost model's time for each observed step's batch, s."""
     return np.array([cost.step_time(StepBatch(prefill_tokens=p, prefill_seqs=ps, prefill_attn_tokens=pa,

@@ -58,6 +58,19 @@ def level_label(load: float | None) -> str:
     return "all levels" if load == "all" else ("trace" if load is None else f"load {load:g}")
 
 
+def speed_text(lv) -> str:
+    """The real server's step times during this level's replays against the simulated ones, e.g.
+    "server steps x0.94-1.05 of the simulated (decode), x0.95 (mixed)"; "" without any."""
+    parts = []
+    for kind in ("decode", "mixed"):
+        xs = sorted(x[kind] for x in getattr(lv, "speed", []) if math.isfinite(x.get(kind, math.nan)))
+        if xs:
+            lo, hi = f"{xs[0]:.2f}", f"{xs[-1]:.2f}"
+            span = f"x{lo}" if lo == hi else f"x{lo}-{hi}"
+            parts.append(f"{span} ({kind})")
+    return f"server steps {', '.join(parts)} of the simulated" if parts else ""
+
+
 # ---- frames ---------------------------------------------------------------------------
 
 def request_frames(result) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -251,7 +264,9 @@ def _level_html(lv) -> str:
     busy = [c.get("foreign_share") for c in getattr(lv, "contention", []) if c.get("foreign_share") is not None]
     busy = [b for b in busy if math.isfinite(b)]
     other = f", other processes used up to {100 * max(busy):.0f} % of the CPU meanwhile" if busy else ""
-    return (f"<h3>{_e(level_label(lv.load))}: {lv.trace.height} requests at {rate}, {len(lv.scores)} real run(s){other}"
+    speed = speed_text(lv)
+    other += f"; {speed}" if speed else ""
+    return (f"<h3>{_e(level_label(lv.load))}: {lv.trace.height} requests at {rate}, {len(lv.scores)} real run(s){_e(other)}"
             f"{' (interrupted)' if lv.interrupted else ''}</h3>"
             "<p class='note'>err = (sim - real) / real, averaged over repeats (each repeat simulated from its own "
             "send times); spread = mean pairwise relative difference between real runs.</p>"

@@ -590,6 +590,27 @@ def test_scheduled_steps_flag_what_the_scheduler_does_not_explain():
     assert steps.filter(pl.col("end_s") > bad["end_s"].max())["consistent"].all()
 
 
+def test_step_speed_tells_a_server_that_changed_speed():
+    """A replay measured against the cost model that made it runs at x1.00; a server 10 % slower than
+    the model reads x1.10, for decode and mixed steps alike; and the level records it per replay."""
+    from profiling.replay import LevelResult, replay_speed
+    from sim.server_steps import scheduled_steps, step_speed
+    from tests.factories import COEF
+
+    slow = linear_cost(**{k: 1.1 * v for k, v in COEF.items()})
+    for truth, expect in ((linear_cost(), 1.0), (slow, 1.1)):
+        eng, trace, real, _ = _chunking_replay(truth)
+        speed = step_speed(scheduled_steps(real, max_num_batched_tokens=eng.max_num_batched_tokens,
+                                           max_num_seqs=eng.max_num_seqs, cost=truth), linear_cost())
+        assert speed["decode"] == pytest.approx(expect, rel=1e-6) and speed["mixed"] == pytest.approx(expect, rel=1e-6)
+        assert speed["decode_steps"] > 300 and speed["mixed_steps"] > 50
+    lv = LevelResult(load=1.0, rate_rps=1.0, trace=trace)
+    lv.add_replay(real, 0, before={}, after={}, gateway_holds=False, overhead_s=0.0, cost=linear_cost(), engine=eng,
+                  gateway=GatewayConfig())
+    assert lv.speed == [replay_speed(real, cost=linear_cost(), engine=eng, overhead_s=0.0)]
+    assert lv.speed[0]["decode"] == pytest.approx(1.1, rel=0.02)
+
+
 def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
     """With prompts split over steps the mixed-step term is still found (8 ms), from the whole batches."""
     from sim.server_steps import StepCorrection, count_knots
