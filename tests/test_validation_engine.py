@@ -89,7 +89,11 @@ class TestValidateTinyModel:
         assert c["real_errors"] == 0 and c["steps"] >= 30, c  # the server's steps were recovered from the tokens
         assert all(abs(v) < 0.05 for v in c["correction"]["values_s"]), c  # and it adds ms per step, not tenths of s
         assert isinstance(c["async_scheduling"], bool)
+        rec = c["steps_recovered"]  # vLLM's scheduler replayed on the real step boundaries explains them
+        assert rec["all"] >= 30 and rec["consistent"] >= 0.8 * rec["all"], rec
         for lv in res.levels:
+            speed = lv.speed[0]  # the real server's steps against the simulated ones: a plausible ratio
+            assert speed["decode_steps"] >= 10 and 0.5 < speed["decode"] < 2.0, speed
             real = lv.real[0]
             assert (real["status"] == "ok").all(), real.filter(pl.col("status") != "ok")["error"].to_list()
             assert (real["prompt_tokens"] == real["input_tokens"]).all()  # prompts are exactly as long as asked
