@@ -645,14 +645,18 @@ def run_validation(
                    step_offset_s=step_offset_s, step_floor_s=step_floor_s, step_per_seq_s=step_per_seq_s,
                    calibration=calib, capacity_rps=capacity, config=config or {})
     levels: list[LevelResult] = []
-    interrupted = False
-    for li, (load, raw) in enumerate(traces):
+    for load, raw in traces:
         trace, fit_notes = fit_trace(raw, facts.max_model_len)
         notes += [f"load {load}: {n}" if load is not None else n for n in fit_notes]
         span = float(trace["arrival_s"].max() - trace["arrival_s"].min()) if trace.height > 1 else 0.0
-        lv = LevelResult(load=load, rate_rps=(trace.height - 1) / span if span > 0 else math.nan, trace=trace)
-        levels.append(lv)
-        for r in range(repeat):
+        levels.append(LevelResult(load=load, rate_rps=(trace.height - 1) / span if span > 0 else math.nan, trace=trace))
+    interrupted = False
+    # The repeats go round the levels (0.3, 0.6, ..., then 0.3 again), not one level N times in a row: a
+    # server whose speed drifts over minutes (measured: 10 % between back-to-back replays of one trace on
+    # a shared VM) then shows in the spread, and each level's mean is taken across the whole session.
+    for r in range(repeat):
+        for li, lv in enumerate(levels):
+            trace, load = lv.trace, lv.load
             label = f"load {load:g}" if load is not None else "trace"
             say(f"{label}: replay {r + 1} of {repeat} ({trace.height} requests, {lv.rate_rps:.2f} req/s)")
             if wait_quiet_s:
@@ -694,6 +698,7 @@ def run_validation(
                 break
         if interrupted:
             break
+    levels = [lv for lv in levels if lv.scores]
     return ValidationResult(levels=levels, facts=facts, overhead_s=overhead_s, overhead_samples=samples,
                             capacity_rps=capacity, config=config or {}, notes=notes, interrupted=interrupted,
                             pooled=pool_levels(levels, overhead_s=overhead_s), step_offset_s=step_offset_s,

@@ -438,10 +438,14 @@ def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
     facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
     traces = [(load, make_trace([(0.01 * i / load, 20 + i, 3 + i % 4) for i in range(8)],
                                 tenants=["a", "b"] * 4, slo_e2e_s=[1.0] * 8)) for load in (0.5, 1.0)]
+    said = []
     res = run_validation(client=client, facts=facts, cost=linear_cost(), gateway=GatewayConfig(), traces=traces,
                          capacity=10.0, repeat=2, warmup=False, overhead_s=0.001,
-                         calibration=traces[0][1])
+                         calibration=traces[0][1], progress=said.append)
     assert [lv.load for lv in res.levels] == [0.5, 1.0]
+    # the repeats go round the levels, so a server drifting over the session shows in the spread
+    assert [m.split(" (")[0] for m in said if ": replay " in m] == [
+        "load 0.5: replay 1 of 2", "load 1: replay 1 of 2", "load 0.5: replay 2 of 2", "load 1: replay 2 of 2"]
     assert all(len(lv.real) == len(lv.sim) == len(lv.scores) == 2 for lv in res.levels)
     assert res.pooled is not None and res.pooled.trace.height == 16
     assert res.calibration["requests"] == 8 and math.isfinite(res.step_offset_s)
