@@ -633,6 +633,7 @@ def run_validation(
             cost, engine = calibrated(cost, engine, calib)
             if samples:
                 overhead_s = overhead_from_probe(samples, cost)
+            calib["speed"] = replay_speed(crun.frame, cost=cost, engine=engine, overhead_s=overhead_s)
     except KeyboardInterrupt:
         return ValidationResult(levels=[], facts=facts, overhead_s=overhead_s or 0.0, overhead_samples=samples,
                                 capacity_rps=capacity, config=config or {}, notes=notes, interrupted=True,
@@ -699,11 +700,36 @@ def run_validation(
         if interrupted:
             break
     levels = [lv for lv in levels if lv.scores]
+    notes += drift_notes(levels, calib)
     return ValidationResult(levels=levels, facts=facts, overhead_s=overhead_s, overhead_samples=samples,
                             capacity_rps=capacity, config=config or {}, notes=notes, interrupted=interrupted,
                             pooled=pool_levels(levels, overhead_s=overhead_s), step_offset_s=step_offset_s,
                             step_floor_s=step_floor_s, step_per_seq_s=step_per_seq_s, calibration=calib,
                             calibration_frame=cframe)
+
+
+#: A level whose real server ran its steps this much faster or slower than the calibrated model is flagged.
+DRIFT_SHARE = 0.05
+
+
+def drift_notes(levels: list[LevelResult], calibration: dict | None) -> list[str]:
+    """A note for each level whose real server ran its decode steps more than :data:`DRIFT_SHARE`
+    faster or slower, against the simulated step times, than during the calibration replay
+    (medians of :func:`replay_speed` over the level's replays, over the calibration's): its errors
+    then measure how far the server moved since its calibration as much as the simulator."""
+    ref = ((calibration or {}).get("speed") or {}).get("decode", math.nan)
+    if not math.isfinite(ref):
+        return []
+    out = []
+    for lv in levels:
+        xs = [x["decode"] for x in lv.speed if math.isfinite(x.get("decode", math.nan))]
+        m = float(np.median(xs)) / ref if xs else math.nan
+        if math.isfinite(m) and abs(m - 1) > DRIFT_SHARE:
+            label = f"load {lv.load:g}" if isinstance(lv.load, (int, float)) else "trace"
+            out.append(f"{label}: the server ran its decode steps x{m:.2f} as long as during its calibration "
+                       f"(median over {len(xs)} replay(s)): it moved since, and this level's errors measure "
+                       "that as much as the simulator (recalibrate, or rerun on a steadier machine)")
+    return out
 
 
 def pool_levels(levels: list[LevelResult], *, overhead_s: float) -> LevelResult | None:

@@ -615,6 +615,20 @@ def test_step_speed_tells_a_server_that_changed_speed():
     assert lv.speed[0]["decode"] == pytest.approx(1.1, rel=0.02)
 
 
+def test_a_level_whose_server_moved_since_its_calibration_is_flagged():
+    from profiling.replay import LevelResult, drift_notes
+
+    def level(load, *decode):
+        lv = LevelResult(load=load, rate_rps=1.0, trace=make_trace([(0.0, 10, 2)]))
+        lv.speed = [{"decode": x, "decode_steps": 100, "mixed": x, "mixed_steps": 10} for x in decode]
+        return lv
+
+    calib = {"speed": {"decode": 0.97}}
+    notes = drift_notes([level(0.3, 0.96, 0.99, 0.98), level(1.2, 0.85, 0.86, 0.84)], calib)
+    assert len(notes) == 1 and notes[0].startswith("load 1.2:") and "x0.88" in notes[0]
+    assert drift_notes([level(1.2, 0.85)], None) == []  # no calibration: nothing to compare with
+
+
 def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
     """With prompts split over steps the mixed-step term is still found (8 ms), from the whole batches."""
     from sim.server_steps import StepCorrection, count_knots
