@@ -39,8 +39,8 @@ from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, Streami
 from profiling.http import EndpointError, OpenAIClient, cache_config
 from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
-from sim.validation import (OffsetCost, aggregate, calibrate_server, calibrated, compare, overhead_from_probe, sim_trace,
-                            simulate_replay)
+from sim.validation import (OffsetCost, aggregate, calibrate_server, calibrated, compare, level_label,
+                            overhead_from_probe, replay_speed, sim_trace, simulate_replay)
 from traces.schema import REQUEST_SCHEMA
 from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
 
@@ -115,7 +115,7 @@ def fitted_calibration(fit: dict) -> dict:
             "async_scheduling": fit["async_scheduling"], "steps": fit["steps"], "prefill_steps": fit["prefill_steps"],
             "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
             "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"], "tpot_err": fit["tpot_err"],
-            "steps_recovered": fit.get("steps_recovered")}
+            "steps_recovered": fit.get("steps_recovered"), "speed": fit.get("speed")}
 
 
 def fit_trace(trace: pl.DataFrame, max_model_len: int) -> tuple[pl.DataFrame, list[str]]:
@@ -311,18 +311,6 @@ def engine_counters(client: OpenAIClient) -> dict:
     except EndpointError:
         return {}
     return {k: metric_total(m, name) for k, name in _COUNTERS.items()}
-
-
-def replay_speed(frame: pl.DataFrame, *, cost, engine: EngineConfig, overhead_s: float) -> dict:
-    """The real server's speed during one replay against the cost model the simulator used
-    (:func:`sim.server_steps.step_speed` on the replay's steps, recovered as the calibration
-    recovers them): a server that drifted since its calibration shows here, not in the fit."""
-    from sim.server_steps import scheduled_steps, step_speed
-
-    steps = scheduled_steps(frame, max_num_batched_tokens=engine.max_num_batched_tokens,
-                            max_num_seqs=engine.max_num_seqs, chunked=engine.chunked_prefill,
-                            arrival_offset_s=overhead_s, lag_steps=2 if engine.async_scheduling else 1, cost=cost)
-    return step_speed(steps, cost)
 
 
 def compare_engine(before: dict, after: dict, sim) -> dict:
@@ -633,7 +621,6 @@ def run_validation(
             cost, engine = calibrated(cost, engine, calib)
             if samples:
                 overhead_s = overhead_from_probe(samples, cost)
-            calib["speed"] = replay_speed(crun.frame, cost=cost, engine=engine, overhead_s=overhead_s)
     except KeyboardInterrupt:
         return ValidationResult(levels=[], facts=facts, overhead_s=overhead_s or 0.0, overhead_samples=samples,
                                 capacity_rps=capacity, config=config or {}, notes=notes, interrupted=True,
@@ -658,7 +645,7 @@ def run_validation(
     for r in range(repeat):
         for li, lv in enumerate(levels):
             trace, load = lv.trace, lv.load
-            label = f"load {load:g}" if load is not None else "trace"
+            label = level_label(load)
             say(f"{label}: replay {r + 1} of {repeat} ({trace.height} requests, {lv.rate_rps:.2f} req/s)")
             if wait_quiet_s:
                 waited = wait_for_quiet(meter, max_wait_s=wait_quiet_s, say=say)
@@ -725,10 +712,9 @@ def drift_notes(levels: list[LevelResult], calibration: dict | None) -> list[str
         xs = [x["decode"] for x in lv.speed if math.isfinite(x.get("decode", math.nan))]
         m = float(np.median(xs)) / ref if xs else math.nan
         if math.isfinite(m) and abs(m - 1) > DRIFT_SHARE:
-            label = f"load {lv.load:g}" if isinstance(lv.load, (int, float)) else "trace"
-            out.append(f"{label}: the server ran its decode steps x{m:.2f} as long as during its calibration "
-                       f"(median over {len(xs)} replay(s)): it moved since, and this level's errors measure "
-                       "that as much as the simulator (recalibrate, or rerun on a steadier machine)")
+            out.append(f"{level_label(lv.load)}: the server ran its decode steps x{m:.2f} as long as during its "
+                       f"calibration (median over {len(xs)} replay(s)): it moved since, and this level's errors "
+                       "measure that as much as the simulator (recalibrate, or rerun on a steadier machine)")
     return out
 
 

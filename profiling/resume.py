@@ -202,7 +202,7 @@ def rescore(out: str | Path, *, cost=None, progress=None):
     from costmodel.profiles import load_profile
     from profiling.gateway import MicroBatch
     from profiling.replay import (LevelResult, ServerFacts, ValidationResult, drift_notes, engine_config, fit_trace,
-                                  fitted_calibration, pool_levels, replay_speed)
+                                  fitted_calibration, pool_levels)
     from sim.config import GatewayConfig
     from sim.validation import OffsetCost, aggregate, calibrate_server, calibrated, overhead_from_probe, sim_trace
     from traces.schema import REQUEST_SCHEMA
@@ -246,8 +246,6 @@ def rescore(out: str | Path, *, cost=None, progress=None):
     cost, engine = calibrated(cost, engine, calib)
     if cframe is not None and samples:
         overhead = overhead_from_probe(samples, cost)
-    if cframe is not None:
-        calib = {**calib, "speed": replay_speed(cframe, cost=cost, engine=engine, overhead_s=overhead)}
     levels: list[LevelResult] = []
     for li, (load, raw) in enumerate(levels_in):
         trace, _ = fit_trace(raw, facts.max_model_len)  # as the live run replayed it

@@ -263,7 +263,7 @@ def _arrivals(env, trace, engine, core, gw, rec, clock):
             rec.reject(i, why)
             continue
         if capped:
-            rec.length_capped[i] = True
+            rec.cap_length(i)
         req = SimRequest(idx=i, request_id=int(ids[i]), arrival_s=float(arrival[i]), tenant=tenants[i],
                          priority=int(prio[i]), input_tokens=prompt, output_tokens=gen, est_tokens=prompt + gen,
                          slo_e2e_s=None if np.isnan(slo[i]) else float(slo[i]))
@@ -341,6 +341,11 @@ def calibrated(cost: CostModel, engine: EngineConfig, calibration: dict | None) 
     return cost, engine
 
 
+def level_label(load: float | str | None) -> str:
+    """How a level is named in output: "load 0.6", "trace" (a trace at its own rate), "all levels"."""
+    return "all levels" if load == "all" else ("trace" if load is None else f"load {load:g}")
+
+
 def describe_calibration(calib: dict) -> str:
     """One sentence on what a calibration found (for the console and the report)."""
     corr = calib.get("correction")
@@ -390,17 +395,18 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
 
     Returns the fit (``knots``, ``values_s``, its step errors) plus
     ``steps_recovered`` (how many steps the kept admission model explains),
+    ``speed`` (:func:`sim.server_steps.step_speed` of those steps against the corrected model:
+    the reference a later replay's :func:`replay_speed` is compared with),
     ``async_scheduling`` (the admission model kept), ``ttft_err`` (median
     absolute relative per-request TTFT error, per model) and ``tpot_err`` (the
     same for TPOT, with the model kept).
     """
     from dataclasses import replace
 
-    from sim.server_steps import StepCorrection, fit_step_correction, scheduled_steps
+    from sim.server_steps import StepCorrection, fit_step_correction, step_speed
 
-    recovered = {lag: scheduled_steps(real, max_num_batched_tokens=engine.max_num_batched_tokens,
-                                      max_num_seqs=engine.max_num_seqs, chunked=engine.chunked_prefill,
-                                      arrival_offset_s=overhead_s, lag_steps=lag, cost=cost) for lag in (1, 2)}
+    recovered = {lag: engine_steps(real, engine=engine, overhead_s=overhead_s, cost=cost, lag_steps=lag)
+                 for lag in (1, 2)}
     lag = max(recovered, key=lambda k: (int(recovered[k]["consistent"].sum()), -k))
     steps = recovered[lag]
     fit = fit_step_correction(steps, cost, max_num_seqs=engine.max_num_seqs)
@@ -415,7 +421,28 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
     choice = lag == 2
     return {**fit, "async_scheduling": choice,
             "ttft_err": {"sync": errs[False]["ttft_s"]["median_abs"], "async": errs[True]["ttft_s"]["median_abs"]},
-            "tpot_err": errs[choice]["tpot_s"]["median_abs"]}
+            "tpot_err": errs[choice]["tpot_s"]["median_abs"], "speed": step_speed(steps, corrected)}
+
+
+def engine_steps(frame: pl.DataFrame, *, engine: EngineConfig, overhead_s: float, cost: CostModel,
+                 lag_steps: int | None = None) -> pl.DataFrame:
+    """One replay's engine steps with their whole batches (:func:`sim.server_steps.scheduled_steps`)
+    under this engine's limits; scheduled as its admission model says unless ``lag_steps`` is given."""
+    from sim.server_steps import scheduled_steps
+
+    return scheduled_steps(frame, max_num_batched_tokens=engine.max_num_batched_tokens,
+                           max_num_seqs=engine.max_num_seqs, chunked=engine.chunked_prefill,
+                           arrival_offset_s=overhead_s, cost=cost,
+                           lag_steps=lag_steps or (2 if engine.async_scheduling else 1))
+
+
+def replay_speed(frame: pl.DataFrame, *, cost: CostModel, engine: EngineConfig, overhead_s: float) -> dict:
+    """The real server's speed during one replay against the cost model the simulator used
+    (:func:`sim.server_steps.step_speed` on its steps, recovered as the calibration recovers
+    them): a server that drifted since its calibration shows here, not in the fit."""
+    from sim.server_steps import step_speed
+
+    return step_speed(engine_steps(frame, engine=engine, overhead_s=overhead_s, cost=cost), cost)
 
 
 def overhead_from_probe(samples: list[tuple[int, float]], cost: CostModel) -> float:

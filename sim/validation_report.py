@@ -31,7 +31,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from sim.html import figures_html, group_dropdown
-from sim.validation import (METRIC_LABELS, METRICS, OVERALL, STATS, metric_values, real_latencies, sim_latencies,
+from sim.validation import (METRIC_LABELS, METRICS, OVERALL, STATS, level_label, metric_values, real_latencies, sim_latencies,
                             target_check)
 
 REAL_COLOR, SIM_COLOR = "#1f77b4", "#d62728"
@@ -52,10 +52,6 @@ def clean(obj: Any) -> Any:
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-def level_label(load: float | None) -> str:
-    return "all levels" if load == "all" else ("trace" if load is None else f"load {load:g}")
 
 
 def speed_text(lv) -> str:

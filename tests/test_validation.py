@@ -597,7 +597,8 @@ def test_scheduled_steps_flag_what_the_scheduler_does_not_explain():
 def test_step_speed_tells_a_server_that_changed_speed():
     """A replay measured against the cost model that made it runs at x1.00; a server 10 % slower than
     the model reads x1.10, for decode and mixed steps alike; and the level records it per replay."""
-    from profiling.replay import LevelResult, replay_speed
+    from profiling.replay import LevelResult
+    from sim.validation import replay_speed
     from sim.server_steps import scheduled_steps, step_speed
     from tests.factories import COEF
 
