@@ -91,3 +91,29 @@ def make_request(i: int, input_tokens: int, output_tokens: int, arrival_s: float
 def make_engine(cost=None, *, num_blocks: int = 1000, **config) -> EngineCore:
     cfg = EngineConfig(**{"max_model_len": 8192, **config})
     return EngineCore(config=cfg, cost=cost or linear_cost(), num_blocks=num_blocks)
+
+
+def draw_native_table(draw, n: int, *, seconds, tenant_names, tokens) -> pl.DataFrame:
+    """A valid native request table of ``n`` rows, drawn with hypothesis's ``draw``: unique ids, sorted
+    arrival times from ``seconds``, tenants from ``tenant_names``, token counts from ``tokens``, and
+    every optional column sometimes null."""
+    from hypothesis import strategies as st
+
+    def column(strategy):
+        return draw(st.lists(strategy, min_size=n, max_size=n))
+
+    opt = lambda s: st.none() | s  # noqa: E731
+    slo = st.floats(1e-6, 1e4, allow_nan=False, allow_infinity=False)
+    rows = {
+        "request_id": draw(st.lists(st.integers(-(2**62), 2**62), min_size=n, max_size=n, unique=True)),
+        "arrival_s": sorted(column(seconds)),
+        "tenant": column(tenant_names),
+        "input_tokens": column(tokens),
+        "output_tokens": column(tokens),
+        "prompt": column(opt(st.text(max_size=20))),
+        "max_tokens": column(opt(tokens)),
+        "priority": column(opt(st.integers(-100, 100))),
+        "slo_ttft_s": column(opt(slo)),
+        "slo_e2e_s": column(opt(slo)),
+    }
+    return pl.DataFrame(rows, schema=REQUEST_SCHEMA)

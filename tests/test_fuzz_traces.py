@@ -42,6 +42,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.factories import draw_native_table
 from tests.fuzzing import fuzz_settings, no_hang, tried
 from traces import REQUEST_SCHEMA, TraceError, load_trace_with_report, validate_trace, write_trace
 
@@ -139,22 +140,7 @@ def records(draw, fmt: str) -> tuple[list[dict], pl.DataFrame]:
 
 @st.composite
 def native_tables(draw, n: int) -> pl.DataFrame:
-    ids = draw(st.lists(st.integers(-(2**62), 2**62), min_size=n, max_size=n, unique=True))
-    opt = lambda s: st.none() | s  # noqa: E731
-    slo = st.floats(1e-6, 1e4, allow_nan=False, allow_infinity=False)
-    rows = {
-        "request_id": ids,
-        "arrival_s": sorted(draw(st.lists(seconds, min_size=n, max_size=n))),
-        "tenant": draw(st.lists(tenant_names, min_size=n, max_size=n)),
-        "input_tokens": draw(st.lists(tokens, min_size=n, max_size=n)),
-        "output_tokens": draw(st.lists(tokens, min_size=n, max_size=n)),
-        "prompt": draw(st.lists(opt(st.text(max_size=20)), min_size=n, max_size=n)),
-        "max_tokens": draw(st.lists(opt(tokens), min_size=n, max_size=n)),
-        "priority": draw(st.lists(opt(st.integers(-100, 100)), min_size=n, max_size=n)),
-        "slo_ttft_s": draw(st.lists(opt(slo), min_size=n, max_size=n)),
-        "slo_e2e_s": draw(st.lists(opt(slo), min_size=n, max_size=n)),
-    }
-    return pl.DataFrame(rows, schema=REQUEST_SCHEMA)
+    return draw_native_table(draw, n, seconds=seconds, tenant_names=tenant_names, tokens=tokens)
 
 
 # --------------------------------------------------------------------------- serialising

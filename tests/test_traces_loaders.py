@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.factories import draw_native_table
 from traces import (
     REQUEST_SCHEMA,
     TraceError,
@@ -348,25 +349,8 @@ names = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)
 
 @st.composite
 def tables(draw) -> pl.DataFrame:
-    n = draw(st.integers(1, 12))
-    ids = draw(st.lists(st.integers(-(2**62), 2**62), min_size=n, max_size=n, unique=True))
-    times = sorted(draw(st.lists(st.floats(0, 1e7, allow_nan=False), min_size=n, max_size=n)))
-    pos = st.integers(1, 2**40)
-    opt = lambda s: st.none() | s  # noqa: E731
-    slo = st.floats(1e-6, 1e4, allow_nan=False, allow_infinity=False)
-    rows = {
-        "request_id": ids,
-        "arrival_s": times,
-        "tenant": draw(st.lists(names, min_size=n, max_size=n)),
-        "input_tokens": draw(st.lists(pos, min_size=n, max_size=n)),
-        "output_tokens": draw(st.lists(pos, min_size=n, max_size=n)),
-        "prompt": draw(st.lists(opt(st.text(max_size=20)), min_size=n, max_size=n)),
-        "max_tokens": draw(st.lists(opt(pos), min_size=n, max_size=n)),
-        "priority": draw(st.lists(opt(st.integers(-100, 100)), min_size=n, max_size=n)),
-        "slo_ttft_s": draw(st.lists(opt(slo), min_size=n, max_size=n)),
-        "slo_e2e_s": draw(st.lists(opt(slo), min_size=n, max_size=n)),
-    }
-    return pl.DataFrame(rows, schema=REQUEST_SCHEMA)
+    return draw_native_table(draw, draw(st.integers(1, 12)), seconds=st.floats(0, 1e7, allow_nan=False),
+                             tenant_names=names, tokens=st.integers(1, 2**40))
 
 
 @pytest.mark.parametrize("ext", ["csv", "parquet"])
