@@ -37,8 +37,7 @@ DEFAULT_LOADS = "0.3,0.6,0.9,1.2"
 #: The held-out calibration replay: these loads, light to past saturation, so that every batch size
 #: the levels reach is seen (its lengths are another draw, its seed another), with this many requests
 #: each. The saturated segment is the longest: full batches must be timed over many seconds, not one
-#: burst (a 40-request segment gave 24 steps of 25-32 sequences, all within 2 s, at 41 ms; the levels'
-#: same-size steps took 44-48 ms).
+#: burst (a 40-request segment timed them faster than the levels then ran them; VALIDATION.md).
 CALIBRATION_LOADS = (0.3, 0.8, 1.3)
 CALIBRATION_REQUESTS = (40, 80, 120)
 

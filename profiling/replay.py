@@ -640,8 +640,9 @@ def run_validation(
         levels.append(LevelResult(load=load, rate_rps=(trace.height - 1) / span if span > 0 else math.nan, trace=trace))
     interrupted = False
     # The repeats go round the levels (0.3, 0.6, ..., then 0.3 again), not one level N times in a row: a
-    # server whose speed drifts over minutes (measured: 10 % between back-to-back replays of one trace on
-    # a shared VM) then shows in the spread, and each level's mean is taken across the whole session.
+    # server whose speed drifts over minutes (measured on a shared VM: x0.97 and x1.04 of the simulated
+    # step times in back-to-back replays of one trace) then shows in the spread, and each level's mean
+    # is taken across the whole session.
     for r in range(repeat):
         for li, lv in enumerate(levels):
             trace, load = lv.trace, lv.load

