@@ -31,7 +31,9 @@ boundaries are known, with these precisions:
   (first-token time minus scheduled time, both engine-side) grows by
   exactly that step's duration, read from ``/metrics`` before and after.
   Several prompts at once are gated and timed as the gap between the
-  gate's first token and theirs (client-side precision, as above).
+  gate's first token and theirs (client-side precision, as above); so is
+  the one prefill step that opens every decode probe whose prompts fit in
+  a step, which gives a prefill row per decode probe.
   Prefills longer than one step's token budget are not attributed.
 
 The *gate*: a request with a long prompt and one output token is sent
@@ -581,22 +583,35 @@ class HttpDriver:
                      t_s=time.perf_counter() - self._t0)
             return r
 
+        def gate_gap_row(L: int, B: int, steps: int) -> dict | None:
+            """The batch's one prefill step, timed from the gate's first token
+            to theirs; None unless they came together and the engine ran
+            exactly ``steps`` steps (so nothing else shared the probe)."""
+            if probe["gate"] is None or B * L > self.config.max_num_batched_tokens:
+                return None
+            g = probe["gate"].arrivals[0]
+            firsts = np.array([s.arrivals[0] for s in main])
+            spread = float(firsts.max() - firsts.min())
+            gap = float(np.median(firsts) - g)
+            steps_ok = engine.get("steps") in (None, steps) if engine else True
+            if not (gap > 0 and spread <= 0.25 * gap and steps_ok):
+                return None
+            feats = {"prefill_tokens": B * L, "prefill_seqs": B, "prefill_attn_tokens": B * chunk_attn_tokens(0, L)}
+            return row(feats, gap, {"method": "gate-gap", "spread_s": spread}, 0)
+
         if point.kind == "prefill":
             L, B = point.prompt_len, point.batch
-            feats = {"prefill_tokens": B * L, "prefill_seqs": B, "prefill_attn_tokens": B * chunk_attn_tokens(0, L)}
             if B == 1 and engine.get("steps") == 1 and engine.get("prefill_sum"):
+                feats = {"prefill_tokens": L, "prefill_seqs": 1, "prefill_attn_tokens": chunk_attn_tokens(0, L)}
                 rows.append(row(feats, float(engine["prefill_sum"]), {"method": "engine-prefill-time"}, 0))
-            elif B > 1 and probe["gate"] is not None:
-                g = probe["gate"].arrivals[0]
-                firsts = np.array([s.arrivals[0] for s in main])
-                spread = float(firsts.max() - firsts.min())
-                gap = float(np.median(firsts) - g)
-                steps_ok = engine.get("steps") in (None, 2) if engine else True
-                if gap > 0 and spread <= 0.25 * gap and steps_ok:
-                    rows.append(row(feats, gap, {"method": "gate-gap", "spread_s": spread}, 0))
+            elif B > 1 and (r := gate_gap_row(L, B, 2)) is not None:
+                rows.append(r)
             return rows
 
         B, C = point.batch, point.prompt_len
+        if point.kind == "decode" and (r := gate_gap_row(C, B, 2 + point.decode_steps)) is not None:
+            # the decode batch starts with one prefill step of all its prompts: a prefill row for free
+            rows.append(r)
         if point.kind == "decode" and engine.get("itl_count") and B * C <= self.config.max_num_batched_tokens \
                 and engine["itl_count"] == B * point.decode_steps:
             # one prefill step for all, then decode_steps steps in lockstep: the engine's own
@@ -605,15 +620,16 @@ class HttpDriver:
             n = point.decode_steps
             ctx = B * (C + (n + 1) / 2)  # contexts C+1 .. C+n, mean C + (n+1)/2
             feats = {"decode_seqs": B, "decode_ctx_tokens": int(round(ctx))}
-            return [row(feats, engine["itl_sum"] / engine["itl_count"],
-                        {"method": "engine-itl-mean", "steps": n}, 0)]
+            return rows + [row(feats, engine["itl_sum"] / engine["itl_count"],
+                               {"method": "engine-itl-mean", "steps": n}, 1)]
         steps = lockstep_decode_steps(main, lens)
         join_end = None
         if point.kind == "mixed" and probe["joins"]:
             jf = np.array([s.arrivals[0] for s in probe["joins"]])
             if not np.isnan(jf).any() and jf.max() - jf.min() < 0.25 * max(1e-3, np.median([s.time_s for s in steps] or [1])):
                 join_end = float(np.median(jf))
-        for j, st in enumerate(steps):
+        first = len(rows)  # a decode probe's prefill row is its step 0
+        for j, st in enumerate(steps, start=first):
             feats: dict = {"decode_seqs": st.decode_seqs, "decode_ctx_tokens": st.decode_ctx_tokens}
             method = "lockstep-gap"
             if join_end is not None and abs(st.end_s - join_end) <= 0.25 * st.time_s:

@@ -61,9 +61,13 @@ class TestHttpServer:
                                            join_prompt_len=128, join_count=1))
         assert [r["phase"] for r in prefill] == ["prefill"]
         assert json.loads(prefill[0]["raw"])["method"] == "engine-prefill-time"
+        # a decode probe opens with one prefill step of its whole batch, timed from the gate
+        opening = [r for r in decode if r["phase"] == "prefill"]
+        decode = [r for r in decode if r["phase"] != "prefill"]
+        assert [(r["prefill_tokens"], json.loads(r["raw"])["method"]) for r in opening] in ([], [(256, "gate-gap")])
         assert decode and all(r["phase"] == "decode" and r["decode_seqs"] == 4 for r in decode)
         assert any(r["phase"] == "mixed" and r["prefill_tokens"] == 128 for r in mixed)
-        for r in prefill + decode + mixed:
+        for r in prefill + opening + decode + mixed:
             assert 0.001 < r["step_time_s"] < 5.0
         # a 128-token prefill costs more than a 4-sequence decode step
         assert prefill[0]["step_time_s"] > min(r["step_time_s"] for r in decode)
@@ -71,10 +75,14 @@ class TestHttpServer:
     def test_http_profile_then_fit(self, vllm_server, tiny_model, tmp_path):
         out = tmp_path / "http.parquet"
         res = run_cli("profile", "--engine", "http", "--endpoint", vllm_server.url, "--model", str(tiny_model),
-                      "--budget-s", "45", "--out", str(out), *LIMIT_ARGS)
+                      "--budget-s", "60", "--out", str(out), *LIMIT_ARGS)
         assert res.returncode == 0, res.stdout + res.stderr
         df = pl.read_parquet(out)
         assert {"prefill", "decode", "mixed"} <= set(df["phase"].unique())
+        measured = df.filter(~pl.col("warmup"))
+        print({f"{k}:{p}": n for k, p, n in measured.group_by("point_kind", "phase").len().sort("point_kind", "phase").iter_rows()})
+        # decode probes time their opening prefill too, so a short sweep still has prefills to fit
+        assert measured.filter((pl.col("point_kind") == "decode") & (pl.col("phase") == "prefill")).height > 0
         res = run_cli("fit", str(out), "--out", str(tmp_path / "http.toml"))
         assert res.returncode == 0, res.stdout + res.stderr
         assert "held-out" in res.stdout

@@ -315,7 +315,8 @@ class FakeEngine:
         n, prompt = body["max_tokens"], len(body["prompt"])
         if self.t0 is None or time.perf_counter() - self.t0 > 5:
             self.t0 = time.perf_counter()
-        start = self.t0 + (0.05 if prompt < 1000 else 0.0)  # the gate's token lands first
+        gate = n == 1 and prompt >= 512  # the driver's gate: a 512-token prompt, one token
+        start = self.t0 + (0.0 if gate else 0.05)  # the gate's token lands first, the batch's one prefill later
 
         async def chunks():
             for k, chunk in enumerate(usage_chunks(prompt, n)):
@@ -339,8 +340,13 @@ def test_http_driver_recovers_decode_steps_from_a_fake_engine():
     with fake_driver(FakeEngine(step_s=0.02)) as d:
         assert d.limits().kv_tokens == 512 * 128 and d.limits().max_model_len == 1024
         rows = d.run_point(ProbePoint(kind="decode", batch=3, prompt_len=32, decode_steps=6, point_id=7))
-    assert rows and all(r["phase"] == "decode" and r["decode_seqs"] == 3 for r in rows)
-    assert np.median([r["step_time_s"] for r in rows]) == pytest.approx(0.02, rel=0.25)
+    prefill, decode = rows[0], rows[1:]
+    assert decode and all(r["phase"] == "decode" and r["decode_seqs"] == 3 for r in decode)
+    assert np.median([r["step_time_s"] for r in decode]) == pytest.approx(0.02, rel=0.25)
+    # the batch's own prefill step, between the gate's first token and theirs
+    assert (prefill["phase"], prefill["prefill_tokens"], prefill["prefill_seqs"]) == ("prefill", 96, 3)
+    assert prefill["step_time_s"] == pytest.approx(0.05, rel=0.25)
+    assert [r["step"] for r in rows] == list(range(len(rows)))
     assert d.metadata()["num_gpu_blocks"] == 512
 
 
