@@ -39,7 +39,7 @@ from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, Streami
 from profiling.http import EndpointError, OpenAIClient, cache_config
 from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
-from sim.validation import (OffsetCost, aggregate, calibrate_server, calibrated, compare, level_label,
+from sim.validation import (OffsetCost, ScaledCost, aggregate, calibrate_server, calibrated, compare, level_label,
                             overhead_from_probe, replay_speed, sim_trace, simulate_replay)
 from traces.schema import REQUEST_SCHEMA
 from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
@@ -468,6 +468,10 @@ class LevelResult:
     contention: list[dict] = field(default_factory=list)  # per replay: CPU other processes used (ForeignCpu)
     engine: list[dict] = field(default_factory=list)  # per replay: engine steps, tokens, preemptions, real vs sim
     speed: list[dict] = field(default_factory=list)  # per replay: its steps against the simulated cost model
+    # per replay, simulated again at its server's measured decode speed (ScaledCost); None where unmeasured
+    matched_sim: list[pl.DataFrame | None] = field(default_factory=list)
+    matched: list[dict | None] = field(default_factory=list)
+    matched_aggregate: dict = field(default_factory=dict)
 
     def add_replay(self, frame: pl.DataFrame, repeat: int, *, before: dict, after: dict, gateway_holds: bool,
                    overhead_s: float, cost, engine, gateway) -> None:
@@ -480,6 +484,16 @@ class LevelResult:
         self.sim.append(simres.requests.with_columns(pl.lit(repeat).alias("repeat")))
         self.scores.append(compare(frame, simres.requests, self.trace, overhead_s=overhead_s))
         self.speed.append(replay_speed(frame, cost=cost, engine=engine, overhead_s=overhead_s))
+        factor = self.speed[-1].get("decode", math.nan)
+        if math.isfinite(factor) and factor > 0:
+            msim = simulate_replay(st, cost=ScaledCost(cost, factor), engine=engine, gateway=gateway).requests
+            self.matched_sim.append(msim.with_columns(pl.lit(repeat).alias("repeat")))
+            self.matched.append(compare(frame, msim, self.trace, overhead_s=overhead_s))
+        else:
+            self.matched_sim.append(None)
+            self.matched.append(None)
+        self.aggregate = aggregate(self.scores)
+        self.matched_aggregate = aggregate([m for m in self.matched if m is not None])
 
 
 @dataclass
@@ -510,9 +524,12 @@ class ValidationResult:
             "levels": [{"load": lv.load, "rate_rps": lv.rate_rps, "requests": lv.trace.height,
                         "repeats": len(lv.real), "wall_s": lv.wall_s, "interrupted": lv.interrupted,
                         "contention": lv.contention, "engine": lv.engine, "server_speed": lv.speed,
-                        "aggregate": lv.aggregate, "runs": lv.scores} for lv in self.levels],
-            "all_levels": None if self.pooled is None else {"aggregate": self.pooled.aggregate,
-                                                            "runs": self.pooled.scores},
+                        "aggregate": lv.aggregate, "runs": lv.scores,
+                        "at_server_speed": {"aggregate": lv.matched_aggregate, "runs": lv.matched}}
+                       for lv in self.levels],
+            "all_levels": None if self.pooled is None else {
+                "aggregate": self.pooled.aggregate, "runs": self.pooled.scores,
+                "at_server_speed": {"aggregate": self.pooled.matched_aggregate, "runs": self.pooled.matched}},
         }
 
 
@@ -681,7 +698,6 @@ def run_validation(
                                                  "before": before, "after": after, "interrupted": run.interrupted})
             lv.add_replay(run.frame, r, before=before, after=after, gateway_holds=holds, overhead_s=overhead_s,
                           cost=cost, engine=engine, gateway=gateway)
-            lv.aggregate = aggregate(lv.scores)
             if run.interrupted:
                 lv.interrupted = interrupted = True
                 break
@@ -740,6 +756,11 @@ def pool_levels(levels: list[LevelResult], *, overhead_s: float) -> LevelResult 
         real = pl.concat([key(lv.real[r], i) for i, lv in enumerate(levels)], how="diagonal_relaxed")
         sim = pl.concat([key(lv.sim[r], i) for i, lv in enumerate(levels)], how="diagonal_relaxed")
         pooled.scores.append(compare(real, sim, trace, overhead_s=overhead_s))
+        matched = [lv.matched_sim[r] if r < len(lv.matched_sim) else None for lv in levels]
+        if all(m is not None for m in matched):
+            msim = pl.concat([key(m, i) for i, m in enumerate(matched)], how="diagonal_relaxed")
+            pooled.matched.append(compare(real, msim, trace, overhead_s=overhead_s))
     pooled.aggregate = aggregate(pooled.scores)
+    pooled.matched_aggregate = aggregate(pooled.matched)
     pooled.wall_s = [sum(lv.wall_s[r] for lv in levels) for r in range(n_rep)]
     return pooled

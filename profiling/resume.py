@@ -204,7 +204,7 @@ def rescore(out: str | Path, *, cost=None, progress=None):
     from profiling.replay import (LevelResult, ServerFacts, ValidationResult, drift_notes, engine_config, fit_trace,
                                   fitted_calibration, pool_levels)
     from sim.config import GatewayConfig
-    from sim.validation import OffsetCost, aggregate, calibrate_server, calibrated, overhead_from_probe, sim_trace
+    from sim.validation import OffsetCost, calibrate_server, calibrated, overhead_from_probe, sim_trace
     from traces.schema import REQUEST_SCHEMA
 
     say = progress or (lambda _msg: None)
@@ -266,7 +266,6 @@ def rescore(out: str | Path, *, cost=None, progress=None):
             lv.interrupted |= bool(meta.get("interrupted", True)) or missing > 0
             r += 1
         if lv.scores:
-            lv.aggregate = aggregate(lv.scores)
             levels.append(lv)
     if not levels:
         raise JournalError(f"{folder}: no replay journal to re-score")

@@ -216,13 +216,18 @@ def fmt_pct(x: float | None, signed: bool = False) -> str:
 def _targets_html(result) -> str:
     rows = []
     for lv in _all_levels(result):
-        for t in target_check(lv.aggregate):
+        for t in target_check(lv.aggregate, matched=getattr(lv, "matched_aggregate", None)):
             cls = "ok" if t["met"] else "bad"
             rows.append(f"<tr><td>{_e(level_label(lv.load))}</td><td>{METRIC_LABELS[t['metric']]} {t['stat']}</td>"
                         f"<td class='{cls}'>{fmt_pct(t['abs_err'])}</td><td>&le; {fmt_pct(t['bound'])}</td>"
-                        f"<td>{fmt_pct(t['spread'])}</td><td class='{cls}'>{'yes' if t['met'] else 'no'}</td></tr>")
-    return ("<table><tr><th>level</th><th>figure</th><th>|sim error|</th><th>target</th><th>real spread</th>"
-            "<th>met</th></tr>" + "".join(rows) + "</table>")
+                        f"<td>{fmt_pct(t['spread'])}</td><td class='{cls}'>{'yes' if t['met'] else 'no'}</td>"
+                        f"<td>{fmt_pct(t['matched_abs_err'])}</td></tr>")
+    return ("<p class='note'>At server speed: each replay simulated again with every step scaled by the speed its "
+            "real server was measured to run at during that replay (median observed / simulated decode step). "
+            "What error is left is the simulator's batching, admission and queueing, with the server's drift since "
+            "its calibration taken out; a diagnostic, not judged against the targets.</p>"
+            "<table><tr><th>level</th><th>figure</th><th>|sim error|</th><th>target</th><th>real spread</th>"
+            "<th>met</th><th>at server speed</th></tr>" + "".join(rows) + "</table>")
 
 
 def _all_levels(result) -> list:

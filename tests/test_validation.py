@@ -616,6 +616,48 @@ def test_step_speed_tells_a_server_that_changed_speed():
     assert lv.speed[0]["decode"] == pytest.approx(1.1, rel=0.02)
 
 
+def test_at_server_speed_the_drift_is_taken_out_of_the_error():
+    """A server 10 % slower than the model: the held-out sim is ~9 % fast on TPOT and E2E; simulated
+    again at the replay's measured speed the error all but vanishes (the structure is exact here),
+    per level and pooled, and the targets table carries it beside the judged error."""
+    from profiling.replay import LevelResult, pool_levels
+    from sim.validation import OVERALL, target_check
+    from tests.factories import COEF
+
+    slow = linear_cost(**{k: 1.1 * v for k, v in COEF.items()})
+    eng, trace, real, _ = _chunking_replay(slow)
+    levels = []
+    for load in (0.5, 1.0):
+        lv = LevelResult(load=load, rate_rps=1.0, trace=trace)
+        lv.add_replay(real, 0, before={}, after={}, gateway_holds=False, overhead_s=0.0, cost=linear_cost(),
+                      engine=eng, gateway=GatewayConfig())
+        lv.wall_s.append(1.0)
+        levels.append(lv)
+    lv = levels[0]
+    held, matched = lv.aggregate["groups"][OVERALL], lv.matched_aggregate["groups"][OVERALL]
+    for m in ("tpot_s", "e2e_s"):
+        assert held[m]["p50"]["err"] < -0.07
+        assert matched[m]["p50"]["abs_err"] < 0.01
+    pooled = pool_levels(levels, overhead_s=0.0)
+    assert len(pooled.matched) == 1 and pooled.matched_aggregate["groups"][OVERALL]["tpot_s"]["p50"]["abs_err"] < 0.01
+    rows = target_check(lv.aggregate, matched=lv.matched_aggregate)
+    assert all(r["matched_abs_err"] < r["abs_err"] for r in rows if r["metric"] in ("tpot_s", "e2e_s"))
+
+
+def test_scaled_cost_scales_every_step_and_fast_forwarded_runs_alike():
+    from costmodel.batch import StepBatch
+    from sim.validation import ScaledCost
+
+    base = linear_cost()
+    cost = ScaledCost(base, 1.25)
+    b = StepBatch(decode_seqs=3, decode_ctx_tokens=300)
+    assert cost.step_time(b) == base.step_time(b) * 1.25
+    run = cost.decode_run_times(3, 300, 4)
+    assert run[0] == cost.step_time(b) and np.all(run == base.decode_run_times(3, 300, 4) * 1.25)
+    with pytest.raises(ValueError, match="speed factor"):
+        ScaledCost(base, float("nan"))
+
+
 def test_a_level_whose_server_moved_since_its_calibration_is_flagged():
     from profiling.replay import LevelResult, drift_notes
 
