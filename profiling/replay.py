@@ -468,7 +468,7 @@ class LevelResult:
     contention: list[dict] = field(default_factory=list)  # per replay: CPU other processes used (ForeignCpu)
     engine: list[dict] = field(default_factory=list)  # per replay: engine steps, tokens, preemptions, real vs sim
     speed: list[dict] = field(default_factory=list)  # per replay: its steps against the simulated cost model
-    # per replay, simulated again at its server's measured decode speed (ScaledCost); None where unmeasured
+    # per replay, simulated again at its server's measured speed (busy time, ScaledCost); None where unmeasured
     matched_sim: list[pl.DataFrame | None] = field(default_factory=list)
     matched: list[dict | None] = field(default_factory=list)
     matched_aggregate: dict = field(default_factory=dict)
@@ -484,7 +484,7 @@ class LevelResult:
         self.sim.append(simres.requests.with_columns(pl.lit(repeat).alias("repeat")))
         self.scores.append(compare(frame, simres.requests, self.trace, overhead_s=overhead_s))
         self.speed.append(replay_speed(frame, cost=cost, engine=engine, overhead_s=overhead_s))
-        factor = self.speed[-1].get("decode", math.nan)
+        factor = self.speed[-1].get("busy", math.nan)
         if math.isfinite(factor) and factor > 0:
             msim = simulate_replay(st, cost=ScaledCost(cost, factor), engine=engine, gateway=gateway).requests
             self.matched_sim.append(msim.with_columns(pl.lit(repeat).alias("repeat")))

@@ -230,7 +230,8 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
 def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
     """How one replay's steps ran against a cost model: the median of observed / modelled step time
     over the explained pure-decode steps and over the explained mixed steps (1.0: as the model says;
-    1.1: the server ran 10 % slower), with how many steps each rests on. A diagnostic, never fitted:
+    1.1: the server ran 10 % slower), with how many steps each rests on, and ``busy``: the sum of
+    observed over the sum of modelled times of every explained step. A diagnostic, never fitted:
     it tells a server that changed speed since its calibration from a simulator that is wrong."""
     if "consistent" in steps.columns:
         steps = steps.filter(pl.col("consistent"))
@@ -241,6 +242,10 @@ def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
         ratio = part["duration_s"].to_numpy() / predicted(part, cost) if part.height else np.empty(0)
         out[kind] = float(np.median(ratio)) if ratio.size else math.nan
         out[f"{kind}_steps"] = int(ratio.size)
+    # all explained steps together: the server's busy time over the model's for the same batches,
+    # the one factor that keeps a replay's total work (and so its queueing) as the server ran it
+    pred = predicted(steps, cost) if steps.height else np.empty(0)
+    out["busy"] = float(steps["duration_s"].sum() / pred.sum()) if pred.size and pred.sum() > 0 else math.nan
     return out
 
 

@@ -325,10 +325,12 @@ class ScaledCost:
     """A cost model whose every step takes ``factor`` times as long.
 
     Validation re-simulates each replay at the speed its real server was
-    measured to run (:func:`replay_speed`): the error left then is the
-    simulator's structure (batching, admission, queueing), with the server's
-    drift since its calibration taken out. A diagnostic next to the held-out
-    error, never in its place: the factor comes from the replay being scored.
+    measured to run (:func:`replay_speed`'s ``busy``: the server's busy time
+    over the model's for the same recovered steps): the error left then is
+    the simulator's structure (batching, admission, queueing), with the
+    server's drift since its calibration taken out. A diagnostic next to the
+    held-out error, never in its place: the factor comes from the replay
+    being scored.
     Elementwise like :class:`OffsetCost`, so fast-forwarded runs stay bit-identical.
     """
 

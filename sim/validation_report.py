@@ -56,14 +56,15 @@ def clean(obj: Any) -> Any:
 
 def speed_text(lv) -> str:
     """The real server's step times during this level's replays against the simulated ones, e.g.
-    "server steps x0.94-1.05 of the simulated (decode), x0.95 (mixed)"; "" without any."""
+    "server steps x0.94-1.05 (decode), x0.95 (mixed), x0.96-1.02 (busy time) of the simulated";
+    "" without any."""
     parts = []
-    for kind in ("decode", "mixed"):
+    for kind in ("decode", "mixed", "busy"):
         xs = sorted(x[kind] for x in getattr(lv, "speed", []) if math.isfinite(x.get(kind, math.nan)))
         if xs:
             lo, hi = f"{xs[0]:.2f}", f"{xs[-1]:.2f}"
             span = f"x{lo}" if lo == hi else f"x{lo}-{hi}"
-            parts.append(f"{span} ({kind})")
+            parts.append(f"{span} ({'busy time' if kind == 'busy' else kind})")
     return f"server steps {', '.join(parts)} of the simulated" if parts else ""
 
 
@@ -223,7 +224,8 @@ def _targets_html(result) -> str:
                         f"<td>{fmt_pct(t['spread'])}</td><td class='{cls}'>{'yes' if t['met'] else 'no'}</td>"
                         f"<td>{fmt_pct(t['matched_abs_err'])}</td></tr>")
     return ("<p class='note'>At server speed: each replay simulated again with every step scaled by the speed its "
-            "real server was measured to run at during that replay (median observed / simulated decode step). "
+            "real server was measured to run at during that replay (its busy time over the simulated time of the "
+            "same recovered steps). "
             "What error is left is the simulator's batching, admission and queueing, with the server's drift since "
             "its calibration taken out; a diagnostic, not judged against the targets.</p>"
             "<table><tr><th>level</th><th>figure</th><th>|sim error|</th><th>target</th><th>real spread</th>"

@@ -608,6 +608,7 @@ def test_step_speed_tells_a_server_that_changed_speed():
         speed = step_speed(scheduled_steps(real, max_num_batched_tokens=eng.max_num_batched_tokens,
                                            max_num_seqs=eng.max_num_seqs, cost=truth), linear_cost())
         assert speed["decode"] == pytest.approx(expect, rel=1e-6) and speed["mixed"] == pytest.approx(expect, rel=1e-6)
+        assert speed["busy"] == pytest.approx(expect, rel=1e-6)
         assert speed["decode_steps"] > 300 and speed["mixed_steps"] > 50
     lv = LevelResult(load=1.0, rate_rps=1.0, trace=trace)
     lv.add_replay(real, 0, before={}, after={}, gateway_holds=False, overhead_s=0.0, cost=linear_cost(), engine=eng,

@@ -93,7 +93,8 @@ class TestValidateTinyModel:
         assert rec["all"] >= 30 and rec["consistent"] >= 0.8 * rec["all"], rec
         for lv in res.levels:
             speed = lv.speed[0]  # the real server's steps against the simulated ones: a plausible ratio
-            assert speed["decode_steps"] >= 10 and 0.5 < speed["decode"] < 2.0, speed
+            assert speed["decode_steps"] >= 10 and 0.5 < speed["decode"] < 2.0 and 0.5 < speed["busy"] < 2.0, speed
+            assert lv.matched[0] is not None  # and was simulated again at that speed
             real = lv.real[0]
             assert (real["status"] == "ok").all(), real.filter(pl.col("status") != "ok")["error"].to_list()
             assert (real["prompt_tokens"] == real["input_tokens"]).all()  # prompts are exactly as long as asked
@@ -108,6 +109,10 @@ class TestValidateTinyModel:
         data = json.loads(paths["json"].read_text())
         assert data["server"]["num_gpu_blocks"] == facts.num_gpu_blocks
         assert math.isfinite(data["all_levels"]["aggregate"]["groups"]["overall"]["e2e_s"]["p50"]["err"])
+        at_speed = data["all_levels"]["at_server_speed"]["aggregate"]["groups"]["overall"]
+        print("pooled |sim error| at the server's measured speed:",
+              {m: round(at_speed[m]["p50"]["abs_err"], 3) for m in ("e2e_s", "ttft_s", "tpot_s")})
+        assert math.isfinite(at_speed["e2e_s"]["p50"]["err"])
 
     def test_capped_priority_gateway_on_the_real_engine(self, vllm_server, tmp_path):
         """The policy holds requests at the gateway (cap 4): order and queue waits match the simulation's."""
