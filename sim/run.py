@@ -24,7 +24,7 @@ from sim.config import ConfigError, EngineConfig, GatewayConfig
 from sim.engine import EngineCore
 from sim.gateway import Gateway
 from sim.metrics import summarize
-from sim.policies import make_policy
+from sim.policies import Policy, make_policy
 from sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
 from sim.request import SimRequest, engine_output_tokens
 from sim.router import ROUTERS
@@ -68,6 +68,8 @@ def simulate(
     results_path: str | os.PathLike | None = None,
     summary_only: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    core_factory: Callable[..., EngineCore] | None = None,
+    policy_tap: Callable[[Policy], Policy] | None = None,
 ) -> SimResult:
     """Simulate ``trace`` (the request table of :mod:`traces.schema`).
 
@@ -91,6 +93,11 @@ def simulate(
     (counts and means exact; :class:`sim.metrics.StreamingSummary`). These
     modes need the oracle estimator (the others keep state for every
     request of the trace).
+
+    Taps, for callers that must see inside a run (validation notes every
+    dispatch and every step's end): ``core_factory`` builds each replica's
+    engine core (default :class:`EngineCore`; a subclass, same keywords);
+    ``policy_tap`` wraps the gateway's policy.
     """
     if replicas < 1:
         raise ConfigError(f"replicas: expected at least 1, got {replicas}")
@@ -128,9 +135,10 @@ def simulate(
     in_engine = gateway.placement == "engine"
     if in_engine and engine.mode == "microbatch":
         raise ConfigError("gateway.placement 'engine' needs engine.mode 'continuous'; the micro-batch worker orders at the gateway")
+    policy = make_policy("fifo" if in_engine else gateway.policy, **({} if in_engine else gateway.policy_params))
     gw = Gateway(
         env,
-        make_policy("fifo" if in_engine else gateway.policy, **({} if in_engine else gateway.policy_params)),
+        policy if policy_tap is None else policy_tap(policy),
         router=ROUTERS[gateway.router](),
         max_outstanding=gateway.max_outstanding,
     )
@@ -142,8 +150,9 @@ def simulate(
         adm.complete(req, t)
         gw.finished(req, t)
 
+    core_factory = core_factory or EngineCore
     cores = [
-        EngineCore(
+        core_factory(
             config=engine,
             cost=cost,
             num_blocks=num_blocks,

@@ -33,14 +33,12 @@ clock runs ``overhead_s`` ahead for dispatches, see :func:`latencies`):
 for the micro-batch worker), ``tpot = (last token - first token) / (n - 1)``,
 ITL = every gap between consecutive tokens of a request (pooled).
 
-Why a wiring of its own (:func:`simulate_replay`) instead of
-:func:`sim.run.simulate`: the score needs two things ``simulate`` does not
-expose, the gateway's dispatch time per request and the end time of every
-engine step. It assembles the very same parts (``Gateway``, policy,
-``ContinuousReplica`` / ``MicroBatchWorker``, ``EngineCore``,
-``ResultRecorder``) with two taps: a policy wrapper that notes each pop, and
-an ``EngineCore`` that notes each committed step's end. A test checks that
-its per-request results are identical to ``simulate``'s.
+The simulation is :func:`sim.run.simulate` itself (:func:`simulate_replay`)
+with its two taps, since the score needs what a plain run does not keep:
+the gateway's dispatch time per request (a policy wrapper that notes each
+pop) and the end time of every engine step (an ``EngineCore`` that notes
+each committed step's end). A test checks that its per-request results are
+identical to an untapped run's.
 """
 
 from __future__ import annotations
@@ -51,18 +49,13 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import simpy
 
 from costmodel.base import CostModel
 from costmodel.batch import StepBatch
 from sim.config import ConfigError, EngineConfig, GatewayConfig
 from sim.engine import EngineCore
-from sim.gateway import Gateway
-from sim.policies import Policy, make_policy
-from sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
-from sim.request import SimRequest, engine_output_tokens
-from sim.results import ResultRecorder
-from sim.router import ROUTERS
+from sim.policies import Policy
+from sim.run import simulate
 from traces.schema import REQUEST_SCHEMA
 
 #: Metrics scored, in report order (seconds).
@@ -172,8 +165,8 @@ def simulate_replay(
     replicas: int = 1,
     horizon_s: float | None = None,
 ) -> SimReplay:
-    """Simulate ``trace`` as :func:`sim.run.simulate` does (oracle length
-    estimates), noting each request's gateway dispatch and every step's end.
+    """Simulate ``trace`` with :func:`sim.run.simulate` (oracle length
+    estimates), tapped to note each request's gateway dispatch and every step's end.
 
     The returned ``requests`` has simulate's columns plus ``dispatch_s``,
     ``delivered_s`` (= ``finish_s``; in micro-batch mode the batch's end,
@@ -184,39 +177,24 @@ def simulate_replay(
     gateway = gateway or GatewayConfig()
     if gateway.placement != "gateway":
         raise ConfigError("validation replays the policy at the gateway; placement 'engine' has no real counterpart here")
-    if num_blocks is None:
-        num_blocks = engine.num_gpu_blocks or cost.kv_capacity_blocks(engine.block_size)
-    env = simpy.Environment()
-    rec = ResultRecorder(trace.height)
     dispatched: dict[int, float] = {}
-    gw = Gateway(env, _DispatchTap(make_policy(gateway.policy, **gateway.policy_params), dispatched),
-                 router=ROUTERS[gateway.router](), max_outstanding=gateway.max_outstanding)
+    cores: list[_StepTapCore] = []
 
-    def on_finish(req: SimRequest, t: float, replica: int) -> None:
-        rec.finish(req, t, replica)
-        gw.finished(req, t)
+    def step_tap_core(**kw: Any) -> _StepTapCore:
+        cores.append(_StepTapCore(**kw))
+        return cores[-1]
 
-    cores = [_StepTapCore(config=engine, cost=cost, num_blocks=num_blocks) for _ in range(replicas)]
-    clock = {"next": math.inf}
-    if engine.mode == "continuous":
-        gw.replicas = [ContinuousReplica(env, c, i, on_finish, lambda: clock["next"]) for i, c in enumerate(cores)]
-    else:
-        for i, c in enumerate(cores):
-            MicroBatchWorker(env, c, i, gw, on_finish)
-    env.process(_arrivals(env, trace, engine, cores[0], gw, rec, clock))
-    env.run(until=horizon_s)
-    rec.mark_unfinished()
-    df = rec.to_frame(trace)
-    ids = df["request_id"].to_list()
-    df = df.with_columns(
+    res = simulate(trace, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
+                   horizon_s=horizon_s, core_factory=step_tap_core,
+                   policy_tap=lambda policy: _DispatchTap(policy, dispatched))
+    ids = res.requests["request_id"].to_list()
+    df = res.requests.with_columns(
         pl.Series("dispatch_s", [dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64),
         pl.col("finish_s").alias("delivered_s"),
     )
     step_ends = [np.asarray(c.step_ends) for c in cores]
     df = df.with_columns(pl.Series("token_times", _token_times(df, step_ends), dtype=pl.List(pl.Float64)))
-    stats = [{"replica": i, "busy_s": c.busy_s, "steps": c.steps, "preemptions": c.preemptions,
-              "kv_blocks": c.total_blocks} for i, c in enumerate(cores)]
-    return SimReplay(requests=df, step_ends=step_ends, replicas=stats)
+    return SimReplay(requests=df, step_ends=step_ends, replicas=res.replicas)
 
 
 def _token_times(df: pl.DataFrame, step_ends: list[np.ndarray]) -> list[list[float] | None]:
@@ -239,39 +217,6 @@ def _token_times(df: pl.DataFrame, step_ends: list[np.ndarray]) -> list[list[flo
         times = ends[lo:hi].tolist()
         out.append(times if len(times) == n else None)
     return out
-
-
-def _arrivals(env, trace, engine, core, gw, rec, clock):
-    """As :func:`sim.run._arrivals` with the oracle estimator (est_tokens = input + output)."""
-    arrival = trace["arrival_s"].to_numpy()
-    ids = trace["request_id"].to_numpy()
-    tenants = trace["tenant"].to_list()
-    inp = trace["input_tokens"].to_numpy()
-    out = trace["output_tokens"].to_numpy()
-    max_tokens = trace["max_tokens"].fill_null(-1).to_numpy()
-    prio = trace["priority"].fill_null(0).to_numpy()
-    slo = trace["slo_e2e_s"].to_numpy()
-    max_len = engine.max_model_len
-    for i in range(len(arrival)):
-        clock["next"] = float(arrival[i])
-        delay = arrival[i] - env.now
-        if delay > 0:
-            yield urgent_timeout(env, delay)
-        prompt = int(inp[i])
-        gen, capped, why = engine_output_tokens(prompt, int(out[i]), int(max_tokens[i]), max_len)
-        if gen is None:
-            rec.reject(i, why)
-            continue
-        if capped:
-            rec.cap_length(i)
-        req = SimRequest(idx=i, request_id=int(ids[i]), arrival_s=float(arrival[i]), tenant=tenants[i],
-                         priority=int(prio[i]), input_tokens=prompt, output_tokens=gen, est_tokens=prompt + gen,
-                         slo_e2e_s=None if np.isnan(slo[i]) else float(slo[i]))
-        if not core.fits(req):
-            rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
-            continue
-        gw.submit(req)
-    clock["next"] = math.inf
 
 
 class OffsetCost:
