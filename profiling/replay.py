@@ -39,8 +39,8 @@ from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, Streami
 from profiling.http import EndpointError, OpenAIClient, cache_config
 from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
-from sim.validation import (OffsetCost, ScaledCost, aggregate, calibrate_server, calibrated, compare, level_label,
-                            overhead_from_probe, replay_speed, sim_trace, simulate_replay)
+from sim.validation import (OffsetCost, ScaledCost, aggregate, calibrate_server, calibrated, compare, engine_queue_times,
+                            level_label, overhead_from_probe, replay_speed, sim_trace, simulate_replay)
 from traces.schema import REQUEST_SCHEMA
 from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
 
@@ -315,16 +315,16 @@ def engine_counters(client: OpenAIClient) -> dict:
 
 def compare_engine(before: dict, after: dict, sim) -> dict:
     """Engine-side facts of one replay, real (``/metrics`` deltas) beside simulated: steps, tokens
-    computed, preemptions, mean engine queue time (vLLM's, from the request's arrival at the engine
-    to its first scheduling; the simulator's ``scheduled - arrival``)."""
+    computed, preemptions, mean engine queue time (both as vLLM measures it: from the engine core
+    taking the request in, between steps, to its first scheduling; :func:`sim.validation.engine_queue_times`)."""
     real = {k: (after[k] - before[k]) if after.get(k) is not None and before.get(k) is not None else None
             for k in _COUNTERS}
     if real.get("queue_time_count"):
         real["queue_time_mean_s"] = real["queue_time_sum_s"] / real["queue_time_count"]
-    req = sim.requests.filter(pl.col("status") == "ok")
+    queued = engine_queue_times(sim)
     simd = {"steps": sum(r["steps"] for r in sim.replicas), "preemptions": sum(r["preemptions"] for r in sim.replicas),
             "busy_s": sum(r["busy_s"] for r in sim.replicas),
-            "queue_time_mean_s": float(req["queue_wait_s"].mean()) if req.height else None}
+            "queue_time_mean_s": float(queued.mean()) if queued.size else None}
     return {"real": real, "sim": simd}
 
 

@@ -197,6 +197,27 @@ def simulate_replay(
     return SimReplay(requests=df, step_ends=step_ends, replicas=res.replicas)
 
 
+def engine_queue_times(sim: SimReplay) -> np.ndarray:
+    """Each completed request's engine queue time as vLLM's ``request_queue_time_seconds``
+    measures it, s: from the engine core taking the request in to its first scheduling.
+
+    The engine core takes new requests in between steps, so a request that
+    arrives during a step is queued at that step's end (at once on an idle
+    engine) and its queue time is zero unless the scheduler then had no room
+    for it. The simulator's ``queue_wait_s`` counts from the arrival, the
+    current step's remainder included; this is the figure to set beside the
+    server's.
+    """
+    req = sim.requests.filter(pl.col("status") == "ok")
+    out = np.empty(req.height)
+    for k, (rep, arrival, scheduled) in enumerate(req.select("replica", "arrival_s", "scheduled_s").iter_rows()):
+        ends = sim.step_ends[rep] if rep is not None and 0 <= rep < len(sim.step_ends) else np.empty(0)
+        i = int(np.searchsorted(ends, arrival, side="left"))
+        intake = min(float(ends[i]), scheduled) if i < ends.size else scheduled
+        out[k] = max(0.0, scheduled - max(intake, arrival))
+    return out
+
+
 def _token_times(df: pl.DataFrame, step_ends: list[np.ndarray]) -> list[list[float] | None]:
     """Each request's token times: the step ends from its first token to its last on its replica.
 

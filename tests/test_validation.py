@@ -645,6 +645,30 @@ def test_at_server_speed_the_drift_is_taken_out_of_the_error():
     assert all(r["matched_abs_err"] < r["abs_err"] for r in rows if r["metric"] in ("tpot_s", "e2e_s"))
 
 
+def test_engine_queue_time_counts_from_the_step_end_as_vllm_does():
+    """A request arriving mid-step is taken in at that step's end: with room it is scheduled at once
+    (vLLM's queue time 0, though the simulator's queue_wait covers the step's remainder); with no
+    room (one sequence at a time) it waits from that step end until the running request finishes."""
+    from sim.validation import engine_queue_times
+
+    trace = make_trace([(0.0, 64, 40), (0.0123, 32, 4)])
+    for seqs in (8, 1):
+        eng = EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=256, block_size=16, num_gpu_blocks=100,
+                           max_model_len=512)
+        res = simulate_replay(trace, cost=linear_cost(), engine=eng)
+        q = engine_queue_times(res)
+        late = res.requests.row(1, named=True)
+        ends = res.step_ends[0]
+        taken_in = float(ends[np.searchsorted(ends, late["arrival_s"])])
+        assert late["queue_wait_s"] > 0 and q[0] == 0.0
+        if seqs == 8:
+            assert q[1] == 0.0 and late["scheduled_s"] == taken_in
+        else:
+            first = res.requests.row(0, named=True)
+            assert late["scheduled_s"] >= first["finish_s"] - 1e-12
+            assert q[1] == pytest.approx(late["scheduled_s"] - taken_in) and q[1] > 0.1
+
+
 def test_scaled_cost_scales_every_step_and_fast_forwarded_runs_alike():
     from costmodel.batch import StepBatch
     from sim.validation import ScaledCost
