@@ -39,8 +39,9 @@ from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, Streami
 from profiling.http import EndpointError, OpenAIClient, cache_config
 from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
-from sim.validation import (OffsetCost, ScaledCost, aggregate, calibrate_server, calibrated, compare, engine_queue_times,
-                            level_label, overhead_from_probe, replay_speed, sim_trace, simulate_replay)
+from sim.validation import (AT_SERVER_SPEED, SESSION_SPEED, SPEED_VARIANTS, OffsetCost, ScaledCost, aggregate,
+                            calibrate_server, calibrated, compare, engine_queue_times, level_label, overhead_from_probe,
+                            replay_speed, sim_trace, simulate_replay)
 from traces.schema import REQUEST_SCHEMA
 from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
 
@@ -468,10 +469,8 @@ class LevelResult:
     contention: list[dict] = field(default_factory=list)  # per replay: CPU other processes used (ForeignCpu)
     engine: list[dict] = field(default_factory=list)  # per replay: engine steps, tokens, preemptions, real vs sim
     speed: list[dict] = field(default_factory=list)  # per replay: its steps against the simulated cost model
-    # per replay, simulated again at its server's measured speed (busy time, ScaledCost); None where unmeasured
-    matched_sim: list[pl.DataFrame | None] = field(default_factory=list)
-    matched: list[dict | None] = field(default_factory=list)
-    matched_aggregate: dict = field(default_factory=dict)
+    # the same replays simulated again at another server speed (ScaledCost), by name: see SPEED_VARIANTS
+    variants: dict[str, "Resimulation"] = field(default_factory=dict)
 
     def add_replay(self, frame: pl.DataFrame, repeat: int, *, before: dict, after: dict, gateway_holds: bool,
                    overhead_s: float, cost, engine, gateway) -> None:
@@ -484,16 +483,53 @@ class LevelResult:
         self.sim.append(simres.requests.with_columns(pl.lit(repeat).alias("repeat")))
         self.scores.append(compare(frame, simres.requests, self.trace, overhead_s=overhead_s))
         self.speed.append(replay_speed(frame, cost=cost, engine=engine, overhead_s=overhead_s))
-        factor = self.speed[-1].get("busy", math.nan)
-        if math.isfinite(factor) and factor > 0:
-            msim = simulate_replay(st, cost=ScaledCost(cost, factor), engine=engine, gateway=gateway).requests
-            self.matched_sim.append(msim.with_columns(pl.lit(repeat).alias("repeat")))
-            self.matched.append(compare(frame, msim, self.trace, overhead_s=overhead_s))
-        else:
-            self.matched_sim.append(None)
-            self.matched.append(None)
         self.aggregate = aggregate(self.scores)
-        self.matched_aggregate = aggregate([m for m in self.matched if m is not None])
+        self.resimulate(AT_SERVER_SPEED, len(self.real) - 1, self.speed[-1].get("busy", math.nan),
+                        gateway_holds=gateway_holds, overhead_s=overhead_s, cost=cost, engine=engine, gateway=gateway)
+
+    def resimulate(self, variant: str, r: int, factor: float, *, gateway_holds: bool, overhead_s: float,
+                   cost, engine, gateway) -> None:
+        """Simulate replay ``r`` again with every step ``factor`` times as long, scored under ``variant``
+        (nothing, recorded as None, where the factor is unknown)."""
+        v = self.variants.setdefault(variant, Resimulation())
+        while len(v.sims) <= r:
+            v.sims.append(None), v.scores.append(None), v.factors.append(math.nan)
+        if math.isfinite(factor) and factor > 0:
+            frame = self.real[r].drop("repeat")
+            st = sim_trace(self.trace, frame, gateway_holds=gateway_holds, overhead_s=overhead_s)
+            sim = simulate_replay(st, cost=ScaledCost(cost, factor), engine=engine, gateway=gateway).requests
+            v.sims[r] = sim.with_columns(pl.lit(r).alias("repeat"))
+            v.scores[r] = compare(frame, sim, self.trace, overhead_s=overhead_s)
+            v.factors[r] = float(factor)
+        v.aggregate = aggregate([x for x in v.scores if x is not None])
+
+
+@dataclass
+class Resimulation:
+    """One named re-simulation of a level's replays: per replay its frame, score and speed factor
+    (None / NaN where it was not made), and their aggregate."""
+
+    sims: list[pl.DataFrame | None] = field(default_factory=list)
+    scores: list[dict | None] = field(default_factory=list)
+    factors: list[float] = field(default_factory=list)
+    aggregate: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"aggregate": self.aggregate, "runs": self.scores, "speed_factors": self.factors}
+
+
+def session_speed(levels: list["LevelResult"], *, gateway_holds: bool, overhead_s: float, cost, engine,
+                  gateway) -> None:
+    """Score every replay again at :data:`SESSION_SPEED`: the mean busy-time speed of all the session's
+    other replays (the calibration fixes the shape of the step times; the rest of the session, never
+    the scored replay, says how fast this server has been running)."""
+    speeds = {(li, r): x.get("busy", math.nan) for li, lv in enumerate(levels) for r, x in enumerate(lv.speed)}
+    for li, lv in enumerate(levels):
+        for r in range(len(lv.real)):
+            others = [v for k, v in speeds.items() if k != (li, r) and math.isfinite(v)]
+            lv.resimulate(SESSION_SPEED, r, float(np.mean(others)) if others else math.nan,
+                          gateway_holds=gateway_holds, overhead_s=overhead_s, cost=cost, engine=engine,
+                          gateway=gateway)
 
 
 @dataclass
@@ -525,11 +561,11 @@ class ValidationResult:
                         "repeats": len(lv.real), "wall_s": lv.wall_s, "interrupted": lv.interrupted,
                         "contention": lv.contention, "engine": lv.engine, "server_speed": lv.speed,
                         "aggregate": lv.aggregate, "runs": lv.scores,
-                        "at_server_speed": {"aggregate": lv.matched_aggregate, "runs": lv.matched}}
+                        **{name: v.to_dict() for name, v in lv.variants.items()}}
                        for lv in self.levels],
             "all_levels": None if self.pooled is None else {
                 "aggregate": self.pooled.aggregate, "runs": self.pooled.scores,
-                "at_server_speed": {"aggregate": self.pooled.matched_aggregate, "runs": self.pooled.matched}},
+                **{name: v.to_dict() for name, v in self.pooled.variants.items()}},
         }
 
 
@@ -704,6 +740,7 @@ def run_validation(
         if interrupted:
             break
     levels = [lv for lv in levels if lv.scores]
+    session_speed(levels, gateway_holds=holds, overhead_s=overhead_s, cost=cost, engine=engine, gateway=gateway)
     notes += drift_notes(levels, calib)
     return ValidationResult(levels=levels, facts=facts, overhead_s=overhead_s, overhead_samples=samples,
                             capacity_rps=capacity, config=config or {}, notes=notes, interrupted=interrupted,
@@ -756,11 +793,15 @@ def pool_levels(levels: list[LevelResult], *, overhead_s: float) -> LevelResult 
         real = pl.concat([key(lv.real[r], i) for i, lv in enumerate(levels)], how="diagonal_relaxed")
         sim = pl.concat([key(lv.sim[r], i) for i, lv in enumerate(levels)], how="diagonal_relaxed")
         pooled.scores.append(compare(real, sim, trace, overhead_s=overhead_s))
-        matched = [lv.matched_sim[r] if r < len(lv.matched_sim) else None for lv in levels]
-        if all(m is not None for m in matched):
-            msim = pl.concat([key(m, i) for i, m in enumerate(matched)], how="diagonal_relaxed")
-            pooled.matched.append(compare(real, msim, trace, overhead_s=overhead_s))
+        for name in SPEED_VARIANTS:
+            sims = [lv.variants[name].sims[r] if name in lv.variants and r < len(lv.variants[name].sims) else None
+                    for lv in levels]
+            v = pooled.variants.setdefault(name, Resimulation())
+            if all(x is not None for x in sims):
+                vsim = pl.concat([key(x, i) for i, x in enumerate(sims)], how="diagonal_relaxed")
+                v.scores.append(compare(real, vsim, trace, overhead_s=overhead_s))
     pooled.aggregate = aggregate(pooled.scores)
-    pooled.matched_aggregate = aggregate(pooled.matched)
+    for v in pooled.variants.values():
+        v.aggregate = aggregate([x for x in v.scores if x is not None])
     pooled.wall_s = [sum(lv.wall_s[r] for lv in levels) for r in range(n_rep)]
     return pooled

@@ -202,7 +202,7 @@ def rescore(out: str | Path, *, cost=None, progress=None):
     from costmodel.profiles import load_profile
     from profiling.gateway import MicroBatch
     from profiling.replay import (LevelResult, ServerFacts, ValidationResult, drift_notes, engine_config, fit_trace,
-                                  fitted_calibration, pool_levels)
+                                  fitted_calibration, pool_levels, session_speed)
     from sim.config import GatewayConfig
     from sim.validation import OffsetCost, calibrate_server, calibrated, overhead_from_probe, sim_trace
     from traces.schema import REQUEST_SCHEMA
@@ -269,6 +269,7 @@ def rescore(out: str | Path, *, cost=None, progress=None):
             levels.append(lv)
     if not levels:
         raise JournalError(f"{folder}: no replay journal to re-score")
+    session_speed(levels, gateway_holds=holds, overhead_s=overhead, cost=cost, engine=engine, gateway=gw)
     notes += drift_notes(levels, calib)
     return ValidationResult(levels=levels, facts=facts, overhead_s=overhead,
                             overhead_samples=[tuple(x) for x in state.get("overhead_samples") or []],

@@ -76,6 +76,16 @@ TARGETS: dict[tuple[str, str], float] = {
 }
 
 
+#: Each replay simulated again at the speed its own server ran during it (the server's busy time over
+#: the simulated time of the same recovered steps): a diagnostic, in-sample, never judged.
+AT_SERVER_SPEED = "at_server_speed"
+#: Each replay simulated again at the mean of that speed over the session's other replays: held out
+#: (nothing of the scored replay is used), it follows a server that drifted since its calibration.
+SESSION_SPEED = "session_speed"
+#: The re-simulations at another server speed, in report order, with their labels.
+SPEED_VARIANTS = {SESSION_SPEED: "session speed", AT_SERVER_SPEED: "at server speed"}
+
+
 # ---------------------------------------------------------------------------
 # 1. the simulator's input
 # ---------------------------------------------------------------------------
@@ -650,22 +660,25 @@ def _nanmean(xs: list[float]) -> float:
 
 
 def target_check(agg: dict, targets: dict[tuple[str, str], float] | None = None,
-                 matched: dict | None = None) -> list[dict]:
+                 variants: dict[str, dict] | None = None) -> list[dict]:
     """One row per target: the overall |error| (mean over repeats), the bound, the spread, and whether met.
 
-    ``matched`` is the aggregate of the same replays simulated at their servers' measured speeds
-    (:class:`ScaledCost`); its |error| is given as ``matched_abs_err`` (NaN without it), never judged.
+    ``variants`` maps a name to the aggregate of the same replays simulated again at another server
+    speed (``profiling.replay.SPEED_VARIANTS``); each one's |error| is given as ``<name>_abs_err``
+    (NaN where missing), never judged.
     """
     targets = TARGETS if targets is None else targets
     rows = []
     for (m, k), bound in targets.items():
         cell = agg["groups"][OVERALL][m][k]
         err = cell["abs_err"]
-        mcell = (matched or {}).get("groups", {}).get(OVERALL, {}).get(m, {}).get(k, {})
-        rows.append({"metric": m, "stat": k, "abs_err": err, "bound": bound, "spread": cell["spread"],
-                     "met": bool(math.isfinite(err) and err <= bound),
-                     "within_spread": bool(math.isfinite(err) and math.isfinite(cell["spread"]) and err <= cell["spread"]),
-                     "matched_abs_err": mcell.get("abs_err", math.nan)})
+        row = {"metric": m, "stat": k, "abs_err": err, "bound": bound, "spread": cell["spread"],
+               "met": bool(math.isfinite(err) and err <= bound),
+               "within_spread": bool(math.isfinite(err) and math.isfinite(cell["spread"]) and err <= cell["spread"])}
+        for name, vagg in (variants or {}).items():
+            vcell = (vagg or {}).get("groups", {}).get(OVERALL, {}).get(m, {}).get(k, {})
+            row[f"{name}_abs_err"] = vcell.get("abs_err", math.nan)
+        rows.append(row)
     return rows
 
 

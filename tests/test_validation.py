@@ -21,8 +21,8 @@ from profiling.replay import fit_trace, read_server_facts, replay_requests
 from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
 from sim.run import simulate
-from sim.validation import (OVERALL, aggregate, compare, jain, overhead_from_probe, parse_bounds, rel_err,
-                            sim_trace, simulate_replay, spread, target_check)
+from sim.validation import (AT_SERVER_SPEED, OVERALL, SESSION_SPEED, aggregate, compare, jain, overhead_from_probe,
+                            parse_bounds, rel_err, sim_trace, simulate_replay, spread, target_check)
 from tests.factories import linear_cost, make_trace
 
 
@@ -621,8 +621,8 @@ def test_at_server_speed_the_drift_is_taken_out_of_the_error():
     """A server 10 % slower than the model: the held-out sim is ~9 % fast on TPOT and E2E; simulated
     again at the replay's measured speed the error all but vanishes (the structure is exact here),
     per level and pooled, and the targets table carries it beside the judged error."""
-    from profiling.replay import LevelResult, pool_levels
-    from sim.validation import OVERALL, target_check
+    from profiling.replay import LevelResult, pool_levels, session_speed
+    from sim.validation_report import variant_aggregates
     from tests.factories import COEF
 
     slow = linear_cost(**{k: 1.1 * v for k, v in COEF.items()})
@@ -635,14 +635,39 @@ def test_at_server_speed_the_drift_is_taken_out_of_the_error():
         lv.wall_s.append(1.0)
         levels.append(lv)
     lv = levels[0]
-    held, matched = lv.aggregate["groups"][OVERALL], lv.matched_aggregate["groups"][OVERALL]
+    at_speed = lv.variants[AT_SERVER_SPEED]
+    held, matched = lv.aggregate["groups"][OVERALL], at_speed.aggregate["groups"][OVERALL]
+    assert at_speed.factors == [pytest.approx(1.1, rel=0.02)]
     for m in ("tpot_s", "e2e_s"):
         assert held[m]["p50"]["err"] < -0.07
         assert matched[m]["p50"]["abs_err"] < 0.01
+    # held out: each replay at the other replays' speed (here the other level's, the same server)
+    session_speed(levels, gateway_holds=False, overhead_s=0.0, cost=linear_cost(), engine=eng, gateway=GatewayConfig())
+    assert lv.variants[SESSION_SPEED].factors == at_speed.factors == levels[1].variants[SESSION_SPEED].factors
+    assert lv.variants[SESSION_SPEED].aggregate["groups"][OVERALL]["e2e_s"]["p50"]["abs_err"] < 0.01
     pooled = pool_levels(levels, overhead_s=0.0)
-    assert len(pooled.matched) == 1 and pooled.matched_aggregate["groups"][OVERALL]["tpot_s"]["p50"]["abs_err"] < 0.01
-    rows = target_check(lv.aggregate, matched=lv.matched_aggregate)
-    assert all(r["matched_abs_err"] < r["abs_err"] for r in rows if r["metric"] in ("tpot_s", "e2e_s"))
+    for name in (AT_SERVER_SPEED, SESSION_SPEED):
+        v = pooled.variants[name]
+        assert len(v.scores) == 1 and v.aggregate["groups"][OVERALL]["tpot_s"]["p50"]["abs_err"] < 0.01
+    rows = target_check(lv.aggregate, variants=variant_aggregates(lv))
+    assert all(r["at_server_speed_abs_err"] < r["abs_err"] and r["session_speed_abs_err"] < r["abs_err"]
+               for r in rows if r["metric"] in ("tpot_s", "e2e_s"))
+
+
+def test_session_speed_never_uses_the_scored_replay():
+    """Three replays whose servers ran at x1.0, x1.2 and x1.4: each is re-simulated at the mean of
+    the other two, never at its own."""
+    from profiling.replay import LevelResult, session_speed
+
+    eng, trace, real, _ = _chunking_replay(linear_cost())
+    lv = LevelResult(load=1.0, rate_rps=1.0, trace=trace)
+    lv.add_replay(real, 0, before={}, after={}, gateway_holds=False, overhead_s=0.0, cost=linear_cost(), engine=eng,
+                  gateway=GatewayConfig())
+    lv.real += [lv.real[0], lv.real[0]]
+    lv.speed = [{"busy": 1.0}, {"busy": 1.2}, {"busy": 1.4}]
+    session_speed([lv], gateway_holds=False, overhead_s=0.0, cost=linear_cost(), engine=eng, gateway=GatewayConfig())
+    assert lv.variants[SESSION_SPEED].factors == [pytest.approx(1.3), pytest.approx(1.2), pytest.approx(1.1)]
+    assert all(s is not None for s in lv.variants[SESSION_SPEED].scores)
 
 
 def test_engine_queue_time_counts_from_the_step_end_as_vllm_does():

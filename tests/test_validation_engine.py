@@ -94,7 +94,8 @@ class TestValidateTinyModel:
         for lv in res.levels:
             speed = lv.speed[0]  # the real server's steps against the simulated ones: a plausible ratio
             assert speed["decode_steps"] >= 10 and 0.5 < speed["decode"] < 2.0 and 0.5 < speed["busy"] < 2.0, speed
-            assert lv.matched[0] is not None  # and was simulated again at that speed
+            assert all(lv.variants[name].scores[0] is not None  # and was simulated again at that speed,
+                       for name in ("at_server_speed", "session_speed"))  # and at the other level's
             real = lv.real[0]
             assert (real["status"] == "ok").all(), real.filter(pl.col("status") != "ok")["error"].to_list()
             assert (real["prompt_tokens"] == real["input_tokens"]).all()  # prompts are exactly as long as asked
