@@ -55,7 +55,6 @@ tests give it an ``httpx.MockTransport``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ from typing import Any, Callable
 import httpx
 import numpy as np
 
-from profiling.http import EndpointError, OpenAIClient, StreamChunkError, sse_chunks
+from profiling.http import EndpointError, OpenAIClient, StreamChunkError, gc_frozen, sse_chunks
 from profiling.secrets import redact
 from sim.client import ClientConfig
 from sim.policies import Policy
@@ -321,15 +320,10 @@ class ReplayGateway:
         """Replay every request; return the records. On cancellation, requests in
         flight are cancelled and marked, and the cancellation propagates.
 
-        The objects alive at the start are frozen out of the garbage
-        collector for the replay (``gc.freeze``): a full collection over a
-        large heap otherwise stalls the event loop for tens of ms, and every
-        send and token time with it."""
-        gc.freeze()
-        try:
+        The objects alive at the start stay out of the garbage collector for
+        the replay (:func:`profiling.http.gc_frozen`)."""
+        with gc_frozen():
             return await self._run()
-        finally:
-            gc.unfreeze()
 
     async def _run(self) -> list[RequestRecord]:
         self.t0 = time.perf_counter()

@@ -57,14 +57,16 @@ client-side decode/mixed gaps are used.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import platform
 import re
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import numpy as np
@@ -383,6 +385,18 @@ def lockstep_decode_steps(streams: list[StreamResult], prompt_lens: list[int], *
     return steps
 
 
+@contextmanager
+def gc_frozen() -> Iterator[None]:
+    """Keep the objects alive now out of the garbage collector while timing a server: a full
+    collection over a large heap stalls the event loop for tens of ms, and every send and token
+    time with it (``gc.freeze``; the new garbage is still collected)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 # ---- the driver -------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
@@ -516,7 +530,8 @@ class HttpDriver:
         if before.get("running"):
             raise EndpointError(f"the server is already running {before['running']:.0f} request(s) from another client; "
                                 "profile an otherwise idle server")
-        probe = asyncio.run(self._probe(point, limits))
+        with gc_frozen():
+            probe = asyncio.run(self._probe(point, limits))
         after = self._engine_counters()
         rows = self._rows(point, probe, before, after, warmup)
         for row in rows:

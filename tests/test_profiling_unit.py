@@ -644,3 +644,14 @@ def test_http_driver_skips_points_it_cannot_attribute():
     assert not d.supports(ProbePoint(kind="prefill", batch=4, prompt_len=256))  # chunked: boundaries invisible
     assert not d.supports(ProbePoint(kind="mixed", batch=8, prompt_len=64, join_prompt_len=512, join_count=1))
     assert d.supports(ProbePoint(kind="decode", batch=8, prompt_len=1000, decode_steps=4))
+
+
+def test_timing_runs_with_the_existing_heap_frozen_out_of_the_collector():
+    import gc
+
+    from profiling.http import gc_frozen
+
+    before = gc.get_freeze_count()
+    with gc_frozen():
+        assert gc.get_freeze_count() > before  # a full collection no longer walks these objects
+    assert gc.get_freeze_count() == 0
