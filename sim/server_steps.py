@@ -236,16 +236,16 @@ def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
     if "consistent" in steps.columns:
         steps = steps.filter(pl.col("consistent"))
     steps = steps.filter(pl.col("duration_s") > 0)
+    observed, pred = steps["duration_s"].to_numpy(), predicted(steps, cost)
+    prefill, decode = steps["prefill_seqs"].to_numpy() > 0, steps["decode_seqs"].to_numpy() > 0
     out = {}
-    for kind, part in (("decode", steps.filter(pl.col("prefill_seqs") == 0)),
-                       ("mixed", steps.filter(pl.col("prefill_seqs") > 0, pl.col("decode_seqs") > 0))):
-        ratio = part["duration_s"].to_numpy() / predicted(part, cost) if part.height else np.empty(0)
+    for kind, mask in (("decode", ~prefill), ("mixed", prefill & decode)):
+        ratio = observed[mask] / pred[mask]
         out[kind] = float(np.median(ratio)) if ratio.size else math.nan
         out[f"{kind}_steps"] = int(ratio.size)
     # all explained steps together: the server's busy time over the model's for the same batches,
     # the one factor that keeps a replay's total work (and so its queueing) as the server ran it
-    pred = predicted(steps, cost) if steps.height else np.empty(0)
-    out["busy"] = float(steps["duration_s"].sum() / pred.sum()) if pred.size and pred.sum() > 0 else math.nan
+    out["busy"] = float(observed.sum() / pred.sum()) if pred.size and pred.sum() > 0 else math.nan
     return out
 
 

@@ -300,13 +300,13 @@ class OffsetCost:
 class ScaledCost:
     """A cost model whose every step takes ``factor`` times as long.
 
-    Validation re-simulates each replay at the speed its real server was
-    measured to run (:func:`replay_speed`'s ``busy``: the server's busy time
-    over the model's for the same recovered steps): the error left then is
-    the simulator's structure (batching, admission, queueing), with the
-    server's drift since its calibration taken out. A diagnostic next to the
-    held-out error, never in its place: the factor comes from the replay
-    being scored.
+    Validation re-simulates each replay at a measured server speed
+    (:func:`replay_speed`'s ``busy``: the server's busy time over the model's
+    for the same recovered steps), the replay's own or the mean of the
+    session's other replays' (:data:`SPEED_VARIANTS`): what error is left is
+    then the simulator's structure (batching, admission, queueing) with the
+    server's drift since its calibration taken out. Shown beside the judged
+    held-out error, never in its place.
     Elementwise like :class:`OffsetCost`, so fast-forwarded runs stay bit-identical.
     """
 
@@ -664,7 +664,7 @@ def target_check(agg: dict, targets: dict[tuple[str, str], float] | None = None,
     """One row per target: the overall |error| (mean over repeats), the bound, the spread, and whether met.
 
     ``variants`` maps a name to the aggregate of the same replays simulated again at another server
-    speed (``profiling.replay.SPEED_VARIANTS``); each one's |error| is given as ``<name>_abs_err``
+    speed (:data:`SPEED_VARIANTS`); each one's |error| is given as ``<name>_abs_err``
     (NaN where missing), never judged.
     """
     targets = TARGETS if targets is None else targets

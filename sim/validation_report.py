@@ -31,8 +31,8 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from sim.html import figures_html, group_dropdown
-from sim.validation import (METRIC_LABELS, METRICS, OVERALL, SPEED_VARIANTS, STATS, level_label, metric_values, real_latencies, sim_latencies,
-                            target_check)
+from sim.validation import (METRIC_LABELS, METRICS, OVERALL, SPEED_VARIANTS, STATS, level_label, metric_values,
+                            real_latencies, sim_latencies, target_check)
 
 REAL_COLOR, SIM_COLOR = "#1f77b4", "#d62728"
 CDF_POINTS = 201
