@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from cli.render import make_console
+
+console = make_console()
+err = make_console(stderr=True)
 
 plan_app = typer.Typer(
     help=(

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cli.render import inspect_table, print_estimation, print_summary
+from cli.render import inspect_table, make_console, print_estimation, print_summary
 from sim.atomic import atomic_write_parquet, atomic_write_text
 
 app = typer.Typer(
@@ -37,8 +36,8 @@ app.add_typer(profiles_app, name="profiles")
 reproduce_app = typer.Typer(help="Reproduce a paper's experiments in simulation, with the paper's numbers alongside.", no_args_is_help=True)
 app.add_typer(reproduce_app, name="reproduce")
 
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 
 def _fail(message: str) -> None:

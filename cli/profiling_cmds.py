@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from cli.render import make_console
+
+console = make_console()
+err = make_console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import math
+import os
 
 from rich.console import Console
 from rich.table import Table
 
 from sim.metrics import LATENCY_METRICS, STATS
+
+#: Columns of a console writing to a log or a pipe (rich's own default there is 80, which cuts the
+#: wide validation and capacity tables down to "…" in every cell).
+LOG_WIDTH = 200
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console: as wide as the terminal, or :data:`LOG_WIDTH` when the output is not one and
+    ``COLUMNS`` does not say otherwise, so that redirected output keeps every table whole."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=LOG_WIDTH)
+    return console
+
 
 _METRIC_LABELS = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E", "queue_wait_s": "queue wait"}
 

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cli.profiling_cmds import start_server_or_exit, tiny_model_or_exit
+from cli.render import make_console
 
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 DEFAULT_LOADS = "0.3,0.6,0.9,1.2"
 #: The held-out calibration replay: these loads, light to past saturation, so that every batch size
@@ -201,6 +201,7 @@ def validate(
     async_scheduling: bool = typer.Option(True, "--async-scheduling/--no-async-scheduling", help="launch: vLLM's async scheduling (on by default, as in vLLM). The simulator's admission model (EngineConfig.async_scheduling) is chosen by the calibration replay; see VALIDATION.md.", rich_help_panel="Engine"),
     pin: bool = typer.Option(True, "--pin/--no-pin", help="launch on CPU: run the server's front end (API server, engine core) and this gateway on one core and the model's threads on the others (as the profile's offline engine ran), so the front end's work does not preempt the model.", rich_help_panel="Engine"),
     kv_cache_gib: int = typer.Option(1, "--kv-cache-gib", help="launch on CPU: VLLM_CPU_KVCACHE_SPACE, GiB.", rich_help_panel="Engine"),
+    server_arg: Optional[list[str]] = typer.Option(None, "--server-arg", help="launch: one more argument for `vllm serve` (repeatable), e.g. --server-arg=--num-gpu-blocks-override=48 for a KV cache small enough to preempt. The simulator takes the KV capacity the server then reports.", rich_help_panel="Engine"),
     num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="KV blocks, for servers whose /metrics lacks vllm:cache_config_info.", rich_help_panel="Engine"),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="KV block size, with --num-gpu-blocks.", rich_help_panel="Engine"),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Prompt token ids are drawn below this (default: the launched model's vocabulary, else 4000).", rich_help_panel="Engine"),
@@ -271,6 +272,8 @@ def validate(
         _fail(f"--retries must be >= 0 and --backoff-s >= 0, got {retries} and {backoff_s}")
     if sum(x is not None and x is not False for x in (endpoint, launch, launch_tiny or None)) != 1:
         _fail("give exactly one of --endpoint URL, --launch MODEL_DIR or --launch-tiny")
+    if server_arg and endpoint is not None:
+        _fail("--server-arg is passed to a server driftsim launches: use it with --launch or --launch-tiny")
     if repeat < 1:
         _fail(f"--repeat must be >= 1, got {repeat}")
     if requests < 2:
@@ -333,7 +336,7 @@ def validate(
                 model_dir = tiny_model_or_exit()
             from profiling.server import ServerConfig, VllmServer
 
-            extra = [] if async_scheduling else ["--no-async-scheduling"]
+            extra = ([] if async_scheduling else ["--no-async-scheduling"]) + list(server_arg or [])
             env: dict[str, str] = {}
             if pin:
                 pinned = pin_cpus(python)

@@ -41,7 +41,7 @@ from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
 from sim.validation import (AT_SERVER_SPEED, SESSION_SPEED, SPEED_VARIANTS, OffsetCost, ScaledCost, aggregate,
                             calibrate_server, calibrated, compare, engine_queue_times, level_label, overhead_from_probe,
-                            replay_speed, sim_trace, simulate_replay)
+                            replay_engine, replay_speed, sim_trace, simulate_replay)
 from traces.schema import REQUEST_SCHEMA
 from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
 
@@ -477,7 +477,7 @@ class LevelResult:
         """Simulate one real replay of this level's trace (from its real send or release times) and keep
         both sides, the score and the engine counters; the live run and ``--rescore`` both come here."""
         st = sim_trace(self.trace, frame, gateway_holds=gateway_holds, overhead_s=overhead_s)
-        simres = simulate_replay(st, cost=cost, engine=engine, gateway=gateway)
+        simres = simulate_replay(st, cost=cost, engine=replay_engine(engine, frame), gateway=gateway)
         self.engine.append(compare_engine(before, after, simres))
         self.real.append(frame.with_columns(pl.lit(repeat).alias("repeat")))
         self.sim.append(simres.requests.with_columns(pl.lit(repeat).alias("repeat")))
@@ -497,7 +497,8 @@ class LevelResult:
         if math.isfinite(factor) and factor > 0:
             frame = self.real[r].drop("repeat")
             st = sim_trace(self.trace, frame, gateway_holds=gateway_holds, overhead_s=overhead_s)
-            sim = simulate_replay(st, cost=ScaledCost(cost, factor), engine=engine, gateway=gateway).requests
+            sim = simulate_replay(st, cost=ScaledCost(cost, factor), engine=replay_engine(engine, frame),
+                                  gateway=gateway).requests
             v.sims[r] = sim.with_columns(pl.lit(r).alias("repeat"))
             v.scores[r] = compare(frame, sim, self.trace, overhead_s=overhead_s)
             v.factors[r] = float(factor)

@@ -35,6 +35,10 @@ class EngineConfig:
     batch_size: int = 32
     batch_wait_s: float = 0.01
     batch_poll_s: float = 0.005  # the worker re-checks an empty queue this often
+    # 0: the batch is one blocking generate() (DriftSched), every request in the engine at once; > 0:
+    # its requests reach the engine this far apart, in batch order, as when a gateway sends them as
+    # concurrent HTTP requests to a server (validation measures it from the real sends)
+    batch_intake_gap_s: float = 0.0
     # exact fast-forward over steps where nothing can change the batch
     fast_forward: bool = True
     # vLLM v1's async scheduling (the default of `vllm serve`): step k+1 is scheduled when step k
@@ -64,6 +68,8 @@ class EngineConfig:
             raise ConfigError(f"engine.num_gpu_blocks: expected a positive integer, got {self.num_gpu_blocks}")
         if self.batch_wait_s < 0 or self.batch_poll_s <= 0:
             raise ConfigError("engine.batch_wait_s must be >= 0 and engine.batch_poll_s > 0")
+        if not self.batch_intake_gap_s >= 0:
+            raise ConfigError(f"engine.batch_intake_gap_s: expected seconds >= 0, got {self.batch_intake_gap_s}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -594,3 +594,25 @@ class EngineCore:
             finished.extend(self.commit(len(ends)))
             t = float(ends[-1])
         return t, finished
+
+    def run_arrivals(self, t: float, arrivals: list[tuple[float, SimRequest]]) -> tuple[float, list[tuple[SimRequest, float]]]:
+        """Run from ``t`` until every request of ``arrivals`` (time, request; in time order) has come
+        in and finished: each joins between steps as in a continuous replica (one arriving during a
+        step is added while it runs, so the admission rule, synchronous or async, applies)."""
+        finished: list[tuple[SimRequest, float]] = []
+        i, n = 0, len(arrivals)
+        while i < n or self.has_work():
+            while i < n and arrivals[i][0] <= t:
+                self.add(arrivals[i][1])
+                i += 1
+            if not self.has_work():
+                t = max(t, arrivals[i][0])
+                continue
+            ends = self.plan(t, arrivals[i][0] if i < n else float("inf"))
+            last = float(ends[-1])
+            while i < n and arrivals[i][0] < last:  # arrived during the last planned step
+                self.add(arrivals[i][1])
+                i += 1
+            finished.extend(self.commit(len(ends)))
+            t = last
+        return t, finished

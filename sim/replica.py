@@ -119,7 +119,8 @@ class MicroBatchWorker:
     It stops picking at ``batch_size`` requests, or when ``batch_wait_s`` has
     passed since the first pick and the queue is empty, re-checking an empty
     queue every ``batch_poll_s``. Every request of a batch completes when the
-    batch does.
+    batch does. With ``batch_intake_gap_s`` its requests reach the engine that
+    far apart instead of all at once (a gateway sending them over HTTP).
     """
 
     def __init__(self, env: simpy.Environment, core: EngineCore, index: int, gateway, on_finish: FinishCallback) -> None:
@@ -149,9 +150,14 @@ class MicroBatchWorker:
             start = env.now
             for req in batch:
                 req.scheduled_s = start  # DriftSched's queue wait ends when the batch starts
-                self.core.add(req)
             self.outstanding = len(batch)
-            end, _ = self.core.run_to_completion(start)
+            if cfg.batch_intake_gap_s > 0:  # sent as concurrent requests: they reach the engine one by one
+                gap = cfg.batch_intake_gap_s
+                end, _ = self.core.run_arrivals(start, [(start + k * gap, req) for k, req in enumerate(batch)])
+            else:
+                for req in batch:
+                    self.core.add(req)
+                end, _ = self.core.run_to_completion(start)
             self.batches += 1
             yield env.timeout(max(0.0, end - env.now))
             self.outstanding = 0

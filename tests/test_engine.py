@@ -209,3 +209,21 @@ def test_async_scheduling_with_nothing_left_to_run_admits_at_once():
     sync = _sim(trace, cost, max_num_seqs=1)
     fast = _sim(trace, cost, max_num_seqs=1, async_scheduling=True)
     assert fast.equals(sync)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_microbatch_intake_gap_is_exact_under_fast_forward(async_scheduling):
+    """Requests of a micro-batch reaching the engine one by one (batch_intake_gap_s) join between
+    steps, and a fast-forwarded decode run is cut at each of them: stepping one by one agrees bit for bit."""
+    cost = linear_cost()
+    trace = make_trace([(0.0, 30, 300), (0.001, 10, 40), (0.002, 500, 5), (0.003, 10, 80)] * 2)
+    kw = dict(mode="microbatch", batch_size=4, batch_wait_s=0.01, batch_intake_gap_s=0.05,
+              async_scheduling=async_scheduling)
+    fast = _sim(trace, cost, **kw)
+    slow = _sim(trace, cost, fast_forward=False, **kw)
+    assert fast.equals(slow)
+    together = _sim(trace, cost, **{**kw, "batch_intake_gap_s": 0.0})
+    assert not fast["first_token_s"].equals(together["first_token_s"])
+    # the first request of each batch started alone, before the others came in
+    for b in (fast.head(4), fast.tail(4)):
+        assert b["first_token_s"][0] < b["first_token_s"][1:].min()

@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import signal
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -21,8 +22,9 @@ from profiling.replay import fit_trace, read_server_facts, replay_requests
 from sim.config import EngineConfig, GatewayConfig
 from sim.policies import make_policy
 from sim.run import simulate
-from sim.validation import (AT_SERVER_SPEED, OVERALL, SESSION_SPEED, aggregate, compare, jain, overhead_from_probe,
-                            parse_bounds, rel_err, sim_trace, simulate_replay, spread, target_check)
+from sim.validation import (AT_SERVER_SPEED, OVERALL, SESSION_SPEED, TIME_RESOLUTION_S, aggregate, compare, jain,
+                            overhead_from_probe, parse_bounds, rel_err, replay_engine, sim_trace, simulate_replay,
+                            spread, target_check)
 from tests.factories import linear_cost, make_trace
 
 
@@ -271,8 +273,39 @@ def test_simulate_replay_matches_simulate(mode, cap, policy, seed):
     cost = linear_cost()
     ref = simulate(trace, cost=cost, engine=engine, gateway=gw).requests
     got = simulate_replay(trace, cost=cost, engine=engine, gateway=gw).requests
-    for col in ("status", "scheduled_s", "first_token_s", "finish_s", "generated_tokens", "preemptions"):
+    for col in ("status", "scheduled_s", "first_token_s", "generated_tokens", "preemptions"):
         assert got[col].to_list() == ref[col].to_list(), col
+    assert got["delivered_s"].to_list() == ref["finish_s"].to_list()  # when the gateway hands the result back
+    if mode == "continuous":
+        assert got["finish_s"].to_list() == ref["finish_s"].to_list()
+
+
+def test_microbatch_replay_keeps_each_requests_last_token_apart_from_its_batchs_end():
+    """DriftSched's worker hands a micro-batch back when its slowest request ends; the real gateway
+    still streams each request's tokens, so TPOT and ITL must come from the request's own tokens."""
+    trace = _random_trace(4, 40)
+    engine = EngineConfig(mode="microbatch", max_num_seqs=8, max_num_batched_tokens=256, block_size=16,
+                          num_gpu_blocks=400, max_model_len=512, batch_size=4)
+    df = simulate_replay(trace, cost=linear_cost(), engine=engine, gateway=GatewayConfig()).requests
+    df = df.filter(pl.col("status") == "ok")
+    assert df.height == 40
+    early = 0
+    for row in df.iter_rows(named=True):
+        tt = row["token_times"]
+        assert tt is not None and len(tt) == row["generated_tokens"]
+        assert tt[0] == row["first_token_s"] and tt[-1] == row["finish_s"] <= row["delivered_s"]
+        early += row["finish_s"] < row["delivered_s"]
+    assert early >= 10  # short requests of a batch finish before its longest one
+    batches = df.group_by("scheduled_s").agg(pl.col("delivered_s").n_unique().alias("ends"),
+                                             pl.col("finish_s").max().alias("last"), pl.col("delivered_s").first())
+    assert (batches["ends"] == 1).all() and (batches["last"] == batches["delivered_s"]).all()
+
+
+def test_relative_error_of_two_sub_millisecond_latencies_is_undefined():
+    assert rel_err(0.0, 0.00035, floor=TIME_RESOLUTION_S) != rel_err(0.0, 0.00035, floor=TIME_RESOLUTION_S)  # NaN
+    assert rel_err(0.0, 0.00035) == -1.0
+    assert rel_err(0.002, 0.0005, floor=TIME_RESOLUTION_S) == pytest.approx(3.0)  # one side above: kept
+    assert rel_err(0.011, 0.010, floor=TIME_RESOLUTION_S) == pytest.approx(0.1)
 
 
 def test_simulated_tokens_are_at_step_ends_and_dispatch_is_noted():
@@ -482,6 +515,9 @@ def test_cli_fails_fast_on_an_unreachable_endpoint(tmp_path):
     assert res.exit_code == 2 and "--loads" in res.output
     res = runner.invoke(app, ["--endpoint", "http://x", "--profile", "l4-qwen1.5-1.8b-chat-linear", "--check", "e2e=1"])
     assert res.exit_code == 2 and "METRIC:STAT=VALUE" in res.output
+    res = runner.invoke(app, ["--endpoint", "http://x", "--profile", "l4-qwen1.5-1.8b-chat-linear",
+                              "--server-arg=--num-gpu-blocks-override=48"])
+    assert res.exit_code == 2 and "--server-arg is passed to a server driftsim launches" in res.output
 
 
 def _server_replay(truth, eng, *, seed=0):
@@ -790,3 +826,27 @@ def test_calibration_recovers_a_known_prefill_step_correction():
     assert model.step_time(mixed) - cost.step_time(mixed) == pytest.approx(
         model.step_time(decode) - cost.step_time(decode) + fit["prefill_step_s"])
     assert model.step_time(alone) - cost.step_time(alone) == pytest.approx(model.correction(0))
+
+
+def test_microbatch_intake_gap_lets_the_first_request_start_alone():
+    """A batch sent as concurrent HTTP requests reaches the engine one by one: the first request
+    runs its prefill step alone and the rest join the next step, so its first token comes first."""
+    trace = make_trace([(0.0, 200, 20)] * 4)
+    base = EngineConfig(mode="microbatch", max_num_seqs=8, max_num_batched_tokens=1024, block_size=16,
+                        num_gpu_blocks=400, max_model_len=512, batch_size=4, batch_wait_s=0.0)
+    together = simulate_replay(trace, cost=linear_cost(), engine=base).requests
+    assert together["first_token_s"].n_unique() == 1  # one generate(): one prefill step for all four
+    staggered = simulate_replay(trace, cost=linear_cost(), engine=replace(base, batch_intake_gap_s=1e-4)).requests
+    ft = staggered.sort("request_id")["first_token_s"].to_list()
+    assert ft[0] < ft[1] == ft[2] == ft[3]
+    assert staggered["delivered_s"].n_unique() == 1  # still handed back together, at the batch's end
+    assert staggered["finish_s"].max() == staggered["delivered_s"][0]
+
+
+def test_replay_engine_takes_the_median_send_gap_within_real_batches():
+    engine = EngineConfig(mode="microbatch", max_num_seqs=8, max_num_batched_tokens=256, block_size=16,
+                          num_gpu_blocks=400, max_model_len=512)
+    real = pl.DataFrame({"batch": [0, 0, 0, 1, 1, None], "sent_s": [1.0, 1.0003, 1.0007, 5.0, 5.0004, None]})
+    assert replay_engine(engine, real).batch_intake_gap_s == pytest.approx(0.0004)
+    assert replay_engine(replace(engine, mode="continuous"), real).batch_intake_gap_s == 0.0
+    assert replay_engine(engine, real.with_columns(pl.lit(0).alias("batch")).head(1)).batch_intake_gap_s == 0.0
