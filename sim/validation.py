@@ -159,12 +159,20 @@ class _DispatchTap(Policy):
 
 
 class _StepTapCore(EngineCore):
-    """An EngineCore that notes the end time of every committed step and each request's last token."""
+    """An EngineCore that notes the end time of every committed step, each request's first
+    scheduling (a micro-batch worker sets ``scheduled_s`` to its batch's start) and its last token."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.step_ends: list[float] = []
+        self.first_scheduled_s: dict[int, float] = {}
         self.last_token_s: dict[int, float] = {}
+
+    def _plan_step(self, t: float):
+        ends = super()._plan_step(t)
+        for r in self.prefilling:  # only a planned single step takes requests in (a decode run never does)
+            self.first_scheduled_s.setdefault(r.request_id, t)
+        return ends
 
     def commit(self, n: int):
         ends = self._ends
@@ -202,7 +210,9 @@ def simulate_replay(
     ``finish_s``, which in micro-batch mode is the batch's end for every
     request in it) and ``token_times`` (the end of every step that gave the
     request a token; None for a request that was preempted, whose tokens are
-    not all at consecutive steps); ``finish_s`` becomes the request's own last
+    not all at consecutive steps), ``engine_arrival_s`` and ``engine_scheduled_s`` (when the engine
+    saw the request and first scheduled it; in micro-batch mode ``scheduled_s`` is its batch's
+    start); ``finish_s`` becomes the request's own last
     token, as the real gateway's streaming client records it, so that TPOT
     is the request's and not its batch's.
     """
@@ -221,8 +231,14 @@ def simulate_replay(
                    policy_tap=lambda policy: _DispatchTap(policy, dispatched))
     ids = res.requests["request_id"].to_list()
     last = {i: t for c in cores for i, t in c.last_token_s.items()}
+    first = {i: t for c in cores for i, t in c.first_scheduled_s.items()}
     df = res.requests.with_columns(
         pl.Series("dispatch_s", [dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64),
+        pl.Series("engine_scheduled_s", [first.get(i) for i in ids], dtype=pl.Float64),
+        # when the engine sees it: its dispatch, or in micro-batch mode its batch's start (each
+        # request's own intake gap, well under one step, left out)
+        (pl.col("scheduled_s") if engine.mode == "microbatch"
+         else pl.Series([dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64)).alias("engine_arrival_s"),
         pl.col("finish_s").alias("delivered_s"),
     ).with_columns(
         pl.when(pl.col("status") == "ok")
@@ -243,11 +259,18 @@ def engine_queue_times(sim: SimReplay) -> np.ndarray:
     engine) and its queue time is zero unless the scheduler then had no room
     for it. The simulator's ``queue_wait_s`` counts from the arrival, the
     current step's remainder included; this is the figure to set beside the
-    server's.
+    server's. The engine sees a request at ``engine_arrival_s`` (a capped gateway
+    holds it until its dispatch, a micro-batch worker until its batch starts), and
+    the first scheduling is the engine's own (``engine_scheduled_s``).
     """
     req = sim.requests.filter(pl.col("status") == "ok")
+    for col, like in (("engine_scheduled_s", "scheduled_s"), ("engine_arrival_s", "arrival_s")):
+        if col not in req.columns:
+            req = req.with_columns(pl.col(like).alias(col))
+    req = req.select("replica", pl.max_horizontal("arrival_s", pl.col("engine_arrival_s").fill_nan(None)).alias("at_engine"),
+                     pl.coalesce("engine_scheduled_s", "scheduled_s").alias("scheduled"))
     out = np.empty(req.height)
-    for k, (rep, arrival, scheduled) in enumerate(req.select("replica", "arrival_s", "scheduled_s").iter_rows()):
+    for k, (rep, arrival, scheduled) in enumerate(req.iter_rows()):
         ends = sim.step_ends[rep] if rep is not None and 0 <= rep < len(sim.step_ends) else np.empty(0)
         i = int(np.searchsorted(ends, arrival, side="left"))
         intake = min(float(ends[i]), scheduled) if i < ends.size else scheduled

@@ -730,6 +730,29 @@ def test_engine_queue_time_counts_from_the_step_end_as_vllm_does():
             assert q[1] == pytest.approx(late["scheduled_s"] - taken_in) and q[1] > 0.1
 
 
+def test_engine_queue_time_starts_at_the_gateway_dispatch_and_ends_at_the_engines_scheduling():
+    """A capped gateway or a micro-batch worker holds requests before the engine sees them: that wait is
+    the gateway's, not the engine's; a micro-batch worker's ``scheduled_s`` is its batch's start, not the
+    engine's first scheduling of each request."""
+    from sim.validation import engine_queue_times
+
+    trace = make_trace([(0.0, 64, 30)] * 6)
+    capped = simulate_replay(trace, cost=linear_cost(), engine=EngineConfig(
+        max_num_seqs=8, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=100, max_model_len=512),
+        gateway=GatewayConfig(max_outstanding=2))
+    assert capped.requests["queue_wait_s"].max() > 0.1  # held at the gateway
+    assert engine_queue_times(capped).max() == 0.0  # dispatched as a slot frees, scheduled at once
+    res = simulate_replay(trace, cost=linear_cost(), engine=EngineConfig(
+        mode="microbatch", max_num_seqs=4, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=100,
+        max_model_len=512, batch_size=8, batch_wait_s=0.05))
+    mb = res.requests
+    assert mb["scheduled_s"].n_unique() == 1  # the batch's start, after the worker's 0.05 s wait
+    assert (mb["scheduled_s"] - mb["dispatch_s"]).min() > 0.04
+    assert mb["engine_scheduled_s"].n_unique() == 2  # four fit the engine, two wait for a slot
+    q = sorted(engine_queue_times(res))
+    assert q[:4] == [0.0] * 4 and min(q[4:]) > 0.1
+
+
 def test_scaled_cost_scales_every_step_and_fast_forwarded_runs_alike():
     from costmodel.batch import StepBatch
     from sim.validation import ScaledCost
