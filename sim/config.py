@@ -45,6 +45,10 @@ class EngineConfig:
     # starts, so a request reaching the engine during step k runs from step k+2, and a slot or KV
     # freed by a request finishing in step k is reusable from step k+2 (see sim/engine.py)
     async_scheduling: bool = False
+    # vLLM 0.32's scheduler_reserve_full_isl (on by default): a waiting or preempted request is
+    # admitted only when its whole prompt (for a preempted one, everything it must recompute) fits
+    # in the free KV blocks, not just its first chunk; off: only the chunk must fit (older vLLM)
+    reserve_full_prompt: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len", "batch_size")

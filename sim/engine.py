@@ -166,6 +166,7 @@ class EngineCore:
         self.chunked = config.chunked_prefill
         self.fast_forward = config.fast_forward
         self.async_sched = config.async_scheduling
+        self.reserve_full = config.reserve_full_prompt
         self.total_blocks = num_blocks
         self.used_blocks = 0
 
@@ -269,7 +270,15 @@ class EngineCore:
         if remaining > self.max_tokens and not self.chunked:
             return False
         n = min(remaining, self.max_tokens)
-        return _cdiv(head.computed + n, self.bs) - head.blocks <= self.free_blocks - self._lag_blocks
+        return self._admission_blocks(head, n) <= self.free_blocks - self._lag_blocks
+
+    def _admission_blocks(self, r: SimRequest, n: int) -> int:
+        """Free KV blocks the waiting request ``r`` needs to be admitted with a chunk of ``n`` tokens:
+        its whole prompt's (``reserve_full_prompt``, vLLM's ``scheduler_reserve_full_isl``:
+        ``kv_cache_manager.allocate_slots`` checks ``request.num_tokens``) or the chunk's.
+        Only the chunk's blocks are then taken."""
+        tokens = max(r.prefill_target, r.computed + n) if self.reserve_full else r.computed + n
+        return _cdiv(min(tokens, self.cfg.max_model_len), self.bs) - r.blocks
 
     # ------------------------------------------------------------------ planning
     def plan(self, t: float, until: float = float("inf")) -> np.ndarray | list[float]:
@@ -329,7 +338,7 @@ class EngineCore:
             return True
         chunk = min(remaining, budget)
         free_after_decodes = self.free_blocks - self._hist[-self.g % self.bs]
-        return _cdiv(head.computed + chunk, self.bs) > free_after_decodes
+        return self._admission_blocks(head, chunk) > free_after_decodes
 
     def _stable_steps(self) -> int:
         """Steps that can run as pure decode before a completion or a KV shortage (0 = a shortage now)."""
@@ -385,9 +394,9 @@ class EngineCore:
                 if remaining > budget and not self.chunked:
                     break
                 n = min(remaining, budget)
-                nb = _cdiv(r.computed + n, bs) - r.blocks
-                if nb > free:
+                if self._admission_blocks(r, n) > free:
                     break
+                nb = _cdiv(r.computed + n, bs) - r.blocks
                 waiting.pop()
                 free -= nb
                 budget -= n

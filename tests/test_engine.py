@@ -227,3 +227,25 @@ def test_microbatch_intake_gap_is_exact_under_fast_forward(async_scheduling):
     # the first request of each batch started alone, before the others came in
     for b in (fast.head(4), fast.tail(4)):
         assert b["first_token_s"][0] < b["first_token_s"][1:].min()
+
+
+def test_reserve_full_prompt_admits_a_request_only_when_its_whole_prompt_fits():
+    """vLLM 0.32 (scheduler_reserve_full_isl): a long prompt whose first chunk would fit but whose
+    whole prompt does not waits until a running request frees its blocks; without it, the chunk is
+    admitted at once. Fast-forwarded runs stay exact either way."""
+    cost = linear_cost()
+    trace = make_trace([(0.0, 100, 60), (0.01, 400, 5)])  # blocks of 16: 7 for the first, 25 for the second
+
+    def run(reserve: bool, ff: bool = True):
+        engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=128, block_size=16, max_model_len=512,
+                              reserve_full_prompt=reserve, fast_forward=ff)
+        return simulate(trace, cost=cost, engine=engine, num_blocks=28).requests
+
+    full, chunk = run(True), run(False)
+    assert full.equals(run(True, ff=False)) and chunk.equals(run(False, ff=False))
+    first = full.filter(request_id=0)
+    # whole prompt: 25 blocks > 28 - 7 held by the first request, so it waits for it to finish
+    assert full.filter(request_id=1)["scheduled_s"][0] >= first["finish_s"][0]
+    # first chunk only: 128 tokens = 8 blocks fit beside it at once
+    assert chunk.filter(request_id=1)["scheduled_s"][0] < first["finish_s"][0]
+    assert full["status"].to_list() == chunk["status"].to_list() == ["ok", "ok"]
