@@ -4,7 +4,7 @@
 next iteration(s) starting at engine time ``t`` and returns their end times;
 ``commit(n)`` applies the first ``n`` of them. The SimPy replica process
 (:mod:`sim.replica`) yields a timeout per plan; the micro-batch worker calls
-:meth:`EngineCore.run_to_completion` directly.
+:meth:`EngineCore.run_arrivals` directly.
 
 Scheduling follows vLLM's v1 scheduler, thinking in tokens rather than
 phases: every running request has computed tokens catching up to its target
@@ -277,7 +277,7 @@ class EngineCore:
         its whole prompt's (``reserve_full_prompt``, vLLM's ``scheduler_reserve_full_isl``:
         ``kv_cache_manager.allocate_slots`` checks ``request.num_tokens``) or the chunk's.
         Only the chunk's blocks are then taken."""
-        tokens = max(r.prefill_target, r.computed + n) if self.reserve_full else r.computed + n
+        tokens = r.prefill_target if self.reserve_full else r.computed + n
         return _cdiv(min(tokens, self.cfg.max_model_len), self.bs) - r.blocks
 
     # ------------------------------------------------------------------ planning
@@ -595,19 +595,11 @@ class EngineCore:
         return req.generated
 
     # ------------------------------------------------------------------ batch mode
-    def run_to_completion(self, t: float) -> tuple[float, list[tuple[SimRequest, float]]]:
-        """Run until every queued request finishes (one blocking ``generate()`` call)."""
-        finished: list[tuple[SimRequest, float]] = []
-        while self.has_work():
-            ends = self.plan(t)
-            finished.extend(self.commit(len(ends)))
-            t = float(ends[-1])
-        return t, finished
-
     def run_arrivals(self, t: float, arrivals: list[tuple[float, SimRequest]]) -> tuple[float, list[tuple[SimRequest, float]]]:
         """Run from ``t`` until every request of ``arrivals`` (time, request; in time order) has come
         in and finished: each joins between steps as in a continuous replica (one arriving during a
-        step is added while it runs, so the admission rule, synchronous or async, applies)."""
+        step is added while it runs, so the admission rule, synchronous or async, applies). All at
+        ``t``: one blocking ``generate()`` call."""
         finished: list[tuple[SimRequest, float]] = []
         i, n = 0, len(arrivals)
         while i < n or self.has_work():

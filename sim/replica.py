@@ -151,13 +151,9 @@ class MicroBatchWorker:
             for req in batch:
                 req.scheduled_s = start  # DriftSched's queue wait ends when the batch starts
             self.outstanding = len(batch)
-            if cfg.batch_intake_gap_s > 0:  # sent as concurrent requests: they reach the engine one by one
-                gap = cfg.batch_intake_gap_s
-                end, _ = self.core.run_arrivals(start, [(start + k * gap, req) for k, req in enumerate(batch)])
-            else:
-                for req in batch:
-                    self.core.add(req)
-                end, _ = self.core.run_to_completion(start)
+            # gap 0: one blocking generate(), every request in the engine at the start
+            gap = cfg.batch_intake_gap_s
+            end, _ = self.core.run_arrivals(start, [(start + k * gap, req) for k, req in enumerate(batch)])
             self.batches += 1
             yield env.timeout(max(0.0, end - env.now))
             self.outstanding = 0

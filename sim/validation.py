@@ -232,13 +232,13 @@ def simulate_replay(
     ids = res.requests["request_id"].to_list()
     last = {i: t for c in cores for i, t in c.last_token_s.items()}
     first = {i: t for c in cores for i, t in c.first_scheduled_s.items()}
+    dispatch = pl.Series("dispatch_s", [dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64)
     df = res.requests.with_columns(
-        pl.Series("dispatch_s", [dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64),
+        dispatch,
         pl.Series("engine_scheduled_s", [first.get(i) for i in ids], dtype=pl.Float64),
         # when the engine sees it: its dispatch, or in micro-batch mode its batch's start (each
         # request's own intake gap, well under one step, left out)
-        (pl.col("scheduled_s") if engine.mode == "microbatch"
-         else pl.Series([dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64)).alias("engine_arrival_s"),
+        (pl.col("scheduled_s") if engine.mode == "microbatch" else pl.lit(dispatch)).alias("engine_arrival_s"),
         pl.col("finish_s").alias("delivered_s"),
     ).with_columns(
         pl.when(pl.col("status") == "ok")
@@ -263,12 +263,7 @@ def engine_queue_times(sim: SimReplay) -> np.ndarray:
     holds it until its dispatch, a micro-batch worker until its batch starts), and
     the first scheduling is the engine's own (``engine_scheduled_s``).
     """
-    req = sim.requests.filter(pl.col("status") == "ok")
-    for col, like in (("engine_scheduled_s", "scheduled_s"), ("engine_arrival_s", "arrival_s")):
-        if col not in req.columns:
-            req = req.with_columns(pl.col(like).alias(col))
-    req = req.select("replica", pl.max_horizontal("arrival_s", pl.col("engine_arrival_s").fill_nan(None)).alias("at_engine"),
-                     pl.coalesce("engine_scheduled_s", "scheduled_s").alias("scheduled"))
+    req = sim.requests.filter(pl.col("status") == "ok").select("replica", "engine_arrival_s", "engine_scheduled_s")
     out = np.empty(req.height)
     for k, (rep, arrival, scheduled) in enumerate(req.iter_rows()):
         ends = sim.step_ends[rep] if rep is not None and 0 <= rep < len(sim.step_ends) else np.empty(0)
