@@ -347,7 +347,7 @@ class ReplayGateway:
                     if self.stopped:
                         break
                     self._release(i, req)
-                while not all(r.done for r in self.records):
+                while not self._settled():
                     if self.stopped:
                         self._fail_unsent()
                     await asyncio.sleep(0.01)
@@ -360,6 +360,13 @@ class ReplayGateway:
                 worker.cancel()
                 await asyncio.gather(worker, return_exceptions=True)
         return self.records
+
+    def _settled(self) -> bool:
+        """Every request has its final status and, behind the micro-batch worker, every completed
+        one has been handed back with its batch (delivered and journaled): the worker does that after
+        the batch's last stream ends, so a final status alone would let the replay stop first."""
+        return all(r.done and (self.microbatch is None or r.status != STATUS_OK or not math.isnan(r.delivered_s))
+                   for r in self.records)
 
     async def _cancel_all(self, worker: asyncio.Task | None) -> None:
         tasks = list(self._tasks) + ([worker] if worker is not None else [])

@@ -236,6 +236,27 @@ def test_microbatch_worker_batches_in_policy_order_and_delivers_at_the_batch_end
     assert eng.max_concurrent == 2
 
 
+def test_microbatch_replay_waits_for_its_last_batch_to_be_handed_back(monkeypatch):
+    """The worker hands a batch back (delivered_s, the journal's record) only after the batch's last
+    stream ends; the replay must not stop in between, even when the worker resumes late."""
+    eng = MockEngine(ttft_s=0.005, tpot_s=0.002)
+    gather = asyncio.gather
+
+    async def late_gather(*aws, **kw):  # the worker resumes 50 ms after its batch's streams end
+        out = await gather(*aws, **kw)
+        await asyncio.sleep(0.05)
+        return out
+
+    monkeypatch.setattr(asyncio, "gather", late_gather)
+    journaled = []
+    gw = gateway(eng, requests([(0.0, 10, 3), (0.001, 11, 5)]), microbatch=MicroBatch(batch_size=2, batch_wait_s=0.01))
+    gw.on_record = journaled.append
+    recs = run(gw)
+    assert [r.status for r in recs] == ["ok", "ok"]
+    assert recs[0].delivered_s == recs[1].delivered_s >= max(r.finish_s for r in recs)
+    assert sorted(r.input_tokens for r in journaled) == [10, 11]
+
+
 def test_unreachable_endpoint_fails_fast_with_a_clear_message():
     def refuse(request):
         raise httpx.ConnectError("connection refused")
