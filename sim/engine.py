@@ -76,6 +76,10 @@ from sim.request import SimRequest
 _SHORT_RUN = 24  # runs up to this many steps are planned without numpy
 
 
+#: KV blocks vLLM keeps out of its pool (``BlockPool.null_block``, vllm/v1/core/block_pool.py)
+NULL_BLOCKS = 1
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -156,8 +160,8 @@ class EngineCore:
     def __init__(
         self, *, config: EngineConfig, cost: CostModel, num_blocks: int, policy: Policy | None = None
     ) -> None:
-        if num_blocks <= 0:
-            raise ValueError(f"num_blocks must be positive, got {num_blocks}")
+        if num_blocks < 2:
+            raise ValueError(f"num_blocks must be at least 2 (one is vLLM's null block), got {num_blocks}")
         self.cfg = config
         self.cost = cost
         self.bs = config.block_size
@@ -167,7 +171,9 @@ class EngineCore:
         self.fast_forward = config.fast_forward
         self.async_sched = config.async_scheduling
         self.reserve_full = config.reserve_full_prompt
-        self.total_blocks = num_blocks
+        # vLLM's BlockPool keeps one block (block 0) as its null block, never handed to a request:
+        # of the num_gpu_blocks a server reports, one fewer hold KV
+        self.total_blocks = num_blocks - NULL_BLOCKS
         self.used_blocks = 0
 
         self.waiting: FcfsQueue | PolicyQueue = FcfsQueue() if policy is None else PolicyQueue(policy)

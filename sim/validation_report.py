@@ -62,8 +62,8 @@ def variant_aggregates(lv) -> dict[str, dict]:
 
 def speed_text(lv) -> str:
     """The real server's step times during this level's replays against the simulated ones, e.g.
-    "server steps x0.94-1.05 (decode), x0.95 (mixed), x0.96-1.02 (busy time) of the simulated";
-    "" without any."""
+    "server steps x0.94-1.05 (decode), x0.95 (mixed), x0.96-1.02 (busy time), x0.90-1.08 (busy time over
+    a replay's quarters) of the simulated"; "" without any."""
     parts = []
     for kind in ("decode", "mixed", "busy"):
         xs = sorted(x[kind] for x in getattr(lv, "speed", []) if math.isfinite(x.get(kind, math.nan)))
@@ -71,6 +71,9 @@ def speed_text(lv) -> str:
             lo, hi = f"{xs[0]:.2f}", f"{xs[-1]:.2f}"
             span = f"x{lo}" if lo == hi else f"x{lo}-{hi}"
             parts.append(f"{span} ({'busy time' if kind == 'busy' else kind})")
+    quarters = sorted(q for x in getattr(lv, "speed", []) for q in x.get("busy_quarters", []) if math.isfinite(q))
+    if quarters:
+        parts.append(f"x{quarters[0]:.2f}-{quarters[-1]:.2f} (busy time over a replay's quarters)")
     return f"server steps {', '.join(parts)} of the simulated" if parts else ""
 
 

@@ -108,6 +108,23 @@ def test_preemption_when_kv_runs_out_recomputes_and_completes():
     assert recompute, "a recompute prefill longer than the prompt must appear"
 
 
+def test_one_of_the_reported_kv_blocks_is_vllms_null_block():
+    """vLLM's block pool keeps one block out as its null block: two sequences of two 16-token blocks
+    each (a one-block prompt growing into a second) run side by side on a server reporting 5 blocks, while
+    one reporting 4 (3 usable) preempts."""
+    for reported, preempts in ((5, False), (4, True)):
+        core = make_engine(num_blocks=reported, block_size=16, max_num_seqs=8, max_num_batched_tokens=64)
+        assert core.free_blocks == reported - 1
+        core.add(make_request(0, 10, 20))
+        core.add(make_request(1, 10, 20))
+        run_engine(core)
+        assert (core.preemptions > 0) == preempts
+    core = make_engine(num_blocks=4, block_size=16)
+    assert core.fits(make_request(0, 20, 28)) and not core.fits(make_request(1, 20, 29))
+    with pytest.raises(ValueError, match="null block"):
+        make_engine(num_blocks=1)
+
+
 def test_max_num_seqs_caps_the_batch():
     cost = RecordingCost(linear_cost())
     core = make_engine(cost, max_num_seqs=3, max_num_batched_tokens=512)

@@ -674,6 +674,26 @@ def test_step_speed_tells_a_server_that_changed_speed():
     assert lv.speed[0]["decode"] == pytest.approx(1.1, rel=0.02)
 
 
+def test_step_speed_shows_a_server_that_slowed_within_one_replay():
+    """Steps that ran as modelled for the first half of a replay's busy time and 20 % slower after it
+    read x1.00 over the first two quarters and x1.20 over the last two; the level line prints the span."""
+    from types import SimpleNamespace
+    from costmodel.batch import StepBatch
+    from sim.server_steps import STEP_COLUMNS, step_speed
+    from sim.validation_report import speed_text
+
+    cost = linear_cost()
+    steps = pl.DataFrame([(float(i), 0.0, 8, 2400, 0, 0, 0.0, 0.0) for i in range(440)],
+                         schema=STEP_COLUMNS, orient="row")
+    modelled = cost.step_time(StepBatch(decode_seqs=8, decode_ctx_tokens=2400))
+    # 240 steps as modelled, then 200 that take 1.2x as long: each half of the busy time is 240 steps' worth
+    steps = steps.with_columns(pl.Series("duration_s", np.where(np.arange(440) < 240, 1.0, 1.2) * modelled))
+    speed = step_speed(steps, cost)
+    assert speed["busy_quarters"] == pytest.approx([1.0, 1.0, 1.2, 1.2], rel=1e-3)
+    assert speed["busy"] == pytest.approx(480 / 440, rel=1e-9)
+    assert "x1.00-1.20 (busy time over a replay's quarters)" in speed_text(SimpleNamespace(speed=[speed]))
+
+
 def test_at_server_speed_the_drift_is_taken_out_of_the_error():
     """A server 10 % slower than the model: the held-out sim is ~9 % fast on TPOT and E2E; simulated
     again at the replay's measured speed the error all but vanishes (the structure is exact here),
