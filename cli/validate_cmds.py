@@ -144,6 +144,14 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
     return t, ok
 
 
+def launched_async(requested: bool) -> bool:
+    """Whether a server launched with async scheduling ``requested`` runs with it: vLLM's CPU platform
+    turns it off whatever the command line says (vllm/platforms/cpu.py, "not required on CPU")."""
+    from profiling.offline import cpu_build
+
+    return requested and not cpu_build()
+
+
 def pin_cpus(python: str) -> tuple[str, dict[str, str], str] | None:
     """Pin a CPU server: ``(wrapper python, env, front-end CPUs)`` or None when not possible.
 
@@ -198,7 +206,7 @@ def validate(
     max_num_seqs: int = typer.Option(32, "--max-num-seqs", help="Engine limit (launch: passed to the server; endpoint: what it was started with).", rich_help_panel="Engine"),
     max_num_batched_tokens: int = typer.Option(1024, "--max-num-batched-tokens", help="Engine limit, as --max-num-seqs.", rich_help_panel="Engine"),
     max_model_len: int = typer.Option(1024, "--max-model-len", help="launch: the server's max_model_len (an endpoint's is read from /v1/models).", rich_help_panel="Engine"),
-    async_scheduling: bool = typer.Option(True, "--async-scheduling/--no-async-scheduling", help="launch: vLLM's async scheduling (on by default, as in vLLM). The simulator's admission model (EngineConfig.async_scheduling) is chosen by the calibration replay; see VALIDATION.md.", rich_help_panel="Engine"),
+    async_scheduling: bool = typer.Option(True, "--async-scheduling/--no-async-scheduling", help="launch: vLLM's async scheduling (on by default, as in vLLM; vLLM's CPU platform always turns it off). The simulator's admission model (EngineConfig.async_scheduling) is chosen by the calibration replay; see VALIDATION.md.", rich_help_panel="Engine"),
     pin: bool = typer.Option(True, "--pin/--no-pin", help="launch on CPU: run the server's front end (API server, engine core) and this gateway on one core and the model's threads on the others (as the profile's offline engine ran), so the front end's work does not preempt the model.", rich_help_panel="Engine"),
     kv_cache_gib: int = typer.Option(1, "--kv-cache-gib", help="launch on CPU: VLLM_CPU_KVCACHE_SPACE, GiB.", rich_help_panel="Engine"),
     server_arg: Optional[list[str]] = typer.Option(None, "--server-arg", help="launch: one more argument for `vllm serve` (repeatable), e.g. --server-arg=--num-gpu-blocks-override=48 for a KV cache small enough to preempt. The simulator takes the KV capacity the server then reports.", rich_help_panel="Engine"),
@@ -369,7 +377,7 @@ def validate(
             client = OpenAIClient(str(endpoint), timeout_s=timeout_s, api_key=api_key)
             facts = read_server_facts(client, model=served_model, max_num_seqs=max_num_seqs,
                                       max_num_batched_tokens=max_num_batched_tokens,
-                                      async_scheduling=(async_scheduling if server is not None else None),
+                                      async_scheduling=(launched_async(async_scheduling) if server is not None else None),
                                       num_gpu_blocks=num_gpu_blocks, block_size=block_size)
             engine = engine_config(facts, microbatch=microbatch)
         except (EndpointError, ConfigError) as exc:

@@ -94,3 +94,15 @@ def test_results_identical_across_processes_and_hash_seeds(tmp_path):
         subprocess.run(cmd, check=True, env=env, capture_output=True)
         outs.append(pl.read_parquet(out / "requests.parquet"))
     assert outs[0].equals(outs[1])
+
+
+def test_a_launched_cpu_server_is_taken_to_run_without_async_scheduling(monkeypatch):
+    """vLLM's CPU platform turns async scheduling off whatever the command line asks, so the facts a
+    launched CPU server's report shows say off; elsewhere they say what was asked for."""
+    import profiling.offline
+    from cli.validate_cmds import launched_async
+
+    monkeypatch.setattr(profiling.offline, "cpu_build", lambda: True)
+    assert launched_async(True) is False
+    monkeypatch.setattr(profiling.offline, "cpu_build", lambda: False)
+    assert launched_async(True) is True and launched_async(False) is False
