@@ -246,12 +246,14 @@ def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
     # all explained steps together: the server's busy time over the model's for the same batches,
     # the one factor that keeps a replay's total work (and so its queueing) as the server ran it
     out["busy"] = float(observed.sum() / pred.sum()) if pred.size and pred.sum() > 0 else math.nan
-    # the same over each quarter of the replay's busy time, in time order: a server whose speed moves
-    # within one replay sets a noise floor that no calibration made before it can follow
-    # (a step belongs to the quarter its midpoint falls in)
-    quarter = (4 * (np.cumsum(observed) - observed / 2) / observed.sum()).astype(int) if observed.sum() > 0 else []
-    out["busy_quarters"] = [float(observed[quarter == q].sum() / pred[quarter == q].sum())
-                            for q in range(4) if pred[quarter == q].sum() > 0] if len(quarter) else []
+    # the same over each quarter of the replay's busy time, in time order (a step belongs to the quarter
+    # its midpoint falls in): a server whose speed moves within one replay sets a noise floor that no
+    # calibration made before it can follow
+    out["busy_quarters"] = []
+    if observed.sum() > 0:
+        quarter = (4 * (np.cumsum(observed) - observed / 2) / observed.sum()).astype(int)
+        out["busy_quarters"] = [float(observed[quarter == q].sum() / pred[quarter == q].sum())
+                                for q in range(4) if pred[quarter == q].sum() > 0]
     return out
 
 
