@@ -375,6 +375,7 @@ from cli.capacity_cmds import register as _register_capacity  # noqa: E402
 app.command("profile")(profiling_cmds.profile)
 app.command("fit")(profiling_cmds.fit)
 app.command("validate")(__import__("cli.validate_cmds", fromlist=["validate"]).validate)
+app.command("validate-across")(__import__("cli.validate_cmds", fromlist=["across"]).across)
 _register_capacity(app)
 
 

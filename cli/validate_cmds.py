@@ -18,6 +18,7 @@ and an error exceeds its bound.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from datetime import datetime
@@ -470,6 +471,49 @@ def report(result, folder: Path, bounds: dict | None) -> None:
     if bounds is not None and not ok:
         err.print("[bold red]check failed:[/] a simulator error exceeds its bound", highlight=False)
         raise typer.Exit(3)
+
+
+def across(
+    sessions: list[Path] = typer.Argument(..., help="Two or more folders (or validation.json files) of the same `driftsim validate` command, run at different times."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON here."),
+) -> None:
+    """The real engine's spread from one session to another beside each session's held-out error.
+
+    A session's own spread is between back-to-back repeats; a server whose speed moves over minutes
+    hides part of its noise there. Here the real runs of different sessions of the same command are
+    compared with each other: where a session's error is at or below that spread, the simulator predicts
+    it as well as a real run of another session does.
+    """
+    from sim.config import ConfigError
+    from sim.session_spread import load_session, session_spread
+    from sim.validation import METRIC_LABELS
+
+    try:
+        res = session_spread([load_session(p) for p in sessions])
+    except ConfigError as exc:
+        _fail(str(exc))
+    names = [Path(p).parent.name if Path(p).name == "validation.json" else Path(p).name for p in res["sessions"]]
+    t = Table(title=f"real spread across {len(names)} sessions beside each session's held-out |sim error| "
+                    "(* at or below the across-session spread)", title_justify="left")
+    for col in ("level", "figure", "bound", "across sessions", "within a session", *names):
+        t.add_column(col, justify="left" if col in ("level", "figure") else "right")
+    for label, cells in res["levels"].items():
+        for key, c in cells.items():
+            m, k = key.split(":")
+            t.add_row(level_label_text(label), f"{METRIC_LABELS[m]} {k}", f"<= {_pct(c['bound'])}", _pct(c["across"]),
+                      _pct(c["within"]), *(f"{_pct(e)}{'*' if e <= c['across'] else ' '}" for e in c["errors"]))
+    console.print(t)
+    pooled = res["levels"]["all levels"]
+    inside = sum(e <= c["across"] for c in pooled.values() for e in c["errors"])
+    total = sum(len(c["errors"]) for c in pooled.values())
+    console.print(f"all levels: {inside} of {total} held-out errors at or below the across-session spread")
+    if json_out is not None:
+        json_out.write_text(json.dumps(res, indent=2))
+        console.print(f"written: {json_out}")
+
+
+def level_label_text(label: str) -> str:
+    return label if label == "all levels" else f"load {label}"
 
 
 if __name__ == "__main__":
