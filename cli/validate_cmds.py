@@ -485,7 +485,7 @@ def across(
     it as well as a real run of another session does.
     """
     from sim.config import ConfigError
-    from sim.session_spread import load_session, session_spread
+    from sim.session_spread import ALL_LEVELS, load_session, session_spread
     from sim.validation import METRIC_LABELS
 
     try:
@@ -500,20 +500,16 @@ def across(
     for label, cells in res["levels"].items():
         for key, c in cells.items():
             m, k = key.split(":")
-            t.add_row(level_label_text(label), f"{METRIC_LABELS[m]} {k}", f"<= {_pct(c['bound'])}", _pct(c["across"]),
+            t.add_row(label if label == ALL_LEVELS else f"load {label}", f"{METRIC_LABELS[m]} {k}", f"<= {_pct(c['bound'])}", _pct(c["across"]),
                       _pct(c["within"]), *(f"{_pct(e)}{'*' if e <= c['across'] else ' '}" for e in c["errors"]))
     console.print(t)
-    pooled = res["levels"]["all levels"]
+    pooled = res["levels"][ALL_LEVELS]
     inside = sum(e <= c["across"] for c in pooled.values() for e in c["errors"])
     total = sum(len(c["errors"]) for c in pooled.values())
     console.print(f"all levels: {inside} of {total} held-out errors at or below the across-session spread")
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=2))
         console.print(f"written: {json_out}")
-
-
-def level_label_text(label: str) -> str:
-    return label if label == "all levels" else f"load {label}"
 
 
 if __name__ == "__main__":
