@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.config import ConfigError
-from sim.validation import OVERALL, TARGETS
+from sim.validation import OVERALL, TARGETS, pair_rel_diffs
 
 #: what must be the same for two sessions to be the same command (config keys; server facts)
 SAME_CONFIG = ("profile", "policy", "max_outstanding", "microbatch", "trace", "loads", "seed", "calibrate")
@@ -77,13 +77,6 @@ def _check_same(docs: list[dict]) -> None:
             raise ConfigError(f"{doc['_path']}: levels (load, requests) {lb}, {ref['_path']} has {la}")
 
 
-def _rel_diffs(xs: list[float], ys: list[float] | None = None) -> list[float]:
-    """|x - y| / mean(x, y) over the pairs within ``xs`` (``ys`` None) or across ``xs`` and ``ys``."""
-    pairs = ([(a, b) for i, a in enumerate(xs) for b in xs[i + 1:]] if ys is None
-             else [(a, b) for a in xs for b in ys])
-    return [abs(a - b) / ((a + b) / 2) for a, b in pairs if math.isfinite(a) and math.isfinite(b) and a + b > 0]
-
-
 def _real(runs: list[dict], m: str, k: str) -> list[float]:
     return [r["groups"][OVERALL][m][k]["real"] for r in runs]
 
@@ -106,8 +99,8 @@ def session_spread(docs: list[dict]) -> dict:
         cells = {}
         for (m, k), bound in TARGETS.items():
             reals = [_real(s["runs"], m, k) for s in per_session]
-            across = [d for i, xs in enumerate(reals) for ys in reals[i + 1:] for d in _rel_diffs(xs, ys)]
-            within = [d for xs in reals for d in _rel_diffs(xs)]
+            across = [d for i, xs in enumerate(reals) for ys in reals[i + 1:] for d in pair_rel_diffs(xs, ys)]
+            within = [d for xs in reals for d in pair_rel_diffs(xs)]
             errors = [s["aggregate"]["groups"][OVERALL][m][k]["abs_err"] for s in per_session]
             cells[f"{m}:{k}"] = {"across": float(np.mean(across)) if across else math.nan,
                                  "within": float(np.mean(within)) if within else math.nan,

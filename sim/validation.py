@@ -661,6 +661,15 @@ def compare(real: pl.DataFrame, sim: pl.DataFrame, trace: pl.DataFrame, *, overh
     return {"requests": counts, "groups": groups, "paired": paired, "slo": slo, "fairness": fairness}
 
 
+def pair_rel_diffs(xs: list[float], ys: list[float] | None = None) -> list[float]:
+    """``|x - y| / ((x + y) / 2)`` over the pairs ``i < j`` within ``xs`` (``ys`` None) or over every
+    pair across ``xs`` and ``ys``: the relative error one real run makes predicting another (pairs with
+    a non-finite value or a zero sum left out)."""
+    pairs = ([(a, b) for i, a in enumerate(xs) for b in xs[i + 1:]] if ys is None
+             else [(a, b) for a in xs for b in ys])
+    return [abs(a - b) / ((a + b) / 2) for a, b in pairs if math.isfinite(a) and math.isfinite(b) and a + b > 0]
+
+
 def spread(stats_per_run: list[dict]) -> dict:
     """Run-to-run spread of the real engine from several :func:`compare` results' real statistics.
 
@@ -677,8 +686,7 @@ def spread(stats_per_run: list[dict]) -> dict:
             out[g][m] = {}
             for k in STATS:
                 xs = [r["groups"].get(g, {}).get(m, {}).get(k, {}).get("real", math.nan) for r in stats_per_run]
-                diffs = [abs(a - b) / ((a + b) / 2) for i, a in enumerate(xs) for b in xs[i + 1:]
-                         if math.isfinite(a) and math.isfinite(b) and (a + b) > 0]
+                diffs = pair_rel_diffs(xs)
                 out[g][m][k] = float(np.mean(diffs)) if diffs else math.nan
     return out
 
