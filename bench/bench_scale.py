@@ -7,7 +7,7 @@ from the Azure 2023 conversation trace), split over three tenants
 arrivals at 80 % of one replica's measured capacity. The trace is first
 written to a Parquet file in a temporary folder (in 64k-row row groups,
 generated block by block), then each run reads it lazily
-(traces.stream.TraceStream) in a fresh subprocess, so its peak RSS
+(driftsim.traces.stream.TraceStream) in a fresh subprocess, so its peak RSS
 (ru_maxrss) is its own:
 
 - summary-only: no per-request rows kept, percentiles from the sketch;
@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_sim import ENGINE, PROFILE, run_once  # noqa: E402
-from costmodel.profiles import load_profile  # noqa: E402
-from sim.config import EngineConfig  # noqa: E402
-from sim.run import simulate  # noqa: E402
-from traces.loaders import load_trace  # noqa: E402
-from traces.schema import REQUEST_SCHEMA  # noqa: E402
-from traces.stream import TraceStream  # noqa: E402
+from driftsim.costmodel.profiles import load_profile  # noqa: E402
+from driftsim.sim.config import EngineConfig  # noqa: E402
+from driftsim.sim.run import simulate  # noqa: E402
+from driftsim.traces.loaders import load_trace  # noqa: E402
+from driftsim.traces.schema import REQUEST_SCHEMA  # noqa: E402
+from driftsim.traces.stream import TraceStream  # noqa: E402
 
 TENANTS = {"premium": (1, 30.0), "standard": (2, 60.0), "batch": (3, 300.0)}  # weight, E2E SLO s
 BLOCK = 1_000_000  # rows generated at a time

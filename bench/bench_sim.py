@@ -29,11 +29,11 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodel.profiles import load_profile  # noqa: E402
-from sim.config import EngineConfig  # noqa: E402
-from sim.run import simulate  # noqa: E402
-from traces.loaders import load_trace  # noqa: E402
-from traces.schema import REQUEST_SCHEMA  # noqa: E402
+from driftsim.costmodel.profiles import load_profile  # noqa: E402
+from driftsim.sim.config import EngineConfig  # noqa: E402
+from driftsim.sim.run import simulate  # noqa: E402
+from driftsim.traces.loaders import load_trace  # noqa: E402
+from driftsim.traces.schema import REQUEST_SCHEMA  # noqa: E402
 
 PROFILE = "a100-llama-3.1-8b"
 ENGINE = dict(max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096, block_size=16)

@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sim.capacity.pool import LocalPool, RayPool, SerialPool  # noqa: E402
-from sim.capacity.spec import Grid, expand  # noqa: E402
+from driftsim.capacity.pool import LocalPool, RayPool, SerialPool  # noqa: E402
+from driftsim.capacity.spec import Grid, expand  # noqa: E402
 
 SCENARIO = """
 name = "bench-sweep"

@@ -1,6 +1,6 @@
 """Capacity-planning commands: ``driftsim sweep``, ``driftsim plan ...``, ``driftsim report``.
 
-Thin wrappers over :mod:`sim.capacity`: parse flags (and a study file),
+Thin wrappers over :mod:`driftsim.capacity`: parse flags (and a study file),
 build specs, run them on local cores or a Ray cluster with a progress bar
 and time-left estimate, print, write a results folder. Bad input exits 2
 with a one-line message; a plan with no answer within its bounds
@@ -8,7 +8,7 @@ with a one-line message; a plan with no answer within its bounds
 
 Registered on the main app by :func:`register` (``cli/main.py``)::
 
-    from cli.capacity_cmds import register as register_capacity
+    from driftsim.cli.capacity_cmds import register as register_capacity
     register_capacity(app)
 """
 
@@ -24,7 +24,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.render import make_console
+from driftsim.cli.render import make_console
 
 console = make_console()
 err = make_console(stderr=True)
@@ -51,9 +51,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _input_errors():
-    from costmodel.profiles import ProfileError
-    from sim.config import ConfigError
-    from traces.schema import TraceError
+    from driftsim.costmodel.profiles import ProfileError
+    from driftsim.sim.config import ConfigError
+    from driftsim.traces.schema import TraceError
 
     return (ConfigError, TraceError, ProfileError, ValueError, FileNotFoundError)
 
@@ -100,7 +100,7 @@ _STUDY = typer.Option(None, "--study", help="Study TOML (scenario, seeds and the
 
 
 def _seeds(text: str | None, study_seeds: list[int] | None, default: list[int]) -> list[int]:
-    from sim.capacity.spec import parse_seeds
+    from driftsim.capacity.spec import parse_seeds
 
     if text is not None:
         return parse_seeds(text)
@@ -109,9 +109,9 @@ def _seeds(text: str | None, study_seeds: list[int] | None, default: list[int]) 
 
 def _common(study_path, scenario, sets, seeds, slos, attainment, criterion):
     """(scenario, fixed overrides, seeds, targets, criterion, study file) from the flags shared by sweep and plan."""
-    from sim.capacity.slo import parse_slo
-    from sim.capacity.spec import merge
-    from sim.capacity.study import StudyFile, parse_sets, prepare_targets, read_study
+    from driftsim.capacity.slo import parse_slo
+    from driftsim.capacity.spec import merge
+    from driftsim.capacity.study import StudyFile, parse_sets, prepare_targets, read_study
 
     study = read_study(study_path) if study_path else StudyFile()
     scen = str(scenario) if scenario is not None else study.scenario
@@ -176,10 +176,10 @@ def sweep(
 
       driftsim sweep --study study.toml --ray auto
     """
-    from sim.capacity.pool import make_pool
-    from sim.capacity.results import ResultSet
-    from sim.capacity.spec import Grid, check_specs, expand, parse_list
-    from sim.capacity.study import parse_prices
+    from driftsim.capacity.pool import make_pool
+    from driftsim.capacity.results import ResultSet
+    from driftsim.capacity.spec import Grid, check_specs, expand, parse_list
+    from driftsim.capacity.study import parse_prices
 
     try:
         scen, fixed, seed_list, targets, _, st = _common(study, scenario, sets, seeds, slo, attainment, None)
@@ -286,8 +286,8 @@ def _print_sweep(rs, limit: int = 60) -> None:
 # --------------------------------------------------------------------------- plan
 def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainment, criterion, jobs, ray, retries, out, fmt,
               prices: dict | None = None, **kwargs) -> None:  # fmt: skip
-    from sim.capacity.plan import Infeasible, Study
-    from sim.capacity.pool import make_pool
+    from driftsim.capacity.plan import Infeasible, Study
+    from driftsim.capacity.pool import make_pool
 
     try:
         scen, fixed, seed_list, targets, crit, st = _common(study, scenario, sets, seeds, slo, attainment, criterion)
@@ -387,7 +387,7 @@ def plan_replicas(
 
     Example: driftsim plan replicas -s my.toml --slo premium.ttft.p99=0.5 --slo '*.e2e.p99=20' --max-replicas 32
     """
-    from sim.capacity.plan import min_replicas as fn
+    from driftsim.capacity.plan import min_replicas as fn
 
     _run_plan("replicas", fn, scenario=scenario, study=study, sets=sets, seeds=seeds, slo=slo, attainment=attainment,
               criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, fmt=fmt,
@@ -410,7 +410,7 @@ def plan_load(
 
     Example: driftsim plan load -s my.toml --replicas 2 --tolerance 0.05
     """
-    from sim.capacity.plan import max_load as fn
+    from driftsim.capacity.plan import max_load as fn
 
     if replicas is not None:
         sets = [*(sets or []), f"replicas={replicas}"]
@@ -438,8 +438,8 @@ def plan_gpu_mix(
 
     Example: driftsim plan gpu-mix -s my.toml --price a100-llama-3.1-8b=1.8 --price h100-llama-3.1-8b=3.2
     """
-    from sim.capacity.plan import cheapest_mix as fn
-    from sim.capacity.study import parse_prices
+    from driftsim.capacity.plan import cheapest_mix as fn
+    from driftsim.capacity.study import parse_prices
 
     try:
         prices = parse_prices(price)
@@ -463,7 +463,7 @@ def plan_policy(
 
     Example: driftsim plan policy --policies fifo,priority,sjf,aging,vtc --seeds 0-4
     """
-    from sim.capacity.plan import best_policy as fn
+    from driftsim.capacity.plan import best_policy as fn
 
     names = [p.strip() for p in policies.split(",")] if policies is not None else None
     if names is not None and not all(names):
@@ -486,8 +486,8 @@ def report(
 
     Example: driftsim report driftsim-out/sweep-20260101-120000 --open
     """
-    from sim.capacity.report import write_report
-    from sim.capacity.study import parse_prices
+    from driftsim.capacity.report import write_report
+    from driftsim.capacity.study import parse_prices
 
     try:
         path = write_report(results, out, prices=parse_prices(price))

@@ -15,8 +15,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cli.render import inspect_table, make_console, print_estimation, print_summary
-from sim.atomic import atomic_write_parquet, atomic_write_text
+from driftsim.cli.render import inspect_table, make_console, print_estimation, print_summary
+from driftsim.sim.atomic import atomic_write_parquet, atomic_write_text
 
 app = typer.Typer(
     name="driftsim",
@@ -46,9 +46,9 @@ def _fail(message: str) -> None:
 
 
 def _input_errors():
-    from costmodel.profiles import ProfileError
-    from sim.config import ConfigError
-    from traces.schema import TraceError
+    from driftsim.costmodel.profiles import ProfileError
+    from driftsim.sim.config import ConfigError
+    from driftsim.traces.schema import TraceError
 
     return (ConfigError, TraceError, ProfileError, ValueError, FileNotFoundError)
 
@@ -120,7 +120,7 @@ def simulate(
 
       driftsim simulate --trace week.parquet --summary-only
     """
-    from sim.scenario import load_scenario, run_scenario
+    from driftsim.sim.scenario import load_scenario, run_scenario
 
     workload: dict = {"rate_scale": rate_scale, "duration_s": duration, "max_requests": max_requests}
     if trace is not None:
@@ -159,7 +159,7 @@ def simulate(
         ) as bar:
             task = bar.add_task("sim", total=1.0)
             if summary_only or stream:
-                from sim.scenario_stream import run_scenario_streamed
+                from driftsim.sim.scenario_stream import run_scenario_streamed
 
                 folder = out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
                 result, context = run_scenario_streamed(
@@ -205,8 +205,8 @@ def traces_inspect(
     trace_format: str = typer.Option("auto", "--format", help="Trace format if auto-detection is not enough."),
 ) -> None:
     """Print what a trace holds: span, rate, token-length percentiles, per tenant."""
-    from traces.inspect import inspect_trace
-    from traces.loaders import load_trace_with_report
+    from driftsim.traces.inspect import inspect_trace
+    from driftsim.traces.loaders import load_trace_with_report
 
     try:
         df, report = load_trace_with_report(file, trace_format)
@@ -225,7 +225,7 @@ def profiles_list() -> None:
     """List bundled profiles and where their numbers came from."""
     from rich.table import Table
 
-    from costmodel.profiles import list_profiles, load_profile
+    from driftsim.costmodel.profiles import list_profiles, load_profile
 
     t = Table(title="bundled profiles", title_justify="left")
     t.add_column("name", no_wrap=True)
@@ -242,7 +242,7 @@ def profiles_list() -> None:
 @profiles_app.command("show")
 def profiles_show(name: str = typer.Argument(..., help="Profile name or file.")) -> None:
     """Print a profile's parameters and provenance as JSON."""
-    from costmodel.profiles import load_profile
+    from driftsim.costmodel.profiles import load_profile
 
     try:
         p = load_profile(name)
@@ -280,8 +280,8 @@ def reproduce_driftsched(
 
     Example: driftsim reproduce driftsched --seeds 0 1 2 --out out/
     """
-    from sim.experiments.driftsched import headline_table, run_driftsched_experiment
-    from sim.experiments.report import write_report
+    from driftsim.experiments.driftsched import headline_table, run_driftsched_experiment
+    from driftsim.experiments.report import write_report
 
     seed_list = _parse_seeds(seeds, ctx.args)  # "--seeds 0 1 2": click passes 1 and 2 as extra arguments
     t0 = time.perf_counter()
@@ -326,7 +326,7 @@ def _print_reproduction(result, rows: list[dict]) -> None:
     """
     from rich.table import Table
 
-    from sim.experiments.headline import format_value, is_discrepancy, view_config
+    from driftsim.experiments.headline import format_value, is_discrepancy, view_config
 
     t = Table(title="DriftSched headline: paper vs driftsim", title_justify="left")
     t.add_column("metric", ratio=3)
@@ -369,13 +369,13 @@ def _print_reproduction(result, rows: list[dict]) -> None:
         console.print(f"[dim]- {note}[/]", highlight=False)
 
 
-from cli import profiling_cmds  # noqa: E402  (commands defined in their own modules)
-from cli.capacity_cmds import register as _register_capacity  # noqa: E402
+from driftsim.cli import profiling_cmds, validate_cmds  # noqa: E402  (commands defined in their own modules)
+from driftsim.cli.capacity_cmds import register as _register_capacity  # noqa: E402
 
 app.command("profile")(profiling_cmds.profile)
 app.command("fit")(profiling_cmds.fit)
-app.command("validate")(__import__("cli.validate_cmds", fromlist=["validate"]).validate)
-app.command("validate-across")(__import__("cli.validate_cmds", fromlist=["across"]).across)
+app.command("validate")(validate_cmds.validate)
+app.command("validate-across")(validate_cmds.across)
 _register_capacity(app)
 
 

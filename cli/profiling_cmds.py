@@ -2,10 +2,10 @@
 the latency model to the measurements.
 
 Thin wrappers, as the rest of the CLI: parse options, call
-``profiling.sweep.run_sweep`` / ``costmodel.fit.fit_measurements``, print
+``driftsim.profiling.sweep.run_sweep`` / ``driftsim.costmodel.fit.fit_measurements``, print
 rich tables, exit non-zero on failure. Register them on the app with::
 
-    from cli import profiling_cmds
+    from driftsim.cli import profiling_cmds
     app.command("profile")(profiling_cmds.profile)
     app.command("fit")(profiling_cmds.fit)
 
@@ -26,7 +26,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.render import make_console
+from driftsim.cli.render import make_console
 
 console = make_console()
 err = make_console(stderr=True)
@@ -39,7 +39,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def tiny_model_or_exit() -> Path:
     """Build (or reuse from the cache) the tiny random-weight test model, or exit 2 naming what is missing."""
-    from profiling.tiny_model import build_tiny_model
+    from driftsim.profiling.tiny_model import build_tiny_model
 
     with err.status("building the tiny model"):
         try:
@@ -49,9 +49,9 @@ def tiny_model_or_exit() -> Path:
 
 
 def start_server_or_exit(server, status: str) -> str:
-    """Start a :class:`profiling.server.VllmServer` under a spinner and return its URL, or exit 2 with
+    """Start a :class:`driftsim.profiling.server.VllmServer` under a spinner and return its URL, or exit 2 with
     the reason it did not come up (its log says more)."""
-    from profiling.server import ServerStartError
+    from driftsim.profiling.server import ServerStartError
 
     with err.status(status):
         try:
@@ -95,7 +95,7 @@ def profile(
 
       driftsim profile --engine http --endpoint http://127.0.0.1:8000 --max-num-seqs 256 --out srv.parquet
     """
-    from profiling.sweep import run_sweep
+    from driftsim.profiling.sweep import run_sweep
 
     if engine not in ("offline", "http"):
         _fail(f"--engine: expected 'offline' or 'http', got {engine!r}")
@@ -119,7 +119,7 @@ def profile(
 
     offline_config = None
     if engine == "offline":
-        from profiling.offline import OfflineConfig, prepare_environment
+        from driftsim.profiling.offline import OfflineConfig, prepare_environment
 
         offline_config = OfflineConfig(
             model=str(model) if model else "", dtype=dtype, max_model_len=max_model_len or 2048,
@@ -140,7 +140,7 @@ def profile(
     server = None
     try:
         if engine == "offline":
-            from profiling.offline import EngineUnavailable, OfflineDriver
+            from driftsim.profiling.offline import EngineUnavailable, OfflineDriver
 
             driver = OfflineDriver(offline_config)
             with err.status("starting the engine"):
@@ -149,11 +149,11 @@ def profile(
                 except EngineUnavailable as exc:
                     _fail(str(exc))
         else:
-            from profiling.http import EndpointError, HttpConfig, HttpDriver
-            from profiling.modelinfo import model_arch
+            from driftsim.profiling.http import EndpointError, HttpConfig, HttpDriver
+            from driftsim.profiling.modelinfo import model_arch
 
             if serve:
-                from profiling.server import ServerConfig, VllmServer
+                from driftsim.profiling.server import ServerConfig, VllmServer
 
                 server = VllmServer(ServerConfig(model=str(model), max_model_len=max_model_len or 2048,
                                                  max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
@@ -168,7 +168,7 @@ def profile(
                     vocab = arch["vocab_size"]
                 except (OSError, ValueError) as exc:
                     _fail(str(exc))
-            from profiling.secrets import SecretError, load_api_key
+            from driftsim.profiling.secrets import SecretError, load_api_key
 
             try:
                 api_key = load_api_key(api_key_file)
@@ -234,9 +234,9 @@ def fit(
     The error is measured on held-out steps (K-fold cross-validation grouped by sweep point), per phase,
     for the linear model and for gradient-boosted trees.
     """
-    from costmodel.fit import TARGET_MDAPE, TARGET_P90APE, FitError, fit_measurements, write_profile
-    from costmodel.profiles import ProfileError
-    from profiling.measurements import MeasurementError, load_measurements
+    from driftsim.costmodel.fit import TARGET_MDAPE, TARGET_P90APE, FitError, fit_measurements, write_profile
+    from driftsim.costmodel.profiles import ProfileError
+    from driftsim.profiling.measurements import MeasurementError, load_measurements
 
     if folds < 2:
         _fail(f"--folds must be >= 2, got {folds}")
@@ -259,7 +259,7 @@ def fit(
         return
     arch = None
     if model_dir is not None:
-        from profiling.modelinfo import model_arch
+        from driftsim.profiling.modelinfo import model_arch
 
         try:
             arch = model_arch(model_dir, dtype=m.meta.get("dtype"))
@@ -330,7 +330,7 @@ def fit(
 
 
 def _standalone_app() -> typer.Typer:
-    """The two commands on their own (``python -m cli.profiling_cmds``), for
+    """The two commands on their own (``python -m driftsim.cli.profiling_cmds``), for
     scripts and tests that must not depend on how the main app wires them."""
     app = typer.Typer(name="driftsim-profiling", no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False)

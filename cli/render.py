@@ -8,7 +8,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from sim.metrics import LATENCY_METRICS, STATS
+from driftsim.sim.metrics import LATENCY_METRICS, STATS
 
 #: Columns of a console writing to a log or a pipe (rich's own default there is 80, which cuts the
 #: wide validation and capacity tables down to "…" in every cell).
@@ -46,7 +46,7 @@ def summary_tables(summary: dict, title: str) -> list[Table]:
     volume.add_column("tenant", no_wrap=True)
     for col in ("requests", "done", "refused", "req/s", "out tok/s", "SLO met", "preempt"):
         volume.add_column(col, justify="right", no_wrap=True)
-    clients = any(g.get("timeout") or g.get("abandoned") or g.get("retries") for _, g in groups)  # sim.client
+    clients = any(g.get("timeout") or g.get("abandoned") or g.get("retries") for _, g in groups)  # driftsim.sim.client
     if clients:
         for col in ("timeout", "abandoned", "retries"):
             volume.add_column(col, justify="right", no_wrap=True)

@@ -2,13 +2,13 @@
 
 A thin wrapper, as the rest of the CLI: parse, build the workload and the
 configuration, start a server if asked, call
-``profiling.replay.run_validation``, print rich tables, write the report,
+``driftsim.validation.run.run_validation``, print rich tables, write the report,
 exit. Register it on the app with::
 
-    from cli import validate_cmds
+    from driftsim.cli import validate_cmds
     app.command("validate")(validate_cmds.validate)
 
-It can also run on its own: ``python -m cli.validate_cmds --help``.
+It can also run on its own: ``python -m driftsim.cli.validate_cmds --help``.
 
 Exit codes: 0 done; 1 interrupted (Ctrl-C; what was measured is written);
 2 bad input or an unreachable endpoint; 3 ``--check`` / ``--check-targets``
@@ -28,8 +28,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.profiling_cmds import start_server_or_exit, tiny_model_or_exit
-from cli.render import make_console
+from driftsim.cli.profiling_cmds import start_server_or_exit, tiny_model_or_exit
+from driftsim.cli.render import make_console
 
 console = make_console()
 err = make_console(stderr=True)
@@ -72,8 +72,8 @@ def _ms(x: float | None) -> str:
 
 def level_table(lv) -> Table:
     """Real vs sim vs error (and spread) per metric, overall."""
-    from sim.validation import METRIC_LABELS, METRICS, OVERALL
-    from sim.validation_report import level_label, speed_text
+    from driftsim.validation.replay_sim import METRIC_LABELS, METRICS, OVERALL
+    from driftsim.validation.report import level_label, speed_text
 
     reps = len(lv.real) if lv.load != "all" else len(lv.scores)
     rate = f", {lv.rate_rps:.2f} req/s" if isinstance(lv.rate_rps, float) and math.isfinite(lv.rate_rps) else ""
@@ -105,8 +105,8 @@ def level_table(lv) -> Table:
 
 def tenant_table(lv) -> Table | None:
     """Per tenant: p50/p99 error of TTFT and E2E, SLO attainment real vs sim."""
-    from sim.validation import OVERALL
-    from sim.validation_report import level_label
+    from driftsim.validation.replay_sim import OVERALL
+    from driftsim.validation.report import level_label
 
     groups = [g for g in lv.aggregate["groups"] if g != OVERALL]
     if len(groups) < 2:
@@ -127,8 +127,8 @@ def tenant_table(lv) -> Table | None:
 
 
 def targets_table(result, bounds: dict) -> tuple[Table, bool]:
-    from sim.validation import METRIC_LABELS, SPEED_VARIANTS, target_check
-    from sim.validation_report import SPEED_NOTE, _all_levels, level_label, variant_aggregates
+    from driftsim.validation.replay_sim import METRIC_LABELS, SPEED_VARIANTS, target_check
+    from driftsim.validation.report import SPEED_NOTE, _all_levels, level_label, variant_aggregates
 
     t = Table(title="figures to reach: |sim error| of the overall statistic (mean over repeats)",
               caption=SPEED_NOTE, title_justify="left", caption_justify="left")
@@ -148,7 +148,7 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
 def launched_async(requested: bool) -> bool:
     """Whether a server launched with async scheduling ``requested`` runs with it: vLLM's CPU platform
     turns it off whatever the command line says (vllm/platforms/cpu.py, "not required on CPU")."""
-    from profiling.offline import cpu_build
+    from driftsim.profiling.offline import cpu_build
 
     return requested and not cpu_build()
 
@@ -156,7 +156,7 @@ def launched_async(requested: bool) -> bool:
 def pin_cpus(python: str) -> tuple[str, dict[str, str], str] | None:
     """Pin a CPU server: ``(wrapper python, env, front-end CPUs)`` or None when not possible.
 
-    The model's OpenMP threads get the CPUs :func:`profiling.offline.cpu_bind_default`
+    The model's OpenMP threads get the CPUs :func:`driftsim.profiling.offline.cpu_bind_default`
     gives an engine (all but the first), everything else of the server (the
     API server, the engine-core loop, started through a ``taskset`` wrapper
     around ``python``) and this process get the first. On two cores: model on
@@ -166,7 +166,7 @@ def pin_cpus(python: str) -> tuple[str, dict[str, str], str] | None:
     import shutil
     import tempfile
 
-    from profiling.offline import cpu_bind_default, cpu_build
+    from driftsim.profiling.offline import cpu_bind_default, cpu_build
 
     if not cpu_build() or shutil.which("taskset") is None or not hasattr(os, "sched_setaffinity"):
         return None
@@ -240,24 +240,24 @@ def validate(
 
       driftsim validate trace.csv --endpoint http://127.0.0.1:8000 --profile l4.toml --policy priority --max-outstanding 16
     """
-    from costmodel.profiles import ProfileError, load_profile
-    from profiling.gateway import MicroBatch
-    from profiling.http import EndpointError, OpenAIClient
-    from profiling.secrets import redact
-    from profiling.replay import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace, read_server_facts,
+    from driftsim.costmodel.profiles import ProfileError, load_profile
+    from driftsim.profiling.gateway import MicroBatch
+    from driftsim.profiling.http import EndpointError, OpenAIClient
+    from driftsim.profiling.secrets import redact
+    from driftsim.validation.run import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace, read_server_facts,
                                   run_validation)
-    from sim.client import ClientConfig
-    from sim.config import ConfigError, GatewayConfig
-    from sim.policies import POLICIES
-    from sim.validation import TARGETS, parse_bounds
-    from sim.validation_report import write_outputs
-    from traces.schema import TraceError
+    from driftsim.sim.client import ClientConfig
+    from driftsim.sim.config import ConfigError, GatewayConfig
+    from driftsim.sim.policies import POLICIES
+    from driftsim.validation.replay_sim import TARGETS, parse_bounds
+    from driftsim.validation.report import write_outputs
+    from driftsim.traces.schema import TraceError
 
     # ---- parse
     folder = out or Path("driftsim-out") / f"validate-{datetime.now():%Y%m%d-%H%M%S}"
     if rescore is not None:
-        from profiling.journal import JournalError
-        from profiling.resume import rescore as rescore_saved
+        from driftsim.profiling.journal import JournalError
+        from driftsim.validation.resume import rescore as rescore_saved
 
         try:
             bounds = parse_bounds(check) if check else None
@@ -310,8 +310,8 @@ def validate(
     level_loads = _parse_loads(loads) if loads else None
     base = None
     if trace is not None:
-        from traces.loaders import load_trace
-        from traces.transform import assign_tenants, head
+        from driftsim.traces.loaders import load_trace
+        from driftsim.traces.transform import assign_tenants, head
 
         try:
             base = load_trace(trace, trace_format)
@@ -343,7 +343,7 @@ def validate(
                       "or pass --engine-python PATH")
             if launch_tiny:
                 model_dir = tiny_model_or_exit()
-            from profiling.server import ServerConfig, VllmServer
+            from driftsim.profiling.server import ServerConfig, VllmServer
 
             extra = ([] if async_scheduling else ["--no-async-scheduling"]) + list(server_arg or [])
             env: dict[str, str] = {}
@@ -362,14 +362,14 @@ def validate(
         if vocab_size is None:
             vocab_size = 4000
             if model_dir is not None:
-                from profiling.modelinfo import model_arch
+                from driftsim.profiling.modelinfo import model_arch
 
                 try:
                     vocab_size = int(model_arch(model_dir)["vocab_size"])
                 except (OSError, ValueError, KeyError):
                     pass
         try:
-            from profiling.secrets import SecretError, load_api_key
+            from driftsim.profiling.secrets import SecretError, load_api_key
 
             try:
                 api_key = load_api_key(api_key_file)
@@ -392,7 +392,7 @@ def validate(
                                         seed=seed + 1000) if calibrate else None
         if level_loads is not None:
             if base is not None:
-                from traces.transform import scale_rate
+                from driftsim.traces.transform import scale_rate
 
                 span = float(base["arrival_s"].max() - base["arrival_s"].min())
                 own = (base.height - 1) / span if span > 0 else capacity
@@ -429,18 +429,18 @@ def validate(
 
 def report(result, folder: Path, bounds: dict | None) -> None:
     """Write the outputs, print the tables, exit 1 if interrupted, 3 if a bound is exceeded."""
-    from sim.validation import TARGETS
-    from sim.validation_report import write_outputs
+    from driftsim.validation.replay_sim import TARGETS
+    from driftsim.validation.report import write_outputs
 
     paths = write_outputs(result, folder)
     if result.calibration:
         c = result.calibration
-        from sim.validation import describe_calibration
+        from driftsim.validation.replay_sim import describe_calibration
 
         console.print(f"calibration: {describe_calibration(c)}", highlight=False)
     console.print(f"client/HTTP overhead: {result.overhead_s * 1000:.1f} ms"
                   + (f" (from {len(result.overhead_samples)} 1-token requests)" if result.overhead_samples else " (given)"))
-    from sim.validation_report import _all_levels
+    from driftsim.validation.report import _all_levels
 
     for lv in _all_levels(result):
         console.print(level_table(lv))
@@ -484,9 +484,9 @@ def across(
     compared with each other: where a session's error is at or below that spread, the simulator predicts
     it as well as a real run of another session does.
     """
-    from sim.config import ConfigError
-    from sim.session_spread import ALL_LEVELS, load_session, session_spread
-    from sim.validation import METRIC_LABELS
+    from driftsim.sim.config import ConfigError
+    from driftsim.validation.session_spread import ALL_LEVELS, load_session, session_spread
+    from driftsim.validation.replay_sim import METRIC_LABELS
 
     try:
         res = session_spread([load_session(p) for p in sessions])

@@ -2,14 +2,14 @@
 model, and how much KV cache the engine gets. The engine model hands a
 :class:`StepBatch` to a :class:`CostModel` and gets seconds back."""
 
-from costmodel.base import CostModel
-from costmodel.batch import StepBatch, chunk_attn_tokens
-from costmodel.fit import LinearFit, batch_grid, linearize, linearize_profile
-from costmodel.hardware import GpuSpec, ModelArch
-from costmodel.kv import KvCapacity, kv_capacity_blocks
-from costmodel.linear import LinearCostModel
-from costmodel.profiles import Profile, ProfileError, list_profiles, load_profile
-from costmodel.roofline import RooflineCostModel
+from driftsim.costmodel.base import CostModel
+from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.costmodel.fit import LinearFit, batch_grid, linearize, linearize_profile
+from driftsim.costmodel.hardware import GpuSpec, ModelArch
+from driftsim.costmodel.kv import KvCapacity, kv_capacity_blocks
+from driftsim.costmodel.linear import LinearCostModel
+from driftsim.costmodel.profiles import Profile, ProfileError, list_profiles, load_profile
+from driftsim.costmodel.roofline import RooflineCostModel
 
 __all__ = [
     "CostModel",

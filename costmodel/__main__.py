@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from costmodel.fit import linearize_profile
-from costmodel.profiles import list_profiles
+from driftsim.costmodel.fit import linearize_profile
+from driftsim.costmodel.profiles import list_profiles
 
 
 def main(argv: list[str] | None = None) -> int:

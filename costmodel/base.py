@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from costmodel.batch import StepBatch
+from driftsim.costmodel.batch import StepBatch
 
 
 @runtime_checkable

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.base import CostModel
-from costmodel.batch import StepBatch, chunk_attn_tokens
-from costmodel.linear import COEFFICIENTS, LinearCostModel
+from driftsim.costmodel.base import CostModel
+from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.costmodel.linear import COEFFICIENTS, LinearCostModel
 
 
 def batch_grid(*, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int) -> list[StepBatch]:
@@ -106,7 +106,7 @@ def linearize(target: CostModel, batches: list[StepBatch], *, name: str = "linea
 
 def linearize_profile(name_or_path: str) -> LinearFit:
     """Linearise a profile's cost model on the grid of its engine defaults."""
-    from costmodel.profiles import load_profile
+    from driftsim.costmodel.profiles import load_profile
 
     profile = load_profile(name_or_path)
     d = profile.engine_defaults
@@ -585,7 +585,7 @@ def _gpu_table(meta: dict) -> tuple[dict, str]:
     numbers from a bundled profile of the same GPU."""
     import os as _os
 
-    from costmodel.profiles import PROFILE_DIR
+    from driftsim.costmodel.profiles import PROFILE_DIR
 
     device, name = meta.get("device") or "unknown", str(meta.get("device_name") or "unknown device")
     if device == "cuda":
@@ -614,14 +614,14 @@ def write_profile(path, model: LinearCostModel, report: FitReport, meta: dict, *
     ``meta`` is the measurement file's metadata (engine, device, limits, KV
     blocks, date, ...); ``model_arch`` overrides ``meta["model_arch"]`` (the
     ``[model]`` fields). The file is checked by loading it before returning;
-    a :class:`costmodel.profiles.ProfileError` means it was not written.
+    a :class:`driftsim.costmodel.profiles.ProfileError` means it was not written.
     """
     import datetime as _dt
     import hashlib
     import os as _os
     from pathlib import Path as _Path
 
-    from costmodel.profiles import load_profile
+    from driftsim.costmodel.profiles import load_profile
 
     path = _Path(path)
     arch = dict(model_arch or meta.get("model_arch") or {})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from costmodel.hardware import GpuSpec, ModelArch
+from driftsim.costmodel.hardware import GpuSpec, ModelArch
 
 
 def _check_block_size(block_size: int) -> None:

@@ -1,7 +1,7 @@
 """A cost model linear in the five batch quantities of a StepBatch, with an
 optional piecewise-linear table for the cost of the decode sequences.
 
-The form measured profiles are fitted to (and, via :func:`costmodel.fit.linearize`,
+The form measured profiles are fitted to (and, via :func:`driftsim.costmodel.fit.linearize`,
 a first-order stand-in for the roofline model).
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from costmodel._runs import decode_run_ctx
-from costmodel.batch import StepBatch
-from costmodel.kv import KvCapacity
+from driftsim.costmodel._runs import decode_run_ctx
+from driftsim.costmodel.batch import StepBatch
+from driftsim.costmodel.kv import KvCapacity
 
 COEFFICIENTS = (
     "overhead_s",
@@ -173,7 +173,7 @@ class LinearCostModel:
         }
 
     def kv_capacity_blocks(self, block_size: int) -> int:
-        """KV blocks of ``block_size`` tokens (see :class:`costmodel.kv.KvCapacity`)."""
+        """KV blocks of ``block_size`` tokens (see :class:`driftsim.costmodel.kv.KvCapacity`)."""
         if self.kv is None:
             raise ValueError(f"cost model {self.name!r} has no KV capacity configured")
         return self.kv.blocks(block_size)

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from costmodel.base import CostModel
-from costmodel.hardware import GpuSpec, ModelArch
-from costmodel.kv import KvCapacity
-from costmodel.linear import LinearCostModel
-from costmodel.roofline import RooflineCostModel
+from driftsim.costmodel.base import CostModel
+from driftsim.costmodel.hardware import GpuSpec, ModelArch
+from driftsim.costmodel.kv import KvCapacity
+from driftsim.costmodel.linear import LinearCostModel
+from driftsim.costmodel.roofline import RooflineCostModel
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 KINDS = ("linear", "roofline")
@@ -67,7 +67,7 @@ class Profile:
                            gpu_memory_utilization: float | None = None) -> int:
         """KV blocks at this block size and utilisation (defaults: the
         profile's engine defaults). A measured ``num_gpu_blocks`` wins when
-        present (see :class:`costmodel.kv.KvCapacity`)."""
+        present (see :class:`driftsim.costmodel.kv.KvCapacity`)."""
         if block_size is None:
             block_size = self.engine_defaults["block_size"]
         if gpu_memory_utilization is None:

@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from costmodel._runs import decode_run_ctx
-from costmodel.batch import StepBatch
-from costmodel.hardware import GpuSpec, ModelArch
-from costmodel.kv import KvCapacity
+from driftsim.costmodel._runs import decode_run_ctx
+from driftsim.costmodel.batch import StepBatch
+from driftsim.costmodel.hardware import GpuSpec, ModelArch
+from driftsim.costmodel.kv import KvCapacity
 
 
 class RooflineCostModel:
@@ -150,7 +150,7 @@ class RooflineCostModel:
         }
 
     def kv_capacity_blocks(self, block_size: int) -> int:
-        """KV blocks of ``block_size`` tokens (see :class:`costmodel.kv.KvCapacity`)."""
+        """KV blocks of ``block_size`` tokens (see :class:`driftsim.costmodel.kv.KvCapacity`)."""
         return self.kv.blocks(block_size)
 
     @property

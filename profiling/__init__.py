@@ -8,7 +8,7 @@
 - ``server``: start/stop a local vLLM server; ``tiny_model``: the random-weight test model;
   ``modelinfo``: a model folder's architecture for the profile.
 
-The fit itself is ``costmodel.fit.fit_measurements`` / ``write_profile``; the
-commands are ``cli.profiling_cmds``. Nothing here imports vllm or torch at
+The fit itself is ``driftsim.costmodel.fit.fit_measurements`` / ``write_profile``; the
+commands are ``driftsim.cli.profiling_cmds``. Nothing here imports vllm or torch at
 import time.
 """

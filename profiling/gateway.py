@@ -1,7 +1,7 @@
 """A real gateway in front of a real engine, running driftsim's own policy objects.
 
-This is the real-world twin of :class:`sim.gateway.Gateway`: the same
-:mod:`sim.policies` objects order the waiting requests, the same admission
+This is the real-world twin of :class:`driftsim.sim.gateway.Gateway`: the same
+:mod:`driftsim.sim.policies` objects order the waiting requests, the same admission
 rule releases them (no cap, a cap on requests in flight, or DriftSched's
 micro-batch worker), but the requests go to an OpenAI-compatible server over
 HTTP and every token's arrival is timed.
@@ -18,9 +18,9 @@ Admission, mirroring the simulator exactly:
   sent at once (a client talking straight to vLLM; the policy never holds
   anything);
 - a cap: at most ``max_outstanding`` requests in flight; the policy picks the
-  next one whenever a slot frees (:meth:`sim.gateway.Gateway._dispatch`);
+  next one whenever a slot frees (:meth:`driftsim.sim.gateway.Gateway._dispatch`);
 - micro-batch (``MicroBatch``): DriftSched's worker
-  (:class:`sim.replica.MicroBatchWorker`): take up to ``batch_size`` requests
+  (:class:`driftsim.sim.replica.MicroBatchWorker`): take up to ``batch_size`` requests
   in policy order, stop early once ``batch_wait_s`` has passed since the first
   pick and the queue is empty (re-checked every ``batch_poll_s``), send the
   batch, wait for all of it. Every request of a batch is *delivered* when the
@@ -35,7 +35,7 @@ prompts are token-id lists, so the engine does exactly the work the trace says.
 
 Robustness: a server error or a dropped stream is recorded on that request
 (status ``error``, with the message) and the replay goes on; the client's
-timeouts, retries and abandonment follow :class:`sim.client.ClientConfig`,
+timeouts, retries and abandonment follow :class:`driftsim.sim.client.ClientConfig`,
 exactly as the simulator models them (a request past its timeout is taken
 out of the policy or its stream is closed, so the server aborts it; status
 ``timeout``/``abandoned``; ``attempts`` counts retries); three refused
@@ -45,10 +45,10 @@ the replay (Ctrl-C) keeps everything measured so far (requests in flight
 become ``cancelled`` with the tokens they had); an unreachable endpoint fails
 before anything is released (:func:`check_endpoint`). ``on_record`` sees
 each request once, when its outcome is final (the journal of
-:mod:`profiling.journal`).
+:mod:`driftsim.profiling.journal`).
 
 The only code that talks HTTP is :class:`StreamingClient`, a thin layer over
-:class:`profiling.http.OpenAIClient` (the project's one client seam): unit
+:class:`driftsim.profiling.http.OpenAIClient` (the project's one client seam): unit
 tests give it an ``httpx.MockTransport``.
 """
 
@@ -63,10 +63,10 @@ from typing import Any, Callable
 import httpx
 import numpy as np
 
-from profiling.http import EndpointError, OpenAIClient, StreamChunkError, gc_frozen, sse_chunks
-from profiling.secrets import redact
-from sim.client import ClientConfig
-from sim.policies import Policy
+from driftsim.profiling.http import EndpointError, OpenAIClient, StreamChunkError, gc_frozen, sse_chunks
+from driftsim.profiling.secrets import redact
+from driftsim.sim.client import ClientConfig
+from driftsim.sim.policies import Policy
 
 #: Per-request outcomes.
 STATUS_OK = "ok"  # every requested token arrived and the stream ended with [DONE]
@@ -74,15 +74,15 @@ STATUS_ERROR = "error"  # HTTP error, timeout, dropped or short stream: see ``er
 STATUS_CANCELLED = "cancelled"  # in flight when the replay was cancelled (Ctrl-C)
 STATUS_NOT_SENT = "not_sent"  # released or not yet due when the replay stopped
 STATUS_SKIPPED = "skipped"  # never sent: does not fit the server (reason in ``error``)
-STATUS_TIMEOUT = "timeout"  # every attempt ran past the client's timeout (sim.client.ClientConfig)
-STATUS_ABANDONED = "abandoned"  # the user left before a first token (sim.client.ClientConfig)
+STATUS_TIMEOUT = "timeout"  # every attempt ran past the client's timeout (driftsim.sim.client.ClientConfig)
+STATUS_ABANDONED = "abandoned"  # the user left before a first token (driftsim.sim.client.ClientConfig)
 STATUS_BACKOFF = "backoff"  # between a failed attempt and its retry (never a final status)
 FINAL_STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_CANCELLED, STATUS_SKIPPED, STATUS_TIMEOUT, STATUS_ABANDONED)
 
 
 @dataclass(eq=False)
 class ReplayRequest:
-    """One request as the gateway's policy sees it (the :class:`sim.policies.Queued` fields).
+    """One request as the gateway's policy sees it (the :class:`driftsim.sim.policies.Queued` fields).
 
     ``arrival_s`` is set to the *actual* release time when the request enters
     the gateway, so the policy orders by what really happened, and the
@@ -123,7 +123,7 @@ class RequestRecord:
     error: str | None = None
     http_status: int | None = None
     batch: int = -1  # micro-batch number, -1 otherwise
-    attempts: int = 1  # > 1 after client retries (sim.client.ClientConfig)
+    attempts: int = 1  # > 1 after client retries (driftsim.sim.client.ClientConfig)
 
     @property
     def done(self) -> bool:
@@ -143,7 +143,7 @@ class RequestFailed(Exception):
 class StreamingClient:
     """Streams completions and timestamps each token into a :class:`RequestRecord`.
 
-    Built on :class:`profiling.http.OpenAIClient` (payload, base URL, httpx
+    Built on :class:`driftsim.profiling.http.OpenAIClient` (payload, base URL, httpx
     transport); it differs from ``OpenAIClient.stream`` in writing into the
     record *as tokens arrive*, so a cancelled or failed request keeps what
     it had. Tokens are counted by ``usage.completion_tokens`` (vLLM's
@@ -231,7 +231,7 @@ def check_endpoint(client: OpenAIClient, model: str | None = None) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class MicroBatch:
-    """DriftSched's worker settings (as :class:`sim.config.EngineConfig`)."""
+    """DriftSched's worker settings (as :class:`driftsim.sim.config.EngineConfig`)."""
 
     batch_size: int = 32
     batch_wait_s: float = 0.01
@@ -287,7 +287,7 @@ class ReplayGateway:
         self.vocab_size = vocab_size
         self.seed = seed
         self.request_timeout_s = request_timeout_s
-        #: timeouts, retries, abandonment: the simulator's semantics (sim.client)
+        #: timeouts, retries, abandonment: the simulator's semantics (driftsim.sim.client)
         self.cfg = client_config if client_config is not None else ClientConfig(timeout_s=request_timeout_s)
         self.on_record = on_record  # called once per request when it reaches a final status (journal)
         self._task_of: dict[int, asyncio.Task] = {}
@@ -321,7 +321,7 @@ class ReplayGateway:
         flight are cancelled and marked, and the cancellation propagates.
 
         The objects alive at the start stay out of the garbage collector for
-        the replay (:func:`profiling.http.gc_frozen`)."""
+        the replay (:func:`driftsim.profiling.http.gc_frozen`)."""
         with gc_frozen():
             return await self._run()
 
@@ -389,7 +389,7 @@ class ReplayGateway:
                 rec.status = STATUS_NOT_SENT
                 rec.error = f"{rec.error}; waiting to retry when the replay was {how}"
 
-    # ---- release and dispatch (mirrors sim.gateway.Gateway)
+    # ---- release and dispatch (mirrors driftsim.sim.gateway.Gateway)
     def _release(self, i: int, req: ReplayRequest) -> None:
         now = self.now()
         req.arrival_s = now
@@ -425,7 +425,7 @@ class ReplayGateway:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # ---- the client giving up (sim.client semantics)
+    # ---- the client giving up (driftsim.sim.client semantics)
     def _give_up(self, req: ReplayRequest, status: str, reason: str) -> None:
         """Withdraw the attempt under way: out of the policy if waiting, else cancel its stream
         (the server aborts a request whose client disconnects); the slot frees at once."""
@@ -533,7 +533,7 @@ class ReplayGateway:
             if self.cap is not None:
                 self._dispatch(now)
 
-    # ---- DriftSched's micro-batch worker (mirrors sim.replica.MicroBatchWorker)
+    # ---- DriftSched's micro-batch worker (mirrors driftsim.sim.replica.MicroBatchWorker)
     async def _microbatch_worker(self) -> None:
         mb = self.microbatch
         policy = self.policy

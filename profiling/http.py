@@ -71,10 +71,10 @@ from typing import Any, Callable, Iterator
 import httpx
 import numpy as np
 
-from costmodel.batch import chunk_attn_tokens
-from profiling.measurements import empty_row, phase_of
-from profiling.plan import EngineLimits, ProbePoint
-from profiling.secrets import ApiKey, EndpointAuth, as_key, redact
+from driftsim.costmodel.batch import chunk_attn_tokens
+from driftsim.profiling.measurements import empty_row, phase_of
+from driftsim.profiling.plan import EngineLimits, ProbePoint
+from driftsim.profiling.secrets import ApiKey, EndpointAuth, as_key, redact
 
 
 class EndpointError(RuntimeError):
@@ -184,7 +184,7 @@ class OpenAIClient:
     ``transport`` (and ``async_transport``) exist for tests
     (``httpx.MockTransport``); by default httpx opens real connections.
     Every failure becomes an :class:`EndpointError` naming the URL. An
-    ``api_key`` goes only to this endpoint's origin (:mod:`profiling.secrets`).
+    ``api_key`` goes only to this endpoint's origin (:mod:`driftsim.profiling.secrets`).
     """
 
     def __init__(self, base_url: str, *, api_key: "str | ApiKey | None" = None, timeout_s: float = 600.0,
@@ -407,7 +407,7 @@ class HttpConfig:
 
     endpoint: str
     model: str | None = None  # served model name; None = the server's first model
-    api_key: "ApiKey | None" = None  # a str is wrapped so it never prints (profiling.secrets)
+    api_key: "ApiKey | None" = None  # a str is wrapped so it never prints (driftsim.profiling.secrets)
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None = from /v1/models

@@ -14,7 +14,7 @@
 
 ``driftsim validate --resume OUTDIR`` replays only what a journal lacks;
 ``driftsim validate --rescore OUTDIR`` rebuilds the report from the
-journals without a server (:mod:`profiling.resume`).
+journals without a server (:mod:`driftsim.validation.resume`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from sim.atomic import _json_default, atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text  # noqa: F401
+from driftsim.sim.atomic import _json_default, atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text  # noqa: F401
 
 #: outcomes a resumed replay keeps (anything else, e.g. ``error`` or ``cancelled``, is replayed)
 KEEP_ON_RESUME = ("ok", "timeout", "abandoned", "skipped")
@@ -40,7 +40,7 @@ class JournalError(ValueError):
     """A journal or saved state cannot be used; the message names the file and why."""
 
 
-# ---- atomic writes (sim.atomic; re-exported here for the replay's callers) ------------
+# ---- atomic writes (driftsim.sim.atomic; re-exported here for the replay's callers) ------------
 
 def _finite(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
@@ -82,7 +82,7 @@ class ReplayJournal:
         self._f.flush()  # in the OS's hands now: survives this process being killed
 
     def record(self, rec) -> None:
-        """Write one request's final record (a :class:`profiling.gateway.RequestRecord`)."""
+        """Write one request's final record (a :class:`driftsim.profiling.gateway.RequestRecord`)."""
         if rec.status not in JOURNALED:
             return
         row = asdict(rec)
@@ -110,7 +110,7 @@ def read_journal(path: str | Path, *, trace: str | None = None) -> tuple[dict[in
     """``({idx: record fields}, lines dropped)`` from a journal; a later line for the same request
     replaces an earlier one (a request replayed again on resume). Raises :class:`JournalError`
     if the header is missing or names another trace than ``trace``."""
-    from profiling.gateway import RequestRecord
+    from driftsim.profiling.gateway import RequestRecord
 
     path = Path(path)
     names = {f.name for f in fields(RequestRecord)}
@@ -141,8 +141,8 @@ def read_journal(path: str | Path, *, trace: str | None = None) -> tuple[dict[in
 
 
 def record_from_row(row: dict):
-    """A :class:`profiling.gateway.RequestRecord` from a journal line (None times back to NaN)."""
-    from profiling.gateway import RequestRecord
+    """A :class:`driftsim.profiling.gateway.RequestRecord` from a journal line (None times back to NaN)."""
+    from driftsim.profiling.gateway import RequestRecord
 
     kw = dict(row)
     for k in _TIME_FIELDS:

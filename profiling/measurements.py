@@ -270,7 +270,7 @@ class CpuMeter:
     ``wait`` is the one that matters: on a small CPU machine another process
     taking the engine's core is the main source of timing noise, and a step
     with a run-queue delay is a measurement of the neighbours, not of the
-    engine. The fitter leaves such steps out (see ``costmodel.fit``). It is
+    engine. The fitter leaves such steps out (see ``driftsim.costmodel.fit``). It is
     exact when the engine computes on the thread that calls ``step()`` (one
     OpenMP thread, the CPU default here) and a lower bound otherwise (OpenMP
     workers' delays are not seen).

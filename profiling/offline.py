@@ -15,7 +15,7 @@ already computed, plus the request's prompt and output counts. That is what
 the engine really ran (chunking, budget splits, preemptions included), so
 it is preferred to reconstructing batches from the requests sent: the raw
 ``[prompt, computed, scheduled, outputs]`` list is stored per step beside
-the derived :class:`costmodel.batch.StepBatch` numbers, and the two
+the derived :class:`driftsim.costmodel.batch.StepBatch` numbers, and the two
 bookkeepings are cross-checked (the scheduled total must equal prefill
 tokens + decodes).
 
@@ -39,10 +39,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from costmodel.batch import chunk_attn_tokens
-from profiling.measurements import CpuMeter, empty_row, phase_of
-from profiling.modelinfo import model_arch
-from profiling.plan import EngineLimits, ProbePoint
+from driftsim.costmodel.batch import chunk_attn_tokens
+from driftsim.profiling.measurements import CpuMeter, empty_row, phase_of
+from driftsim.profiling.modelinfo import model_arch
+from driftsim.profiling.plan import EngineLimits, ProbePoint
 
 
 class EngineUnavailable(RuntimeError):

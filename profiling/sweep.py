@@ -3,8 +3,8 @@ measurement to disk as it comes.
 
 A driver is anything with ``limits()``, ``metadata()`` and
 ``run_point(point, warmup=..., on_row=...)`` (and optionally
-``supports(point)``, to skip points it cannot attribute) (:class:`profiling.offline.OfflineDriver`,
-:class:`profiling.http.HttpDriver`). This module owns the loop, the budget
+``supports(point)``, to skip points it cannot attribute) (:class:`driftsim.profiling.offline.OfflineDriver`,
+:class:`driftsim.profiling.http.HttpDriver`). This module owns the loop, the budget
 and the file, so both drivers stop, flush and report the same way.
 
 Budget: the plan's estimates come from a rough prior; after every point the
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from profiling.measurements import MeasurementWriter
-from profiling.plan import CPU_PRIOR, GPU_PRIOR, EngineLimits, ProbePoint, SweepPlan, build_plan
+from driftsim.profiling.measurements import MeasurementWriter
+from driftsim.profiling.plan import CPU_PRIOR, GPU_PRIOR, EngineLimits, ProbePoint, SweepPlan, build_plan
 
 DEFAULT_BUDGET_S = 300.0
 

@@ -2,7 +2,7 @@
 
 One :class:`ClientConfig` says what a client does; the simulator
 (:class:`SimClient`) and the real replay gateway
-(:class:`profiling.gateway.ReplayGateway`) both follow it, so a timeout means
+(:class:`driftsim.profiling.gateway.ReplayGateway`) both follow it, so a timeout means
 the same thing on both sides:
 
 - **timeout** (``timeout_s``): an attempt that has not completed ``timeout_s``
@@ -32,9 +32,9 @@ from typing import Mapping
 
 import simpy
 
-from sim.config import ConfigError
-from sim.request import SimRequest
-from sim.results import STATUS_ABANDONED, STATUS_TIMEOUT, ResultRecorder
+from driftsim.sim.config import ConfigError
+from driftsim.sim.request import SimRequest
+from driftsim.sim.results import STATUS_ABANDONED, STATUS_TIMEOUT, ResultRecorder
 
 _BACKOFF = object()  # a request between a failed attempt and its retry
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from driftsim.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+__all__ = ["ConfigError", "EngineConfig", "GatewayConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,7 @@
 ``EngineCore`` is a plain object with no SimPy in it: ``plan(t)`` decides the
 next iteration(s) starting at engine time ``t`` and returns their end times;
 ``commit(n)`` applies the first ``n`` of them. The SimPy replica process
-(:mod:`sim.replica`) yields a timeout per plan; the micro-batch worker calls
+(:mod:`driftsim.sim.replica`) yields a timeout per plan; the micro-batch worker calls
 :meth:`EngineCore.run_arrivals` directly.
 
 Scheduling follows vLLM's v1 scheduler, thinking in tokens rather than
@@ -50,7 +50,7 @@ step k+1 (vLLM schedules them against output placeholders), and a request
 never gets a step beyond its ``max_tokens``, as in the synchronous model.
 Steps and their durations are the same: what a served engine adds to each
 step (its CPU loop beside the forward pass) is the cost model's business
-(see ``sim.server_steps.StepCorrection``). Inbox entries note the index of
+(see ``driftsim.validation.server_steps.StepCorrection``). Inbox entries note the index of
 the step during which they arrived, not a time, so fast-forwarded runs stay
 bit-identical to step-by-step ones.
 
@@ -67,11 +67,11 @@ from collections import deque
 
 import numpy as np
 
-from costmodel.base import CostModel
-from costmodel.batch import StepBatch, chunk_attn_tokens
-from sim.config import ConfigError, EngineConfig
-from sim.policies import Policy
-from sim.request import SimRequest
+from driftsim.costmodel.base import CostModel
+from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.sim.config import ConfigError, EngineConfig
+from driftsim.sim.policies import Policy
+from driftsim.sim.request import SimRequest
 
 _SHORT_RUN = 24  # runs up to this many steps are planned without numpy
 

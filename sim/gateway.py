@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import simpy
 
-from sim.policies import Policy
-from sim.request import SimRequest
+from driftsim.sim.policies import Policy
+from driftsim.sim.request import SimRequest
 
 
 class Gateway:

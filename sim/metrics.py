@@ -7,8 +7,8 @@ import math
 import numpy as np
 import polars as pl
 
-from sim.results import STATUS
-from sim.sketch import DEFAULT_ALPHA, QuantileSketch
+from driftsim.sim.results import STATUS
+from driftsim.sim.sketch import DEFAULT_ALPHA, QuantileSketch
 
 LATENCY_METRICS = ("ttft_s", "tpot_s", "e2e_s", "queue_wait_s")
 STATS = ("mean", "p50", "p90", "p99")
@@ -22,7 +22,7 @@ def _group_summary(df: pl.DataFrame, span_s: float) -> dict:
         "completed": ok.height,
         "rejected": int((df["status"] == "rejected").sum()),
         "unfinished": int((df["status"] == "unfinished").sum()),
-        "timeout": int((df["status"] == "timeout").sum()),  # the client gave up (sim.client)
+        "timeout": int((df["status"] == "timeout").sum()),  # the client gave up (driftsim.sim.client)
         "abandoned": int((df["status"] == "abandoned").sum()),
         "retries": int(df["attempts"].sum()) - df.height if "attempts" in df.columns else 0,
         "throughput_rps": ok.height / span_s if span_s > 0 else math.nan,
@@ -139,7 +139,7 @@ class StreamingSummary:
     the same dict as :func:`summarize`. Counts, sums, throughput, span and
     SLO attainment are exact, latency means are exact up to the order of
     floating-point summation, and every percentile is within ``alpha``
-    relative error of the exact one (:class:`sim.sketch.QuantileSketch`);
+    relative error of the exact one (:class:`driftsim.sim.sketch.QuantileSketch`);
     the dict says so under ``"percentiles"``.
     """
 

@@ -1,7 +1,7 @@
 """SimPy processes that drive engines in simulated time.
 
 ``ContinuousReplica`` is one vLLM-like server: it yields one timeout per
-plan of its :class:`~sim.engine.EngineCore` and is interrupted when new work
+plan of its :class:`~driftsim.sim.engine.EngineCore` and is interrupted when new work
 arrives during a fast-forwarded run, so the step in progress finishes and the
 newcomer joins the next one, exactly as in step-by-step execution.
 
@@ -18,8 +18,8 @@ import simpy
 from simpy.core import URGENT
 from simpy.events import Event
 
-from sim.engine import EngineCore
-from sim.request import SimRequest
+from driftsim.sim.engine import EngineCore
+from driftsim.sim.request import SimRequest
 
 FinishCallback = Callable[[SimRequest, float, int], None]
 

@@ -1,14 +1,14 @@
 """A live request inside the simulator: the trace row plus mutable engine state.
 
 Only requests in flight exist as objects; results live in columnar arrays
-(:mod:`sim.results`), so memory does not grow with finished requests.
+(:mod:`driftsim.sim.results`), so memory does not grow with finished requests.
 """
 
 from __future__ import annotations
 
 
 class SimRequest:
-    """One request. Attribute names match :class:`sim.policies.Queued`."""
+    """One request. Attribute names match :class:`driftsim.sim.policies.Queued`."""
 
     __slots__ = (
         # from the trace (fixed)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from sim.request import SimRequest
+from driftsim.sim.request import SimRequest
 
 STATUS_PENDING, STATUS_OK, STATUS_REJECTED, STATUS_UNFINISHED = 0, 1, 2, 3
-STATUS_TIMEOUT, STATUS_ABANDONED = 4, 5  # the client gave up (sim.client)
+STATUS_TIMEOUT, STATUS_ABANDONED = 4, 5  # the client gave up (driftsim.sim.client)
 _STATUS_NAMES = ["pending", "ok", "rejected", "unfinished", "timeout", "abandoned"]
 STATUS = pl.Enum(_STATUS_NAMES)
 FINISH_REASON = pl.Enum(["stop", "length"])
@@ -37,7 +37,7 @@ class ResultRecorder:
         self.generated = np.zeros(n, dtype=np.int32)
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.length_capped = np.zeros(n, dtype=bool)
-        self.attempts = np.ones(n, dtype=np.int16)  # > 1 only with client retries (sim.client)
+        self.attempts = np.ones(n, dtype=np.int16)  # > 1 only with client retries (driftsim.sim.client)
         self.reasons: dict[int, str] = {}
 
     def finish(self, req: SimRequest, t: float, replica: int) -> None:

@@ -17,20 +17,20 @@ import numpy as np
 import polars as pl
 import simpy
 
-from costmodel.base import CostModel
-from sim.admission import Admission, AdmissionConfig
-from sim.client import ClientConfig, SimClient
-from sim.config import ConfigError, EngineConfig, GatewayConfig
-from sim.engine import EngineCore
-from sim.gateway import Gateway
-from sim.metrics import summarize
-from sim.policies import Policy, make_policy
-from sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
-from sim.request import SimRequest, engine_output_tokens
-from sim.router import ROUTERS
-from sim.streaming import DEFAULT_CHUNK_ROWS, ChunkedResults, FrameSink, ParquetSink, SummarySink
-from traces.schema import empty_trace
-from traces.stream import TraceStream
+from driftsim.costmodel.base import CostModel
+from driftsim.admission.controller import Admission, AdmissionConfig
+from driftsim.sim.client import ClientConfig, SimClient
+from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
+from driftsim.sim.engine import EngineCore
+from driftsim.sim.gateway import Gateway
+from driftsim.sim.metrics import summarize
+from driftsim.sim.policies import Policy, make_policy
+from driftsim.sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
+from driftsim.sim.request import SimRequest, engine_output_tokens
+from driftsim.sim.router import ROUTERS
+from driftsim.sim.streaming import DEFAULT_CHUNK_ROWS, ChunkedResults, FrameSink, ParquetSink, SummarySink
+from driftsim.traces.schema import empty_trace
+from driftsim.traces.stream import TraceStream
 
 
 @dataclass
@@ -41,7 +41,7 @@ class SimResult:
     ``requests_path`` as they settled, or folded into the summary only.
     ``calibration_history``: with the ``driftsched`` estimator, the bias after
     every completion (columns ``time_s``, ``key``, ``bias``; see
-    :meth:`sim.calibration.DriftCalibrator.history`); None otherwise. Kept
+    :meth:`driftsim.admission.calibration.DriftCalibrator.history`); None otherwise. Kept
     out of ``summary`` so that stays small and JSON-ready.
     """
 
@@ -71,26 +71,26 @@ def simulate(
     core_factory: Callable[..., EngineCore] | None = None,
     policy_tap: Callable[[Policy], Policy] | None = None,
 ) -> SimResult:
-    """Simulate ``trace`` (the request table of :mod:`traces.schema`).
+    """Simulate ``trace`` (the request table of :mod:`driftsim.traces.schema`).
 
     ``num_blocks`` is the KV capacity per replica in blocks (default: the
     engine config's ``num_gpu_blocks``, else the cost model's at the
-    engine's block size; :mod:`sim.scenario` passes the profile's figure). The run goes
+    engine's block size; :mod:`driftsim.sim.scenario` passes the profile's figure). The run goes
     on until every request finished, or stops at ``horizon_s`` with the rest
     reported as unfinished. ``admission`` says how output lengths are
     estimated (default: the oracle, i.e. the real lengths); ``seed`` drives
     its random parts. ``progress`` is called with the fraction of requests
     that have arrived. ``client``: timeouts, retries and abandonment
-    (:mod:`sim.client`).
+    (:mod:`driftsim.sim.client`).
 
-    Week-long traces: ``trace`` may be a :class:`traces.stream.TraceStream`
+    Week-long traces: ``trace`` may be a :class:`driftsim.traces.stream.TraceStream`
     (a file read lazily in arrival-ordered chunks of ``chunk_rows``).
     ``results_path`` writes the per-request rows to that Parquet file chunk
     by chunk as they settle instead of keeping them; ``summary_only`` keeps
     no rows at all. Either way memory follows the requests in flight, the
     rows are the ones the in-memory run gives, bit for bit, and the
     summary's percentiles come from a sketch within 0.5 % relative error
-    (counts and means exact; :class:`sim.metrics.StreamingSummary`). These
+    (counts and means exact; :class:`driftsim.sim.metrics.StreamingSummary`). These
     modes need the oracle estimator (the others keep state for every
     request of the trace).
 

@@ -43,14 +43,14 @@ from typing import Any
 
 import polars as pl
 
-from costmodel.profiles import Profile, load_profile
-from sim.admission import AdmissionConfig
-from sim.client import ClientConfig
-from sim.config import ConfigError, EngineConfig, GatewayConfig
-from sim.run import SimResult, simulate
-from traces import transform
-from traces.loaders import LoadReport, load_trace_with_report
-from traces.synth import LengthDist, TenantLoad, generate
+from driftsim.costmodel.profiles import Profile, load_profile
+from driftsim.admission.controller import AdmissionConfig
+from driftsim.sim.client import ClientConfig
+from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
+from driftsim.sim.run import SimResult, simulate
+from driftsim.traces import transform
+from driftsim.traces.loaders import LoadReport, load_trace_with_report
+from driftsim.traces.synth import LengthDist, TenantLoad, generate
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DEFAULT_SCENARIO = SCENARIO_DIR / "driftsched.toml"
@@ -280,7 +280,7 @@ def build_gateway(scenario: Scenario) -> GatewayConfig:
 
 
 def build_client(scenario: Scenario) -> ClientConfig | None:
-    """``[client]``: timeouts, retries and abandonment (:mod:`sim.client`); None without the table."""
+    """``[client]``: timeouts, retries and abandonment (:mod:`driftsim.sim.client`); None without the table."""
     if "client" not in scenario.raw:
         return None
     _check_keys(scenario.raw["client"], {f.name for f in fields(ClientConfig)}, f"scenario {scenario.name!r} [client]")
@@ -326,7 +326,7 @@ def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
             seed=seed,
         )
     elif kind == "driftsched":
-        from traces.driftsched import driftsched_workload
+        from driftsim.traces.driftsched import driftsched_workload
 
         try:
             df = driftsched_workload(seed=seed, **w.get("params", {}))
@@ -377,7 +377,7 @@ def _tenant_load(t: dict, scenario: str) -> TenantLoad:
 
 
 def simulation_setup(scenario: Scenario) -> tuple[dict, dict]:
-    """The scenario's engine, gateway, replicas, KV and client as :func:`sim.run.simulate` keyword
+    """The scenario's engine, gateway, replicas, KV and client as :func:`driftsim.sim.run.simulate` keyword
     arguments, and what a report says of them (admission and trace are the caller's)."""
     profile = build_profile(scenario)
     engine = build_engine(scenario, profile)

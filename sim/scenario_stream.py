@@ -1,9 +1,9 @@
 """A scenario run for week-long traces: the trace file read lazily, results streamed or summarised.
 
-:func:`sim.scenario.run_scenario` loads the whole trace and keeps every
+:func:`driftsim.sim.scenario.run_scenario` loads the whole trace and keeps every
 result row. :func:`run_scenario_streamed` runs the same scenario with flat
 memory: a trace in driftsim's native Parquet or CSV is read in chunks
-(:class:`traces.stream.TraceStream`), with the workload's rate scaling,
+(:class:`driftsim.traces.stream.TraceStream`), with the workload's rate scaling,
 duration, request cap and per-tenant SLOs and priorities applied chunk by
 chunk; per-request rows go to a Parquet file as they settle, or with
 ``summary_only`` only into the summary (percentiles within 0.5 %). Other
@@ -17,13 +17,13 @@ import os
 
 import polars as pl
 
-from sim.config import ConfigError
-from sim.run import SimResult, simulate
-from sim.scenario import Scenario, build_admission, build_trace, simulation_setup
-from sim.streaming import DEFAULT_CHUNK_ROWS
-from traces import transform
-from traces.loaders import LoadReport, detect_format
-from traces.stream import TraceStream
+from driftsim.sim.config import ConfigError
+from driftsim.sim.run import SimResult, simulate
+from driftsim.sim.scenario import Scenario, build_admission, build_trace, simulation_setup
+from driftsim.sim.streaming import DEFAULT_CHUNK_ROWS
+from driftsim.traces import transform
+from driftsim.traces.loaders import LoadReport, detect_format
+from driftsim.traces.stream import TraceStream
 
 
 def streamed_trace(scenario: Scenario, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[TraceStream | pl.DataFrame, LoadReport | None]:
@@ -75,7 +75,7 @@ def run_scenario_streamed(
     progress=None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> tuple[SimResult, dict]:
-    """Like :func:`sim.scenario.run_scenario`, with memory that does not grow with the trace.
+    """Like :func:`driftsim.sim.scenario.run_scenario`, with memory that does not grow with the trace.
 
     Give ``results_path`` (per-request rows written there as they settle) or
     ``summary_only``. The summary's percentiles come from the sketch

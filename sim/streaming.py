@@ -1,7 +1,7 @@
 """Per-request results of a trace fed in chunks, handed on chunk by chunk as the chunk settles.
 
 A week-long trace is fed to the simulator in arrival-ordered chunks
-(:mod:`traces.stream`); only the chunks with a request still in flight keep
+(:mod:`driftsim.traces.stream`); only the chunks with a request still in flight keep
 result columns. Once every request of the oldest chunk has finished or been
 refused, its rows go to a sink, in trace order (so a file written this way
 equals the in-memory table row for row), and its columns are dropped.
@@ -9,7 +9,7 @@ Memory therefore follows the requests in flight, not the trace.
 
 Sinks: :class:`FrameSink` (keep the table), :class:`ParquetSink` (one row
 group per chunk, written as it settles) and :class:`SummarySink` (the
-summary only, via :class:`sim.metrics.StreamingSummary`).
+summary only, via :class:`driftsim.sim.metrics.StreamingSummary`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import polars as pl
 
-from sim.metrics import StreamingSummary
-from sim.request import SimRequest
-from sim.results import STATUS_PENDING, ResultRecorder
-from traces.schema import empty_trace
+from driftsim.sim.metrics import StreamingSummary
+from driftsim.sim.request import SimRequest
+from driftsim.sim.results import STATUS_PENDING, ResultRecorder
+from driftsim.traces.schema import empty_trace
 
 #: trace rows per chunk when a trace is fed in chunks
 DEFAULT_CHUNK_ROWS = 65_536
@@ -61,7 +61,7 @@ class ChunkedResults:
     """Result columns for the open chunks of a trace; settled chunks go to ``emit`` in trace order.
 
     Requests are addressed by their trace row (``SimRequest.idx``), as with
-    one :class:`~sim.results.ResultRecorder`, whose columns it also offers
+    one :class:`~driftsim.sim.results.ResultRecorder`, whose columns it also offers
     by trace row (``attempts``, ``reasons``, ``length_capped``).
     ``finalize(recorder, chunk)`` turns a settled chunk into its rows of the
     results table.
@@ -169,7 +169,7 @@ class FrameSink:
 
 
 class SummarySink:
-    """Fold each chunk's rows into a :class:`~sim.metrics.StreamingSummary` and drop them."""
+    """Fold each chunk's rows into a :class:`~driftsim.sim.metrics.StreamingSummary` and drop them."""
 
     def __init__(self, summary: StreamingSummary | None = None) -> None:
         self.summary = summary or StreamingSummary()

@@ -30,8 +30,8 @@ import atheris
 
 # Coverage for the scenario reader and TOML parser only: atheris' comparison hooks turn polars'
 # `series == value` into a plain bool, which breaks the loaders' expressions, so they run uninstrumented.
-with atheris.instrument_imports(include=["sim.scenario", "tomllib"]):
-    from sim.scenario import load_scenario  # noqa: F401
+with atheris.instrument_imports(include=["driftsim.sim.scenario", "tomllib"]):
+    from driftsim.sim.scenario import load_scenario  # noqa: F401
 
 from tests.test_fuzz_scenario import check_scenario_file  # noqa: E402
 from tests.test_fuzz_traces import check_load  # noqa: E402

@@ -37,16 +37,16 @@ def require_vllm() -> None:
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m cli.profiling_cmds ARGS`` in a fresh process (its own torch/OpenMP set-up)."""
+    """``python -m driftsim.cli.profiling_cmds ARGS`` in a fresh process (its own torch/OpenMP set-up)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "cli.profiling_cmds", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "driftsim.cli.profiling_cmds", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     require_vllm()
-    code = "from profiling.tiny_model import build_tiny_model; print(build_tiny_model())"
+    code = "from driftsim.profiling.tiny_model import build_tiny_model; print(build_tiny_model())"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     path = Path(res.stdout.strip().splitlines()[-1])
@@ -57,7 +57,7 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="class")
 def vllm_server(tiny_model, tmp_path_factory):
     """A vLLM server for ``tiny_model`` on loopback; stopped when the class's tests end."""
-    from profiling.server import ServerConfig, VllmServer
+    from driftsim.profiling.server import ServerConfig, VllmServer
 
     log = tmp_path_factory.mktemp("server") / "vllm.log"
     server = VllmServer(ServerConfig(model=str(tiny_model), log_path=log, **SERVER_LIMITS))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from costmodel.batch import StepBatch
-from costmodel.linear import LinearCostModel
-from sim.config import EngineConfig
-from sim.engine import EngineCore
-from sim.request import SimRequest
-from traces.schema import REQUEST_SCHEMA
+from driftsim.costmodel.batch import StepBatch
+from driftsim.costmodel.linear import LinearCostModel
+from driftsim.sim.config import EngineConfig
+from driftsim.sim.engine import EngineCore
+from driftsim.sim.request import SimRequest
+from driftsim.traces.schema import REQUEST_SCHEMA
 
 COEF = dict(
     overhead_s=0.004,

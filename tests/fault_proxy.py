@@ -30,7 +30,7 @@ class FaultProxy:
         from starlette.responses import Response, StreamingResponse
         from starlette.routing import Route
 
-        from profiling.server import free_port
+        from driftsim.profiling.server import free_port
 
         self.upstream = upstream.rstrip("/")
         self.faults = dict(faults or {})

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.capacity_cmds import register
+from driftsim.cli.capacity_cmds import register
 from tests.test_capacity_plan import small_scenario
 
 runner = CliRunner()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from costmodel.profiles import ProfileError
-from sim.capacity.spec import Grid, check_specs, expand, parse_list, parse_seeds, parse_value
-from sim.capacity.study import parse_sets, prepare_targets, read_study
-from sim.config import ConfigError
+from driftsim.costmodel.profiles import ProfileError
+from driftsim.capacity.spec import Grid, check_specs, expand, parse_list, parse_seeds, parse_value
+from driftsim.capacity.study import parse_sets, prepare_targets, read_study
+from driftsim.sim.config import ConfigError
 from tests.test_capacity_plan import small_scenario
 
 

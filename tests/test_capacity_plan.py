@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from sim.capacity.plan import Infeasible, PlanError, Study, best_policy, cheapest_mix, max_load, min_replicas
-from sim.capacity.pool import SerialPool
-from sim.capacity.slo import Target, targets_from_scenario
-from sim.capacity.spec import resolve
+from driftsim.capacity.plan import Infeasible, PlanError, Study, best_policy, cheapest_mix, max_load, min_replicas
+from driftsim.capacity.pool import SerialPool
+from driftsim.capacity.slo import Target, targets_from_scenario
+from driftsim.capacity.spec import resolve
 
 # Two tenants on an A100 serving Llama-3.1-8B, 400 requests (~30 ms a run). At rate_scale 1.3 one replica
 # misses chat's p99 E2E SLO by ~3x and two meet it with ~40 % headroom; at 3.0 the answer is 3.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sim.capacity.pool import LocalPool, SerialPool, make_pool
-from sim.capacity.runner import execute
-from sim.capacity.spec import Grid, expand
+from driftsim.capacity.pool import LocalPool, SerialPool, make_pool
+from driftsim.capacity.runner import execute
+from driftsim.capacity.spec import Grid, expand
 from tests.test_capacity_plan import small_scenario
 
 
@@ -89,7 +89,7 @@ def test_ray_missing_gives_install_hint(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    from sim.config import ConfigError
+    from driftsim.sim.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"--ray needs the Ray package.*pip install 'driftsim\[ray\]'"):
         make_pool(ray="auto")

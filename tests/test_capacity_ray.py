@@ -6,7 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'driftsim[ray]')")
 
-from sim.capacity.pool import RayPool, SerialPool  # noqa: E402
+from driftsim.capacity.pool import RayPool, SerialPool  # noqa: E402
 from tests.test_capacity_pool import overall, specs_for  # noqa: E402
 
 

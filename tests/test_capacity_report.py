@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.capacity.pool import SerialPool
-from sim.capacity.report import write_report
-from sim.capacity.results import ResultSet
-from sim.capacity.slo import targets_from_scenario
-from sim.capacity.spec import Grid, expand
+from driftsim.capacity.pool import SerialPool
+from driftsim.capacity.report import write_report
+from driftsim.capacity.results import ResultSet
+from driftsim.capacity.slo import targets_from_scenario
+from driftsim.capacity.spec import Grid, expand
 from tests.test_capacity_plan import small_scenario
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.capacity import stats
-from sim.capacity.results import aggregate
-from sim.capacity.slo import Target, combine, judge, parse_slo, tail_value
-from sim.capacity.stats import mean_ci, t_critical
-from sim.config import ConfigError
+from driftsim.capacity import stats
+from driftsim.capacity.results import aggregate
+from driftsim.capacity.slo import Target, combine, judge, parse_slo, tail_value
+from driftsim.capacity.stats import mean_ci, t_critical
+from driftsim.sim.config import ConfigError
 
 
 def test_t_interval_on_known_numbers():

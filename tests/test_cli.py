@@ -7,7 +7,7 @@ import json
 import polars as pl
 from typer.testing import CliRunner
 
-from cli.main import app
+from driftsim.cli.main import app
 
 runner = CliRunner()
 
@@ -89,7 +89,7 @@ def test_results_identical_across_processes_and_hash_seeds(tmp_path):
     for hash_seed in ("1", "2"):
         out = tmp_path / hash_seed
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-        cmd = [sys.executable, "-m", "cli.main", "simulate", "--policy", "vtc", "--estimator", "driftsched",
+        cmd = [sys.executable, "-m", "driftsim.cli.main", "simulate", "--policy", "vtc", "--estimator", "driftsched",
                "--out", str(out)]
         subprocess.run(cmd, check=True, env=env, capture_output=True)
         outs.append(pl.read_parquet(out / "requests.parquet"))
@@ -99,10 +99,10 @@ def test_results_identical_across_processes_and_hash_seeds(tmp_path):
 def test_a_launched_cpu_server_is_taken_to_run_without_async_scheduling(monkeypatch):
     """vLLM's CPU platform turns async scheduling off whatever the command line asks, so the facts a
     launched CPU server's report shows say off; elsewhere they say what was asked for."""
-    import profiling.offline
-    from cli.validate_cmds import launched_async
+    import driftsim.profiling.offline
+    from driftsim.cli.validate_cmds import launched_async
 
-    monkeypatch.setattr(profiling.offline, "cpu_build", lambda: True)
+    monkeypatch.setattr(driftsim.profiling.offline, "cpu_build", lambda: True)
     assert launched_async(True) is False
-    monkeypatch.setattr(profiling.offline, "cpu_build", lambda: False)
+    monkeypatch.setattr(driftsim.profiling.offline, "cpu_build", lambda: False)
     assert launched_async(True) is True and launched_async(False) is False

@@ -8,11 +8,11 @@ import asyncio
 import httpx
 import polars as pl
 
-from profiling.gateway import ReplayGateway, StreamingClient, records_frame
-from sim.client import ClientConfig
-from sim.config import EngineConfig, GatewayConfig
-from sim.policies import make_policy
-from sim.run import simulate
+from driftsim.profiling.gateway import ReplayGateway, StreamingClient, records_frame
+from driftsim.sim.client import ClientConfig
+from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.policies import make_policy
+from driftsim.sim.run import simulate
 from tests.factories import linear_cost, make_trace
 from tests.test_validation import MockEngine, client_for, requests
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costmodel import (
+from driftsim.costmodel import (
     CostModel,
     GpuSpec,
     KvCapacity,
@@ -29,7 +29,7 @@ from costmodel import (
     list_profiles,
     load_profile,
 )
-from costmodel.profiles import PROFILE_DIR
+from driftsim.costmodel.profiles import PROFILE_DIR
 
 PROFILES = list_profiles()
 MODELS = {name: load_profile(name) for name in PROFILES}

@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sim.estimation import classify_category
-from traces.driftsched import (
+from driftsim.admission.estimation import classify_category
+from driftsim.traces.driftsched import (
     LEARNING_MIX,
     PROMPTS,
     STRESS_MIX,
@@ -18,7 +18,7 @@ from traces.driftsched import (
     OutputLengthDist,
     driftsched_workload,
 )
-from traces.schema import REQUEST_SCHEMA
+from driftsim.traces.schema import REQUEST_SCHEMA
 
 HEADER = re.compile(r"^Request ID (\d+)\. Tenant tenant-(\w+)\. Job type (\w+)\. ")
 

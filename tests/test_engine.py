@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from costmodel.batch import StepBatch, chunk_attn_tokens
-from sim.config import EngineConfig
-from sim.run import simulate
+from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.sim.config import EngineConfig
+from driftsim.sim.run import simulate
 from tests.factories import RecordingCost, linear_cost, make_engine, make_request, make_trace, table_cost
 
 

@@ -8,14 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from sim.calibration import DriftCalibrator, ErrorTracker, error_reduction, mae_rmse
-from sim.estimation import (
+from driftsim.admission.calibration import DriftCalibrator, ErrorTracker, error_reduction, mae_rmse
+from driftsim.admission.estimation import (
     BASE_TOKENS,
     SAFETY,
     EstimatorErrorModel,
     RatioDist,
-    TokenizerCounter,
-    WhitespaceCounter,
     classify_category,
     estimate_output,
     estimate_request,
@@ -23,7 +21,8 @@ from sim.estimation import (
     job_size,
     words_from_tokens,
 )
-from sim.length_predictor import OnlineLengthPredictor
+from driftsim.traces.tokens import TokenizerCounter, WhitespaceCounter
+from driftsim.admission.length_predictor import OnlineLengthPredictor
 
 # ---------------------------------------------------------------- classification
 

@@ -7,9 +7,9 @@ import math
 import polars as pl
 import pytest
 
-from sim.experiments import headline_table, jain_index, run_driftsched_experiment
-from sim.experiments.headline import compare_note
-from sim.experiments.report import queue_depth, write_report
+from driftsim.experiments import headline_table, jain_index, run_driftsched_experiment
+from driftsim.experiments.headline import compare_note
+from driftsim.experiments.report import queue_depth, write_report
 
 SMALL = dict(n_learning=100, n_stress=200)
 
@@ -109,7 +109,7 @@ def test_report_is_written_and_self_contained(small, tmp_path):
 
 def test_tokenizer_path_recounts_prompts(monkeypatch):
     """With a tokenizer, prompt lengths (engine and tokenizer counter) are recounted with it; the notes say so."""
-    import sim.experiments.driftsched as ds
+    import driftsim.experiments.driftsched as ds
 
     class CharsOver4:
         def __init__(self, path):

@@ -35,7 +35,7 @@ def _trace(rows):
 
 
 def _counters(url: str) -> dict:
-    from profiling.http import OpenAIClient, metric_total
+    from driftsim.profiling.http import OpenAIClient, metric_total
 
     m = OpenAIClient(url).metrics()
     return {"running": metric_total(m, "vllm:num_requests_running") or 0.0,
@@ -46,11 +46,11 @@ class TestFaultsOnTheRealEngine:
     """One server for the class; the last test kills it."""
 
     def test_500_drop_and_hang_are_recorded_per_request_and_the_replay_goes_on(self, vllm_server):
-        from profiling.gateway import check_endpoint
-        from profiling.http import OpenAIClient
-        from profiling.replay import replay
-        from sim.client import ClientConfig
-        from sim.config import GatewayConfig
+        from driftsim.profiling.gateway import check_endpoint
+        from driftsim.profiling.http import OpenAIClient
+        from driftsim.validation.run import replay
+        from driftsim.sim.client import ClientConfig
+        from driftsim.sim.config import GatewayConfig
         from tests.fault_proxy import FaultProxy
 
         model = check_endpoint(OpenAIClient(vllm_server.url))
@@ -81,11 +81,11 @@ class TestFaultsOnTheRealEngine:
         assert after["generated"] - before["generated"] < 5 * 8 + 8 + 450
 
     def test_a_failed_attempt_is_retried_on_the_real_engine(self, vllm_server):
-        from profiling.gateway import check_endpoint
-        from profiling.http import OpenAIClient
-        from profiling.replay import replay
-        from sim.client import ClientConfig
-        from sim.config import GatewayConfig
+        from driftsim.profiling.gateway import check_endpoint
+        from driftsim.profiling.http import OpenAIClient
+        from driftsim.validation.run import replay
+        from driftsim.sim.client import ClientConfig
+        from driftsim.sim.config import GatewayConfig
         from tests.fault_proxy import FaultProxy
 
         model = check_endpoint(OpenAIClient(vllm_server.url))
@@ -100,11 +100,11 @@ class TestFaultsOnTheRealEngine:
         assert (df["completion_tokens"] == 6).all()
 
     def test_server_killed_mid_replay_stops_cleanly_and_the_journal_has_every_request(self, vllm_server, tmp_path):
-        from profiling.gateway import check_endpoint
-        from profiling.http import OpenAIClient
-        from profiling.journal import read_journal
-        from profiling.resume import replay_journaled
-        from sim.config import GatewayConfig
+        from driftsim.profiling.gateway import check_endpoint
+        from driftsim.profiling.http import OpenAIClient
+        from driftsim.profiling.journal import read_journal
+        from driftsim.validation.resume import replay_journaled
+        from driftsim.sim.config import GatewayConfig
 
         model = check_endpoint(OpenAIClient(vllm_server.url))
         n = 16

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from costmodel.profiles import ProfileError
-from sim.config import ConfigError
-from sim.scenario import (
+from driftsim.costmodel.profiles import ProfileError
+from driftsim.sim.config import ConfigError
+from driftsim.sim.scenario import (
     LIMITS,
     _tenant_load,
     build_admission,

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 from tests.factories import draw_native_table
 from tests.fuzzing import fuzz_settings, no_hang, tried
-from traces import REQUEST_SCHEMA, TraceError, load_trace_with_report, validate_trace, write_trace
+from driftsim.traces import REQUEST_SCHEMA, TraceError, load_trace_with_report, validate_trace, write_trace
 
 pytestmark = pytest.mark.fuzz
 

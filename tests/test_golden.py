@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from profiling.resume import rescore
+from driftsim.cli.main import app
+from driftsim.validation.resume import rescore
 from tests.factories import linear_cost
 
 REPO = Path(__file__).resolve().parent.parent

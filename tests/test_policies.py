@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.policies import DEFAULT_WEIGHTS, POLICIES, Aging, Edf, Policy, Vtc, Weighted, make_policy
+from driftsim.sim.policies import DEFAULT_WEIGHTS, POLICIES, Aging, Edf, Policy, Vtc, Weighted, make_policy
 
 TIER_PRIORITY = {"premium": 1, "standard": 2, "batch": 3}
 
 
 @dataclass
 class Req:
-    """A waiting request with exactly the :class:`sim.policies.Queued` fields."""
+    """A waiting request with exactly the :class:`driftsim.sim.policies.Queued` fields."""
 
     request_id: int
     arrival_s: float

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sim.config import ConfigError, EngineConfig, GatewayConfig
-from sim.engine import EngineCore
-from sim.policies import make_policy
-from sim.run import simulate
+from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
+from driftsim.sim.engine import EngineCore
+from driftsim.sim.policies import make_policy
+from driftsim.sim.run import simulate
 from tests.factories import linear_cost, make_request, make_trace, random_trace
 
 

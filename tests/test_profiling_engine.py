@@ -35,7 +35,7 @@ class TestHttpServer:
     """A real vLLM server on loopback, measured over HTTP."""
 
     def test_server_publishes_its_kv_capacity(self, vllm_server):
-        from profiling.http import OpenAIClient, cache_config
+        from driftsim.profiling.http import OpenAIClient, cache_config
 
         client = OpenAIClient(vllm_server.url)
         try:
@@ -47,8 +47,8 @@ class TestHttpServer:
         assert kv["num_gpu_blocks"] > 0 and kv["block_size"] > 0
 
     def test_probes_recover_prefill_decode_and_mixed_steps(self, vllm_server, tiny_model):
-        from profiling.http import HttpConfig, HttpDriver
-        from profiling.plan import ProbePoint
+        from driftsim.profiling.http import HttpConfig, HttpDriver
+        from driftsim.profiling.plan import ProbePoint
 
         cfg = HttpConfig(endpoint=vllm_server.url, max_num_seqs=SERVER_LIMITS["max_num_seqs"],
                          max_num_batched_tokens=SERVER_LIMITS["max_num_batched_tokens"], vocab_size=8000)
@@ -103,9 +103,9 @@ def offline_profile(tiny_model, tmp_path_factory):
 
 def test_offline_profile_fit_simulate(offline_profile, tmp_path):
     """The whole path on the in-process engine: profile -> fit -> simulate with the fitted profile."""
-    from cli.main import app
-    from costmodel.profiles import load_profile
-    from profiling.measurements import load_measurements
+    from driftsim.cli.main import app
+    from driftsim.costmodel.profiles import load_profile
+    from driftsim.profiling.measurements import load_measurements
 
     out, profile, stdout = offline_profile
     m = load_measurements(out)
@@ -140,7 +140,7 @@ def test_offline_profile_fit_simulate(offline_profile, tmp_path):
     "(`driftsim fit` prints this repeatability), the targets' own size, so this 90 s profile on a shared machine "
     "does not reach them reliably. See PROFILING.md. XPASS when the engine and machine allow it."))
 def test_offline_fit_meets_issue_targets(offline_profile):
-    from costmodel.profiles import load_profile
+    from driftsim.costmodel.profiles import load_profile
 
     heldout = load_profile(offline_profile[1]).provenance["fit"]["heldout"]["linear"]
     for phase in ("prefill", "decode", "mixed"):

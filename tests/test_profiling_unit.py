@@ -15,12 +15,12 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from cli.profiling_cmds import _standalone_app
-from costmodel.batch import StepBatch, chunk_attn_tokens
-from costmodel.fit import FitError, decode_repeatability, fit_measurements, write_profile
-from costmodel.linear import LinearCostModel
-from costmodel.profiles import load_profile
-from profiling.http import (
+from driftsim.cli.profiling_cmds import _standalone_app
+from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.costmodel.fit import FitError, decode_repeatability, fit_measurements, write_profile
+from driftsim.costmodel.linear import LinearCostModel
+from driftsim.costmodel.profiles import load_profile
+from driftsim.profiling.http import (
     EndpointError,
     HttpConfig,
     HttpDriver,
@@ -30,7 +30,7 @@ from profiling.http import (
     lockstep_decode_steps,
     parse_prometheus,
 )
-from profiling.measurements import (
+from driftsim.profiling.measurements import (
     MeasurementError,
     MeasurementWriter,
     empty_row,
@@ -39,10 +39,10 @@ from profiling.measurements import (
     to_frame,
     write_measurements,
 )
-from profiling.offline import _count_cpus, cpu_bind_default, derive_batch
-from profiling.plan import EngineLimits, ProbePoint, _ranks, build_plan, candidate_points
-from profiling.sweep import run_sweep
-from profiling.tiny_model import TinyModelSpec, model_dir_for
+from driftsim.profiling.offline import _count_cpus, cpu_bind_default, derive_batch
+from driftsim.profiling.plan import EngineLimits, ProbePoint, _ranks, build_plan, candidate_points
+from driftsim.profiling.sweep import run_sweep
+from driftsim.profiling.tiny_model import TinyModelSpec, model_dir_for
 
 runner = CliRunner()
 LIMITS = EngineLimits(max_num_seqs=128, max_num_batched_tokens=2048, max_model_len=2048, kv_tokens=65536)
@@ -623,7 +623,7 @@ def test_fit_command_takes_fixed_decode_knots(tmp_path):
 
 
 def test_profile_command_on_unreachable_endpoint_exits_2(tmp_path):
-    from profiling.server import free_port
+    from driftsim.profiling.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     res = runner.invoke(_standalone_app(), ["profile", "--engine", "http", "--endpoint", url,
@@ -649,7 +649,7 @@ def test_http_driver_skips_points_it_cannot_attribute():
 def test_timing_runs_with_the_existing_heap_frozen_out_of_the_collector():
     import gc
 
-    from profiling.http import gc_frozen
+    from driftsim.profiling.http import gc_frozen
 
     before = gc.get_freeze_count()
     with gc_frozen():

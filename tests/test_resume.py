@@ -16,12 +16,12 @@ import httpx
 import polars as pl
 import pytest
 
-from profiling.gateway import ReplayGateway, StreamingClient, run_replay
-from profiling.journal import JournalError, ReplayJournal, atomic_write_text, read_journal, trace_key
-from profiling.replay import read_server_facts, run_validation
-from profiling.resume import rescore
-from sim.config import GatewayConfig
-from sim.policies import make_policy
+from driftsim.profiling.gateway import ReplayGateway, StreamingClient, run_replay
+from driftsim.profiling.journal import JournalError, ReplayJournal, atomic_write_text, read_journal, trace_key
+from driftsim.validation.run import read_server_facts, run_validation
+from driftsim.validation.resume import rescore
+from driftsim.sim.config import GatewayConfig
+from driftsim.sim.policies import make_policy
 from tests.factories import linear_cost, make_trace
 from tests.test_validation import MockEngine, client_for, requests
 
@@ -146,7 +146,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         p.write_text('{"half')
         raise OSError("disk full")
 
-    from profiling.journal import atomic_write
+    from driftsim.profiling.journal import atomic_write
 
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, broken)
@@ -165,7 +165,7 @@ def test_a_dead_server_stops_the_replay_and_every_unsent_request_is_recorded(tmp
                 raise httpx.ConnectError("[Errno 111] Connection refused")
         return await eng(request)
 
-    from profiling.http import OpenAIClient
+    from driftsim.profiling.http import OpenAIClient
 
     client = OpenAIClient("http://engine.test", transport=httpx.MockTransport(eng.plain),
                           async_transport=httpx.MockTransport(dies_after_three))
@@ -189,7 +189,7 @@ def test_a_dead_server_stops_the_replay_and_every_unsent_request_is_recorded(tmp
 def test_cli_resume_and_rescore(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from cli.validate_cmds import validate
+    from driftsim.cli.validate_cmds import validate
     from tests.test_secrets import KEY, KeyServer, cli_app
 
     monkeypatch.setenv("DRIFTSIM_API_KEY", KEY)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.config import EngineConfig, GatewayConfig
-from sim.router import LeastOutstanding, RoundRobin
-from sim.run import simulate
+from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.router import LeastOutstanding, RoundRobin
+from driftsim.sim.run import simulate
 from tests.factories import linear_cost, make_trace
 
 

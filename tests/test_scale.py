@@ -8,16 +8,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sim.config import ConfigError, EngineConfig
-from sim.metrics import LATENCY_METRICS, StreamingSummary, summarize
-from sim.run import simulate
-from sim.sketch import QuantileSketch
-from sim.admission import AdmissionConfig
+from driftsim.sim.config import ConfigError, EngineConfig
+from driftsim.sim.metrics import LATENCY_METRICS, StreamingSummary, summarize
+from driftsim.sim.run import simulate
+from driftsim.sim.sketch import QuantileSketch
+from driftsim.admission.controller import AdmissionConfig
 from tests.factories import linear_cost, random_trace
-from traces.loaders import load_trace
-from traces.schema import TraceError
-from traces.stream import TraceStream, scan_trace
-from traces.writer import write_trace
+from driftsim.traces.loaders import load_trace
+from driftsim.traces.schema import TraceError
+from driftsim.traces.stream import TraceStream, scan_trace
+from driftsim.traces.writer import write_trace
 
 ALPHA = 0.005
 QS = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
@@ -209,7 +209,7 @@ def test_cli_stream_writes_the_same_rows_and_summary_only_writes_none(tmp_path):
 
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from driftsim.cli.main import app
 
     trace = _trace(400).with_columns(tenant=pl.col("tenant").replace({"a": "premium", "b": "standard", "c": "batch"}))
     write_trace(trace, tmp_path / "t.parquet")

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from profiling.http import EndpointError, OpenAIClient
-from profiling.secrets import ApiKey, EndpointAuth, SecretError, load_api_key, redact
+from driftsim.profiling.http import EndpointError, OpenAIClient
+from driftsim.profiling.secrets import ApiKey, EndpointAuth, SecretError, load_api_key, redact
 
 KEY = "sk-driftsim-TEST-7f3a9c2e51b84d06"  # distinctive, so a grep cannot miss it
 
@@ -127,7 +127,7 @@ def cli_app(command):
 
 
 def test_validate_uses_the_key_from_the_environment_and_never_writes_it(tmp_path, monkeypatch, caplog):
-    from cli.validate_cmds import validate
+    from driftsim.cli.validate_cmds import validate
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("DRIFTSIM_API_KEY", KEY)
@@ -153,7 +153,7 @@ def test_validate_uses_the_key_from_the_environment_and_never_writes_it(tmp_path
 
 
 def test_validate_reads_a_key_file_and_says_clearly_when_it_is_missing(tmp_path, monkeypatch):
-    from cli.validate_cmds import validate
+    from driftsim.cli.validate_cmds import validate
 
     monkeypatch.delenv("DRIFTSIM_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -177,7 +177,7 @@ def test_validate_reads_a_key_file_and_says_clearly_when_it_is_missing(tmp_path,
 
 
 def test_profile_over_http_uses_the_key_and_never_writes_it(tmp_path, monkeypatch, caplog):
-    from cli.profiling_cmds import profile
+    from driftsim.cli.profiling_cmds import profile
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -217,7 +217,7 @@ def test_the_key_goes_to_the_endpoint_origin_only(tmp_path):
 def test_keys_do_not_print_and_are_masked_in_any_text(tmp_path):
     key = ApiKey(KEY)
     assert KEY not in repr(key) and KEY not in str(key) and KEY not in f"{key}" and key.reveal() == KEY
-    from profiling.http import HttpConfig
+    from driftsim.profiling.http import HttpConfig
 
     cfg = HttpConfig(endpoint="http://x", api_key=KEY)  # a plain str is wrapped
     assert isinstance(cfg.api_key, ApiKey) and KEY not in repr(cfg)

@@ -1,4 +1,4 @@
-"""The real engine's spread across validation sessions of the same command (sim.session_spread)."""
+"""The real engine's spread across validation sessions of the same command (driftsim.validation.session_spread)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from sim.config import ConfigError
-from sim.session_spread import load_session, session_spread
-from sim.validation import METRICS, OVERALL, STATS
+from driftsim.cli.main import app
+from driftsim.sim.config import ConfigError
+from driftsim.validation.session_spread import load_session, session_spread
+from driftsim.validation.replay_sim import METRICS, OVERALL, STATS
 
 CONFIG = {"profile": "p.toml", "policy": "fifo", "max_outstanding": None, "microbatch": None, "trace": "synthetic",
           "loads": [0.5], "seed": 0, "calibrate": True, "command": "driftsim validate ..."}

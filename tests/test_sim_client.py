@@ -10,10 +10,10 @@ import simpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.client import ClientConfig
-from sim.config import ConfigError, EngineConfig, GatewayConfig
-from sim.engine import EngineCore
-from sim.run import simulate
+from driftsim.sim.client import ClientConfig
+from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
+from driftsim.sim.engine import EngineCore
+from driftsim.sim.run import simulate
 from tests.factories import linear_cost, make_engine, make_request, make_trace, random_trace
 
 ENGINE = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, block_size=16, max_model_len=2048)
@@ -26,7 +26,7 @@ def run(trace, client, *, engine=ENGINE, blocks=400, **kw):
 @pytest.fixture
 def cores(monkeypatch):
     """Every EngineCore a simulation builds, to look inside afterwards."""
-    import sim.run as run_mod
+    import driftsim.sim.run as run_mod
 
     made: list[EngineCore] = []
     real = run_mod.EngineCore
@@ -182,7 +182,7 @@ def test_with_timeouts_fast_forward_stays_exact_and_no_request_disappears(
 
 
 def test_a_scenario_file_can_set_the_client(tmp_path):
-    from sim.scenario import build_client, load_scenario
+    from driftsim.sim.scenario import build_client, load_scenario
 
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n[client]\ntimeout_s = 2.5\nretries = 1\nabandon_tenant_s = { batch = 9.0 }\n')

@@ -7,8 +7,8 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.config import EngineConfig, GatewayConfig
-from sim.run import simulate
+from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.run import simulate
 from tests.factories import RecordingCost, linear_cost, make_trace, random_trace, table_cost
 
 engine_configs = st.builds(

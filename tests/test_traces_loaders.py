@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.factories import draw_native_table
-from traces import (
+from driftsim.traces import (
     REQUEST_SCHEMA,
     TraceError,
     assign_tenants,

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from traces import REQUEST_SCHEMA, LengthDist, TenantLoad, generate, lengths_from_trace, validate_trace
+from driftsim.traces import REQUEST_SCHEMA, LengthDist, TenantLoad, generate, lengths_from_trace, validate_trace
 
 SHORT = LengthDist.constant(16)
 

@@ -15,14 +15,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, StreamingClient, check_endpoint,
+from driftsim.profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, StreamingClient, check_endpoint,
                                records_frame, run_replay)
-from profiling.http import EndpointError, OpenAIClient
-from profiling.replay import fit_trace, read_server_facts, replay_requests
-from sim.config import EngineConfig, GatewayConfig
-from sim.policies import make_policy
-from sim.run import simulate
-from sim.validation import (AT_SERVER_SPEED, OVERALL, SESSION_SPEED, TIME_RESOLUTION_S, aggregate, compare, jain,
+from driftsim.profiling.http import EndpointError, OpenAIClient
+from driftsim.validation.run import fit_trace, read_server_facts, replay_requests
+from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.policies import make_policy
+from driftsim.sim.run import simulate
+from driftsim.validation.replay_sim import (AT_SERVER_SPEED, OVERALL, SESSION_SPEED, TIME_RESOLUTION_S, aggregate, compare, jain,
                             overhead_from_probe, parse_bounds, rel_err, replay_engine, sim_trace, simulate_replay,
                             spread, target_check)
 from tests.factories import linear_cost, make_trace
@@ -368,7 +368,7 @@ def test_fit_trace_pins_lengths_to_the_server():
 
 def test_overhead_is_probe_ttft_beyond_the_prefill_step():
     cost = linear_cost()
-    from costmodel.batch import StepBatch
+    from driftsim.costmodel.batch import StepBatch
     def step(p):
         return cost.step_time(StepBatch(prefill_tokens=p, prefill_seqs=1, prefill_attn_tokens=p * (p + 1) / 2))
 
@@ -381,9 +381,9 @@ def test_overhead_is_probe_ttft_beyond_the_prefill_step():
 def test_server_corrections_keep_the_cost_contract():
     """StepCorrection (and OffsetCost, which older saved validations use): a fast-forwarded run of
     pure-decode steps is bit-identical to stepping one by one."""
-    from costmodel.batch import StepBatch
-    from sim.server_steps import StepCorrection
-    from sim.validation import OffsetCost
+    from driftsim.costmodel.batch import StepBatch
+    from driftsim.validation.server_steps import StepCorrection
+    from driftsim.validation.replay_sim import OffsetCost
 
     cost = linear_cost()
     b = StepBatch(decode_seqs=3, decode_ctx_tokens=90)
@@ -485,8 +485,8 @@ def test_jain_and_bounds():
 # ---- the whole pipeline on a mock engine, and the CLI's error paths ---------------------------
 
 def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
-    from profiling.replay import run_validation
-    from sim.validation_report import write_outputs
+    from driftsim.validation.run import run_validation
+    from driftsim.validation.report import write_outputs
 
     client = client_for(MockEngine(ttft_s=0.01, tpot_s=0.002))
     facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
@@ -520,8 +520,8 @@ def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
 def test_cli_fails_fast_on_an_unreachable_endpoint(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.validate_cmds import validate
-    from profiling.server import free_port
+    from driftsim.cli.validate_cmds import validate
+    from driftsim.profiling.server import free_port
 
     app = __import__("typer").Typer()
     app.command()(validate)
@@ -555,7 +555,7 @@ def _server_replay(truth, eng, *, seed=0):
 
 
 def test_observed_steps_are_the_engine_steps():
-    from sim.server_steps import observed_steps
+    from driftsim.validation.server_steps import observed_steps
 
     eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000, max_model_len=1024)
     trace, real = _server_replay(linear_cost(), eng)
@@ -607,7 +607,7 @@ def _chunking_replay(truth, *, budget=256, seed=3):
 def test_scheduled_steps_recover_every_batch_with_its_prefill_chunks():
     """Replaying the scheduler on the observed step boundaries gives each step's true batch, hidden
     prefill chunks included, where counting first tokens (observed_steps) gets the prefills wrong."""
-    from sim.server_steps import observed_steps, scheduled_steps
+    from driftsim.validation.server_steps import observed_steps, scheduled_steps
 
     rec = _RecordingCost(linear_cost())
     eng, _, real, ends = _chunking_replay(rec)
@@ -632,7 +632,7 @@ def test_scheduled_steps_flag_what_the_scheduler_does_not_explain():
     """A request that reached the engine later than its send time says (a slow front end) is not
     where the replayed scheduler puts it: those steps are flagged (their batches would be wrong),
     the state is set back to what was seen, and the steps after them are recovered again."""
-    from sim.server_steps import scheduled_steps
+    from driftsim.validation.server_steps import scheduled_steps
 
     eng, _, real, _ = _chunking_replay(linear_cost())
     queued = real.sort("sent_s")["request_id"][70]  # in the heavy segment, where requests queue
@@ -654,9 +654,9 @@ def test_scheduled_steps_flag_what_the_scheduler_does_not_explain():
 def test_step_speed_tells_a_server_that_changed_speed():
     """A replay measured against the cost model that made it runs at x1.00; a server 10 % slower than
     the model reads x1.10, for decode and mixed steps alike; and the level records it per replay."""
-    from profiling.replay import LevelResult
-    from sim.validation import replay_speed
-    from sim.server_steps import scheduled_steps, step_speed
+    from driftsim.validation.run import LevelResult
+    from driftsim.validation.replay_sim import replay_speed
+    from driftsim.validation.server_steps import scheduled_steps, step_speed
     from tests.factories import COEF
 
     slow = linear_cost(**{k: 1.1 * v for k, v in COEF.items()})
@@ -678,9 +678,9 @@ def test_step_speed_shows_a_server_that_slowed_within_one_replay():
     """Steps that ran as modelled for the first half of a replay's busy time and 20 % slower after it
     read x1.00 over the first two quarters and x1.20 over the last two; the level line prints the span."""
     from types import SimpleNamespace
-    from costmodel.batch import StepBatch
-    from sim.server_steps import STEP_COLUMNS, step_speed
-    from sim.validation_report import speed_text
+    from driftsim.costmodel.batch import StepBatch
+    from driftsim.validation.server_steps import STEP_COLUMNS, step_speed
+    from driftsim.validation.report import speed_text
 
     cost = linear_cost()
     steps = pl.DataFrame([(float(i), 0.0, 8, 2400, 0, 0, 0.0, 0.0) for i in range(440)],
@@ -698,8 +698,8 @@ def test_at_server_speed_the_drift_is_taken_out_of_the_error():
     """A server 10 % slower than the model: the held-out sim is ~9 % fast on TPOT and E2E; simulated
     again at the replay's measured speed the error all but vanishes (the structure is exact here),
     per level and pooled, and the targets table carries it beside the judged error."""
-    from profiling.replay import LevelResult, pool_levels, session_speed
-    from sim.validation_report import variant_aggregates
+    from driftsim.validation.run import LevelResult, pool_levels, session_speed
+    from driftsim.validation.report import variant_aggregates
     from tests.factories import COEF
 
     slow = linear_cost(**{k: 1.1 * v for k, v in COEF.items()})
@@ -734,7 +734,7 @@ def test_at_server_speed_the_drift_is_taken_out_of_the_error():
 def test_session_speed_never_uses_the_scored_replay():
     """Three replays whose servers ran at x1.0, x1.2 and x1.4: each is re-simulated at the mean of
     the other two, never at its own."""
-    from profiling.replay import LevelResult, session_speed
+    from driftsim.validation.run import LevelResult, session_speed
 
     eng, trace, real, _ = _chunking_replay(linear_cost())
     lv = LevelResult(load=1.0, rate_rps=1.0, trace=trace)
@@ -751,7 +751,7 @@ def test_engine_queue_time_counts_from_the_step_end_as_vllm_does():
     """A request arriving mid-step is taken in at that step's end: with room it is scheduled at once
     (vLLM's queue time 0, though the simulator's queue_wait covers the step's remainder); with no
     room (one sequence at a time) it waits from that step end until the running request finishes."""
-    from sim.validation import engine_queue_times
+    from driftsim.validation.replay_sim import engine_queue_times
 
     trace = make_trace([(0.0, 64, 40), (0.0123, 32, 4)])
     for seqs in (8, 1):
@@ -775,7 +775,7 @@ def test_engine_queue_time_starts_at_the_gateway_dispatch_and_ends_at_the_engine
     """A capped gateway or a micro-batch worker holds requests before the engine sees them: that wait is
     the gateway's, not the engine's; a micro-batch worker's ``scheduled_s`` is its batch's start, not the
     engine's first scheduling of each request."""
-    from sim.validation import engine_queue_times
+    from driftsim.validation.replay_sim import engine_queue_times
 
     trace = make_trace([(0.0, 64, 30)] * 6)
     capped = simulate_replay(trace, cost=linear_cost(), engine=EngineConfig(
@@ -795,8 +795,8 @@ def test_engine_queue_time_starts_at_the_gateway_dispatch_and_ends_at_the_engine
 
 
 def test_scaled_cost_scales_every_step_and_fast_forwarded_runs_alike():
-    from costmodel.batch import StepBatch
-    from sim.validation import ScaledCost
+    from driftsim.costmodel.batch import StepBatch
+    from driftsim.validation.replay_sim import ScaledCost
 
     base = linear_cost()
     cost = ScaledCost(base, 1.25)
@@ -809,7 +809,7 @@ def test_scaled_cost_scales_every_step_and_fast_forwarded_runs_alike():
 
 
 def test_a_level_whose_server_moved_since_its_calibration_is_flagged():
-    from profiling.replay import LevelResult, drift_notes
+    from driftsim.validation.run import LevelResult, drift_notes
 
     def level(load, *decode):
         lv = LevelResult(load=load, rate_rps=1.0, trace=make_trace([(0.0, 10, 2)]))
@@ -824,8 +824,8 @@ def test_a_level_whose_server_moved_since_its_calibration_is_flagged():
 
 def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
     """With prompts split over steps the mixed-step term is still found (8 ms), from the whole batches."""
-    from sim.server_steps import StepCorrection, count_knots
-    from sim.validation import calibrate_server
+    from driftsim.validation.server_steps import StepCorrection, count_knots
+    from driftsim.validation.replay_sim import calibrate_server
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
@@ -840,8 +840,8 @@ def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
 def test_calibration_recovers_a_known_correction_and_the_admission_model():
     import time
 
-    from sim.server_steps import StepCorrection, count_knots
-    from sim.validation import calibrate_server
+    from driftsim.validation.server_steps import StepCorrection, count_knots
+    from driftsim.validation.replay_sim import calibrate_server
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     base = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
@@ -867,9 +867,9 @@ def test_calibration_recovers_a_known_correction_and_the_admission_model():
 def test_calibration_recovers_a_known_prefill_step_correction():
     """A server that adds 8 ms to every mixed step: the fit finds it on the steps with a prefill,
     the decode correction is unchanged, and a prefill-only step (an idle engine) gets none of it."""
-    from costmodel.batch import StepBatch
-    from sim.server_steps import StepCorrection, count_knots, fit_step_correction, observed_steps
-    from sim.validation import calibrated
+    from driftsim.costmodel.batch import StepBatch
+    from driftsim.validation.server_steps import StepCorrection, count_knots, fit_step_correction, observed_steps
+    from driftsim.validation.replay_sim import calibrated
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,

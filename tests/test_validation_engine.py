@@ -20,7 +20,7 @@ import math
 import polars as pl
 import pytest
 
-from cli.validate_cmds import CALIBRATION_LOADS
+from driftsim.cli.validate_cmds import CALIBRATION_LOADS
 from tests.engine_fixtures import SERVER_LIMITS, require_vllm, tiny_model, vllm_server  # noqa: F401
 
 pytestmark = pytest.mark.engine
@@ -41,8 +41,8 @@ def _cost():
     fitting one here would take minutes)."""
     import os
 
-    from costmodel.linear import LinearCostModel
-    from costmodel.profiles import load_profile
+    from driftsim.costmodel.linear import LinearCostModel
+    from driftsim.costmodel.profiles import load_profile
 
     path = os.environ.get("DRIFTSIM_TINY_PROFILE")
     if path:
@@ -64,12 +64,12 @@ class TestValidateTinyModel:
     """Replay, simulate and score on a real vLLM server."""
 
     def test_sweep_light_to_past_saturation_within_loose_bounds(self, vllm_server, tmp_path):
-        from profiling.http import OpenAIClient
-        from profiling.replay import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace,
+        from driftsim.profiling.http import OpenAIClient
+        from driftsim.validation.run import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace,
                                       read_server_facts, run_validation)
-        from sim.config import GatewayConfig
-        from sim.validation import target_check
-        from sim.validation_report import write_outputs
+        from driftsim.sim.config import GatewayConfig
+        from driftsim.validation.replay_sim import target_check
+        from driftsim.validation.report import write_outputs
 
         cost = _cost()
         client = OpenAIClient(vllm_server.url)
@@ -117,9 +117,9 @@ class TestValidateTinyModel:
 
     def test_capped_priority_gateway_on_the_real_engine(self, vllm_server, tmp_path):
         """The policy holds requests at the gateway (cap 4): order and queue waits match the simulation's."""
-        from profiling.http import OpenAIClient
-        from profiling.replay import Workload, read_server_facts, run_validation
-        from sim.config import GatewayConfig
+        from driftsim.profiling.http import OpenAIClient
+        from driftsim.validation.run import Workload, read_server_facts, run_validation
+        from driftsim.sim.config import GatewayConfig
 
         cost = _cost()
         client = OpenAIClient(vllm_server.url)

@@ -4,11 +4,11 @@
     df = assign_tenants(df, {"gold": 1, "free": 3}, seed=0)   # then scale_rate, clip_duration, set_slos, ...
     write_trace(df, "out/scenario.parquet")
 
-The table's columns are in traces.schema.REQUEST_SCHEMA.
+The table's columns are in driftsim.traces.schema.REQUEST_SCHEMA.
 """
 
-from traces.inspect import inspect_trace
-from traces.loaders import (
+from driftsim.traces.inspect import inspect_trace
+from driftsim.traces.loaders import (
     FORMATS,
     LoadReport,
     detect_format,
@@ -21,7 +21,7 @@ from traces.loaders import (
     read_native,
     read_vidur,
 )
-from traces.schema import (
+from driftsim.traces.schema import (
     OPTIONAL_COLUMNS,
     REQUEST_SCHEMA,
     REQUIRED_COLUMNS,
@@ -29,9 +29,9 @@ from traces.schema import (
     empty_trace,
     validate_trace,
 )
-from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
-from traces.transform import assign_tenants, clip_duration, head, scale_rate, set_priorities, set_slos
-from traces.writer import write_trace
+from driftsim.traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
+from driftsim.traces.transform import assign_tenants, clip_duration, head, scale_rate, set_priorities, set_slos
+from driftsim.traces.writer import write_trace
 
 __all__ = [
     "FORMATS",

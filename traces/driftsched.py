@@ -2,7 +2,7 @@
 
 Reproduces the original client (``workload_generator.py`` and
 ``prompts_dataset.py`` of kpalania1/driftsched) as a pure function that
-returns one request table in :data:`traces.schema.REQUEST_SCHEMA`:
+returns one request table in :data:`driftsim.traces.schema.REQUEST_SCHEMA`:
 
 * Phase 1, learning: ``n_learning`` = 1000 requests, gaps uniform in
   [0.05, 0.15] s, job mix short_qa 40 / summary 25 / technical 25 /
@@ -49,11 +49,11 @@ tokens, and base equals max_tokens here. Our defaults give
 mean(actual) / max_tokens of 0.97 (short_qa), 0.90 (summary), 0.92
 (technical) and 0.93 (report). The split variant observes whitespace words
 of the output instead (about 0.75 per token; see
-:func:`sim.estimation.words_from_tokens`), which is what drifts its
+:func:`driftsim.admission.estimation.words_from_tokens`), which is what drifts its
 calibration below 1.0. Pass ``output_dists`` to change any of this.
 
 Category. Not a column: derive it with
-:func:`sim.estimation.classify_category` on the prompt, as the gateway does.
+:func:`driftsim.admission.estimation.classify_category` on the prompt, as the gateway does.
 With these templates and the header (which names the job type) it always
 equals the job type.
 
@@ -70,8 +70,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sim.estimation import TokenCounter, WhitespaceCounter
-from traces.schema import REQUEST_SCHEMA
+from driftsim.traces.tokens import TokenCounter, WhitespaceCounter
+from driftsim.traces.schema import REQUEST_SCHEMA
 
 JOB_TYPES: tuple[str, ...] = ("short_qa", "summary", "technical", "report")
 
@@ -208,8 +208,8 @@ def driftsched_workload(
     """Generate the DriftSched two-phase workload as a request table (deterministic for a seed).
 
     ``counter`` counts ``input_tokens`` from the prompt (default
-    :class:`~sim.estimation.WhitespaceCounter`, the original's split
-    variant; pass a :class:`~sim.estimation.TokenizerCounter` for real
+    :class:`~driftsim.traces.tokens.WhitespaceCounter`, the original's split
+    variant; pass a :class:`~driftsim.traces.tokens.TokenizerCounter` for real
     tokens). ``stress_start_s`` (absolute seconds, never before the last
     learning arrival) overrides ``phase_gap_s``: phase 2's first gap starts
     there. ``slo_ttft_s`` / ``slo_e2e_s`` optionally give per-tenant

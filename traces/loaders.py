@@ -42,7 +42,7 @@ from typing import Literal
 
 import polars as pl
 
-from traces.schema import (
+from driftsim.traces.schema import (
     OPTIONAL_COLUMNS,
     REQUEST_SCHEMA,
     REQUIRED_COLUMNS,

@@ -1,7 +1,7 @@
 """Read a native trace file lazily, in arrival-ordered chunks, for traces too big to hold as one table.
 
 A week of production traffic is tens of millions of requests. Loading it
-whole (:func:`traces.loaders.load_trace`) costs about a hundred bytes a row
+whole (:func:`driftsim.traces.loaders.load_trace`) costs about a hundred bytes a row
 before the simulator has started; :class:`TraceStream` instead reads
 driftsim's native Parquet (row groups, via pyarrow) or CSV (polars'
 streaming scan) a chunk at a time, validating each chunk exactly as the
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import polars as pl
 
-from traces.loaders import (
+from driftsim.traces.loaders import (
     _NATIVE_NUMBERS,
     _ROW,
     LoadReport,
@@ -39,7 +39,7 @@ from traces.loaders import (
     _text,
     detect_format,
 )
-from traces.schema import REQUEST_SCHEMA, REQUIRED_COLUMNS, TraceError
+from driftsim.traces.schema import REQUEST_SCHEMA, REQUIRED_COLUMNS, TraceError
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "TraceStream", "scan_trace"]
 
@@ -194,7 +194,7 @@ class TraceStream:
             yield df
 
     def _parse(self, raw: pl.DataFrame) -> pl.DataFrame:
-        """Validate and convert one chunk exactly as :func:`traces.loaders.read_native` does."""
+        """Validate and convert one chunk exactly as :func:`driftsim.traces.loaders.read_native` does."""
         columns: dict[str, pl.Series] = {}
         for col in self.columns:
             required = col in REQUIRED_COLUMNS
@@ -213,12 +213,12 @@ class TraceStream:
 
 
 def scan_trace(path: str | os.PathLike, format: str = "auto", **options) -> TraceStream:
-    """A :class:`TraceStream` over a native trace; other formats need :func:`traces.loaders.load_trace`."""
+    """A :class:`TraceStream` over a native trace; other formats need :func:`driftsim.traces.loaders.load_trace`."""
     name = detect_format(path) if format == "auto" else format
     if name != "native":
         raise TraceError(
             f"streamed reading takes driftsim's native Parquet or CSV, not the {name} format; load it with"
-            " load_trace and write it once with traces.writer.write_trace (Parquet) to stream it",
+            " load_trace and write it once with driftsim.traces.writer.write_trace (Parquet) to stream it",
             source=str(path),
         )
     return TraceStream(path, **options)

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from traces.schema import REQUEST_SCHEMA
+from driftsim.traces.schema import REQUEST_SCHEMA
 
 __all__ = ["LengthDist", "TenantLoad", "generate", "lengths_from_trace"]
 

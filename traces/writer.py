@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from traces.schema import TraceError, validate_trace
+from driftsim.traces.schema import TraceError, validate_trace
 
 __all__ = ["write_trace"]
 

@@ -21,28 +21,37 @@ from the generated tokens), the ``tokenizer`` variant counts real tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import polars as pl
 
-from sim.calibration import DriftCalibrator, mae_rmse
-from sim.config import ConfigError
-from sim.estimation import (
+from driftsim.admission.calibration import DriftCalibrator, mae_rmse
+from driftsim.admission.estimation import (
     MEDIUM_MAX_TOKENS,
     SHORT_MAX_TOKENS,
     EstimatorErrorModel,
     RatioDist,
-    TokenizerCounter,
-    WhitespaceCounter,
     classify_category,
     estimate_output,
     words_from_tokens,
 )
-from sim.length_predictor import OnlineLengthPredictor
-from sim.request import SimRequest
+from driftsim.traces.tokens import TokenizerCounter, WhitespaceCounter
+from driftsim.admission.length_predictor import OnlineLengthPredictor
+from driftsim.errors import ConfigError
 
 ESTIMATORS = ("oracle", "driftsched", "learned")
+
+
+class AdmittedRequest(Protocol):
+    """What admission reads and writes of a request (the simulator's ``SimRequest`` is one)."""
+
+    idx: int
+    tenant: str
+    input_tokens: int
+    output_tokens: int
+    generated: int
+    est_tokens: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +81,7 @@ JOB_SIZE = pl.Enum(["short", "medium", "long"])
 
 
 def _job_size_expr(budget) -> pl.Expr:
-    """Vectorised :func:`sim.estimation.job_size` (same thresholds)."""
+    """Vectorised :func:`driftsim.admission.estimation.job_size` (same thresholds)."""
     budget = budget if isinstance(budget, pl.Expr) else pl.lit(budget)
     return (
         pl.when(budget <= SHORT_MAX_TOKENS)
@@ -119,7 +128,7 @@ class Admission:
             actual = self._observe_units(trace["output_tokens"].to_numpy())
             self._naive = errors.estimates(actual, trace["tenant"].to_list(), trace["arrival_s"].to_numpy())
 
-    def admit(self, req: SimRequest) -> None:
+    def admit(self, req: AdmittedRequest) -> None:
         """Attach ``est_tokens`` (input + estimated output) to a request at arrival."""
         i, cfg = req.idx, self.cfg
         if cfg.estimator == "oracle":
@@ -150,7 +159,7 @@ class Admission:
         self.est_output[i] = est
         req.est_tokens = n_in + est
 
-    def complete(self, req: SimRequest, t: float) -> None:
+    def complete(self, req: AdmittedRequest, t: float) -> None:
         """Feed the real output length back (in the counter's units)."""
         if self.cfg.estimator == "oracle":
             return

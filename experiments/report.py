@@ -30,10 +30,10 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from sim.atomic import atomic_write_text
-from sim.experiments.driftsched import ExperimentResult, headline_table
-from sim.experiments.headline import OVERALL, config_label, format_value, is_discrepancy, tier_order, view_config
-from sim.html import figures_html, group_dropdown
+from driftsim.sim.atomic import atomic_write_text
+from driftsim.experiments.driftsched import ExperimentResult, headline_table
+from driftsim.experiments.headline import OVERALL, config_label, format_value, is_discrepancy, tier_order, view_config
+from driftsim.sim.html import figures_html, group_dropdown
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 CDF_POINTS = 201  # quantiles per CDF line: enough to read, small enough to embed 80 lines

@@ -2,7 +2,7 @@
 
 Every question shares a :class:`Study` (base scenario, fixed overrides,
 seeds, SLO targets, criterion). A *probe* is one configuration run at every
-seed; its :class:`~sim.capacity.slo.Verdict` says whether every target holds
+seed; its :class:`~driftsim.capacity.slo.Verdict` says whether every target holds
 (worst seed, by default) and which target binds. The searches assume the
 obvious monotonicity (more replicas or less load never hurt a tenant's
 tail); the supporting probes are kept and printed, so a violation would be
@@ -16,7 +16,7 @@ visible in the table.
   in order of $/hour; a pool at or below a failed one (componentwise) is
   skipped, the first that passes is the cheapest (evaluated in parallel
   batches, cheapest first). Mixed pools use the runner's sub-pool split
-  approximation (see :mod:`sim.capacity.runner`).
+  approximation (see :mod:`driftsim.capacity.runner`).
 - :func:`best_policy`: every policy at every seed; the winner maximises the
   lowest per-tenant SLO attainment (mean over seeds), then minimises the
   mean overall E2E.
@@ -36,12 +36,12 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from sim.capacity.pool import Pool
-from sim.capacity.results import ResultSet
-from sim.capacity.runner import RunOutcome
-from sim.capacity.slo import Target, Verdict, judge
-from sim.capacity.spec import check_specs, fmt_value, label_of, make_spec
-from sim.config import ConfigError
+from driftsim.capacity.pool import Pool
+from driftsim.capacity.results import ResultSet
+from driftsim.capacity.runner import RunOutcome
+from driftsim.capacity.slo import Target, Verdict, judge
+from driftsim.capacity.spec import check_specs, fmt_value, label_of, make_spec
+from driftsim.sim.config import ConfigError
 
 #: Progress callback: runs done, runs expected in all (an estimate for searches), label of the last run.
 Progress = Callable[[int, int, str], None]
@@ -299,8 +299,8 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
                  max_total: int | None = None, compare_homogeneous: bool = True,
                  progress: Progress | None = None) -> PlanResult:  # fmt: skip
     """The cheapest pool (replicas per profile) meeting every target, given $/GPU-hour per profile."""
-    from costmodel.profiles import load_profile
-    from sim.capacity.spec import resolve
+    from driftsim.costmodel.profiles import load_profile
+    from driftsim.capacity.spec import resolve
 
     _need_targets(study)
     if not prices:
@@ -320,7 +320,7 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
         )
     pl_ = Planner(study, pool, progress)
     # one replica's capacity per profile on this workload: weights for splitting the trace across sub-pools
-    from sim.capacity.spec import RunSpec
+    from driftsim.capacity.spec import RunSpec
 
     cap_specs = []
     for i, p in enumerate(profiles):
@@ -405,7 +405,7 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
 def best_policy(study: Study, pool: Pool, *, policies: list[str] | None = None,
                 progress: Progress | None = None) -> PlanResult:  # fmt: skip
     """The policy maximising the lowest per-tenant SLO attainment (mean over seeds), then the lowest mean E2E."""
-    from sim.policies import POLICIES
+    from driftsim.sim.policies import POLICIES
 
     policies = list(policies or POLICIES)
     if not policies:

@@ -8,7 +8,7 @@ A validation run with an output folder keeps, under ``OUTDIR/replays/``:
   calibration's step offset/floor/per-sequence cost, and the run's
   configuration (written once calibration is done);
 - ``level-<i>-rep-<r>.jsonl``: the journal of each replay
-  (:class:`profiling.journal.ReplayJournal`, a line per finished request);
+  (:class:`driftsim.profiling.journal.ReplayJournal`, a line per finished request);
 - ``level-<i>-rep-<r>.json``: each finished replay's wall time, CPU
   contention and engine counters.
 
@@ -27,7 +27,7 @@ server: each replay's frame from its journal (requests it lacks are kept as
 ``not_sent``, with the reason), simulated and scored as a live run is. When
 the folder holds the held-out calibration replay
 (``calibration_requests.parquet``), the calibration is fitted to it again
-(:func:`sim.validation.calibrate_server`, then the client overhead from the
+(:func:`driftsim.validation.replay_sim.calibrate_server`, then the client overhead from the
 saved probes), so a changed calibration is scored on the saved replays,
 still held out; otherwise the saved calibration is used.
 """
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import polars as pl
 
-from profiling.gateway import (STATUS_NOT_SENT, ReplayGateway, ReplayRequest, RequestRecord, StreamingClient,
+from driftsim.profiling.gateway import (STATUS_NOT_SENT, ReplayGateway, ReplayRequest, RequestRecord, StreamingClient,
                                records_frame, run_replay)
-from profiling.journal import (KEEP_ON_RESUME, JournalError, ReplayJournal, atomic_write_json, atomic_write_parquet,
+from driftsim.profiling.journal import (KEEP_ON_RESUME, JournalError, ReplayJournal, atomic_write_json, atomic_write_parquet,
                                read_journal, record_from_row, trace_key)
 
 STATE = "state.json"
@@ -133,10 +133,10 @@ def journaled_records(trace: pl.DataFrame, path: Path) -> tuple[dict[int, dict],
 def replay_journaled(trace: pl.DataFrame, path: Path, *, resume: bool, client, model: str, gateway,
                      microbatch=None, vocab_size: int = 4000, seed: int = 0,
                      request_timeout_s: float | None = 600.0, client_config=None):
-    """:func:`profiling.replay.replay` with every finished request appended to the journal ``path``;
+    """:func:`driftsim.validation.run.replay` with every finished request appended to the journal ``path``;
     with ``resume``, only the requests the journal lacks are replayed (see the module docstring)."""
-    from profiling.replay import ReplayRun, replay_requests
-    from sim.policies import make_policy
+    from driftsim.validation.run import ReplayRun, replay_requests
+    from driftsim.sim.policies import make_policy
 
     rows: dict[int, dict] = {}
     if path.exists() and path.stat().st_size:
@@ -180,7 +180,7 @@ def _shifted(rec: RequestRecord, dt: float) -> RequestRecord:
 
 def journal_frame(trace: pl.DataFrame, path: Path) -> pl.DataFrame:
     """One replay's per-request frame from its journal alone; requests it lacks are ``not_sent``."""
-    from profiling.replay import replay_requests
+    from driftsim.validation.run import replay_requests
 
     rows, dropped = journaled_records(trace, path)
     recs = []
@@ -197,15 +197,15 @@ def journal_frame(trace: pl.DataFrame, path: Path) -> pl.DataFrame:
 # ---- re-scoring without a server ------------------------------------------------------------
 
 def rescore(out: str | Path, *, cost=None, progress=None):
-    """A :class:`profiling.replay.ValidationResult` from the files a validation saved in ``out``
+    """A :class:`driftsim.validation.run.ValidationResult` from the files a validation saved in ``out``
     (see the module docstring); ``cost`` None = the profile named in the saved configuration."""
-    from costmodel.profiles import load_profile
-    from profiling.gateway import MicroBatch
-    from profiling.replay import (LevelResult, ServerFacts, ValidationResult, drift_notes, engine_config, fit_trace,
+    from driftsim.costmodel.profiles import load_profile
+    from driftsim.profiling.gateway import MicroBatch
+    from driftsim.validation.run import (LevelResult, ServerFacts, ValidationResult, drift_notes, engine_config, fit_trace,
                                   fitted_calibration, pool_levels, session_speed)
-    from sim.config import GatewayConfig
-    from sim.validation import OffsetCost, calibrate_server, calibrated, overhead_from_probe, sim_trace
-    from traces.schema import REQUEST_SCHEMA
+    from driftsim.sim.config import GatewayConfig
+    from driftsim.validation.replay_sim import OffsetCost, calibrate_server, calibrated, overhead_from_probe, sim_trace
+    from driftsim.traces.schema import REQUEST_SCHEMA
 
     say = progress or (lambda _msg: None)
     folder = replays_dir(out)

@@ -3,7 +3,7 @@
 A :class:`ResultSet` holds:
 
 - ``table``: one row per run x tenant (and ``overall``): axis values, pool,
-  seed, every metric (see :func:`sim.capacity.runner.summary_rows`), plus
+  seed, every metric (see :func:`driftsim.capacity.runner.summary_rows`), plus
   ``gpu_hour_usd`` and ``usd_per_m_output_tokens`` when prices are known;
 - ``runs``: one row per run: label, config, ok, error, wall and CPU seconds, attempts, worker;
 - ``checks``: SLO targets evaluated per run x tenant;
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import polars as pl
 
-from sim.atomic import atomic_write, atomic_write_text
-from sim.capacity.runner import RunOutcome
-from sim.capacity.stats import mean_ci
-from sim.metrics import LATENCY_METRICS, STATS
+from driftsim.sim.atomic import atomic_write, atomic_write_text
+from driftsim.capacity.runner import RunOutcome
+from driftsim.capacity.stats import mean_ci
+from driftsim.sim.metrics import LATENCY_METRICS, STATS
 
 #: Metrics that get a confidence interval across seeds.
 CI_METRICS: tuple[str, ...] = (
@@ -91,7 +91,7 @@ class ResultSet:
                     }, schema={"t_s": pl.Float64, "queue_depth": pl.Int64, "running": pl.Int64, "kv_usage": pl.Float64}
                     ).with_columns(pl.lit(o.index).alias("index"), pl.lit(o.config).alias("config"), pl.lit(tenant).alias("tenant")))
             if o.cdf:
-                from sim.capacity.runner import CDF_PROBS
+                from driftsim.capacity.runner import CDF_PROBS
 
                 for tenant, metrics in o.cdf.items():
                     for metric, values in metrics.items():

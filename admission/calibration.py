@@ -7,7 +7,7 @@ each completed request::
     bias     = (1 - alpha) * bias + alpha * measured        # alpha = 0.1
 
 and the next admission estimates with the new bias (see
-:func:`sim.estimation.estimate_output`). A switch turns calibration off:
+:func:`driftsim.admission.estimation.estimate_output`). A switch turns calibration off:
 the bias then stays at 1.0.
 
 NOTE: ``measured`` divides by the category's *base*, not by the full
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sim.estimation import base_tokens, estimate_output
+from driftsim.admission.estimation import base_tokens, estimate_output
 
 GRANULARITIES: tuple[str, ...] = ("category", "tenant", "tenant_category")
 
@@ -44,7 +44,7 @@ class Feedback:
 
 
 class DriftCalibrator:
-    """Per-key EMA of ``actual / base``; also a :class:`~sim.estimation.LengthModel`.
+    """Per-key EMA of ``actual / base``; also a :class:`~driftsim.admission.estimation.LengthModel`.
 
     Keys: ``category`` (the original) -> ``"report"``; ``tenant`` ->
     ``"premium"``; ``tenant_category`` -> ``"premium/report"``. The history of
@@ -115,9 +115,9 @@ class DriftCalibrator:
         """Feed one completion back; returns the step taken.
 
         ``base`` overrides ``base(category)`` as the divisor (e.g. a naive
-        estimate from :class:`sim.estimation.EstimatorErrorModel` for traces
+        estimate from :class:`driftsim.admission.estimation.EstimatorErrorModel` for traces
         without text). ``input_tokens`` is unused (kept for the
-        :class:`~sim.estimation.LengthModel` interface). When calibration is
+        :class:`~driftsim.admission.estimation.LengthModel` interface). When calibration is
         off, nothing changes and the step reads 1.0 / 1.0 / 1.0, as in the
         original.
         """

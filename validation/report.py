@@ -30,8 +30,8 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from sim.html import figures_html, group_dropdown
-from sim.validation import (METRIC_LABELS, METRICS, OVERALL, SPEED_VARIANTS, STATS, level_label, metric_values,
+from driftsim.sim.html import figures_html, group_dropdown
+from driftsim.validation.replay_sim import (METRIC_LABELS, METRICS, OVERALL, SPEED_VARIANTS, STATS, level_label, metric_values,
                             real_latencies, sim_latencies, target_check)
 
 REAL_COLOR, SIM_COLOR = "#1f77b4", "#d62728"
@@ -324,7 +324,7 @@ def render_report(result, *, title: str = "driftsim validation: simulator vs rea
     step = ""
     if getattr(result, "calibration", None):
         c = result.calibration
-        from sim.validation import describe_calibration
+        from driftsim.validation.replay_sim import describe_calibration
 
         step = f" Calibration (never one of the traces below): {_e(describe_calibration(c))}."
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{CSS}</style></head><body>
@@ -352,7 +352,7 @@ def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
              "real": out / "real_requests.parquet", "sim": out / "sim_requests.parquet"}
     data = result.to_dict()
     data["targets"] = {level_label(lv.load): target_check(lv.aggregate) for lv in _all_levels(result)}
-    from sim.atomic import atomic_write_parquet, atomic_write_text  # temp file + os.replace
+    from driftsim.sim.atomic import atomic_write_parquet, atomic_write_text  # temp file + os.replace
 
     atomic_write_text(paths["json"], json.dumps(clean(data), indent=1))
     real, sim = request_frames(result)

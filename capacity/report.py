@@ -15,7 +15,7 @@ any browser. Contents:
 - the summary table (mean +- half-width), failed runs, and a plan's answer.
 
 Queue depth, running requests and KV use are *derived from per-request
-times* (see :func:`sim.capacity.runner.timeseries`), not sampled inside the
+times* (see :func:`driftsim.capacity.runner.timeseries`), not sampled inside the
 engine: engine-side sampling of batch size and KV blocks is not available yet.
 """
 
@@ -31,9 +31,9 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from sim.atomic import atomic_write_text
-from sim.capacity.results import ResultSet, aggregate, pool_price
-from sim.html import figures_html, group_dropdown
+from driftsim.sim.atomic import atomic_write_text
+from driftsim.capacity.results import ResultSet, aggregate, pool_price
+from driftsim.sim.html import figures_html, group_dropdown
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22")
 MAX_LINES = 24  # configurations drawn in the CDF figure
@@ -313,7 +313,7 @@ def render_report(rs: ResultSet, *, prices: dict | None = None, title: str | Non
     """The whole report as one HTML string (plotly.js inlined once)."""
     prices = dict(rs.meta.get("prices") or {}, **(prices or {}))
     if prices and "usd_per_m_output_tokens" not in rs.table.columns and rs.table.height:
-        from sim.capacity.results import add_costs
+        from driftsim.capacity.results import add_costs
 
         rs.table = add_costs(rs.table, prices)
     summary = aggregate(rs.table) if rs.table.height else pl.DataFrame()

@@ -1,10 +1,10 @@
 """An online learned output-length predictor (beyond DriftSched).
 
-Same interface as :class:`sim.calibration.DriftCalibrator`
-(:class:`sim.estimation.LengthModel`): ``predict(category=, tenant=,
+Same interface as :class:`driftsim.admission.calibration.DriftCalibrator`
+(:class:`driftsim.admission.estimation.LengthModel`): ``predict(category=, tenant=,
 input_tokens=)`` at admission, ``observe(..., actual_output=)`` on
 completion, so the two can be run side by side on one trace and compared
-with :class:`sim.calibration.ErrorTracker`.
+with :class:`driftsim.admission.calibration.ErrorTracker`.
 
 Features: prompt length (``input_tokens / 1000``), tenant one-hot, category
 one-hot. An unknown tenant or category gets an all-zero block. Models
@@ -34,13 +34,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sim.estimation import CATEGORIES, estimate_output
+from driftsim.admission.estimation import CATEGORIES, estimate_output
 
 KINDS: tuple[str, ...] = ("hgb_quantile", "linear_quantile", "sgd")
 
 
 class OnlineLengthPredictor:
-    """Learns output length from (prompt length, tenant, category) online; a :class:`~sim.estimation.LengthModel`."""
+    """Learns output length from (prompt length, tenant, category) online; a :class:`~driftsim.admission.estimation.LengthModel`."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The real engine's spread from one validation session to another, beside each session's error.
 
 A validation session measures the real engine's run-to-run spread between
-back-to-back repeats (:func:`sim.validation.spread`). A server whose speed
+back-to-back repeats (:func:`driftsim.validation.replay_sim.spread`). A server whose speed
 moves over minutes (a shared host, a warming GPU) hides part of its noise
 there: the same command run again later gives other real values. Given the
 ``validation.json`` of several sessions of the same command (same workload,
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.config import ConfigError
-from sim.validation import OVERALL, TARGETS, pair_rel_diffs
+from driftsim.sim.config import ConfigError
+from driftsim.validation.replay_sim import OVERALL, TARGETS, pair_rel_diffs
 
 #: what must be the same for two sessions to be the same command (config keys; server facts)
 SAME_CONFIG = ("profile", "policy", "max_outstanding", "microbatch", "trace", "loads", "seed", "calibrate")
@@ -83,7 +83,7 @@ def _real(runs: list[dict], m: str, k: str) -> list[float]:
 
 def session_spread(docs: list[dict]) -> dict:
     """Across- and within-session spread of the real runs and each session's error, per level and pooled,
-    for the judged figures (:data:`sim.validation.TARGETS`). ``docs``: two or more :func:`load_session`
+    for the judged figures (:data:`driftsim.validation.replay_sim.TARGETS`). ``docs``: two or more :func:`load_session`
     results of the same command (``ConfigError`` otherwise).
 
     Returns ``{"sessions": [path, ...], "levels": {label: {"m:k": {"across", "within", "errors": [...],

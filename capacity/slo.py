@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sim.config import ConfigError
+from driftsim.sim.config import ConfigError
 
 METRICS = {"ttft": "ttft_s", "e2e": "e2e_s", "tpot": "tpot_s", "queue_wait": "queue_wait_s", "wait": "queue_wait_s"}
 METRIC_NAMES = {"ttft_s": "TTFT", "e2e_s": "E2E", "tpot_s": "TPOT", "queue_wait_s": "queue wait"}

@@ -1,10 +1,10 @@
-"""One run: a :class:`~sim.capacity.spec.RunSpec` in, a small flat :class:`RunOutcome` out.
+"""One run: a :class:`~driftsim.capacity.spec.RunSpec` in, a small flat :class:`RunOutcome` out.
 
 :func:`execute` is a pure function of its spec (everything random is seeded
 by the spec's scenario), so an executor may run it in any process or on any
 machine and retry it safely. It returns summary rows (one per tenant plus
 ``overall``), the spec's SLO targets evaluated on the per-request table
-(:func:`sim.capacity.slo.evaluate`), and, when asked, a few hundred points
+(:func:`driftsim.capacity.slo.evaluate`), and, when asked, a few hundred points
 of time series and latency CDFs for the report; the per-request table
 itself never leaves the worker.
 
@@ -13,7 +13,7 @@ comes back as a failed outcome with the message, at once; any other
 exception propagates, so the executor retries the run (a crash, a lost
 worker) and reports it failed only after its retries.
 
-Mixed GPU pools. :func:`sim.run.simulate` takes one cost model for all
+Mixed GPU pools. :func:`driftsim.sim.run.simulate` takes one cost model for all
 replicas, so a heterogeneous pool (``options["pool"] = {profile: replicas}``)
 is approximated by homogeneous sub-pools: the trace is split across them in
 arrival order by smooth weighted round robin, each sub-pool's weight being
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from sim.capacity.slo import evaluate
-from sim.capacity.spec import RunSpec
-from sim.metrics import LATENCY_METRICS, STATS, summarize
+from driftsim.capacity.slo import evaluate
+from driftsim.capacity.spec import RunSpec
+from driftsim.sim.metrics import LATENCY_METRICS, STATS, summarize
 
 TIMESERIES_POINTS = 241
 CDF_PROBS = np.linspace(0.0, 1.0, 101)
@@ -76,9 +76,9 @@ class RunOutcome:
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported at once, never retried."""
-    from costmodel.profiles import ProfileError
-    from sim.config import ConfigError
-    from traces.schema import TraceError
+    from driftsim.costmodel.profiles import ProfileError
+    from driftsim.sim.config import ConfigError
+    from driftsim.traces.schema import TraceError
 
     return (ConfigError, ProfileError, TraceError, ValueError, FileNotFoundError)
 
@@ -143,7 +143,7 @@ def _test_hooks(options: dict) -> None:
 # --------------------------------------------------------------------------- simulating
 def simulate_spec(spec: RunSpec) -> tuple[pl.DataFrame, list[dict], dict]:
     """Per-request results, replica counters and pool facts of one spec (homogeneous or mixed pool)."""
-    from sim.scenario import Scenario, run_scenario
+    from driftsim.sim.scenario import Scenario, run_scenario
 
     raw = spec.scenario
     pool = {p: int(n) for p, n in (spec.options.get("pool") or {}).items() if int(n) > 0}
@@ -165,7 +165,7 @@ def simulate_spec(spec: RunSpec) -> tuple[pl.DataFrame, list[dict], dict]:
 
 
 def _subpool(raw: dict, profile: str):
-    from sim.scenario import Scenario, build_engine, build_profile
+    from driftsim.sim.scenario import Scenario, build_engine, build_profile
 
     sc = Scenario(name=str(raw.get("name", "sweep")), raw=dict(raw, profile=profile))
     prof = build_profile(sc)
@@ -176,15 +176,15 @@ def _subpool(raw: dict, profile: str):
 
 def simulate_mixed(raw: dict, pool: dict, capacity: dict | None = None) -> tuple[pl.DataFrame, list[dict], dict]:
     """A heterogeneous pool approximated by homogeneous sub-pools over a split trace (module docstring)."""
-    from sim.run import simulate
-    from sim.scenario import Scenario, build_admission, build_gateway, build_trace
+    from driftsim.sim.run import simulate
+    from driftsim.sim.scenario import Scenario, build_admission, build_gateway, build_trace
 
     sc = Scenario(name=str(raw.get("name", "sweep")), raw=raw)
     gateway, admission = build_gateway(sc), build_admission(sc)
     trace, _ = build_trace(sc)
     subs = [(p, int(n), *_subpool(raw, p)) for p, n in pool.items() if int(n) > 0]
     if not subs:
-        from sim.config import ConfigError
+        from driftsim.sim.config import ConfigError
 
         raise ConfigError("a GPU pool needs at least one replica")
     capacity = dict(capacity or {})
@@ -241,15 +241,15 @@ def measure_capacity(raw: dict, n: int = CAPACITY_REQUESTS) -> dict:
     FIFO, oracle lengths, one replica of the scenario's profile; returns
     ``output_tokens_per_s`` and ``requests_per_s`` (over the run's span).
     """
-    from sim.admission import AdmissionConfig
-    from sim.run import simulate
-    from sim.scenario import Scenario, build_trace
+    from driftsim.admission.controller import AdmissionConfig
+    from driftsim.sim.run import simulate
+    from driftsim.sim.scenario import Scenario, build_trace
 
     sc = Scenario(name=str(raw.get("name", "sweep")), raw=raw)
     trace, _ = build_trace(sc)
     trace = trace.head(n).with_columns(pl.lit(0.0).alias("arrival_s"))
     prof, eng, blocks = _subpool(raw, raw.get("profile", "l4-qwen1.5-1.8b-chat"))
-    from sim.config import GatewayConfig
+    from driftsim.sim.config import GatewayConfig
 
     res = simulate(trace, cost=prof.cost_model, engine=eng, gateway=GatewayConfig(), replicas=1, num_blocks=blocks,
                    admission=AdmissionConfig(estimator="oracle"))

@@ -1,6 +1,6 @@
 """Simulating a replayed trace, and scoring the simulator against the real run.
 
-The real side (:mod:`profiling.replay`) gives one row per request with the
+The real side (:mod:`driftsim.validation.run`) gives one row per request with the
 times the client saw: ``released_s`` (entered the gateway), ``sent_s``,
 ``first_token_s``, ``finish_s``, ``delivered_s`` and every token's arrival.
 This module
@@ -15,7 +15,7 @@ This module
    and limits, recording what the real side records: gateway dispatch time
    and every token's time (each engine step's end, for the requests it
    advanced), optionally with the profile corrected for the server
-   (:class:`sim.server_steps.StepCorrection`, fitted with the admission
+   (:class:`driftsim.validation.server_steps.StepCorrection`, fitted with the admission
    model by :func:`calibrate_server` on a held-out replay, never the scored
    one);
 3. pairs the two and scores them (:func:`compare`): per metric (TTFT, TPOT,
@@ -33,7 +33,7 @@ clock runs ``overhead_s`` ahead for dispatches, see :func:`latencies`):
 for the micro-batch worker), ``tpot = (last token - first token) / (n - 1)``,
 ITL = every gap between consecutive tokens of a request (pooled).
 
-The simulation is :func:`sim.run.simulate` itself (:func:`simulate_replay`)
+The simulation is :func:`driftsim.sim.run.simulate` itself (:func:`simulate_replay`)
 with its two taps, since the score needs what a plain run does not keep:
 the gateway's dispatch time per request (a policy wrapper that notes each
 pop) and the end time of every engine step (an ``EngineCore`` that notes
@@ -50,13 +50,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from costmodel.base import CostModel
-from costmodel.batch import StepBatch
-from sim.config import ConfigError, EngineConfig, GatewayConfig
-from sim.engine import EngineCore
-from sim.policies import Policy
-from sim.run import simulate
-from traces.schema import REQUEST_SCHEMA
+from driftsim.costmodel.base import CostModel
+from driftsim.costmodel.batch import StepBatch
+from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
+from driftsim.sim.engine import EngineCore
+from driftsim.sim.policies import Policy
+from driftsim.sim.run import simulate
+from driftsim.traces.schema import REQUEST_SCHEMA
 
 #: Metrics scored, in report order (seconds).
 METRICS = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_wait_s")
@@ -93,7 +93,7 @@ SPEED_VARIANTS = {SESSION_SPEED: "session speed", AT_SERVER_SPEED: "at server sp
 def sim_trace(trace: pl.DataFrame, real: pl.DataFrame, *, gateway_holds: bool, overhead_s: float = 0.0) -> pl.DataFrame:
     """The request table to simulate for one real replay of ``trace``.
 
-    ``real`` is the replay's frame (:func:`profiling.gateway.records_frame`).
+    ``real`` is the replay's frame (:func:`driftsim.profiling.gateway.records_frame`).
     Only requests the real gateway released are kept (a Ctrl-C'd replay
     simulates what really ran). Arrival: ``sent_s`` when the gateway holds
     nothing (no cap: each request reached the engine when sent), else
@@ -202,7 +202,7 @@ def simulate_replay(
     replicas: int = 1,
     horizon_s: float | None = None,
 ) -> SimReplay:
-    """Simulate ``trace`` with :func:`sim.run.simulate` (oracle length
+    """Simulate ``trace`` with :func:`driftsim.sim.run.simulate` (oracle length
     estimates), tapped to note each request's gateway dispatch and every step's end.
 
     The returned ``requests`` has simulate's columns plus ``dispatch_s``,
@@ -300,7 +300,7 @@ class OffsetCost:
     ``max(inner + offset_s + per_seq_s * decode_seqs, floor_s)`` per step (always > 0).
 
     The form earlier validations fitted (their saved state still names it); calibration now fits
-    :class:`sim.server_steps.StepCorrection`, which the measured steps showed to be needed (a
+    :class:`driftsim.validation.server_steps.StepCorrection`, which the measured steps showed to be needed (a
     served engine's extra per-step time is not linear in the batch).
 
     - ``offset_s`` (any sign): per-step work the profile lacks;
@@ -313,7 +313,7 @@ class OffsetCost:
       beside the forward pass, so a small batch's step cannot be shorter
       than that loop.
 
-    Keeps the :class:`costmodel.base.CostModel` contract: ``decode_run_times``
+    Keeps the :class:`driftsim.costmodel.base.CostModel` contract: ``decode_run_times``
     applies the same operations in the same order elementwise, so
     fast-forwarded runs stay bit-identical to step-by-step ones.
     """
@@ -383,7 +383,7 @@ def calibrated(cost: CostModel, engine: EngineConfig, calibration: dict | None) 
     """
     from dataclasses import replace
 
-    from sim.server_steps import StepCorrection
+    from driftsim.validation.server_steps import StepCorrection
 
     corr = (calibration or {}).get("correction")
     if corr:
@@ -425,11 +425,11 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
 
     ``real`` is the replay's frame, ``trace`` its simulator input
     (:func:`sim_trace`, with ``overhead_s``); the replay should run from light
-    load to past saturation (:func:`profiling.replay.calibration_trace`) so
+    load to past saturation (:func:`driftsim.validation.run.calibration_trace`) so
     that every batch size is seen.
 
     1. The engine's steps are recovered with their whole batches
-       (:func:`sim.server_steps.scheduled_steps`: vLLM's scheduler replayed on
+       (:func:`driftsim.validation.server_steps.scheduled_steps`: vLLM's scheduler replayed on
        the step boundaries seen in the token arrival times, prefill chunks
        included), once as a synchronous engine schedules (a request arriving
        during step k runs from step k+1) and once as vLLM's async scheduling
@@ -441,19 +441,19 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
        async scheduling is on).
     2. A per-decode-count correction and a constant for steps that carry a
        prefill are fitted to the steps so explained
-       (:func:`sim.server_steps.fit_step_correction`).
+       (:func:`driftsim.validation.server_steps.fit_step_correction`).
     3. The replay is simulated under both admission models with the
        correction; their per-request TTFT errors are reported.
 
     Returns the fit (``knots``, ``values_s``, its step errors) plus
     ``steps_recovered`` (how many steps the kept admission model explains),
-    ``speed`` (:func:`sim.server_steps.step_speed` of those steps against the corrected model:
+    ``speed`` (:func:`driftsim.validation.server_steps.step_speed` of those steps against the corrected model:
     the reference a later replay's :func:`replay_speed` is compared with),
     ``async_scheduling`` (the admission model kept), ``ttft_err`` (median
     absolute relative per-request TTFT error, per model) and ``tpot_err`` (the
     same for TPOT, with the model kept).
     """
-    from sim.server_steps import StepCorrection, fit_step_correction, step_speed
+    from driftsim.validation.server_steps import StepCorrection, fit_step_correction, step_speed
 
     recovered = {lag: engine_steps(real, engine=engine, overhead_s=overhead_s, cost=cost, lag_steps=lag)
                  for lag in (1, 2)}
@@ -476,9 +476,9 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
 
 def engine_steps(frame: pl.DataFrame, *, engine: EngineConfig, overhead_s: float, cost: CostModel,
                  lag_steps: int | None = None) -> pl.DataFrame:
-    """One replay's engine steps with their whole batches (:func:`sim.server_steps.scheduled_steps`)
+    """One replay's engine steps with their whole batches (:func:`driftsim.validation.server_steps.scheduled_steps`)
     under this engine's limits; scheduled as its admission model says unless ``lag_steps`` is given."""
-    from sim.server_steps import scheduled_steps
+    from driftsim.validation.server_steps import scheduled_steps
 
     return scheduled_steps(frame, max_num_batched_tokens=engine.max_num_batched_tokens,
                            max_num_seqs=engine.max_num_seqs, chunked=engine.chunked_prefill,
@@ -488,9 +488,9 @@ def engine_steps(frame: pl.DataFrame, *, engine: EngineConfig, overhead_s: float
 
 def replay_speed(frame: pl.DataFrame, *, cost: CostModel, engine: EngineConfig, overhead_s: float) -> dict:
     """The real server's speed during one replay against the cost model the simulator used
-    (:func:`sim.server_steps.step_speed` on its steps, recovered as the calibration recovers
+    (:func:`driftsim.validation.server_steps.step_speed` on its steps, recovered as the calibration recovers
     them): a server that drifted since its calibration shows here, not in the fit."""
-    from sim.server_steps import step_speed
+    from driftsim.validation.server_steps import step_speed
 
     return step_speed(engine_steps(frame, engine=engine, overhead_s=overhead_s, cost=cost), cost)
 

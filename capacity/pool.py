@@ -8,12 +8,12 @@ One small interface, three implementations:
 - :class:`RayPool`: tasks on an existing Ray cluster (``address``, or
   ``"auto"``), or on a local Ray instance it starts (``"local"``).
 
-``imap_unordered(specs)`` yields a :class:`~sim.capacity.runner.RunOutcome`
+``imap_unordered(specs)`` yields a :class:`~driftsim.capacity.runner.RunOutcome`
 per spec as runs finish; ``run(specs, on_result)`` returns them in spec
 order. A run whose worker raised or died is retried up to ``retries`` times
 (runs are pure functions of their spec, so a retry is safe); one that still
 fails comes back as a failed outcome carrying the error, never dropped.
-Bad input is not retried: :func:`~sim.capacity.runner.execute` returns it as
+Bad input is not retried: :func:`~driftsim.capacity.runner.execute` returns it as
 a failed outcome at once.
 
 NOTE: when a local worker process dies, ``ProcessPoolExecutor`` fails every
@@ -29,9 +29,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, Sequence
 
-from sim.capacity.runner import RunOutcome, execute, failed
-from sim.capacity.spec import RunSpec
-from sim.config import ConfigError
+from driftsim.capacity.runner import RunOutcome, execute, failed
+from driftsim.capacity.spec import RunSpec
+from driftsim.sim.config import ConfigError
 
 RAY_HINT = "install it with: pip install 'driftsim[ray]' (or pip install 'ray[default]>=2.40')"
 

@@ -10,7 +10,7 @@ and labels the job size from the total budget ``input_len +
 estimated_output`` (short <= 128 < medium <= 512 < long). The estimate
 orders SJF and labels the job; it never caps the engine's ``max_tokens``.
 
-The bias comes from :mod:`sim.calibration` (1.0 when calibration is off).
+The bias comes from :mod:`driftsim.admission.calibration` (1.0 when calibration is off).
 Token counting is one tiny interface, :class:`TokenCounter`: the original's
 two variants differ only in the counter (``len(text.split())`` versus the
 model's tokenizer).
@@ -41,10 +41,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from driftsim.traces.tokens import TokenCounter
 
 #: Workload categories, in the original's order.
 CATEGORIES: tuple[str, ...] = ("short_qa", "summary", "technical", "report")
@@ -138,8 +139,8 @@ def estimate_request(prompt: str, tier: str, *, counter: TokenCounter, bias: flo
 class LengthModel(Protocol):
     """Common shape of output-length predictors, so they can be swapped and compared.
 
-    Implemented by :class:`sim.calibration.DriftCalibrator` (the original's
-    EMA-calibrated formula) and :class:`sim.length_predictor.OnlineLengthPredictor`.
+    Implemented by :class:`driftsim.admission.calibration.DriftCalibrator` (the original's
+    EMA-calibrated formula) and :class:`driftsim.admission.length_predictor.OnlineLengthPredictor`.
     """
 
     def predict(self, *, category: str, tenant: str, input_tokens: int) -> int:
@@ -154,68 +155,6 @@ class LengthModel(Protocol):
 # --------------------------------------------------------------------------
 # Token counters
 # --------------------------------------------------------------------------
-
-
-class TokenCounter(Protocol):
-    """Counts the tokens of a text."""
-
-    def count(self, text: str) -> int: ...
-
-
-class WhitespaceCounter:
-    """The original's cheap proxy: ``len(text.split())`` (words, not tokens)."""
-
-    name = "whitespace"
-
-    def count(self, text: str) -> int:
-        return len(text.split())
-
-
-class TokenizerCounter:
-    """A Hugging Face tokenizer loaded from a local file or directory; nothing is downloaded.
-
-    Uses the ``tokenizers`` library when installed (a ``tokenizer.json`` file,
-    or a directory holding one), else ``transformers.AutoTokenizer`` with
-    ``local_files_only=True``. Counts like the original:
-    ``len(encode(text, add_special_tokens=False))``.
-    """
-
-    name = "tokenizer"
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"tokenizer path '{self.path}' does not exist (nothing is downloaded)")
-        self._encode = self._load()
-
-    def _load(self) -> Callable[[str], int]:
-        json_file = self.path / "tokenizer.json" if self.path.is_dir() else self.path
-        try:
-            import tokenizers  # type: ignore[import-not-found]
-        except ImportError:
-            tokenizers = None
-        if tokenizers is not None and json_file.is_file():
-            tok = tokenizers.Tokenizer.from_file(str(json_file))
-            return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
-        try:
-            import transformers  # type: ignore[import-not-found]
-        except ImportError:
-            transformers = None
-        if transformers is not None:
-            tok = transformers.AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            return lambda text: len(tok.encode(text, add_special_tokens=False))
-        if tokenizers is not None:
-            raise ImportError(
-                f"cannot load tokenizer '{self.path}': 'tokenizers' needs a tokenizer.json there; "
-                "otherwise install 'transformers'"
-            )
-        raise ImportError(
-            f"cannot load tokenizer '{self.path}': install 'tokenizers' (needs a tokenizer.json) "
-            "or 'transformers'; neither is available"
-        )
-
-    def count(self, text: str) -> int:
-        return self._encode(text)
 
 
 #: NOTE: roughly 0.75 English words per BPE token (common rule of thumb).
@@ -280,7 +219,7 @@ class EstimatorErrorModel:
     distribution (later change points override earlier ones).
 
     The naive estimate plays the role of ``base`` in the calibrator
-    (:meth:`sim.calibration.DriftCalibrator.observe` takes ``base=``), so the
+    (:meth:`driftsim.admission.calibration.DriftCalibrator.observe` takes ``base=``), so the
     EMA learns ``actual / naive estimate`` exactly as the original learns
     ``actual / base(category)``. Deterministic for a seed: one
     ``numpy.random.Generator`` owned by the model, drawn in request order.

@@ -28,10 +28,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sim.capacity.slo import Target, combine, parse_slo, scenario_tenants, targets_from_scenario
-from sim.capacity.spec import axis_path, merge, parse_assignment, resolve, set_path
-from sim.config import ConfigError
-from sim.scenario import read_toml
+from driftsim.capacity.slo import Target, combine, parse_slo, scenario_tenants, targets_from_scenario
+from driftsim.capacity.spec import axis_path, merge, parse_assignment, resolve, set_path
+from driftsim.sim.config import ConfigError
+from driftsim.sim.scenario import read_toml
 
 _KEYS = {"scenario", "seeds", "attainment", "criterion", "axes", "set", "prices", "slo"}
 

@@ -6,10 +6,10 @@ off, on one L4. This module runs that grid on the embedded default
 scenario (the L4 / Qwen1.5-1.8B-Chat profile behind the micro-batch
 worker, batch 32, wait 10 ms) and collects one tidy table, plus the
 per-request data of one seed and the calibrator's bias history that the
-plots need. :mod:`sim.experiments.headline` turns it into the numbers the
-paper reports; :mod:`sim.experiments.report` into an HTML report.
+plots need. :mod:`driftsim.experiments.headline` turns it into the numbers the
+paper reports; :mod:`driftsim.experiments.report` into an HTML report.
 
-Protocol, as in the original client (see :mod:`traces.driftsched`):
+Protocol, as in the original client (see :mod:`driftsim.traces.driftsched`):
 
 1. For each seed the workload is generated once (``driftsched_workload``
    via the scenario, so the scenario's tier SLOs are attached).
@@ -49,14 +49,14 @@ from pathlib import Path
 
 import polars as pl
 
-from sim.admission import AdmissionConfig
-from sim.calibration import mae_rmse
-from sim.config import ConfigError
-from sim.estimation import TokenizerCounter
-from sim.experiments.fairness import jain_index
-from sim.run import SimResult, simulate
-from sim.scenario import Scenario, build_engine, build_gateway, build_profile, build_trace, load_scenario
-from traces.driftsched import driftsched_workload
+from driftsim.admission.controller import AdmissionConfig
+from driftsim.admission.calibration import mae_rmse
+from driftsim.sim.config import ConfigError
+from driftsim.traces.tokens import TokenizerCounter
+from driftsim.experiments.fairness import jain_index
+from driftsim.sim.run import SimResult, simulate
+from driftsim.sim.scenario import Scenario, build_engine, build_gateway, build_profile, build_trace, load_scenario
+from driftsim.traces.driftsched import driftsched_workload
 
 POLICIES: tuple[str, ...] = ("fifo", "priority", "weighted", "sjf", "aging")
 #: Policies run again with the oracle and the learned estimator (FIFO as the control: its order ignores estimates).
@@ -94,7 +94,7 @@ class ExperimentResult:
     for every configuration. ``bias_history``: the calibrator's bias after
     every completion (calibration on only) for that seed. ``final_bias``:
     each run's final bias per category (calibration on, every seed).
-    ``headline``: :func:`sim.experiments.headline.compute_headline`.
+    ``headline``: :func:`driftsim.experiments.headline.compute_headline`.
     ``beyond``: the same row shape, keyed by (seed, policy, estimator), for
     runs beyond the paper: the oracle (real lengths known: the regret
     baseline) and the learned predictor, both in token units, under the
@@ -138,14 +138,14 @@ def run_driftsched_experiment(
 ) -> ExperimentResult:
     """Run the paper's grid: seeds x policies x calibration x counters, one simulation each.
 
-    ``workload_params`` go to :func:`traces.driftsched.driftsched_workload`
+    ``workload_params`` go to :func:`driftsim.traces.driftsched.driftsched_workload`
     (e.g. ``n_learning=100, n_stress=200`` for a quick run). ``pause`` is
     ``"drain"`` (the original client's protocol, see the module docstring)
     or ``"fixed"``. ``scenario`` is a scenario file whose workload is the
     DriftSched generator (default: the embedded one). Deterministic: the
     same arguments give the same tables.
     """
-    from sim.experiments.headline import compute_headline
+    from driftsim.experiments.headline import compute_headline
 
     if not seeds or not policies or not counters or not calibration:
         raise ValueError("seeds, policies, counters and calibration must each name at least one value")
@@ -355,7 +355,7 @@ def _request_part(res: SimResult, key: dict, n_learning: int) -> pl.DataFrame:
 
 
 def headline_table(result: ExperimentResult, *, tolerance_pts: float = 10.0) -> list[dict]:
-    """Rows ``{metric, paper, driftsim, unit, note}`` comparing driftsim with the paper (see :mod:`sim.experiments.headline`)."""
-    from sim.experiments.headline import headline_rows
+    """Rows ``{metric, paper, driftsim, unit, note}`` comparing driftsim with the paper (see :mod:`driftsim.experiments.headline`)."""
+    from driftsim.experiments.headline import headline_rows
 
     return headline_rows(result, tolerance_pts=tolerance_pts)

@@ -1,0 +1,1 @@
+"""DriftSched admission: output-length estimation at the gateway, its drift calibration and the learned predictor."""

@@ -1,0 +1,1 @@
+"""Validation: a trace replayed on a real vLLM engine and simulated from the same send times, scored side by side."""
