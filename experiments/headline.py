@@ -1,6 +1,6 @@
 """The paper's headline numbers, computed from an experiment's table, next to the paper's own.
 
-Everything here is derived from :class:`driftsim.experiments.driftsched.ExperimentResult`;
+Everything here is derived from :class:`driftsim.experiments.result.ExperimentResult`;
 only :data:`PAPER` is typed in, from the paper's abstract (see
 ``shared/reference/driftsched.md``). Where driftsim and the paper disagree
 the note says so, with the gap computed against a tolerance in percentage
@@ -17,14 +17,12 @@ shown per counter and for both counters together.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from driftsim.admission.estimation import SAFETY, WORDS_PER_TOKEN
-
-if TYPE_CHECKING:
-    from driftsim.experiments.driftsched import ExperimentResult
+from driftsim.experiments.result import OVERALL, ExperimentResult
 
 #: The paper's reported figures (percent; negative = lower latency than FIFO).
 PAPER: dict[str, float] = {
@@ -33,8 +31,6 @@ PAPER: dict[str, float] = {
     "sjf_vs_fifo_p50_pct": -42.0,
     "sjf_vs_fifo_p99_pct": -16.0,
 }
-
-OVERALL = "overall"
 
 
 def config_label(counter: str, calibration: bool) -> str:
