@@ -40,8 +40,10 @@ from driftsim.capacity.pool import Pool
 from driftsim.capacity.results import ResultSet
 from driftsim.capacity.runner import RunOutcome
 from driftsim.capacity.slo import Target, Verdict, judge
-from driftsim.capacity.spec import check_specs, fmt_value, label_of, make_spec
+from driftsim.capacity.spec import RunSpec, check_specs, fmt_value, label_of, make_spec, resolve
+from driftsim.costmodel.profiles import load_profile
 from driftsim.sim.config import ConfigError
+from driftsim.sim.policies import POLICIES
 
 #: Progress callback: runs done, runs expected in all (an estimate for searches), label of the last run.
 Progress = Callable[[int, int, str], None]
@@ -299,9 +301,6 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
                  max_total: int | None = None, compare_homogeneous: bool = True,
                  progress: Progress | None = None) -> PlanResult:  # fmt: skip
     """The cheapest pool (replicas per profile) meeting every target, given $/GPU-hour per profile."""
-    from driftsim.costmodel.profiles import load_profile
-    from driftsim.capacity.spec import resolve
-
     _need_targets(study)
     if not prices:
         raise PlanError("a GPU mix needs prices: --price PROFILE=USD_PER_GPU_HOUR for each GPU type to consider")
@@ -320,8 +319,6 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
         )
     pl_ = Planner(study, pool, progress)
     # one replica's capacity per profile on this workload: weights for splitting the trace across sub-pools
-    from driftsim.capacity.spec import RunSpec
-
     cap_specs = []
     for i, p in enumerate(profiles):
         raw = resolve(study.scenario, dict(study.fixed, profile=p, seed=study.seeds[0]))
@@ -405,8 +402,6 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
 def best_policy(study: Study, pool: Pool, *, policies: list[str] | None = None,
                 progress: Progress | None = None) -> PlanResult:  # fmt: skip
     """The policy maximising the lowest per-tenant SLO attainment (mean over seeds), then the lowest mean E2E."""
-    from driftsim.sim.policies import POLICIES
-
     policies = list(policies or POLICIES)
     if not policies:
         raise PlanError("--policies: no policy to compare")

@@ -43,12 +43,13 @@ from typing import Any
 
 import polars as pl
 
-from driftsim.costmodel.profiles import Profile, load_profile
 from driftsim.admission.controller import AdmissionConfig
+from driftsim.costmodel.profiles import Profile, load_profile
 from driftsim.sim.client import ClientConfig
 from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
 from driftsim.sim.run import SimResult, simulate
 from driftsim.traces import transform
+from driftsim.traces.driftsched import driftsched_workload
 from driftsim.traces.loaders import LoadReport, load_trace_with_report
 from driftsim.traces.synth import LengthDist, TenantLoad, generate
 
@@ -326,8 +327,6 @@ def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
             seed=seed,
         )
     elif kind == "driftsched":
-        from driftsim.traces.driftsched import driftsched_workload
-
         try:
             df = driftsched_workload(seed=seed, **w.get("params", {}))
         except TypeError as exc:
