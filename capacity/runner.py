@@ -39,11 +39,11 @@ import polars as pl
 from driftsim.admission.controller import AdmissionConfig
 from driftsim.capacity.slo import evaluate
 from driftsim.capacity.spec import RunSpec
-from driftsim.costmodel.profiles import ProfileError
 from driftsim.sim.config import ConfigError, GatewayConfig
 from driftsim.sim.metrics import LATENCY_METRICS, STATS, summarize
 from driftsim.sim.run import simulate
 from driftsim.sim.scenario import (
+    INPUT_ERRORS,
     Scenario,
     build_admission,
     build_engine,
@@ -52,7 +52,6 @@ from driftsim.sim.scenario import (
     build_trace,
     run_scenario,
 )
-from driftsim.traces.schema import TraceError
 
 TIMESERIES_POINTS = 241
 CDF_PROBS = np.linspace(0.0, 1.0, 101)
@@ -90,7 +89,7 @@ class RunOutcome:
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported at once, never retried."""
-    return (ConfigError, ProfileError, TraceError, ValueError, FileNotFoundError)
+    return INPUT_ERRORS
 
 
 def failed(spec: RunSpec, error: str, *, attempts: int | None = None, wall_s: float = 0.0) -> RunOutcome:
