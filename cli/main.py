@@ -20,6 +20,7 @@ from typing import Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from driftsim import __version__
 from driftsim.cli.render import inspect_table, make_console, print_estimation, print_summary
@@ -262,8 +263,6 @@ def traces_inspect(
 @profiles_app.command("list")
 def profiles_list() -> None:
     """List bundled profiles and where their numbers came from."""
-    from rich.table import Table
-
     from driftsim.costmodel.profiles import list_profiles, load_profile
 
     t = Table(title="bundled profiles", title_justify="left")
@@ -360,8 +359,6 @@ def _print_reproduction(result, rows: list[dict]) -> None:
     table's content, so they are not repeated; headline.json and the report
     keep every row.
     """
-    from rich.table import Table
-
     from driftsim.experiments.headline import format_value, is_discrepancy, view_config
 
     t = Table(title="DriftSched headline: paper vs driftsim", title_justify="left")
