@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -489,3 +492,43 @@ def best_policy(study: Study, pool: Pool, *, policies: list[str] | None = None,
     head = f"{best.params['policy']} (lowest tenant attainment {e['min_attainment']:.1%}, {e['worst_tenant']}; mean E2E {e['e2e_mean_s']:.3g} s)"
     return PlanResult("policy", {"policy": best.params["policy"], "min_attainment": e["min_attainment"]}, head,
                       best.verdict, scored, notes, best)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- one call per question
+@dataclass(frozen=True)
+class PlanRun:
+    """A finished search: its result (the probes that show it when infeasible), the Infeasible raised if any,
+    the results folder's tables and the search's wall time (s)."""
+
+    question: str
+    result: PlanResult
+    infeasible: Infeasible | None
+    result_set: ResultSet
+    wall_s: float
+
+
+def run_plan(question: str, search: Callable[..., PlanResult], study: Study, pool: Pool, *,
+             progress: Progress | None = None, **kwargs) -> PlanRun:  # fmt: skip
+    """Start ``pool``, answer ``question`` with ``search`` (``min_replicas``, ``max_load``, ``cheapest_mix``,
+    ``best_policy``; ``kwargs`` are its bounds), stop the pool and gather every run into a ResultSet.
+
+    An infeasible question is an answer too: it comes back in ``infeasible``,
+    its probes in the result set. Bad input raises as ``search`` does.
+    """
+    t0 = time.perf_counter()
+    infeasible = None
+    with pool:
+        try:
+            result = search(study, pool, progress=progress, **kwargs)
+        except Infeasible as exc:
+            infeasible, result = exc, exc.result
+    wall = time.perf_counter() - t0
+    scen = study.scenario
+    meta = {
+        "command": f"plan {question}", "scenario": scen, "scenario_name": Path(scen).stem if scen else "driftsched",
+        "seeds": study.seeds, "fixed": study.fixed, "targets": [t.__dict__ for t in study.targets],
+        "criterion": study.criterion, "executor": pool.describe(), "wall_s": wall,
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }  # fmt: skip
+    rs = result.result_set(meta=dict(meta, runs=sum(len(p.outcomes) for p in result.probes)), prices=kwargs.get("prices"))
+    return PlanRun(question=question, result=result, infeasible=infeasible, result_set=rs, wall_s=wall)

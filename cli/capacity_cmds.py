@@ -252,7 +252,7 @@ def _print_sweep(rs, limit: int = 60) -> None:
 # --------------------------------------------------------------------------- plan
 def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainment, criterion, jobs, ray, retries, out, fmt,
               prices: dict | None = None, **kwargs) -> None:  # fmt: skip
-    from driftsim.capacity.plan import Infeasible, Study
+    from driftsim.capacity.plan import Study, run_plan
     from driftsim.capacity.pool import make_pool
     from driftsim.capacity.study import resolve_study
 
@@ -272,33 +272,22 @@ def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainmen
         err.print("targets: " + "; ".join(t.describe() for t in targets) + f" (criterion: {crit} seeds)", highlight=False)
     err.print(f"searching on {pool.describe()}, {len(seed_list)} seeds per configuration", highlight=False)
     folder = _folder(out, f"plan-{question}")
-    t0 = time.perf_counter()
-    result, infeasible = None, None
     try:
-        with pool, _Bar(f"plan {question}") as bar:
-            result = fn(plan_study, pool, progress=bar.update, **kwargs)
-    except Infeasible as exc:
-        infeasible = exc
-        result = exc.result
+        with _Bar(f"plan {question}") as bar:
+            done = run_plan(question, fn, plan_study, pool, progress=bar.update, **kwargs)
     except _input_errors() as exc:
         _fail(str(exc))
         return
     except KeyboardInterrupt:
         _fail("interrupted", 130)
         return
-    wall = time.perf_counter() - t0
-    meta = {
-        "command": f"plan {question}", "scenario": scen, "scenario_name": Path(scen).stem if scen else "driftsched",
-        "seeds": seed_list, "fixed": fixed, "targets": [t.__dict__ for t in targets], "criterion": crit,
-        "executor": pool.describe(), "wall_s": wall, "created": datetime.now().isoformat(timespec="seconds"),
-    }  # fmt: skip
+    result = done.result
     _print_plan(result)
-    rs = result.result_set(meta=dict(meta, runs=sum(len(p.outcomes) for p in result.probes)), prices=kwargs.get("prices"))
-    rs.save(folder, fmt)
-    runs = rs.runs.height
-    console.print(f"{runs} runs in {wall:.1f} s wall on {pool.describe()}; runs and plan in [bold]{folder}[/]", highlight=False)
-    if infeasible is not None:
-        _fail(f"infeasible: {infeasible}", 1)
+    done.result_set.save(folder, fmt)
+    runs = done.result_set.runs.height
+    console.print(f"{runs} runs in {done.wall_s:.1f} s wall on {pool.describe()}; runs and plan in [bold]{folder}[/]", highlight=False)
+    if done.infeasible is not None:
+        _fail(f"infeasible: {done.infeasible}", 1)
     console.print(f"[bold green]answer:[/] {result.headline}", highlight=False)
     b = result.verdict.binding if result.verdict else None
     if b is not None:

@@ -121,7 +121,7 @@ def simulate(
 
       driftsim simulate --trace week.parquet --summary-only
     """
-    _simulate(_SimulateOptions(**locals()))
+    _simulate(_SimulateOptions(**locals()))  # the first statement: locals() is exactly the flags
 
 
 @dataclass(frozen=True)
