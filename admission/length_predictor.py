@@ -78,7 +78,7 @@ class OnlineLengthPredictor:
         self.n_fits = 0
         self._model = None
         if kind == "sgd":
-            from sklearn.linear_model import SGDRegressor
+            from sklearn.linear_model import SGDRegressor  # NOTE: slow import (scikit-learn), only for the learned estimator
 
             self._sgd = SGDRegressor(learning_rate="constant", eta0=0.01, random_state=seed)
 
@@ -133,7 +133,7 @@ class OnlineLengthPredictor:
         X = np.vstack(self._X)
         y = np.asarray(self._y)
         if self.kind == "hgb_quantile":
-            from sklearn.ensemble import HistGradientBoostingRegressor
+            from sklearn.ensemble import HistGradientBoostingRegressor  # NOTE: slow import, as above
 
             model = HistGradientBoostingRegressor(
                 loss="quantile",
@@ -144,7 +144,7 @@ class OnlineLengthPredictor:
                 random_state=self.seed,
             )
         else:
-            from sklearn.linear_model import QuantileRegressor
+            from sklearn.linear_model import QuantileRegressor  # NOTE: slow import, as above
 
             model = QuantileRegressor(quantile=self.quantile, alpha=0.0, solver="highs")
         model.fit(X, y)

@@ -1,6 +1,6 @@
 """Simulator speed benchmark: simulated requests per wall-second and peak memory.
 
-Workload (the yardstick of the speed issue): Llama-3.1-8B on one A100
+Workload (the speed yardstick): Llama-3.1-8B on one A100
 (bundled spec-derived profile), continuous batching with max_num_seqs 128 and
 max_num_batched_tokens 4096, prompt/output pairs resampled from the Azure
 2023 conversation trace (pairs with prompt <= 2048 tokens), Poisson arrivals

@@ -19,10 +19,12 @@ the speed-up. Every executor must give identical results: it checks that.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +84,6 @@ def _burn(n: int) -> float:
 
 def cpu_check(workers: int, n: int = 5_000_000) -> float:
     """How much parallel CPU the machine gives right now: one busy loop alone vs ``workers`` at once (1.0 = none)."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
     alone = _burn(n)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         list(ex.map(_burn, [n // 10] * workers))  # start the workers first
@@ -117,7 +116,7 @@ def main() -> None:
     ray = None
     if not args.no_ray:
         try:
-            import ray
+            import ray  # NOTE: optional (the ray extra): imported only when its row is wanted
         except ImportError:
             print("ray is not installed: pip install 'driftsim[ray]' (skipping the Ray row)")
     with tempfile.TemporaryDirectory() as tmp:

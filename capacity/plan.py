@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -40,8 +43,10 @@ from driftsim.capacity.pool import Pool
 from driftsim.capacity.results import ResultSet
 from driftsim.capacity.runner import RunOutcome
 from driftsim.capacity.slo import Target, Verdict, judge
-from driftsim.capacity.spec import check_specs, fmt_value, label_of, make_spec
+from driftsim.capacity.spec import RunSpec, check_specs, fmt_value, label_of, make_spec, resolve
+from driftsim.costmodel.profiles import load_profile
 from driftsim.sim.config import ConfigError
+from driftsim.sim.policies import POLICIES
 
 #: Progress callback: runs done, runs expected in all (an estimate for searches), label of the last run.
 Progress = Callable[[int, int, str], None]
@@ -299,10 +304,40 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
                  max_total: int | None = None, compare_homogeneous: bool = True,
                  progress: Progress | None = None) -> PlanResult:  # fmt: skip
     """The cheapest pool (replicas per profile) meeting every target, given $/GPU-hour per profile."""
-    from driftsim.costmodel.profiles import load_profile
-    from driftsim.capacity.spec import resolve
-
     _need_targets(study)
+    profiles = _checked_mix_profiles(prices, max_per_type)
+    pl_ = Planner(study, pool, progress)
+    space = _MixSpace(profiles=profiles, prices=prices, caps=_replica_capacities(study, pool, profiles))
+    cands = [v for v in itertools.product(range(max_per_type + 1), repeat=len(profiles)) if any(v)]
+    if max_total is not None:
+        cands = [v for v in cands if sum(v) <= max_total]
+    cands.sort(key=lambda v: (round(space.price(v), 9), sum(v), tuple(-x for x in v)))
+    passed, failed = _cheapest_passing(pl_, space, cands, batch=max(1, pool.workers // len(study.seeds)))
+    if not passed:
+        biggest = max(pl_.probes, key=lambda p: p.extra.get("capacity_tokens_per_s", 0))
+        res = PlanResult("gpu-mix", {}, "infeasible", biggest.verdict, pl_.probes)
+        raise Infeasible(
+            f"no pool with at most {max_per_type} replicas per type meets every SLO; the largest tried "
+            f"({fmt_value(biggest.params['pool'])}): {_failures(biggest)}", res,
+        )  # fmt: skip
+    v = min(passed, key=lambda v: (round(space.price(v), 9), sum(v)))
+    best = pl_.run([space.as_params(v)], space.options)[0]
+    notes = [
+        "capacity of one replica on this workload (output tokens/s at saturation): "
+        + ", ".join(f"{p} {space.caps[p]:,.0f}" for p in profiles),
+        "mixed pools are simulated as homogeneous sub-pools over a capacity-weighted split of the trace "
+        "(pessimistic: a real router pools the load; see CAPACITY.md)",
+    ]
+    if compare_homogeneous and len(profiles) > 1:
+        notes.append(_homogeneous_note(pl_, space, v, failed, max_per_type))
+    pl_.probes.sort(key=lambda p: p.extra.get("usd_per_hour", 0))
+    answer = {"pool": {p: n for p, n in zip(profiles, v)}, "usd_per_hour": space.price(v)}
+    head = " + ".join(f"{n} x {p}" for p, n in zip(profiles, v) if n) + f" at ${space.price(v):.2f}/h"
+    return PlanResult("gpu-mix", answer, head, best.verdict, pl_.probes, notes, best)
+
+
+def _checked_mix_profiles(prices: dict[str, float], max_per_type: int) -> list[str]:
+    """The priced profiles, checked: positive prices, at least one replica per type, one model served."""
     if not prices:
         raise PlanError("a GPU mix needs prices: --price PROFILE=USD_PER_GPU_HOUR for each GPU type to consider")
     for p, usd in prices.items():
@@ -311,17 +346,17 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
     if max_per_type < 1:
         raise PlanError(f"--max-per-type: expected at least 1, got {max_per_type}")
     profiles = list(prices)
-    loaded = {p: load_profile(p) for p in profiles}
-    models = {p: prof.model.name for p, prof in loaded.items()}
+    models = {p: load_profile(p).model.name for p in profiles}
     if len(set(models.values())) > 1:
         raise PlanError(
             "a GPU mix serves one model, but these profiles model different ones: "
             + ", ".join(f"{p} ({m})" for p, m in models.items())
         )
-    pl_ = Planner(study, pool, progress)
-    # one replica's capacity per profile on this workload: weights for splitting the trace across sub-pools
-    from driftsim.capacity.spec import RunSpec
+    return profiles
 
+
+def _replica_capacities(study: Study, pool: Pool, profiles: list[str]) -> dict[str, float]:
+    """One replica's capacity per profile on this workload: the weights that split the trace across sub-pools."""
     cap_specs = []
     for i, p in enumerate(profiles):
         raw = resolve(study.scenario, dict(study.fixed, profile=p, seed=study.seeds[0]))
@@ -332,81 +367,85 @@ def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_
         if not out.ok:
             raise PlanError(f"measuring {out.params['profile']}'s capacity failed: {out.error}")
         caps[out.params["profile"]] = out.extra["output_tokens_per_s"]
-    price = lambda v: sum(n * prices[p] for p, n in zip(profiles, v))  # noqa: E731
-    cands = [v for v in itertools.product(range(max_per_type + 1), repeat=len(profiles)) if any(v)]
-    if max_total is not None:
-        cands = [v for v in cands if sum(v) <= max_total]
-    cands.sort(key=lambda v: (round(price(v), 9), sum(v), tuple(-x for x in v)))
-    as_params = lambda v: {"pool": {p: n for p, n in zip(profiles, v) if n}}  # noqa: E731
+    return caps
+
+
+@dataclass(frozen=True)
+class _MixSpace:
+    """The pools a GPU-mix search ranges over: a pool is a tuple of replicas per profile, in ``profiles`` order."""
+
+    profiles: list[str]
+    prices: dict[str, float]
+    caps: dict[str, float]
+
+    @property
+    def options(self) -> dict:
+        return {"capacity": self.caps}
+
+    def price(self, v: tuple) -> float:
+        return sum(n * self.prices[p] for p, n in zip(self.profiles, v))
+
+    def as_params(self, v: tuple) -> dict:
+        return {"pool": {p: n for p, n in zip(self.profiles, v) if n}}
+
+
+def _dominated(v: tuple, failed: list[tuple]) -> bool:
+    """Whether ``v`` has no more of any GPU than a pool that already failed (so it fails too)."""
+    return any(all(a <= b for a, b in zip(v, f)) for f in failed)
+
+
+def _cheapest_passing(pl_: Planner, space: _MixSpace, cands: list[tuple], *, batch: int) -> tuple[list[tuple], list[tuple]]:
+    """Probe candidates cheapest first, ``batch`` at a time, until a batch has a pool that passes; (passed, failed)."""
     failed: list[tuple] = []
     passed: list[tuple] = []
-    opts = {"capacity": caps}
-    batch = max(1, pool.workers // len(study.seeds))
     i = 0
     while i < len(cands) and not passed:
         chunk = []
         while i < len(cands) and len(chunk) < batch:
             v = cands[i]
             i += 1
-            if not any(all(a <= b for a, b in zip(v, f)) for f in failed):
+            if not _dominated(v, failed):
                 chunk.append(v)
         if not chunk:
             continue
         pl_.expect(len(chunk) + 2)
-        for v, probe in zip(chunk, pl_.run([as_params(v) for v in chunk], opts)):
-            probe.extra.update(usd_per_hour=price(v), capacity_tokens_per_s=sum(n * caps[p] for p, n in zip(profiles, v)))
+        for v, probe in zip(chunk, pl_.run([space.as_params(v) for v in chunk], space.options)):
+            probe.extra.update(usd_per_hour=space.price(v),
+                               capacity_tokens_per_s=sum(n * space.caps[p] for p, n in zip(space.profiles, v)))
             (passed if probe.feasible else failed).append(v)
-    if not passed:
-        biggest = max(pl_.probes, key=lambda p: p.extra.get("capacity_tokens_per_s", 0))
-        res = PlanResult("gpu-mix", {}, "infeasible", biggest.verdict, pl_.probes)
-        raise Infeasible(
-            f"no pool with at most {max_per_type} replicas per type meets every SLO; the largest tried "
-            f"({fmt_value(biggest.params['pool'])}): {_failures(biggest)}", res,
-        )  # fmt: skip
-    v = min(passed, key=lambda v: (round(price(v), 9), sum(v)))
-    best = pl_.run([as_params(v)], opts)[0]
-    notes = [
-        "capacity of one replica on this workload (output tokens/s at saturation): "
-        + ", ".join(f"{p} {caps[p]:,.0f}" for p in profiles),
-        "mixed pools are simulated as homogeneous sub-pools over a capacity-weighted split of the trace "
-        "(pessimistic: a real router pools the load; see CAPACITY.md)",
-    ]
-    if compare_homogeneous and len(profiles) > 1:
-        homo = []
-        for k, p in enumerate(profiles):
-            unit = [0] * len(profiles)
-            ns = []
-            for n in range(1, max_per_type + 1):
-                unit[k] = n
-                if not any(all(a <= b for a, b in zip(unit, f)) for f in failed):
-                    ns.append(tuple(unit))
-            for u in ns:  # smallest count first; stop at the first that passes
-                probe = pl_.run([as_params(u)], opts)[0]
-                probe.extra.update(usd_per_hour=price(u), capacity_tokens_per_s=u[k] * caps[p])
-                if probe.feasible:
-                    homo.append((price(u), p, u[k]))
-                    break
-                failed.append(u)
-        if homo:
-            usd, p, n = min(homo)
-            if sum(1 for x in v if x) == 1:
-                notes.append("the cheapest pool found is a single GPU type; no mix is cheaper within the bounds")
-            else:
-                notes.append(f"cheapest single-type pool: {n} x {p} at ${usd:.2f}/h; the mix saves {1 - price(v) / usd:.0%}")
-        else:
-            notes.append(f"no single-type pool of at most {max_per_type} replicas meets every SLO")
-    pl_.probes.sort(key=lambda p: p.extra.get("usd_per_hour", 0))
-    answer = {"pool": {p: n for p, n in zip(profiles, v)}, "usd_per_hour": price(v)}
-    head = " + ".join(f"{n} x {p}" for p, n in zip(profiles, v) if n) + f" at ${price(v):.2f}/h"
-    return PlanResult("gpu-mix", answer, head, best.verdict, pl_.probes, notes, best)
+    return passed, failed
+
+
+def _homogeneous_note(pl_: Planner, space: _MixSpace, v: tuple, failed: list[tuple], max_per_type: int) -> str:
+    """The cheapest single-type pool per profile (smallest count that passes), compared with the mix ``v``."""
+    profiles = space.profiles
+    homo = []
+    for k, p in enumerate(profiles):
+        unit = [0] * len(profiles)
+        ns = []
+        for n in range(1, max_per_type + 1):
+            unit[k] = n
+            if not _dominated(unit, failed):
+                ns.append(tuple(unit))
+        for u in ns:  # smallest count first; stop at the first that passes
+            probe = pl_.run([space.as_params(u)], space.options)[0]
+            probe.extra.update(usd_per_hour=space.price(u), capacity_tokens_per_s=u[k] * space.caps[p])
+            if probe.feasible:
+                homo.append((space.price(u), p, u[k]))
+                break
+            failed.append(u)
+    if not homo:
+        return f"no single-type pool of at most {max_per_type} replicas meets every SLO"
+    usd, p, n = min(homo)
+    if sum(1 for x in v if x) == 1:
+        return "the cheapest pool found is a single GPU type; no mix is cheaper within the bounds"
+    return f"cheapest single-type pool: {n} x {p} at ${usd:.2f}/h; the mix saves {1 - space.price(v) / usd:.0%}"
 
 
 # --------------------------------------------------------------------------- best policy
 def best_policy(study: Study, pool: Pool, *, policies: list[str] | None = None,
                 progress: Progress | None = None) -> PlanResult:  # fmt: skip
     """The policy maximising the lowest per-tenant SLO attainment (mean over seeds), then the lowest mean E2E."""
-    from driftsim.sim.policies import POLICIES
-
     policies = list(policies or POLICIES)
     if not policies:
         raise PlanError("--policies: no policy to compare")
@@ -453,3 +492,43 @@ def best_policy(study: Study, pool: Pool, *, policies: list[str] | None = None,
     head = f"{best.params['policy']} (lowest tenant attainment {e['min_attainment']:.1%}, {e['worst_tenant']}; mean E2E {e['e2e_mean_s']:.3g} s)"
     return PlanResult("policy", {"policy": best.params["policy"], "min_attainment": e["min_attainment"]}, head,
                       best.verdict, scored, notes, best)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- one call per question
+@dataclass(frozen=True)
+class PlanRun:
+    """A finished search: its result (the probes that show it when infeasible), the Infeasible raised if any,
+    the results folder's tables and the search's wall time (s)."""
+
+    question: str
+    result: PlanResult
+    infeasible: Infeasible | None
+    result_set: ResultSet
+    wall_s: float
+
+
+def run_plan(question: str, search: Callable[..., PlanResult], study: Study, pool: Pool, *,
+             progress: Progress | None = None, **kwargs) -> PlanRun:  # fmt: skip
+    """Start ``pool``, answer ``question`` with ``search`` (``min_replicas``, ``max_load``, ``cheapest_mix``,
+    ``best_policy``; ``kwargs`` are its bounds), stop the pool and gather every run into a ResultSet.
+
+    An infeasible question is an answer too: it comes back in ``infeasible``,
+    its probes in the result set. Bad input raises as ``search`` does.
+    """
+    t0 = time.perf_counter()
+    infeasible = None
+    with pool:
+        try:
+            result = search(study, pool, progress=progress, **kwargs)
+        except Infeasible as exc:
+            infeasible, result = exc, exc.result
+    wall = time.perf_counter() - t0
+    scen = study.scenario
+    meta = {
+        "command": f"plan {question}", "scenario": scen, "scenario_name": Path(scen).stem if scen else "driftsched",
+        "seeds": study.seeds, "fixed": study.fixed, "targets": [t.__dict__ for t in study.targets],
+        "criterion": study.criterion, "executor": pool.describe(), "wall_s": wall,
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }  # fmt: skip
+    rs = result.result_set(meta=dict(meta, runs=sum(len(p.outcomes) for p in result.probes)), prices=kwargs.get("prices"))
+    return PlanRun(question=question, result=result, infeasible=infeasible, result_set=rs, wall_s=wall)

@@ -23,6 +23,7 @@ attempt and resubmitted to a fresh pool.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -121,8 +122,6 @@ class LocalPool(Pool):
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._ex is None:
-            import multiprocessing
-
             self._ex = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self._ex
 
@@ -176,7 +175,7 @@ class LocalPool(Pool):
 def import_ray():
     """``import ray`` with a clear message when it is missing."""
     try:
-        import ray
+        import ray  # NOTE: optional (the ray extra), so imported only when asked for
     except ImportError:
         raise ConfigError(f"--ray needs the Ray package, which is not installed; {RAY_HINT}") from None
     return ray

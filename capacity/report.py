@@ -31,8 +31,8 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from driftsim.capacity.results import ResultSet, add_costs, aggregate, pool_price
 from driftsim.sim.atomic import atomic_write_text
-from driftsim.capacity.results import ResultSet, aggregate, pool_price
 from driftsim.sim.html import figures_html, group_dropdown
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22")
@@ -313,8 +313,6 @@ def render_report(rs: ResultSet, *, prices: dict | None = None, title: str | Non
     """The whole report as one HTML string (plotly.js inlined once)."""
     prices = dict(rs.meta.get("prices") or {}, **(prices or {}))
     if prices and "usd_per_m_output_tokens" not in rs.table.columns and rs.table.height:
-        from driftsim.capacity.results import add_costs
-
         rs.table = add_costs(rs.table, prices)
     summary = aggregate(rs.table) if rs.table.height else pl.DataFrame()
     axes = _axes(rs)

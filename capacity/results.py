@@ -26,9 +26,9 @@ from pathlib import Path
 
 import polars as pl
 
-from driftsim.sim.atomic import atomic_write, atomic_write_text
-from driftsim.capacity.runner import RunOutcome
+from driftsim.capacity.runner import CDF_PROBS, RunOutcome
 from driftsim.capacity.stats import mean_ci
+from driftsim.sim.atomic import atomic_write, atomic_write_text
 from driftsim.sim.metrics import LATENCY_METRICS, STATS
 
 #: Metrics that get a confidence interval across seeds.
@@ -91,8 +91,6 @@ class ResultSet:
                     }, schema={"t_s": pl.Float64, "queue_depth": pl.Int64, "running": pl.Int64, "kv_usage": pl.Float64}
                     ).with_columns(pl.lit(o.index).alias("index"), pl.lit(o.config).alias("config"), pl.lit(tenant).alias("tenant")))
             if o.cdf:
-                from driftsim.capacity.runner import CDF_PROBS
-
                 for tenant, metrics in o.cdf.items():
                     for metric, values in metrics.items():
                         cdf_rows.append(pl.DataFrame({"prob": CDF_PROBS, "value_s": values}).with_columns(

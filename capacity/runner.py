@@ -36,9 +36,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from driftsim.admission.controller import AdmissionConfig
 from driftsim.capacity.slo import evaluate
 from driftsim.capacity.spec import RunSpec
+from driftsim.sim.config import ConfigError, GatewayConfig
 from driftsim.sim.metrics import LATENCY_METRICS, STATS, summarize
+from driftsim.sim.run import simulate
+from driftsim.sim.scenario import (
+    INPUT_ERRORS,
+    Scenario,
+    build_admission,
+    build_engine,
+    build_gateway,
+    build_profile,
+    build_trace,
+    run_scenario,
+)
 
 TIMESERIES_POINTS = 241
 CDF_PROBS = np.linspace(0.0, 1.0, 101)
@@ -76,11 +89,7 @@ class RunOutcome:
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported at once, never retried."""
-    from driftsim.costmodel.profiles import ProfileError
-    from driftsim.sim.config import ConfigError
-    from driftsim.traces.schema import TraceError
-
-    return (ConfigError, ProfileError, TraceError, ValueError, FileNotFoundError)
+    return INPUT_ERRORS
 
 
 def failed(spec: RunSpec, error: str, *, attempts: int | None = None, wall_s: float = 0.0) -> RunOutcome:
@@ -143,8 +152,6 @@ def _test_hooks(options: dict) -> None:
 # --------------------------------------------------------------------------- simulating
 def simulate_spec(spec: RunSpec) -> tuple[pl.DataFrame, list[dict], dict]:
     """Per-request results, replica counters and pool facts of one spec (homogeneous or mixed pool)."""
-    from driftsim.sim.scenario import Scenario, run_scenario
-
     raw = spec.scenario
     pool = {p: int(n) for p, n in (spec.options.get("pool") or {}).items() if int(n) > 0}
     if len(pool) > 1:
@@ -165,8 +172,6 @@ def simulate_spec(spec: RunSpec) -> tuple[pl.DataFrame, list[dict], dict]:
 
 
 def _subpool(raw: dict, profile: str):
-    from driftsim.sim.scenario import Scenario, build_engine, build_profile
-
     sc = Scenario(name=str(raw.get("name", "sweep")), raw=dict(raw, profile=profile))
     prof = build_profile(sc)
     eng = build_engine(sc, prof)
@@ -176,16 +181,11 @@ def _subpool(raw: dict, profile: str):
 
 def simulate_mixed(raw: dict, pool: dict, capacity: dict | None = None) -> tuple[pl.DataFrame, list[dict], dict]:
     """A heterogeneous pool approximated by homogeneous sub-pools over a split trace (module docstring)."""
-    from driftsim.sim.run import simulate
-    from driftsim.sim.scenario import Scenario, build_admission, build_gateway, build_trace
-
     sc = Scenario(name=str(raw.get("name", "sweep")), raw=raw)
     gateway, admission = build_gateway(sc), build_admission(sc)
     trace, _ = build_trace(sc)
     subs = [(p, int(n), *_subpool(raw, p)) for p, n in pool.items() if int(n) > 0]
     if not subs:
-        from driftsim.sim.config import ConfigError
-
         raise ConfigError("a GPU pool needs at least one replica")
     capacity = dict(capacity or {})
     for p, *_ in subs:
@@ -241,16 +241,10 @@ def measure_capacity(raw: dict, n: int = CAPACITY_REQUESTS) -> dict:
     FIFO, oracle lengths, one replica of the scenario's profile; returns
     ``output_tokens_per_s`` and ``requests_per_s`` (over the run's span).
     """
-    from driftsim.admission.controller import AdmissionConfig
-    from driftsim.sim.run import simulate
-    from driftsim.sim.scenario import Scenario, build_trace
-
     sc = Scenario(name=str(raw.get("name", "sweep")), raw=raw)
     trace, _ = build_trace(sc)
     trace = trace.head(n).with_columns(pl.lit(0.0).alias("arrival_s"))
     prof, eng, blocks = _subpool(raw, raw.get("profile", "l4-qwen1.5-1.8b-chat"))
-    from driftsim.sim.config import GatewayConfig
-
     res = simulate(trace, cost=prof.cost_model, engine=eng, gateway=GatewayConfig(), replicas=1, num_blocks=blocks,
                    admission=AdmissionConfig(estimator="oracle"))
     s = res.summary["overall"]

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from driftsim.sim.config import ConfigError
+from driftsim.sim.policies import POLICIES, make_policy
+from driftsim.sim.scenario import Scenario, build_admission, build_engine, build_gateway, build_profile, load_scenario
 
 #: Short axis names and the scenario key each sets, in expansion order.
 AXES: dict[str, tuple[str, ...]] = {
@@ -245,8 +247,6 @@ def resolve(scenario: str | Path | None, overrides: dict) -> dict:
 
     Raises :class:`ConfigError` naming an unknown key, as ``load_scenario`` does.
     """
-    from driftsim.sim.scenario import load_scenario
-
     raw = load_scenario(scenario, overrides).raw
     w = raw.get("workload")
     if isinstance(w, dict) and isinstance(w.get("path"), str) and Path(w["path"]).exists():
@@ -310,9 +310,6 @@ def check_specs(specs: list[RunSpec]) -> None:
     and policy once (cheap: no trace is built). Raises :class:`ConfigError`
     (or ``ProfileError``) naming the configuration.
     """
-    from driftsim.sim.policies import POLICIES, make_policy
-    from driftsim.sim.scenario import Scenario, build_admission, build_engine, build_gateway, build_profile
-
     seen: set[str] = set()
     for spec in specs:
         raw = spec.scenario

@@ -35,7 +35,7 @@ def t_critical(df: int, confidence: float = 0.95) -> float:
     if df < 1:
         return math.nan
     try:
-        from scipy.stats import t
+        from scipy.stats import t  # NOTE: optional (scipy comes with scikit-learn); the _T975 table otherwise
 
         return float(t.ppf((1 + confidence) / 2, df))
     except ImportError:  # pragma: no cover - scipy comes with scikit-learn

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from driftsim.capacity.slo import Target, combine, parse_slo, scenario_tenants, targets_from_scenario
-from driftsim.capacity.spec import axis_path, merge, parse_assignment, resolve, set_path
+from driftsim.capacity.spec import axis_path, merge, parse_assignment, parse_list, parse_seeds, resolve, set_path
 from driftsim.sim.config import ConfigError
 from driftsim.sim.scenario import read_toml
 
@@ -126,3 +126,48 @@ def prepare_targets(scenario: str | None, fixed: dict, cli: list[Target], attain
     for (name, metric), t in chosen.items():
         set_path(over, ("tenants", name, "slo_ttft_s" if metric == "ttft_s" else "slo_e2e_s"), t.threshold_s)
     return targets, merge(fixed, over)
+
+
+@dataclass(frozen=True)
+class StudyInputs:
+    """What ``sweep`` and ``plan`` share, resolved from a study file and the flags (flags win)."""
+
+    scenario: str | None
+    fixed: dict
+    seeds: list[int]
+    targets: list[Target]
+    criterion: str
+    study: StudyFile
+
+
+def resolve_study(*, study_path: str | Path | None = None, scenario: str | Path | None = None,
+                  sets: list[str] | None = None, seeds: str | None = None, slos: list[str] | None = None,
+                  attainment: float | None = None, criterion: str | None = None) -> StudyInputs:  # fmt: skip
+    """Scenario, fixed overrides, seeds (default 0, 1, 2), SLO targets and criterion (default ``all``) of a study."""
+    study = read_study(study_path) if study_path else StudyFile()
+    scen = str(scenario) if scenario is not None else study.scenario
+    att = attainment if attainment is not None else (study.attainment if study.attainment is not None else 0.99)
+    fixed = merge(study.fixed, parse_sets(sets))
+    cli_slos = [*study.slos, *(parse_slo(s, default_quantile=att) for s in slos or [])]
+    targets, fixed = prepare_targets(scen, fixed, cli_slos, att)
+    if seeds is not None:
+        seed_list = parse_seeds(seeds)
+    else:
+        seed_list = list(study.seeds) if study.seeds is not None else [0, 1, 2]
+    return StudyInputs(scenario=scen, fixed=fixed, seeds=seed_list, targets=targets,
+                       criterion=criterion or study.criterion or "all", study=study)  # fmt: skip
+
+
+def sweep_axes(study_axes: dict, named: dict[str, str | None], extra: list[str] | None) -> dict:
+    """A sweep's axes: the study file's, then the named axis flags (``{"policy": "fifo,sjf"}``, None = not given),
+    then ``KEY=V1,V2`` items; a later one replaces an axis of the same name."""
+    axes = dict(study_axes)
+    for name, text in named.items():
+        if text is not None:
+            axes[name] = parse_list(text)
+    for item in extra or []:
+        key, sep, values = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--axis {item!r}: expected KEY=V1,V2 (e.g. engine.block_size=16,32)")
+        axes[key.strip()] = parse_list(values)
+    return axes

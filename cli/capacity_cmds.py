@@ -6,6 +6,9 @@ and time-left estimate, print, write a results folder. Bad input exits 2
 with a one-line message; a plan with no answer within its bounds
 (infeasible) exits 1 after printing the runs that show it.
 
+Library modules are imported inside the commands, for start-up time (the
+figures are in ``cli/main.py``'s docstring).
+
 Registered on the main app by :func:`register` (``cli/main.py``)::
 
     from driftsim.cli.capacity_cmds import register as register_capacity
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 import math
 import time
+import webbrowser
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -50,12 +55,10 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _input_errors():
-    from driftsim.costmodel.profiles import ProfileError
-    from driftsim.sim.config import ConfigError
-    from driftsim.traces.schema import TraceError
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from driftsim.sim.scenario import INPUT_ERRORS
 
-    return (ConfigError, TraceError, ProfileError, ValueError, FileNotFoundError)
+    return INPUT_ERRORS
 
 
 class _Bar:
@@ -97,30 +100,6 @@ _RETRIES = typer.Option(2, "--retries", help="Retries of a run whose worker cras
 _OUT = typer.Option(None, "--out", "-o", help="Results folder; default driftsim-out/<command>-<time>.", rich_help_panel="Output")
 _FORMAT = typer.Option("parquet", "--format", help="Table format: parquet or csv.", rich_help_panel="Output")
 _STUDY = typer.Option(None, "--study", help="Study TOML (scenario, seeds and the tables axes, set, prices, slo); flags win over it.", rich_help_panel="Study")
-
-
-def _seeds(text: str | None, study_seeds: list[int] | None, default: list[int]) -> list[int]:
-    from driftsim.capacity.spec import parse_seeds
-
-    if text is not None:
-        return parse_seeds(text)
-    return list(study_seeds) if study_seeds is not None else default
-
-
-def _common(study_path, scenario, sets, seeds, slos, attainment, criterion):
-    """(scenario, fixed overrides, seeds, targets, criterion, study file) from the flags shared by sweep and plan."""
-    from driftsim.capacity.slo import parse_slo
-    from driftsim.capacity.spec import merge
-    from driftsim.capacity.study import StudyFile, parse_sets, prepare_targets, read_study
-
-    study = read_study(study_path) if study_path else StudyFile()
-    scen = str(scenario) if scenario is not None else study.scenario
-    att = attainment if attainment is not None else (study.attainment if study.attainment is not None else 0.99)
-    fixed = merge(study.fixed, parse_sets(sets))
-    cli_slos = [*study.slos, *(parse_slo(s, default_quantile=att) for s in slos or [])]
-    targets, fixed = prepare_targets(scen, fixed, cli_slos, att)
-    seed_list = _seeds(seeds, study.seeds, [0, 1, 2])
-    return scen, fixed, seed_list, targets, criterion or study.criterion or "all", study
 
 
 def _folder(out: Path | None, name: str) -> Path:
@@ -177,54 +156,43 @@ def sweep(
       driftsim sweep --study study.toml --ray auto
     """
     from driftsim.capacity.pool import make_pool
-    from driftsim.capacity.results import ResultSet
-    from driftsim.capacity.spec import Grid, check_specs, expand, parse_list
-    from driftsim.capacity.study import parse_prices
+    from driftsim.capacity.study import parse_prices, resolve_study, sweep_axes
+    from driftsim.capacity.sweep import Sweep
 
+    named_axes = {"rate_scale": rate_scale, "policy": policy, "replicas": replicas, "profile": profile,
+                  "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens, "calibration": calibration}  # fmt: skip
     try:
-        scen, fixed, seed_list, targets, _, st = _common(study, scenario, sets, seeds, slo, attainment, None)
-        axes = dict(st.axes)
-        flags = {"rate_scale": rate_scale, "policy": policy, "replicas": replicas, "profile": profile,
-                 "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens, "calibration": calibration}  # fmt: skip
-        for name, text in flags.items():
-            if text is not None:
-                axes[name] = parse_list(text)
-        for item in axis or []:
-            key, sep, values = item.partition("=")
-            if not sep:
-                _fail(f"--axis {item!r}: expected KEY=V1,V2 (e.g. engine.block_size=16,32)")
-            axes[key.strip()] = parse_list(values)
-        prices = dict(st.prices, **parse_prices(price))
-        grid = Grid(scenario=scen, axes=axes, seeds=seed_list, fixed=fixed)
-        specs = expand(grid, targets=tuple(targets), record_first_seed=timeseries)
-        check_specs(specs)
+        inputs = resolve_study(study_path=study, scenario=scenario, sets=sets, seeds=seeds, slos=slo, attainment=attainment)
+        axes = sweep_axes(inputs.study.axes, named_axes, axis)
+        prices = dict(inputs.study.prices, **parse_prices(price))
+        grid_sweep = Sweep.build(inputs, axes=axes, prices=prices, record_first_seed=timeseries)
         pool = make_pool(jobs=jobs, ray=ray, retries=retries)
     except _input_errors() as exc:
         _fail(str(exc))
         return
-    folder = _folder(out, "sweep")
-    err.print(f"{len(specs)} runs ({len(specs) // len(seed_list)} configurations x {len(seed_list)} seeds) on {pool.describe()}", highlight=False)
-    t0 = time.perf_counter()
+    _run_sweep(grid_sweep, pool, _folder(out, "sweep"), fmt)
+
+
+def _run_sweep(grid_sweep, pool, folder: Path, fmt: str) -> None:
+    """Run the sweep with a progress bar, save the results folder, print the summary and any failures."""
+    from driftsim.capacity.sweep import run_sweep
+
+    n = len(grid_sweep.specs)
+    err.print(f"{n} runs ({grid_sweep.configurations} configurations x {len(grid_sweep.inputs.seeds)} seeds) on {pool.describe()}", highlight=False)
     try:
-        with pool, _Bar("sweep", len(specs)) as bar:
+        with _Bar("sweep", n) as bar:
             done = 0
 
             def tick(o) -> None:
                 nonlocal done
                 done += 1
-                bar.update(done, len(specs), o.label)
+                bar.update(done, n, o.label)
 
-            outcomes = pool.run(specs, on_result=tick)
+            rs = run_sweep(grid_sweep, pool, on_result=tick)
     except KeyboardInterrupt:
         _fail("interrupted; no results written", 130)
         return
-    wall = time.perf_counter() - t0
-    meta = {
-        "command": "sweep", "scenario": scen, "scenario_name": specs[0].scenario.get("name", ""),
-        "axes": grid.axes, "seeds": seed_list, "fixed": fixed, "targets": [t.__dict__ for t in targets],
-        "executor": pool.describe(), "wall_s": wall, "runs": len(specs), "created": datetime.now().isoformat(timespec="seconds"),
-    }  # fmt: skip
-    rs = ResultSet.from_outcomes(outcomes, meta=meta, prices=prices)
+    wall = rs.meta["wall_s"]
     try:
         rs.save(folder, fmt)
     except ValueError as exc:
@@ -232,15 +200,15 @@ def sweep(
     _print_sweep(rs)
     n_failed = rs.failed.height
     console.print(
-        f"{len(specs)} runs in {wall:.1f} s wall ({60 * len(specs) / wall:,.0f} runs/min on {pool.describe()}); "
+        f"{n} runs in {wall:.1f} s wall ({60 * n / wall:,.0f} runs/min on {pool.describe()}); "
         f"results in [bold]{folder}[/]; `driftsim report {folder}` for the HTML report",
         highlight=False,
     )
     if n_failed:
         errors = rs.failed["error"].to_list()
-        if n_failed == len(specs):
+        if n_failed == n:
             _fail(f"every run failed; the first: {errors[0]}")
-        err.print(f"[yellow]warning:[/] {n_failed} of {len(specs)} runs failed (see runs.{fmt}); the first: {errors[0]}", highlight=False)
+        err.print(f"[yellow]warning:[/] {n_failed} of {n} runs failed (see runs.{fmt}); the first: {errors[0]}", highlight=False)
 
 
 def _print_sweep(rs, limit: int = 60) -> None:
@@ -248,7 +216,7 @@ def _print_sweep(rs, limit: int = 60) -> None:
     s = rs.summary()
     if s.height == 0:
         return
-    import polars as pl
+    import polars as pl  # NOTE: here, not at the top, for start-up time (see cli/main.py's docstring)
 
     cols = [("ttft_s_p99", "p99 TTFT s"), ("e2e_s_p99", "p99 E2E s"), ("slo_attainment", "SLO att."),
             ("throughput_rps", "req/s"), ("usd_per_m_output_tokens", "$/M tok")]  # fmt: skip
@@ -257,8 +225,6 @@ def _print_sweep(rs, limit: int = 60) -> None:
         cols = [c for c in cols if c[0] != "throughput_rps"]
     idx = {(r["config"], r["tenant"], r["metric"]): r for r in s.filter(pl.col("metric").is_in([c for c, _ in cols])).to_dicts()}
     keys = s.select("config", "tenant").unique(maintain_order=True).rows()
-    from rich import box
-
     t = Table(title="mean ± 95 % t-interval half-width across seeds", title_justify="left", box=box.SIMPLE_HEAD)
     t.add_column("configuration / tenant", min_width=min(26, max(len(k[0]) for k in keys)), overflow="fold")
     for _, name in cols:
@@ -286,13 +252,16 @@ def _print_sweep(rs, limit: int = 60) -> None:
 # --------------------------------------------------------------------------- plan
 def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainment, criterion, jobs, ray, retries, out, fmt,
               prices: dict | None = None, **kwargs) -> None:  # fmt: skip
-    from driftsim.capacity.plan import Infeasible, Study
+    from driftsim.capacity.plan import Study, run_plan
     from driftsim.capacity.pool import make_pool
+    from driftsim.capacity.study import resolve_study
 
     try:
-        scen, fixed, seed_list, targets, crit, st = _common(study, scenario, sets, seeds, slo, attainment, criterion)
+        inputs = resolve_study(study_path=study, scenario=scenario, sets=sets, seeds=seeds, slos=slo,
+                               attainment=attainment, criterion=criterion)  # fmt: skip
+        scen, fixed, seed_list, targets, crit = inputs.scenario, inputs.fixed, inputs.seeds, inputs.targets, inputs.criterion
         if prices is not None:
-            prices = dict(st.prices, **prices)
+            prices = dict(inputs.study.prices, **prices)
             kwargs["prices"] = prices
         plan_study = Study(scenario=scen, fixed=fixed, seeds=seed_list, targets=targets, criterion=crit)
         pool = make_pool(jobs=jobs, ray=ray, retries=retries)
@@ -303,33 +272,22 @@ def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainmen
         err.print("targets: " + "; ".join(t.describe() for t in targets) + f" (criterion: {crit} seeds)", highlight=False)
     err.print(f"searching on {pool.describe()}, {len(seed_list)} seeds per configuration", highlight=False)
     folder = _folder(out, f"plan-{question}")
-    t0 = time.perf_counter()
-    result, infeasible = None, None
     try:
-        with pool, _Bar(f"plan {question}") as bar:
-            result = fn(plan_study, pool, progress=bar.update, **kwargs)
-    except Infeasible as exc:
-        infeasible = exc
-        result = exc.result
+        with _Bar(f"plan {question}") as bar:
+            done = run_plan(question, fn, plan_study, pool, progress=bar.update, **kwargs)
     except _input_errors() as exc:
         _fail(str(exc))
         return
     except KeyboardInterrupt:
         _fail("interrupted", 130)
         return
-    wall = time.perf_counter() - t0
-    meta = {
-        "command": f"plan {question}", "scenario": scen, "scenario_name": Path(scen).stem if scen else "driftsched",
-        "seeds": seed_list, "fixed": fixed, "targets": [t.__dict__ for t in targets], "criterion": crit,
-        "executor": pool.describe(), "wall_s": wall, "created": datetime.now().isoformat(timespec="seconds"),
-    }  # fmt: skip
+    result = done.result
     _print_plan(result)
-    rs = result.result_set(meta=dict(meta, runs=sum(len(p.outcomes) for p in result.probes)), prices=kwargs.get("prices"))
-    rs.save(folder, fmt)
-    runs = rs.runs.height
-    console.print(f"{runs} runs in {wall:.1f} s wall on {pool.describe()}; runs and plan in [bold]{folder}[/]", highlight=False)
-    if infeasible is not None:
-        _fail(f"infeasible: {infeasible}", 1)
+    done.result_set.save(folder, fmt)
+    runs = done.result_set.runs.height
+    console.print(f"{runs} runs in {done.wall_s:.1f} s wall on {pool.describe()}; runs and plan in [bold]{folder}[/]", highlight=False)
+    if done.infeasible is not None:
+        _fail(f"infeasible: {done.infeasible}", 1)
     console.print(f"[bold green]answer:[/] {result.headline}", highlight=False)
     b = result.verdict.binding if result.verdict else None
     if b is not None:
@@ -496,6 +454,4 @@ def report(
         return
     console.print(f"report written to [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False)
     if open_browser:
-        import webbrowser
-
         webbrowser.open(path.resolve().as_uri())

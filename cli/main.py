@@ -1,6 +1,12 @@
 """The ``driftsim`` command line: thin wrappers that parse, build a scenario, call the library, print.
 
 Every command exits non-zero with a one-line message on bad input.
+
+NOTE: start-up time. Commands import the library inside their bodies:
+``driftsim --help`` takes 0.25 s this way and 0.81 s with the library
+(polars, numpy, plotly, the simulation kernel) imported at the top of
+this module and ``capacity_cmds`` (best of 5, ``/usr/bin/time``, on the
+2-core development machine).
 """
 
 from __future__ import annotations
@@ -8,15 +14,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
+from driftsim import __version__
 from driftsim.cli.render import inspect_table, make_console, print_estimation, print_summary
-from driftsim.sim.atomic import atomic_write_parquet, atomic_write_text
 
 app = typer.Typer(
     name="driftsim",
@@ -40,34 +47,28 @@ console = make_console()
 err = make_console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"driftsim {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", help="Print driftsim's version and exit.", callback=_print_version, is_eager=True),
+) -> None:
+    """Simulate multi-tenant LLM inference on GPUs."""
+
+
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
 
 
-def _input_errors():
-    from driftsim.costmodel.profiles import ProfileError
-    from driftsim.sim.config import ConfigError
-    from driftsim.traces.schema import TraceError
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from driftsim.sim.scenario import INPUT_ERRORS
 
-    return (ConfigError, TraceError, ProfileError, ValueError, FileNotFoundError)
-
-
-def _parse_weights(spec: str) -> dict[str, float]:
-    """'premium=2,standard=1' or 'a,b,c' -> weights."""
-    out: dict[str, float] = {}
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, _, w = part.partition("=")
-        try:
-            out[name.strip()] = float(w) if w else 1.0
-        except ValueError:
-            _fail(f"--tenants: weight of {name!r} is not a number: {w!r} (expected e.g. premium=2,standard=1)")
-    if not out:
-        _fail("--tenants: expected names with optional weights, e.g. premium=1,standard=1,batch=1")
-    return out
+    return INPUT_ERRORS
 
 
 @app.command()
@@ -120,83 +121,122 @@ def simulate(
 
       driftsim simulate --trace week.parquet --summary-only
     """
-    from driftsim.sim.scenario import load_scenario, run_scenario
+    _simulate(_SimulateOptions(**locals()))  # the first statement: locals() is exactly the flags
 
-    workload: dict = {"rate_scale": rate_scale, "duration_s": duration, "max_requests": max_requests}
-    if trace is not None:
-        workload.update(kind="trace", path=str(trace), format=trace_format)
-    if tenants is not None:
-        workload["assign_tenants"] = _parse_weights(tenants)
-    engine = {
-        "mode": mode, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
-        "block_size": block_size, "num_gpu_blocks": num_gpu_blocks, "max_model_len": max_model_len,
-        "batch_size": batch_size, "batch_wait_s": batch_wait,
-    }
-    if step_by_step:
-        engine["fast_forward"] = False
-    overrides = {
-        "profile": profile, "replicas": replicas, "seed": seed, "horizon_s": horizon,
-        "workload": workload, "engine": engine,
-        "gateway": {"policy": policy, "max_outstanding": max_outstanding, "router": router, "placement": placement},
-        "admission": {
-            "estimator": estimator, "counter": counter, "calibration": calibration, "granularity": granularity,
-            "tokenizer_path": str(tokenizer) if tokenizer else None,
-        },
-    }
-    if summary_only and stream:
+
+@dataclass(frozen=True)
+class _SimulateOptions:
+    """``driftsim simulate``'s flags, as given (None = not given: the scenario's value stands)."""
+
+    scenario: Path | None
+    trace: Path | None
+    trace_format: str
+    tenants: str | None
+    rate_scale: float | None
+    duration: float | None
+    max_requests: int | None
+    profile: str | None
+    replicas: int | None
+    mode: str | None
+    max_num_seqs: int | None
+    max_num_batched_tokens: int | None
+    block_size: int | None
+    num_gpu_blocks: int | None
+    max_model_len: int | None
+    batch_size: int | None
+    batch_wait: float | None
+    policy: str | None
+    max_outstanding: int | None
+    router: str | None
+    placement: str | None
+    estimator: str | None
+    counter: str | None
+    tokenizer: Path | None
+    calibration: bool | None
+    granularity: str | None
+    oracle_regret: bool
+    seed: int | None
+    horizon: float | None
+    step_by_step: bool
+    out: Path | None
+    summary_only: bool
+    stream: bool
+
+    @property
+    def results(self) -> str:
+        """How per-request results are kept (see :data:`driftsim.sim.scenario_folder.RESULT_MODES`)."""
+        return "summary" if self.summary_only else "stream" if self.stream else "memory"
+
+    def overrides(self, tenant_weights: dict[str, float] | None) -> dict:
+        """The flags as scenario overrides (the scenario's tables and keys)."""
+        workload: dict = {"rate_scale": self.rate_scale, "duration_s": self.duration, "max_requests": self.max_requests}
+        if self.trace is not None:
+            workload.update(kind="trace", path=str(self.trace), format=self.trace_format)
+        if tenant_weights is not None:
+            workload["assign_tenants"] = tenant_weights
+        engine = {
+            "mode": self.mode, "max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
+            "block_size": self.block_size, "num_gpu_blocks": self.num_gpu_blocks, "max_model_len": self.max_model_len,
+            "batch_size": self.batch_size, "batch_wait_s": self.batch_wait,
+        }  # fmt: skip
+        if self.step_by_step:
+            engine["fast_forward"] = False
+        return {
+            "profile": self.profile, "replicas": self.replicas, "seed": self.seed, "horizon_s": self.horizon,
+            "workload": workload, "engine": engine,
+            "gateway": {"policy": self.policy, "max_outstanding": self.max_outstanding, "router": self.router,
+                        "placement": self.placement},
+            "admission": {
+                "estimator": self.estimator, "counter": self.counter, "calibration": self.calibration,
+                "granularity": self.granularity, "tokenizer_path": str(self.tokenizer) if self.tokenizer else None,
+            },
+        }  # fmt: skip
+
+
+def _simulate(opts: _SimulateOptions) -> None:
+    """Load the scenario with the flags over it, run it into its folder with a progress bar, print the summary."""
+    from driftsim.sim.scenario import load_scenario
+    from driftsim.sim.scenario_folder import FolderRun, default_folder, run_scenario_to_folder
+    from driftsim.traces.transform import parse_tenant_weights
+
+    try:
+        weights = parse_tenant_weights(opts.tenants) if opts.tenants is not None else None
+    except ValueError as exc:
+        _fail(f"--tenants: {exc}")
+        return
+    if opts.summary_only and opts.stream:
         _fail("--summary-only writes no per-request rows and --stream writes them as they settle; choose one")
         return
-    if oracle_regret and (summary_only or stream):
+    if opts.oracle_regret and (opts.summary_only or opts.stream):
         _fail("--oracle-regret needs the trace and results in memory; drop --summary-only / --stream")
         return
-    folder = None
     try:
-        sc = load_scenario(scenario, overrides)
-        t0 = time.perf_counter()
+        sc = load_scenario(opts.scenario, opts.overrides(weights))
+        run = FolderRun(folder=opts.out or default_folder(sc.name), results=opts.results, oracle_regret=opts.oracle_regret)
         with Progress(
             TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of arrivals"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
         ) as bar:
             task = bar.add_task("sim", total=1.0)
-            if summary_only or stream:
-                from driftsim.sim.scenario_stream import run_scenario_streamed
-
-                folder = out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
-                result, context = run_scenario_streamed(
-                    sc, results_path=None if summary_only else folder / "requests.parquet", summary_only=summary_only,
-                    progress=lambda f: bar.update(task, completed=f),
-                )
-            else:
-                result, context = run_scenario(
-                    sc, progress=lambda f: bar.update(task, completed=f), oracle_regret=oracle_regret
-                )
-        wall = time.perf_counter() - t0
+            done = run_scenario_to_folder(sc, run=run, progress=lambda f: bar.update(task, completed=f))
     except _input_errors() as exc:
         _fail(str(exc))
         return
+    _print_simulation(sc.name, done)
+
+
+def _print_simulation(name: str, done) -> None:
+    """Trace repairs, the per-tenant summary, estimation and regret, and where the results are."""
+    result, context, wall = done.result, done.context, done.wall_s
     for line in context["trace_repairs"]:
         err.print(f"[yellow]trace repair:[/] {line}", highlight=False)
-    folder = folder or out or Path("driftsim-out") / f"{sc.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if result.requests is not None:
-        atomic_write_parquet(folder / "requests.parquet", result.requests)
-    atomic_write_text(folder / "summary.json", json.dumps({"summary": result.summary, "context": context}, indent=2,
-                                                          default=_json_default, allow_nan=True))
     n = result.requests.height if result.requests is not None else result.summary["overall"]["requests"]
-    title = f"{sc.name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
+    title = f"{name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
     print_summary(console, result.summary, title)
     if "percentiles" in result.summary:
         console.print(f"percentiles from a streaming sketch, within {result.summary['percentiles']['relative_error']:.1%} of exact; counts and means exact")
     print_estimation(console, result.summary.get("estimation", {}), context.get("regret"))
-    console.print(f"simulated {n} requests in {wall:.2f} s wall ({n / wall:,.0f} requests/s); results in [bold]{folder}[/]")
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    console.print(f"simulated {n} requests in {wall:.2f} s wall ({n / wall:,.0f} requests/s); results in [bold]{done.folder}[/]")
 
 
 @traces_app.command("inspect")
@@ -223,8 +263,6 @@ def traces_inspect(
 @profiles_app.command("list")
 def profiles_list() -> None:
     """List bundled profiles and where their numbers came from."""
-    from rich.table import Table
-
     from driftsim.costmodel.profiles import list_profiles, load_profile
 
     t = Table(title="bundled profiles", title_justify="left")
@@ -243,13 +281,14 @@ def profiles_list() -> None:
 def profiles_show(name: str = typer.Argument(..., help="Profile name or file.")) -> None:
     """Print a profile's parameters and provenance as JSON."""
     from driftsim.costmodel.profiles import load_profile
+    from driftsim.sim.scenario_folder import json_default
 
     try:
         p = load_profile(name)
     except _input_errors() as exc:
         _fail(str(exc))
         return
-    console.print_json(json.dumps(p.describe(), default=_json_default))
+    console.print_json(json.dumps(p.describe(), default=json_default))
 
 
 def _parse_seeds(option: list[str] | None, extra: list[str] | None) -> list[int]:
@@ -280,8 +319,9 @@ def reproduce_driftsched(
 
     Example: driftsim reproduce driftsched --seeds 0 1 2 --out out/
     """
-    from driftsim.experiments.driftsched import headline_table, run_driftsched_experiment
-    from driftsim.experiments.report import write_report
+    from driftsim.experiments.driftsched import run_driftsched_experiment
+    from driftsim.experiments.reproduction import save_reproduction
+    from driftsim.sim.scenario_folder import default_folder
 
     seed_list = _parse_seeds(seeds, ctx.args)  # "--seeds 0 1 2": click passes 1 and 2 as extra arguments
     t0 = time.perf_counter()
@@ -301,13 +341,8 @@ def reproduce_driftsched(
     except (*_input_errors(), ImportError) as exc:
         _fail(str(exc))
         return
-    rows = headline_table(result)
-    folder = out or Path("driftsim-out") / f"reproduce-driftsched-{datetime.now():%Y%m%d-%H%M%S}"
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_parquet(folder / "results.parquet", result.table)
-    atomic_write_text(folder / "headline.json", json.dumps({"headline": result.headline, "table": rows,
-                                                            "meta": result.meta}, indent=2, default=_json_default))
-    write_report(result, folder / "report.html")
+    folder = out or default_folder("reproduce-driftsched")
+    rows = save_reproduction(result, folder)
     wall = time.perf_counter() - t0
     _print_reproduction(result, rows)
     m = result.meta
@@ -324,8 +359,6 @@ def _print_reproduction(result, rows: list[dict]) -> None:
     table's content, so they are not repeated; headline.json and the report
     keep every row.
     """
-    from rich.table import Table
-
     from driftsim.experiments.headline import format_value, is_discrepancy, view_config
 
     t = Table(title="DriftSched headline: paper vs driftsim", title_justify="left")

@@ -8,7 +8,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from driftsim.sim.metrics import LATENCY_METRICS, STATS
+from driftsim.sim.summary_fields import LATENCY_METRICS, STATS
 
 #: Columns of a console writing to a log or a pipe (rich's own default there is 80, which cuts the
 #: wide validation and capacity tables down to "…" in every cell).

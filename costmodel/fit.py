@@ -7,13 +7,23 @@ originals; ``python -m costmodel linearize PROFILE`` prints the fitted
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from driftsim.costmodel.base import CostModel
 from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
 from driftsim.costmodel.linear import COEFFICIENTS, LinearCostModel
+from driftsim.costmodel.profiles import PROFILE_DIR, load_profile
 
 
 def batch_grid(*, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int) -> list[StepBatch]:
@@ -82,7 +92,7 @@ def linearize(target: CostModel, batches: list[StepBatch], *, name: str = "linea
     ``LinearRegression(positive=True)``) and unscaled after. The returned
     model shares the target's KV capacity.
     """
-    from sklearn.linear_model import LinearRegression  # slow import, only needed here
+    from sklearn.linear_model import LinearRegression  # NOTE: slow import (scikit-learn, ~1.2 s), only needed here
 
     if not batches:
         raise ValueError("linearize needs at least one batch")
@@ -106,8 +116,6 @@ def linearize(target: CostModel, batches: list[StepBatch], *, name: str = "linea
 
 def linearize_profile(name_or_path: str) -> LinearFit:
     """Linearise a profile's cost model on the grid of its engine defaults."""
-    from driftsim.costmodel.profiles import load_profile
-
     profile = load_profile(name_or_path)
     d = profile.engine_defaults
     grid = batch_grid(max_num_seqs=d["max_num_seqs"], max_num_batched_tokens=d["max_num_batched_tokens"],
@@ -230,8 +238,6 @@ class FitReport:
 def _fit_rows(measurements, *, exclude_new_shape: bool, max_wait_frac: float | None):
     """The fit's rows from a Measurements object or a polars DataFrame, and
     counts of what was left out and why."""
-    import polars as pl
-
     df = measurements.df if hasattr(measurements, "df") else measurements
     missing = [c for c in ("phase", "step_time_s", *FIT_FEATURES) if c not in df.columns]
     if missing:
@@ -261,7 +267,7 @@ def _fit_rows(measurements, *, exclude_new_shape: bool, max_wait_frac: float | N
 
 def _linear_solve(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares on relative error; returns [overhead, *columns of X]."""
-    from sklearn.linear_model import LinearRegression
+    from sklearn.linear_model import LinearRegression  # NOTE: slow import (scikit-learn), only needed when fitting
 
     A = np.hstack([np.ones((len(y), 1)), X]) / y[:, None]
     scale = np.linalg.norm(A, axis=0)
@@ -313,7 +319,7 @@ def _table_predict(coef: np.ndarray, X: np.ndarray, knots) -> np.ndarray:
 
 def _cv_rel_rms(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, knots) -> float:
     """Relative RMS error of the table model on held-out groups."""
-    from sklearn.model_selection import GroupKFold
+    from sklearn.model_selection import GroupKFold  # NOTE: slow import (scikit-learn), only needed when fitting
 
     pred = np.empty(len(y))
     for train, test in GroupKFold(n_splits=folds).split(X, y, groups):
@@ -397,7 +403,7 @@ def _knots_arg(decode_knots) -> str | tuple[int, ...]:
 
 
 def _gbt(seed: int):
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.ensemble import HistGradientBoostingRegressor  # NOTE: slow import (scikit-learn), only needed when fitting
 
     return HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, min_samples_leaf=5,
                                          l2_regularization=1e-3, random_state=seed)
@@ -442,11 +448,39 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
     when prefill or decode steps number fewer than :data:`MIN_PHASE_ROWS`, or
     when there are fewer than three sweep points to cross-validate over.
     """
-    from sklearn.model_selection import GroupKFold
-
     df, excluded = _fit_rows(measurements, exclude_new_shape=exclude_new_shape, max_wait_frac=max_wait_frac)
     n = df.height
     phase_rows = {p: int((df["phase"] == p).sum()) for p in FIT_PHASES}
+    groups = _checked_groups(df, phase_rows, excluded)
+    n_groups = len(np.unique(groups))
+    k = min(folds, n_groups)
+    X = df.select(FIT_FEATURES).to_numpy().astype(np.float64)
+    y = df["step_time_s"].to_numpy().astype(np.float64)
+    phases = df["phase"].to_numpy()
+
+    knots_mode = _knots_arg(decode_knots)
+    errors, fold_knots = _cross_validated_errors(X, y, phases, groups, k=k, knots_mode=knots_mode, seed=seed)
+    winner = "linear" if errors["linear"]["all"].p90ape <= errors["gbt"]["all"].p90ape else "gbt"
+
+    knots = select_decode_knots(X, y, groups, folds=k) if knots_mode == "auto" else knots_mode
+    coef = _table_solve(X, y, knots)
+    warnings: list[str] = []
+    if not coef[0] > 0:
+        coef[0] = MIN_OVERHEAD_S
+        warnings.append(f"the constant term (overhead_s) fitted to 0: the per-sequence terms absorb it "
+                        f"(every step measured carries a sequence); set to {MIN_OVERHEAD_S:g} s")
+    values = _coef_dict(coef, knots)
+    model = LinearCostModel(**values, kv=kv, name=name, provenance=provenance)
+    report = FitReport(errors=errors, winner=winner, folds=k, rows=n, groups=n_groups, excluded=excluded,
+                       phase_rows=phase_rows, coefficients=values, method=_fit_method(k, knots_mode),
+                       neighbour_cpu=_neighbour_cpu(df, y), warnings=tuple(warnings), decode_knots=tuple(knots),
+                       fold_decode_knots=tuple(fold_knots), decode_repeatability=decode_repeatability(X, y, phases, groups))
+    return model, report
+
+
+def _checked_groups(df, phase_rows: dict, excluded: dict) -> np.ndarray:
+    """Each step's cross-validation group (its sweep point and repetition); raises FitError when too few to fit."""
+    n = df.height
     if n < MIN_ROWS:
         raise FitError(f"too few measurements to fit: {n} usable steps (need >= {MIN_ROWS})"
                        + (f"; left out: {excluded}" if excluded else "") + "; measure longer (--budget-s)")
@@ -462,12 +496,15 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
     n_groups = len(np.unique(groups))
     if n_groups < 3:
         raise FitError(f"too few sweep points to cross-validate: {n_groups} (need >= 3)")
-    k = min(folds, n_groups)
-    X = df.select(FIT_FEATURES).to_numpy().astype(np.float64)
-    y = df["step_time_s"].to_numpy().astype(np.float64)
-    phases = df["phase"].to_numpy()
+    return groups
 
-    knots_mode = _knots_arg(decode_knots)
+
+def _cross_validated_errors(X: np.ndarray, y: np.ndarray, phases: np.ndarray, groups: np.ndarray, *, k: int,
+                            knots_mode, seed: int) -> tuple[dict, list]:
+    """Held-out errors of the linear model (with and without its decode table) and the trees; each fold's knots."""
+    from sklearn.model_selection import GroupKFold  # NOTE: slow import (scikit-learn), only needed when fitting
+
+    n = len(y)
     pred_lin = np.empty(n)
     pred_plain = np.empty(n)
     pred_gbt = np.empty(n)
@@ -487,37 +524,30 @@ def fit_measurements(measurements, *, folds: int = 5, seed: int = 0, exclude_new
     errors = {"linear": _errors(y, pred_lin, phases), "gbt": _errors(y, pred_gbt, phases)}
     if knots_mode != ():
         errors["linear_plain"] = _errors(y, pred_plain, phases)
-    winner = "linear" if errors["linear"]["all"].p90ape <= errors["gbt"]["all"].p90ape else "gbt"
+    return errors, fold_knots
 
-    knots = select_decode_knots(X, y, groups, folds=k) if knots_mode == "auto" else knots_mode
-    coef = _table_solve(X, y, knots)
-    warnings: list[str] = []
-    if not coef[0] > 0:
-        coef[0] = MIN_OVERHEAD_S
-        warnings.append(f"the constant term (overhead_s) fitted to 0: the per-sequence terms absorb it "
-                        f"(every step measured carries a sequence); set to {MIN_OVERHEAD_S:g} s")
-    values = _coef_dict(coef, knots)
-    model = LinearCostModel(**values, kv=kv, name=name, provenance=provenance)
+
+def _fit_method(k: int, knots_mode) -> str:
+    """How the fit was made, in words, for the report and the profile."""
     table = ("; decode_seqs enters as a piecewise-linear table (hat features at its knots, non-negative values, "
              "per-sequence cost beyond the last knot)"
              + (f", knots chosen per fold by greedy forward selection on inner {k}-fold grouped CV "
                 f"(powers of two, <= {MAX_DECODE_KNOTS} knots, each cutting relative RMS error by >= {KNOT_MIN_GAIN:.0%})"
                 if knots_mode == "auto" else "")
              + "; linear_plain: the same fit without the table") if knots_mode != () else ""
-    method = (f"scikit-learn LinearRegression(positive=True) on rows divided by step time (least relative squares), "
-              f"features {', '.join(FIT_FEATURES)} + constant{table}; held-out error from {k}-fold GroupKFold by "
-              "sweep point; alternative: HistGradientBoostingRegressor on log step time, same folds")
-    neighbour = None
+    return (f"scikit-learn LinearRegression(positive=True) on rows divided by step time (least relative squares), "
+            f"features {', '.join(FIT_FEATURES)} + constant{table}; held-out error from {k}-fold GroupKFold by "
+            "sweep point; alternative: HistGradientBoostingRegressor on log step time, same folds")
+
+
+def _neighbour_cpu(df, y: np.ndarray) -> float | None:
+    """CPU other processes used during the steps, as a share of the steps' time (None when not measured)."""
     if {"host_cpu_s", "own_cpu_s"} <= set(df.columns):
         other = (df["host_cpu_s"] - df["own_cpu_s"]).to_numpy()
         ok = np.isfinite(other)
         if ok.any():
-            neighbour = float(max(0.0, other[ok].sum() / y[ok].sum()))
-    report = FitReport(errors=errors, winner=winner, folds=k, rows=n, groups=n_groups, excluded=excluded,
-                       phase_rows=phase_rows, coefficients=values, method=method, neighbour_cpu=neighbour,
-                       warnings=tuple(warnings), decode_knots=tuple(knots), fold_decode_knots=tuple(fold_knots),
-                       decode_repeatability=decode_repeatability(X, y, phases, groups))
-    return model, report
+            return float(max(0.0, other[ok].sum() / y[ok].sum()))
+    return None
 
 
 def _coef_dict(coef: np.ndarray, knots=()) -> dict:
@@ -543,27 +573,21 @@ def _coef_dict(coef: np.ndarray, knots=()) -> dict:
 # ---- writing a measured profile ----------------------------------------------
 
 def _toml_scalar(value) -> str:
-    import json as _json
-    import math as _math
-
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if not _math.isfinite(value):
-            return _json.dumps(str(value))
+        if not math.isfinite(value):
+            return json.dumps(str(value))
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
-    return _json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
+    return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
 
 
 def _toml_key(key: str) -> str:
-    import json as _json
-    import re as _re
-
-    return key if _re.fullmatch(r"[A-Za-z0-9_-]+", key) else _json.dumps(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _toml_table(name: str, table: dict, lines: list[str]) -> None:
@@ -583,22 +607,16 @@ def _gpu_table(meta: dict) -> tuple[dict, str]:
     numbers unless a scenario changes gpu_memory_utilization; they are there
     because every profile names its device. Known GPUs take their spec
     numbers from a bundled profile of the same GPU."""
-    import os as _os
-
-    from driftsim.costmodel.profiles import PROFILE_DIR
-
     device, name = meta.get("device") or "unknown", str(meta.get("device_name") or "unknown device")
     if device == "cuda":
-        import tomllib as _tomllib
-
         for path in sorted(PROFILE_DIR.glob("*.toml")):
             with path.open("rb") as f:
-                gpu = _tomllib.load(f).get("gpu", {})
+                gpu = tomllib.load(f).get("gpu", {})
             short = gpu.get("name", "").replace("NVIDIA ", "")
             if short and short.lower() in name.lower():
                 return dict(gpu), f"spec numbers copied from the bundled {path.name}"
     try:
-        mem = int(_os.sysconf("SC_PAGE_SIZE") * _os.sysconf("SC_PHYS_PAGES"))
+        mem = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         mem = 1
     label = f"CPU: {name}" if device == "cpu" else name
@@ -616,14 +634,7 @@ def write_profile(path, model: LinearCostModel, report: FitReport, meta: dict, *
     ``[model]`` fields). The file is checked by loading it before returning;
     a :class:`driftsim.costmodel.profiles.ProfileError` means it was not written.
     """
-    import datetime as _dt
-    import hashlib
-    import os as _os
-    from pathlib import Path as _Path
-
-    from driftsim.costmodel.profiles import load_profile
-
-    path = _Path(path)
+    path = Path(path)
     arch = dict(model_arch or meta.get("model_arch") or {})
     if not arch:
         raise FitError("the measurements do not say what model was served (no model_arch in their metadata); "
@@ -632,78 +643,98 @@ def write_profile(path, model: LinearCostModel, report: FitReport, meta: dict, *
     for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
         if not limits.get(key):
             raise FitError(f"the measurements' metadata lacks limits.{key}")
-    blocks, block_size = meta.get("num_gpu_blocks"), meta.get("block_size")
-    util = float(meta.get("gpu_memory_utilization") or 0.9)
-    name = name or path.stem
     gpu, gpu_note = _gpu_table(meta)
-    sha = None
-    if measurements_path is not None and _Path(measurements_path).is_file():
-        sha = hashlib.sha256(_Path(measurements_path).read_bytes()).hexdigest()
-    fit = report.to_dict()
-    heldout = fit.pop("heldout")
-    lin = heldout["linear"]
-    summary = ", ".join(f"{p} {e['mdape'] * 100:.1f} % / {e['p90ape'] * 100:.1f} %" for p, e in lin.items() if p != "all")
-    table_note = (f" with a decode table at {', '.join(map(str, model.decode_seq_knots))} decode sequences"
-                  if model.decode_seq_knots else "")
-    notes = (f"Linear cost model{table_note} fitted by `driftsim fit` to {report.rows} engine steps measured by `driftsim profile` "
-             f"({meta.get('driver', '?')} driver) on {meta.get('engine', '?')} {meta.get('engine_version', '?')}, "
-             f"{meta.get('device_name') or meta.get('device') or '?'}. Held-out error (median / P90 absolute "
-             f"percentage, {report.folds}-fold CV by sweep point): {summary}. Alternative model compared: "
-             f"gradient-boosted trees; winner: {report.winner}. {gpu_note}.")
-    data: dict = {
+    data = {
         "gpu": gpu,
-        "model": {k: arch[k] for k in ("name", "num_layers", "hidden_size", "num_heads", "num_kv_heads",
-                                      "intermediate_size", "vocab_size", "dtype_bytes", "tied_embeddings",
-                                      "qkv_bias", "head_dim") if k in arch},
+        "model": {k: arch[k] for k in _MODEL_FIELDS if k in arch},
         "cost_model": {"kind": "linear", **model.coefficients,
                        **(model.decode_table if model.decode_seq_knots else {})},
-        "kv": ({"num_gpu_blocks": int(blocks), "num_gpu_blocks_block_size": int(block_size)}
-               if blocks and block_size else {}),
-        "engine_defaults": {
-            "block_size": int(block_size or 16),
-            "max_num_seqs": int(limits["max_num_seqs"]),
-            "max_num_batched_tokens": int(limits["max_num_batched_tokens"]),
-            "max_model_len": int(limits["max_model_len"]),
-            "gpu_memory_utilization": util,
-            "chunked_prefill": bool(limits.get("chunked_prefill", True)),
-        },
-        "provenance": {
-            "source": "measured",
-            "date": _dt.date.today().isoformat(),
-            "measured_at": str(meta.get("date", "")),
-            "notes": notes,
-            "spec_sources": [f"measured: {measurements_path}" if measurements_path else "measured"],
-            "engine": meta.get("engine"), "engine_version": meta.get("engine_version"),
-            "driver": meta.get("driver"), "endpoint": meta.get("endpoint"),
-            "model_path": meta.get("model"), "dtype": meta.get("dtype"),
-            "device": meta.get("device"), "device_name": meta.get("device_name"),
-            "host": meta.get("host"), "measurement_status": meta.get("status"),
-            "measurements": str(measurements_path) if measurements_path else None,
-            "measurements_sha256": sha,
-            "fit": {**{k: v for k, v in fit.items() if not isinstance(v, dict)},
-                    "excluded": fit["excluded"], "phase_rows": fit["phase_rows"], "targets": fit["targets"],
-                    **({"decode_repeatability": fit["decode_repeatability"]} if "decode_repeatability" in fit else {}),
-                    "heldout": heldout},
-        },
+        **_kv_and_engine_tables(meta, limits),
+        "provenance": _provenance(model, report, meta, gpu_note, measurements_path),
     }
-    if "enforce_eager" in limits:
-        data["engine_defaults"]["enforce_eager"] = bool(limits["enforce_eager"])
-    if not data["kv"]:
-        raise FitError("the measurements' metadata has no num_gpu_blocks/block_size (the server published no "
-                       "vllm:cache_config_info); the simulator would have no KV capacity for this profile")
     default_description = f"{arch.get('name', 'model')} on {gpu['name']}, measured ({meta.get('driver', '?')} driver)"
     lines = [f"# Measured profile written by `driftsim fit`{f' from {measurements_path}' if measurements_path else ''}.",
              "# Regenerate it rather than editing the numbers.",
-             f"name = {_toml_scalar(name)}",
+             f"name = {_toml_scalar(name or path.stem)}",
              f"description = {_toml_scalar(description or default_description)}"]
     for table in ("gpu", "model", "cost_model", "kv", "engine_defaults", "provenance"):
         _toml_table(table, data[table], lines)
+    _write_checked(path, "\n".join(lines) + "\n")
+
+
+#: The [model] fields a measured profile keeps from the model's architecture.
+_MODEL_FIELDS = ("name", "num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size",
+                 "dtype_bytes", "tied_embeddings", "qkv_bias", "head_dim")
+
+
+def _kv_and_engine_tables(meta: dict, limits: dict) -> dict:
+    """[kv] (the measured block count; required) and [engine_defaults] (the measured engine's limits)."""
+    blocks, block_size = meta.get("num_gpu_blocks"), meta.get("block_size")
+    kv = {"num_gpu_blocks": int(blocks), "num_gpu_blocks_block_size": int(block_size)} if blocks and block_size else {}
+    engine = {
+        "block_size": int(block_size or 16),
+        "max_num_seqs": int(limits["max_num_seqs"]),
+        "max_num_batched_tokens": int(limits["max_num_batched_tokens"]),
+        "max_model_len": int(limits["max_model_len"]),
+        "gpu_memory_utilization": float(meta.get("gpu_memory_utilization") or 0.9),
+        "chunked_prefill": bool(limits.get("chunked_prefill", True)),
+    }
+    if "enforce_eager" in limits:
+        engine["enforce_eager"] = bool(limits["enforce_eager"])
+    if not kv:
+        raise FitError("the measurements' metadata has no num_gpu_blocks/block_size (the server published no "
+                       "vllm:cache_config_info); the simulator would have no KV capacity for this profile")
+    return {"kv": kv, "engine_defaults": engine}
+
+
+def _provenance(model: LinearCostModel, report: FitReport, meta: dict, gpu_note: str, measurements_path) -> dict:
+    """[provenance]: where the numbers came from (engine, device, measurement file and its hash) and the fit's error."""
+    sha = None
+    if measurements_path is not None and Path(measurements_path).is_file():
+        sha = hashlib.sha256(Path(measurements_path).read_bytes()).hexdigest()
+    fit = report.to_dict()
+    heldout = fit.pop("heldout")
+    return {
+        "source": "measured",
+        "date": datetime.date.today().isoformat(),
+        "measured_at": str(meta.get("date", "")),
+        "notes": _profile_notes(model, report, meta, heldout["linear"], gpu_note),
+        "spec_sources": [f"measured: {measurements_path}" if measurements_path else "measured"],
+        "engine": meta.get("engine"), "engine_version": meta.get("engine_version"),
+        "driver": meta.get("driver"), "endpoint": meta.get("endpoint"),
+        "model_path": meta.get("model"), "dtype": meta.get("dtype"),
+        "device": meta.get("device"), "device_name": meta.get("device_name"),
+        "host": meta.get("host"), "measurement_status": meta.get("status"),
+        "measurements": str(measurements_path) if measurements_path else None,
+        "measurements_sha256": sha,
+        "fit": {**{k: v for k, v in fit.items() if not isinstance(v, dict)},
+                "excluded": fit["excluded"], "phase_rows": fit["phase_rows"], "targets": fit["targets"],
+                **({"decode_repeatability": fit["decode_repeatability"]} if "decode_repeatability" in fit else {}),
+                "heldout": heldout},
+    }
+
+
+def _profile_notes(model: LinearCostModel, report: FitReport, meta: dict, linear_errors: dict, gpu_note: str) -> str:
+    """The profile's one-paragraph note: how it was measured and fitted, and its held-out error."""
+    summary = ", ".join(f"{p} {e['mdape'] * 100:.1f} % / {e['p90ape'] * 100:.1f} %"
+                        for p, e in linear_errors.items() if p != "all")
+    table_note = (f" with a decode table at {', '.join(map(str, model.decode_seq_knots))} decode sequences"
+                  if model.decode_seq_knots else "")
+    return (f"Linear cost model{table_note} fitted by `driftsim fit` to {report.rows} engine steps measured by `driftsim profile` "
+            f"({meta.get('driver', '?')} driver) on {meta.get('engine', '?')} {meta.get('engine_version', '?')}, "
+            f"{meta.get('device_name') or meta.get('device') or '?'}. Held-out error (median / P90 absolute "
+            f"percentage, {report.folds}-fold CV by sweep point): {summary}. Alternative model compared: "
+            f"gradient-boosted trees; winner: {report.winner}. {gpu_note}.")
+
+
+def _write_checked(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` only if it loads back as a profile (a temporary file is checked first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{_os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
     try:
         load_profile(tmp)
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
-    _os.replace(tmp, path)
+    os.replace(tmp, path)

@@ -7,7 +7,8 @@
 - :mod:`driftsim.experiments.fairness`: Jain's fairness index.
 """
 
-from driftsim.experiments.driftsched import ExperimentResult, headline_table, run_driftsched_experiment
+from driftsim.experiments.driftsched import headline_table, run_driftsched_experiment
 from driftsim.experiments.fairness import jain_index
+from driftsim.experiments.result import ExperimentResult
 
 __all__ = ["ExperimentResult", "headline_table", "jain_index", "run_driftsched_experiment"]

@@ -51,9 +51,12 @@ import polars as pl
 
 from driftsim.admission.controller import AdmissionConfig
 from driftsim.admission.calibration import mae_rmse
-from driftsim.sim.config import ConfigError
+from driftsim.costmodel.profiles import Profile
+from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
 from driftsim.traces.tokens import TokenizerCounter
 from driftsim.experiments.fairness import jain_index
+from driftsim.experiments.headline import compute_headline, headline_rows
+from driftsim.experiments.result import OVERALL, ExperimentResult
 from driftsim.sim.run import SimResult, simulate
 from driftsim.sim.scenario import Scenario, build_engine, build_gateway, build_profile, build_trace, load_scenario
 from driftsim.traces.driftsched import driftsched_workload
@@ -63,7 +66,6 @@ POLICIES: tuple[str, ...] = ("fifo", "priority", "weighted", "sjf", "aging")
 BEYOND_POLICIES: tuple[str, ...] = ("fifo", "sjf")
 BEYOND_ESTIMATORS: tuple[str, ...] = ("oracle", "learned")
 COUNTERS: tuple[str, ...] = ("whitespace", "tokenizer")
-OVERALL = "overall"
 
 #: Columns kept per request for the representative seed (what the plots read).
 REQUEST_COLUMNS: tuple[str, ...] = (
@@ -77,37 +79,6 @@ Progress = Callable[[int, int, str], None]
 _WORKLOAD_DEFAULTS = {
     name: p.default for name, p in inspect.signature(driftsched_workload).parameters.items() if p.default is not p.empty
 }
-
-
-@dataclass
-class ExperimentResult:
-    """Everything the grid produced.
-
-    ``table``: one row per (seed, policy, counter, calibration, tenant),
-    ``tenant == "overall"`` for the whole run; latencies in seconds,
-    estimation errors in the counter's units (words or tokens);
-    ``jain_e2e`` (Jain's index over the tenants' mean E2E), ``span_s``,
-    ``busy_fraction``, ``learning_drain_s`` (when the learning phase alone
-    drains; NaN with ``pause="fixed"``) and ``stress_start_s`` (where phase
-    2's first gap starts) are per run, repeated on its rows.
-    ``requests``: per-request results of ``meta["representative_seed"]``
-    for every configuration. ``bias_history``: the calibrator's bias after
-    every completion (calibration on only) for that seed. ``final_bias``:
-    each run's final bias per category (calibration on, every seed).
-    ``headline``: :func:`driftsim.experiments.headline.compute_headline`.
-    ``beyond``: the same row shape, keyed by (seed, policy, estimator), for
-    runs beyond the paper: the oracle (real lengths known: the regret
-    baseline) and the learned predictor, both in token units, under the
-    policies whose order reads the estimates (``BEYOND_POLICIES``).
-    """
-
-    table: pl.DataFrame
-    requests: pl.DataFrame
-    bias_history: pl.DataFrame
-    final_bias: pl.DataFrame
-    meta: dict
-    headline: dict = field(default_factory=dict)
-    beyond: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 class _CachedCounter:
@@ -145,8 +116,55 @@ def run_driftsched_experiment(
     DriftSched generator (default: the embedded one). Deterministic: the
     same arguments give the same tables.
     """
-    from driftsim.experiments.headline import compute_headline
+    params = _checked_workload_params(seeds, policies, counters, calibration, pause, workload_params)
+    wp = {**_WORKLOAD_DEFAULTS, **params}
+    phases = _Phases(
+        n_learning=int(wp["n_learning"]), n_stress=int(wp["n_stress"]), phase_gap_s=float(wp["phase_gap_s"]),
+        pause=pause, params=params, scenario=scenario,
+        counter=_CachedCounter(TokenizerCounter(tokenizer_path)) if tokenizer_path is not None else None,
+    )  # fmt: skip
+    setup = _GridSetup.from_scenario(scenario)
+    configs = [(p, c, cal) for p in policies for cal in calibration for c in counters]
+    beyond = [(p, e) for p in policies if p in BEYOND_POLICIES for e in BEYOND_ESTIMATORS]
+    total = len(seeds) * (len(configs) + len(beyond))
+    out = _Collected(rep_seed=int(seeds[0]), n_learning=phases.n_learning)
+    t0 = time.perf_counter()
+    for seed in seeds:
+        seed = int(seed)
+        trace = _trace(scenario, seed, params, phases.counter)
+        if seed == out.rep_seed:
+            out.prompt_range = [int(trace["input_tokens"].min()), int(trace["input_tokens"].max())]
+        runs = [(p, "driftsched", c, cal) for p, c, cal in configs] + [(p, e, "tokenizer", False) for p, e in beyond]
+        for policy, estimator, ctr, cal in runs:
+            label = _run_one(setup, phases, out, trace, seed=seed, policy=policy, estimator=estimator, counter=ctr, cal=cal)
+            out.done += 1
+            if progress is not None:
+                progress(out.done, total, label)
 
+    meta = {
+        "seeds": [int(s) for s in seeds],
+        "policies": list(policies),
+        "counters": list(counters),
+        "calibration": [bool(c) for c in calibration],
+        "representative_seed": out.rep_seed,
+        "runs": total,
+        "wall_s": time.perf_counter() - t0,
+        "pause": pause,
+        "phase_gap_s": phases.phase_gap_s,
+        "workload_params": params,
+        "n_learning": phases.n_learning,
+        "n_stress": phases.n_stress,
+        "tokenizer_path": _str(tokenizer_path),
+        "prompt_length_range": out.prompt_range,
+        **setup.meta(),
+    }
+    result = out.result(meta)
+    result.headline = compute_headline(result)
+    return result
+
+
+def _checked_workload_params(seeds, policies, counters, calibration, pause: str, workload_params: Mapping | None) -> dict:
+    """The grid's arguments checked; the workload overrides as a plain dict."""
     if not seeds or not policies or not counters or not calibration:
         raise ValueError("seeds, policies, counters and calibration must each name at least one value")
     if pause not in ("drain", "fixed"):
@@ -157,108 +175,129 @@ def run_driftsched_experiment(
     unknown = sorted(set(params) - set(_WORKLOAD_DEFAULTS))
     if unknown:
         raise ValueError(f"workload_params: unknown key(s) {', '.join(unknown)}")
-    wp = {**_WORKLOAD_DEFAULTS, **params}
-    n_learning, n_stress, phase_gap_s = int(wp["n_learning"]), int(wp["n_stress"]), float(wp["phase_gap_s"])
-    counter = _CachedCounter(TokenizerCounter(tokenizer_path)) if tokenizer_path is not None else None
+    return params
 
-    base = load_scenario(scenario)
-    kind = base.raw.get("workload", {}).get("kind", "driftsched")
-    if kind != "driftsched":
-        raise ConfigError(f"scenario {base.name!r}: the DriftSched experiment needs workload kind 'driftsched', got {kind!r}")
-    profile = build_profile(base)
-    engine = build_engine(base, profile)
-    num_blocks = engine.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
-    gateway0 = build_gateway(base)
-    common = dict(
-        cost=profile.cost_model, engine=engine, replicas=int(base.raw.get("replicas", 1)),
-        num_blocks=num_blocks, horizon_s=base.raw.get("horizon_s"),
-    )  # fmt: skip
 
-    configs = [(p, c, cal) for p in policies for cal in calibration for c in counters]
-    beyond = [(p, e) for p in policies if p in BEYOND_POLICIES for e in BEYOND_ESTIMATORS]
-    total, done = len(seeds) * (len(configs) + len(beyond)), 0
-    beyond_rows: list[dict] = []
-    rep_seed = int(seeds[0])
-    rows: list[dict] = []
-    request_parts: list[pl.DataFrame] = []
-    history_parts: list[pl.DataFrame] = []
-    bias_rows: list[dict] = []
-    prompt_range: list[int] = []
-    t0 = time.perf_counter()
-    for seed in seeds:
-        seed = int(seed)
-        trace = _trace(scenario, seed, params, counter)
-        if seed == rep_seed:
-            prompt_range = [int(trace["input_tokens"].min()), int(trace["input_tokens"].max())]
-        runs = [(p, "driftsched", c, cal) for p, c, cal in configs] + [(p, e, "tokenizer", False) for p, e in beyond]
-        for policy, estimator, ctr, cal in runs:
-            # NOTE: no tokenizer_path here: the trace's prompt lengths are already this tokenizer's counts (recounted once
-            # per seed by _trace), which is what the admission would compute, without reloading the tokenizer per run.
-            admission = AdmissionConfig(estimator=estimator, counter=ctr, calibration=cal)
-            gateway = replace(gateway0, policy=policy, placement="gateway", policy_params={})
-            run = dict(common, gateway=gateway, admission=admission, seed=seed)
-            drain_s = stress_start_s = math.nan
-            run_trace = trace
-            if pause == "drain" and n_learning > 0 and n_stress > 0:
-                drain_s = _learning_drain_s(trace, n_learning, run)
-                stress_start_s = drain_s + phase_gap_s
-                run_trace = _trace(scenario, seed, {**params, "stress_start_s": stress_start_s}, counter)
-            elif n_learning > 0 and n_stress > 0:  # fixed: where the generator put phase 2's first gap
-                last = float(trace.filter(pl.col("request_id") < n_learning)["arrival_s"].max())
-                given = params.get("stress_start_s")
-                stress_start_s = max(float(given), last) if given is not None else last + phase_gap_s
-            res = simulate(run_trace, **run)
-            done += 1
-            if estimator != "driftsched":
-                beyond_rows.extend(_rows(res, dict(seed=seed, policy=policy, estimator=estimator), drain_s, stress_start_s))
-                if progress is not None:
-                    progress(done, total, f"seed {seed} {policy} {estimator} estimator")
-                continue
-            key = dict(seed=seed, policy=policy, counter=ctr, calibration=cal)
-            rows.extend(_rows(res, key, drain_s, stress_start_s))
-            if cal:
-                bias_rows.extend(dict(key, category=k, bias=float(v)) for k, v in res.summary["estimation"].get("final_bias", {}).items())
-            if seed == rep_seed:
-                request_parts.append(_request_part(res, key, n_learning))
-                hist = getattr(res, "calibration_history", None)
-                if cal and hist is not None:
-                    history_parts.append(hist.with_columns(**{k: pl.lit(v) for k, v in key.items()}))
-            if progress is not None:
-                progress(done, total, f"seed {seed} {policy} {ctr} calibration {'on' if cal else 'off'}")
+@dataclass(frozen=True)
+class _Phases:
+    """How the two phases are laid out: sizes, the gap between them, and how phase 2's start is found."""
 
-    meta = {
-        "seeds": [int(s) for s in seeds],
-        "policies": list(policies),
-        "counters": list(counters),
-        "calibration": [bool(c) for c in calibration],
-        "representative_seed": rep_seed,
-        "runs": total,
-        "wall_s": time.perf_counter() - t0,
-        "pause": pause,
-        "phase_gap_s": phase_gap_s,
-        "workload_params": params,
-        "n_learning": n_learning,
-        "n_stress": n_stress,
-        "tokenizer_path": _str(tokenizer_path),
-        "prompt_length_range": prompt_range,
-        "scenario": base.name,
-        "profile": profile.name,
-        "profile_source": (profile.provenance or {}).get("source", "unknown"),
-        "engine": {
-            "mode": engine.mode, "batch_size": engine.batch_size, "batch_wait_s": engine.batch_wait_s,
-            "max_model_len": engine.max_model_len, "kv_blocks": num_blocks,
-        },  # fmt: skip
-    }
-    result = ExperimentResult(
-        table=pl.DataFrame(rows),
-        requests=pl.concat(request_parts, how="vertical") if request_parts else pl.DataFrame(),
-        bias_history=_concat_or_empty(history_parts),
-        final_bias=pl.DataFrame(bias_rows, schema=_FINAL_BIAS_SCHEMA),
-        meta=meta,
-        beyond=pl.DataFrame(beyond_rows),
-    )
-    result.headline = compute_headline(result)
-    return result
+    n_learning: int
+    n_stress: int
+    phase_gap_s: float
+    pause: str
+    params: dict
+    scenario: str | Path | None
+    counter: _CachedCounter | None
+
+    def stress_timing(self, trace: pl.DataFrame, seed: int, run: dict) -> tuple[pl.DataFrame, float, float]:
+        """The trace to run, the learning phase's drain (s, NaN unless measured) and phase 2's start (s)."""
+        drain_s = stress_start_s = math.nan
+        if self.pause == "drain" and self.n_learning > 0 and self.n_stress > 0:
+            drain_s = _learning_drain_s(trace, self.n_learning, run)
+            stress_start_s = drain_s + self.phase_gap_s
+            return _trace(self.scenario, seed, {**self.params, "stress_start_s": stress_start_s}, self.counter), drain_s, stress_start_s
+        if self.n_learning > 0 and self.n_stress > 0:  # fixed: where the generator put phase 2's first gap
+            last = float(trace.filter(pl.col("request_id") < self.n_learning)["arrival_s"].max())
+            given = self.params.get("stress_start_s")
+            stress_start_s = max(float(given), last) if given is not None else last + self.phase_gap_s
+        return trace, drain_s, stress_start_s
+
+
+@dataclass(frozen=True)
+class _GridSetup:
+    """What every run of the grid shares: the scenario's profile, engine, gateway and simulate() arguments."""
+
+    name: str
+    profile: Profile
+    engine: EngineConfig
+    num_blocks: int
+    gateway: GatewayConfig
+    common: dict
+
+    @classmethod
+    def from_scenario(cls, scenario: str | Path | None) -> _GridSetup:
+        base = load_scenario(scenario)
+        kind = base.raw.get("workload", {}).get("kind", "driftsched")
+        if kind != "driftsched":
+            raise ConfigError(f"scenario {base.name!r}: the DriftSched experiment needs workload kind 'driftsched', got {kind!r}")
+        profile = build_profile(base)
+        engine = build_engine(base, profile)
+        num_blocks = engine.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
+        common = dict(
+            cost=profile.cost_model, engine=engine, replicas=int(base.raw.get("replicas", 1)),
+            num_blocks=num_blocks, horizon_s=base.raw.get("horizon_s"),
+        )  # fmt: skip
+        return cls(name=base.name, profile=profile, engine=engine, num_blocks=num_blocks, gateway=build_gateway(base), common=common)
+
+    def run_args(self, *, policy: str, admission: AdmissionConfig, seed: int) -> dict:
+        """simulate()'s keyword arguments for one run: the policy at the gateway, this admission, this seed."""
+        gateway = replace(self.gateway, policy=policy, placement="gateway", policy_params={})
+        return dict(self.common, gateway=gateway, admission=admission, seed=seed)
+
+    def meta(self) -> dict:
+        engine = self.engine
+        return {
+            "scenario": self.name,
+            "profile": self.profile.name,
+            "profile_source": (self.profile.provenance or {}).get("source", "unknown"),
+            "engine": {
+                "mode": engine.mode, "batch_size": engine.batch_size, "batch_wait_s": engine.batch_wait_s,
+                "max_model_len": engine.max_model_len, "kv_blocks": self.num_blocks,
+            },  # fmt: skip
+        }
+
+
+@dataclass
+class _Collected:
+    """The grid's rows and per-request parts as the runs finish."""
+
+    rep_seed: int
+    n_learning: int
+    done: int = 0
+    rows: list[dict] = field(default_factory=list)
+    beyond_rows: list[dict] = field(default_factory=list)
+    request_parts: list[pl.DataFrame] = field(default_factory=list)
+    history_parts: list[pl.DataFrame] = field(default_factory=list)
+    bias_rows: list[dict] = field(default_factory=list)
+    prompt_range: list[int] = field(default_factory=list)
+
+    def add_paper_run(self, res: SimResult, key: dict, drain_s: float, stress_start_s: float) -> None:
+        """One run of the paper's grid: its rows, its final bias, and the representative seed's per-request parts."""
+        self.rows.extend(_rows(res, key, drain_s, stress_start_s))
+        if key["calibration"]:
+            self.bias_rows.extend(dict(key, category=k, bias=float(v)) for k, v in res.summary["estimation"].get("final_bias", {}).items())
+        if key["seed"] == self.rep_seed:
+            self.request_parts.append(_request_part(res, key, self.n_learning))
+            hist = getattr(res, "calibration_history", None)
+            if key["calibration"] and hist is not None:
+                self.history_parts.append(hist.with_columns(**{k: pl.lit(v) for k, v in key.items()}))
+
+    def result(self, meta: dict) -> ExperimentResult:
+        return ExperimentResult(
+            table=pl.DataFrame(self.rows),
+            requests=pl.concat(self.request_parts, how="vertical") if self.request_parts else pl.DataFrame(),
+            bias_history=_concat_or_empty(self.history_parts),
+            final_bias=pl.DataFrame(self.bias_rows, schema=_FINAL_BIAS_SCHEMA),
+            meta=meta,
+            beyond=pl.DataFrame(self.beyond_rows),
+        )
+
+
+def _run_one(setup: _GridSetup, phases: _Phases, out: _Collected, trace: pl.DataFrame, *, seed: int, policy: str,
+             estimator: str, counter: str, cal: bool) -> str:  # fmt: skip
+    """Simulate one run of the grid into ``out``; returns its progress label."""
+    # NOTE: no tokenizer_path here: the trace's prompt lengths are already this tokenizer's counts (recounted once
+    # per seed by _trace), which is what the admission would compute, without reloading the tokenizer per run.
+    admission = AdmissionConfig(estimator=estimator, counter=counter, calibration=cal)
+    run = setup.run_args(policy=policy, admission=admission, seed=seed)
+    run_trace, drain_s, stress_start_s = phases.stress_timing(trace, seed, run)
+    res = simulate(run_trace, **run)
+    if estimator != "driftsched":
+        out.beyond_rows.extend(_rows(res, dict(seed=seed, policy=policy, estimator=estimator), drain_s, stress_start_s))
+        return f"seed {seed} {policy} {estimator} estimator"
+    out.add_paper_run(res, dict(seed=seed, policy=policy, counter=counter, calibration=cal), drain_s, stress_start_s)
+    return f"seed {seed} {policy} {counter} calibration {'on' if cal else 'off'}"
 
 
 _FINAL_BIAS_SCHEMA = {
@@ -356,6 +395,4 @@ def _request_part(res: SimResult, key: dict, n_learning: int) -> pl.DataFrame:
 
 def headline_table(result: ExperimentResult, *, tolerance_pts: float = 10.0) -> list[dict]:
     """Rows ``{metric, paper, driftsim, unit, note}`` comparing driftsim with the paper (see :mod:`driftsim.experiments.headline`)."""
-    from driftsim.experiments.headline import headline_rows
-
     return headline_rows(result, tolerance_pts=tolerance_pts)

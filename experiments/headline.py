@@ -1,6 +1,6 @@
 """The paper's headline numbers, computed from an experiment's table, next to the paper's own.
 
-Everything here is derived from :class:`driftsim.experiments.driftsched.ExperimentResult`;
+Everything here is derived from :class:`driftsim.experiments.result.ExperimentResult`;
 only :data:`PAPER` is typed in, from the paper's abstract (see
 ``shared/reference/driftsched.md``). Where driftsim and the paper disagree
 the note says so, with the gap computed against a tolerance in percentage
@@ -17,14 +17,12 @@ shown per counter and for both counters together.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from driftsim.admission.estimation import SAFETY, WORDS_PER_TOKEN
-
-if TYPE_CHECKING:
-    from driftsim.experiments.driftsched import ExperimentResult
+from driftsim.experiments.result import OVERALL, ExperimentResult
 
 #: The paper's reported figures (percent; negative = lower latency than FIFO).
 PAPER: dict[str, float] = {
@@ -33,8 +31,6 @@ PAPER: dict[str, float] = {
     "sjf_vs_fifo_p50_pct": -42.0,
     "sjf_vs_fifo_p99_pct": -16.0,
 }
-
-OVERALL = "overall"
 
 
 def config_label(counter: str, calibration: bool) -> str:
@@ -279,6 +275,17 @@ def _row(metric: str, paper: Any, ours: Any, unit: str, note: str) -> dict:
 def headline_rows(result: ExperimentResult, *, tolerance_pts: float = 10.0) -> list[dict]:
     """The headline table: ``{metric, paper, driftsim, unit, note}`` per row; ``paper`` is None where it reports nothing."""
     h = result.headline or compute_headline(result)
+    view = view_config(result)
+    return [
+        *_calibration_rows(h, tolerance_pts),
+        *_sjf_rows(h, tolerance_pts),
+        *_bias_rows(h),
+        *_per_view_rows(h, view),
+    ]
+
+
+def _calibration_rows(h: dict, tolerance_pts: float) -> list[dict]:
+    """MAE and RMSE reductions from calibration (per counter and both together) and the job-size misclassification."""
     rows: list[dict] = []
     cal = h["calibration"]
     fb = h["final_bias"]
@@ -313,6 +320,12 @@ def headline_rows(result: ExperimentResult, *, tolerance_pts: float = 10.0) -> l
             )
         rows.append(_row(f"Job-size misclassification, {counter} counter (calibration off -> on)", None,
                          f"{100 * off:.1f} % -> {100 * on:.1f} %", "", note))  # fmt: skip
+    return rows
+
+
+def _sjf_rows(h: dict, tolerance_pts: float) -> list[dict]:
+    """SJF against FIFO (median and P99 E2E), and how far the scheduler moves latency compared with calibration."""
+    rows: list[dict] = []
     for label, s in h["sjf_vs_fifo"].items():
         for q in ("p50", "p99"):
             name = "median" if q == "p50" else "P99"
@@ -328,7 +341,13 @@ def headline_rows(result: ExperimentResult, *, tolerance_pts: float = 10.0) -> l
             "", ("agrees" if agrees else "disagrees") + ": spread between the fastest and slowest policy vs the change calibration makes "
             f"at a fixed policy (largest under {svc['calibration_effect_max_policy']}); only SJF reads the estimates",
         ))  # fmt: skip
-    for counter, cats in fb.items():
+    return rows
+
+
+def _bias_rows(h: dict) -> list[dict]:
+    """The calibrator's final bias per counter, and relative MAE with and without calibration."""
+    rows: list[dict] = []
+    for counter, cats in h["final_bias"].items():
         lo, hi = min(cats.values()), max(cats.values())
         if counter == "tokenizer":
             far = max(abs(b - 1) for b in cats.values())
@@ -349,9 +368,13 @@ def headline_rows(result: ExperimentResult, *, tolerance_pts: float = 10.0) -> l
             ("agrees" if abs(ws_on - tok_off) < abs(ws_off - tok_off) else "disagrees")
             + ": units differ (words vs tokens), so each MAE is divided by its mean actual output",
         ))  # fmt: skip
-    view = view_config(result)
-    tiers = h["per_tier"].get(view, {})
-    for policy, groups in tiers.items():
+    return rows
+
+
+def _per_view_rows(h: dict, view: str) -> list[dict]:
+    """Median E2E per tier and Jain's index per policy, in the configuration ``view``."""
+    rows: list[dict] = []
+    for policy, groups in h["per_tier"].get(view, {}).items():
         parts = [f"{t} {g['e2e_p50_s']:.0f}" for t, g in groups.items() if t != OVERALL]
         rows.append(_row(f"Median E2E per tier (s), {policy}, {view}", None, " / ".join(parts), "s",
                          "the paper reports no per-tier figures in the material we have"))  # fmt: skip

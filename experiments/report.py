@@ -31,7 +31,8 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from driftsim.sim.atomic import atomic_write_text
-from driftsim.experiments.driftsched import ExperimentResult, headline_table
+from driftsim.experiments.driftsched import headline_table
+from driftsim.experiments.result import ExperimentResult
 from driftsim.experiments.headline import OVERALL, config_label, format_value, is_discrepancy, tier_order, view_config
 from driftsim.sim.html import figures_html, group_dropdown
 

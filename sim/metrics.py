@@ -9,9 +9,7 @@ import polars as pl
 
 from driftsim.sim.results import STATUS
 from driftsim.sim.sketch import DEFAULT_ALPHA, QuantileSketch
-
-LATENCY_METRICS = ("ttft_s", "tpot_s", "e2e_s", "queue_wait_s")
-STATS = ("mean", "p50", "p90", "p99")
+from driftsim.sim.summary_fields import LATENCY_METRICS, STATS
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 

@@ -43,16 +43,21 @@ from typing import Any
 
 import polars as pl
 
-from driftsim.costmodel.profiles import Profile, load_profile
 from driftsim.admission.controller import AdmissionConfig
+from driftsim.costmodel.profiles import Profile, ProfileError, load_profile
 from driftsim.sim.client import ClientConfig
 from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
 from driftsim.sim.run import SimResult, simulate
 from driftsim.traces import transform
+from driftsim.traces.driftsched import driftsched_workload
 from driftsim.traces.loaders import LoadReport, load_trace_with_report
+from driftsim.traces.schema import TraceError
 from driftsim.traces.synth import LengthDist, TenantLoad, generate
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+#: Exceptions that mean bad input to a scenario (a value, a file, a trace or a profile): reported, never retried.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ProfileError, TraceError, ValueError, FileNotFoundError)
 DEFAULT_SCENARIO = SCENARIO_DIR / "driftsched.toml"
 
 _TOP_KEYS = {
@@ -326,8 +331,6 @@ def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
             seed=seed,
         )
     elif kind == "driftsched":
-        from driftsim.traces.driftsched import driftsched_workload
-
         try:
             df = driftsched_workload(seed=seed, **w.get("params", {}))
         except TypeError as exc:

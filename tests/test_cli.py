@@ -7,6 +7,7 @@ import json
 import polars as pl
 from typer.testing import CliRunner
 
+import driftsim
 from driftsim.cli.main import app
 
 runner = CliRunner()
@@ -106,3 +107,15 @@ def test_a_launched_cpu_server_is_taken_to_run_without_async_scheduling(monkeypa
     assert launched_async(True) is False
     monkeypatch.setattr(driftsim.profiling.offline, "cpu_build", lambda: False)
     assert launched_async(True) is True and launched_async(False) is False
+
+
+def test_version_option_prints_the_package_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"driftsim {driftsim.__version__}"
+
+
+def test_tenant_weights_bad_weight_names_the_flag(tmp_path):
+    res = runner.invoke(app, ["simulate", "--tenants", "a=x", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "--tenants: weight of 'a' is not a number" in res.output

@@ -22,6 +22,7 @@ from driftsim.traces import (
     inspect_trace,
     load_trace,
     load_trace_with_report,
+    parse_tenant_weights,
     scale_rate,
     set_priorities,
     set_slos,
@@ -443,3 +444,11 @@ def test_inspect_trace(azure):
     assert info["prompt_share"] == 0.0
     assert all(not isinstance(v, pl.DataFrame) for v in info.values())
     assert math.isfinite(info["output_tokens"]["mean"])
+
+
+def test_parse_tenant_weights_reads_names_with_optional_weights():
+    assert parse_tenant_weights("premium=2, standard=1,,batch") == {"premium": 2.0, "standard": 1.0, "batch": 1.0}
+    with pytest.raises(ValueError, match="weight of 'a' is not a number"):
+        parse_tenant_weights("a=x")
+    with pytest.raises(ValueError, match="expected names"):
+        parse_tenant_weights(" , ")

@@ -30,7 +30,15 @@ from driftsim.traces.schema import (
     validate_trace,
 )
 from driftsim.traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
-from driftsim.traces.transform import assign_tenants, clip_duration, head, scale_rate, set_priorities, set_slos
+from driftsim.traces.transform import (
+    assign_tenants,
+    clip_duration,
+    head,
+    parse_tenant_weights,
+    scale_rate,
+    set_priorities,
+    set_slos,
+)
 from driftsim.traces.writer import write_trace
 
 __all__ = [
@@ -52,6 +60,7 @@ __all__ = [
     "lengths_from_trace",
     "load_trace",
     "load_trace_with_report",
+    "parse_tenant_weights",
     "read_azure",
     "read_bailian",
     "read_burstgpt",

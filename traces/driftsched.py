@@ -215,35 +215,16 @@ def driftsched_workload(
     there. ``slo_ttft_s`` / ``slo_e2e_s`` optionally give per-tenant
     objectives (the original has none: null by default).
     """
-    if n_learning < 0 or n_stress < 0:
-        raise ValueError("request counts must be >= 0")
-    for name, (lo, hi) in (("learning_gap_s", learning_gap_s), ("stress_gap_s", stress_gap_s)):
-        if not 0 <= lo <= hi:
-            raise ValueError(f"{name} must satisfy 0 <= low <= high, got {(lo, hi)}")
-    if phase_gap_s < 0:
-        raise ValueError("phase_gap_s must be >= 0")
     tenants = tuple(tenants)
-    if not tenants:
-        raise ValueError("tenants must not be empty")
-    missing = [t for t in tenants if t not in priorities]
-    if missing:
-        raise ValueError(f"no priority for tenants {missing}")
-    missing = [j for j in JOB_TYPES if j not in output_dists]
-    if missing:
-        raise ValueError(f"no output length distribution for job types {missing}")
+    _check_workload_args(n_learning=n_learning, n_stress=n_stress, learning_gap_s=learning_gap_s,
+                         stress_gap_s=stress_gap_s, phase_gap_s=phase_gap_s, tenants=tenants,
+                         priorities=priorities, output_dists=output_dists)  # fmt: skip
     counter = counter or WhitespaceCounter()
     n = n_learning + n_stress
     ss = np.random.SeedSequence(seed)
     r_gap, r_tenant, r_job, r_prompt, r_out = (np.random.default_rng(s) for s in ss.spawn(5))
-
-    # arrivals: the original sleeps before each submission; the pause sits between the phases
-    learn_arrival = np.cumsum(r_gap.uniform(*learning_gap_s, n_learning))
-    last_learning = float(learn_arrival[-1]) if n_learning else 0.0
-    if stress_start_s is not None:
-        start = max(float(stress_start_s), last_learning)
-    else:
-        start = last_learning + phase_gap_s if n_learning else 0.0
-    arrival = np.concatenate([learn_arrival, start + np.cumsum(r_gap.uniform(*stress_gap_s, n_stress))])
+    arrival = _arrivals(r_gap, n_learning=n_learning, n_stress=n_stress, learning_gap_s=learning_gap_s,
+                        stress_gap_s=stress_gap_s, phase_gap_s=phase_gap_s, stress_start_s=stress_start_s)  # fmt: skip
 
     tenant_ix = r_tenant.integers(0, len(tenants), n)
     jobs_ix = np.concatenate(
@@ -284,3 +265,35 @@ def driftsched_workload(
         schema=REQUEST_SCHEMA,
     )
 
+
+def _check_workload_args(*, n_learning: int, n_stress: int, learning_gap_s: tuple[float, float],
+                         stress_gap_s: tuple[float, float], phase_gap_s: float, tenants: tuple[str, ...],
+                         priorities: Mapping[str, int], output_dists: Mapping[str, OutputLengthDist]) -> None:
+    """Raise ValueError naming the first argument of :func:`driftsched_workload` that cannot make a workload."""
+    if n_learning < 0 or n_stress < 0:
+        raise ValueError("request counts must be >= 0")
+    for name, (lo, hi) in (("learning_gap_s", learning_gap_s), ("stress_gap_s", stress_gap_s)):
+        if not 0 <= lo <= hi:
+            raise ValueError(f"{name} must satisfy 0 <= low <= high, got {(lo, hi)}")
+    if phase_gap_s < 0:
+        raise ValueError("phase_gap_s must be >= 0")
+    if not tenants:
+        raise ValueError("tenants must not be empty")
+    missing = [t for t in tenants if t not in priorities]
+    if missing:
+        raise ValueError(f"no priority for tenants {missing}")
+    missing = [j for j in JOB_TYPES if j not in output_dists]
+    if missing:
+        raise ValueError(f"no output length distribution for job types {missing}")
+
+
+def _arrivals(rng: np.random.Generator, *, n_learning: int, n_stress: int, learning_gap_s: tuple[float, float],
+              stress_gap_s: tuple[float, float], phase_gap_s: float, stress_start_s: float | None) -> np.ndarray:
+    """Arrival times (s): the original sleeps before each submission; the pause sits between the phases."""
+    learn_arrival = np.cumsum(rng.uniform(*learning_gap_s, n_learning))
+    last_learning = float(learn_arrival[-1]) if n_learning else 0.0
+    if stress_start_s is not None:
+        start = max(float(stress_start_s), last_learning)
+    else:
+        start = last_learning + phase_gap_s if n_learning else 0.0
+    return np.concatenate([learn_arrival, start + np.cumsum(rng.uniform(*stress_gap_s, n_stress))])

@@ -46,14 +46,14 @@ class TokenizerCounter:
     def _load(self) -> Callable[[str], int]:
         json_file = self.path / "tokenizer.json" if self.path.is_dir() else self.path
         try:
-            import tokenizers  # type: ignore[import-not-found]
+            import tokenizers  # type: ignore[import-not-found]  # NOTE: optional, imported when a tokenizer is loaded
         except ImportError:
             tokenizers = None
         if tokenizers is not None and json_file.is_file():
             tok = tokenizers.Tokenizer.from_file(str(json_file))
             return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
         try:
-            import transformers  # type: ignore[import-not-found]
+            import transformers  # type: ignore[import-not-found]  # NOTE: optional fallback
         except ImportError:
             transformers = None
         if transformers is not None:

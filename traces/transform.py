@@ -14,7 +14,28 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-__all__ = ["assign_tenants", "clip_duration", "head", "scale_rate", "set_priorities", "set_slos"]
+__all__ = ["assign_tenants", "clip_duration", "head", "parse_tenant_weights", "scale_rate", "set_priorities", "set_slos"]
+
+
+def parse_tenant_weights(spec: str) -> dict[str, float]:
+    """``"premium=2,standard=1"`` or ``"a,b,c"`` (weight 1 each) -> ``{name: weight}`` for :func:`assign_tenants`.
+
+    The one parser of a tenant-weights option. Raises ValueError when a
+    weight is not a number or no name is given.
+    """
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, w = part.partition("=")
+        try:
+            out[name.strip()] = float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"weight of {name!r} is not a number: {w!r} (expected e.g. premium=2,standard=1)") from None
+    if not out:
+        raise ValueError("expected names with optional weights, e.g. premium=1,standard=1,batch=1")
+    return out
 
 
 def _weights(tenants: Mapping[str, float] | Sequence[str]) -> tuple[list[str], np.ndarray]:

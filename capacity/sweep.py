@@ -1,0 +1,57 @@
+"""A sweep: every run of a grid on a pool, gathered into one :class:`~driftsim.capacity.results.ResultSet`.
+
+The call behind ``driftsim sweep``: :meth:`Sweep.build` expands the study
+into run specs and checks them before anything runs; :func:`run_sweep`
+runs them on a pool and records what was run (axes, seeds, targets,
+executor, wall time) in the result's ``meta``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from driftsim.capacity.pool import Pool
+from driftsim.capacity.results import ResultSet
+from driftsim.capacity.runner import RunOutcome
+from driftsim.capacity.spec import Grid, RunSpec, check_specs, expand
+from driftsim.capacity.study import StudyInputs
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A grid over a study's scenario, its run specs (checked) and the prices for cost columns ($/GPU-hour by profile)."""
+
+    inputs: StudyInputs
+    grid: Grid
+    specs: tuple[RunSpec, ...]
+    prices: dict
+
+    @classmethod
+    def build(cls, inputs: StudyInputs, *, axes: dict, prices: dict, record_first_seed: bool = True) -> Sweep:
+        """Expand ``axes`` x seeds over the study; raises ConfigError (or ProfileError) before any run on a bad configuration."""
+        grid = Grid(scenario=inputs.scenario, axes=axes, seeds=inputs.seeds, fixed=inputs.fixed)
+        specs = expand(grid, targets=tuple(inputs.targets), record_first_seed=record_first_seed)
+        check_specs(specs)
+        return cls(inputs=inputs, grid=grid, specs=tuple(specs), prices=prices)
+
+    @property
+    def configurations(self) -> int:
+        return len(self.specs) // len(self.inputs.seeds)
+
+
+def run_sweep(sweep: Sweep, pool: Pool, *, on_result: Callable[[RunOutcome], None] | None = None) -> ResultSet:
+    """Start ``pool``, run every spec on it (``on_result`` is called as each finishes), stop it, gather the outcomes."""
+    t0 = time.perf_counter()
+    with pool:
+        outcomes = pool.run(list(sweep.specs), on_result=on_result)
+    wall = time.perf_counter() - t0
+    inputs = sweep.inputs
+    meta = {
+        "command": "sweep", "scenario": inputs.scenario, "scenario_name": sweep.specs[0].scenario.get("name", ""),
+        "axes": sweep.grid.axes, "seeds": inputs.seeds, "fixed": inputs.fixed, "targets": [t.__dict__ for t in inputs.targets],
+        "executor": pool.describe(), "wall_s": wall, "runs": len(sweep.specs), "created": datetime.now().isoformat(timespec="seconds"),
+    }  # fmt: skip
+    return ResultSet.from_outcomes(outcomes, meta=meta, prices=sweep.prices)
