@@ -14,7 +14,7 @@
 
 ``driftsim validate --resume OUTDIR`` replays only what a journal lacks;
 ``driftsim validate --rescore OUTDIR`` rebuilds the report from the
-journals without a server (:mod:`driftsim.validation.resume`).
+journals without a server (:mod:`driftsim.validation.rescore`).
 """
 
 from __future__ import annotations
