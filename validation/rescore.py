@@ -49,6 +49,8 @@ def rescore(out: str | Path, *, cost: CostModel | None = None,
     facts = ServerFacts(**state["facts"])
     config = state.get("config") or {}
     if cost is None:
+        if not config.get("profile"):
+            raise JournalError(f"{folder / STATE} names no profile: give the one it was validated with (--profile)")
         cost = load_profile(config["profile"]).cost_model
     gw = GatewayConfig(policy=config.get("policy", "fifo"), max_outstanding=config.get("max_outstanding"))
     mb = MicroBatch(**{k: v for k, v in config["microbatch"].items()}) if config.get("microbatch") else None
