@@ -13,12 +13,17 @@ Exit codes: 0 done; 1 the measurement stopped early (engine/server failure
 or Ctrl-C; what was measured is in the file); 2 bad input (unreachable
 endpoint, bad file, too few measurements); 3 ``fit --check-targets`` and
 the held-out error misses the targets.
+
+NOTE: the library is imported inside the commands: every ``driftsim`` call
+imports this module, and the profiling drivers, the fit and pyarrow would
+add about a second to its start-up.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -95,28 +100,11 @@ def profile(
 
       driftsim profile --engine http --endpoint http://127.0.0.1:8000 --max-num-seqs 256 --out srv.parquet
     """
-    from driftsim.profiling.sweep import run_sweep
-
-    if engine not in ("offline", "http"):
-        _fail(f"--engine: expected 'offline' or 'http', got {engine!r}")
-    if not budget_s > 0:
-        _fail(f"--budget-s must be > 0, got {budget_s}")
-    if engine == "http" and not (endpoint or serve):
-        _fail("--engine http needs --endpoint URL (or --serve with --model)")
-    if endpoint and serve:
-        _fail("give either --endpoint or --serve, not both")
-    if engine == "offline" and endpoint:
-        _fail("--endpoint is for --engine http")
-    if model is None and not build_tiny_model and (engine == "offline" or serve):
-        _fail("which model? give --model DIR or --build-tiny-model")
-    if model is not None and build_tiny_model:
-        _fail("give either --model or --build-tiny-model, not both")
-    if model is not None and not model.is_dir():
-        _fail(f"--model {model}: not a folder")
+    _check_profile_options(engine=engine, budget_s=budget_s, endpoint=endpoint, serve=serve, model=model,
+                           build_tiny_model=build_tiny_model)
     out = out or Path("driftsim-out") / f"measurements-{datetime.now():%Y%m%d-%H%M%S}.parquet"
     if out.suffix.lower() not in (".parquet", ".csv"):
         _fail(f"--out {out}: must end in .parquet or .csv")
-
     offline_config = None
     if engine == "offline":
         from driftsim.profiling.offline import OfflineConfig, prepare_environment
@@ -133,75 +121,128 @@ def profile(
         model = tiny_model_or_exit()
         err.print(f"tiny model: {model}")
         if offline_config is not None:
-            from dataclasses import replace
-
             offline_config = replace(offline_config, model=str(model))
 
-    server = None
+    server = driver = None
+    extra = {}
     try:
         if engine == "offline":
-            from driftsim.profiling.offline import EngineUnavailable, OfflineDriver
+            from driftsim.profiling.offline import OfflineDriver
 
             driver = OfflineDriver(offline_config)
-            with err.status("starting the engine"):
-                try:
-                    driver.start()
-                except EngineUnavailable as exc:
-                    _fail(str(exc))
+            _start_offline_or_exit(driver)
         else:
-            from driftsim.profiling.http import EndpointError, HttpConfig, HttpDriver
-            from driftsim.profiling.modelinfo import model_arch
-
             if serve:
-                from driftsim.profiling.server import ServerConfig, VllmServer
-
-                server = VllmServer(ServerConfig(model=str(model), max_model_len=max_model_len or 2048,
-                                                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                                                 kv_cache_space_gib=kv_cache_gib,
-                                                 env={"VLLM_CPU_OMP_THREADS_BIND": cpu_threads} if cpu_threads else {}))
+                server = _server_to_profile(model, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                                            max_num_batched_tokens=max_num_batched_tokens, kv_cache_gib=kv_cache_gib,
+                                            cpu_threads=cpu_threads)
                 endpoint = start_server_or_exit(server, "starting the vLLM server")
-            vocab = 4000
-            arch = None
+            driver, arch = _http_driver_or_exit(endpoint, model=model, served_model=served_model,
+                                                api_key_file=api_key_file, max_num_seqs=max_num_seqs,
+                                                max_num_batched_tokens=max_num_batched_tokens,
+                                                max_model_len=max_model_len, seed=seed)
             if model is not None:
-                try:
-                    arch = model_arch(model)
-                    vocab = arch["vocab_size"]
-                except (OSError, ValueError) as exc:
-                    _fail(str(exc))
-            from driftsim.profiling.secrets import SecretError, load_api_key
-
-            try:
-                api_key = load_api_key(api_key_file)
-            except SecretError as exc:
-                _fail(str(exc))
-            driver = HttpDriver(HttpConfig(endpoint=str(endpoint), model=served_model, api_key=api_key,
-                                           max_num_seqs=max_num_seqs or 128,
-                                           max_num_batched_tokens=max_num_batched_tokens or 2048,
-                                           max_model_len=max_model_len, vocab_size=vocab, seed=seed))
-            try:
-                driver.start()
-            except EndpointError as exc:
-                _fail(str(exc))
-        extra = {}
-        if engine == "http" and model is not None:
-            extra["model_arch"] = arch
-            extra["model_dir"] = str(model)
-        limits = driver.limits()
-        err.print(f"limits: {limits.max_num_seqs} seqs, {limits.max_num_batched_tokens} tokens per step, "
-                  f"max_model_len {limits.max_model_len}, KV {limits.kv_tokens or '?'} tokens; "
-                  f"measuring for up to {budget_s:.0f} s into {out}")
-        with err.status("measuring") as status:
-            def progress(i: int, n: int, elapsed: float, point) -> None:
-                status.update(f"measuring: {elapsed:5.0f} / {budget_s:.0f} s, point {i + 1} of {n}: {point.describe()}")
-
-            result = run_sweep(driver, out=out, budget_s=budget_s, seed=seed, extra_meta=extra, progress=progress)
+                extra = {"model_arch": arch, "model_dir": str(model)}
+        result = _measure(driver, out=out, budget_s=budget_s, seed=seed, extra=extra)
     finally:
-        if engine == "offline" and "driver" in locals():
+        if engine == "offline" and driver is not None:
             driver.close()
         if server is not None:
             server.stop()
+    _print_sweep(result, out, total_s=time.perf_counter() - t_total)
 
-    console.print(f"measured {result.rows} steps in {result.wall_s:.0f} s ({time.perf_counter() - t_total:.0f} s in all, "
+
+def _server_to_profile(model: Path, *, max_model_len: int | None, max_num_seqs: int | None,
+                       max_num_batched_tokens: int | None, kv_cache_gib: int, cpu_threads: str | None):
+    """``--serve``: the vLLM server to start for ``model`` (not started yet)."""
+    from driftsim.profiling.server import ServerConfig, VllmServer
+
+    return VllmServer(ServerConfig(model=str(model), max_model_len=max_model_len or 2048,
+                                   max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                                   kv_cache_space_gib=kv_cache_gib,
+                                   env={"VLLM_CPU_OMP_THREADS_BIND": cpu_threads} if cpu_threads else {}))
+
+
+def _measure(driver, *, out: Path, budget_s: float, seed: int, extra: dict):
+    """Run the sweep on a started driver under a progress line."""
+    from driftsim.profiling.sweep import run_sweep
+
+    limits = driver.limits()
+    err.print(f"limits: {limits.max_num_seqs} seqs, {limits.max_num_batched_tokens} tokens per step, "
+              f"max_model_len {limits.max_model_len}, KV {limits.kv_tokens or '?'} tokens; "
+              f"measuring for up to {budget_s:.0f} s into {out}")
+    with err.status("measuring") as status:
+        def progress(i: int, n: int, elapsed: float, point) -> None:
+            status.update(f"measuring: {elapsed:5.0f} / {budget_s:.0f} s, point {i + 1} of {n}: {point.describe()}")
+
+        return run_sweep(driver, out=out, budget_s=budget_s, seed=seed, extra_meta=extra, progress=progress)
+
+
+def _check_profile_options(*, engine: str, budget_s: float, endpoint: str | None, serve: bool, model: Path | None,
+                           build_tiny_model: bool) -> None:
+    """Exit 2 naming the flag on every bad combination of ``driftsim profile`` options."""
+    if engine not in ("offline", "http"):
+        _fail(f"--engine: expected 'offline' or 'http', got {engine!r}")
+    if not budget_s > 0:
+        _fail(f"--budget-s must be > 0, got {budget_s}")
+    if engine == "http" and not (endpoint or serve):
+        _fail("--engine http needs --endpoint URL (or --serve with --model)")
+    if endpoint and serve:
+        _fail("give either --endpoint or --serve, not both")
+    if engine == "offline" and endpoint:
+        _fail("--endpoint is for --engine http")
+    if model is None and not build_tiny_model and (engine == "offline" or serve):
+        _fail("which model? give --model DIR or --build-tiny-model")
+    if model is not None and build_tiny_model:
+        _fail("give either --model or --build-tiny-model, not both")
+    if model is not None and not model.is_dir():
+        _fail(f"--model {model}: not a folder")
+
+
+def _start_offline_or_exit(driver) -> None:
+    from driftsim.profiling.offline import EngineUnavailable
+
+    with err.status("starting the engine"):
+        try:
+            driver.start()
+        except EngineUnavailable as exc:
+            _fail(str(exc))
+
+
+def _http_driver_or_exit(endpoint: str, *, model: Path | None, served_model: str | None, api_key_file: Path | None,
+                         max_num_seqs: int | None, max_num_batched_tokens: int | None, max_model_len: int | None,
+                         seed: int):
+    """The started HTTP driver for ``endpoint`` and the model's architecture (None without ``model``)."""
+    from driftsim.profiling.http import EndpointError, HttpConfig, HttpDriver
+    from driftsim.profiling.modelinfo import model_arch
+    from driftsim.profiling.secrets import SecretError, load_api_key
+
+    vocab = 4000
+    arch = None
+    if model is not None:
+        try:
+            arch = model_arch(model)
+            vocab = arch["vocab_size"]
+        except (OSError, ValueError) as exc:
+            _fail(str(exc))
+    try:
+        api_key = load_api_key(api_key_file)
+    except SecretError as exc:
+        _fail(str(exc))
+    driver = HttpDriver(HttpConfig(endpoint=str(endpoint), model=served_model, api_key=api_key,
+                                   max_num_seqs=max_num_seqs or 128,
+                                   max_num_batched_tokens=max_num_batched_tokens or 2048,
+                                   max_model_len=max_model_len, vocab_size=vocab, seed=seed))
+    try:
+        driver.start()
+    except EndpointError as exc:
+        _fail(str(exc))
+    return driver, arch
+
+
+def _print_sweep(result, out: Path, *, total_s: float) -> None:
+    """What the sweep measured; exit 1 if it stopped early."""
+    console.print(f"measured {result.rows} steps in {result.wall_s:.0f} s ({total_s:.0f} s in all, "
                   "engine start included)")
     t = Table()
     t.add_column("phase")
@@ -266,6 +307,23 @@ def fit(
         except (OSError, ValueError) as exc:
             _fail(str(exc))
     out = out or measurements.with_suffix(".toml")
+    console.print(_fit_error_table(report))
+    _print_fit_notes(report)
+    console.print(_coefficients_table(model))
+    try:
+        write_profile(out, model, report, m.meta, name=name, measurements_path=measurements, model_arch=arch)
+    except (FitError, ProfileError) as exc:
+        _fail(str(exc))
+    console.print(f"profile written to [bold]{out}[/]; use it with: driftsim simulate --profile {out}")
+    if check_targets and not report.meets_targets("linear"):
+        err.print(f"[bold red]targets missed:[/] the linear model's held-out error exceeds median "
+                  f"{TARGET_MDAPE:.0%} or P90 {TARGET_P90APE:.0%} in some phase", highlight=False)
+        raise typer.Exit(3)
+
+
+def _fit_error_table(report) -> Table:
+    """Held-out step-time error per phase, per model, and whether the linear model meets its targets."""
+    from driftsim.costmodel.fit import TARGET_MDAPE, TARGET_P90APE
 
     t = Table(title=f"held-out step-time error ({report.folds}-fold CV by sweep point, {report.rows} steps, "
                     f"{report.groups} points)", title_justify="left")
@@ -287,7 +345,11 @@ def fit(
         t.add_row(f"[bold]{phase}[/]" if phase == "all" else phase, str(lin.n), *cells,
                   ("[green]yes[/]" if ok else "[red]no[/]") if phase != "all" else "",
                   end_section=phase == "mixed")
-    console.print(t)
+    return t
+
+
+def _print_fit_notes(report) -> None:
+    """What else the fit found: the decode table, measurement noise, what was left out, warnings, the winner."""
     if "linear_plain" in report.errors:
         console.print("linear: the profile's model, "
                       + (f"with a decode table at {', '.join(map(str, report.decode_knots))} decode sequences"
@@ -309,6 +371,10 @@ def fit(
     console.print(f"winner (lower P90 over all held-out steps): [bold]{'linear' if report.winner == 'linear' else 'gradient-boosted trees'}[/]"
                   + ("" if report.winner == "linear" else
                      " (the profile still holds the linear model: it is the form the simulator evaluates)"))
+
+
+def _coefficients_table(model) -> Table:
+    """The linear model's coefficients and decode table."""
     c = Table(title="linear model (fitted on all steps)", title_justify="left")
     c.add_column("coefficient")
     c.add_column("value", justify="right")
@@ -317,16 +383,7 @@ def fit(
                   f"{value:.4g}")
     for knot, cost in zip(model.decode_seq_knots, model.decode_seq_cost_s):
         c.add_row(f"decode sequences cost at {knot} (s)", f"{cost:.4g}")
-    console.print(c)
-    try:
-        write_profile(out, model, report, m.meta, name=name, measurements_path=measurements, model_arch=arch)
-    except (FitError, ProfileError) as exc:
-        _fail(str(exc))
-    console.print(f"profile written to [bold]{out}[/]; use it with: driftsim simulate --profile {out}")
-    if check_targets and not report.meets_targets("linear"):
-        err.print(f"[bold red]targets missed:[/] the linear model's held-out error exceeds median "
-                  f"{TARGET_MDAPE:.0%} or P90 {TARGET_P90APE:.0%} in some phase", highlight=False)
-        raise typer.Exit(3)
+    return c
 
 
 def _standalone_app() -> typer.Typer:

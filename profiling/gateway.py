@@ -62,6 +62,7 @@ from typing import Any, Callable
 
 import httpx
 import numpy as np
+import polars as pl
 
 from driftsim.profiling.http import EndpointError, OpenAIClient, StreamChunkError, gc_frozen, sse_chunks
 from driftsim.profiling.secrets import redact
@@ -577,7 +578,7 @@ def run_replay(gateway: ReplayGateway) -> tuple[list[RequestRecord], bool]:
         return gateway.records, True
 
 
-def records_frame(records: list[RequestRecord]):
+def records_frame(records: list[RequestRecord]) -> pl.DataFrame:
     """The records as one polars DataFrame (one row per request, token times as a list column).
 
     Latencies are measured from ``released_s`` (when the request entered the
@@ -585,8 +586,6 @@ def records_frame(records: list[RequestRecord]):
     released``, ``e2e_s = delivered - released``, ``tpot_s = (last token -
     first token) / (tokens - 1)``; null unless the request completed.
     """
-    import polars as pl
-
     rows: dict[str, list[Any]] = {k: [] for k in (
         "request_id", "tenant", "input_tokens", "output_tokens", "intended_s", "released_s", "sent_s",
         "first_token_s", "finish_s", "delivered_s", "completion_tokens", "prompt_tokens", "status", "error",

@@ -14,7 +14,7 @@
 
 ``driftsim validate --resume OUTDIR`` replays only what a journal lacks;
 ``driftsim validate --rescore OUTDIR`` rebuilds the report from the
-journals without a server (:mod:`driftsim.validation.resume`).
+journals without a server (:mod:`driftsim.validation.rescore`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from driftsim.profiling.gateway import RequestRecord
 from driftsim.sim.atomic import _json_default, atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text  # noqa: F401
 
 #: outcomes a resumed replay keeps (anything else, e.g. ``error`` or ``cancelled``, is replayed)
@@ -110,8 +111,6 @@ def read_journal(path: str | Path, *, trace: str | None = None) -> tuple[dict[in
     """``({idx: record fields}, lines dropped)`` from a journal; a later line for the same request
     replaces an earlier one (a request replayed again on resume). Raises :class:`JournalError`
     if the header is missing or names another trace than ``trace``."""
-    from driftsim.profiling.gateway import RequestRecord
-
     path = Path(path)
     names = {f.name for f in fields(RequestRecord)}
     out: dict[int, dict] = {}
@@ -142,8 +141,6 @@ def read_journal(path: str | Path, *, trace: str | None = None) -> tuple[dict[in
 
 def record_from_row(row: dict):
     """A :class:`driftsim.profiling.gateway.RequestRecord` from a journal line (None times back to NaN)."""
-    from driftsim.profiling.gateway import RequestRecord
-
     kw = dict(row)
     for k in _TIME_FIELDS:
         if kw.get(k) is None:

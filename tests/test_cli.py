@@ -101,7 +101,7 @@ def test_a_launched_cpu_server_is_taken_to_run_without_async_scheduling(monkeypa
     """vLLM's CPU platform turns async scheduling off whatever the command line asks, so the facts a
     launched CPU server's report shows say off; elsewhere they say what was asked for."""
     import driftsim.profiling.offline
-    from driftsim.cli.validate_cmds import launched_async
+    from driftsim.profiling.cpu_platform import launched_async
 
     monkeypatch.setattr(driftsim.profiling.offline, "cpu_build", lambda: True)
     assert launched_async(True) is False

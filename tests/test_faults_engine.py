@@ -48,7 +48,7 @@ class TestFaultsOnTheRealEngine:
     def test_500_drop_and_hang_are_recorded_per_request_and_the_replay_goes_on(self, vllm_server):
         from driftsim.profiling.gateway import check_endpoint
         from driftsim.profiling.http import OpenAIClient
-        from driftsim.validation.run import replay
+        from driftsim.profiling.trace_replay import replay
         from driftsim.sim.client import ClientConfig
         from driftsim.sim.config import GatewayConfig
         from tests.fault_proxy import FaultProxy
@@ -83,7 +83,7 @@ class TestFaultsOnTheRealEngine:
     def test_a_failed_attempt_is_retried_on_the_real_engine(self, vllm_server):
         from driftsim.profiling.gateway import check_endpoint
         from driftsim.profiling.http import OpenAIClient
-        from driftsim.validation.run import replay
+        from driftsim.profiling.trace_replay import replay
         from driftsim.sim.client import ClientConfig
         from driftsim.sim.config import GatewayConfig
         from tests.fault_proxy import FaultProxy
@@ -103,7 +103,7 @@ class TestFaultsOnTheRealEngine:
         from driftsim.profiling.gateway import check_endpoint
         from driftsim.profiling.http import OpenAIClient
         from driftsim.profiling.journal import read_journal
-        from driftsim.validation.resume import replay_journaled
+        from driftsim.profiling.trace_replay import replay_journaled
         from driftsim.sim.config import GatewayConfig
 
         model = check_endpoint(OpenAIClient(vllm_server.url))

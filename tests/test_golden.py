@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from driftsim.cli.main import app
-from driftsim.validation.resume import rescore
+from driftsim.validation.rescore import rescore
 from tests.factories import linear_cost
 
 REPO = Path(__file__).resolve().parent.parent

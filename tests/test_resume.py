@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,14 +19,19 @@ import pytest
 
 from driftsim.profiling.gateway import ReplayGateway, StreamingClient, run_replay
 from driftsim.profiling.journal import JournalError, ReplayJournal, atomic_write_text, read_journal, trace_key
-from driftsim.validation.run import read_server_facts, run_validation
-from driftsim.validation.resume import rescore
+from driftsim.errors import ConfigError
+from driftsim.profiling.server_facts import read_server_facts
+from driftsim.profiling.trace_replay import replay_journaled
 from driftsim.sim.config import GatewayConfig
+from driftsim.validation.plan import ValidationPlan
+from driftsim.validation.rescore import rescore
+from driftsim.validation.run import run_validation
 from driftsim.sim.policies import make_policy
 from tests.factories import linear_cost, make_trace
 from tests.test_validation import MockEngine, client_for, requests
 
 REPO = Path(__file__).resolve().parent.parent
+SAVED = REPO / "tests" / "data" / "saved-validation"
 N = 30
 
 
@@ -36,9 +42,9 @@ def trace() -> pl.DataFrame:
 def validate(engine, folder: Path, *, resume=False):
     client = client_for(engine)
     facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
-    return run_validation(client=client, facts=facts, cost=linear_cost(), gateway=GatewayConfig(),
-                          traces=[(1.0, trace())], capacity=10.0, warmup=False, overhead_s=0.001,
-                          journal_dir=folder, resume=resume)
+    plan = ValidationPlan(warmup=False, overhead_s=0.001, out=folder.parent, resume=resume)
+    return run_validation(plan, client=client, facts=facts, cost=linear_cost(), traces=[(1.0, trace())],
+                          capacity=10.0)
 
 
 CHILD = """
@@ -132,8 +138,11 @@ def test_journal_refuses_another_trace_and_a_second_run_without_resume(tmp_path)
     validate(MockEngine(ttft_s=0.005, tpot_s=0.002), folder)
     with pytest.raises(JournalError, match="written for another trace"):
         read_journal(folder / "level-0-rep-0.jsonl", trace="0123456789abcdef")
-    with pytest.raises(JournalError, match="pass --resume"):
+    with pytest.raises(ConfigError, match="already holds a validation: pass --resume"):
         validate(MockEngine(ttft_s=0.005, tpot_s=0.002), folder)
+    with pytest.raises(JournalError, match="pass --resume"):  # the journal itself refuses too
+        replay_journaled(trace(), folder / "level-0-rep-0.jsonl", resume=False, client=None, model="tiny",
+                         gateway=GatewayConfig())
     with pytest.raises(JournalError, match="nothing to re-score|no saved validation"):
         rescore(tmp_path / "elsewhere")
 
@@ -227,9 +236,8 @@ def test_rescore_fits_the_calibration_again_to_the_saved_calibration_replay(tmp_
     folder = tmp_path / "replays"
     client = client_for(MockEngine(ttft_s=0.01, tpot_s=0.004))
     facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
-    res = run_validation(client=client, facts=facts, cost=linear_cost(), gateway=GatewayConfig(),
-                         traces=[(1.0, trace())], capacity=10.0, warmup=False, overhead_s=0.001,
-                         calibration=trace(), journal_dir=folder)
+    res = run_validation(ValidationPlan(warmup=False, overhead_s=0.001, out=tmp_path), client=client, facts=facts,
+                         cost=linear_cost(), traces=[(1.0, trace())], capacity=10.0, calibration=trace())
     res.calibration_frame.write_parquet(tmp_path / "calibration_requests.parquet")
     state = json.loads((folder / "state.json").read_text())
     fitted = state["calibration"]["correction"]
@@ -242,3 +250,30 @@ def test_rescore_fits_the_calibration_again_to_the_saved_calibration_replay(tmp_
     assert any("calibration fitted again" in n for n in again.notes)
     (tmp_path / "calibration_requests.parquet").unlink()  # without the replay: the saved correction
     assert rescore(tmp_path, cost=linear_cost()).calibration["correction"]["values_s"] == [0.5, 0.5]
+
+
+def test_a_session_saved_in_an_earlier_format_is_refused_naming_its_folder(tmp_path):
+    """A session saved before the format version (no ``format_version``; it may carry a step offset,
+    floor and per-sequence cost this version no longer models) is refused, by the library and by
+    ``driftsim validate --rescore``, with a message naming its folder, never re-scored another way."""
+    from typer.testing import CliRunner
+
+    from driftsim.cli.validate_cmds import validate as validate_cmd
+    from tests.test_secrets import cli_app
+
+    old = tmp_path / "old"
+    shutil.copytree(SAVED, old)
+    assert rescore(old, cost=linear_cost()).levels  # the current format re-scores
+    path = old / "replays" / "state.json"
+    state = json.loads(path.read_text())
+    del state["format_version"], state["driftsim_version"]
+    path.write_text(json.dumps({**state, "step_offset_s": 0.002, "step_floor_s": 0.0, "step_per_seq_s": 0.0}))
+    with pytest.raises(JournalError, match=r"old/replays: this saved validation predates the current format"):
+        rescore(old, cost=linear_cost())
+    path.write_text(json.dumps({**state, "driftsim_version": "0.1.0"}))  # versionless, no offsets: refused too
+    with pytest.raises(JournalError, match=r"predates the current format \(version 1\) \(written by driftsim 0\.1\.0\)"):
+        rescore(old, cost=linear_cost())
+    res = CliRunner().invoke(cli_app(validate_cmd), ["--rescore", str(old)])
+    assert res.exit_code == 2 and "predates the current format" in " ".join(res.output.split())
+    with pytest.raises(JournalError, match="predates the current format"):  # nor is it resumed
+        validate(MockEngine(ttft_s=0.005, tpot_s=0.002), old / "replays", resume=True)

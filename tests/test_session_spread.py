@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from driftsim.cli.main import app
 from driftsim.sim.config import ConfigError
 from driftsim.validation.session_spread import load_session, session_spread
-from driftsim.validation.replay_sim import METRICS, OVERALL, STATS
+from driftsim.validation.scoring import METRICS, OVERALL, STATS
 
 CONFIG = {"profile": "p.toml", "policy": "fifo", "max_outstanding": None, "microbatch": None, "trace": "synthetic",
           "loads": [0.5], "seed": 0, "calibrate": True, "command": "driftsim validate ..."}

@@ -18,13 +18,16 @@ import pytest
 from driftsim.profiling.gateway import (MicroBatch, ReplayGateway, ReplayRequest, StreamingClient, check_endpoint,
                                records_frame, run_replay)
 from driftsim.profiling.http import EndpointError, OpenAIClient
-from driftsim.validation.run import fit_trace, read_server_facts, replay_requests
+from driftsim.profiling.server_facts import read_server_facts
+from driftsim.profiling.trace_replay import replay_requests
 from driftsim.sim.config import EngineConfig, GatewayConfig
 from driftsim.sim.policies import make_policy
 from driftsim.sim.run import simulate
-from driftsim.validation.replay_sim import (AT_SERVER_SPEED, OVERALL, SESSION_SPEED, TIME_RESOLUTION_S, aggregate, compare, jain,
-                            overhead_from_probe, parse_bounds, rel_err, replay_engine, sim_trace, simulate_replay,
-                            spread, target_check)
+from driftsim.validation.calibration import AT_SERVER_SPEED, SESSION_SPEED, overhead_from_probe
+from driftsim.validation.replay_sim import replay_engine, sim_trace, simulate_replay
+from driftsim.validation.scoring import (OVERALL, TIME_RESOLUTION_S, aggregate, compare, jain, parse_bounds, rel_err,
+                                         spread, target_check)
+from driftsim.validation.workload import fit_trace
 from tests.factories import linear_cost, make_trace
 
 
@@ -379,11 +382,11 @@ def test_overhead_is_probe_ttft_beyond_the_prefill_step():
 
 
 def test_server_corrections_keep_the_cost_contract():
-    """StepCorrection (and OffsetCost, which older saved validations use): a fast-forwarded run of
+    """StepCorrection (and ScaledCost, which re-simulates at a server's speed): a fast-forwarded run of
     pure-decode steps is bit-identical to stepping one by one."""
     from driftsim.costmodel.batch import StepBatch
+    from driftsim.validation.calibration import ScaledCost
     from driftsim.validation.server_steps import StepCorrection
-    from driftsim.validation.replay_sim import OffsetCost
 
     cost = linear_cost()
     b = StepBatch(decode_seqs=3, decode_ctx_tokens=90)
@@ -393,7 +396,7 @@ def test_server_corrections_keep_the_cost_contract():
     assert StepCorrection(cost, [0, 8], [-1.0, -1.0]).step_time(b) > 0
     with pytest.raises(ValueError, match="knots"):
         StepCorrection(cost, [0, 4, 2], [0.0, 0.0, 0.0])
-    for model in (corr, OffsetCost(cost, 0.002), OffsetCost(cost, 0.001, 0.015, 0.0005)):
+    for model in (corr, ScaledCost(cost, 1.3), ScaledCost(corr, 0.7)):
         assert [float(x) for x in model.decode_run_times(3, 90, 50)] == \
             [model.step_time(StepBatch(decode_seqs=3, decode_ctx_tokens=90 + 3 * j)) for j in range(50)]
     trace = _random_trace(5, 40)
@@ -485,6 +488,7 @@ def test_jain_and_bounds():
 # ---- the whole pipeline on a mock engine, and the CLI's error paths ---------------------------
 
 def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
+    from driftsim.validation.plan import ValidationPlan
     from driftsim.validation.run import run_validation
     from driftsim.validation.report import write_outputs
 
@@ -493,8 +497,8 @@ def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
     traces = [(load, make_trace([(0.01 * i / load, 20 + i, 3 + i % 4) for i in range(8)],
                                 tenants=["a", "b"] * 4, slo_e2e_s=[1.0] * 8)) for load in (0.5, 1.0)]
     said = []
-    res = run_validation(client=client, facts=facts, cost=linear_cost(), gateway=GatewayConfig(), traces=traces,
-                         capacity=10.0, repeat=2, warmup=False, overhead_s=0.001,
+    plan = ValidationPlan(repeat=2, warmup=False, overhead_s=0.001)
+    res = run_validation(plan, client=client, facts=facts, cost=linear_cost(), traces=traces, capacity=10.0,
                          calibration=traces[0][1], progress=said.append)
     assert [lv.load for lv in res.levels] == [0.5, 1.0]
     # the repeats go round the levels, so a server drifting over the session shows in the spread
@@ -502,7 +506,8 @@ def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
         "load 0.5: replay 1 of 2", "load 1: replay 1 of 2", "load 0.5: replay 2 of 2", "load 1: replay 2 of 2"]
     assert all(len(lv.real) == len(lv.sim) == len(lv.scores) == 2 for lv in res.levels)
     assert res.pooled is not None and res.pooled.trace.height == 16
-    assert res.calibration["requests"] == 8 and math.isfinite(res.step_offset_s)
+    assert res.calibration["requests"] == 8
+    assert all(math.isfinite(v) for v in res.calibration["correction"]["values_s"])
     cell = res.levels[0].aggregate["groups"][OVERALL]["e2e_s"]["p50"]
     assert cell["real"] > 0 and cell["sim"] > 0 and math.isfinite(cell["spread"])
     paths = write_outputs(res, tmp_path)
@@ -654,8 +659,8 @@ def test_scheduled_steps_flag_what_the_scheduler_does_not_explain():
 def test_step_speed_tells_a_server_that_changed_speed():
     """A replay measured against the cost model that made it runs at x1.00; a server 10 % slower than
     the model reads x1.10, for decode and mixed steps alike; and the level records it per replay."""
-    from driftsim.validation.run import LevelResult
-    from driftsim.validation.replay_sim import replay_speed
+    from driftsim.validation.calibration import replay_speed
+    from driftsim.validation.levels import LevelResult
     from driftsim.validation.server_steps import scheduled_steps, step_speed
     from tests.factories import COEF
 
@@ -698,7 +703,7 @@ def test_at_server_speed_the_drift_is_taken_out_of_the_error():
     """A server 10 % slower than the model: the held-out sim is ~9 % fast on TPOT and E2E; simulated
     again at the replay's measured speed the error all but vanishes (the structure is exact here),
     per level and pooled, and the targets table carries it beside the judged error."""
-    from driftsim.validation.run import LevelResult, pool_levels, session_speed
+    from driftsim.validation.levels import LevelResult, pool_levels, session_speed
     from driftsim.validation.report import variant_aggregates
     from tests.factories import COEF
 
@@ -734,7 +739,7 @@ def test_at_server_speed_the_drift_is_taken_out_of_the_error():
 def test_session_speed_never_uses_the_scored_replay():
     """Three replays whose servers ran at x1.0, x1.2 and x1.4: each is re-simulated at the mean of
     the other two, never at its own."""
-    from driftsim.validation.run import LevelResult, session_speed
+    from driftsim.validation.levels import LevelResult, session_speed
 
     eng, trace, real, _ = _chunking_replay(linear_cost())
     lv = LevelResult(load=1.0, rate_rps=1.0, trace=trace)
@@ -796,7 +801,7 @@ def test_engine_queue_time_starts_at_the_gateway_dispatch_and_ends_at_the_engine
 
 def test_scaled_cost_scales_every_step_and_fast_forwarded_runs_alike():
     from driftsim.costmodel.batch import StepBatch
-    from driftsim.validation.replay_sim import ScaledCost
+    from driftsim.validation.calibration import ScaledCost
 
     base = linear_cost()
     cost = ScaledCost(base, 1.25)
@@ -809,7 +814,7 @@ def test_scaled_cost_scales_every_step_and_fast_forwarded_runs_alike():
 
 
 def test_a_level_whose_server_moved_since_its_calibration_is_flagged():
-    from driftsim.validation.run import LevelResult, drift_notes
+    from driftsim.validation.levels import LevelResult, drift_notes
 
     def level(load, *decode):
         lv = LevelResult(load=load, rate_rps=1.0, trace=make_trace([(0.0, 10, 2)]))
@@ -825,7 +830,7 @@ def test_a_level_whose_server_moved_since_its_calibration_is_flagged():
 def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
     """With prompts split over steps the mixed-step term is still found (8 ms), from the whole batches."""
     from driftsim.validation.server_steps import StepCorrection, count_knots
-    from driftsim.validation.replay_sim import calibrate_server
+    from driftsim.validation.calibration import calibrate_server
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
@@ -841,7 +846,7 @@ def test_calibration_recovers_a_known_correction_and_the_admission_model():
     import time
 
     from driftsim.validation.server_steps import StepCorrection, count_knots
-    from driftsim.validation.replay_sim import calibrate_server
+    from driftsim.validation.calibration import calibrate_server
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     base = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
@@ -869,7 +874,7 @@ def test_calibration_recovers_a_known_prefill_step_correction():
     the decode correction is unchanged, and a prefill-only step (an idle engine) gets none of it."""
     from driftsim.costmodel.batch import StepBatch
     from driftsim.validation.server_steps import StepCorrection, count_knots, fit_step_correction, observed_steps
-    from driftsim.validation.replay_sim import calibrated
+    from driftsim.validation.calibration import calibrated
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,

@@ -20,7 +20,7 @@ import math
 import polars as pl
 import pytest
 
-from driftsim.cli.validate_cmds import CALIBRATION_LOADS
+from driftsim.validation.workload import CALIBRATION_LOADS
 from tests.engine_fixtures import SERVER_LIMITS, require_vllm, tiny_model, vllm_server  # noqa: F401
 
 pytestmark = pytest.mark.engine
@@ -65,11 +65,12 @@ class TestValidateTinyModel:
 
     def test_sweep_light_to_past_saturation_within_loose_bounds(self, vllm_server, tmp_path):
         from driftsim.profiling.http import OpenAIClient
-        from driftsim.validation.run import (Workload, calibration_trace, capacity_rps, engine_config, fit_trace,
-                                      read_server_facts, run_validation)
-        from driftsim.sim.config import GatewayConfig
-        from driftsim.validation.replay_sim import target_check
+        from driftsim.profiling.server_facts import engine_config, read_server_facts
+        from driftsim.validation.plan import ValidationPlan
         from driftsim.validation.report import write_outputs
+        from driftsim.validation.run import run_validation
+        from driftsim.validation.scoring import target_check
+        from driftsim.validation.workload import Workload, calibration_trace, capacity_rps, fit_trace
 
         cost = _cost()
         client = OpenAIClient(vllm_server.url)
@@ -81,8 +82,8 @@ class TestValidateTinyModel:
         cap = capacity_rps(shape, cost=cost, engine=engine_config(facts))
         traces = [(load, wl.trace(load * cap, seed=0)) for load in (0.4, 1.2)]
         calib = calibration_trace(shape, tuple(x * cap for x in CALIBRATION_LOADS), requests=16, seed=1000)
-        res = run_validation(client=client, facts=facts, cost=cost, gateway=GatewayConfig(),
-                             traces=traces, capacity=cap, repeat=1, vocab_size=8192, calibration=calib)
+        res = run_validation(ValidationPlan(repeat=1, vocab_size=8192), client=client, facts=facts, cost=cost,
+                             traces=traces, capacity=cap, calibration=calib)
         client.close()
         assert not res.interrupted and 0 <= res.overhead_s < 0.2
         c = res.calibration
@@ -118,17 +119,18 @@ class TestValidateTinyModel:
     def test_capped_priority_gateway_on_the_real_engine(self, vllm_server, tmp_path):
         """The policy holds requests at the gateway (cap 4): order and queue waits match the simulation's."""
         from driftsim.profiling.http import OpenAIClient
-        from driftsim.validation.run import Workload, read_server_facts, run_validation
-        from driftsim.sim.config import GatewayConfig
+        from driftsim.profiling.server_facts import read_server_facts
+        from driftsim.validation.plan import ValidationPlan
+        from driftsim.validation.run import run_validation
+        from driftsim.validation.workload import Workload
 
         cost = _cost()
         client = OpenAIClient(vllm_server.url)
         facts = read_server_facts(client, max_num_seqs=SERVER_LIMITS["max_num_seqs"],
                                   max_num_batched_tokens=SERVER_LIMITS["max_num_batched_tokens"])
         trace = Workload(requests=16, output_mean=32).trace(12.0, seed=1)  # a burst: the queue builds
-        res = run_validation(client=client, facts=facts, cost=cost,
-                             gateway=GatewayConfig(policy="priority", max_outstanding=4), traces=[(None, trace)],
-                             vocab_size=8192, warmup=False)
+        plan = ValidationPlan(policy="priority", max_outstanding=4, vocab_size=8192, warmup=False)
+        res = run_validation(plan, client=client, facts=facts, cost=cost, traces=[(None, trace)])
         client.close()
         real, sim = res.levels[0].real[0], res.levels[0].sim[0]
         assert (real["status"] == "ok").all()

@@ -30,9 +30,12 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from driftsim.sim.atomic import atomic_write_parquet, atomic_write_text
 from driftsim.sim.html import figures_html, group_dropdown
-from driftsim.validation.replay_sim import (METRIC_LABELS, METRICS, OVERALL, SPEED_VARIANTS, STATS, level_label, metric_values,
-                            real_latencies, sim_latencies, target_check)
+from driftsim.validation.calibration import SPEED_VARIANTS, describe_calibration
+from driftsim.validation.levels import level_label
+from driftsim.validation.scoring import (METRIC_LABELS, METRICS, OVERALL, STATS, metric_values, real_latencies,
+                                         sim_latencies, target_check)
 
 REAL_COLOR, SIM_COLOR = "#1f77b4", "#d62728"
 CDF_POINTS = 201
@@ -225,7 +228,7 @@ def fmt_pct(x: float | None, signed: bool = False) -> str:
 
 def _targets_html(result) -> str:
     rows = []
-    for lv in _all_levels(result):
+    for lv in reported_levels(result):
         for t in target_check(lv.aggregate, variants=variant_aggregates(lv)):
             cls = "ok" if t["met"] else "bad"
             rows.append(f"<tr><td>{_e(level_label(lv.load))}</td><td>{METRIC_LABELS[t['metric']]} {t['stat']}</td>"
@@ -247,7 +250,8 @@ SPEED_NOTE = ("|sim error| is judged: the profile and the held-out calibration r
               "the simulator's batching, admission and queueing).")
 
 
-def _all_levels(result) -> list:
+def reported_levels(result) -> list:
+    """The levels a report shows, in order: every scored level, then all levels pooled (a sweep's)."""
     out = [lv for lv in result.levels if lv.aggregate]
     pooled = getattr(result, "pooled", None)
     if pooled is not None and pooled.aggregate and len(out) > 1:
@@ -323,10 +327,7 @@ def render_report(result, *, title: str = "driftsim validation: simulator vs rea
     notes = "".join(f"<li>{_e(n)}</li>" for n in result.notes)
     step = ""
     if getattr(result, "calibration", None):
-        c = result.calibration
-        from driftsim.validation.replay_sim import describe_calibration
-
-        step = f" Calibration (never one of the traces below): {_e(describe_calibration(c))}."
+        step = f" Calibration (never one of the traces below): {_e(describe_calibration(result.calibration))}."
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{CSS}</style></head><body>
 <h1>{_e(title)}</h1>
 <p class="note">Generated {datetime.now():%Y-%m-%d %H:%M}. Server: {server}. Policy {_e(cfg.get('policy'))}
@@ -340,7 +341,7 @@ client/HTTP overhead {over};{step} Capacity (load 1.0, the profile's) {_num(resu
 <h2>Figures</h2>
 {''.join(fig_html)}
 <h2>Per level</h2>
-{''.join(_level_html(lv) for lv in _all_levels(result))}
+{''.join(_level_html(lv) for lv in reported_levels(result))}
 </body></html>"""
 
 
@@ -351,9 +352,7 @@ def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
     paths = {"html": out / "report.html", "json": out / "validation.json",
              "real": out / "real_requests.parquet", "sim": out / "sim_requests.parquet"}
     data = result.to_dict()
-    data["targets"] = {level_label(lv.load): target_check(lv.aggregate) for lv in _all_levels(result)}
-    from driftsim.sim.atomic import atomic_write_parquet, atomic_write_text  # temp file + os.replace
-
+    data["targets"] = {level_label(lv.load): target_check(lv.aggregate) for lv in reported_levels(result)}
     atomic_write_text(paths["json"], json.dumps(clean(data), indent=1))
     real, sim = request_frames(result)
     if real.height:

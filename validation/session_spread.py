@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from driftsim.sim.config import ConfigError
-from driftsim.validation.replay_sim import OVERALL, TARGETS, pair_rel_diffs
+from driftsim.validation.scoring import OVERALL, TARGETS, pair_rel_diffs
 
 #: what must be the same for two sessions to be the same command (config keys; server facts)
 SAME_CONFIG = ("profile", "policy", "max_outstanding", "microbatch", "trace", "loads", "seed", "calibrate")
@@ -83,7 +83,7 @@ def _real(runs: list[dict], m: str, k: str) -> list[float]:
 
 def session_spread(docs: list[dict]) -> dict:
     """Across- and within-session spread of the real runs and each session's error, per level and pooled,
-    for the judged figures (:data:`driftsim.validation.replay_sim.TARGETS`). ``docs``: two or more :func:`load_session`
+    for the judged figures (:data:`driftsim.validation.scoring.TARGETS`). ``docs``: two or more :func:`load_session`
     results of the same command (``ConfigError`` otherwise).
 
     Returns ``{"sessions": [path, ...], "levels": {label: {"m:k": {"across", "within", "errors": [...],
