@@ -27,6 +27,7 @@ import polars as pl
 
 from driftsim.costmodel.base import CostModel
 from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.sim.engine import admitted_prompt_tokens
 
 #: Columns of :func:`observed_steps`.
 STEP_COLUMNS = ("end_s", "duration_s", "decode_seqs", "decode_ctx_tokens", "prefill_seqs", "prefill_tokens",
@@ -150,9 +151,10 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
         running = len(generated) + len(computed)
         admitted: list[int] = []
         for r in waiting:
-            if not (arrive[r] <= cutoff and running < max_num_seqs and budget > 0 and (chunked or plen[r] <= budget)):
+            n = admitted_prompt_tokens(plen[r], budget, chunked=chunked)  # the engine's own rule
+            if not (arrive[r] <= cutoff and running < max_num_seqs and budget > 0) or n is None:
                 break
-            chunks[r] = (0, min(plen[r], budget))
+            chunks[r] = (0, n)
             admitted.append(r)
             budget -= chunks[r][1]
             running += 1
