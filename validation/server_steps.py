@@ -131,28 +131,68 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
     :data:`STEP_COLUMNS` plus ``consistent``.
     """
     rows, clusters = _token_clusters(frame, gap_s)
-    plen = dict(rows.select("request_id", "input_tokens").iter_rows())
-    nout = {r: len(tt) for r, tt in rows.select("request_id", "token_times").iter_rows()}
-    arrive = {r: float(s) + arrival_offset_s for r, s in rows.select("request_id", "sent_s").iter_rows()}
-    waiting = deque(sorted(arrive, key=lambda r: (arrive[r], r)))
-    computed: dict[int, int] = {}  # admitted, prompt not complete: tokens computed so far (admission order)
-    generated: dict[int, int] = {}  # tokens delivered so far, for requests decoding
-    unsure: set[int] = set()  # prefilling requests whose progress is not known since a step went unexplained
+    replay = _SchedulerReplay(rows, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                              chunked=chunked, arrival_offset_s=arrival_offset_s)
+    ends: list[float] = []
+    out = []
+    for t0, t1, rids, js in clusters:
+        members = dict(zip(rids, js))
+        busy = bool(ends) and replay.busy()
+        start = replay.start(ends, busy=busy) if len(members) == len(rids) and ends else math.nan
+        cutoff = ends[-lag_steps] if busy and len(ends) >= lag_steps else start
+        chunks, admitted, hidden = replay.plan_seen_step(cutoff, cost)
+        consistent = replay.explains(chunks, members)
+        if busy and not hidden and not math.isnan(start):
+            out.append(replay.step_row(t0, t0 - ends[-1], t1 - t0, chunks) + (consistent,))
+        if not consistent:
+            replay.set_back(chunks, admitted, members, cutoff)
+        replay.settle(chunks, members)
+        ends.append(t0)
+    return _steps_frame(out, ("consistent",))
 
-    def plan(cutoff: float) -> tuple[dict[int, tuple[int, int]], list[int]]:
+
+class _SchedulerReplay:
+    """The state of vLLM's scheduler replayed by :func:`scheduled_steps`, between observed steps."""
+
+    def __init__(self, rows: pl.DataFrame, *, max_num_batched_tokens: int, max_num_seqs: int, chunked: bool,
+                 arrival_offset_s: float) -> None:
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.chunked = chunked
+        self.plen = dict(rows.select("request_id", "input_tokens").iter_rows())
+        self.nout = {r: len(tt) for r, tt in rows.select("request_id", "token_times").iter_rows()}
+        arrive = {r: float(s) + arrival_offset_s for r, s in rows.select("request_id", "sent_s").iter_rows()}
+        self.arrive = arrive
+        self.waiting = deque(sorted(arrive, key=lambda r: (arrive[r], r)))
+        self.computed: dict[int, int] = {}  # admitted, prompt not complete: tokens computed so far (admission order)
+        self.generated: dict[int, int] = {}  # tokens delivered so far, for requests decoding
+        self.unsure: set[int] = set()  # prefilling requests whose progress is not known since a step went unexplained
+
+    def busy(self) -> bool:
+        return bool(self.generated or self.computed)
+
+    def start(self, ends: list[float], *, busy: bool) -> float:
+        """When the step seen next began: the last step's end, or on an idle engine the next arrival."""
+        waiting, arrive = self.waiting, self.arrive
+        if busy or (waiting and arrive[waiting[0]] <= ends[-1]):
+            return ends[-1]
+        return arrive[waiting[0]] if waiting else math.nan
+
+    def plan(self, cutoff: float) -> tuple[dict[int, tuple[int, int]], list[int]]:
         """One step as vLLM schedules it: running prefills first, then admissions (rid -> (done, chunk))."""
-        budget = max_num_batched_tokens - len(generated)
+        plen, arrive = self.plen, self.arrive
+        budget = self.max_num_batched_tokens - len(self.generated)
         chunks: dict[int, tuple[int, int]] = {}
-        for r, c in computed.items():
+        for r, c in self.computed.items():
             n = min(plen[r] - c, budget)
             if n > 0:
                 chunks[r] = (c, n)
                 budget -= n
-        running = len(generated) + len(computed)
+        running = len(self.generated) + len(self.computed)
         admitted: list[int] = []
-        for r in waiting:
-            n = admitted_prompt_tokens(plen[r], budget, chunked=chunked)  # the engine's own rule
-            if not (arrive[r] <= cutoff and running < max_num_seqs and budget > 0) or n is None:
+        for r in self.waiting:
+            n = admitted_prompt_tokens(plen[r], budget, chunked=self.chunked)  # the engine's own rule
+            if not (arrive[r] <= cutoff and running < self.max_num_seqs and budget > 0) or n is None:
                 break
             chunks[r] = (0, n)
             admitted.append(r)
@@ -160,61 +200,76 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
             running += 1
         return chunks, admitted
 
-    def admit(admitted: list[int]) -> None:
+    def admit(self, admitted: list[int]) -> None:
         for r in admitted:
-            waiting.popleft()
-            computed[r] = 0
+            self.waiting.popleft()
+            self.computed[r] = 0
 
-    ends: list[float] = []
-    out = []
-    for t0, t1, rids, js in clusters:
-        members = dict(zip(rids, js))
-        busy = bool(ends) and bool(generated or computed)
-        start = math.nan
-        if len(members) == len(rids) and ends:
-            if busy or (waiting and arrive[waiting[0]] <= ends[-1]):
-                start = ends[-1]
-            elif waiting:
-                start = arrive[waiting[0]]
-        cutoff = ends[-lag_steps] if busy and len(ends) >= lag_steps else start
-        chunks, admitted = plan(cutoff)
+    def plan_seen_step(self, cutoff: float, cost: CostModel | None):
+        """The step whose tokens are seen next, after any steps that ran unseen before it:
+        ``(chunks, admitted, hidden)``, its admissions already made."""
+        plen = self.plen
+        chunks, admitted = self.plan(cutoff)
         hidden = False
-        while not generated and chunks and not any(c + n >= plen[r] for r, (c, n) in chunks.items()):
+        while not self.generated and chunks and not any(c + n >= plen[r] for r, (c, n) in chunks.items()):
             # a step that completes no prompt and has nobody decoding delivers nothing: it ran unseen
             # before this one, whose start (and so its duration) is then unknown; the next step's
             # admissions are those arrived by the unseen step's end, which ``cost`` estimates
-            admit(admitted)
+            self.admit(admitted)
             if cost is not None:
                 cutoff += cost.step_time(StepBatch(
                     prefill_tokens=sum(n for _, n in chunks.values()), prefill_seqs=len(chunks),
                     prefill_attn_tokens=float(sum(chunk_attn_tokens(c, n) for c, n in chunks.values()))))
             for r, (c, n) in chunks.items():
-                computed[r] = c + n
+                self.computed[r] = c + n
             hidden = True
-            chunks, admitted = plan(cutoff)
-        admit(admitted)
+            chunks, admitted = self.plan(cutoff)
+        self.admit(admitted)
+        return chunks, admitted, hidden
+
+    def _firsts(self, chunks: dict[int, tuple[int, int]]) -> set[int]:
+        """Requests whose prompt this step completes (they deliver a first token)."""
+        return {r for r, (c, n) in chunks.items() if c + n >= self.plen[r]}
+
+    def explains(self, chunks: dict[int, tuple[int, int]], members: dict[int, int]) -> bool:
+        """Whether the planned step delivers exactly the tokens seen (``members``: rid -> token index)."""
         obs_first = {r for r, k in members.items() if k == 0}
-        firsts = {r for r, (c, n) in chunks.items() if c + n >= plen[r]}
         obs_dec = {r: k for r, k in members.items() if k > 0}
-        consistent = (firsts == obs_first and obs_dec.keys() == generated.keys() and not (unsure & chunks.keys())
-                      and all(generated[r] == k for r, k in obs_dec.items()))
-        if busy and not hidden and not math.isnan(start):
-            out.append((t0, t0 - ends[-1], len(generated), sum(plen[r] + k for r, k in generated.items()),
-                        len(chunks), sum(n for _, n in chunks.values()),
-                        float(sum(chunk_attn_tokens(c, n) for c, n in chunks.values())), t1 - t0, consistent))
-        # the state after this step: the prediction where it held, else what was observed
-        if not consistent:
-            for r in reversed(admitted):  # predicted to start but not seen: it had not arrived yet
-                if r in firsts and r not in obs_first and r in chunks and chunks[r][0] == 0:
-                    arrive[r] = max(arrive[r], cutoff + 1e-9)
-                    i = next((i for i, w in enumerate(waiting) if (arrive[w], w) > (arrive[r], r)), len(waiting))
-                    waiting.insert(i, r)
-                    del chunks[r], computed[r]
-            unsure.update(r for r in chunks if r not in obs_first)  # their progress is a guess from now on
+        generated = self.generated
+        return (self._firsts(chunks) == obs_first and obs_dec.keys() == generated.keys()
+                and not (self.unsure & chunks.keys()) and all(generated[r] == k for r, k in obs_dec.items()))
+
+    def step_row(self, end_s: float, duration_s: float, width_s: float, chunks: dict[int, tuple[int, int]]) -> tuple:
+        """The step's columns of :data:`STEP_COLUMNS`, its batch as planned."""
+        plen, generated = self.plen, self.generated
+        return (end_s, duration_s, len(generated), sum(plen[r] + k for r, k in generated.items()),
+                len(chunks), sum(n for _, n in chunks.values()),
+                float(sum(chunk_attn_tokens(c, n) for c, n in chunks.values())), width_s)
+
+    def set_back(self, chunks: dict[int, tuple[int, int]], admitted: list[int], members: dict[int, int],
+                 cutoff: float) -> None:
+        """After an unexplained step: a request predicted to start but not seen had not arrived yet;
+        the progress of the rest is a guess from now on."""
+        obs_first = {r for r, k in members.items() if k == 0}
+        firsts = self._firsts(chunks)
+        arrive, waiting = self.arrive, self.waiting
+        for r in reversed(admitted):
+            if r in firsts and r not in obs_first and r in chunks and chunks[r][0] == 0:
+                arrive[r] = max(arrive[r], cutoff + 1e-9)
+                i = next((i for i, w in enumerate(waiting) if (arrive[w], w) > (arrive[r], r)), len(waiting))
+                waiting.insert(i, r)
+                del chunks[r], self.computed[r]
+        self.unsure.update(r for r in chunks if r not in obs_first)
+
+    def settle(self, chunks: dict[int, tuple[int, int]], members: dict[int, int]) -> None:
+        """The state after the step: the prediction where it held, else what was observed."""
+        plen, computed, generated, waiting = self.plen, self.computed, self.generated, self.waiting
+        obs_first = {r for r, k in members.items() if k == 0}
+        obs_dec = {r: k for r, k in members.items() if k > 0}
         for r, (c, n) in chunks.items():
             computed[r] = min(c + n, plen[r] - 1) if r not in obs_first else plen[r]
         for r in obs_first | obs_dec.keys():
-            unsure.discard(r)
+            self.unsure.discard(r)
             if r in computed:
                 del computed[r]
             elif r not in generated and r in waiting:
@@ -223,10 +278,8 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
             generated[r] += 1
         for r, k in members.items():
             generated[r] = k + 1
-        for r in [r for r, k in generated.items() if k >= nout[r]]:
+        for r in [r for r, k in generated.items() if k >= self.nout[r]]:
             del generated[r]
-        ends.append(t0)
-    return _steps_frame(out, ("consistent",))
 
 
 def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
