@@ -22,6 +22,13 @@ under a per-step token budget.
 - A sequence whose prefill completes samples its first token in that step
   (TTFT is that step's end); each decode step adds one token.
 
+The two passes are ``EngineCore._running_pass`` and ``EngineCore._waiting_pass``;
+:func:`admitted_prompt_tokens` is the admission rule under the token budget.
+KV blocks are counted by :class:`driftsim.sim.kv.KvBlocks`, which answers
+"can I allocate?"; the scheduler here picks the victim. Observers given to
+the engine receive :mod:`driftsim.sim.events` records (steps committed,
+requests scheduled and finished).
+
 Decoding sequences are not touched one by one per step. They share an
 aggregate: their count ``D``, the sum of their computed tokens, and a
 histogram of ``(computed - decode_step_counter) mod block_size`` that says
