@@ -22,6 +22,13 @@ under a per-step token budget.
 - A sequence whose prefill completes samples its first token in that step
   (TTFT is that step's end); each decode step adds one token.
 
+The two passes are ``EngineCore._running_pass`` and ``EngineCore._waiting_pass``;
+:func:`admitted_prompt_tokens` is the admission rule under the token budget.
+KV blocks are counted by :class:`driftsim.sim.kv.KvBlocks`, which answers
+"can I allocate?"; the scheduler here picks the victim. Observers given to
+the engine receive :mod:`driftsim.sim.events` records (steps committed,
+requests scheduled and finished).
+
 Decoding sequences are not touched one by one per step. They share an
 aggregate: their count ``D``, the sum of their computed tokens, and a
 histogram of ``(computed - decode_step_counter) mod block_size`` that says
@@ -64,24 +71,39 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 from driftsim.costmodel.base import CostModel
 from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
 from driftsim.sim.config import ConfigError, EngineConfig
+from driftsim.sim.events import Observer, RequestFinished, RequestScheduled, StepCommitted, observer_tuple, publish
+from driftsim.sim.kv import NULL_BLOCKS, KvBlocks, cdiv
 from driftsim.sim.policies import Policy
 from driftsim.sim.request import SimRequest
+
+__all__ = ["NULL_BLOCKS", "EngineCore", "FcfsQueue", "PolicyQueue", "admitted_prompt_tokens"]
 
 _SHORT_RUN = 24  # runs up to this many steps are planned without numpy
 
 
-#: KV blocks vLLM keeps out of its pool (``BlockPool.null_block``, vllm/v1/core/block_pool.py)
-NULL_BLOCKS = 1
+def admitted_prompt_tokens(remaining: int, budget: int, *, chunked: bool) -> int | None:
+    """Tokens of a waiting prompt (``remaining`` still to compute) that one step admits under a token
+    ``budget``: all of them if they fit, else with chunked prefill a first chunk of ``budget`` tokens,
+    else None (it waits). KV blocks are the caller's separate check."""
+    if remaining > budget and not chunked:
+        return None
+    return min(remaining, budget)
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+@dataclass(slots=True)
+class _InboxEntry:
+    """A request that reached an async-scheduling engine and is not yet in its waiting queue."""
+
+    arrived_step: int | None  # index of the step during which it arrived; None: the one planned (set at commit)
+    request: SimRequest
 
 
 class FcfsQueue:
@@ -155,26 +177,35 @@ class PolicyQueue:
 
 
 class EngineCore:
-    """Continuous-batching state of one replica; see the module docstring."""
+    """Continuous-batching state of one replica; see the module docstring.
+
+    ``replica`` is the index events carry; ``observers`` receive the
+    :mod:`driftsim.sim.events` this engine publishes (steps committed,
+    requests scheduled and finished).
+    """
 
     def __init__(
-        self, *, config: EngineConfig, cost: CostModel, num_blocks: int, policy: Policy | None = None
+        self,
+        *,
+        config: EngineConfig,
+        cost: CostModel,
+        num_blocks: int,
+        policy: Policy | None = None,
+        replica: int = 0,
+        observers: Iterable[Observer] | None = None,
     ) -> None:
-        if num_blocks < 2:
-            raise ValueError(f"num_blocks must be at least 2 (one is vLLM's null block), got {num_blocks}")
         self.cfg = config
         self.cost = cost
-        self.bs = config.block_size
+        self.block_size = config.block_size
         self.max_seqs = config.max_num_seqs
-        self.max_tokens = config.max_num_batched_tokens
+        self.token_budget = config.max_num_batched_tokens
         self.chunked = config.chunked_prefill
         self.fast_forward = config.fast_forward
         self.async_sched = config.async_scheduling
         self.reserve_full = config.reserve_full_prompt
-        # vLLM's BlockPool keeps one block (block 0) as its null block, never handed to a request:
-        # of the num_gpu_blocks a server reports, one fewer hold KV
-        self.total_blocks = num_blocks - NULL_BLOCKS
-        self.used_blocks = 0
+        self.kv = KvBlocks(num_blocks)
+        self.replica = replica
+        self._observers = observer_tuple(observers)
 
         self.waiting: FcfsQueue | PolicyQueue = FcfsQueue() if policy is None else PolicyQueue(policy)
         self.running: dict[int, SimRequest] = {}  # order -> request, admission order
@@ -182,11 +213,13 @@ class EngineCore:
         self._next_order = 0
 
         # decode aggregate
-        self.g = 0  # decode steps executed so far
+        self.decode_step = 0  # decode steps executed so far
         self.num_decode = 0
         self.decode_ctx = 0  # sum of computed tokens over decoding sequences
-        self._hist = [0] * self.bs
-        self._finish: list[tuple[int, int, int, SimRequest]] = []  # (finish_g, order, epoch, req)
+        # decoding sequences by (computed - decode_step) mod block_size at decode entry: at decode step s,
+        # those with phase -s % block_size start a new KV block
+        self._decodes_by_phase = [0] * self.block_size
+        self._finish_heap: list[tuple[int, int, int, SimRequest]] = []  # (finish_g, order, epoch, req)
 
         # the plan awaiting commit
         self._ends: np.ndarray | list[float] = []
@@ -196,11 +229,11 @@ class EngineCore:
 
         # async scheduling: requests not yet in the scheduler, and what the last committed step
         # left behind (its end, the slots and KV blocks its finishers still hold)
-        self._inbox: deque[list] = deque()  # [step during which it arrived (None: the one planned), request]
+        self._inbox: deque[_InboxEntry] = deque()
         self._last_end = -1.0
         self._lag_seqs = self._lag_blocks = 0
         self._lagged = False  # the plan in progress sees the last step's finishers as still there
-        self._freed = 0
+        self._freed = 0  # blocks freed by the step being committed
 
         # counters for reports
         self.busy_s = 0.0
@@ -208,25 +241,36 @@ class EngineCore:
         self.preemptions = 0
 
     # ------------------------------------------------------------------ queries
+    @property
+    def total_blocks(self) -> int:
+        return self.kv.total
+
+    @property
+    def used_blocks(self) -> int:
+        return self.kv.used
+
+    @property
+    def free_blocks(self) -> int:
+        return self.kv.total - self.kv.used
+
     def fits(self, req: SimRequest) -> bool:
         """Whether the whole sequence could ever hold its KV on this engine."""
-        return _cdiv(req.input_tokens + req.output_tokens, self.bs) <= self.total_blocks
+        return cdiv(req.input_tokens + req.output_tokens, self.block_size) <= self.kv.total
 
     def has_work(self) -> bool:
         return bool(self.running) or bool(self.waiting) or bool(self._inbox)
 
     @property
-    def free_blocks(self) -> int:
-        return self.total_blocks - self.used_blocks
-
-    @property
     def num_running(self) -> int:
         return len(self.running)
 
+    def _decode_tokens(self, r: SimRequest) -> int:
+        """Computed tokens of the decoding request ``r`` now."""
+        return r.decode_entry_computed + self.decode_step - r.decode_entry_step
+
     def decode_blocks_held(self) -> int:
         """KV blocks held by decoding sequences, recomputed from scratch (for invariant checks)."""
-        g, bs = self.g, self.bs
-        return sum(_cdiv(r.c0 + g - r.g0, bs) for r in self.running.values() if r.finish_g >= 0)
+        return sum(cdiv(self._decode_tokens(r), self.block_size) for r in self.running.values() if r.finish_g >= 0)
 
     # ------------------------------------------------------------------ intake
     def add(self, req: SimRequest) -> None:
@@ -239,7 +283,7 @@ class EngineCore:
         req.prefill_target = req.input_tokens + req.generated
         req.finish_g = -1
         if self.async_sched:
-            self._inbox.append([None if len(self._ends) else self.steps, req])
+            self._inbox.append(_InboxEntry(None if len(self._ends) else self.steps, req))
         else:
             self.waiting.push(req)
 
@@ -263,8 +307,8 @@ class EngineCore:
     def _take_inbox(self, step: int) -> None:
         """Move into the waiting queue the requests that arrived during steps up to ``step``."""
         inbox = self._inbox
-        while inbox and inbox[0][0] <= step:
-            self.waiting.push(inbox.popleft()[1])
+        while inbox and inbox[0].arrived_step <= step:
+            self.waiting.push(inbox.popleft().request)
 
     def _head_admissible(self) -> bool:
         """With nothing running: would the waiting head be admitted while the last step's
@@ -272,10 +316,9 @@ class EngineCore:
         if not self.waiting or self._lag_seqs >= self.max_seqs:
             return False
         head = self.waiting.peek()
-        remaining = head.prefill_target - head.computed
-        if remaining > self.max_tokens and not self.chunked:
+        n = admitted_prompt_tokens(head.prefill_target - head.computed, self.token_budget, chunked=self.chunked)
+        if n is None:
             return False
-        n = min(remaining, self.max_tokens)
         return self._admission_blocks(head, n) <= self.free_blocks - self._lag_blocks
 
     def _admission_blocks(self, r: SimRequest, n: int) -> int:
@@ -284,7 +327,7 @@ class EngineCore:
         ``kv_cache_manager.allocate_slots`` checks ``request.num_tokens``) or the chunk's.
         Only the chunk's blocks are then taken."""
         tokens = r.prefill_target if self.reserve_full else r.computed + n
-        return _cdiv(min(tokens, self.cfg.max_model_len), self.bs) - r.blocks
+        return cdiv(min(tokens, self.cfg.max_model_len), self.block_size) - r.blocks
 
     # ------------------------------------------------------------------ planning
     def plan(self, t: float, until: float = float("inf")) -> np.ndarray | list[float]:
@@ -338,81 +381,123 @@ class EngineCore:
         if not self.waiting or len(self.running) >= self.max_seqs:
             return True
         head = self.waiting.peek()
-        remaining = head.prefill_target - head.computed
-        budget = self.max_tokens - self.num_decode
-        if remaining > budget and not self.chunked:
+        budget = self.token_budget - self.num_decode
+        n = admitted_prompt_tokens(head.prefill_target - head.computed, budget, chunked=self.chunked)
+        if n is None:
             return True
-        chunk = min(remaining, budget)
-        free_after_decodes = self.free_blocks - self._hist[-self.g % self.bs]
-        return self._admission_blocks(head, chunk) > free_after_decodes
+        free_after_decodes = self.free_blocks - self._decodes_by_phase[-self.decode_step % self.block_size]
+        return self._admission_blocks(head, n) > free_after_decodes
 
     def _stable_steps(self) -> int:
         """Steps that can run as pure decode before a completion or a KV shortage (0 = a shortage now)."""
-        heap = self._finish
+        heap = self._finish_heap
         while heap[0][2] != heap[0][3].epoch:  # drop entries of preempted requests
             heapq.heappop(heap)
-        k_fin = heap[0][0] - self.g
-        free, d, bs, hist, g = self.free_blocks, self.num_decode, self.bs, self._hist, self.g
-        full_cycles = free // d  # every block_size steps each decode takes exactly one block
-        k = full_cycles * bs
-        if k >= k_fin:
-            return k_fin
-        left = free - full_cycles * d
-        while k < k_fin:
-            need = hist[-(g + k) % bs]
+        to_finish = heap[0][0] - self.decode_step
+        free, num_decode, block_size = self.free_blocks, self.num_decode, self.block_size
+        by_phase, step = self._decodes_by_phase, self.decode_step
+        full_cycles = free // num_decode  # every block_size steps each decode takes exactly one block
+        k = full_cycles * block_size
+        if k >= to_finish:
+            return to_finish
+        left = free - full_cycles * num_decode
+        while k < to_finish:
+            need = by_phase[-(step + k) % block_size]
             if need > left:
                 return k
             left -= need
             k += 1
-        return k_fin
+        return to_finish
 
     def _plan_step(self, t: float) -> list[float]:
-        """Plan one general iteration (prefill chunks, admissions, preemption)."""
-        bs = self.bs
+        """Plan one general iteration: the running pass, then, if it preempted nothing, the waiting pass."""
+        decode_blocks, chunks, budget, need, preempted = self._running_pass()
+        if not preempted:
+            self._waiting_pass(t, chunks, budget, self.free_blocks - need)
+        batch = self._step_batch(chunks)
+        if batch is None and self._lagged:
+            # vLLM's pre-scheduled batch came out empty (the finishers' blocks forced a
+            # preemption): it schedules again once their output is processed and they are freed
+            self._lagged = False
+            self._take_inbox(self.steps)
+            return self._plan_step(t)
+        if batch is None:
+            raise RuntimeError(
+                f"engine stalled: {len(self.waiting)} waiting, none admissible with "
+                f"{self.free_blocks}/{self.total_blocks} free KV blocks"
+            )
+        self._plan_chunks = chunks
+        self._plan_decode_blocks = decode_blocks
+        self._ends = [t + self.cost.step_time(batch)]
+        return self._ends
+
+    def _running_pass(self) -> tuple[int, list[int], int, int, bool]:
+        """Decodes first (one token each), then running prefills' chunks from what is left of the
+        token budget; while their KV blocks are not free, preempt the victim the waiting queue names.
+
+        Returns the decodes' new blocks, the chunk of every prefilling request (running order;
+        0 for none), the token budget left, the blocks the step needs, and whether it preempted.
+        """
+        held_by_finishers = self._lag_blocks if self._lagged else 0
         preempted = False
         while True:
-            dec_blocks = self._hist[-self.g % bs] if self.num_decode else 0
-            budget = self.max_tokens - self.num_decode
-            need = dec_blocks
-            chunks: list[int] = []
-            for r in self.prefilling:
-                n = min(r.prefill_target - r.computed, budget)
-                if n > 0:
-                    budget -= n
-                    need += _cdiv(r.computed + n, bs) - r.blocks
-                    chunks.append(n)
-                else:
-                    chunks.append(0)
-            if need <= self.free_blocks - (self._lag_blocks if self._lagged else 0):
-                break
-            self._preempt_last()
+            decode_blocks, chunks, budget, need = self._running_demand()
+            if self.kv.can_allocate(need + held_by_finishers):
+                return decode_blocks, chunks, budget, need, preempted
+            self._preempt_victim()
             preempted = True
-        if not preempted:
-            free = self.free_blocks - need
-            max_seqs = self.max_seqs
-            if self._lagged:  # the last step's finishers still hold their slots and blocks
-                free -= self._lag_blocks
-                max_seqs -= self._lag_seqs
-            waiting = self.waiting
-            while waiting and len(self.running) < max_seqs and budget > 0:
-                r = waiting.peek()
-                remaining = r.prefill_target - r.computed
-                if remaining > budget and not self.chunked:
-                    break
-                n = min(remaining, budget)
-                if self._admission_blocks(r, n) > free:
-                    break
-                nb = _cdiv(r.computed + n, bs) - r.blocks
-                waiting.pop()
-                free -= nb
+
+    def _running_demand(self) -> tuple[int, list[int], int, int]:
+        """What the running requests ask of the next step: decodes' new blocks, prefill chunks,
+        the token budget they leave, and the KV blocks they need in all."""
+        block_size = self.block_size
+        decode_blocks = self._decodes_by_phase[-self.decode_step % block_size] if self.num_decode else 0
+        budget = self.token_budget - self.num_decode
+        need = decode_blocks
+        chunks: list[int] = []
+        for r in self.prefilling:
+            n = min(r.prefill_target - r.computed, budget)
+            if n > 0:
                 budget -= n
-                r.order = self._next_order
-                self._next_order += 1
-                self.running[r.order] = r
-                self.prefilling.append(r)
+                need += cdiv(r.computed + n, block_size) - r.blocks
                 chunks.append(n)
-                if r.scheduled_s < 0:
-                    r.scheduled_s = t
+            else:
+                chunks.append(0)
+        return decode_blocks, chunks, budget, need
+
+    def _waiting_pass(self, t: float, chunks: list[int], budget: int, free: int) -> None:
+        """Admit from the head of the waiting queue while ``max_num_seqs``, the token ``budget`` and
+        ``free`` KV blocks allow, appending each admitted request's chunk to ``chunks``."""
+        max_seqs = self.max_seqs
+        if self._lagged:  # the last step's finishers still hold their slots and blocks
+            free -= self._lag_blocks
+            max_seqs -= self._lag_seqs
+        waiting, block_size, chunked = self.waiting, self.block_size, self.chunked
+        while waiting and len(self.running) < max_seqs and budget > 0:
+            r = waiting.peek()
+            n = admitted_prompt_tokens(r.prefill_target - r.computed, budget, chunked=chunked)
+            if n is None or self._admission_blocks(r, n) > free:
+                break
+            waiting.pop()
+            free -= cdiv(r.computed + n, block_size) - r.blocks
+            budget -= n
+            self._admit(r, t)
+            chunks.append(n)
+
+    def _admit(self, r: SimRequest, t: float) -> None:
+        """Make the waiting request ``r`` the last of the running order, prefilling from step start ``t``."""
+        r.order = self._next_order
+        self._next_order += 1
+        self.running[r.order] = r
+        self.prefilling.append(r)
+        if r.scheduled_s < 0:
+            r.scheduled_s = t
+        if self._observers:
+            publish(self._observers, RequestScheduled(self.replica, r.request_id, t))
+
+    def _step_batch(self, chunks: list[int]) -> StepBatch | None:
+        """The batch of the planned step (prefilling requests with their ``chunks``, and every
+        decode); None when it would be empty."""
         prefill_tokens = 0
         prefill_seqs = 0
         attn = 0.0
@@ -421,28 +506,15 @@ class EngineCore:
                 prefill_tokens += n
                 prefill_seqs += 1
                 attn += chunk_attn_tokens(r.computed, n)
-        if prefill_tokens == 0 and self.num_decode == 0 and self._lagged:
-            # vLLM's pre-scheduled batch came out empty (the finishers' blocks forced a
-            # preemption): it schedules again once their output is processed and they are freed
-            self._lagged = False
-            self._take_inbox(self.steps)
-            return self._plan_step(t)
         if prefill_tokens == 0 and self.num_decode == 0:
-            raise RuntimeError(
-                f"engine stalled: {len(self.waiting)} waiting, none admissible with "
-                f"{self.free_blocks}/{self.total_blocks} free KV blocks"
-            )
-        batch = StepBatch(
+            return None
+        return StepBatch(
             prefill_tokens=prefill_tokens,
             prefill_seqs=prefill_seqs,
             prefill_attn_tokens=attn,
             decode_seqs=self.num_decode,
             decode_ctx_tokens=self.decode_ctx + self.num_decode,
         )
-        self._plan_chunks = chunks
-        self._plan_decode_blocks = dec_blocks
-        self._ends = [t + self.cost.step_time(batch)]
-        return self._ends
 
     # ------------------------------------------------------------------ commit
     def commit(self, n: int) -> list[tuple[SimRequest, float]]:
@@ -460,57 +532,69 @@ class EngineCore:
             self._advance_decodes(n, end, finished)
         else:
             if self.num_decode:
-                self.used_blocks += self._plan_decode_blocks
-                self._advance_decodes_counters(1)
+                self.kv.allocate(self._plan_decode_blocks)
+                self._advance_decode_counters(1)
                 self._pop_finished(end, finished)
             self._advance_prefills(self._plan_chunks, end, finished)
+        if self._observers:
+            self._publish_commit(ends[:n], finished)
         self._ends = []
         self._lag_seqs, self._lag_blocks = len(finished), self._freed
         for entry in self._inbox:  # arrived during the step in progress: the last one committed
-            if entry[0] is None:
-                entry[0] = self.steps
+            if entry.arrived_step is None:
+                entry.arrived_step = self.steps
         return finished
 
+    def _publish_commit(self, ends, finished: list[tuple[SimRequest, float]]) -> None:
+        observers, replica = self._observers, self.replica
+        for end in ends:
+            publish(observers, StepCommitted(replica, float(end)))
+        for req, t in finished:
+            publish(observers, RequestFinished(replica, req.request_id, t))
+
     def _advance_decodes(self, n: int, end: float, finished: list) -> None:
-        bs, hist, g, d = self.bs, self._hist, self.g, self.num_decode
-        cycles, rest = divmod(n, bs)
-        new_blocks = cycles * d
+        """Commit ``n`` pure-decode steps: each decode's new blocks come from the phase counts."""
+        block_size, by_phase, step = self.block_size, self._decodes_by_phase, self.decode_step
+        cycles, rest = divmod(n, block_size)
+        new_blocks = cycles * self.num_decode
         for j in range(rest):
-            new_blocks += hist[-(g + j) % bs]
-        self.used_blocks += new_blocks
-        self._advance_decodes_counters(n)
+            new_blocks += by_phase[-(step + j) % block_size]
+        self.kv.allocate(new_blocks)
+        self._advance_decode_counters(n)
         self._pop_finished(end, finished)
 
-    def _advance_decodes_counters(self, n: int) -> None:
-        self.g += n
+    def _advance_decode_counters(self, n: int) -> None:
+        self.decode_step += n
         self.decode_ctx += n * self.num_decode
 
     def _pop_finished(self, end: float, finished: list) -> None:
-        heap, g = self._finish, self.g
-        while heap and heap[0][0] <= g:
-            fg, _, epoch, r = heapq.heappop(heap)
+        heap, step = self._finish_heap, self.decode_step
+        while heap and heap[0][0] <= step:
+            _, _, epoch, r = heapq.heappop(heap)
             if epoch != r.epoch:
                 continue
-            c = r.c0 + g - r.g0
-            self.used_blocks -= _cdiv(c, self.bs)
-            self._freed += _cdiv(c, self.bs)
+            tokens = self._decode_tokens(r)
+            blocks = cdiv(tokens, self.block_size)
+            self.kv.free(blocks)
+            self._freed += blocks
             self.num_decode -= 1
-            self.decode_ctx -= c
-            self._hist[(r.c0 - r.g0) % self.bs] -= 1
+            self.decode_ctx -= tokens
+            self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] -= 1
             r.generated = r.output_tokens
             del self.running[r.order]
             finished.append((r, end))
 
     def _advance_prefills(self, chunks: list[int], end: float, finished: list) -> None:
-        bs = self.bs
+        """Commit the prefill chunks: a completed prompt samples its first token, then decodes or finishes."""
+        block_size = self.block_size
         still: list[SimRequest] = []
         for r, n in zip(self.prefilling, chunks):
             if n == 0:
                 still.append(r)
                 continue
             r.computed += n
-            blocks = _cdiv(r.computed, bs)
-            self.used_blocks += blocks - r.blocks
+            blocks = cdiv(r.computed, block_size)
+            self.kv.allocate(blocks - r.blocks)
             r.blocks = blocks
             if r.computed < r.prefill_target:
                 still.append(r)
@@ -519,25 +603,28 @@ class EngineCore:
                 r.first_token_s = end
             r.generated += 1
             if r.generated >= r.output_tokens:
-                self.used_blocks -= r.blocks
+                self.kv.free(r.blocks)
                 self._freed += r.blocks
                 r.blocks = 0
                 del self.running[r.order]
                 finished.append((r, end))
                 continue
-            # enter decode
-            r.c0 = r.computed
-            r.g0 = self.g
-            r.gen0 = r.generated
-            r.finish_g = self.g + (r.output_tokens - r.generated)
-            self._hist[(r.c0 - r.g0) % bs] += 1
-            self.num_decode += 1
-            self.decode_ctx += r.c0
-            r.blocks = 0  # decode blocks are derived from the aggregate
-            heapq.heappush(self._finish, (r.finish_g, r.order, r.epoch, r))
+            self._enter_decode(r)
         self.prefilling = still
 
-    def _preempt_last(self) -> None:
+    def _enter_decode(self, r: SimRequest) -> None:
+        """Move ``r`` (prompt computed, first token sampled) into the decode aggregate."""
+        r.decode_entry_computed = r.computed
+        r.decode_entry_step = self.decode_step
+        r.decode_entry_generated = r.generated
+        r.finish_g = self.decode_step + (r.output_tokens - r.generated)
+        self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] += 1
+        self.num_decode += 1
+        self.decode_ctx += r.decode_entry_computed
+        r.blocks = 0  # decode blocks are derived from the aggregate
+        heapq.heappush(self._finish_heap, (r.finish_g, r.order, r.epoch, r))
+
+    def _preempt_victim(self) -> None:
         """Preempt (recompute) the victim the waiting queue names: for FCFS the most recently admitted."""
         r = self.waiting.victim(self.running)
         self._take_off_running(r)
@@ -553,14 +640,14 @@ class EngineCore:
         del self.running[r.order]
         if r.finish_g < 0:  # still prefilling
             self.prefilling.remove(r)
-            self.used_blocks -= r.blocks
+            self.kv.free(r.blocks)
         else:
-            c = r.c0 + self.g - r.g0
-            self.used_blocks -= _cdiv(c, self.bs)
+            tokens = self._decode_tokens(r)
+            self.kv.free(cdiv(tokens, self.block_size))
             self.num_decode -= 1
-            self.decode_ctx -= c
-            self._hist[(r.c0 - r.g0) % self.bs] -= 1
-            r.generated = r.gen0 + self.g - r.g0
+            self.decode_ctx -= tokens
+            self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] -= 1
+            r.generated = r.decode_entry_generated + self.decode_step - r.decode_entry_step
             r.epoch += 1
         r.blocks = 0
         r.finish_g = -1
@@ -574,8 +661,8 @@ class EngineCore:
         """
         if self._ends:
             raise RuntimeError("abort() with a planned step not committed")
-        for i, (_, r) in enumerate(self._inbox):
-            if r is req:
+        for i, entry in enumerate(self._inbox):
+            if entry.request is req:
                 del self._inbox[i]
                 return True
         if self.waiting.remove(req):
@@ -593,7 +680,7 @@ class EngineCore:
         ends = self._ends
         planned = int(np.searchsorted(np.asarray(ends), t, side="right")) if len(ends) else 0
         if req.finish_g >= 0:  # decoding: one token per step
-            return min(req.output_tokens, req.gen0 + self.g - req.g0 + planned)
+            return min(req.output_tokens, req.decode_entry_generated + self.decode_step - req.decode_entry_step + planned)
         if planned and self._plan_chunks is not None:  # a prefill step: its last chunk samples a token
             k = self.prefilling.index(req) if req in self.prefilling else -1
             if 0 <= k < len(self._plan_chunks) and req.computed + self._plan_chunks[k] >= req.prefill_target:

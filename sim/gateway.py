@@ -2,13 +2,18 @@
 
 Continuous replicas are pushed work by a router, at arrival or, with a
 per-replica cap on requests in flight, whenever a slot frees. Micro-batch
-workers pull work themselves with :meth:`Gateway.take`.
+workers pull work themselves with :meth:`Gateway.take`. Either way the
+gateway publishes a :class:`~driftsim.sim.events.RequestDispatched` to its
+observers when its policy releases a request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import simpy
 
+from driftsim.sim.events import Observer, RequestDispatched, observer_tuple, publish
 from driftsim.sim.policies import Policy
 from driftsim.sim.request import SimRequest
 
@@ -21,6 +26,7 @@ class Gateway:
         *,
         router=None,
         max_outstanding: int | None = None,
+        observers: Iterable[Observer] | None = None,
     ) -> None:
         self.env = env
         self.policy = policy
@@ -28,6 +34,7 @@ class Gateway:
         self.cap = max_outstanding
         self.replicas: list = []  # continuous replicas (push); empty for micro-batch workers (pull)
         self._work: simpy.Event | None = None
+        self._observers = observer_tuple(observers)
 
     # ---- arrivals and completions
     def submit(self, req: SimRequest) -> None:
@@ -52,14 +59,21 @@ class Gateway:
             replica = self.router.pick(replicas, cap)
             if replica is None:
                 return
-            replica.submit(policy.pop(now))
+            replica.submit(self._release(now))
 
     # ---- pull side
     def has_waiting(self) -> bool:
         return len(self.policy) > 0
 
     def take(self, now: float, worker: int) -> SimRequest:
-        return self.policy.pop(now)
+        return self._release(now)
+
+    def _release(self, now: float) -> SimRequest:
+        """The policy's next request, published as dispatched."""
+        req = self.policy.pop(now)
+        if self._observers and req is not None:
+            publish(self._observers, RequestDispatched(req.request_id, now))
+        return req
 
     def work_event(self) -> simpy.Event:
         """An event that fires on the next submission (shared by idle workers)."""

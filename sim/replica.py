@@ -15,8 +15,7 @@ from typing import Callable
 
 import numpy as np
 import simpy
-from simpy.core import URGENT
-from simpy.events import Event
+from simpy.events import URGENT, Event
 
 from driftsim.sim.engine import EngineCore
 from driftsim.sim.request import SimRequest
@@ -24,17 +23,31 @@ from driftsim.sim.request import SimRequest
 FinishCallback = Callable[[SimRequest, float, int], None]
 
 
-def urgent_timeout(env: simpy.Environment, delay: float) -> Event:
+class UrgentTimeout(Event):
     """A timeout processed before ordinary events at the same instant.
 
     Arrivals use it so that a request arriving exactly when a step ends is
     seen by the next step, in step-by-step and fast-forwarded runs alike.
+
+    NOTE: SimPy 4 has no public priority argument (``Event.succeed`` and
+    ``Timeout`` always schedule at NORMAL), so this is SimPy's own ``Timeout``
+    (``simpy/events.py``) with URGENT: an ``Event`` subclass that is triggered
+    on creation sets its own outcome, as ``Timeout`` and ``Initialize`` do,
+    and schedules itself once through the public ``Environment.schedule``.
     """
-    ev = Event(env)
-    ev._ok = True
-    ev._value = None
-    env.schedule(ev, URGENT, delay)
-    return ev
+
+    def __init__(self, env: simpy.Environment, delay: float) -> None:
+        if delay < 0:
+            raise ValueError(f"negative delay {delay}")
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, URGENT, delay)
+
+
+def urgent_timeout(env: simpy.Environment, delay: float) -> Event:
+    """An :class:`UrgentTimeout` of ``delay`` seconds."""
+    return UrgentTimeout(env, delay)
 
 
 class ContinuousReplica:

@@ -26,10 +26,10 @@ class SimRequest:
         "generated",  # output tokens produced so far
         "blocks",  # KV blocks held while prefilling
         "prefill_target",  # tokens to compute before the next token is sampled
-        "g0",  # engine decode-step counter when this request entered decode
-        "c0",  # computed tokens when it entered decode
-        "gen0",  # generated tokens when it entered decode
-        "finish_g",  # decode-step counter value at which it completes
+        "decode_entry_step",  # engine decode-step counter when this request entered decode
+        "decode_entry_computed",  # computed tokens when it entered decode
+        "decode_entry_generated",  # generated tokens when it entered decode
+        "finish_g",  # decode-step counter value at which it completes (-1: not decoding)
         "epoch",  # bumped on preemption, invalidates stale heap entries
         "order",  # position in the engine's running order (admission sequence)
         "first_token_s",
@@ -63,7 +63,7 @@ class SimRequest:
         self.generated = 0
         self.blocks = 0
         self.prefill_target = input_tokens
-        self.g0 = self.c0 = self.gen0 = self.finish_g = 0
+        self.decode_entry_step = self.decode_entry_computed = self.decode_entry_generated = self.finish_g = 0
         self.epoch = 0
         self.order = 0
         self.first_token_s = -1.0

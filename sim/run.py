@@ -24,7 +24,8 @@ from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
 from driftsim.sim.engine import EngineCore
 from driftsim.sim.gateway import Gateway
 from driftsim.sim.metrics import summarize
-from driftsim.sim.policies import Policy, make_policy
+from driftsim.sim.events import Observer, observer_tuple
+from driftsim.sim.policies import make_policy
 from driftsim.sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
 from driftsim.sim.request import SimRequest, engine_output_tokens
 from driftsim.sim.router import ROUTERS
@@ -68,8 +69,7 @@ def simulate(
     results_path: str | os.PathLike | None = None,
     summary_only: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    core_factory: Callable[..., EngineCore] | None = None,
-    policy_tap: Callable[[Policy], Policy] | None = None,
+    observers: Iterable[Observer] | None = None,
 ) -> SimResult:
     """Simulate ``trace`` (the request table of :mod:`driftsim.traces.schema`).
 
@@ -94,54 +94,96 @@ def simulate(
     modes need the oracle estimator (the others keep state for every
     request of the trace).
 
-    Taps, for callers that must see inside a run (validation notes every
-    dispatch and every step's end): ``core_factory`` builds each replica's
-    engine core (default :class:`EngineCore`; a subclass, same keywords);
-    ``policy_tap`` wraps the gateway's policy.
+    ``observers``: callables that receive every :mod:`driftsim.sim.events` record the
+    engines and the gateway publish (validation notes each dispatch and every step's end).
     """
-    if replicas < 1:
-        raise ConfigError(f"replicas: expected at least 1, got {replicas}")
     gateway = gateway or GatewayConfig()
+    admission = admission or AdmissionConfig()
+    streamed_input = not isinstance(trace, pl.DataFrame)
+    _check_arguments(engine=engine, gateway=gateway, admission=admission, replicas=replicas,
+                     streamed_input=streamed_input, streamed_output=summary_only or results_path is not None,
+                     summary_only=summary_only, results_path=results_path, chunk_rows=chunk_rows)
     if num_blocks is None:
         num_blocks = engine.num_gpu_blocks or cost.kv_capacity_blocks(engine.block_size)
-    streamed_input = not isinstance(trace, pl.DataFrame)
+    env = simpy.Environment()
+    adm = Admission(admission, empty_trace() if streamed_input else trace, seed=seed)
+    sink = _result_sink(summary_only=summary_only, results_path=results_path)
+    chunk_columns = adm.columns() if admission.estimator == "oracle" else {}  # expressions: same per chunk
+    rec = ChunkedResults(sink.write, lambda r, chunk: r.to_frame(chunk).with_columns(**chunk_columns))
+    chunks = _trace_chunks(trace, sink, chunk_rows)
+    run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
+                 client=client, rec=rec, adm=adm, observers=observers)
+    n = trace.rows if streamed_input else trace.height
+    env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock))
+    try:
+        env.run(until=horizon_s)
+        rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
+    except BaseException:
+        if isinstance(sink, ParquetSink):
+            sink.abort()
+        raise
+    return _collect(run, sink, adm, chunk_columns, microbatch=engine.mode == "microbatch")
+
+
+def _check_arguments(*, engine: EngineConfig, gateway: GatewayConfig, admission: AdmissionConfig, replicas: int,
+                     streamed_input: bool, streamed_output: bool, summary_only: bool,
+                     results_path: str | os.PathLike | None, chunk_rows: int) -> None:
+    """Refuse combinations :func:`simulate` cannot run, before anything is built."""
+    if replicas < 1:
+        raise ConfigError(f"replicas: expected at least 1, got {replicas}")
     if summary_only and results_path is not None:
         raise ConfigError("summary_only keeps no per-request rows; do not also give results_path")
-    admission = admission or AdmissionConfig()
-    if admission.estimator != "oracle" and (streamed_input or summary_only or results_path is not None):
+    if admission.estimator != "oracle" and (streamed_input or streamed_output):
         raise ConfigError(
             f"admission.estimator {admission.estimator!r}: a streamed trace or streamed results need the 'oracle'"
             " estimator (the others keep state for every request of the trace); load the trace in memory instead"
         )
     if chunk_rows < 1:
         raise ConfigError(f"chunk_rows: expected at least 1, got {chunk_rows}")
-    env = simpy.Environment()
-    n = trace.rows if streamed_input else trace.height
-    adm = Admission(admission, empty_trace() if streamed_input else trace, seed=seed)
-    if summary_only:
-        sink = SummarySink()
-    elif results_path is not None:
-        sink = ParquetSink(results_path)
-    else:
-        sink = FrameSink()
-    chunk_columns = adm.columns() if admission.estimator == "oracle" else {}  # expressions: same per chunk
-    rec = ChunkedResults(sink.write, lambda r, chunk: r.to_frame(chunk).with_columns(**chunk_columns))
-    if streamed_input:
-        chunks: Iterator[pl.DataFrame] = iter(trace)
-    elif isinstance(sink, FrameSink):
-        chunks = iter([trace])  # one chunk: the whole table, as it always was
-    else:
-        chunks = (trace.slice(i, chunk_rows) for i in range(0, trace.height, chunk_rows))
-    in_engine = gateway.placement == "engine"
-    if in_engine and engine.mode == "microbatch":
+    if gateway.placement == "engine" and engine.mode == "microbatch":
         raise ConfigError("gateway.placement 'engine' needs engine.mode 'continuous'; the micro-batch worker orders at the gateway")
+
+
+def _result_sink(*, summary_only: bool, results_path: str | os.PathLike | None) -> SummarySink | ParquetSink | FrameSink:
+    """Where settled rows go: folded into a summary, written to Parquet, or kept as one frame."""
+    if summary_only:
+        return SummarySink()
+    if results_path is not None:
+        return ParquetSink(results_path)
+    return FrameSink()
+
+
+def _trace_chunks(trace: pl.DataFrame | TraceStream, sink, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """The trace in arrival-ordered chunks: a stream's own, the whole table for an in-memory
+    result, else slices of ``chunk_rows`` so streamed results settle as they go."""
+    if not isinstance(trace, pl.DataFrame):
+        return iter(trace)
+    if isinstance(sink, FrameSink):
+        return iter([trace])  # one chunk: the whole table, as it always was
+    return (trace.slice(i, chunk_rows) for i in range(0, trace.height, chunk_rows))
+
+
+@dataclass
+class _Run:
+    """The SimPy pieces of one run: engines, their drivers, the gateway and what arrivals enter."""
+
+    cores: list[EngineCore]
+    workers: list  # ContinuousReplica or MicroBatchWorker, one per core
+    gateway: Gateway
+    entry: Gateway | SimClient  # where arrivals are submitted
+    clock: _ArrivalClock
+
+
+def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gateway: GatewayConfig, replicas: int,
+           num_blocks: int, client: ClientConfig | None, rec: ChunkedResults, adm: Admission,
+           observers: Iterable[Observer] | None) -> _Run:
+    """Engines, replicas or workers, the gateway and (if any) the simulated client, wired together."""
+    observers = observer_tuple(observers)
+    in_engine = gateway.placement == "engine"
     policy = make_policy("fifo" if in_engine else gateway.policy, **({} if in_engine else gateway.policy_params))
-    gw = Gateway(
-        env,
-        policy if policy_tap is None else policy_tap(policy),
-        router=ROUTERS[gateway.router](),
-        max_outstanding=gateway.max_outstanding,
-    )
+    gw = Gateway(env, policy, router=ROUTERS[gateway.router](), max_outstanding=gateway.max_outstanding,
+                 observers=observers)
+    sim_client: SimClient | None = None
 
     def on_finish(req: SimRequest, t: float, replica: int) -> None:
         if sim_client is not None and not sim_client.completed(req):
@@ -150,15 +192,10 @@ def simulate(
         adm.complete(req, t)
         gw.finished(req, t)
 
-    core_factory = core_factory or EngineCore
     cores = [
-        core_factory(
-            config=engine,
-            cost=cost,
-            num_blocks=num_blocks,
-            policy=make_policy(gateway.policy, **gateway.policy_params) if in_engine else None,
-        )
-        for _ in range(replicas)
+        EngineCore(config=engine, cost=cost, num_blocks=num_blocks, replica=i, observers=observers,
+                   policy=make_policy(gateway.policy, **gateway.policy_params) if in_engine else None)
+        for i in range(replicas)
     ]
     clock = _ArrivalClock()
     if engine.mode == "continuous":
@@ -166,28 +203,22 @@ def simulate(
         workers = gw.replicas
     else:
         workers = [MicroBatchWorker(env, core, i, gw, on_finish) for i, core in enumerate(cores)]
-
-    sim_client = None
     if client is not None and client.active:
         if engine.mode != "continuous":
             raise ConfigError("client timeouts and abandonment need engine.mode 'continuous' "
                               "(a micro-batch worker's blocking generate() cannot drop one request)")
         sim_client = SimClient(env, client, gw, rec, gw.replicas)
-    env.process(_arrivals(env, chunks, n, engine, cores[0], gw if sim_client is None else sim_client, rec, adm,
-                          progress, clock))
-    try:
-        env.run(until=horizon_s)
-        rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
-    except BaseException:
-        if isinstance(sink, ParquetSink):
-            sink.abort()
-        raise
+    return _Run(cores=cores, workers=workers, gateway=gw, entry=gw if sim_client is None else sim_client, clock=clock)
+
+
+def _collect(run: _Run, sink, adm: Admission, chunk_columns: dict, *, microbatch: bool) -> SimResult:
+    """Replica counters, the per-request rows (if kept) and the summary."""
     replica_stats = [
         {"replica": i, "busy_s": c.busy_s, "steps": c.steps, "preemptions": c.preemptions, "kv_blocks": c.total_blocks}
-        for i, c in enumerate(cores)
+        for i, c in enumerate(run.cores)
     ]
-    if engine.mode == "microbatch":
-        for stats, w in zip(replica_stats, workers):
+    if microbatch:
+        for stats, w in zip(replica_stats, run.workers):
             stats["batches"] = w.batches
     if not isinstance(sink, FrameSink):
         summary = sink.summary.result(replica_stats)

@@ -29,6 +29,7 @@ def run_engine(core, t=0.0):
         held = sum(r.blocks for r in core.prefilling) + core.decode_blocks_held()
         assert core.used_blocks == held, "used blocks must equal the blocks the running requests hold"
         assert 0 <= core.used_blocks <= core.total_blocks
+        assert core.kv.used + core.kv.free_blocks == core.kv.total
     return done, t
 
 

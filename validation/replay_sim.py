@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from driftsim.costmodel.base import CostModel
 from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
-from driftsim.sim.engine import EngineCore
-from driftsim.sim.policies import Policy
+from driftsim.sim.events import Event, RequestDispatched, RequestFinished, RequestScheduled, StepCommitted
 from driftsim.sim.run import simulate
 from driftsim.traces.schema import REQUEST_SCHEMA
 
@@ -88,57 +86,30 @@ def replay_engine(engine: EngineConfig, real: pl.DataFrame) -> EngineConfig:
 
 
 # ---------------------------------------------------------------------------
-# 2. simulating it, with taps
+# 2. simulating it, observed
 # ---------------------------------------------------------------------------
 
-class _DispatchTap(Policy):
-    """Wraps a policy; notes the simulated time of every pop (a dispatch)."""
+class _ReplayTap:
+    """An observer of a simulation run (:mod:`driftsim.sim.events`) noting what the score needs and a
+    plain run does not keep: each request's gateway dispatch, and per replica the end of every
+    committed step, each request's first scheduling by the engine (a micro-batch worker sets
+    ``scheduled_s`` to its batch's start) and its last token."""
 
-    def __init__(self, inner: Policy, log: dict[int, float]) -> None:
-        self.inner = inner
-        self.log = log
-        self.name = inner.name
-        self.keyed = inner.keyed
+    def __init__(self, replicas: int) -> None:
+        self.dispatched: dict[int, float] = {}
+        self.step_ends: list[list[float]] = [[] for _ in range(replicas)]
+        self.first_scheduled_s: list[dict[int, float]] = [{} for _ in range(replicas)]
+        self.last_token_s: list[dict[int, float]] = [{} for _ in range(replicas)]
 
-    def push(self, req, now):
-        self.inner.push(req, now)
-
-    def pop(self, now):
-        req = self.inner.pop(now)
-        if req is not None:
-            self.log[req.request_id] = now
-        return req
-
-    def on_finish(self, req, now, *, output_tokens=None):
-        self.inner.on_finish(req, now, output_tokens=output_tokens)
-
-    def __len__(self):
-        return len(self.inner)
-
-
-class _StepTapCore(EngineCore):
-    """An EngineCore that notes the end time of every committed step, each request's first
-    scheduling (a micro-batch worker sets ``scheduled_s`` to its batch's start) and its last token."""
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.step_ends: list[float] = []
-        self.first_scheduled_s: dict[int, float] = {}
-        self.last_token_s: dict[int, float] = {}
-
-    def _plan_step(self, t: float):
-        ends = super()._plan_step(t)
-        for r in self.prefilling:  # only a planned single step takes requests in (a decode run never does)
-            self.first_scheduled_s.setdefault(r.request_id, t)
-        return ends
-
-    def commit(self, n: int):
-        ends = self._ends
-        self.step_ends.extend(float(x) for x in ends[:n])
-        finished = super().commit(n)
-        for req, t in finished:
-            self.last_token_s[req.request_id] = t
-        return finished
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StepCommitted):
+            self.step_ends[event.replica].append(event.end_s)
+        elif isinstance(event, RequestScheduled):
+            self.first_scheduled_s[event.replica].setdefault(event.request_id, event.t_s)
+        elif isinstance(event, RequestFinished):
+            self.last_token_s[event.replica][event.request_id] = event.t_s
+        elif isinstance(event, RequestDispatched):
+            self.dispatched[event.request_id] = event.t_s
 
 
 @dataclass
@@ -161,7 +132,7 @@ def simulate_replay(
     horizon_s: float | None = None,
 ) -> SimReplay:
     """Simulate ``trace`` with :func:`driftsim.sim.run.simulate` (oracle length
-    estimates), tapped to note each request's gateway dispatch and every step's end.
+    estimates), observed to note each request's gateway dispatch and every step's end.
 
     The returned ``requests`` has simulate's columns plus ``dispatch_s``,
     ``delivered_s`` (when the gateway hands the result back: simulate's
@@ -177,20 +148,13 @@ def simulate_replay(
     gateway = gateway or GatewayConfig()
     if gateway.placement != "gateway":
         raise ConfigError("validation replays the policy at the gateway; placement 'engine' has no real counterpart here")
-    dispatched: dict[int, float] = {}
-    cores: list[_StepTapCore] = []
-
-    def step_tap_core(**kw: Any) -> _StepTapCore:
-        cores.append(_StepTapCore(**kw))
-        return cores[-1]
-
+    tap = _ReplayTap(replicas)
     res = simulate(trace, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
-                   horizon_s=horizon_s, core_factory=step_tap_core,
-                   policy_tap=lambda policy: _DispatchTap(policy, dispatched))
+                   horizon_s=horizon_s, observers=[tap])
     ids = res.requests["request_id"].to_list()
-    last = {i: t for c in cores for i, t in c.last_token_s.items()}
-    first = {i: t for c in cores for i, t in c.first_scheduled_s.items()}
-    dispatch = pl.Series("dispatch_s", [dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64)
+    last = {i: t for per_replica in tap.last_token_s for i, t in per_replica.items()}
+    first = {i: t for per_replica in tap.first_scheduled_s for i, t in per_replica.items()}
+    dispatch = pl.Series("dispatch_s", [tap.dispatched.get(i, math.nan) for i in ids], dtype=pl.Float64)
     df = res.requests.with_columns(
         dispatch,
         pl.Series("engine_scheduled_s", [first.get(i) for i in ids], dtype=pl.Float64),
@@ -203,7 +167,7 @@ def simulate_replay(
         .then(pl.coalesce(pl.Series("last_token_s", [last.get(i) for i in ids], dtype=pl.Float64), "finish_s"))
         .otherwise(pl.col("finish_s")).alias("finish_s"),
     )
-    step_ends = [np.asarray(c.step_ends) for c in cores]
+    step_ends = [np.asarray(ends) for ends in tap.step_ends]
     df = df.with_columns(pl.Series("token_times", _token_times(df, step_ends), dtype=pl.List(pl.Float64)))
     return SimReplay(requests=df, step_ends=step_ends, replicas=res.replicas)
 

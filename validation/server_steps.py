@@ -27,6 +27,7 @@ import polars as pl
 
 from driftsim.costmodel.base import CostModel
 from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
+from driftsim.sim.engine import admitted_prompt_tokens
 
 #: Columns of :func:`observed_steps`.
 STEP_COLUMNS = ("end_s", "duration_s", "decode_seqs", "decode_ctx_tokens", "prefill_seqs", "prefill_tokens",
@@ -130,52 +131,52 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
     :data:`STEP_COLUMNS` plus ``consistent``.
     """
     rows, clusters = _token_clusters(frame, gap_s)
-    sched = _SchedulerReplay(rows, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-                             chunked=chunked, arrival_offset_s=arrival_offset_s)
+    replay = _SchedulerReplay(rows, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                              chunked=chunked, arrival_offset_s=arrival_offset_s)
     ends: list[float] = []
     out = []
     for t0, t1, rids, js in clusters:
         members = dict(zip(rids, js))
-        busy = bool(ends) and bool(sched.generated or sched.computed)
-        start = math.nan
-        if len(members) == len(rids) and ends:
-            if busy or (sched.waiting and sched.arrive[sched.waiting[0]] <= ends[-1]):
-                start = ends[-1]
-            elif sched.waiting:
-                start = sched.arrive[sched.waiting[0]]
+        busy = bool(ends) and replay.busy()
+        start = replay.start(ends, busy=busy) if len(members) == len(rids) and ends else math.nan
         cutoff = ends[-lag_steps] if busy and len(ends) >= lag_steps else start
-        chunks, admitted, cutoff, hidden = sched.schedule(cutoff, cost)
-        plen, generated = sched.plen, sched.generated
-        obs_first = {r for r, k in members.items() if k == 0}
-        firsts = {r for r, (c, n) in chunks.items() if c + n >= plen[r]}
-        obs_dec = {r: k for r, k in members.items() if k > 0}
-        consistent = (firsts == obs_first and obs_dec.keys() == generated.keys() and not (sched.unsure & chunks.keys())
-                      and all(generated[r] == k for r, k in obs_dec.items()))
+        chunks, admitted, hidden = replay.plan_seen_step(cutoff, cost)
+        consistent = replay.explains(chunks, members)
         if busy and not hidden and not math.isnan(start):
-            out.append((t0, t0 - ends[-1], len(generated), sum(plen[r] + k for r, k in generated.items()),
-                        len(chunks), sum(n for _, n in chunks.values()),
-                        float(sum(chunk_attn_tokens(c, n) for c, n in chunks.values())), t1 - t0, consistent))
+            out.append(replay.step_row(t0, t0 - ends[-1], t1 - t0, chunks) + (consistent,))
         if not consistent:
-            sched.take_back(chunks, admitted, firsts=firsts, obs_first=obs_first, cutoff=cutoff)
-        sched.settle(members, chunks, obs_first=obs_first, obs_dec=obs_dec)
+            replay.set_back(chunks, admitted, members, cutoff)
+        replay.settle(chunks, members)
         ends.append(t0)
     return _steps_frame(out, ("consistent",))
 
 
 class _SchedulerReplay:
-    """vLLM's scheduler state, replayed step by step over one replay's observed steps
-    (:func:`scheduled_steps`): who waits, who prefills and how far, who decodes."""
+    """The state of vLLM's scheduler replayed by :func:`scheduled_steps`, between observed steps."""
 
     def __init__(self, rows: pl.DataFrame, *, max_num_batched_tokens: int, max_num_seqs: int, chunked: bool,
                  arrival_offset_s: float) -> None:
-        self.max_num_batched_tokens, self.max_num_seqs, self.chunked = max_num_batched_tokens, max_num_seqs, chunked
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.chunked = chunked
         self.plen = dict(rows.select("request_id", "input_tokens").iter_rows())
         self.nout = {r: len(tt) for r, tt in rows.select("request_id", "token_times").iter_rows()}
-        self.arrive = {r: float(s) + arrival_offset_s for r, s in rows.select("request_id", "sent_s").iter_rows()}
-        self.waiting = deque(sorted(self.arrive, key=lambda r: (self.arrive[r], r)))
+        arrive = {r: float(s) + arrival_offset_s for r, s in rows.select("request_id", "sent_s").iter_rows()}
+        self.arrive = arrive
+        self.waiting = deque(sorted(arrive, key=lambda r: (arrive[r], r)))
         self.computed: dict[int, int] = {}  # admitted, prompt not complete: tokens computed so far (admission order)
         self.generated: dict[int, int] = {}  # tokens delivered so far, for requests decoding
         self.unsure: set[int] = set()  # prefilling requests whose progress is not known since a step went unexplained
+
+    def busy(self) -> bool:
+        return bool(self.generated or self.computed)
+
+    def start(self, ends: list[float], *, busy: bool) -> float:
+        """When the step seen next began: the last step's end, or on an idle engine the next arrival."""
+        waiting, arrive = self.waiting, self.arrive
+        if busy or (waiting and arrive[waiting[0]] <= ends[-1]):
+            return ends[-1]
+        return arrive[waiting[0]] if waiting else math.nan
 
     def plan(self, cutoff: float) -> tuple[dict[int, tuple[int, int]], list[int]]:
         """One step as vLLM schedules it: running prefills first, then admissions (rid -> (done, chunk))."""
@@ -190,10 +191,10 @@ class _SchedulerReplay:
         running = len(self.generated) + len(self.computed)
         admitted: list[int] = []
         for r in self.waiting:
-            if not (arrive[r] <= cutoff and running < self.max_num_seqs and budget > 0
-                    and (self.chunked or plen[r] <= budget)):
+            n = admitted_prompt_tokens(plen[r], budget, chunked=self.chunked)  # the engine's own rule
+            if not (arrive[r] <= cutoff and running < self.max_num_seqs and budget > 0) or n is None:
                 break
-            chunks[r] = (0, min(plen[r], budget))
+            chunks[r] = (0, n)
             admitted.append(r)
             budget -= chunks[r][1]
             running += 1
@@ -204,12 +205,13 @@ class _SchedulerReplay:
             self.waiting.popleft()
             self.computed[r] = 0
 
-    def schedule(self, cutoff: float, cost: CostModel | None):
-        """The step scheduled at ``cutoff``, after any steps that ran unseen before it:
-        ``(chunks, admitted, cutoff, hidden)`` (``cutoff`` moved past the unseen steps)."""
+    def plan_seen_step(self, cutoff: float, cost: CostModel | None):
+        """The step whose tokens are seen next, after any steps that ran unseen before it:
+        ``(chunks, admitted, hidden)``, its admissions already made."""
+        plen = self.plen
         chunks, admitted = self.plan(cutoff)
         hidden = False
-        while not self.generated and chunks and not any(c + n >= self.plen[r] for r, (c, n) in chunks.items()):
+        while not self.generated and chunks and not any(c + n >= plen[r] for r, (c, n) in chunks.items()):
             # a step that completes no prompt and has nobody decoding delivers nothing: it ran unseen
             # before this one, whose start (and so its duration) is then unknown; the next step's
             # admissions are those arrived by the unseen step's end, which ``cost`` estimates
@@ -223,12 +225,33 @@ class _SchedulerReplay:
             hidden = True
             chunks, admitted = self.plan(cutoff)
         self.admit(admitted)
-        return chunks, admitted, cutoff, hidden
+        return chunks, admitted, hidden
 
-    def take_back(self, chunks: dict, admitted: list[int], *, firsts: set[int], obs_first: set[int],
-                  cutoff: float) -> None:
-        """After a step the prediction did not explain: a request predicted to start but not seen had
-        not arrived yet (back to the queue), and the progress of the others is a guess from now on."""
+    def _firsts(self, chunks: dict[int, tuple[int, int]]) -> set[int]:
+        """Requests whose prompt this step completes (they deliver a first token)."""
+        return {r for r, (c, n) in chunks.items() if c + n >= self.plen[r]}
+
+    def explains(self, chunks: dict[int, tuple[int, int]], members: dict[int, int]) -> bool:
+        """Whether the planned step delivers exactly the tokens seen (``members``: rid -> token index)."""
+        obs_first = {r for r, k in members.items() if k == 0}
+        obs_dec = {r: k for r, k in members.items() if k > 0}
+        generated = self.generated
+        return (self._firsts(chunks) == obs_first and obs_dec.keys() == generated.keys()
+                and not (self.unsure & chunks.keys()) and all(generated[r] == k for r, k in obs_dec.items()))
+
+    def step_row(self, end_s: float, duration_s: float, width_s: float, chunks: dict[int, tuple[int, int]]) -> tuple:
+        """The step's columns of :data:`STEP_COLUMNS`, its batch as planned."""
+        plen, generated = self.plen, self.generated
+        return (end_s, duration_s, len(generated), sum(plen[r] + k for r, k in generated.items()),
+                len(chunks), sum(n for _, n in chunks.values()),
+                float(sum(chunk_attn_tokens(c, n) for c, n in chunks.values())), width_s)
+
+    def set_back(self, chunks: dict[int, tuple[int, int]], admitted: list[int], members: dict[int, int],
+                 cutoff: float) -> None:
+        """After an unexplained step: a request predicted to start but not seen had not arrived yet;
+        the progress of the rest is a guess from now on."""
+        obs_first = {r for r, k in members.items() if k == 0}
+        firsts = self._firsts(chunks)
         arrive, waiting = self.arrive, self.waiting
         for r in reversed(admitted):
             if r in firsts and r not in obs_first and r in chunks and chunks[r][0] == 0:
@@ -238,17 +261,19 @@ class _SchedulerReplay:
                 del chunks[r], self.computed[r]
         self.unsure.update(r for r in chunks if r not in obs_first)
 
-    def settle(self, members: dict[int, int], chunks: dict, *, obs_first: set[int], obs_dec: dict[int, int]) -> None:
-        """The state after a step: the prediction where it held, else what was observed."""
-        computed, generated, plen = self.computed, self.generated, self.plen
+    def settle(self, chunks: dict[int, tuple[int, int]], members: dict[int, int]) -> None:
+        """The state after the step: the prediction where it held, else what was observed."""
+        plen, computed, generated, waiting = self.plen, self.computed, self.generated, self.waiting
+        obs_first = {r for r, k in members.items() if k == 0}
+        obs_dec = {r: k for r, k in members.items() if k > 0}
         for r, (c, n) in chunks.items():
             computed[r] = min(c + n, plen[r] - 1) if r not in obs_first else plen[r]
         for r in obs_first | obs_dec.keys():
             self.unsure.discard(r)
             if r in computed:
                 del computed[r]
-            elif r not in generated and r in self.waiting:
-                self.waiting.remove(r)
+            elif r not in generated and r in waiting:
+                waiting.remove(r)
         for r in [r for r in generated if r not in members]:  # its token was in a merged cluster
             generated[r] += 1
         for r, k in members.items():
