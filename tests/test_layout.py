@@ -5,9 +5,8 @@ Every module of every folder that installs under ``driftsim`` (the
 imported. A ``driftsim`` import counts wherever it sits: at module level,
 under ``if TYPE_CHECKING:`` or inside a function.
 
-The allow-lists below say why each exception exists. Entries marked
-TEMPORARY are in files being restructured on another branch; remove them
-once that branch is merged (the test still passes without a stale entry).
+The allow-lists below say why each exception exists; an entry that no
+longer applies fails the test, so the lists stay honest.
 """
 
 from __future__ import annotations
@@ -35,11 +34,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
 
-_TEMPORARY = "TEMPORARY: being fixed on another branch"
 
 #: Import cycles allowed for now, each as the set of modules in it, with the reason.
 CYCLES_ALLOWED: dict[frozenset[str], str] = {
-    frozenset({"driftsim.validation.run", "driftsim.validation.resume"}): _TEMPORARY,
 }
 
 #: Modules allowed to import driftsim modules inside functions, with the reason.
@@ -49,26 +46,14 @@ INNER_IMPORTS_ALLOWED: dict[str, str] = {
         "polars, numpy and plotly (figures in the module's docstring)"
     ),
     "driftsim.cli.capacity_cmds": "start-up time, as driftsim.cli.main",
-    "driftsim.cli.profiling_cmds": _TEMPORARY,
-    "driftsim.cli.validate_cmds": _TEMPORARY,
-    "driftsim.profiling.journal": _TEMPORARY,
-    "driftsim.validation.replay_sim": _TEMPORARY,
-    "driftsim.validation.report": _TEMPORARY,
-    "driftsim.validation.resume": _TEMPORARY,
-    "driftsim.validation.run": _TEMPORARY,
+    "driftsim.cli.profiling_cmds": "start-up time, as driftsim.cli.main",
+    "driftsim.cli.validate_cmds": "start-up time, as driftsim.cli.main",
 }
 
 MAX_FUNCTION_LINES = 80
 
 #: Functions allowed over MAX_FUNCTION_LINES, as (module, qualified name), with the reason.
 LONG_FUNCTIONS_ALLOWED: dict[tuple[str, str], str] = {
-    ("driftsim.sim.run", "simulate"): _TEMPORARY,
-    ("driftsim.validation.resume", "rescore"): _TEMPORARY,
-    ("driftsim.validation.run", "run_validation"): _TEMPORARY,
-    ("driftsim.validation.server_steps", "scheduled_steps"): _TEMPORARY,
-    ("driftsim.cli.profiling_cmds", "profile"): _TEMPORARY,
-    ("driftsim.cli.profiling_cmds", "fit"): _TEMPORARY,
-    ("driftsim.cli.validate_cmds", "validate"): _TEMPORARY,
 }
 
 
@@ -254,9 +239,9 @@ def test_permanent_allowances_are_still_needed():
     inner = {i.source for i in IMPORTS if i.in_function}
     long = {(f.source, f.name) for f in FUNCTIONS if f.lines > MAX_FUNCTION_LINES}
     cycles = set(_cycles(_edges()))
-    stale = [m for m, why in INNER_IMPORTS_ALLOWED.items() if why != _TEMPORARY and m not in inner]
-    stale += [f for f, why in LONG_FUNCTIONS_ALLOWED.items() if why != _TEMPORARY and f not in long]
-    stale += [sorted(c) for c, why in CYCLES_ALLOWED.items() if why != _TEMPORARY and c not in cycles]
+    stale = [m for m in INNER_IMPORTS_ALLOWED if m not in inner]
+    stale += [f for f in LONG_FUNCTIONS_ALLOWED if f not in long]
+    stale += [sorted(c) for c in CYCLES_ALLOWED if c not in cycles]
     assert not stale, f"allowances no longer needed: {stale}"
 
 
