@@ -58,15 +58,13 @@ def _parse_loads(spec: str) -> tuple[float, ...]:
 
 
 def _parse_tenants(spec: str) -> dict[str, float]:
-    """``--tenants 'premium=1,standard=1,batch=1'`` -> weights (a name without ``=`` weighs 1)."""
-    weights = {}
-    for part in spec.split(","):
-        name, _, w = part.strip().partition("=")
-        try:
-            weights[name.strip()] = float(w) if w else 1.0
-        except ValueError:
-            raise ConfigError(f"--tenants: {w!r} is not a number (expected NAME=WEIGHT,...)") from None
-    return weights
+    """``--tenants 'premium=1,standard=1,batch=1'`` -> weights, by the library's one parser."""
+    from driftsim.traces.transform import parse_tenant_weights  # start-up time, as the module's other imports
+
+    try:
+        return parse_tenant_weights(spec)
+    except ValueError as exc:
+        raise ConfigError(f"--tenants: {exc}") from None
 
 
 def _pct(x: float | None, signed: bool = False) -> str:

@@ -21,11 +21,11 @@ This module
 The two are paired and scored by :mod:`driftsim.validation.scoring`.
 
 The simulation is :func:`driftsim.sim.run.simulate` itself (:func:`simulate_replay`)
-with its two taps, since the score needs what a plain run does not keep:
-the gateway's dispatch time per request (a policy wrapper that notes each
-pop) and the end time of every engine step (an ``EngineCore`` that notes
-each committed step's end). A test checks that its per-request results are
-identical to an untapped run's.
+with one observer subscribed to its events (:mod:`driftsim.sim.events`),
+since the score needs what a plain run does not keep: the gateway's
+dispatch time per request, each request's first scheduling and last token,
+and the end time of every engine step. A test checks that its per-request
+results are identical to an unobserved run's.
 """
 
 from __future__ import annotations
