@@ -12,5 +12,5 @@ python3 -m venv .venv
 .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-        || echo "chromium could not be installed: the report-rendering test will be skipped" >&2
+        || { echo "tests/setup.sh: apt-get could not install chromium (needed by the report-rendering test)" >&2; exit 1; }
 fi

