@@ -104,9 +104,17 @@ def test_preemption_when_kv_runs_out_recomputes_and_completes():
     victim = done[1][0]
     assert victim.preemptions >= 1 and done[0][0].preemptions == 0
     assert victim.generated == 40 and done[0][0].generated == 40
-    # the victim recomputed prompt + generated tokens in one prefill after the survivor left
-    recompute = [b for b in cost.batches if b.prefill_tokens > 20]
-    assert recompute, "a recompute prefill longer than the prompt must appear"
+    # By hand: 6 reported blocks = 5 usable (vLLM's null block) = 80 token slots. Step 0 prefills both
+    # 20-token prompts; at decode step k both contexts are 20 + k, so step 13 needs a third block each
+    # (33 > 32 tokens): 6 > 5 blocks, and the later request is preempted having generated 13 tokens
+    # (steps 0..12). The survivor's 4 blocks leave too few for the victim's 3 until it finishes at step 39,
+    # so step 40 recomputes prompt + generated tokens, 20 + 13 = 33, as one fresh prefill from position 0.
+    b = cost.batches
+    assert [x.decode_seqs for x in b[1:13]] == [2] * 12 and b[13].decode_seqs == 1, "preempted at step 13"
+    assert [x.prefill_tokens for x in b[1:40]] == [0] * 39, "no prefill while the survivor runs"
+    assert b[40] == StepBatch(prefill_tokens=33, prefill_seqs=1, prefill_attn_tokens=chunk_attn_tokens(0, 33),
+                              decode_seqs=0, decode_ctx_tokens=0), b[40]
+    assert all(x.prefill_tokens == 0 for x in b[41:]) and len(b) == 41 + 26, "then 26 more decode steps (40 - 14)"
 
 
 def test_one_of_the_reported_kv_blocks_is_vllms_null_block():
