@@ -410,6 +410,9 @@ app.command("fit")(profiling_cmds.fit)
 app.command("validate")(validate_cmds.validate)
 app.command("validate-across")(validate_cmds.across)
 _register_capacity(app)
+from driftsim.cli.gpu_cmds import register as _register_gpu  # noqa: E402
+
+_register_gpu(app, profiles_app)
 
 
 def main() -> None:  # pragma: no cover - console entry
