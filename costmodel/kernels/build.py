@@ -181,6 +181,17 @@ def check_fits(gpu: str, arch: ModelArch, tp: int) -> None:
         raise KernelDataError(f"--tp {tp}: {arch.name} does not fit on {tp} x {gpu}: {exc}") from None
 
 
+def engine_defaults(gpu: str, arch: ModelArch, tp: int) -> dict:
+    """ENGINE_DEFAULTS, with max_model_len halved (to 2048 at least) until the KV cache holds four full sequences."""
+    out = dict(ENGINE_DEFAULTS)
+    kv = KvCapacity(gpu=group_gpu(gpu, tp), model=arch, gpu_memory_utilization=out["gpu_memory_utilization"],
+                    activation_reserve_bytes=ACTIVATION_RESERVE * tp)
+    tokens = kv.blocks(out["block_size"], out["gpu_memory_utilization"]) * out["block_size"]
+    while out["max_model_len"] > 2048 and tokens < 4 * out["max_model_len"]:
+        out["max_model_len"] //= 2
+    return out
+
+
 def profile_toml(result: BuildResult, *, name: str, gpu: str, arch: ModelArch, tp: int, engine_version: str,
                  date: str) -> str:
     """The profile file's text (fixed key order, so builds are byte-identical)."""
@@ -203,7 +214,7 @@ def profile_toml(result: BuildResult, *, name: str, gpu: str, arch: ModelArch, t
         f"token_knots = {list(m.token_knots)}",
         f"token_cost_s = [{', '.join(repr(v) for v in m.token_cost_s)}]",
         "", "[kv]", f"activation_reserve_bytes = {ACTIVATION_RESERVE * tp}",
-        "", "[engine_defaults]", *[f"{k} = {v!r}" for k, v in ENGINE_DEFAULTS.items()],
+        "", "[engine_defaults]", *[f"{k} = {v!r}" for k, v in engine_defaults(gpu, arch, tp).items()],
         f"tensor_parallel_size = {tp}",
         "", "[provenance]", f"source = {s('transferred-kernels' if gpu in TRANSFERRED else 'measured-kernels')}",
         f"date = {s(date)}",
