@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import driftsim
+from driftsim.capacity.plan import _gpus_per_replica
 from driftsim.cli.main import app
 from driftsim.costmodel.batch import StepBatch
 from driftsim.costmodel.kernels import aiconfigurator
@@ -232,3 +233,10 @@ def test_profiles_build_on_an_uncovered_gpu_exits_2_naming_the_flag():
     res = runner.invoke(app, ["profiles", "build", "--gpu", "l40", "--model", LLAMA])
     assert res.exit_code == 2
     assert "--gpu 'l40'" in res.output and "covered GPUs" in res.output
+
+
+def test_a_tensor_parallel_replica_is_priced_per_gpu_in_a_gpu_mix():
+    assert _gpus_per_replica("h100-llama-3.1-70b-tp4-kernels") == 4
+    assert _gpus_per_replica("h100-llama-3.1-8b") == 1
+    group = load_profile("h100-llama-3.1-70b-tp4-kernels")
+    assert group.gpu.mem_bytes == 4 * load_profile("h100-llama-3.1-8b-kernels").gpu.mem_bytes
