@@ -31,8 +31,9 @@ PHASES = ("decode", "prefill", "mixed")
 # Host-side time per step: BLIS's per-step overhead fitted to real vLLM 0.15 runs on H100
 # (inference-sim/inference-sim); per scheduled sequence nothing is added (none was found published).
 HOST = HostOverhead(per_step_s=126e-6, per_seq_s=0.0,
-                    source="per-step 126 us: BLIS (inference-sim/inference-sim) step overhead fitted to real "
-                           "vLLM 0.15 runs on H100; per-sequence 0 (no published figure found)")
+                    source="per-step 126 us: the per-step overhead BLIS (inference-sim/inference-sim) reports "
+                           "from its fit to real vLLM 0.15 runs on H100, taken from its published summary and not "
+                           "re-derived here; per-sequence 0 (no published figure found)")
 # Datasheet numbers of each GPU, for KV capacity (memory) and the roofline comparison.
 GPU_SPECS = {
     "a100": GpuSpec("NVIDIA A100 SXM 80GB", 312e12, 2039e9, 85_899_345_920),
