@@ -8,6 +8,7 @@ rather than skip.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import tomllib
 from dataclasses import replace
@@ -192,6 +193,9 @@ def test_every_bundled_gpu_and_model_has_a_kernel_profile():
 @pytest.mark.parametrize("name", KERNEL_PROFILES)
 def test_a_bundled_kernel_profile_is_reproduced_by_rebuilding_it(name):
     bundled = tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())
+    built_with = next(s for s in bundled["provenance"]["spec_sources"] if s.startswith("aiconfigurator-core"))
+    assert built_with.split()[1] == importlib.metadata.version("aiconfigurator-core"), \
+        f"{name} was built from {built_with.split()[:2]}; install that version (tests/setup.sh pins it)"
     gpu = name.split("-", 1)[0]
     model = bundled["model"]["name"]
     tp = bundled["engine_defaults"]["tensor_parallel_size"]
