@@ -73,6 +73,14 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return f"{100 * x:+.1f} %" if signed else f"{100 * x:.1f} %"
 
 
+def _interval(row: dict) -> str:
+    """Signed error (mean over repeats) and its bootstrap interval over requests."""
+    return f"{_pct(row['err'], signed=True)} [{_pct(row['err_lo'], signed=True)}, {_pct(row['err_hi'], signed=True)}]"
+
+
+_VERDICT_STYLE = {"met": "[green]met[/]", "within noise": "[yellow]within noise[/]", "missed": "[red]missed[/]"}
+
+
 def _ms(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
@@ -145,7 +153,8 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
 
     t = Table(title="target bounds: |sim error| of the overall statistic (mean over repeats)",
               caption=SPEED_NOTE, title_justify="left", caption_justify="left")
-    for col in ("level", "figure", "|error|", "bound", "real spread", "met", *SPEED_VARIANTS.values()):
+    for col in ("level", "figure", "|error|", "bound", "real spread", "met", "error [95 % bootstrap]", "verdict",
+                *SPEED_VARIANTS.values()):
         t.add_column(col, justify="left" if col in ("level", "figure") else "right")
     ok = True
     for lv in reported_levels(result):
@@ -153,7 +162,7 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
             ok &= row["met"]
             t.add_row(level_label(lv.load), f"{METRIC_LABELS[row['metric']]} {row['stat']}", _pct(row["abs_err"]),
                       f"<= {_pct(row['bound'])}", _pct(row["spread"]),
-                      "[green]yes[/]" if row["met"] else "[red]no[/]",
+                      "[green]yes[/]" if row["met"] else "[red]no[/]", _interval(row), _VERDICT_STYLE[row["verdict"]],
                       *(_pct(row[f"{name}_abs_err"]) for name in SPEED_VARIANTS))
     return t, ok
 
