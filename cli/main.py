@@ -24,6 +24,7 @@ from rich.table import Table
 
 from driftsim import __version__
 from driftsim.cli.render import inspect_table, make_console, print_estimation, print_summary
+from driftsim.sim.run_description import describe_run, overload_note
 
 app = typer.Typer(
     name="driftsim",
@@ -73,7 +74,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 @app.command()
 def simulate(
-    scenario: Optional[Path] = typer.Option(None, "--scenario", "-s", help="Scenario TOML; default: the embedded DriftSched set-up.", rich_help_panel="Scenario"),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", "-s", help="Scenario TOML, or a bundled one by name: 'driftsched' (micro-batch worker) or 'vllm' (continuous batching). Default: 'vllm' when --trace, --profile or a workload flag is given, else 'driftsched'.", rich_help_panel="Scenario"),
     trace: Optional[Path] = typer.Option(None, "--trace", "-t", help="Replay this trace file (Azure/BurstGPT CSV, Mooncake/Bailian JSONL, Vidur CSV, driftsim CSV/Parquet).", rich_help_panel="Workload"),
     trace_format: str = typer.Option("auto", "--format", help="Trace format if auto-detection is not enough.", rich_help_panel="Workload"),
     tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a trace into tenants by weight: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
@@ -163,6 +164,15 @@ class _SimulateOptions:
     stream: bool
 
     @property
+    def base_scenario(self) -> Path | str | None:
+        """The scenario the flags apply to: ``--scenario``; else a vLLM server when a trace, a profile or a
+        workload flag is given (a vLLM user's expectation); else the embedded DriftSched set-up."""
+        if self.scenario is not None:
+            return self.scenario
+        workload = (self.trace, self.profile, self.tenants, self.rate_scale, self.duration, self.max_requests)
+        return "vllm" if any(v is not None for v in workload) else None
+
+    @property
     def results(self) -> str:
         """How per-request results are kept (see :data:`driftsim.sim.scenario_folder.RESULT_MODES`)."""
         return "summary" if self.summary_only else "stream" if self.stream else "memory"
@@ -211,7 +221,7 @@ def _simulate(opts: _SimulateOptions) -> None:
         _fail("--oracle-regret needs the trace and results in memory; drop --summary-only / --stream")
         return
     try:
-        sc = load_scenario(opts.scenario, opts.overrides(weights))
+        sc = load_scenario(opts.base_scenario, opts.overrides(weights))
         run = FolderRun(folder=opts.out or default_folder(sc.name), results=opts.results, oracle_regret=opts.oracle_regret)
         with Progress(
             TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of arrivals"),
@@ -232,6 +242,12 @@ def _print_simulation(name: str, done) -> None:
         err.print(f"[yellow]trace repair:[/] {line}", highlight=False)
     n = result.requests.height if result.requests is not None else result.summary["overall"]["requests"]
     title = f"{name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
+    console.print(describe_run(context, len(result.replicas)), highlight=False)
+    for note in context.get("notes", []):
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    overload = overload_note(result.summary, context)
+    if overload:
+        err.print(f"[yellow]warning:[/] {overload}", highlight=False)
     print_summary(console, result.summary, title)
     if "percentiles" in result.summary:
         console.print(f"percentiles from a streaming sketch, within {result.summary['percentiles']['relative_error']:.1%} of exact; counts and means exact")
