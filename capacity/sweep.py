@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
+from driftsim.capacity.journal import SweepJournal
 from driftsim.capacity.pool import Pool
 from driftsim.capacity.results import ResultSet
 from driftsim.capacity.runner import RunOutcome
@@ -42,11 +43,25 @@ class Sweep:
         return len(self.specs) // len(self.inputs.seeds)
 
 
-def run_sweep(sweep: Sweep, pool: Pool, *, on_result: Callable[[RunOutcome], None] | None = None) -> ResultSet:
-    """Start ``pool``, run every spec on it (``on_result`` is called as each finishes), stop it, gather the outcomes."""
+def run_sweep(sweep: Sweep, pool: Pool, *, on_result: Callable[[RunOutcome], None] | None = None,
+              journal: SweepJournal | None = None) -> ResultSet:  # fmt: skip
+    """Start ``pool``, run every spec on it (``on_result`` is called as each finishes), stop it, gather the outcomes.
+
+    With a ``journal`` each outcome is kept on disk as it arrives, and the
+    specs it already holds (a resumed sweep) are not run again.
+    """
     t0 = time.perf_counter()
+    done = journal.outcomes() if journal is not None else {}
+    pending = [s for s in sweep.specs if s.index not in done]
+
+    def keep(outcome: RunOutcome) -> None:
+        if journal is not None:
+            journal.record(outcome)
+        if on_result is not None:
+            on_result(outcome)
+
     with pool:
-        outcomes = pool.run(list(sweep.specs), on_result=on_result)
+        outcomes = [*done.values(), *pool.run(pending, on_result=keep)] if pending else list(done.values())
     wall = time.perf_counter() - t0
     inputs = sweep.inputs
     meta = {

@@ -104,7 +104,8 @@ def simulate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads and tenant assignment.", rich_help_panel="Scenario"),
     horizon: Optional[float] = typer.Option(None, "--horizon", help="Stop the simulation at this time (s); requests in flight are reported unfinished.", rich_help_panel="Scenario"),
     step_by_step: bool = typer.Option(False, "--step-by-step", help="Disable the exact fast-forward (for checking; same results, slower).", rich_help_panel="Scenario"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default driftsim-out/<scenario>-<time>.", rich_help_panel="Output"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default: a fresh driftsim-out/<scenario>-<time>-<suffix>. A folder holding files is refused unless --force.", rich_help_panel="Output"),
+    force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them).", rich_help_panel="Output"),
     summary_only: bool = typer.Option(False, "--summary-only", help="Keep no per-request rows: write summary.json only (percentiles within 0.5 %, from a streaming sketch). A native trace file is read lazily; memory stays flat.", rich_help_panel="Output"),
     stream: bool = typer.Option(False, "--stream", help="Read a native trace file lazily and write requests.parquet as requests settle; memory stays flat (percentiles within 0.5 %).", rich_help_panel="Output"),
 ) -> None:
@@ -160,6 +161,7 @@ class _SimulateOptions:
     horizon: float | None
     step_by_step: bool
     out: Path | None
+    force: bool
     summary_only: bool
     stream: bool
 
@@ -206,7 +208,8 @@ class _SimulateOptions:
 def _simulate(opts: _SimulateOptions) -> None:
     """Load the scenario with the flags over it, run it into its folder with a progress bar, print the summary."""
     from driftsim.sim.scenario import load_scenario
-    from driftsim.sim.scenario_folder import FolderRun, default_folder, run_scenario_to_folder
+    from driftsim.sim.outdir import claim_folder
+    from driftsim.sim.scenario_folder import FolderRun, run_scenario_to_folder
     from driftsim.traces.transform import parse_tenant_weights
 
     try:
@@ -222,7 +225,7 @@ def _simulate(opts: _SimulateOptions) -> None:
         return
     try:
         sc = load_scenario(opts.base_scenario, opts.overrides(weights))
-        run = FolderRun(folder=opts.out or default_folder(sc.name), results=opts.results, oracle_regret=opts.oracle_regret)
+        run = FolderRun(folder=claim_folder(opts.out, sc.name, force=opts.force), results=opts.results, oracle_regret=opts.oracle_regret)
         with Progress(
             TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of arrivals"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
@@ -323,7 +326,8 @@ def _parse_seeds(option: list[str] | None, extra: list[str] | None) -> list[int]
 def reproduce_driftsched(
     ctx: typer.Context,
     seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default 0 1 2); one workload per seed."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default driftsim-out/reproduce-driftsched-<time>."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default: a fresh driftsim-out/reproduce-driftsched-<time>-<suffix>. A folder holding files is refused unless --force."),
+    force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json (or its folder) for the tokenizer counter; default: the trace's own counts."),
 ) -> None:
     """Run the DriftSched paper's grid (policies x token counters x calibration x seeds) and compare with the paper.
@@ -337,11 +341,12 @@ def reproduce_driftsched(
     """
     from driftsim.experiments.driftsched import run_driftsched_experiment
     from driftsim.experiments.reproduction import save_reproduction
-    from driftsim.sim.scenario_folder import default_folder
+    from driftsim.sim.outdir import claim_folder
 
     seed_list = _parse_seeds(seeds, ctx.args)  # "--seeds 0 1 2": click passes 1 and 2 as extra arguments
     t0 = time.perf_counter()
     try:
+        folder = claim_folder(out, "reproduce-driftsched", force=force)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
@@ -357,7 +362,6 @@ def reproduce_driftsched(
     except (*_input_errors(), ImportError) as exc:
         _fail(str(exc))
         return
-    folder = out or default_folder("reproduce-driftsched")
     rows = save_reproduction(result, folder)
     wall = time.perf_counter() - t0
     _print_reproduction(result, rows)
