@@ -26,11 +26,9 @@ from typing import Optional
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from driftsim.cli.render import make_console
-from driftsim.sim.outdir import claim_folder
 
 console = make_console()
 err = make_console(stderr=True)
@@ -44,11 +42,15 @@ plan_app = typer.Typer(
 )
 
 
+#: Where ``driftsim --help`` lists these commands (``compare`` belongs here too).
+PANEL = "Plan capacity"
+
+
 def register(app: typer.Typer) -> None:
     """Add ``sweep``, ``plan`` (with its subcommands) and ``report`` to ``app``."""
-    app.command("sweep")(sweep)
-    app.add_typer(plan_app, name="plan")
-    app.command("report")(report)
+    app.command("sweep", rich_help_panel=PANEL)(sweep)
+    app.add_typer(plan_app, name="plan", rich_help_panel=PANEL)
+    app.command("report", rich_help_panel=PANEL)(report)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -66,6 +68,8 @@ class _Bar:
     """A rich progress bar over runs: done/total, runs per minute, elapsed and time left."""
 
     def __init__(self, what: str, total: int | None = None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         self.what, self.total = what, total
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
@@ -97,7 +101,7 @@ _ATTAINMENT = typer.Option(None, "--attainment", help="Quantile at which the sce
 _CRITERION = typer.Option(None, "--criterion", help="'all': every seed must meet the SLOs (default); 'mean': the mean over seeds must.", rich_help_panel="SLOs")
 _JOBS = typer.Option(None, "--jobs", "-j", help="Local worker processes (default: every core; 1 = in this process).", rich_help_panel="Execution")
 _RAY = typer.Option(None, "--ray", help="Run on a Ray cluster: its address, 'auto' (this node's cluster) or 'local' (start one here). Needs the ray extra.", rich_help_panel="Execution")
-_RETRIES = typer.Option(2, "--retries", help="Retries of a run whose worker crashed or died before it is reported failed.", rich_help_panel="Execution")
+_RETRIES = typer.Option(2, "--run-retries", min=0, help="Retries of a run whose worker crashed or died before it is reported failed.", show_default=True, rich_help_panel="Execution")
 class TableFormat(str, Enum):
     """How result tables are written."""
 
@@ -113,6 +117,8 @@ _STUDY = typer.Option(None, "--study", help="Study TOML (scenario, seeds and the
 
 def _folder(out: Path | None, name: str, force: bool) -> Path:
     """The results folder, claimed before any run (see :func:`driftsim.sim.outdir.claim_folder`)."""
+    from driftsim.sim.outdir import claim_folder
+
     try:
         return claim_folder(out, name, force=force)
     except _input_errors() as exc:
@@ -181,7 +187,7 @@ def sweep(
     if resume is not None:
         grid_flags = [*named_axes.values(), scenario, study, axis, sets, seeds, slo, attainment, price, out]
         if any(v for v in grid_flags):
-            _fail("--resume takes the grid, seeds, targets and folder from the interrupted sweep; give only --resume DIR (and --jobs, --ray, --retries, --table-format)")
+            _fail("--resume takes the grid, seeds, targets and folder from the interrupted sweep; give only --resume DIR (and --jobs, --ray, --run-retries, --table-format)")
         _resume_sweep(resume, jobs, ray, retries, fmt.value)
         return
     try:
