@@ -115,13 +115,19 @@ def simulate(
 ) -> None:
     """Simulate a scenario and print per-tenant latency, throughput and SLO attainment.
 
-    Writes requests.parquet (one row per request) and summary.json to the output folder.
+    With --trace, --profile or a workload flag (and no --scenario) it
+    simulates a vLLM server: continuous batching with the profile's limits.
+    With none of them, the embedded DriftSched set-up (micro-batch worker).
+    The first line printed says what ran. Writes requests.parquet (one row
+    per request) and summary.json to a fresh output folder.
 
     Examples:
 
       driftsim simulate
 
-      driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=1,standard=2,batch=3 --profile a100-llama-3.1-8b --mode continuous
+      driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=1,standard=2,batch=3 --profile a100-llama-3.1-8b
+
+      driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=2,batch=1 --rate-scale 4 --policy priority
 
       driftsim simulate --scenario my.toml --rate-scale 1.5 --replicas 2
 
