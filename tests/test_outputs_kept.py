@@ -1,5 +1,5 @@
 """Nothing a run writes is lost: unique folders, refused collisions, the umask's file mode, and a sweep
-killed mid-way (a real process, SIGKILL) then resumed equals an uninterrupted sweep."""
+killed mid-way (a real process, SIGKILL or Ctrl-C) then resumed equals an uninterrupted sweep."""
 
 from __future__ import annotations
 
@@ -79,18 +79,19 @@ def _results(folder: Path) -> pl.DataFrame:
     return table.drop([c for c in table.columns if "wall" in c or "cpu" in c or c == "worker"])
 
 
-def test_sweep_killed_midway_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_sweep_killed_midway_then_resumed_equals_an_uninterrupted_sweep(tmp_path, sig):
     whole = tmp_path / "whole"
     assert runner.invoke(app, [*SWEEP, "--out", str(whole)]).exit_code == 0
     cut = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, "-m", "driftsim", *SWEEP, "--out", str(cut)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     journal = cut / "journal"
     deadline = time.monotonic() + 120
     while len(list(journal.glob("run-*.pkl"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     kept = {p.name: p.stat().st_mtime_ns for p in journal.glob("run-*.pkl")}
     assert 2 <= len(kept) < 8, "the sweep must be killed mid-way for this test to mean anything"
     assert not (cut / "results.parquet").exists()
