@@ -19,6 +19,8 @@ from driftsim.capacity.results import ResultSet
 from driftsim.capacity.runner import RunOutcome
 from driftsim.capacity.spec import Grid, RunSpec, check_specs, expand
 from driftsim.capacity.study import StudyInputs
+from driftsim.errors import ConfigError
+from driftsim.sim.scenario import Scenario, build_engine, build_gateway, build_profile, place_policy
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,26 @@ class Sweep:
         grid = Grid(scenario=inputs.scenario, axes=axes, seeds=inputs.seeds, fixed=inputs.fixed)
         specs = expand(grid, targets=tuple(inputs.targets), record_first_seed=record_first_seed)
         check_specs(specs)
+        check_placement(specs)
         return cls(inputs=inputs, grid=grid, specs=tuple(specs), prices=prices)
 
     @property
     def configurations(self) -> int:
         return len(self.specs) // len(self.inputs.seeds)
+
+
+def check_placement(specs: list[RunSpec]) -> None:
+    """Fail before any run where a policy could not act (:func:`driftsim.sim.scenario.place_policy`), naming the run."""
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.config in seen:
+            continue
+        seen.add(spec.config)
+        sc = Scenario(name=str(spec.scenario.get("name", "sweep")), raw=spec.scenario)
+        try:
+            place_policy(build_gateway(sc), build_engine(sc, build_profile(sc)), "placement" in spec.scenario.get("gateway", {}))
+        except ConfigError as exc:
+            raise ConfigError(f"run {spec.config!r}: {exc}") from None
 
 
 def run_sweep(sweep: Sweep, pool: Pool, *, on_result: Callable[[RunOutcome], None] | None = None,

@@ -79,3 +79,22 @@ def test_a_capped_gateway_keeps_the_policy_at_the_gateway(tmp_path):
                            tmp_path / "o")  # fmt: skip
     assert summary["context"]["gateway"]["placement"] == "gateway"
     assert "at the gateway, cap 8 in flight per replica" in out
+
+
+def test_a_policy_sweep_on_a_continuous_engine_gives_different_rows(tmp_path):
+    res = runner.invoke(app, ["sweep", "--policy", "fifo,priority", "--seeds", "0", "--jobs", "1", "--no-timeseries",
+                              "--set", "workload.kind=trace", "--set", f"workload.path={CONV}",
+                              "--set", "workload.assign_tenants={premium=2,batch=1}", "--set", "workload.rate_scale=4",
+                              "--set", "workload.max_requests=2000", "--set", "engine.mode=continuous",
+                              "--set", "profile=a100-llama-3.1-8b", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    table = pl.read_parquet(tmp_path / "o" / "results.parquet").filter(pl.col("tenant") == "premium")
+    ttft = dict(zip(table["policy"], table["ttft_s_p50"]))
+    assert ttft["priority"] < 0.5 * ttft["fifo"]
+
+
+def test_a_sweep_refuses_a_policy_that_cannot_act_before_any_run(tmp_path):
+    res = runner.invoke(app, ["sweep", "--policy", "fifo,weighted", "--set", "engine.mode=continuous", "--seeds", "0",
+                              "--jobs", "1", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code == 2 and "policy=weighted" in res.output and "max_outstanding" in res.output
+    assert not (tmp_path / "o").exists()
