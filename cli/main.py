@@ -323,21 +323,24 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name or file."))
 
 
 def _parse_seeds(option: list[str] | None, extra: list[str] | None) -> list[int]:
-    """Seeds from ``--seeds 0 1 2`` (click sees one option value and two extra arguments), ``--seeds 0,1,2`` or repeats."""
-    seeds: list[int] = []
-    for token in [*(option or []), *(extra or [])]:
-        for part in token.replace(",", " ").split():
-            try:
-                seeds.append(int(part))
-            except ValueError:
-                _fail(f"--seeds: expected integers, got {part!r} (e.g. --seeds 0 1 2)")
-    return seeds or [0, 1, 2]
+    """Seeds as ``driftsim sweep`` takes them (``--seeds 0,1,2`` or ``0-4``); ``--seeds 0 1 2`` (click sees one
+    option value and two extra arguments) and repeats are accepted too."""
+    from driftsim.capacity.spec import parse_seeds
+
+    tokens = [*(option or []), *(extra or [])]
+    if not tokens:
+        return [0, 1, 2]
+    try:
+        return parse_seeds(",".join(tokens))
+    except _input_errors() as exc:
+        _fail(f"--{exc}")
+        raise  # unreachable: _fail exits
 
 
 @reproduce_app.command("driftsched", context_settings={"allow_extra_args": True})
 def reproduce_driftsched(
     ctx: typer.Context,
-    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default 0 1 2); one workload per seed."),
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds: '0,1,2' or '0-4', as `driftsim sweep` takes them (default 0,1,2); one workload per seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default: a fresh driftsim-out/reproduce-driftsched-<time>-<suffix>. A folder holding files is refused unless --force."),
     force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json (or its folder) for the tokenizer counter; default: the trace's own counts."),
@@ -349,7 +352,7 @@ def reproduce_driftsched(
     seed x policy x counter x calibration x tenant), headline.json and an
     offline interactive report.html.
 
-    Example: driftsim reproduce driftsched --seeds 0 1 2 --out out/
+    Example: driftsim reproduce driftsched --seeds 0,1,2 --out out/
     """
     from driftsim.experiments.driftsched import run_driftsched_experiment
     from driftsim.experiments.reproduction import save_reproduction

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from driftsim.admission.calibration import GRANULARITIES
 from driftsim.admission.controller import ESTIMATORS
 from driftsim.cli import choices
-from driftsim.cli.main import app
+from driftsim.capacity.spec import parse_seeds
+from driftsim.cli.main import _parse_seeds, app
 from driftsim.sim.policies import POLICIES
 from driftsim.sim.router import ROUTERS
 
@@ -77,3 +78,9 @@ def test_help_imports_neither_polars_nor_numpy():
             "print(sorted(m for m in ('polars', 'numpy', 'simpy', 'driftsim.sim.engine') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_reproduce_takes_seeds_as_sweep_does():
+    assert _parse_seeds(["0-2"], None) == _parse_seeds(["0,1,2"], None) == _parse_seeds(["0"], ["1", "2"]) == parse_seeds("0-2")
+    res = runner.invoke(app, ["reproduce", "driftsched", "--seeds", "x"])
+    assert res.exit_code == 2 and "--seeds" in res.output
