@@ -220,7 +220,7 @@ def _simulate(opts: _SimulateOptions) -> None:
     from driftsim.sim.scenario import load_scenario
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from driftsim.sim.outdir import claim_folder
+    from driftsim.sim.outdir import claim_folder, discard_if_empty
     from driftsim.sim.scenario_folder import FolderRun, run_scenario_to_folder
     from driftsim.traces.transform import parse_tenant_weights
 
@@ -235,9 +235,12 @@ def _simulate(opts: _SimulateOptions) -> None:
     if opts.oracle_regret and (opts.summary_only or opts.stream):
         _fail("--oracle-regret needs the trace and results in memory; drop --summary-only / --stream")
         return
+    folder = None
     try:
         sc = load_scenario(opts.base_scenario, opts.overrides(weights))
-        run = FolderRun(folder=claim_folder(opts.out, sc.name, force=opts.force), results=opts.results, oracle_regret=opts.oracle_regret)
+        new = opts.out is None or not opts.out.exists()
+        folder = claim_folder(opts.out, sc.name, force=opts.force)
+        run = FolderRun(folder=folder, results=opts.results, oracle_regret=opts.oracle_regret)
         with Progress(
             TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of arrivals"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
@@ -245,6 +248,8 @@ def _simulate(opts: _SimulateOptions) -> None:
             task = bar.add_task("sim", total=1.0)
             done = run_scenario_to_folder(sc, run=run, progress=lambda f: bar.update(task, completed=f))
     except _input_errors() as exc:
+        if folder is not None and new:
+            discard_if_empty(folder)  # a run refused on its input leaves no empty folder behind
         _fail(str(exc))
         return
     _print_simulation(sc.name, done)

@@ -45,3 +45,11 @@ def claim_folder(out: Path | None, name: str, *, force: bool = False, flag: str 
                           "(give --force to write over them, or another folder)")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def discard_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing (a run that failed before writing); never touches a file."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

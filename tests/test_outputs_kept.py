@@ -107,3 +107,10 @@ def test_resume_refuses_grid_flags_and_a_folder_without_a_journal(tmp_path):
     assert res.exit_code == 2 and "--resume" in res.output
     res = runner.invoke(app, ["sweep", "--resume", str(tmp_path)])
     assert res.exit_code == 2 and "journal" in res.output
+
+
+def test_a_run_refused_on_its_input_leaves_no_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["simulate", "--trace", str(REPO / "traces/data/azure2023_conv.csv"), "--trace-format", "xyz"])
+    assert res.exit_code == 2 and "xyz" in res.output
+    assert list((tmp_path / "driftsim-out").iterdir()) == []
