@@ -31,7 +31,7 @@ import polars as pl
 
 from driftsim.traces.schema import REQUEST_SCHEMA
 
-__all__ = ["BenchWorkload", "arrival_times", "generate_bench"]
+__all__ = ["BenchWorkload", "arrival_times", "generate_bench", "with_arrivals"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,14 @@ def generate_bench(w: BenchWorkload) -> pl.DataFrame:
     return df.with_columns(
         pl.lit(None, dtype).alias(c) for c, dtype in REQUEST_SCHEMA.items() if c not in columns
     ).select(list(REQUEST_SCHEMA))
+
+
+def with_arrivals(df: pl.DataFrame, request_rate: float, burstiness: float = 1.0, seed: int = 0) -> pl.DataFrame:
+    """``df`` (a request table) sent as ``vllm bench serve --request-rate --burstiness`` sends a dataset.
+
+    Rows keep their order and every column but ``arrival_s``; for traces
+    without send times (ShareGPT) or to replay a trace at another rate.
+    """
+    BenchWorkload(num_prompts=max(df.height, 1), request_rate=request_rate, burstiness=burstiness)  # checks flags
+    t = arrival_times(df.height, request_rate, burstiness, _rng(seed, 0)) if df.height else np.zeros(0)
+    return df.with_columns(pl.Series("arrival_s", t, dtype=pl.Float64))
