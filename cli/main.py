@@ -404,12 +404,14 @@ def _print_reproduction(result, rows: list[dict]) -> None:
 
 from driftsim.cli import profiling_cmds, validate_cmds  # noqa: E402  (commands defined in their own modules)
 from driftsim.cli.capacity_cmds import register as _register_capacity  # noqa: E402
+from driftsim.cli.compare_cmds import register as _register_compare  # noqa: E402
 
 app.command("profile")(profiling_cmds.profile)
 app.command("fit")(profiling_cmds.fit)
 app.command("validate")(validate_cmds.validate)
 app.command("validate-across")(validate_cmds.across)
 _register_capacity(app)
+_register_compare(app)
 
 
 def main() -> None:  # pragma: no cover - console entry
