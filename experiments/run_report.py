@@ -176,7 +176,7 @@ def write_run_report(run: str | os.PathLike | SimResult, path: str | os.PathLike
                      samples: pl.DataFrame | None = None, title: str | None = None) -> Path:  # fmt: skip
     """Write the single-run report of ``run`` (a run folder or a result) to ``path``; return the path."""
     data = load_run(run, samples=samples)
-    parts = ["<h2>summary</h2>", table_html(summary_rows(data.summary)),
+    parts = ["<h2>summary</h2>", f"<div style='overflow-x:auto'>{table_html(summary_rows(data.summary))}</div>",
              "<p class='note'>TTFT, TPOT and ITL in milliseconds, E2E in seconds; goodput: completed requests "
              "meeting every SLO they carry, per second; ITL: each request's mean gap between tokens, weighted by "
              "its gaps.</p>"]  # fmt: skip
