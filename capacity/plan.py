@@ -303,11 +303,13 @@ def max_load(study: Study, pool: Pool, *, start: float = 1.0, min_scale: float =
 def cheapest_mix(study: Study, pool: Pool, prices: dict[str, float], *, max_per_type: int = 4,
                  max_total: int | None = None, compare_homogeneous: bool = True,
                  progress: Progress | None = None) -> PlanResult:  # fmt: skip
-    """The cheapest pool (replicas per profile) meeting every target, given $/GPU-hour per profile."""
+    """The cheapest pool (replicas per profile) meeting every target, given $/GPU-hour per profile.
+    A replica of a tensor-parallel profile costs its GPUs (``tensor_parallel_size`` x the price)."""
     _need_targets(study)
     profiles = _checked_mix_profiles(prices, max_per_type)
     pl_ = Planner(study, pool, progress)
-    space = _MixSpace(profiles=profiles, prices=prices, caps=_replica_capacities(study, pool, profiles))
+    replica_prices = {p: usd * _gpus_per_replica(p) for p, usd in prices.items()}
+    space = _MixSpace(profiles=profiles, prices=replica_prices, caps=_replica_capacities(study, pool, profiles))
     cands = [v for v in itertools.product(range(max_per_type + 1), repeat=len(profiles)) if any(v)]
     if max_total is not None:
         cands = [v for v in cands if sum(v) <= max_total]
@@ -353,6 +355,11 @@ def _checked_mix_profiles(prices: dict[str, float], max_per_type: int) -> list[s
             + ", ".join(f"{p} ({m})" for p, m in models.items())
         )
     return profiles
+
+
+def _gpus_per_replica(profile: str) -> int:
+    """GPUs one replica of ``profile`` occupies: its tensor-parallel group (1 unless the profile says)."""
+    return int(load_profile(profile).engine_defaults.get("tensor_parallel_size", 1))
 
 
 def _replica_capacities(study: Study, pool: Pool, profiles: list[str]) -> dict[str, float]:

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
+from driftsim.capacity.journal import SweepJournal
 from driftsim.capacity.pool import Pool
 from driftsim.capacity.results import ResultSet
 from driftsim.capacity.runner import RunOutcome
 from driftsim.capacity.spec import Grid, RunSpec, check_specs, expand
 from driftsim.capacity.study import StudyInputs
+from driftsim.errors import ConfigError
+from driftsim.sim.scenario import Scenario, build_engine, build_gateway, build_profile, place_policy
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Sweep:
         grid = Grid(scenario=inputs.scenario, axes=axes, seeds=inputs.seeds, fixed=inputs.fixed)
         specs = expand(grid, targets=tuple(inputs.targets), record_first_seed=record_first_seed)
         check_specs(specs)
+        check_placement(specs)
         return cls(inputs=inputs, grid=grid, specs=tuple(specs), prices=prices)
 
     @property
@@ -42,11 +46,39 @@ class Sweep:
         return len(self.specs) // len(self.inputs.seeds)
 
 
-def run_sweep(sweep: Sweep, pool: Pool, *, on_result: Callable[[RunOutcome], None] | None = None) -> ResultSet:
-    """Start ``pool``, run every spec on it (``on_result`` is called as each finishes), stop it, gather the outcomes."""
+def check_placement(specs: list[RunSpec]) -> None:
+    """Fail before any run where a policy could not act (:func:`driftsim.sim.scenario.place_policy`), naming the run."""
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.config in seen:
+            continue
+        seen.add(spec.config)
+        sc = Scenario(name=str(spec.scenario.get("name", "sweep")), raw=spec.scenario)
+        try:
+            place_policy(build_gateway(sc), build_engine(sc, build_profile(sc)), "placement" in spec.scenario.get("gateway", {}))
+        except ConfigError as exc:
+            raise ConfigError(f"run {spec.config!r}: {exc}") from None
+
+
+def run_sweep(sweep: Sweep, pool: Pool, *, on_result: Callable[[RunOutcome], None] | None = None,
+              journal: SweepJournal | None = None) -> ResultSet:  # fmt: skip
+    """Start ``pool``, run every spec on it (``on_result`` is called as each finishes), stop it, gather the outcomes.
+
+    With a ``journal`` each outcome is kept on disk as it arrives, and the
+    specs it already holds (a resumed sweep) are not run again.
+    """
     t0 = time.perf_counter()
+    done = journal.outcomes() if journal is not None else {}
+    pending = [s for s in sweep.specs if s.index not in done]
+
+    def keep(outcome: RunOutcome) -> None:
+        if journal is not None:
+            journal.record(outcome)
+        if on_result is not None:
+            on_result(outcome)
+
     with pool:
-        outcomes = pool.run(list(sweep.specs), on_result=on_result)
+        outcomes = [*done.values(), *pool.run(pending, on_result=keep)] if pending else list(done.values())
     wall = time.perf_counter() - t0
     inputs = sweep.inputs
     meta = {

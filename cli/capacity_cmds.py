@@ -20,13 +20,12 @@ from __future__ import annotations
 import math
 import time
 import webbrowser
-from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from driftsim.cli.render import make_console
@@ -43,11 +42,15 @@ plan_app = typer.Typer(
 )
 
 
+#: Where ``driftsim --help`` lists these commands (``compare`` belongs here too).
+PANEL = "Plan capacity"
+
+
 def register(app: typer.Typer) -> None:
     """Add ``sweep``, ``plan`` (with its subcommands) and ``report`` to ``app``."""
-    app.command("sweep")(sweep)
-    app.add_typer(plan_app, name="plan")
-    app.command("report")(report)
+    app.command("sweep", rich_help_panel=PANEL)(sweep)
+    app.add_typer(plan_app, name="plan", rich_help_panel=PANEL)
+    app.command("report", rich_help_panel=PANEL)(report)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -65,6 +68,8 @@ class _Bar:
     """A rich progress bar over runs: done/total, runs per minute, elapsed and time left."""
 
     def __init__(self, what: str, total: int | None = None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         self.what, self.total = what, total
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
@@ -96,14 +101,29 @@ _ATTAINMENT = typer.Option(None, "--attainment", help="Quantile at which the sce
 _CRITERION = typer.Option(None, "--criterion", help="'all': every seed must meet the SLOs (default); 'mean': the mean over seeds must.", rich_help_panel="SLOs")
 _JOBS = typer.Option(None, "--jobs", "-j", help="Local worker processes (default: every core; 1 = in this process).", rich_help_panel="Execution")
 _RAY = typer.Option(None, "--ray", help="Run on a Ray cluster: its address, 'auto' (this node's cluster) or 'local' (start one here). Needs the ray extra.", rich_help_panel="Execution")
-_RETRIES = typer.Option(2, "--retries", help="Retries of a run whose worker crashed or died before it is reported failed.", rich_help_panel="Execution")
-_OUT = typer.Option(None, "--out", "-o", help="Results folder; default driftsim-out/<command>-<time>.", rich_help_panel="Output")
-_FORMAT = typer.Option("parquet", "--format", help="Table format: parquet or csv.", rich_help_panel="Output")
+_RETRIES = typer.Option(2, "--run-retries", min=0, help="Retries of a run whose worker crashed or died before it is reported failed.", show_default=True, rich_help_panel="Execution")
+class TableFormat(str, Enum):
+    """How result tables are written."""
+
+    parquet = "parquet"
+    csv = "csv"
+
+
+_OUT = typer.Option(None, "--out", "-o", help="Results folder; default: a fresh driftsim-out/<command>-<time>-<suffix>. A folder holding files is refused unless --force.", rich_help_panel="Output")
+_FORCE = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them).", rich_help_panel="Output")
+_FORMAT = typer.Option(TableFormat.parquet, "--table-format", help="Format of the result tables.", show_default=True, rich_help_panel="Output")
 _STUDY = typer.Option(None, "--study", help="Study TOML (scenario, seeds and the tables axes, set, prices, slo); flags win over it.", rich_help_panel="Study")
 
 
-def _folder(out: Path | None, name: str) -> Path:
-    return out or Path("driftsim-out") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+def _folder(out: Path | None, name: str, force: bool) -> Path:
+    """The results folder, claimed before any run (see :func:`driftsim.sim.outdir.claim_folder`)."""
+    from driftsim.sim.outdir import claim_folder
+
+    try:
+        return claim_folder(out, name, force=force)
+    except _input_errors() as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
 
 
 def _fmt(x, unit: str = "") -> str:
@@ -135,7 +155,9 @@ def sweep(
     ray: Optional[str] = _RAY,
     retries: int = _RETRIES,
     out: Optional[Path] = _OUT,
-    fmt: str = _FORMAT,
+    force: bool = _FORCE,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Finish the interrupted sweep in this folder: run only the runs its journal lacks, then write its tables (the grid is the folder's; grid flags are refused).", rich_help_panel="Output"),
+    fmt: TableFormat = _FORMAT,
     timeseries: bool = typer.Option(True, "--timeseries/--no-timeseries", help="Record time series and CDFs of each configuration's first seed (for the report).", rich_help_panel="Output"),
 ) -> None:
     """Run a grid (load x policies x replicas x engine limits x profiles x calibration x seeds) and write one tidy table.
@@ -155,12 +177,19 @@ def sweep(
 
       driftsim sweep --study study.toml --ray auto
     """
+    from driftsim.capacity.journal import SweepJournal
     from driftsim.capacity.pool import make_pool
     from driftsim.capacity.study import parse_prices, resolve_study, sweep_axes
     from driftsim.capacity.sweep import Sweep
 
     named_axes = {"rate_scale": rate_scale, "policy": policy, "replicas": replicas, "profile": profile,
                   "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens, "calibration": calibration}  # fmt: skip
+    if resume is not None:
+        grid_flags = [*named_axes.values(), scenario, study, axis, sets, seeds, slo, attainment, price, out]
+        if any(v for v in grid_flags):
+            _fail("--resume takes the grid, seeds, targets and folder from the interrupted sweep; give only --resume DIR (and --jobs, --ray, --run-retries, --table-format)")
+        _resume_sweep(resume, jobs, ray, retries, fmt.value)
+        return
     try:
         inputs = resolve_study(study_path=study, scenario=scenario, sets=sets, seeds=seeds, slos=slo, attainment=attainment)
         axes = sweep_axes(inputs.study.axes, named_axes, axis)
@@ -170,15 +199,38 @@ def sweep(
     except _input_errors() as exc:
         _fail(str(exc))
         return
-    _run_sweep(grid_sweep, pool, _folder(out, "sweep"), fmt)
+    folder = _folder(out, "sweep", force)
+    journal = SweepJournal(folder)
+    journal.start(grid_sweep)
+    _run_sweep(grid_sweep, pool, journal, fmt.value)
 
 
-def _run_sweep(grid_sweep, pool, folder: Path, fmt: str) -> None:
-    """Run the sweep with a progress bar, save the results folder, print the summary and any failures."""
+def _resume_sweep(folder: Path, jobs, ray, retries, fmt: str) -> None:
+    """Rebuild the sweep from ``folder``'s journal and finish it."""
+    from driftsim.capacity.journal import SweepJournal
+    from driftsim.capacity.pool import make_pool
+
+    try:
+        journal = SweepJournal(folder)
+        grid_sweep = journal.sweep()
+        pool = make_pool(jobs=jobs, ray=ray, retries=retries)
+    except _input_errors() as exc:
+        _fail(str(exc))
+        return
+    kept = len(journal.outcomes())
+    err.print(f"resuming {folder}: {kept} of {len(grid_sweep.specs)} runs already done", highlight=False)
+    _run_sweep(grid_sweep, pool, journal, fmt)
+
+
+def _run_sweep(grid_sweep, pool, journal, fmt: str) -> None:
+    """Run the sweep with a progress bar (each run kept in ``journal`` as it ends), save the results folder,
+    print the summary and any failures."""
     from driftsim.capacity.sweep import run_sweep
 
+    folder = journal.folder
     n = len(grid_sweep.specs)
-    err.print(f"{n} runs ({grid_sweep.configurations} configurations x {len(grid_sweep.inputs.seeds)} seeds) on {pool.describe()}", highlight=False)
+    err.print(f"{n} runs ({grid_sweep.configurations} configurations x {len(grid_sweep.inputs.seeds)} seeds) on {pool.describe()}; "
+              f"each run is kept in {journal.path} as it ends", highlight=False)  # fmt: skip
     try:
         with _Bar("sweep", n) as bar:
             done = 0
@@ -188,9 +240,9 @@ def _run_sweep(grid_sweep, pool, folder: Path, fmt: str) -> None:
                 done += 1
                 bar.update(done, n, o.label)
 
-            rs = run_sweep(grid_sweep, pool, on_result=tick)
+            rs = run_sweep(grid_sweep, pool, on_result=tick, journal=journal)
     except KeyboardInterrupt:
-        _fail("interrupted; no results written", 130)
+        _fail(f"interrupted; the finished runs are kept: `driftsim sweep --resume {folder}` runs the rest", 130)
         return
     wall = rs.meta["wall_s"]
     try:
@@ -250,7 +302,7 @@ def _print_sweep(rs, limit: int = 60) -> None:
 
 
 # --------------------------------------------------------------------------- plan
-def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainment, criterion, jobs, ray, retries, out, fmt,
+def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainment, criterion, jobs, ray, retries, out, force, fmt,
               prices: dict | None = None, **kwargs) -> None:  # fmt: skip
     from driftsim.capacity.plan import Study, run_plan
     from driftsim.capacity.pool import make_pool
@@ -271,7 +323,7 @@ def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainmen
     if targets:
         err.print("targets: " + "; ".join(t.describe() for t in targets) + f" (criterion: {crit} seeds)", highlight=False)
     err.print(f"searching on {pool.describe()}, {len(seed_list)} seeds per configuration", highlight=False)
-    folder = _folder(out, f"plan-{question}")
+    folder = _folder(out, f"plan-{question}", force)
     try:
         with _Bar(f"plan {question}") as bar:
             done = run_plan(question, fn, plan_study, pool, progress=bar.update, **kwargs)
@@ -283,7 +335,7 @@ def _run_plan(question: str, fn, *, scenario, study, sets, seeds, slo, attainmen
         return
     result = done.result
     _print_plan(result)
-    done.result_set.save(folder, fmt)
+    done.result_set.save(folder, fmt.value)
     runs = done.result_set.runs.height
     console.print(f"{runs} runs in {done.wall_s:.1f} s wall on {pool.describe()}; runs and plan in [bold]{folder}[/]", highlight=False)
     if done.infeasible is not None:
@@ -339,7 +391,7 @@ def plan_replicas(
     criterion: Optional[str] = _CRITERION,
     max_replicas: int = typer.Option(16, "--max-replicas", help="Upper bound of the search.", rich_help_panel="Search"),
     min_replicas: int = typer.Option(1, "--min-replicas", help="Lower bound of the search.", rich_help_panel="Search"),
-    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, fmt: str = _FORMAT,
+    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, force: bool = _FORCE, fmt: TableFormat = _FORMAT,
 ) -> None:  # fmt: skip
     """The fewest replicas such that every tenant meets its SLOs (galloping, then binary search).
 
@@ -348,7 +400,7 @@ def plan_replicas(
     from driftsim.capacity.plan import min_replicas as fn
 
     _run_plan("replicas", fn, scenario=scenario, study=study, sets=sets, seeds=seeds, slo=slo, attainment=attainment,
-              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, fmt=fmt,
+              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, force=force, fmt=fmt,
               max_replicas=max_replicas, min_replicas=min_replicas)  # fmt: skip
 
 
@@ -362,7 +414,7 @@ def plan_load(
     min_scale: float = typer.Option(1 / 64, "--min-scale", help="Lowest rate scale tried.", rich_help_panel="Search"),
     max_scale: float = typer.Option(64.0, "--max-scale", help="Highest rate scale tried.", rich_help_panel="Search"),
     tolerance: float = typer.Option(0.02, "--tolerance", help="Stop when the bracket is this close (relative).", rich_help_panel="Search"),
-    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, fmt: str = _FORMAT,
+    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, force: bool = _FORCE, fmt: TableFormat = _FORMAT,
 ) -> None:  # fmt: skip
     """The highest load (rate scale) at which every tenant meets its SLOs (bracketing, then bisection).
 
@@ -373,7 +425,7 @@ def plan_load(
     if replicas is not None:
         sets = [*(sets or []), f"replicas={replicas}"]
     _run_plan("load", fn, scenario=scenario, study=study, sets=sets, seeds=seeds, slo=slo, attainment=attainment,
-              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, fmt=fmt,
+              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, force=force, fmt=fmt,
               start=start, min_scale=min_scale, max_scale=max_scale, tolerance=tolerance)  # fmt: skip
 
 
@@ -386,7 +438,7 @@ def plan_gpu_mix(
     max_per_type: int = typer.Option(4, "--max-per-type", help="Most replicas of one type in a pool.", rich_help_panel="Search"),
     max_total: Optional[int] = typer.Option(None, "--max-total", help="Most replicas in a pool.", rich_help_panel="Search"),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Also find the cheapest single-type pool, to quote the saving.", rich_help_panel="Search"),
-    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, fmt: str = _FORMAT,
+    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, force: bool = _FORCE, fmt: TableFormat = _FORMAT,
 ) -> None:  # fmt: skip
     """The cheapest pool of GPU types (replicas per profile) such that every tenant meets its SLOs.
 
@@ -405,7 +457,7 @@ def plan_gpu_mix(
         _fail(str(exc))
         return
     _run_plan("gpu-mix", fn, scenario=scenario, study=study, sets=sets, seeds=seeds, slo=slo, attainment=attainment,
-              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, fmt=fmt, prices=prices,
+              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, force=force, fmt=fmt, prices=prices,
               max_per_type=max_per_type, max_total=max_total, compare_homogeneous=compare)  # fmt: skip
 
 
@@ -415,7 +467,7 @@ def plan_policy(
     seeds: Optional[str] = _SEEDS, slo: Optional[list[str]] = _SLO, attainment: Optional[float] = _ATTAINMENT,
     criterion: Optional[str] = _CRITERION,
     policies: Optional[str] = typer.Option(None, "--policies", help="Policies to compare, e.g. fifo,sjf,vtc (default: all).", rich_help_panel="Search"),
-    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, fmt: str = _FORMAT,
+    jobs: Optional[int] = _JOBS, ray: Optional[str] = _RAY, retries: int = _RETRIES, out: Optional[Path] = _OUT, force: bool = _FORCE, fmt: TableFormat = _FORMAT,
 ) -> None:  # fmt: skip
     """The policy that maximises the lowest per-tenant SLO attainment (then the lowest mean E2E).
 
@@ -427,7 +479,7 @@ def plan_policy(
     if names is not None and not all(names):
         _fail(f"--policies {policies!r}: expected a comma-separated list of policy names")
     _run_plan("policy", fn, scenario=scenario, study=study, sets=sets, seeds=seeds, slo=slo, attainment=attainment,
-              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, fmt=fmt, policies=names)  # fmt: skip
+              criterion=criterion, jobs=jobs, ray=ray, retries=retries, out=out, force=force, fmt=fmt, policies=names)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report

@@ -19,29 +19,34 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from driftsim import __version__
+from driftsim.cli.choices import Counter, EngineMode, Estimator, Granularity, Placement, PolicyName, RouterName, value
 from driftsim.cli.render import inspect_table, make_console, print_estimation, print_summary
+from driftsim.sim.run_description import describe_run, overload_note
 
 app = typer.Typer(
     name="driftsim",
     help=(
         "Simulate multi-tenant LLM inference on GPUs: per-tenant latency under a scheduler, GPU, model and load.\n\n"
-        "Start with `driftsim simulate` (the embedded DriftSched set-up), then change one thing at a time: "
-        "`--trace`, `--profile`, `--replicas`, `--policy`, `--rate-scale`, or a whole `--scenario FILE`."
+        "`driftsim simulate` alone runs the embedded DriftSched set-up; `driftsim simulate --trace FILE --profile NAME` "
+        "a vLLM server (continuous batching). Then change one thing at a time: `--replicas`, `--policy`, "
+        "`--rate-scale`, or a whole `--scenario FILE`."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+#: ``driftsim --help`` groups commands by what a user is doing.
+SIMULATE_PANEL = "Simulate"
+MEASURE_PANEL = "Measure a real engine"
 traces_app = typer.Typer(help="Look at request traces before simulating them.", no_args_is_help=True)
-app.add_typer(traces_app, name="traces")
+app.add_typer(traces_app, name="traces", rich_help_panel=SIMULATE_PANEL)
 profiles_app = typer.Typer(help="Bundled GPU x model profiles (cost models).", no_args_is_help=True)
-app.add_typer(profiles_app, name="profiles")
+app.add_typer(profiles_app, name="profiles", rich_help_panel=SIMULATE_PANEL)
 reproduce_app = typer.Typer(help="Reproduce a paper's experiments in simulation, with the paper's numbers alongside.", no_args_is_help=True)
-app.add_typer(reproduce_app, name="reproduce")
+app.add_typer(reproduce_app, name="reproduce", rich_help_panel="Reproduce")
 
 console = make_console()
 err = make_console(stderr=True)
@@ -71,51 +76,58 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return INPUT_ERRORS
 
 
-@app.command()
+@app.command(rich_help_panel=SIMULATE_PANEL)
 def simulate(
-    scenario: Optional[Path] = typer.Option(None, "--scenario", "-s", help="Scenario TOML; default: the embedded DriftSched set-up.", rich_help_panel="Scenario"),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", "-s", help="Scenario TOML, or a bundled one by name: 'driftsched' (micro-batch worker) or 'vllm' (continuous batching). Default: 'vllm' when --trace, --profile or a workload flag is given, else 'driftsched'.", rich_help_panel="Scenario"),
     trace: Optional[Path] = typer.Option(None, "--trace", "-t", help="Replay this trace file (Azure/BurstGPT CSV, Mooncake/Bailian JSONL, Vidur CSV, driftsim CSV/Parquet).", rich_help_panel="Workload"),
-    trace_format: str = typer.Option("auto", "--format", help="Trace format if auto-detection is not enough.", rich_help_panel="Workload"),
+    trace_format: str = typer.Option("auto", "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
     tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a trace into tenants by weight: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
     rate_scale: Optional[float] = typer.Option(None, "--rate-scale", help="Multiply the request rate (2 = twice as many requests per second).", rich_help_panel="Workload"),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Keep only arrivals in the first DURATION seconds.", rich_help_panel="Workload"),
-    max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Keep only the first N requests.", rich_help_panel="Workload"),
+    duration: Optional[float] = typer.Option(None, "--duration-s", "--duration", help="Keep only arrivals in the first this many seconds (--duration: old name).", rich_help_panel="Workload"),
+    max_requests: Optional[int] = typer.Option(None, "--max-requests", min=1, help="Keep only the first N requests.", rich_help_panel="Workload"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="GPU x model profile name or file (see `driftsim profiles list`).", rich_help_panel="Hardware"),
-    replicas: Optional[int] = typer.Option(None, "--replicas", "-r", help="Engine replicas (one GPU each).", rich_help_panel="Hardware"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="'continuous' (vLLM server) or 'microbatch' (DriftSched worker).", rich_help_panel="Engine"),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Sequences per engine iteration.", rich_help_panel="Engine"),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", help="Tokens per engine iteration.", rich_help_panel="Engine"),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per KV block.", rich_help_panel="Engine"),
-    num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="KV blocks per replica (as a server's /metrics reports); default from the profile.", rich_help_panel="Engine"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Prompt + output limit per request.", rich_help_panel="Engine"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch size (microbatch mode).", rich_help_panel="Engine"),
-    batch_wait: Optional[float] = typer.Option(None, "--batch-wait", help="Micro-batch wait in seconds (microbatch mode).", rich_help_panel="Engine"),
-    policy: Optional[str] = typer.Option(None, "--policy", help="Gateway queue policy (e.g. fifo).", rich_help_panel="Scheduling"),
-    max_outstanding: Optional[int] = typer.Option(None, "--max-outstanding", help="Cap on requests in flight per replica (continuous mode); the policy orders the rest.", rich_help_panel="Scheduling"),
-    router: Optional[str] = typer.Option(None, "--router", help="'least_outstanding' or 'round_robin'.", rich_help_panel="Scheduling"),
-    placement: Optional[str] = typer.Option(None, "--placement", help="Where the policy acts: 'gateway' (in front of the engine) or 'engine' (vLLM-style priority scheduling with preemption).", rich_help_panel="Scheduling"),
-    estimator: Optional[str] = typer.Option(None, "--estimator", help="Output-length estimate at admission: 'oracle' (real lengths), 'driftsched' (keyword formula + EMA calibration) or 'learned'.", rich_help_panel="Scheduling"),
-    counter: Optional[str] = typer.Option(None, "--counter", help="Token counting for estimates: 'tokenizer' or 'whitespace' (DriftSched's split() proxy).", rich_help_panel="Scheduling"),
+    replicas: Optional[int] = typer.Option(None, "--replicas", "-r", min=1, help="Engine replicas (one GPU each). Default: the scenario's (1).", rich_help_panel="Hardware"),
+    mode: Optional[EngineMode] = typer.Option(None, "--mode", help="continuous: vLLM server; microbatch: DriftSched worker. Default: the scenario's (driftsched: microbatch; vllm: continuous).", rich_help_panel="Engine"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, help="Sequences per engine iteration. Default: the profile's.", rich_help_panel="Engine"),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1, help="Tokens per engine iteration. Default: the profile's.", rich_help_panel="Engine"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", min=1, help="Tokens per KV block. Default: the profile's (16).", rich_help_panel="Engine"),
+    num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", min=1, help="KV blocks per replica (as a server's /metrics reports). Default: from the profile's GPU memory.", rich_help_panel="Engine"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=1, help="Prompt + output limit per request. Default: the profile's.", rich_help_panel="Engine"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Micro-batch size (microbatch mode). Default: the scenario's (32).", rich_help_panel="Engine"),
+    batch_wait: Optional[float] = typer.Option(None, "--batch-wait-s", "--batch-wait", min=0, help="Micro-batch wait, seconds (microbatch mode; --batch-wait: old name). Default: the scenario's (0.01).", rich_help_panel="Engine"),
+    policy: Optional[PolicyName] = typer.Option(None, "--policy", help="Scheduling policy. With no --max-outstanding cap it orders each engine's waiting queue, as vLLM's --scheduling-policy priority does (weighted and vtc need a cap). Default: the scenario's (fifo).", rich_help_panel="Scheduling"),
+    max_outstanding: Optional[int] = typer.Option(None, "--max-outstanding", min=1, help="Cap on requests in flight per replica (continuous mode); the policy orders the rest at the gateway. Default: no cap.", rich_help_panel="Scheduling"),
+    router: Optional[RouterName] = typer.Option(None, "--router", help="How the gateway picks a replica. Default: least_outstanding.", rich_help_panel="Scheduling"),
+    placement: Optional[Placement] = typer.Option(None, "--placement", help="Where the policy acts: gateway (in front of the engine) or engine (its waiting queue, with preemption). Default: engine for a non-FIFO policy with no cap, else gateway.", rich_help_panel="Scheduling"),
+    estimator: Optional[Estimator] = typer.Option(None, "--estimator", help="Output-length estimate at admission: oracle (real lengths), driftsched (keyword formula + EMA calibration) or learned. Default: the scenario's (oracle).", rich_help_panel="Scheduling"),
+    counter: Optional[Counter] = typer.Option(None, "--counter", help="Token counting for estimates: tokenizer, or whitespace (DriftSched's split() proxy). Default: tokenizer.", rich_help_panel="Scheduling"),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json (or its folder) for --counter tokenizer; default: the trace's own token counts.", rich_help_panel="Scheduling"),
     calibration: Optional[bool] = typer.Option(None, "--calibration/--no-calibration", help="DriftSched's EMA drift calibration on or off.", rich_help_panel="Scheduling"),
-    granularity: Optional[str] = typer.Option(None, "--granularity", help="Calibration bias key: 'category' (the original), 'tenant' or 'tenant_category'.", rich_help_panel="Scheduling"),
+    granularity: Optional[Granularity] = typer.Option(None, "--granularity", help="Calibration bias key (category: the original). Default: category.", rich_help_panel="Scheduling"),
     oracle_regret: bool = typer.Option(False, "--oracle-regret", help="Also simulate with the real output lengths as estimates and report the latency gap.", rich_help_panel="Scheduling"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads and tenant assignment.", rich_help_panel="Scenario"),
-    horizon: Optional[float] = typer.Option(None, "--horizon", help="Stop the simulation at this time (s); requests in flight are reported unfinished.", rich_help_panel="Scenario"),
+    horizon: Optional[float] = typer.Option(None, "--horizon-s", "--horizon", help="Stop the simulation at this time, seconds; requests in flight are reported unfinished (--horizon: old name). Default: run to the end.", rich_help_panel="Scenario"),
     step_by_step: bool = typer.Option(False, "--step-by-step", help="Disable the exact fast-forward (for checking; same results, slower).", rich_help_panel="Scenario"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default driftsim-out/<scenario>-<time>.", rich_help_panel="Output"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default: a fresh driftsim-out/<scenario>-<time>-<suffix>. A folder holding files is refused unless --force.", rich_help_panel="Output"),
+    force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them).", rich_help_panel="Output"),
     summary_only: bool = typer.Option(False, "--summary-only", help="Keep no per-request rows: write summary.json only (percentiles within 0.5 %, from a streaming sketch). A native trace file is read lazily; memory stays flat.", rich_help_panel="Output"),
     stream: bool = typer.Option(False, "--stream", help="Read a native trace file lazily and write requests.parquet as requests settle; memory stays flat (percentiles within 0.5 %).", rich_help_panel="Output"),
 ) -> None:
     """Simulate a scenario and print per-tenant latency, throughput and SLO attainment.
 
-    Writes requests.parquet (one row per request) and summary.json to the output folder.
+    With --trace, --profile or a workload flag (and no --scenario) it
+    simulates a vLLM server: continuous batching with the profile's limits.
+    With none of them, the embedded DriftSched set-up (micro-batch worker).
+    The first line printed says what ran. Writes requests.parquet (one row
+    per request) and summary.json to a fresh output folder.
 
     Examples:
 
       driftsim simulate
 
-      driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=1,standard=2,batch=3 --profile a100-llama-3.1-8b --mode continuous
+      driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=1,standard=2,batch=3 --profile a100-llama-3.1-8b
+
+      driftsim simulate --trace traces/data/azure2023_conv.csv --tenants premium=2,batch=1 --rate-scale 4 --policy priority
 
       driftsim simulate --scenario my.toml --rate-scale 1.5 --replicas 2
 
@@ -137,7 +149,7 @@ class _SimulateOptions:
     max_requests: int | None
     profile: str | None
     replicas: int | None
-    mode: str | None
+    mode: EngineMode | None
     max_num_seqs: int | None
     max_num_batched_tokens: int | None
     block_size: int | None
@@ -145,22 +157,32 @@ class _SimulateOptions:
     max_model_len: int | None
     batch_size: int | None
     batch_wait: float | None
-    policy: str | None
+    policy: PolicyName | None
     max_outstanding: int | None
-    router: str | None
-    placement: str | None
-    estimator: str | None
-    counter: str | None
+    router: RouterName | None
+    placement: Placement | None
+    estimator: Estimator | None
+    counter: Counter | None
     tokenizer: Path | None
     calibration: bool | None
-    granularity: str | None
+    granularity: Granularity | None
     oracle_regret: bool
     seed: int | None
     horizon: float | None
     step_by_step: bool
     out: Path | None
+    force: bool
     summary_only: bool
     stream: bool
+
+    @property
+    def base_scenario(self) -> Path | str | None:
+        """The scenario the flags apply to: ``--scenario``; else a vLLM server when a trace, a profile or a
+        workload flag is given (a vLLM user's expectation); else the embedded DriftSched set-up."""
+        if self.scenario is not None:
+            return self.scenario
+        workload = (self.trace, self.profile, self.tenants, self.rate_scale, self.duration, self.max_requests)
+        return "vllm" if any(v is not None for v in workload) else None
 
     @property
     def results(self) -> str:
@@ -175,7 +197,7 @@ class _SimulateOptions:
         if tenant_weights is not None:
             workload["assign_tenants"] = tenant_weights
         engine = {
-            "mode": self.mode, "max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
+            "mode": value(self.mode), "max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
             "block_size": self.block_size, "num_gpu_blocks": self.num_gpu_blocks, "max_model_len": self.max_model_len,
             "batch_size": self.batch_size, "batch_wait_s": self.batch_wait,
         }  # fmt: skip
@@ -184,11 +206,11 @@ class _SimulateOptions:
         return {
             "profile": self.profile, "replicas": self.replicas, "seed": self.seed, "horizon_s": self.horizon,
             "workload": workload, "engine": engine,
-            "gateway": {"policy": self.policy, "max_outstanding": self.max_outstanding, "router": self.router,
-                        "placement": self.placement},
+            "gateway": {"policy": value(self.policy), "max_outstanding": self.max_outstanding, "router": value(self.router),
+                        "placement": value(self.placement)},
             "admission": {
-                "estimator": self.estimator, "counter": self.counter, "calibration": self.calibration,
-                "granularity": self.granularity, "tokenizer_path": str(self.tokenizer) if self.tokenizer else None,
+                "estimator": value(self.estimator), "counter": value(self.counter), "calibration": self.calibration,
+                "granularity": value(self.granularity), "tokenizer_path": str(self.tokenizer) if self.tokenizer else None,
             },
         }  # fmt: skip
 
@@ -196,7 +218,10 @@ class _SimulateOptions:
 def _simulate(opts: _SimulateOptions) -> None:
     """Load the scenario with the flags over it, run it into its folder with a progress bar, print the summary."""
     from driftsim.sim.scenario import load_scenario
-    from driftsim.sim.scenario_folder import FolderRun, default_folder, run_scenario_to_folder
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from driftsim.sim.outdir import claim_folder, discard_if_empty
+    from driftsim.sim.scenario_folder import FolderRun, run_scenario_to_folder
     from driftsim.traces.transform import parse_tenant_weights
 
     try:
@@ -210,9 +235,12 @@ def _simulate(opts: _SimulateOptions) -> None:
     if opts.oracle_regret and (opts.summary_only or opts.stream):
         _fail("--oracle-regret needs the trace and results in memory; drop --summary-only / --stream")
         return
+    folder = None
     try:
-        sc = load_scenario(opts.scenario, opts.overrides(weights))
-        run = FolderRun(folder=opts.out or default_folder(sc.name), results=opts.results, oracle_regret=opts.oracle_regret)
+        sc = load_scenario(opts.base_scenario, opts.overrides(weights))
+        new = opts.out is None or not opts.out.exists()
+        folder = claim_folder(opts.out, sc.name, force=opts.force)
+        run = FolderRun(folder=folder, results=opts.results, oracle_regret=opts.oracle_regret)
         with Progress(
             TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of arrivals"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
@@ -220,6 +248,8 @@ def _simulate(opts: _SimulateOptions) -> None:
             task = bar.add_task("sim", total=1.0)
             done = run_scenario_to_folder(sc, run=run, progress=lambda f: bar.update(task, completed=f))
     except _input_errors() as exc:
+        if folder is not None and new:
+            discard_if_empty(folder)  # a run refused on its input leaves no empty folder behind
         _fail(str(exc))
         return
     _print_simulation(sc.name, done)
@@ -232,6 +262,12 @@ def _print_simulation(name: str, done) -> None:
         err.print(f"[yellow]trace repair:[/] {line}", highlight=False)
     n = result.requests.height if result.requests is not None else result.summary["overall"]["requests"]
     title = f"{name}: {n} requests, profile {context['profile']['name']}, {context['engine']['mode']} engine x{len(result.replicas)}, policy {context['gateway']['policy']}"
+    console.print(describe_run(context, len(result.replicas)), highlight=False)
+    for note in context.get("notes", []):
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    overload = overload_note(result.summary, context)
+    if overload:
+        err.print(f"[yellow]warning:[/] {overload}", highlight=False)
     print_summary(console, result.summary, title)
     if "percentiles" in result.summary:
         console.print(f"percentiles from a streaming sketch, within {result.summary['percentiles']['relative_error']:.1%} of exact; counts and means exact")
@@ -242,7 +278,7 @@ def _print_simulation(name: str, done) -> None:
 @traces_app.command("inspect")
 def traces_inspect(
     file: Path = typer.Argument(..., help="Trace file to describe."),
-    trace_format: str = typer.Option("auto", "--format", help="Trace format if auto-detection is not enough."),
+    trace_format: str = typer.Option("auto", "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True),
 ) -> None:
     """Print what a trace holds: span, rate, token-length percentiles, per tenant."""
     from driftsim.traces.inspect import inspect_trace
@@ -292,22 +328,26 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name or file."))
 
 
 def _parse_seeds(option: list[str] | None, extra: list[str] | None) -> list[int]:
-    """Seeds from ``--seeds 0 1 2`` (click sees one option value and two extra arguments), ``--seeds 0,1,2`` or repeats."""
-    seeds: list[int] = []
-    for token in [*(option or []), *(extra or [])]:
-        for part in token.replace(",", " ").split():
-            try:
-                seeds.append(int(part))
-            except ValueError:
-                _fail(f"--seeds: expected integers, got {part!r} (e.g. --seeds 0 1 2)")
-    return seeds or [0, 1, 2]
+    """Seeds as ``driftsim sweep`` takes them (``--seeds 0,1,2`` or ``0-4``); ``--seeds 0 1 2`` (click sees one
+    option value and two extra arguments) and repeats are accepted too."""
+    from driftsim.capacity.spec import parse_seeds
+
+    tokens = [*(option or []), *(extra or [])]
+    if not tokens:
+        return [0, 1, 2]
+    try:
+        return parse_seeds(",".join(tokens))
+    except _input_errors() as exc:
+        _fail(f"--{exc}")
+        raise  # unreachable: _fail exits
 
 
 @reproduce_app.command("driftsched", context_settings={"allow_extra_args": True})
 def reproduce_driftsched(
     ctx: typer.Context,
-    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default 0 1 2); one workload per seed."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default driftsim-out/reproduce-driftsched-<time>."),
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds: '0,1,2' or '0-4', as `driftsim sweep` takes them (default 0,1,2); one workload per seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default: a fresh driftsim-out/reproduce-driftsched-<time>-<suffix>. A folder holding files is refused unless --force."),
+    force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json (or its folder) for the tokenizer counter; default: the trace's own counts."),
 ) -> None:
     """Run the DriftSched paper's grid (policies x token counters x calibration x seeds) and compare with the paper.
@@ -317,15 +357,18 @@ def reproduce_driftsched(
     seed x policy x counter x calibration x tenant), headline.json and an
     offline interactive report.html.
 
-    Example: driftsim reproduce driftsched --seeds 0 1 2 --out out/
+    Example: driftsim reproduce driftsched --seeds 0,1,2 --out out/
     """
     from driftsim.experiments.driftsched import run_driftsched_experiment
     from driftsim.experiments.reproduction import save_reproduction
-    from driftsim.sim.scenario_folder import default_folder
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from driftsim.sim.outdir import claim_folder
 
     seed_list = _parse_seeds(seeds, ctx.args)  # "--seeds 0 1 2": click passes 1 and 2 as extra arguments
     t0 = time.perf_counter()
     try:
+        folder = claim_folder(out, "reproduce-driftsched", force=force)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
@@ -341,7 +384,6 @@ def reproduce_driftsched(
     except (*_input_errors(), ImportError) as exc:
         _fail(str(exc))
         return
-    folder = out or default_folder("reproduce-driftsched")
     rows = save_reproduction(result, folder)
     wall = time.perf_counter() - t0
     _print_reproduction(result, rows)
@@ -404,12 +446,17 @@ def _print_reproduction(result, rows: list[dict]) -> None:
 
 from driftsim.cli import profiling_cmds, validate_cmds  # noqa: E402  (commands defined in their own modules)
 from driftsim.cli.capacity_cmds import register as _register_capacity  # noqa: E402
+from driftsim.cli.compare_cmds import register as _register_compare  # noqa: E402
 
-app.command("profile")(profiling_cmds.profile)
-app.command("fit")(profiling_cmds.fit)
-app.command("validate")(validate_cmds.validate)
-app.command("validate-across")(validate_cmds.across)
+app.command("profile", rich_help_panel=MEASURE_PANEL)(profiling_cmds.profile)
+app.command("fit", rich_help_panel=MEASURE_PANEL)(profiling_cmds.fit)
+app.command("validate", rich_help_panel=MEASURE_PANEL)(validate_cmds.validate)
+app.command("validate-across", rich_help_panel=MEASURE_PANEL)(validate_cmds.across)
 _register_capacity(app)
+from driftsim.cli.gpu_cmds import register as _register_gpu  # noqa: E402
+
+_register_gpu(app, profiles_app)
+_register_compare(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -73,10 +73,10 @@ def _pct(x: float) -> str:
 
 def profile(
     engine: str = typer.Option("offline", "--engine", "-e", help="'offline' (vllm.LLM in this process: exact step times) or 'http' (any OpenAI-compatible server)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder. offline: the model to load; http: where to read config.json (optional) or what to serve with --serve."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder. offline: the model to load; http: where to read config.json (optional) or what to serve with --launch."),
     build_tiny_model: bool = typer.Option(False, "--build-tiny-model", help="Build (or reuse) the small random-weight Llama and profile it; nothing is downloaded."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="http: server base URL, e.g. http://127.0.0.1:8000."),
-    serve: bool = typer.Option(False, "--serve", help="http: start a local vLLM server for --model, profile it, stop it."),
+    serve: bool = typer.Option(False, "--launch", "--serve", help="http: start a local vLLM server for --model, profile it, stop it, as `driftsim validate --launch` does (--serve: old name)."),
     served_model: Optional[str] = typer.Option(None, "--served-model", help="http: model name on the server (default: its first model)."),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="http: file whose first line is the endpoint's API key (default: $DRIFTSIM_API_KEY, then $OPENAI_API_KEY). Sent to that endpoint only; never written anywhere."),
     budget_s: float = typer.Option(300.0, "--budget-s", help="Time for measuring (warm-up included), seconds. Minutes on a CPU; give a GPU 15-30 min."),
@@ -186,9 +186,9 @@ def _check_profile_options(*, engine: str, budget_s: float, endpoint: str | None
     if not budget_s > 0:
         _fail(f"--budget-s must be > 0, got {budget_s}")
     if engine == "http" and not (endpoint or serve):
-        _fail("--engine http needs --endpoint URL (or --serve with --model)")
+        _fail("--engine http needs --endpoint URL (or --launch with --model)")
     if endpoint and serve:
-        _fail("give either --endpoint or --serve, not both")
+        _fail("give either --endpoint or --launch, not both")
     if engine == "offline" and endpoint:
         _fail("--endpoint is for --engine http")
     if model is None and not build_tiny_model and (engine == "offline" or serve):

@@ -8,7 +8,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from driftsim.sim.summary_fields import LATENCY_METRICS, STATS
+from driftsim.sim.summary_fields import LATENCY_METRICS, STATS, bench_field
 
 #: Columns of a console writing to a log or a pipe (rich's own default there is 80, which cuts the
 #: wide validation and capacity tables down to "…" in every cell).
@@ -78,6 +78,43 @@ def summary_tables(summary: dict, title: str) -> list[Table]:
                 end_section=i == len(LATENCY_METRICS) - 1,
             )
     return [volume, latency]
+
+
+#: Columns of the `vllm bench serve`-style table: (label, summary key, format).
+BENCH_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("req/s", "throughput_rps", "rate"),
+    ("goodput/s", "goodput_rps", "rate"),
+    ("SLO met", "slo_attainment", "pct"),
+    ("in tok/s", "input_tokens_per_s", "tokens"),
+    ("out tok/s", "output_tokens_per_s", "tokens"),
+    *((f"{m.upper()} {s} {u}", bench_field(m, s), "num") for m, u, stats in (
+        ("ttft", "ms", ("p50", "p95", "p99")), ("tpot", "ms", ("p50", "p95")), ("itl", "ms", ("p50", "p95")),
+        ("e2e", "s", ("p50", "p95", "p99"))) for s in stats),
+)  # fmt: skip
+
+
+def _fmt_bench(x, kind: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if kind == "pct":
+        return _fmt_pct(x)
+    if kind == "tokens":
+        return f"{x:.0f}"
+    if kind == "rate":
+        return f"{x:.2f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
+def bench_table(rows: list[tuple[str, dict]], title: str) -> Table:
+    """`vllm bench serve`'s figures, one row per (label, summary group): latencies in the unit the header names,
+    SLO attainment in percent."""
+    t = Table(title=title, title_justify="left")
+    t.add_column("", no_wrap=True)
+    for label, _, _ in BENCH_COLUMNS:
+        t.add_column(label, justify="right", no_wrap=True)
+    for label, g in rows:
+        t.add_row(label, *(_fmt_bench(g.get(key), kind) for _, key, kind in BENCH_COLUMNS))
+    return t
 
 
 def print_summary(console: Console, summary: dict, title: str) -> None:

@@ -73,6 +73,14 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return f"{100 * x:+.1f} %" if signed else f"{100 * x:.1f} %"
 
 
+def _interval(row: dict) -> str:
+    """Signed error (mean over repeats) and its bootstrap interval over requests."""
+    return f"{_pct(row['err'], signed=True)} [{_pct(row['err_lo'], signed=True)}, {_pct(row['err_hi'], signed=True)}]"
+
+
+_VERDICT_STYLE = {"met": "[green]met[/]", "within noise": "[yellow]within noise[/]", "missed": "[red]missed[/]"}
+
+
 def _ms(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
@@ -145,7 +153,8 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
 
     t = Table(title="target bounds: |sim error| of the overall statistic (mean over repeats)",
               caption=SPEED_NOTE, title_justify="left", caption_justify="left")
-    for col in ("level", "figure", "|error|", "bound", "real spread", "met", *SPEED_VARIANTS.values()):
+    for col in ("level", "figure", "|error|", "bound", "real spread", "met", "error [95 % bootstrap]", "verdict",
+                *SPEED_VARIANTS.values()):
         t.add_column(col, justify="left" if col in ("level", "figure") else "right")
     ok = True
     for lv in reported_levels(result):
@@ -153,14 +162,14 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
             ok &= row["met"]
             t.add_row(level_label(lv.load), f"{METRIC_LABELS[row['metric']]} {row['stat']}", _pct(row["abs_err"]),
                       f"<= {_pct(row['bound'])}", _pct(row["spread"]),
-                      "[green]yes[/]" if row["met"] else "[red]no[/]",
+                      "[green]yes[/]" if row["met"] else "[red]no[/]", _interval(row), _VERDICT_STYLE[row["verdict"]],
                       *(_pct(row[f"{name}_abs_err"]) for name in SPEED_VARIANTS))
     return t, ok
 
 
 def validate(
     trace: Optional[Path] = typer.Argument(None, help="Trace to replay (any format `driftsim simulate --trace` reads). Default: a synthetic three-tenant workload."),
-    trace_format: str = typer.Option("auto", "--format", help="Trace format if auto-detection is not enough.", rich_help_panel="Workload"),
+    trace_format: str = typer.Option("auto", "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
     tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a tenant-less trace: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Replay only the first N requests of the trace.", rich_help_panel="Workload"),
     requests: int = typer.Option(60, "--requests", help="Synthetic workload: requests per load level.", rich_help_panel="Workload"),
@@ -171,7 +180,7 @@ def validate(
     max_outstanding: Optional[int] = typer.Option(None, "--max-outstanding", help="Cap on requests in flight; the policy orders the rest. Default: none (each request sent on arrival).", rich_help_panel="Gateway"),
     mode: str = typer.Option("continuous", "--mode", help="'continuous' or 'microbatch' (DriftSched's worker at the gateway).", rich_help_panel="Gateway"),
     batch_size: int = typer.Option(32, "--batch-size", help="Micro-batch size.", rich_help_panel="Gateway"),
-    batch_wait: float = typer.Option(0.01, "--batch-wait", help="Micro-batch wait, s.", rich_help_panel="Gateway"),
+    batch_wait: float = typer.Option(0.01, "--batch-wait-s", "--batch-wait", help="Micro-batch wait, seconds (--batch-wait: old name).", rich_help_panel="Gateway"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile (name or TOML) fitted on this engine: `driftsim fit` output (required, except with --rescore).", rich_help_panel="Simulator"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Running server's base URL, e.g. http://127.0.0.1:8000.", rich_help_panel="Engine"),
     launch: Optional[Path] = typer.Option(None, "--launch", help="Start a local vLLM server for this model folder, validate, stop it.", rich_help_panel="Engine"),
@@ -191,7 +200,7 @@ def validate(
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Prompt token ids are drawn below this (default: the launched model's vocabulary, else 4000).", rich_help_panel="Engine"),
     repeat: int = typer.Option(1, "--repeat", help="Replay each level N times, going round the levels (so a server drifting over the session shows): the real engine's run-to-run spread (the noise floor) is reported beside the sim's error.", rich_help_panel="Run"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="First replay a held-out trace (same lengths, another draw and seed; 40, 80 and 120 requests at 0.3, 0.8 and 1.3 x capacity), recover the server's engine steps with their whole batches from its token arrival times, keep the admission model (synchronous or async scheduling) that explains more of them, and fit what this server adds to the profile's step time per number of decoding sequences and per mixed step. Never fitted on the validated traces.", rich_help_panel="Run"),
-    wait_quiet: float = typer.Option(0.0, "--wait-quiet", help="Before each replay, wait up to this many seconds for other processes to stop using the CPU (shared machines).", rich_help_panel="Run"),
+    wait_quiet: float = typer.Option(0.0, "--wait-quiet-s", "--wait-quiet", help="(--wait-quiet: old name) Before each replay, wait up to this many seconds for other processes to stop using the CPU (shared machines).", rich_help_panel="Run"),
     overhead_ms: Optional[float] = typer.Option(None, "--overhead-ms", help="Client/HTTP overhead to add to simulated arrivals (default: measured with 1-token requests).", rich_help_panel="Run"),
     timeout_s: float = typer.Option(600.0, "--timeout-s", help="Per-request timeout, s, from its entry into the gateway (a request past it is recorded as 'timeout'; the simulator's [client] timeout_s means the same).", rich_help_panel="Run"),
     retries: int = typer.Option(0, "--retries", help="Send a timed-out or failed request again, up to N more times (same request id; attempts are recorded).", rich_help_panel="Run"),

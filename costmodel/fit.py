@@ -282,24 +282,18 @@ def _linear_predict(coef: np.ndarray, X: np.ndarray) -> np.ndarray:
 
 
 def decode_basis(D: np.ndarray, knots) -> np.ndarray:
-    """Columns whose non-negative combination is the decode table's s(D).
+    """Columns whose non-negative combination is a non-decreasing decode table s(D).
 
-    One hat per knot k_j (1 at k_j, falling linearly to 0 at the neighbouring
-    knots, rising from 0 at D = 0 for the first; the last stays 1 beyond
-    k_m), then max(0, D - k_m), the per-sequence cost beyond the table. Their
-    coefficients are exactly ``decode_seq_cost_s`` and ``per_decode_seq_s``.
-    With no knots this is the single column D.
+    One ramp per knot k_j (0 up to the previous knot, rising linearly to 1 at
+    k_j, 1 beyond), then max(0, D - k_m), the per-sequence cost beyond the
+    table. A ramp's coefficient is the rise of s between two knots, so with
+    every coefficient >= 0 the table cannot fall: more decode sequences never
+    make a step cheaper. ``decode_seq_cost_s`` is their running sum
+    (:func:`_coef_dict`). With no knots this is the single column D.
     """
     D = np.asarray(D, dtype=np.float64)
     ks = [0.0, *(float(k) for k in knots)]
-    cols = []
-    for j in range(1, len(ks)):
-        rise = np.clip((D - ks[j - 1]) / (ks[j] - ks[j - 1]), 0.0, 1.0)
-        if j < len(ks) - 1:
-            fall = np.clip((ks[j + 1] - D) / (ks[j + 1] - ks[j]), 0.0, 1.0)
-            cols.append(np.where(D <= ks[j], rise, fall))
-        else:
-            cols.append(rise)
+    cols = [np.clip((D - ks[j - 1]) / (ks[j] - ks[j - 1]), 0.0, 1.0) for j in range(1, len(ks))]
     cols.append(np.maximum(0.0, D - ks[-1]))
     return np.column_stack(cols)
 
@@ -529,8 +523,8 @@ def _cross_validated_errors(X: np.ndarray, y: np.ndarray, phases: np.ndarray, gr
 
 def _fit_method(k: int, knots_mode) -> str:
     """How the fit was made, in words, for the report and the profile."""
-    table = ("; decode_seqs enters as a piecewise-linear table (hat features at its knots, non-negative values, "
-             "per-sequence cost beyond the last knot)"
+    table = ("; decode_seqs enters as a non-decreasing piecewise-linear table (ramp features at its knots, "
+             "non-negative rises, per-sequence cost beyond the last knot)"
              + (f", knots chosen per fold by greedy forward selection on inner {k}-fold grouped CV "
                 f"(powers of two, <= {MAX_DECODE_KNOTS} knots, each cutting relative RMS error by >= {KNOT_MIN_GAIN:.0%})"
                 if knots_mode == "auto" else "")
@@ -551,7 +545,7 @@ def _neighbour_cpu(df, y: np.ndarray) -> float | None:
 
 
 def _coef_dict(coef: np.ndarray, knots=()) -> dict:
-    """[overhead, prefill_tokens, prefill_attn_tokens, prefill_seqs, *table values, decode_seqs beyond
+    """[overhead, prefill_tokens, prefill_attn_tokens, prefill_seqs, *table rises, decode_seqs beyond
     the table, decode_ctx_tokens] -> LinearCostModel keyword arguments (the table only when there are knots)."""
     m = len(knots)
     if len(coef) != 6 + m:
@@ -566,7 +560,7 @@ def _coef_dict(coef: np.ndarray, knots=()) -> dict:
     }
     if m:
         out["decode_seq_knots"] = [int(k) for k in knots]
-        out["decode_seq_cost_s"] = [float(v) for v in coef[4:4 + m]]
+        out["decode_seq_cost_s"] = [float(v) for v in np.cumsum(coef[4:4 + m])]  # rises -> values
     return out
 
 

@@ -52,9 +52,9 @@ class LinearCostModel:
     batches, caches outgrown by large ones). Without a table, s(D) = d*D and
     the model is exactly the plain linear one.
 
-    All coefficients and table values are finite and >= 0 and ``overhead_s``
-    > 0, so the step time is > 0. It is non-decreasing in every batch
-    dimension, except in D within a table whose values decrease.
+    All coefficients and table values are finite and >= 0, the table values
+    are non-decreasing and ``overhead_s`` > 0, so the step time is > 0 and
+    non-decreasing in every batch dimension: more work never costs less.
 
     NOTE: the sum is evaluated left to right in exactly the order written
     above, on float64, both in :meth:`step_time` and (elementwise, numpy) in
@@ -195,7 +195,7 @@ class LinearCostModel:
 
 
 def _decode_table(knots, costs) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Checked decode table: knots strictly increasing positive integers, one finite cost >= 0 per knot."""
+    """Checked decode table: knots strictly increasing positive integers, one finite cost >= 0 per knot, non-decreasing."""
     knots, costs = list(knots), list(costs)
     if len(knots) != len(costs):
         raise ValueError(f"LinearCostModel.decode_seq_knots and decode_seq_cost_s must have the same length, "
@@ -208,5 +208,8 @@ def _decode_table(knots, costs) -> tuple[tuple[int, ...], tuple[float, ...]]:
     for v in costs:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"LinearCostModel.decode_seq_cost_s must be finite numbers >= 0, got {v!r}")
+    if any(b < a for a, b in zip(costs, costs[1:])):
+        raise ValueError(f"LinearCostModel.decode_seq_cost_s must be non-decreasing (a step with more decode "
+                         f"sequences cannot cost less), got {costs!r}")
     return tuple(int(k) for k in knots), tuple(float(v) for v in costs)
 

@@ -8,7 +8,7 @@ A profile file (see the bundled ones in ``costmodel/profiles/``)::
 
     [gpu]               # GpuSpec fields
     [model]             # ModelArch fields (head_dim optional)
-    [cost_model]        # kind = "linear" | "roofline", then that kind's parameters
+    [cost_model]        # kind = "linear" | "roofline" | "token-table", then that kind's parameters
                         # (linear: optionally a decode table, decode_seq_knots =
                         # [ints] with decode_seq_cost_s = [seconds]; see
                         # LinearCostModel)
@@ -18,7 +18,8 @@ A profile file (see the bundled ones in ``costmodel/profiles/``)::
                         # from engine_defaults.gpu_memory_utilization)
     [engine_defaults]   # block_size, max_num_seqs, max_num_batched_tokens,
                         # max_model_len, gpu_memory_utilization (+ free extras)
-    [provenance]        # source = "derived-from-spec" | "measured", notes,
+    [provenance]        # source = "derived-from-spec" | "measured" | "measured-kernels"
+                        # | "transferred-kernels", notes,
                         # date, spec_sources = [...] (+ free extras)
 
 Every problem is reported as a :class:`ProfileError` naming the file and the
@@ -39,10 +40,11 @@ from driftsim.costmodel.hardware import GpuSpec, ModelArch
 from driftsim.costmodel.kv import KvCapacity
 from driftsim.costmodel.linear import LinearCostModel
 from driftsim.costmodel.roofline import RooflineCostModel
+from driftsim.costmodel.tokentable import TokenTableCostModel
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-KINDS = ("linear", "roofline")
-SOURCES = ("derived-from-spec", "measured")
+KINDS = ("linear", "roofline", "token-table")
+SOURCES = ("derived-from-spec", "measured", "measured-kernels", "transferred-kernels")
 
 
 class ProfileError(ValueError):
@@ -204,6 +206,8 @@ _LINEAR_KEYS = ("kind", "overhead_s", "per_prefill_token_s", "per_prefill_attn_s
 _DECODE_TABLE_KEYS = ("decode_seq_knots", "decode_seq_cost_s")
 _ROOFLINE_KEYS = ("kind", "compute_efficiency", "memory_efficiency", "overhead_s", "per_seq_overhead_s",
                   "prefill_query_tile")
+_TOKEN_TABLE_KEYS = ("kind", "overhead_s", "per_token_s", "per_prefill_attn_s", "per_prefill_seq_s",
+                     "per_decode_seq_s", "per_decode_ctx_token_s", "token_knots", "token_cost_s")
 _TOP_KEYS = ("name", "description", "gpu", "model", "cost_model", "kv", "engine_defaults", "provenance")
 
 
@@ -287,7 +291,26 @@ def _cost_model(t: _Table, gpu: GpuSpec, model: ModelArch, kv: KvCapacity, name:
             prefill_query_tile=t.integer("prefill_query_tile", default=128),
             kv=kv, name=name, provenance=provenance,
         )
+    if kind == "token-table":
+        return _token_table(t, kv, name, provenance)
     raise t.error("kind", f"unknown cost model kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _token_table(t: _Table, kv: KvCapacity, name: str, provenance: dict) -> CostModel:
+    """A token-table cost model (see TokenTableCostModel), its table checked here for the error's key."""
+    t.no_unknown(_TOKEN_TABLE_KEYS)
+    coeffs = {key: t.number(key, default=0.0 if key != "overhead_s" else None) for key in _TOKEN_TABLE_KEYS[1:7]}
+    knots, costs = t._raw("token_knots"), t._raw("token_cost_s")
+    if not isinstance(knots, list) or not knots or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
+                                                       for k in knots):
+        raise t.error("token_knots", f"expected a non-empty list of integers >= 1 (token counts), got {knots!r}")
+    if not isinstance(costs, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in costs):
+        raise t.error("token_cost_s", f"expected a list of numbers (seconds), got {costs!r}")
+    try:
+        return TokenTableCostModel(**coeffs, token_knots=knots, token_cost_s=costs, kv=kv, name=name,
+                                   provenance=provenance)
+    except ValueError as exc:
+        raise ProfileError(f"{t.path}: [{t.name}]: {exc}") from None
 
 
 def _decode_table(t: _Table) -> dict:

@@ -4,6 +4,10 @@ The file is written beside its destination under a temporary name, flushed
 to disk and renamed over it with ``os.replace`` (then the folder is synced,
 so the rename itself survives a power cut). Every result, summary and report
 driftsim writes goes through here.
+
+NOTE: ``mkstemp`` creates the temporary file with mode 0600; it is given the
+mode a plain ``open()`` would (0666 less the umask) before the rename, so a
+colleague reads results as the user's umask says.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -39,6 +44,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     except OSError:
         pass
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -79,7 +79,8 @@ import numpy as np
 from driftsim.costmodel.base import CostModel
 from driftsim.costmodel.batch import StepBatch, chunk_attn_tokens
 from driftsim.sim.config import ConfigError, EngineConfig
-from driftsim.sim.events import Observer, RequestFinished, RequestScheduled, StepCommitted, observer_tuple, publish
+from driftsim.sim.events import (EngineSampled, Observer, RequestFinished, RequestScheduled, StepCommitted,
+                                 observer_tuple, publish)
 from driftsim.sim.kv import NULL_BLOCKS, KvBlocks, cdiv
 from driftsim.sim.policies import Policy
 from driftsim.sim.request import SimRequest
@@ -551,6 +552,8 @@ class EngineCore:
             publish(observers, StepCommitted(replica, float(end)))
         for req, t in finished:
             publish(observers, RequestFinished(replica, req.request_id, t))
+        publish(observers, EngineSampled(replica, float(ends[-1]), len(self.running), len(self.waiting) + len(self._inbox),
+                                         self.kv.used, self.kv.total))  # fmt: skip
 
     def _advance_decodes(self, n: int, end: float, finished: list) -> None:
         """Commit ``n`` pure-decode steps: each decode's new blocks come from the phase counts."""

@@ -25,6 +25,22 @@ class StepCommitted:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineSampled:
+    """The engine's own state after a commit (one per committed step, or per fast-forwarded run of steps).
+
+    What reports plot over time: the batch, the queue and the KV cache as
+    the engine holds them, not reconstructed from request events.
+    """
+
+    replica: int
+    t_s: float  # end of the last committed step, s
+    running: int  # requests in the running batch
+    waiting: int  # requests queued at the engine (not yet admitted)
+    kv_used_blocks: int
+    kv_total_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
 class RequestScheduled:
     """The engine's waiting pass admitted a request into the running batch.
 
@@ -55,7 +71,7 @@ class RequestDispatched:
     t_s: float  # s
 
 
-Event = StepCommitted | RequestScheduled | RequestFinished | RequestDispatched
+Event = StepCommitted | EngineSampled | RequestScheduled | RequestFinished | RequestDispatched
 Observer = Callable[[Event], None]
 
 

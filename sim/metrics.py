@@ -9,8 +9,67 @@ import polars as pl
 
 from driftsim.sim.results import STATUS
 from driftsim.sim.sketch import DEFAULT_ALPHA, QuantileSketch
-from driftsim.sim.summary_fields import LATENCY_METRICS, STATS
+from driftsim.sim.summary_fields import BENCH_LATENCIES, BENCH_STATS, LATENCY_METRICS, STATS, bench_field
+
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+_BENCH_QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+_SCALE = {"ms": 1e3, "s": 1.0}
+#: Columns of the results table the summaries read.
+_ITL_BLOCK = 4096  # requests per block when the streaming summary repeats mean gaps into its sketch
+_LEAN = ("tenant", "status", "input_tokens", "generated_tokens", "preemptions", "slo_met", *LATENCY_METRICS)
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The q-quantile (linear) of ``values`` with each repeated ``weights`` times, without repeating them."""
+    keep = weights > 0
+    values, weights = values[keep], weights[keep]
+    if not weights.size:
+        return math.nan
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(weights[order])
+    pos = q * (cum[-1] - 1)
+    lo = math.floor(pos)
+    at = lambda rank: float(v[np.searchsorted(cum, rank, side="right")])  # noqa: E731
+    low = at(lo)
+    return low if pos == lo else low + (pos - lo) * (at(lo + 1) - low)
+
+
+def _itl_inputs(ok: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per completed request: its mean gap between tokens (s) and how many gaps it had."""
+    gaps = (ok["generated_tokens"].cast(pl.Int64) - 1).to_numpy()
+    tpot = ok["tpot_s"].fill_null(0.0).fill_nan(0.0).to_numpy()
+    return tpot, gaps
+
+
+def _bench_figures(df: pl.DataFrame, ok: pl.DataFrame, span_s: float) -> dict:
+    """`vllm bench serve`'s figures for one group, flat, the unit in each name.
+
+    ITL is vLLM's pooled distribution of gaps between consecutive tokens.
+    The simulator records each request's first and last token times, not
+    every token's, so a request's gaps all count as its mean gap (its TPOT),
+    weighted by their number (tokens - 1): the mean ITL is exact (total
+    decode time / total gaps), the percentiles are those of the per-request
+    mean gaps, weighted by gaps. Goodput counts completed requests that met
+    every SLO they carry, per second; None when no request carries one.
+    """
+    rate = lambda x: float(x) / span_s if span_s > 0 else math.nan  # noqa: E731
+    out: dict = {}
+    for metric, unit in BENCH_LATENCIES:
+        if metric == "itl":
+            values, weights = _itl_inputs(ok)
+            mean = float((values * weights).sum() / weights.sum()) if weights.sum() else math.nan
+            stats = {"mean": mean, **{n: _weighted_quantile(values, weights, q) for n, q in _BENCH_QUANTILES.items()}}
+        else:
+            col = ok[f"{metric}_s"].drop_nulls().drop_nans()
+            stats = {"mean": _num(col.mean()) if col.len() else math.nan,
+                     **{n: _num(col.quantile(q, interpolation="linear")) for n, q in _BENCH_QUANTILES.items()}}  # fmt: skip
+        out.update({bench_field(metric, s): stats[s] * _SCALE[unit] for s in BENCH_STATS})
+    inputs, outputs = float(ok["input_tokens"].sum()), float(ok["generated_tokens"].sum())
+    out.update(input_tokens_per_s=rate(inputs), total_tokens_per_s=rate(inputs + outputs))
+    has_slo = df["slo_met"].is_not_null()
+    good = int(((df["status"] == "ok") & df["slo_met"].fill_null(False)).sum())
+    out["goodput_rps"] = rate(good) if has_slo.any() else None
+    return out
 
 
 def _group_summary(df: pl.DataFrame, span_s: float) -> dict:
@@ -38,6 +97,7 @@ def _group_summary(df: pl.DataFrame, span_s: float) -> dict:
     slo_met = df["slo_met"].drop_nulls()  # null where a request has no SLO
     out["slo_requests"] = slo_met.len()
     out["slo_attainment"] = float(slo_met.mean()) if slo_met.len() else None
+    out.update(_bench_figures(df, ok, span_s))
     return out
 
 
@@ -56,10 +116,8 @@ def summarize(requests: pl.DataFrame, replicas: list[dict]) -> dict:
     start = float(requests["arrival_s"].min()) if requests.height else 0.0
     end = float(finish.max()) if finish.len() else start
     span = max(end - start, 0.0)
-    lean = requests.select(
-        "tenant", "status", "generated_tokens", "preemptions", "slo_met", *LATENCY_METRICS,
-        *(["attempts"] if "attempts" in requests.columns else []),
-    )  # filter copies only these columns
+    lean = requests.select(*_LEAN, *(["attempts"] if "attempts" in requests.columns else []))
+    # filter copies only these columns
     tenants = {
         t: _group_summary(lean.filter(pl.col("tenant") == t), span)
         for t in sorted(requests["tenant"].unique().to_list())
@@ -87,6 +145,9 @@ class _GroupTotals:
         self.slo_requests = 0
         self.slo_met = 0
         self.latency = {m: QuantileSketch(alpha) for m in LATENCY_METRICS}
+        self.input_ok = 0
+        self.good = 0  # completed and met every SLO it carries
+        self.itl = QuantileSketch(alpha)  # each request's mean gap, once per gap (see _bench_figures)
 
     def add(self, part: pl.DataFrame) -> None:
         codes = part["status"].to_physical().to_numpy()
@@ -104,13 +165,32 @@ class _GroupTotals:
         self.slo_met += int(slo.sum())
         for m, sketch in self.latency.items():
             sketch.add(ok[m].drop_nulls().drop_nans().to_numpy())
+        self.input_ok += int(ok["input_tokens"].sum())
+        self.good += int((ok_mask & part["slo_met"].fill_null(False)).sum())
+        values, weights = _itl_inputs(ok)
+        for lo in range(0, values.size, _ITL_BLOCK):  # bounded memory: blocks of requests
+            self.itl.add(np.repeat(values[lo : lo + _ITL_BLOCK], weights[lo : lo + _ITL_BLOCK]))
 
     def merge(self, other: _GroupTotals) -> None:
         self.by_status = [a + b for a, b in zip(self.by_status, other.by_status)]
-        for name in ("requests", "generated_ok", "preemptions", "extra_attempts", "slo_requests", "slo_met"):
+        for name in ("requests", "generated_ok", "preemptions", "extra_attempts", "slo_requests", "slo_met",
+                     "input_ok", "good"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for m, sketch in self.latency.items():
             sketch.merge(other.latency[m])
+        self.itl.merge(other.itl)
+
+    def bench(self, span_s: float) -> dict:
+        """The figures :func:`_bench_figures` gives, from the sketches (percentiles within alpha)."""
+        rate = lambda x: float(x) / span_s if span_s > 0 else math.nan  # noqa: E731
+        out: dict = {}
+        for metric, unit in BENCH_LATENCIES:
+            sketch = self.itl if metric == "itl" else self.latency[f"{metric}_s"]
+            stats = {"mean": sketch.mean, **{n: sketch.quantile(q) for n, q in _BENCH_QUANTILES.items()}}
+            out.update({bench_field(metric, st): stats[st] * _SCALE[unit] for st in BENCH_STATS})
+        out.update(input_tokens_per_s=rate(self.input_ok), total_tokens_per_s=rate(self.input_ok + self.generated_ok))
+        out["goodput_rps"] = rate(self.good) if self.slo_requests else None
+        return out
 
     def summary(self, span_s: float) -> dict:
         count = dict(zip(self.statuses, self.by_status))
@@ -127,6 +207,7 @@ class _GroupTotals:
             out[m] = {"mean": sketch.mean, **{name: sketch.quantile(q) for name, q in _QUANTILES.items()}}
         out["slo_requests"] = self.slo_requests
         out["slo_attainment"] = self.slo_met / self.slo_requests if self.slo_requests else None
+        out.update(self.bench(span_s))
         return out
 
 
@@ -156,10 +237,7 @@ class StreamingSummary:
         finish = requests["finish_s"].drop_nulls().drop_nans()
         if finish.len():
             self.end = max(self.end, float(finish.max()))
-        lean = requests.select(
-            "tenant", "status", "generated_tokens", "preemptions", "slo_met", *LATENCY_METRICS,
-            *(["attempts"] if "attempts" in requests.columns else []),
-        )
+        lean = requests.select(*_LEAN, *(["attempts"] if "attempts" in requests.columns else []))
         for (tenant,), part in lean.group_by("tenant"):
             if tenant not in self.tenants:
                 self.tenants[tenant] = _GroupTotals(self._statuses, self.alpha)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from driftsim.admission.controller import AdmissionConfig
 from driftsim.costmodel.profiles import Profile, ProfileError, load_profile
 from driftsim.sim.client import ClientConfig
 from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
+from driftsim.sim.policies import make_policy
 from driftsim.sim.run import SimResult, simulate
 from driftsim.traces import transform
 from driftsim.traces.driftsched import driftsched_workload
@@ -59,6 +60,8 @@ SCENARIO_DIR = Path(__file__).parent / "scenarios"
 #: Exceptions that mean bad input to a scenario (a value, a file, a trace or a profile): reported, never retried.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ProfileError, TraceError, ValueError, FileNotFoundError)
 DEFAULT_SCENARIO = SCENARIO_DIR / "driftsched.toml"
+#: The bundled scenarios, by the name ``--scenario`` accepts in place of a file.
+BUNDLED_SCENARIOS: dict[str, Path] = {"driftsched": DEFAULT_SCENARIO, "vllm": SCENARIO_DIR / "vllm.toml"}
 
 _TOP_KEYS = {
     "name", "description", "seed", "replicas", "profile", "horizon_s", "workload", "engine", "gateway", "tenants",
@@ -102,9 +105,14 @@ class Scenario:
 def load_scenario(path: str | Path | None = None, overrides: dict | None = None) -> Scenario:
     """Read a scenario TOML (default: the embedded DriftSched set-up) and apply ``overrides``.
 
-    ``overrides`` is a nested dict merged over the file (what CLI flags set).
+    ``overrides`` is a nested dict merged over the file (what CLI flags set). ``path`` may also
+    be a bundled scenario's name (:data:`BUNDLED_SCENARIOS`) when no file of that name exists.
     """
-    path = Path(path) if path is not None else DEFAULT_SCENARIO
+    if path is None:
+        path = DEFAULT_SCENARIO
+    elif str(path) in BUNDLED_SCENARIOS and not Path(path).exists():
+        path = BUNDLED_SCENARIOS[str(path)]
+    path = Path(path)
     raw = _merge(read_toml(path, "scenario"), overrides or {})
     check_scenario(raw, str(path))
     return Scenario(name=str(raw.get("name", path.stem)), raw=raw, source=str(path))
@@ -384,7 +392,7 @@ def simulation_setup(scenario: Scenario) -> tuple[dict, dict]:
     arguments, and what a report says of them (admission and trace are the caller's)."""
     profile = build_profile(scenario)
     engine = build_engine(scenario, profile)
-    gateway = build_gateway(scenario)
+    gateway, notes = place_policy(build_gateway(scenario), engine, "placement" in scenario.raw.get("gateway", {}))
     client = build_client(scenario)
     num_blocks = engine.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
     run = dict(
@@ -404,8 +412,39 @@ def simulation_setup(scenario: Scenario) -> tuple[dict, dict]:
         "gateway": gateway.__dict__,
         "kv_blocks_per_replica": num_blocks,
         "client": client.__dict__ if client is not None else None,
+        "notes": notes,
     }
     return run, context
+
+
+def place_policy(gateway: GatewayConfig, engine: EngineConfig, placement_given: bool) -> tuple[GatewayConfig, list[str]]:
+    """Where the policy acts, so that a named policy always acts; returns the gateway and notes for the user.
+
+    NOTE: a continuous engine with no gateway cap receives every request on
+    arrival, so a policy at the gateway never holds anything and orders
+    nothing. Unless the scenario sets ``gateway.placement``, a policy other
+    than FIFO then orders the engine's waiting queue, as vLLM's
+    ``--scheduling-policy priority`` does. A policy with per-tenant state
+    (weighted, vtc) has no per-request key to order that queue by: refused,
+    naming the cap that lets it act at the gateway. FIFO keeps vLLM's own
+    queue (:class:`driftsim.sim.engine.FcfsQueue`).
+    """
+    uncapped = engine.mode == "continuous" and gateway.max_outstanding is None
+    if not uncapped or gateway.placement == "engine" or gateway.policy.lower() == "fifo":
+        return gateway, []
+    if placement_given:
+        return gateway, [
+            f"policy {gateway.policy} is placed at the gateway with no cap (gateway.max_outstanding / "
+            "--max-outstanding): every request goes to the engine on arrival, so the policy orders nothing "
+            "and the engine's queue is FIFO"
+        ]
+    if not make_policy(gateway.policy, **gateway.policy_params).keyed:
+        raise ConfigError(
+            f"policy {gateway.policy!r} keeps per-tenant state and cannot order the engine's waiting queue; "
+            "give a gateway cap (--max-outstanding N, gateway.max_outstanding) so that it orders requests "
+            "at the gateway, or choose a keyed policy (priority, sjf, aging, edf, las, srpt)"
+        )
+    return replace(gateway, placement="engine"), []
 
 
 def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = False) -> tuple[SimResult, dict]:
@@ -420,6 +459,7 @@ def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = Fal
     context["admission"] = admission.__dict__
     trace, report = build_trace(scenario)
     context["trace_repairs"] = list(report.repairs) if report is not None else []
+    context["arrival_span_s"] = float(trace["arrival_s"].max() - trace["arrival_s"].min()) if trace.height > 1 else 0.0
     result = simulate(trace, admission=admission, progress=progress, **run)
     if oracle_regret:
         oracle = simulate(trace, admission=AdmissionConfig(estimator="oracle"), **run)

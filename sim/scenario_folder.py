@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,11 +47,6 @@ class FolderRunResult:
     context: dict
     folder: Path
     wall_s: float
-
-
-def default_folder(name: str) -> Path:
-    """``driftsim-out/<name>-<local time>``: where a run goes when no folder is given."""
-    return Path("driftsim-out") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def run_scenario_to_folder(scenario: Scenario, *, run: FolderRun,

@@ -4,3 +4,16 @@
 LATENCY_METRICS = ("ttft_s", "tpot_s", "e2e_s", "queue_wait_s")
 #: Statistics reported for each latency metric.
 STATS = ("mean", "p50", "p90", "p99")
+
+#: The `vllm bench serve`-style figures in each summary group, flat: short latencies in milliseconds,
+#: end to end in seconds, the unit in the name (``ttft_p95_ms``, ``e2e_p99_s``).
+BENCH_LATENCIES = (("ttft", "ms"), ("tpot", "ms"), ("itl", "ms"), ("e2e", "s"))
+BENCH_STATS = ("mean", "p50", "p95", "p99")
+#: Rates in each summary group: completed input/output tokens per second, requests meeting every SLO per second.
+BENCH_RATES = ("input_tokens_per_s", "output_tokens_per_s", "total_tokens_per_s", "goodput_rps")
+
+
+def bench_field(metric: str, stat: str) -> str:
+    """The summary key of one latency statistic, its unit in the name: ``bench_field("ttft", "p95") == "ttft_p95_ms"``."""
+    unit = dict(BENCH_LATENCIES)[metric]
+    return f"{metric}_{stat}_{unit}"

@@ -54,7 +54,7 @@ def test_sweep_writes_tidy_tables_with_intervals(tmp_path, scen):
 def test_sweep_on_local_processes_to_csv(tmp_path, scen):
     out = tmp_path / "csv"
     res = runner.invoke(app, ["sweep", "-s", scen, "--policy", "fifo,sjf", "--seeds", "0", "--jobs", "2",
-                              "--format", "csv", "--no-timeseries", "-o", str(out)])  # fmt: skip
+                              "--table-format", "csv", "--no-timeseries", "-o", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "local processes (2 workers)" in res.output
     assert pl.read_csv(out / "results.csv").height == 2 * 3

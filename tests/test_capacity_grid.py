@@ -65,7 +65,7 @@ def test_unknown_policy_and_profile_fail_before_running(tmp_path):
     path = small_scenario(tmp_path)
     with pytest.raises(ConfigError, match="unknown policy 'lottery'; known: aging, edf"):
         check_specs(expand(Grid(scenario=path, axes={"policy": ["fifo", "lottery"]})))
-    with pytest.raises(ProfileError, match="unknown profile 'b200-nope'; bundled profiles: a100-llama-3.1-8b"):
+    with pytest.raises(ProfileError, match="unknown profile 'b200-nope'; bundled profiles: .*a100-llama-3.1-8b"):
         check_specs(expand(Grid(scenario=path, axes={"profile": ["a100-llama-3.1-8b", "b200-nope"]})))
     with pytest.raises(ConfigError, match="max_num_batched_tokens must be >= engine.max_num_seqs"):
         check_specs(expand(Grid(scenario=path, axes={"max_num_seqs": [8192]})))

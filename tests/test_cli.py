@@ -29,7 +29,7 @@ def test_simulate_default_scenario_prints_tables_and_writes_results(tmp_path):
 def test_simulate_real_azure_trace_split_into_tenants(tmp_path):
     res = runner.invoke(app, [
         "simulate", "--trace", "traces/data/azure2023_code.csv", "--tenants", "a=1,b=3", "--mode", "continuous",
-        "--profile", "h100-llama-3.1-8b", "--max-model-len", "8192", "--duration", "120", "--out", str(tmp_path),
+        "--profile", "h100-llama-3.1-8b", "--max-model-len", "8192", "--duration-s", "120", "--out", str(tmp_path),
     ])
     assert res.exit_code == 0, res.output
     df = pl.read_parquet(tmp_path / "requests.parquet")
@@ -39,7 +39,7 @@ def test_simulate_real_azure_trace_split_into_tenants(tmp_path):
 
 
 def test_missing_trace_file_is_a_clear_error(tmp_path):
-    res = runner.invoke(app, ["simulate", "--trace", str(tmp_path / "nope.csv"), "--out", str(tmp_path)])
+    res = runner.invoke(app, ["simulate", "--trace", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2
     assert "nope.csv" in res.output
 
@@ -48,7 +48,7 @@ def test_bad_trace_row_names_row_and_field(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
                    "2023-11-16 18:15:47.0,abc,10\n")
-    res = runner.invoke(app, ["simulate", "--trace", str(bad), "--out", str(tmp_path)])
+    res = runner.invoke(app, ["simulate", "--trace", str(bad), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2
     assert "row 2" in res.output and "ContextTokens" in res.output
 
@@ -56,14 +56,14 @@ def test_bad_trace_row_names_row_and_field(tmp_path):
 def test_unknown_scenario_key_and_policy_are_named(tmp_path):
     sc = tmp_path / "s.toml"
     sc.write_text('[engine]\nmax_num_seqz = 4\n')
-    res = runner.invoke(app, ["simulate", "--scenario", str(sc), "--out", str(tmp_path)])
+    res = runner.invoke(app, ["simulate", "--scenario", str(sc), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "max_num_seqz" in res.output
-    res = runner.invoke(app, ["simulate", "--policy", "lottery", "--out", str(tmp_path)])
+    res = runner.invoke(app, ["simulate", "--policy", "lottery", "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "lottery" in res.output and "fifo" in res.output
 
 
 def test_inconsistent_engine_limits_are_refused(tmp_path):
-    res = runner.invoke(app, ["simulate", "--max-num-seqs", "512", "--max-num-batched-tokens", "256", "--out", str(tmp_path)])
+    res = runner.invoke(app, ["simulate", "--max-num-seqs", "512", "--max-num-batched-tokens", "256", "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "max_num_batched_tokens" in res.output
 
 

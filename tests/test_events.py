@@ -10,7 +10,7 @@ import pytest
 import simpy
 
 from driftsim.sim.config import EngineConfig, GatewayConfig
-from driftsim.sim.events import RequestDispatched, RequestFinished, RequestScheduled, StepCommitted
+from driftsim.sim.events import EngineSampled, RequestDispatched, RequestFinished, RequestScheduled, StepCommitted
 from driftsim.sim.replica import urgent_timeout
 from driftsim.sim.run import simulate
 from tests.factories import linear_cost, random_trace
@@ -60,7 +60,13 @@ def test_one_step_committed_per_engine_step_in_time_order():
 def test_fast_forwarded_and_step_by_step_runs_publish_the_same_events():
     _, fast = observed_run(fast_forward=True)
     _, slow = observed_run(fast_forward=False)
-    assert [e for e in fast if not isinstance(e, StepCommitted)] == [e for e in slow if not isinstance(e, StepCommitted)]
+    # EngineSampled comes once per commit, and a fast-forwarded run commits many steps at once
+    per_step = (StepCommitted, EngineSampled)
+    assert [e for e in fast if not isinstance(e, per_step)] == [e for e in slow if not isinstance(e, per_step)]
+    fast_samples = {(e.replica, e.t_s): e for e in fast.of(EngineSampled)}
+    slow_samples = {(e.replica, e.t_s): e for e in slow.of(EngineSampled)}
+    assert fast_samples and set(fast_samples) <= set(slow_samples)
+    assert all(slow_samples[k] == e for k, e in fast_samples.items())  # same state where both sample
     assert sorted(fast.of(StepCommitted), key=lambda e: (e.replica, e.end_s)) == \
         sorted(slow.of(StepCommitted), key=lambda e: (e.replica, e.end_s))
 

@@ -59,7 +59,7 @@ GOLDEN = {
     "default-sjf-driftsched-estimates": "11dbd8e4542afe135e7fb471cb2af97e03edfabe7972d4ffe3e8a69227c3842c",
     "sweep": "c204f85f276fac38f0271606c8f07d8043f04a4dedcb579449bd2449a0182f5a",
     "reproduce-driftsched": "15155496afd7435a3bbf3f4b6e86177cf3bba1c0c4c396b9d9f7bbc146d574a3",
-    "rescore": "3430b02faaab43d9ed84572215d7248eee69390dfb308b23d026d2867d154e53",
+    "rescore": "64dc828afa23627173cb07232cd4f8af0b06d8b945394aba05a610c380ee14b0",
 }
 
 

@@ -46,8 +46,10 @@ INNER_IMPORTS_ALLOWED: dict[str, str] = {
         "polars, numpy and plotly (figures in the module's docstring)"
     ),
     "driftsim.cli.capacity_cmds": "start-up time, as driftsim.cli.main",
+    "driftsim.cli.compare_cmds": "start-up time, as driftsim.cli.main",
     "driftsim.cli.profiling_cmds": "start-up time, as driftsim.cli.main",
     "driftsim.cli.validate_cmds": "start-up time, as driftsim.cli.main",
+    "driftsim.cli.gpu_cmds": "start-up time, as driftsim.cli.main",
 }
 
 MAX_FUNCTION_LINES = 80

@@ -7,6 +7,7 @@
 The table's columns are in driftsim.traces.schema.REQUEST_SCHEMA.
 """
 
+from driftsim.traces.bench_workload import BenchWorkload, generate_bench
 from driftsim.traces.inspect import inspect_trace
 from driftsim.traces.loaders import (
     FORMATS,
@@ -42,6 +43,7 @@ from driftsim.traces.transform import (
 from driftsim.traces.writer import write_trace
 
 __all__ = [
+    "BenchWorkload",
     "FORMATS",
     "OPTIONAL_COLUMNS",
     "REQUEST_SCHEMA",
@@ -55,6 +57,7 @@ __all__ = [
     "detect_format",
     "empty_trace",
     "generate",
+    "generate_bench",
     "head",
     "inspect_trace",
     "lengths_from_trace",

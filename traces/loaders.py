@@ -40,8 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
+from driftsim.traces.bench_workload import arrival_times
 from driftsim.traces.schema import (
     OPTIONAL_COLUMNS,
     REQUEST_SCHEMA,
@@ -50,6 +52,7 @@ from driftsim.traces.schema import (
     _check_unique,
     _first_bad,
 )
+from driftsim.traces.tokens import TokenCounter, WhitespaceCounter
 
 __all__ = [
     "FORMATS",
@@ -60,9 +63,13 @@ __all__ = [
     "read_azure",
     "read_bailian",
     "read_burstgpt",
+    "read_guidellm",
     "read_mooncake",
     "read_native",
+    "read_sharegpt",
     "read_vidur",
+    "read_vllm_bench",
+    "read_vllm_bench_latencies",
 ]
 
 _ROW = "__row"  # 1-based data row of the source file, carried along for error messages
@@ -141,6 +148,9 @@ _PUBLIC = {f.name: f for f in (_AZURE, _BURSTGPT, _MOONCAKE, _BAILIAN, _VIDUR)}
 def _describe_formats() -> str:
     parts = [f"{f.name} ({f.container}: {', '.join(f.required)})" for f in _PUBLIC.values()]
     parts.append(f"native (csv or parquet: {', '.join(REQUIRED_COLUMNS)} [+ {', '.join(OPTIONAL_COLUMNS)}])")
+    parts.append("vllm-bench (json: a `vllm bench serve --save-detailed` result)")
+    parts.append("guidellm (json: a GuideLLM benchmark report)")
+    parts.append("sharegpt (json: a list of conversations)")
     return "; ".join(parts)
 
 
@@ -374,8 +384,8 @@ def _first_record(path: Path, source: str) -> dict:
             if line.strip():
                 if line.lstrip().startswith("["):
                     raise TraceError(
-                        "a JSON array, not JSON lines (one object per line); text-only traces such as ShareGPT"
-                        " need a tokenizer and are not supported",
+                        "a JSON array, not JSON lines (one object per line); ShareGPT conversations load with"
+                        " format 'sharegpt'",
                         source=source,
                     )
                 try:
@@ -650,6 +660,242 @@ def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
     return _finish(columns, raw[_ROW], report), report
 
 
+# --------------------------------------------------------------------------- benchmark documents (one JSON each)
+# Formats whose file is one JSON document, not one record per line: a `vllm bench serve` result
+# (vllm/benchmarks/serve.py, saved with --save-result --save-detailed), a GuideLLM benchmark report
+# (guidellm/benchmark/benchmark.py: GenerativeBenchmark.requests) and ShareGPT conversations.
+
+
+def _json_document(path: Path, source: str) -> object:
+    _check_text(path, source)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise TraceError(f"not valid JSON at line {e.lineno} column {e.colno} ({e.msg})", source=source) from None
+    except UnicodeDecodeError as e:
+        raise TraceError(f"not UTF-8 text: {e.reason} at byte {e.start}", source=source) from None
+
+
+def _per_request(doc: dict, key: str, n: int, source: str, *, required: bool = True) -> list | None:
+    """One per-request list of a vllm bench result, checked for its length."""
+    values = doc.get(key)
+    if values is None:
+        if required:
+            raise TraceError(
+                f"missing per-request list '{key}': save the result with `vllm bench serve --save-result"
+                " --save-detailed`", source=source, field=key,
+            )  # fmt: skip
+        return None
+    if not isinstance(values, list) or len(values) != n:
+        got = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
+        raise TraceError(f"expected a list of {n} values (one per request, as input_lens), got {got}",
+                         source=source, field=key)  # fmt: skip
+    return values
+
+
+def _int_column(values: list, name: str, source: str, *, minimum: int) -> pl.Series:
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise TraceError(f"expected an integer >= {minimum}, got {v!r}", source=source, row=i + 1, field=name)
+    return pl.Series(name, values, dtype=pl.Int64)
+
+
+def _bench_arrivals(doc: dict, n: int, source: str, report: LoadReport) -> pl.Series:
+    """Send times: the saved `start_times` from the first; else drawn as vLLM draws them from the rate."""
+    starts = _per_request(doc, "start_times", n, source, required=False)
+    if starts is not None:
+        for i, v in enumerate(starts):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise TraceError(f"expected a number, got {v!r}", source=source, row=i + 1, field="start_times")
+        t = np.asarray(starts, dtype=float)
+        return pl.Series("arrival_s", t - t.min())
+    rate = doc.get("request_rate", "inf")
+    rate = math.inf if rate in ("inf", None) else float(rate)
+    burstiness = float(doc.get("burstiness") or 1.0)
+    report.repairs.append(
+        f"no start_times saved: send times drawn as vllm bench serve draws them (request_rate {rate},"
+        f" burstiness {burstiness}, seed 0)"
+    )
+    return pl.Series("arrival_s", arrival_times(n, rate, burstiness, np.random.default_rng(0)))
+
+
+def _keep_ok(columns: dict[str, pl.Series], ok: np.ndarray, what: str, report: LoadReport) -> dict[str, pl.Series]:
+    """Drop the requests that failed (listed by row) and keep the rest."""
+    if ok.all():
+        return columns
+    rows = pl.Series(np.flatnonzero(~ok) + 1)
+    report.repairs.append(f"dropped {rows.len()} {what} at rows {_listed_rows(rows)}")
+    mask = pl.Series(ok)
+    return {k: s.filter(mask) for k, s in columns.items()}
+
+
+def _document_table(columns: dict[str, pl.Series], report: LoadReport, source: str) -> pl.DataFrame:
+    if columns["request_id"].len() == 0:
+        raise TraceError("empty trace: no successful requests", source=source)
+    return _finish(columns, columns["request_id"] + 1, report, id_field=None)
+
+
+def read_vllm_bench(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """A `vllm bench serve` result JSON saved with ``--save-detailed`` (``input_lens``, ``output_lens``, ...).
+
+    Request ``i`` is the i-th entry of the per-request lists; arrivals are
+    the saved ``start_times`` counted from the first, else drawn from the
+    saved ``request_rate`` and ``burstiness`` as vLLM draws them (seed 0,
+    said in the report). Failed requests (a non-empty ``errors`` entry or 0
+    output tokens) are dropped and listed. The measured latencies are read by
+    :func:`read_vllm_bench_latencies`.
+    """
+    p, source = _source(path)
+    doc = _json_document(p, source)
+    if not isinstance(doc, dict):
+        raise TraceError(f"expected a JSON object (a vllm bench serve result), got {type(doc).__name__}", source=source)
+    if not isinstance(doc.get("input_lens"), list):
+        hint = " (saved without --save-detailed?)" if "request_throughput" in doc else ""
+        raise TraceError(f"expected a per-request list 'input_lens'{hint}: save the result with"
+                         " `vllm bench serve --save-result --save-detailed`", source=source, field="input_lens")  # fmt: skip
+    n = len(doc["input_lens"])
+    report = LoadReport(source=source, format="vllm-bench", rows_read=n)
+    outputs = _per_request(doc, "output_lens", n, source)
+    errors = _per_request(doc, "errors", n, source, required=False) or [""] * n
+    ok = np.array([not e and isinstance(o, int) and o > 0 for e, o in zip(errors, outputs)], dtype=bool)
+    columns = {
+        "request_id": pl.Series("request_id", np.arange(n, dtype=np.int64)),
+        "arrival_s": _bench_arrivals(doc, n, source, report),
+        "tenant": pl.repeat("default", n, dtype=pl.String, eager=True),
+        "input_tokens": _int_column(doc["input_lens"], "input_lens", source, minimum=1),
+        "output_tokens": pl.Series("output_tokens", [o if k else 1 for o, k in zip(outputs, ok)], dtype=pl.Int64),
+    }
+    _int_column([o for o, k in zip(outputs, ok) if k], "output_lens", source, minimum=1)
+    return _document_table(_keep_ok(columns, ok, "failed requests (errors or 0 output tokens)", report), report,
+                           source), report  # fmt: skip
+
+
+def read_vllm_bench_latencies(path: str | os.PathLike) -> pl.DataFrame:
+    """The latencies a `vllm bench serve` result measured, per successful request (seconds).
+
+    Columns: ``request_id`` (as :func:`read_vllm_bench` numbers them),
+    ``ttft_s``, ``e2e_s`` (``latencies``), ``itl_mean_s`` and ``itl_max_s``
+    (from each request's ``itls``; null with one token). Null where a list
+    was not saved.
+    """
+    p, source = _source(path)
+    doc = _json_document(p, source)
+    table, _ = read_vllm_bench(path)
+    n = len(doc["input_lens"])
+    ids = table["request_id"].to_list()
+    pick = lambda key: [None if v is None else v[i] for i in ids] if (v := _per_request(doc, key, n, source,  # noqa: E731
+                                                                                       required=False)) else [None] * len(ids)  # fmt: skip
+    itls = pick("itls")
+    return pl.DataFrame({
+        "request_id": table["request_id"],
+        "ttft_s": pl.Series(pick("ttfts"), dtype=pl.Float64),
+        "e2e_s": pl.Series(pick("latencies"), dtype=pl.Float64),
+        "itl_mean_s": pl.Series([float(np.mean(g)) if g else None for g in itls], dtype=pl.Float64),
+        "itl_max_s": pl.Series([float(np.max(g)) if g else None for g in itls], dtype=pl.Float64),
+    })  # fmt: skip
+
+
+def read_guidellm(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
+    """A GuideLLM benchmark report (``benchmarks[].requests.successful[]``: ``prompt_tokens``, ``output_tokens``,
+    ``start_time``).
+
+    Every benchmark's successful requests, in send order; arrivals count
+    from the earliest ``start_time``; tenant is the benchmark's index
+    (``benchmark-0``, ...), as each ran at its own rate. Errored and
+    incomplete requests are not read and are counted in the report.
+    """
+    p, source = _source(path)
+    doc = _json_document(p, source)
+    benches = doc.get("benchmarks") if isinstance(doc, dict) else None
+    if not isinstance(benches, list) or not benches:
+        raise TraceError("expected a GuideLLM report: an object with a non-empty 'benchmarks' list", source=source,
+                         field="benchmarks")  # fmt: skip
+    recs, tenants, skipped = [], [], 0
+    for b, bench in enumerate(benches):
+        requests = bench.get("requests") if isinstance(bench, dict) else None
+        if not isinstance(requests, dict) or not isinstance(requests.get("successful"), list):
+            raise TraceError("expected 'requests.successful', a list", source=source, row=b + 1, field="benchmarks")
+        recs += requests["successful"]
+        tenants += [f"benchmark-{b}"] * len(requests["successful"])
+        skipped += sum(len(requests.get(k) or []) for k in ("errored", "incomplete"))
+    report = LoadReport(source=source, format="guidellm", rows_read=len(recs))
+    if skipped:
+        report.repairs.append(f"not read: {skipped} errored or incomplete requests (only successful ones are)")
+    for field_name in ("prompt_tokens", "output_tokens", "start_time"):
+        for i, r in enumerate(recs):
+            v = r.get(field_name) if isinstance(r, dict) else None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise TraceError(f"expected a number, got {v!r}", source=source, row=i + 1, field=field_name)
+    starts = np.array([r["start_time"] for r in recs], dtype=float)
+    columns = {
+        "request_id": pl.Series("request_id", np.arange(len(recs), dtype=np.int64)),
+        "arrival_s": pl.Series("arrival_s", starts - (starts.min() if len(recs) else 0.0)),
+        "tenant": pl.Series("tenant", tenants, dtype=pl.String),
+        "input_tokens": _int_column([r["prompt_tokens"] for r in recs], "prompt_tokens", source, minimum=1),
+        "output_tokens": _int_column([r["output_tokens"] for r in recs], "output_tokens", source, minimum=1),
+    }
+    return _document_table(columns, report, source), report
+
+
+def read_sharegpt(path: str | os.PathLike, counter: TokenCounter | None = None) -> tuple[pl.DataFrame, LoadReport]:
+    """ShareGPT conversations (a JSON list of ``{"conversations": [{"from", "value"}, ...]}``), as vLLM reads them.
+
+    As ``vllm/benchmarks/datasets/datasets.py:ShareGPTDataset``: the prompt is
+    the first turn, the output the second; conversations with fewer than two
+    turns or an empty turn are dropped and listed. Lengths are counted by
+    ``counter`` (default: whitespace words, :mod:`driftsim.traces.tokens`);
+    the prompt text is kept. ShareGPT has no send times: every request
+    arrives at t = 0 (as ``--request-rate inf``), said in the report; give
+    them a rate with :func:`driftsim.traces.bench_workload.with_arrivals`.
+    """
+    p, source = _source(path)
+    doc = _json_document(p, source)
+    if not isinstance(doc, list):
+        raise TraceError(f"expected a JSON list of conversations, got {type(doc).__name__}", source=source)
+    counter = counter or WhitespaceCounter()
+    prompts, ins, outs, ok = [], [], [], []
+    for i, conv in enumerate(doc):
+        turns = conv.get("conversations") if isinstance(conv, dict) else None
+        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+            raise TraceError("expected 'conversations', a list of {from, value} turns", source=source, row=i + 1,
+                             field="conversations")  # fmt: skip
+        pair = [str(t.get("value") or "") for t in turns[:2]]
+        n_in, n_out = (counter.count(pair[0]), counter.count(pair[1])) if len(pair) == 2 else (0, 0)
+        prompts.append(pair[0] if pair else None)
+        ins.append(max(n_in, 1))
+        outs.append(max(n_out, 1))
+        ok.append(n_in > 0 and n_out > 0)
+    report = LoadReport(source=source, format="sharegpt", rows_read=len(doc))
+    report.repairs.append("no send times in ShareGPT: every request arrives at t = 0 (as --request-rate inf)")
+    n = len(doc)
+    columns = {
+        "request_id": pl.Series("request_id", np.arange(n, dtype=np.int64)),
+        "arrival_s": pl.Series("arrival_s", np.zeros(n)),
+        "tenant": pl.repeat("default", n, dtype=pl.String, eager=True),
+        "input_tokens": pl.Series("input_tokens", ins, dtype=pl.Int64),
+        "output_tokens": pl.Series("output_tokens", outs, dtype=pl.Int64),
+        "prompt": pl.Series("prompt", prompts, dtype=pl.String),
+    }
+    columns = _keep_ok(columns, np.array(ok, dtype=bool), "conversations with fewer than two non-empty turns", report)
+    return _document_table(columns, report, source), report
+
+
+def _document_format(path: Path) -> str | None:
+    """The format of a file that is one JSON document, by its first bytes; None for other files."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES).lstrip()
+    if head.startswith(b"["):
+        return "sharegpt"
+    if not head.startswith(b"{"):
+        return None
+    if b'"benchmarks"' in head:
+        return "guidellm"
+    if any(k in head for k in (b'"input_lens"', b'"request_throughput"', b'"burstiness"')):
+        return "vllm-bench"
+    return None
+
+
 # --------------------------------------------------------------------------- detection and entry points
 
 #: format name -> reader. A reader is a pure function from a path to (table, report).
@@ -660,6 +906,9 @@ FORMATS: dict[str, Callable[[str | os.PathLike], tuple[pl.DataFrame, LoadReport]
     "bailian": read_bailian,
     "vidur": read_vidur,
     "native": read_native,
+    "vllm-bench": read_vllm_bench,
+    "guidellm": read_guidellm,
+    "sharegpt": read_sharegpt,
 }
 
 _EXTENSIONS = {
@@ -695,6 +944,11 @@ def detect_format(path: str | os.PathLike) -> str:
     container = _container(p)
     if container == "parquet":
         return "native"
+    if container == "jsonl":
+        _check_text(p, source)
+        document = _document_format(p)
+        if document:
+            return document
     found = _csv_header(p, source) if container == "csv" else list(_first_record(p, source))
     candidates = [(f.name, f.required, f.hints) for f in _PUBLIC.values() if f.container == container]
     if container == "csv":

@@ -234,10 +234,12 @@ def _targets_html(result) -> str:
             rows.append(f"<tr><td>{_e(level_label(lv.load))}</td><td>{METRIC_LABELS[t['metric']]} {t['stat']}</td>"
                         f"<td class='{cls}'>{fmt_pct(t['abs_err'])}</td><td>&le; {fmt_pct(t['bound'])}</td>"
                         f"<td>{fmt_pct(t['spread'])}</td><td class='{cls}'>{'yes' if t['met'] else 'no'}</td>"
+                        f"<td>{fmt_pct(t['err'], signed=True)} [{fmt_pct(t['err_lo'], signed=True)}, "
+                        f"{fmt_pct(t['err_hi'], signed=True)}]</td><td>{_e(t['verdict'])}</td>"
                         + "".join(f"<td>{fmt_pct(t[f'{name}_abs_err'])}</td>" for name in SPEED_VARIANTS) + "</tr>")
     return (f"<p class='note'>{_e(SPEED_NOTE)}</p>"
             "<table><tr><th>level</th><th>figure</th><th>|sim error|</th><th>target</th><th>real spread</th>"
-            "<th>met</th>" + "".join(f"<th>{_e(label)}</th>" for label in SPEED_VARIANTS.values())
+            "<th>met</th><th>error [95 % bootstrap over requests]</th><th>verdict</th>" + "".join(f"<th>{_e(label)}</th>" for label in SPEED_VARIANTS.values())
             + "</tr>" + "".join(rows) + "</table>")
 
 

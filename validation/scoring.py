@@ -31,6 +31,12 @@ STATS = ("mean", "p50", "p90", "p99")
 _Q = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 OVERALL = "overall"
 
+#: Bootstrap over requests of each overall statistic's error: resamples, two-sided level, seed (fixed, so
+#: the same replays always give the same interval).
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_SEED = 0
+
 #: Target bounds: the |relative error| of (metric, statistic), overall, the simulator should stay within.
 TARGETS: dict[tuple[str, str], float] = {
     ("e2e_s", "p50"): 0.05,
@@ -103,6 +109,74 @@ def metric_values(lat: pl.DataFrame, metric: str, ids: set[int] | None = None) -
 TIME_RESOLUTION_S = 1e-3
 
 
+def _boot_stats(values: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Each statistic of ``values[idx[b]]`` for every resample ``b`` (rows of ``idx``)."""
+    v = values[idx]
+    return {"mean": v.mean(axis=1), **{k: np.quantile(v, q, axis=1) for k, q in _Q.items()}}
+
+
+def _boot_itl_stats(gaps: list[np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The statistics of the pooled token gaps of the resampled requests, per resample."""
+    out = {k: np.empty(len(idx)) for k in STATS}
+    for b, rows in enumerate(idx):
+        v = np.concatenate([gaps[i] for i in rows])
+        if v.size == 0:
+            for k in STATS:
+                out[k][b] = math.nan
+            continue
+        out["mean"][b] = v.mean()
+        for k, q in _Q.items():
+            out[k][b] = np.quantile(v, q)
+    return out
+
+
+def _boot_interval(sim: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """Central :data:`BOOTSTRAP_LEVEL` interval of the resampled relative errors (NaN when most are undefined,
+    by :func:`rel_err`'s rule)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = (sim - real) / np.abs(real)
+    undefined = (real == 0) | ((np.abs(real) < TIME_RESOLUTION_S) & (np.abs(sim) < TIME_RESOLUTION_S))
+    err = err[~undefined & np.isfinite(err)]
+    if err.size < len(sim) / 2:
+        return {"err_lo": math.nan, "err_hi": math.nan}
+    tail = (1 - BOOTSTRAP_LEVEL) / 2
+    return {"err_lo": float(np.quantile(err, tail)), "err_hi": float(np.quantile(err, 1 - tail))}
+
+
+def bootstrap_errors(rl: pl.DataFrame, sl: pl.DataFrame, ids: set[int], *,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Interval of each statistic's relative error ``(sim - real) / real`` from resampling the compared
+    requests with replacement (the same requests on both sides, so the pairing is kept):
+    ``{metric: {stat: {"err_lo", "err_hi"}}}``. A statistic of a few hundred requests (a p99 above all)
+    moves with which requests happened to be sent; an error inside this interval's reach of zero is not
+    told apart from that sampling noise. Requests whose metric is missing on either side are left out of
+    that metric's resamples. Deterministic: one seeded generator per call."""
+    pair = (rl.join(sl, on="request_id", suffix="_sim").filter(pl.col("request_id").is_in(list(ids)))
+            .sort("request_id"))
+    n = pair.height
+    out: dict[str, dict] = {}
+    nan = {k: {"err_lo": math.nan, "err_hi": math.nan} for k in STATS}
+    if n < 2:
+        return {m: dict(nan) for m in METRICS}
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    for m in METRICS:
+        if m == "itl_s":
+            gr = [np.asarray(x if x is not None else [], dtype=np.float64) for x in pair["itls"].to_list()]
+            gs = [np.asarray(x if x is not None else [], dtype=np.float64) for x in pair["itls_sim"].to_list()]
+            r, s = _boot_itl_stats(gr, idx), _boot_itl_stats(gs, idx)
+        else:
+            rv = pair[m].cast(pl.Float64).fill_null(math.nan).to_numpy()
+            sv = pair[f"{m}_sim"].cast(pl.Float64).fill_null(math.nan).to_numpy()
+            keep = np.flatnonzero(np.isfinite(rv) & np.isfinite(sv))
+            if keep.size < 2:
+                out[m] = dict(nan)
+                continue
+            sub = np.random.default_rng(seed).integers(0, keep.size, size=(resamples, keep.size))
+            r, s = _boot_stats(rv[keep], sub), _boot_stats(sv[keep], sub)
+        out[m] = {k: _boot_interval(s[k], r[k]) for k in STATS}
+    return out
+
+
 def rel_err(sim: float, real: float, *, floor: float = 0.0) -> float:
     """``(sim - real) / real``; NaN when undefined: ``real`` is 0, or both are below ``floor``."""
     if real is None or sim is None or not math.isfinite(real) or not math.isfinite(sim) or real == 0:
@@ -157,6 +231,10 @@ def compare(real: pl.DataFrame, sim: pl.DataFrame, trace: pl.DataFrame, *, overh
             s = _stats(metric_values(sl, m, ids))
             per[m] = {k: {"real": r[k], "sim": s[k], "err": rel_err(s[k], r[k], floor=TIME_RESOLUTION_S)}
                       for k in STATS}
+        if g == OVERALL:
+            for m, per_stat in bootstrap_errors(rl, sl, ids).items():
+                for k, interval in per_stat.items():
+                    per[m][k].update(interval)
         per["requests"] = len(ids)
         groups[g] = per
     paired = {}
@@ -237,12 +315,14 @@ def aggregate(runs: list[dict]) -> dict:
                 cells = [r["groups"].get(g, {}).get(m, {}).get(k) for r in runs]
                 cells = [c for c in cells if c is not None]
                 errs = [c["err"] for c in cells if math.isfinite(c["err"])]
+                bounds = {b: _nanmean([c.get(b, math.nan) for c in cells]) for b in ("err_lo", "err_hi")}
                 groups[g][m][k] = {
                     "real": _nanmean([c["real"] for c in cells]),
                     "sim": _nanmean([c["sim"] for c in cells]),
                     "err": float(np.mean(errs)) if errs else math.nan,
                     "abs_err": float(np.mean(np.abs(errs))) if errs else math.nan,
                     "spread": sp.get(g, {}).get(m, {}).get(k, math.nan),
+                    **({} if g != OVERALL else bounds),
                 }
     return {"groups": groups, "repeats": len(runs)}
 
@@ -252,9 +332,21 @@ def _nanmean(xs: list[float]) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
+def verdict(err: float, lo: float, hi: float, bound: float) -> str:
+    """"met" (|err| within the bound), "within noise" (not met, but the bootstrap interval of the error
+    reaches inside the bound: more requests could tell), or "missed" (the whole interval lies beyond it)."""
+    if math.isfinite(err) and abs(err) <= bound:
+        return "met"
+    if math.isfinite(lo) and math.isfinite(hi) and lo <= bound and hi >= -bound:
+        return "within noise"
+    return "missed"
+
+
 def target_check(agg: dict, targets: dict[tuple[str, str], float] | None = None,
                  variants: dict[str, dict] | None = None) -> list[dict]:
-    """One row per target: the overall |error| (mean over repeats), the bound, the spread, and whether met.
+    """One row per target: the overall |error| (mean over repeats), the bound, the spread, whether met,
+    the signed error with its bootstrap interval (means over repeats of each repeat's interval: no
+    narrower than the interval of the mean) and the :func:`verdict`.
 
     ``variants`` maps a name to the aggregate of the same replays simulated again at another server
     speed (:data:`SPEED_VARIANTS`); each one's |error| is given as ``<name>_abs_err``
@@ -267,7 +359,9 @@ def target_check(agg: dict, targets: dict[tuple[str, str], float] | None = None,
         err = cell["abs_err"]
         row = {"metric": m, "stat": k, "abs_err": err, "bound": bound, "spread": cell["spread"],
                "met": bool(math.isfinite(err) and err <= bound),
-               "within_spread": bool(math.isfinite(err) and math.isfinite(cell["spread"]) and err <= cell["spread"])}
+               "within_spread": bool(math.isfinite(err) and math.isfinite(cell["spread"]) and err <= cell["spread"]),
+               "err": cell["err"], "err_lo": cell.get("err_lo", math.nan), "err_hi": cell.get("err_hi", math.nan)}
+        row["verdict"] = verdict(err, row["err_lo"], row["err_hi"], bound)
         for name, vagg in (variants or {}).items():
             vcell = (vagg or {}).get("groups", {}).get(OVERALL, {}).get(m, {}).get(k, {})
             row[f"{name}_abs_err"] = vcell.get("abs_err", math.nan)

@@ -1,0 +1,268 @@
+"""A profile from measured kernels: sample batches, compose their times, fit
+driftsim's token-table step-time model to them, score the
+fit on held-out batches, and write the profile TOML with its provenance.
+
+Deterministic: the batches come from one seeded ``numpy.random.Generator``,
+the fit is a non-negative least-squares solve, and the TOML is written in a
+fixed order, so the same tables, model, GPU and seed give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import nnls
+
+from driftsim.costmodel.hardware import GpuSpec, ModelArch
+from driftsim.costmodel.kernels.aiconfigurator import AIConfiguratorSource
+from driftsim.costmodel.kernels.architecture import load_architecture
+from driftsim.costmodel.kernels.compose import HostOverhead, IterationBatch, IterationComposer
+from driftsim.costmodel.kernels.source import KernelDataError, KernelSource
+from driftsim.costmodel.kernels.transfer import TransferredSource
+from driftsim.costmodel.kv import KvCapacity
+from driftsim.costmodel.roofline import RooflineCostModel
+from driftsim.costmodel.tokentable import TokenTableCostModel
+
+TOKEN_KNOTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+PHASES = ("decode", "prefill", "mixed")
+# Host-side time per step: BLIS's per-step overhead fitted to real vLLM 0.15 runs on H100
+# (inference-sim/inference-sim); per scheduled sequence nothing is added (none was found published).
+HOST = HostOverhead(per_step_s=126e-6, per_seq_s=0.0,
+                    source="per-step 126 us: the per-step overhead BLIS (inference-sim/inference-sim) reports "
+                           "from its fit to real vLLM 0.15 runs on H100, taken from its published summary and not "
+                           "re-derived here; per-sequence 0 (no published figure found)")
+# Datasheet numbers of each GPU, for KV capacity (memory) and the roofline comparison.
+GPU_SPECS = {
+    "a100": GpuSpec("NVIDIA A100 SXM 80GB", 312e12, 2039e9, 85_899_345_920),
+    "h100": GpuSpec("NVIDIA H100 SXM 80GB", 989e12, 3350e9, 85_520_809_984),
+    "h200": GpuSpec("NVIDIA H200 SXM 141GB", 989e12, 4800e9, 150_754_820_096),
+    "l40s": GpuSpec("NVIDIA L40S", 362e12, 864e9, 48_305_799_168),
+    "l4": GpuSpec("NVIDIA L4", 121e12, 300e9, 24_153_423_872),
+}
+TRANSFERRED = {"l4": "l40s"}  # GPU without measured tables -> the measured card of its generation
+# The spec-derived profiles' guessed roofline parameters, for "what the old profiles missed".
+ROOFLINE_GUESSES = {
+    "a100": dict(compute_efficiency=0.6, memory_efficiency=0.85, overhead_s=0.001, per_seq_overhead_s=1e-5),
+    "h100": dict(compute_efficiency=0.5, memory_efficiency=0.8, overhead_s=0.001, per_seq_overhead_s=1e-5),
+    "l4": dict(compute_efficiency=0.5, memory_efficiency=0.8, overhead_s=0.005, per_seq_overhead_s=2e-5),
+}
+ENGINE_DEFAULTS = dict(block_size=16, max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=8192,
+                       gpu_memory_utilization=0.9)
+ACTIVATION_RESERVE = 2_147_483_648  # B per GPU: the spec profiles' rounded guess of 2 GiB
+
+
+@dataclass
+class BuildResult:
+    """A fitted model, its held-out errors and what it was built from."""
+
+    model: TokenTableCostModel
+    errors: dict[str, dict[str, float]]  # "fitted"/"roofline" -> "{phase}_median"/"{phase}_p90" -> fraction
+    samples: int
+    refused: int  # sampled batches outside the measured grid (not used)
+    provenance: list[str] = field(default_factory=list)
+
+
+def sample_batches(rng: np.random.Generator, count: int, *, max_tokens: int, max_seqs: int,
+                   max_ctx: int) -> list[tuple[str, IterationBatch]]:
+    """``count`` batches of the three phases, shaped like a continuous-batching engine's steps."""
+    out = []
+    for i in range(count):
+        phase = PHASES[i % 3]
+        decode: tuple[int, ...] = ()
+        chunks: tuple[tuple[int, int], ...] = ()
+        if phase in ("decode", "mixed"):
+            n = int(round(math.exp(rng.uniform(0, math.log(max_seqs - 1)))))
+            mean = math.exp(rng.uniform(math.log(16), math.log(max_ctx)))
+            decode = tuple(int(x) for x in np.clip(rng.uniform(0.5, 1.5, n) * mean, 2, max_ctx))
+        if phase in ("prefill", "mixed"):
+            budget = max_tokens - len(decode)
+            seqs = 1 if phase == "mixed" else int(rng.integers(1, 5))
+            sizes = np.exp(rng.uniform(math.log(16), math.log(max(17, budget // seqs)), seqs)).astype(int)
+            prefix = np.where(rng.random(seqs) < 0.5, 0,
+                              np.exp(rng.uniform(math.log(16), math.log(max_ctx), seqs)).astype(int))
+            chunks = tuple((int(c), int(s)) for c, s in zip(prefix, sizes))
+        out.append((phase, IterationBatch(prefill_chunks=chunks, decode_ctx=decode)))
+    return out
+
+
+def _features(batch: IterationBatch) -> list[float]:
+    """Columns of the token-table model: 1, ramps of T between knots, A, Sp, D, C."""
+    b = batch.step_batch()
+    T = float(b.total_tokens)
+    knots = (0,) + TOKEN_KNOTS
+    ramps = [min(1.0, max(0.0, (T - lo) / (hi - lo))) for lo, hi in zip(knots, knots[1:])]
+    return [1.0, *ramps, b.prefill_attn_tokens, b.prefill_seqs, b.decode_seqs, b.decode_ctx_tokens]
+
+
+def fit_token_table(batches: list[IterationBatch], times: np.ndarray, *, name: str = "kernels") -> TokenTableCostModel:
+    """Non-negative least squares on relative error; the table's increments are >= 0, so it rises."""
+    X = np.array([_features(b) for b in batches], dtype=float)
+    scale = X.max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls((X / scale) / times[:, None], np.ones_like(times), maxiter=10_000)
+    coef = coef / scale
+    n = len(TOKEN_KNOTS)
+    table = [float(v) for v in np.cumsum(coef[1:1 + n])]
+    slope = (table[-1] - table[-2]) / (TOKEN_KNOTS[-1] - TOKEN_KNOTS[-2])
+    return TokenTableCostModel(overhead_s=max(float(coef[0]), 1e-6), token_knots=list(TOKEN_KNOTS),
+                               token_cost_s=table, per_token_s=max(0.0, slope),
+                               per_prefill_attn_s=float(coef[n + 1]), per_prefill_seq_s=float(coef[n + 2]),
+                               per_decode_seq_s=float(coef[n + 3]), per_decode_ctx_token_s=float(coef[n + 4]),
+                               name=name)
+
+
+def relative_errors(model, batches: list[tuple[str, IterationBatch]], times: np.ndarray) -> dict[str, float]:
+    """Median and P90 of |model - composed| / composed, per phase."""
+    pred = np.array([model.step_time(b.step_batch()) for _, b in batches])
+    err = np.abs(pred - times) / times
+    phases = np.array([p for p, _ in batches])
+    out = {}
+    for phase in PHASES:
+        sel = err[phases == phase]
+        if len(sel):
+            out[f"{phase}_median"] = float(np.median(sel))
+            out[f"{phase}_p90"] = float(np.quantile(sel, 0.9))
+    return out
+
+
+def build(source: KernelSource, arch: ModelArch, *, gpu: str, tp: int, samples: int = 1200,
+          seed: int = 0) -> BuildResult:
+    """Sample, compose, fit on 80 %, score on the held-out 20 % (see the module docstring)."""
+    composer = IterationComposer(source, arch, tp=tp, host=HOST)
+    rng = np.random.default_rng(seed)
+    kept, times, refused, reasons = [], [], 0, {}
+    for phase, batch in sample_batches(rng, samples, max_tokens=ENGINE_DEFAULTS["max_num_batched_tokens"],
+                                       max_seqs=ENGINE_DEFAULTS["max_num_seqs"],
+                                       max_ctx=ENGINE_DEFAULTS["max_model_len"]):
+        try:
+            times.append(composer.time(batch))
+        except KernelDataError as exc:
+            refused += 1
+            reasons.setdefault(phase, str(exc))
+            continue
+        kept.append((phase, batch))
+    for phase in PHASES:
+        have = sum(p == phase for p, _ in kept)
+        if have < max(10, samples // 30):
+            raise KernelDataError(f"only {have} sampled {phase} batches lie inside the measured grid "
+                                  f"(first refusal: {reasons.get(phase)})")
+    y = np.array(times)
+    order = rng.permutation(len(kept))
+    cut = int(0.8 * len(kept))
+    train, test = order[:cut], order[cut:]
+    model = fit_token_table([kept[i][1] for i in train], y[train])
+    held = [kept[i] for i in test]
+    errors = {"fitted": relative_errors(model, held, y[test])}
+    if gpu in ROOFLINE_GUESSES and tp == 1:
+        roofline = RooflineCostModel(GPU_SPECS[gpu], arch, **ROOFLINE_GUESSES[gpu])
+        errors["roofline"] = relative_errors(roofline, held, y[test])
+    return BuildResult(model=model, errors=errors, samples=len(kept), refused=refused,
+                       provenance=source.provenance())
+
+
+def group_gpu(gpu: str, tp: int) -> GpuSpec:
+    """The replica's GPU spec: a TP group of ``tp`` cards counts as one device with ``tp`` times the resources."""
+    spec = GPU_SPECS[gpu]
+    if tp == 1:
+        return spec
+    return GpuSpec(f"{tp}x {spec.name} (tensor parallel)", spec.peak_flops * tp, spec.mem_bandwidth * tp,
+                   spec.mem_bytes * tp)
+
+
+def check_fits(gpu: str, arch: ModelArch, tp: int) -> None:
+    """Refuse a model whose weights leave no KV cache on the group."""
+    kv = KvCapacity(gpu=group_gpu(gpu, tp), model=arch, gpu_memory_utilization=ENGINE_DEFAULTS["gpu_memory_utilization"],
+                    activation_reserve_bytes=ACTIVATION_RESERVE * tp)
+    try:
+        kv.blocks(ENGINE_DEFAULTS["block_size"], ENGINE_DEFAULTS["gpu_memory_utilization"])
+    except ValueError as exc:
+        raise KernelDataError(f"--tp {tp}: {arch.name} does not fit on {tp} x {gpu}: {exc}") from None
+
+
+def engine_defaults(gpu: str, arch: ModelArch, tp: int) -> dict:
+    """ENGINE_DEFAULTS, with max_model_len halved (to 2048 at least) until the KV cache holds four full sequences."""
+    out = dict(ENGINE_DEFAULTS)
+    kv = KvCapacity(gpu=group_gpu(gpu, tp), model=arch, gpu_memory_utilization=out["gpu_memory_utilization"],
+                    activation_reserve_bytes=ACTIVATION_RESERVE * tp)
+    tokens = kv.blocks(out["block_size"], out["gpu_memory_utilization"]) * out["block_size"]
+    while out["max_model_len"] > 2048 and tokens < 4 * out["max_model_len"]:
+        out["max_model_len"] //= 2
+    return out
+
+
+def profile_toml(result: BuildResult, *, name: str, gpu: str, arch: ModelArch, tp: int, engine_version: str,
+                 date: str) -> str:
+    """The profile file's text (fixed key order, so builds are byte-identical)."""
+    spec = group_gpu(gpu, tp)
+    m = result.model
+    s = json.dumps
+    lines = [
+        "# Built by `driftsim profiles build` from measured vLLM kernel tables; see [provenance].",
+        f"name = {s(name)}",
+        f"description = {s(f'{arch.name} bf16 on {spec.name}, vLLM {engine_version} kernels (composed, fitted)')}",
+        "", "[gpu]", f"name = {s(spec.name)}", f"peak_flops = {spec.peak_flops!r}",
+        f"mem_bandwidth = {spec.mem_bandwidth!r}", f"mem_bytes = {spec.mem_bytes}",
+        "", "[model]", f"name = {s(arch.name)}",
+        *[f"{k} = {getattr(arch, k)}" for k in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
+                                                 "intermediate_size", "vocab_size", "dtype_bytes")],
+        f"tied_embeddings = {str(arch.tied_embeddings).lower()}", f"qkv_bias = {str(arch.qkv_bias).lower()}",
+        *([f"head_dim = {arch.head_dim_override}"] if arch.head_dim_override else []),
+        "", "[cost_model]", 'kind = "token-table"',
+        *[f"{k} = {v!r}" for k, v in m.coefficients.items()],
+        f"token_knots = {list(m.token_knots)}",
+        f"token_cost_s = [{', '.join(repr(v) for v in m.token_cost_s)}]",
+        "", "[kv]", f"activation_reserve_bytes = {ACTIVATION_RESERVE * tp}",
+        "", "[engine_defaults]", *[f"{k} = {v!r}" for k, v in engine_defaults(gpu, arch, tp).items()],
+        f"tensor_parallel_size = {tp}",
+        "", "[provenance]", f"source = {s('transferred-kernels' if gpu in TRANSFERRED else 'measured-kernels')}",
+        f"date = {s(date)}",
+        f"notes = {s(_notes(result, tp))}",
+        f"engine = {s(f'vLLM {engine_version}')}",
+        f"host_overhead = {s(HOST.source)}",
+        "spec_sources = [", *[f"    {s(line)}," for line in result.provenance],
+        f"    {s('GPU datasheet numbers (memory for KV capacity): ' + spec.name)},", "]",
+        f"fit_samples = {result.samples}", f"fit_refused_outside_grid = {result.refused}",
+    ]
+    for which, errs in result.errors.items():
+        lines += ["", f"[provenance.heldout_error_{which}]", *[f"{k} = {round(v, 5)!r}" for k, v in errs.items()]]
+    return "\n".join(lines) + "\n"
+
+
+def _notes(result: BuildResult, tp: int) -> str:
+    return (f"Step time composed from measured vLLM kernel times (GEMMs, prefill and decode attention"
+            f"{', custom all-reduce' if tp > 1 else ''}, LM head) plus a host overhead per step, sampled over "
+            f"{result.samples} batches inside the measured grid, and fitted (token-table form) by non-negative least squares on "
+            "relative error (80 % of the batches; the error tables are on the other 20 %). Norms, rotary, "
+            "activation and sampling kernels are not in the tables. KV capacity from datasheet memory; the "
+            "activation reserve is the spec profiles' 2 GiB per GPU guess.")
+
+
+def kernel_source(gpu: str, *, engine_version: str | None = None) -> KernelSource:
+    """The measured source for ``gpu``, or the transferred one for a GPU without tables."""
+    if gpu in TRANSFERRED:
+        base = TRANSFERRED[gpu]
+        return TransferredSource(AIConfiguratorSource(base, engine_version=engine_version),
+                                 base=GPU_SPECS[base], target=GPU_SPECS[gpu])
+    if gpu not in GPU_SPECS:
+        raise KernelDataError(f"--gpu {gpu!r}: not covered; covered GPUs: {', '.join(sorted(GPU_SPECS))} "
+                              f"({', '.join(f'{g} transferred from {b}' for g, b in TRANSFERRED.items())})")
+    return AIConfiguratorSource(gpu, engine_version=engine_version)
+
+
+def build_profile(*, gpu: str, model: str, tp: int = 1, engine_version: str | None = None, samples: int = 1200,
+                  seed: int = 0, date: str, name: str | None = None) -> tuple[str, BuildResult]:
+    """Everything `driftsim profiles build` does: (the profile TOML text, the build result)."""
+    if tp < 1:
+        raise KernelDataError(f"--tp {tp}: expected a positive tensor-parallel size")
+    arch = load_architecture(model)
+    source = kernel_source(gpu, engine_version=engine_version)
+    check_fits(gpu, arch, tp)
+    result = build(source, arch, gpu=gpu, tp=tp, samples=samples, seed=seed)
+    version = getattr(source, "engine_version", None) or getattr(source.measured, "engine_version")
+    short = arch.name.split("/")[-1].lower()
+    name = name or f"{gpu}-{short}{f'-tp{tp}' if tp > 1 else ''}-kernels"
+    text = profile_toml(result, name=name, gpu=gpu, arch=arch, tp=tp, engine_version=version, date=date)
+    return text, result

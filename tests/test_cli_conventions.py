@@ -1,0 +1,86 @@
+"""The command line follows its own conventions: choices mirror the library's registries, one meaning per
+option name, durations carry their unit, commands are grouped, and help imports nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import typer.main
+from typer.testing import CliRunner
+
+from driftsim.admission.calibration import GRANULARITIES
+from driftsim.admission.controller import ESTIMATORS
+from driftsim.cli import choices
+from driftsim.capacity.spec import parse_seeds
+from driftsim.cli.main import _parse_seeds, app
+from driftsim.sim.policies import POLICIES
+from driftsim.sim.router import ROUTERS
+
+runner = CliRunner()
+
+
+def _options():
+    """(command path, option) for every option of every command."""
+    def walk(c, path):
+        if hasattr(c, "commands"):
+            for name, sub in c.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield path, c
+
+    for path, command in walk(typer.main.get_command(app), []):
+        for p in command.params:
+            if getattr(p, "param_type_name", "") == "option":
+                yield " ".join(path), p
+
+
+def test_choices_mirror_the_registries():
+    assert {c.value for c in choices.PolicyName} == set(POLICIES)
+    assert {c.value for c in choices.RouterName} == set(ROUTERS)
+    assert {c.value for c in choices.Estimator} == set(ESTIMATORS)
+    assert {c.value for c in choices.Granularity} == set(GRANULARITIES)
+
+
+def test_format_means_a_trace_format_and_retries_a_request_retry_everywhere():
+    for command, p in _options():
+        if "--format" in p.opts:
+            assert "--trace-format" in p.opts, command
+        if "--retries" in p.opts:
+            assert command == "validate", command  # a resent request; sweeps and plans say --run-retries
+
+
+def test_options_in_seconds_are_named_with_their_unit():
+    for command, p in _options():
+        name = p.opts[0]
+        if any(w in (p.help or "") for w in ("seconds", ", s.", " s,")) and "rate" not in name:
+            assert name.endswith(("-s", "-ms")), f"{command} {name}"
+
+
+def test_help_groups_commands():
+    out = runner.invoke(app, ["--help"], env={"COLUMNS": "120"}).output
+    panels = ["Simulate", "Measure a real engine", "Plan capacity", "Reproduce"]
+    assert all(f"─ {p} " in out for p in panels)
+    assert [out.index(f"─ {p} ") for p in panels] == sorted(out.index(f"─ {p} ") for p in panels)
+    assert out.index(" simulate ") < out.index("─ Measure") < out.index(" validate ") < out.index("─ Plan capacity")
+
+
+def test_a_bad_value_names_its_flag():
+    res = runner.invoke(app, ["simulate", "--replicas", "0"])
+    assert res.exit_code == 2 and "--replicas" in res.output and "scenarios" not in res.output
+    res = runner.invoke(app, ["simulate", "--policy", "prio"])
+    assert res.exit_code == 2 and "--policy" in res.output and "priority" in res.output
+
+
+def test_help_imports_neither_polars_nor_numpy():
+    code = ("import sys; from driftsim.cli.main import app\n"
+            "try: app(['--help'], prog_name='driftsim')\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('polars', 'numpy', 'simpy', 'driftsim.sim.engine') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_reproduce_takes_seeds_as_sweep_does():
+    assert _parse_seeds(["0-2"], None) == _parse_seeds(["0,1,2"], None) == _parse_seeds(["0"], ["1", "2"]) == parse_seeds("0-2")
+    res = runner.invoke(app, ["reproduce", "driftsched", "--seeds", "x"])
+    assert res.exit_code == 2 and "--seeds" in res.output

@@ -1,0 +1,246 @@
+"""Profiles from measured kernels: the AIConfigurator source, the composer, the
+token-table cost model, the build and the bundled kernel-composed profiles.
+
+The kernel tables come from the ``kernels`` extra (aiconfigurator-core), which
+tests/setup.sh installs; without it these tests fail with the install hint
+rather than skip.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import tomllib
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+import driftsim
+from driftsim.capacity.plan import _gpus_per_replica
+from driftsim.cli.main import app
+from driftsim.costmodel.batch import StepBatch
+from driftsim.costmodel.kernels import aiconfigurator
+from driftsim.costmodel.kernels.aiconfigurator import AIConfiguratorSource, data_root
+from driftsim.costmodel.kernels.architecture import load_architecture
+from driftsim.costmodel.kernels.build import HOST, build_profile, kernel_source
+from driftsim.costmodel.kernels.compose import IterationBatch, IterationComposer
+from driftsim.costmodel.kernels.source import KernelDataError, KernelSource
+from driftsim.costmodel.profiles import PROFILE_DIR, list_profiles, load_profile
+from driftsim.costmodel.tokentable import TokenTableCostModel
+from tests.factories import random_trace
+
+LLAMA = "meta-llama/Llama-3.1-8B"
+KERNEL_PROFILES = [n for n in list_profiles() if n.endswith("-kernels")]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def h100() -> AIConfiguratorSource:
+    return AIConfiguratorSource("h100")
+
+
+# ---- the source: interpolate inside the grid, refuse outside ---------------
+
+def test_gemm_at_a_measured_point_is_the_measured_median_and_between_points_lies_between(h100):
+    table = pl.read_parquet(data_root() / "h100_sxm/gemm/vllm/0.24.0/gemm_perf.parquet").filter(
+        (pl.col("gemm_dtype") == "bfloat16") & (pl.col("n") == 4096) & (pl.col("k") == 4096))
+    at = {m: table.filter(pl.col("m") == m)["latency"].median() * 1e-3 for m in (1024, 1280)}
+    assert h100.gemm_time(1024, 4096, 4096) == pytest.approx(at[1024], rel=1e-12)
+    mid = h100.gemm_time(1152, 4096, 4096)
+    assert min(at.values()) <= mid <= max(at.values())
+    assert isinstance(h100, KernelSource)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda s: s.gemm_time(40_000, 4096, 4096), "outside the measured m range"),
+    (lambda s: s.gemm_time(16, 100_000, 4096), "outside the measured range"),
+    (lambda s: s.generation_attention_time(2048, 60_000, 32, 8, 128), "not measured around this point"),
+    (lambda s: s.context_attention_time(1, 40_000, 32, 8, 128), "outside the measured range"),
+    (lambda s: s.allreduce_time(1 << 20, 3), "measured only for 2, 4, 8 GPUs"),
+])
+def test_a_question_outside_the_grid_is_refused_with_what_is_covered(h100, call, words):
+    with pytest.raises(KernelDataError, match=words):
+        call(h100)
+
+
+def test_unmeasured_kv_heads_are_split_into_measured_groups_of_the_same_work(h100):
+    # 16 KV heads are not in the decode table; 16/16 heads over batch b == 8/8 heads over batch 2b
+    assert h100.generation_attention_time(4, 512, 16, 16, 128) == h100.generation_attention_time(8, 512, 8, 8, 128)
+
+
+def test_an_unknown_gpu_lists_the_covered_ones():
+    with pytest.raises(KernelDataError, match="a100, h100, h200, l4, l40s"):
+        kernel_source("b300")
+
+
+def test_a_missing_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(aiconfigurator.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(KernelDataError, match=r"pip install 'driftsim\[kernels\]'"):
+        AIConfiguratorSource("h100")
+
+
+def test_l4_is_l40s_scaled_by_the_datasheet_ratios():
+    l4, l40s = kernel_source("l4"), AIConfiguratorSource("l40s")
+    ratio = l4.gemm_time(4096, 4096, 4096) / l40s.gemm_time(4096, 4096, 4096)
+    assert ratio == pytest.approx(362 / 121)  # compute-bound
+    assert l4.gemm_time(1, 4096, 4096) / l40s.gemm_time(1, 4096, 4096) == pytest.approx(864 / 300)  # memory-bound
+    assert "transferred from NVIDIA L40S to NVIDIA L4" in l4.provenance()[0]
+
+
+# ---- architectures ------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, words", [
+    ({"num_local_experts": 8}, "mixture-of-experts"),
+    ({"kv_lora_rank": 512}, "latent attention"),
+    ({"sliding_window": 4096}, "sliding-window"),
+])
+def test_a_config_the_composer_cannot_model_is_refused_with_the_reason(tmp_path, extra, words):
+    config = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512,
+              "vocab_size": 1000, **extra}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(KernelDataError, match=words):
+        load_architecture(str(path))
+
+
+def test_a_dense_config_json_reads_like_the_bundled_architecture(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+                                "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+                                "model_type": "llama", "tie_word_embeddings": False}))
+    assert replace(load_architecture(str(path)), name=LLAMA) == load_architecture(LLAMA)
+
+
+# ---- the composer ---------------------------------------------------------------
+
+def test_decode_grows_with_batch_and_context_and_all_reduce_appears_only_with_tp(h100):
+    one = IterationComposer(h100, load_architecture(LLAMA), tp=1, host=HOST)
+    times = [one.time(IterationBatch(decode_ctx=(ctx,) * n)) for n, ctx in ((1, 512), (32, 512), (32, 4096))]
+    assert times[0] < times[1] < times[2]
+    assert one.breakdown(IterationBatch(decode_ctx=(512,)))["allreduce_s"] == 0.0
+    four = IterationComposer(h100, load_architecture("meta-llama/Llama-3.1-70B"), tp=4, host=HOST)
+    assert four.breakdown(IterationBatch(decode_ctx=(512,)))["allreduce_s"] > 0.0
+
+
+def test_a_prefill_chunk_after_a_prefix_costs_more_attention_than_without(h100):
+    c = IterationComposer(h100, load_architecture(LLAMA), tp=1, host=HOST)
+    fresh = c.breakdown(IterationBatch(prefill_chunks=((0, 1024),)))
+    after = c.breakdown(IterationBatch(prefill_chunks=((4096, 1024),)))
+    assert after["prefill_attention_s"] > fresh["prefill_attention_s"]
+    assert after["gemm_s"] == fresh["gemm_s"]
+
+
+# ---- the token-table cost model -------------------------------------------------
+
+TABLE = TokenTableCostModel(overhead_s=1e-3, token_knots=[1, 16, 256, 4096], token_cost_s=[1e-4, 2e-4, 3e-3, 5e-2],
+                            per_token_s=1.2e-5, per_prefill_attn_s=1e-9, per_prefill_seq_s=1e-5,
+                            per_decode_seq_s=2e-6, per_decode_ctx_token_s=3e-8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 5000), ctx=st.integers(0, 10**7), k=st.integers(1, 40))
+def test_token_table_decode_runs_equal_single_steps_bit_for_bit(n, ctx, k):
+    run = TABLE.decode_run_times(n, ctx, k)
+    single = [TABLE.step_time(StepBatch(decode_seqs=n, decode_ctx_tokens=ctx + j * n)) for j in range(k)]
+    assert run.tolist() == single
+
+
+@settings(max_examples=80, deadline=None)
+@given(p=st.integers(0, 20000), d=st.integers(0, 600), extra=st.integers(1, 5000),
+       field=st.sampled_from(["prefill_tokens", "prefill_seqs", "prefill_attn_tokens", "decode_seqs",
+                              "decode_ctx_tokens"]))
+def test_token_table_is_non_decreasing_in_every_kind_of_work(p, d, extra, field):
+    batch = StepBatch(prefill_tokens=p, prefill_seqs=min(p, 3), prefill_attn_tokens=p * p / 2, decode_seqs=d,
+                      decode_ctx_tokens=d * 300)
+    if batch.total_tokens == 0:
+        return
+    bigger = replace(batch, **{field: getattr(batch, field) + extra})
+    assert TABLE.step_time(bigger) >= TABLE.step_time(batch) > 0
+
+
+def test_a_falling_token_table_is_rejected():
+    with pytest.raises(ValueError, match="non-decreasing"):
+        TokenTableCostModel(overhead_s=1e-3, token_knots=[1, 2], token_cost_s=[2e-3, 1e-3])
+
+
+# ---- build and the bundled profiles ----------------------------------------------
+
+def test_a_build_is_deterministic_and_loads_as_a_profile(tmp_path):
+    first, result = build_profile(gpu="h100", model=LLAMA, samples=300, date="2026-12-05")
+    second, _ = build_profile(gpu="h100", model=LLAMA, samples=300, date="2026-12-05")
+    assert first == second
+    path = tmp_path / "p.toml"
+    path.write_text(first)
+    profile = load_profile(path)
+    assert profile.provenance["source"] == "measured-kernels"
+    assert any("h100_sxm/gemm/vllm/0.24.0" in s for s in profile.provenance["spec_sources"])
+    assert result.errors["fitted"]["decode_median"] < 0.05
+
+
+def test_every_bundled_gpu_and_model_has_a_kernel_profile():
+    assert len(KERNEL_PROFILES) == 28
+    for gpu in ("a100", "h100", "h200", "l40s", "l4"):
+        for model in ("llama-3.1-8b", "qwen2.5-7b", "qwen1.5-1.8b-chat", "mistral-7b-v0.3"):
+            assert f"{gpu}-{model}-kernels" in KERNEL_PROFILES
+    assert {"a100-llama-3.1-8b", "h100-llama-3.1-8b", "l4-qwen1.5-1.8b-chat"} <= set(list_profiles())
+
+
+@pytest.mark.parametrize("name", KERNEL_PROFILES)
+def test_a_bundled_kernel_profile_is_reproduced_by_rebuilding_it(name):
+    bundled = tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())
+    built_with = next(s for s in bundled["provenance"]["spec_sources"] if s.startswith("aiconfigurator-core"))
+    assert built_with.split()[1] == importlib.metadata.version("aiconfigurator-core"), \
+        f"{name} was built from {built_with.split()[:2]}; install that version (tests/setup.sh pins it)"
+    gpu = name.split("-", 1)[0]
+    model = bundled["model"]["name"]
+    tp = bundled["engine_defaults"]["tensor_parallel_size"]
+    text, _ = build_profile(gpu=gpu, model=model, tp=tp, date=bundled["provenance"]["date"])
+    rebuilt = tomllib.loads(text)
+    for key in ("heldout_error_fitted", "heldout_error_roofline"):
+        for k, v in bundled["provenance"].get(key, {}).items():
+            assert rebuilt["provenance"][key][k] == pytest.approx(v, abs=2e-4), (key, k)
+    for k, v in bundled["cost_model"].items():
+        if isinstance(v, float):
+            assert rebuilt["cost_model"][k] == pytest.approx(v, rel=1e-6, abs=1e-15), k
+    assert rebuilt["cost_model"]["token_cost_s"] == pytest.approx(bundled["cost_model"]["token_cost_s"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["h100-llama-3.1-8b-kernels", "h100-llama-3.1-70b-tp4-kernels",
+                                  "l4-qwen1.5-1.8b-chat-kernels"])
+def test_a_bundled_kernel_profile_simulates(name):
+    profile = load_profile(name)
+    trace = random_trace(60, rate=10.0, seed=0)
+    result = driftsim.simulate(trace, cost=profile.cost_model,
+                               engine=driftsim.EngineConfig(mode="continuous", max_num_seqs=64))
+    assert result.requests.height == 60
+    ttft = result.requests["ttft_s"].to_numpy()
+    assert np.isfinite(ttft).all() and (ttft > 0).all()
+
+
+# ---- the command ------------------------------------------------------------------
+
+def test_profiles_build_writes_a_profile_and_prints_its_error(tmp_path):
+    out = tmp_path / "p.toml"
+    res = runner.invoke(app, ["profiles", "build", "--gpu", "a100", "--model", LLAMA, "--samples", "300",
+                              "--out", str(out), "--date", "2026-12-05"])
+    assert res.exit_code == 0, res.output
+    assert "held-out error" in res.output and out.is_file()
+    assert load_profile(out).name == "a100-llama-3.1-8b-kernels"
+
+
+def test_profiles_build_on_an_uncovered_gpu_exits_2_naming_the_flag():
+    res = runner.invoke(app, ["profiles", "build", "--gpu", "l40", "--model", LLAMA])
+    assert res.exit_code == 2
+    assert "--gpu 'l40'" in res.output and "covered GPUs" in res.output
+
+
+def test_a_tensor_parallel_replica_is_priced_per_gpu_in_a_gpu_mix():
+    assert _gpus_per_replica("h100-llama-3.1-70b-tp4-kernels") == 4
+    assert _gpus_per_replica("h100-llama-3.1-8b") == 1
+    group = load_profile("h100-llama-3.1-70b-tp4-kernels")
+    assert group.gpu.mem_bytes == 4 * load_profile("h100-llama-3.1-8b-kernels").gpu.mem_bytes
