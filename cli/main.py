@@ -12,6 +12,7 @@ this module and ``capacity_cmds`` (best of 5, ``/usr/bin/time``, on the
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -85,6 +86,14 @@ def simulate(
     rate_scale: Optional[float] = typer.Option(None, "--rate-scale", help="Multiply the request rate (2 = twice as many requests per second).", rich_help_panel="Workload"),
     duration: Optional[float] = typer.Option(None, "--duration-s", "--duration", help="Keep only arrivals in the first this many seconds (--duration: old name).", rich_help_panel="Workload"),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", min=1, help="Keep only the first N requests.", rich_help_panel="Workload"),
+    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", min=1, help="Requests to send, as vllm bench serve: generated (default 1000), or the first N of --trace.", rich_help_panel="Workload"),
+    request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Mean requests per second, as vllm bench serve ('inf': all at once, the default when generating); with --trace it re-times the trace.", rich_help_panel="Workload"),
+    burstiness: Optional[float] = typer.Option(None, "--burstiness", help="Gamma shape of the gaps between requests, as vllm bench serve: 1 Poisson (default), below 1 burstier, 'inf' evenly spaced.", rich_help_panel="Workload"),
+    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="Generated prompts: mean length, tokens (default 1024).", rich_help_panel="Workload"),
+    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="Generated outputs: mean length, tokens (default 128).", rich_help_panel="Workload"),
+    range_ratio: Optional[float] = typer.Option(None, "--range-ratio", min=0, help="Generated lengths uniform in [len*(1-r), len*(1+r)] (default 0: fixed).", rich_help_panel="Workload"),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1, help="Closed-loop client, as vllm bench serve: at most N requests in flight; the next is sent when one completes.", rich_help_panel="Workload"),
+    think_s: Optional[float] = typer.Option(None, "--think-s", min=0, help="With --max-concurrency: pause, seconds, between a completion and the send it allows.", rich_help_panel="Workload"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="GPU x model profile name or file (see `driftsim profiles list`).", rich_help_panel="Hardware"),
     replicas: Optional[int] = typer.Option(None, "--replicas", "-r", min=1, help="Engine replicas (one GPU each). Default: the scenario's (1).", rich_help_panel="Hardware"),
     mode: Optional[EngineMode] = typer.Option(None, "--mode", help="continuous: vLLM server; microbatch: DriftSched worker. Default: the scenario's (driftsched: microbatch; vllm: continuous).", rich_help_panel="Engine"),
@@ -112,8 +121,13 @@ def simulate(
     force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them).", rich_help_panel="Output"),
     summary_only: bool = typer.Option(False, "--summary-only", help="Keep no per-request rows: write summary.json only (percentiles within 0.5 %, from a streaming sketch). A native trace file is read lazily; memory stays flat.", rich_help_panel="Output"),
     stream: bool = typer.Option(False, "--stream", help="Read a native trace file lazily and write requests.parquet as requests settle; memory stays flat (percentiles within 0.5 %).", rich_help_panel="Output"),
+    report: bool = typer.Option(False, "--report", help="Also record the engine's batch, queue and KV use (engine_samples.parquet) and write report.html (offline).", rich_help_panel="Output"),
 ) -> None:
     """Simulate a scenario and print per-tenant latency, throughput and SLO attainment.
+
+    Workload flags are named as vllm bench serve names them: with no
+    --trace they generate the requests (its random dataset); with --trace,
+    --num-prompts keeps the first N and --request-rate re-times them.
 
     With --trace, --profile or a workload flag (and no --scenario) it
     simulates a vLLM server: continuous batching with the profile's limits.
@@ -131,6 +145,10 @@ def simulate(
 
       driftsim simulate --scenario my.toml --rate-scale 1.5 --replicas 2
 
+      driftsim simulate --num-prompts 200 --request-rate 4 --input-len 512 --output-len 128 --report
+
+      driftsim simulate --trace traces/data/azure2023_conv.csv --max-concurrency 8 --num-prompts 100
+
       driftsim simulate --trace week.parquet --summary-only
     """
     _simulate(_SimulateOptions(**locals()))  # the first statement: locals() is exactly the flags
@@ -147,6 +165,14 @@ class _SimulateOptions:
     rate_scale: float | None
     duration: float | None
     max_requests: int | None
+    num_prompts: int | None
+    request_rate: float | None
+    burstiness: float | None
+    input_len: int | None
+    output_len: int | None
+    range_ratio: float | None
+    max_concurrency: int | None
+    think_s: float | None
     profile: str | None
     replicas: int | None
     mode: EngineMode | None
@@ -174,6 +200,7 @@ class _SimulateOptions:
     force: bool
     summary_only: bool
     stream: bool
+    report: bool
 
     @property
     def base_scenario(self) -> Path | str | None:
@@ -181,8 +208,49 @@ class _SimulateOptions:
         workload flag is given (a vLLM user's expectation); else the embedded DriftSched set-up."""
         if self.scenario is not None:
             return self.scenario
-        workload = (self.trace, self.profile, self.tenants, self.rate_scale, self.duration, self.max_requests)
+        workload = (self.trace, self.profile, self.tenants, self.rate_scale, self.duration, self.max_requests,
+                    *self.bench_flags.values(), self.max_concurrency)  # fmt: skip
         return "vllm" if any(v is not None for v in workload) else None
+
+    @property
+    def bench_flags(self) -> dict[str, object]:
+        """The vllm bench serve workload flags, by flag name (None = not given)."""
+        return {"--num-prompts": self.num_prompts, "--request-rate": self.request_rate, "--burstiness": self.burstiness,
+                "--input-len": self.input_len, "--output-len": self.output_len, "--range-ratio": self.range_ratio}
+
+    def conflict(self) -> str | None:
+        """Two flags that cannot go together, as a sentence naming both; None when they all fit."""
+        given = {flag for flag, v in self.bench_flags.items() if v is not None}
+        pairs = [("--trace", f, "a trace brings its own lengths") for f in ("--input-len", "--output-len", "--range-ratio")]
+        pairs += [("--max-requests", "--num-prompts", "both keep the first N requests"),
+                  ("--rate-scale", "--request-rate", "one scales the trace's rate, the other sets the rate")]
+        for a, b, why in pairs:
+            if b in given and getattr(self, a[2:].replace("-", "_")) is not None:
+                return f"{a} and {b} cannot go together: {why}; give one of them"
+        if self.trace is not None and "--burstiness" in given and "--request-rate" not in given:
+            return "--burstiness re-times --trace only with --request-rate (the mean rate); give both or neither"
+        if self.think_s is not None and self.max_concurrency is None:
+            return "--think-s is the pause before a freed slot of --max-concurrency is used; give --max-concurrency"
+        if self.max_concurrency is not None and (self.summary_only or self.stream):
+            return (f"--max-concurrency and {'--summary-only' if self.summary_only else '--stream'} cannot go "
+                    "together: the closed loop sends on completions, which needs the results in memory")
+        for flag in ("--request-rate", "--burstiness"):
+            v = self.bench_flags[flag]
+            if v is not None and not v > 0:
+                return f"{flag}: expected a number > 0 or inf, got {v}"
+        if self.range_ratio is not None and not self.range_ratio < 1:
+            return f"--range-ratio: expected a number in [0, 1), got {self.range_ratio}"
+        return None
+
+    @property
+    def generates(self) -> bool:
+        """Whether the workload is generated from the bench flags: with no trace, a length flag, or any bench flag
+        on the default scenario."""
+        if self.trace is not None:
+            return False
+        lengths = (self.input_len, self.output_len, self.range_ratio)
+        return any(v is not None for v in lengths) or (
+            self.scenario is None and any(v is not None for v in self.bench_flags.values()))
 
     @property
     def results(self) -> str:
@@ -191,9 +259,13 @@ class _SimulateOptions:
 
     def overrides(self, tenant_weights: dict[str, float] | None) -> dict:
         """The flags as scenario overrides (the scenario's tables and keys)."""
-        workload: dict = {"rate_scale": self.rate_scale, "duration_s": self.duration, "max_requests": self.max_requests}
+        workload: dict = {"rate_scale": self.rate_scale, "duration_s": self.duration, "max_requests": self.max_requests,
+                          "max_concurrency": self.max_concurrency, "think_s": self.think_s}  # fmt: skip
+        workload.update({flag[2:].replace("-", "_"): "inf" if v == math.inf else v for flag, v in self.bench_flags.items()})
         if self.trace is not None:
             workload.update(kind="trace", path=str(self.trace), format=self.trace_format)
+        elif self.generates:
+            workload["kind"] = "bench"
         if tenant_weights is not None:
             workload["assign_tenants"] = tenant_weights
         engine = {
@@ -221,6 +293,7 @@ def _simulate(opts: _SimulateOptions) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from driftsim.sim.outdir import claim_folder, discard_if_empty
+    from driftsim.sim.sampling import EngineSampler
     from driftsim.sim.scenario_folder import FolderRun, run_scenario_to_folder
     from driftsim.traces.transform import parse_tenant_weights
 
@@ -235,6 +308,9 @@ def _simulate(opts: _SimulateOptions) -> None:
     if opts.oracle_regret and (opts.summary_only or opts.stream):
         _fail("--oracle-regret needs the trace and results in memory; drop --summary-only / --stream")
         return
+    if opts.conflict():
+        _fail(opts.conflict())
+        return
     folder = None
     try:
         sc = load_scenario(opts.base_scenario, opts.overrides(weights))
@@ -246,13 +322,21 @@ def _simulate(opts: _SimulateOptions) -> None:
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
         ) as bar:
             task = bar.add_task("sim", total=1.0)
-            done = run_scenario_to_folder(sc, run=run, progress=lambda f: bar.update(task, completed=f))
+            sampler = EngineSampler() if opts.report else None
+            done = run_scenario_to_folder(sc, run=run, progress=lambda f: bar.update(task, completed=f),
+                                          observers=[sampler] if sampler else None)  # fmt: skip
     except _input_errors() as exc:
         if folder is not None and new:
             discard_if_empty(folder)  # a run refused on its input leaves no empty folder behind
         _fail(str(exc))
         return
     _print_simulation(sc.name, done)
+    if sampler is not None:
+        from driftsim.experiments.run_report import write_run_report
+
+        sampler.write(folder)
+        console.print(f"report written to [bold]{write_run_report(folder, folder / 'report.html')}[/] (opens offline)",
+                      highlight=False)  # fmt: skip
 
 
 def _print_simulation(name: str, done) -> None:

@@ -32,16 +32,23 @@ def describe_run(context: dict, replicas: int) -> str:
     else:
         where = "in front of the micro-batch worker"
     source = profile.get("provenance", {}).get("source", "unknown")
+    loop = context.get("closed_loop")
+    client = ""
+    if loop:
+        think = f", {loop['think_s']:g} s think time" if loop["think_s"] else ""
+        client = f", closed-loop client: at most {loop['max_concurrency']} requests in flight{think}"
     return (
         f"ran: {engine['mode']} engine x{replicas} ({limits}; KV {context['kv_blocks_per_replica']:,} blocks of "
         f"{engine['block_size']} tokens per replica), policy {gateway['policy']} {where}, "
-        f"profile {profile['name']} ({PROVENANCE.get(source, source)})"
+        f"profile {profile['name']} ({PROVENANCE.get(source, source)}){client}"
     )
 
 
 def overload_note(summary: dict, context: dict) -> str | None:
     """A sentence with the offered and the served request rate when the engine could not keep up; else None."""
     span = context.get("arrival_span_s")
+    if context.get("closed_loop"):
+        return None  # a closed loop sends only when a slot frees: its queues cannot grow without bound
     overall = summary.get("overall", {})
     if not span or span <= 0 or not overall.get("requests"):
         return None

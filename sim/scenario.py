@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,13 @@ import polars as pl
 from driftsim.admission.controller import AdmissionConfig
 from driftsim.costmodel.profiles import Profile, ProfileError, load_profile
 from driftsim.sim.client import ClientConfig
+from driftsim.sim.closed_loop import ClosedLoop, simulate_closed_loop
 from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
+from driftsim.sim.events import Observer
 from driftsim.sim.policies import make_policy
 from driftsim.sim.run import SimResult, simulate
 from driftsim.traces import transform
+from driftsim.traces.bench_workload import BenchWorkload, generate_bench, with_arrivals
 from driftsim.traces.driftsched import driftsched_workload
 from driftsim.traces.loaders import LoadReport, load_trace_with_report
 from driftsim.traces.schema import TraceError
@@ -67,9 +71,18 @@ _TOP_KEYS = {
     "name", "description", "seed", "replicas", "profile", "horizon_s", "workload", "engine", "gateway", "tenants",
     "admission", "client",
 }
+#: ``vllm bench serve``'s workload flags as ``[workload]`` keys. With ``kind = "bench"`` they generate the
+#: workload (:func:`driftsim.traces.bench_workload.generate_bench`); on any other workload ``num_prompts``
+#: keeps the first N requests and ``request_rate`` / ``burstiness`` re-time them
+#: (:func:`driftsim.traces.bench_workload.with_arrivals`). ``request_rate`` and ``burstiness`` may be "inf".
+BENCH_KEYS = ("num_prompts", "request_rate", "burstiness", "input_len", "output_len", "range_ratio")
+#: Keys that only shape a generated (``kind = "bench"``) workload.
+BENCH_GENERATE_ONLY = ("input_len", "output_len", "range_ratio")
+#: The closed-loop client (``vllm bench serve --max-concurrency``), see :mod:`driftsim.sim.closed_loop`.
+CLOSED_LOOP_KEYS = ("max_concurrency", "think_s")
 _WORKLOAD_KEYS = {
     "kind", "path", "format", "assign_tenants", "assign_method", "rate_scale", "duration_s", "max_requests",
-    "tenants", "num_requests", "params",
+    "tenants", "num_requests", "params", *BENCH_KEYS, *CLOSED_LOOP_KEYS,
 }
 _TENANT_KEYS = {"priority", "slo_ttft_s", "slo_e2e_s"}
 
@@ -161,6 +174,7 @@ def check_scenario(raw: dict, where: str) -> None:
     _int_in(w, "num_requests", 1, LIMITS["requests"], ww)
     _typed(w, "params", dict, ww)
     _typed(w, "tenants", list, ww)
+    _check_bench_keys(w, ww)
     if len(w.get("tenants", [])) > LIMITS["tenants"]:
         raise ConfigError(f"{ww}: {len(w['tenants'])} tenants; at most {LIMITS['tenants']}")
     if "assign_tenants" in w:
@@ -180,6 +194,32 @@ def check_scenario(raw: dict, where: str) -> None:
         _int_in(table, "priority", -LIMITS["priority"], LIMITS["priority"], wt)
         _seconds(table, "slo_ttft_s", wt)
         _seconds(table, "slo_e2e_s", wt)
+
+
+def _check_bench_keys(w: dict, where: str) -> None:
+    """The ``vllm bench serve`` keys of ``[workload]``: types and ranges (BenchWorkload checks the rest)."""
+    for key in ("num_prompts", "input_len", "output_len"):
+        _int_in(w, key, 1, LIMITS["requests"], where)
+    for key in ("request_rate", "burstiness"):
+        v = w.get(key)
+        if v is not None and v != "inf" and not (_is_number(v) and v > 0):
+            raise ConfigError(f"{where} {key}: expected a number > 0 or \"inf\", got {v!r:.80}")
+    r = w.get("range_ratio")
+    if r is not None and not (_is_number(r) and 0 <= r < 1):
+        raise ConfigError(f"{where} range_ratio: expected a number in [0, 1), got {r!r:.80}")
+    _int_in(w, "max_concurrency", 1, LIMITS["requests"], where)
+    t = w.get("think_s")
+    if t is not None and not (_is_number(t) and 0 <= t <= LIMITS["seconds"]):
+        raise ConfigError(f"{where} think_s: expected a number of seconds in [0, {LIMITS['seconds']:g}], got {t!r:.80}")
+    if w.get("request_rate") is not None and w.get("rate_scale", 1.0) != 1.0:
+        raise ConfigError(f"{where} request_rate: sets the rate itself; drop rate_scale (a multiplier of the trace's)")
+    if "think_s" in w and "max_concurrency" not in w:
+        raise ConfigError(f"{where} think_s: the pause before a freed slot is used needs max_concurrency")
+    kind = w.get("kind", "trace" if "path" in w else "driftsched")
+    misplaced = [k for k in BENCH_GENERATE_ONLY if k in w] if kind != "bench" else []
+    if misplaced:
+        raise ConfigError(f"{where} {misplaced[0]}: shapes a generated workload (kind = \"bench\"); this workload "
+                          f"is kind {kind!r}, whose lengths are its own")
 
 
 def _check_data(value: Any, where: str, key: str, depth: int) -> None:
@@ -343,11 +383,16 @@ def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
             df = driftsched_workload(seed=seed, **w.get("params", {}))
         except TypeError as exc:
             raise ConfigError(f"scenario {scenario.name!r} [workload.params]: {exc}") from None
+    elif kind == "bench":
+        df = generate_bench(bench_workload(w, seed))
     else:
         raise ConfigError(
-            f"scenario {scenario.name!r} [workload]: unknown kind {kind!r}; expected trace, synthetic or driftsched"
+            f"scenario {scenario.name!r} [workload]: unknown kind {kind!r}; expected trace, synthetic, driftsched "
+            "or bench"
         )
-    if w.get("assign_tenants"):
+    if kind != "bench":
+        df = _bench_over_table(df, w, seed)
+    if w.get("assign_tenants") and kind != "bench":
         df = transform.assign_tenants(
             df, w["assign_tenants"], seed=seed, method=w.get("assign_method", "random"), replace=True
         )
@@ -368,6 +413,32 @@ def build_trace(scenario: Scenario) -> tuple[pl.DataFrame, LoadReport | None]:
     if df.height == 0:
         raise ConfigError(f"scenario {scenario.name!r}: the workload has no requests")
     return df, report
+
+
+def _rate(v: Any) -> float:
+    return math.inf if v == "inf" else float(v)
+
+
+def bench_workload(w: dict, seed: int) -> BenchWorkload:
+    """The ``vllm bench serve`` workload a ``kind = "bench"`` table describes (unset keys: vLLM's defaults);
+    ``assign_tenants`` gives the tenant mix."""
+    tenants = w.get("assign_tenants") or {"default": 1.0}
+    if isinstance(tenants, list):
+        tenants = dict.fromkeys(tenants, 1.0)
+    given = {k: _rate(w[k]) if k in ("request_rate", "burstiness") else w[k] for k in BENCH_KEYS if k in w}
+    return BenchWorkload(**given, tenants=tenants, seed=seed)
+
+
+def _bench_over_table(df: pl.DataFrame, w: dict, seed: int) -> pl.DataFrame:
+    """``num_prompts`` and ``request_rate`` / ``burstiness`` applied to a workload that was not generated from them."""
+    if w.get("num_prompts") is not None:
+        df = transform.head(df.sort("arrival_s", maintain_order=True), int(w["num_prompts"]))
+    if w.get("request_rate") is not None:
+        df = with_arrivals(df.sort("arrival_s", maintain_order=True), _rate(w["request_rate"]),
+                           _rate(w.get("burstiness", 1.0)), seed)  # fmt: skip
+    elif w.get("burstiness") is not None:
+        raise ConfigError("workload burstiness: re-times a trace only together with request_rate (the mean rate)")
+    return df
 
 
 def _tenant_load(t: dict, scenario: str) -> TenantLoad:
@@ -447,12 +518,16 @@ def place_policy(gateway: GatewayConfig, engine: EngineConfig, placement_given: 
     return replace(gateway, placement="engine"), []
 
 
-def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = False) -> tuple[SimResult, dict]:
+def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = False,
+                 observers: Iterable[Observer] | None = None) -> tuple[SimResult, dict]:  # fmt: skip
     """Build everything and simulate; returns the result and a context dict for reports.
 
     With ``oracle_regret`` the same trace is simulated again with the real
     output lengths as estimates, and ``context["regret"]`` holds the latency
-    gap per tenant (this run minus the oracle's).
+    gap per tenant (this run minus the oracle's). ``observers`` receive the
+    engines' and the gateway's events (:mod:`driftsim.sim.events`) of the
+    reported run only. A workload with ``max_concurrency`` is sent by a
+    closed-loop client (:func:`driftsim.sim.closed_loop.simulate_closed_loop`).
     """
     run, context = simulation_setup(scenario)
     admission = build_admission(scenario)
@@ -460,11 +535,43 @@ def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = Fal
     trace, report = build_trace(scenario)
     context["trace_repairs"] = list(report.repairs) if report is not None else []
     context["arrival_span_s"] = float(trace["arrival_s"].max() - trace["arrival_s"].min()) if trace.height > 1 else 0.0
-    result = simulate(trace, admission=admission, progress=progress, **run)
+    loop = closed_loop(scenario)
+    if loop is not None:
+        context["closed_loop"] = {"max_concurrency": loop.max_concurrency, "think_s": loop.think_s}
+    result = _simulate(trace, loop, admission=admission, progress=progress, observers=observers, **run)
     if oracle_regret:
-        oracle = simulate(trace, admission=AdmissionConfig(estimator="oracle"), **run)
+        oracle = _simulate(trace, loop, admission=AdmissionConfig(estimator="oracle"), **run)
         context["regret"] = regret(result.summary, oracle.summary)
     return result, context
+
+
+def closed_loop(scenario: Scenario) -> ClosedLoop | None:
+    """The scenario's closed-loop client (``[workload] max_concurrency``, ``think_s``); None for open loop."""
+    w = scenario.raw.get("workload", {})
+    if w.get("max_concurrency") is None:
+        return None
+    return ClosedLoop(max_concurrency=int(w["max_concurrency"]), think_s=float(w.get("think_s", 0.0)))
+
+
+def _simulate(trace: pl.DataFrame, loop: ClosedLoop | None, *, observers=None, progress=None, **kwargs) -> SimResult:
+    """One open-loop run, or the closed loop's fixed point; observers see the reported run only.
+
+    NOTE: the closed loop runs the trace until its send times settle; each
+    pass would feed the observers again, so the settled send times are run
+    once more with the observers (same inputs, same run: the simulator is
+    deterministic).
+    """
+    if loop is None:
+        return simulate(trace, observers=observers, progress=progress, **kwargs)
+    result = simulate_closed_loop(trace, loop, **kwargs)
+    if observers:
+        sent = trace.join(result.requests.select("request_id", "arrival_s"), on="request_id", how="left",
+                          suffix="_sent", maintain_order="left")  # fmt: skip
+        again = simulate(sent.with_columns(pl.col("arrival_s_sent").alias("arrival_s")).drop("arrival_s_sent"),
+                         observers=observers, **kwargs)  # fmt: skip
+        again.summary["closed_loop"] = result.summary["closed_loop"]
+        result = again
+    return result
 
 
 def regret(run: dict, oracle: dict) -> dict:

@@ -11,10 +11,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from driftsim.errors import ConfigError
 from driftsim.sim.atomic import atomic_write_parquet, atomic_write_text
+from driftsim.sim.events import Observer
 from driftsim.sim.run import SimResult
 from driftsim.sim.scenario import Scenario, run_scenario
 from driftsim.sim.scenario_stream import run_scenario_streamed
@@ -49,16 +51,18 @@ class FolderRunResult:
     wall_s: float
 
 
-def run_scenario_to_folder(scenario: Scenario, *, run: FolderRun,
-                           progress: Callable[[float], None] | None = None) -> FolderRunResult:  # fmt: skip
-    """Simulate ``scenario`` keeping results as ``run`` says, then write the folder; ``progress`` gets the share of arrivals done."""
+def run_scenario_to_folder(scenario: Scenario, *, run: FolderRun, progress: Callable[[float], None] | None = None,
+                           observers: Iterable[Observer] | None = None) -> FolderRunResult:  # fmt: skip
+    """Simulate ``scenario`` keeping results as ``run`` says, then write the folder; ``progress`` gets the share of
+    arrivals done, ``observers`` the run's events (:mod:`driftsim.sim.events`)."""
     t0 = time.perf_counter()
     if run.results == "memory":
-        result, context = run_scenario(scenario, progress=progress, oracle_regret=run.oracle_regret)
+        result, context = run_scenario(scenario, progress=progress, oracle_regret=run.oracle_regret,
+                                       observers=observers)  # fmt: skip
     else:
         result, context = run_scenario_streamed(
             scenario, results_path=None if run.results == "summary" else run.folder / "requests.parquet",
-            summary_only=run.results == "summary", progress=progress,
+            summary_only=run.results == "summary", progress=progress, observers=observers,
         )  # fmt: skip
     wall_s = time.perf_counter() - t0
     save_run(run.folder, result, context)

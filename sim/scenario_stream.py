@@ -14,12 +14,14 @@ usual and fed in chunks.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import polars as pl
 
 from driftsim.sim.config import ConfigError
 from driftsim.sim.run import SimResult, simulate
-from driftsim.sim.scenario import Scenario, build_admission, build_trace, simulation_setup
+from driftsim.sim.events import Observer
+from driftsim.sim.scenario import BENCH_KEYS, Scenario, build_admission, build_trace, closed_loop, simulation_setup
 from driftsim.sim.streaming import DEFAULT_CHUNK_ROWS
 from driftsim.traces import transform
 from driftsim.traces.loaders import LoadReport, detect_format
@@ -30,8 +32,8 @@ def streamed_trace(scenario: Scenario, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) 
     """The scenario's workload: a lazy stream for a native trace file, else the table :func:`build_trace` makes."""
     w = scenario.raw.get("workload", {"kind": "driftsched"})
     kind = w.get("kind", "trace" if "path" in w else "driftsched")
-    if kind != "trace" or "path" not in w:
-        return build_trace(scenario)
+    if kind != "trace" or "path" not in w or any(w.get(k) is not None for k in BENCH_KEYS):
+        return build_trace(scenario)  # re-timing (request_rate) or num_prompts needs the whole table
     fmt = w.get("format", "auto")
     if (detect_format(w["path"]) if fmt == "auto" else fmt) != "native":
         return build_trace(scenario)  # public formats are sorted / re-based whole by their loaders
@@ -74,20 +76,26 @@ def run_scenario_streamed(
     summary_only: bool = False,
     progress=None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    observers: Iterable[Observer] | None = None,
 ) -> tuple[SimResult, dict]:
     """Like :func:`driftsim.sim.scenario.run_scenario`, with memory that does not grow with the trace.
 
     Give ``results_path`` (per-request rows written there as they settle) or
     ``summary_only``. The summary's percentiles come from the sketch
-    (``summary["percentiles"]`` says so); the oracle estimator only.
+    (``summary["percentiles"]`` says so); the oracle estimator only; no
+    closed-loop client (its send times come from the completions of rows
+    that a streamed run does not keep).
     """
     if not summary_only and results_path is None:
         raise ConfigError("a streamed run needs results_path, or summary_only")
+    if closed_loop(scenario) is not None:
+        raise ConfigError(f"scenario {scenario.name!r} [workload] max_concurrency: a closed-loop client needs the "
+                          "results in memory; run without streaming or summary-only")
     run, context = simulation_setup(scenario)
     admission = build_admission(scenario)
     trace, report = streamed_trace(scenario, chunk_rows=chunk_rows)
     result = simulate(trace, admission=admission, progress=progress, results_path=results_path,
-                      summary_only=summary_only, chunk_rows=chunk_rows, **run)
+                      summary_only=summary_only, chunk_rows=chunk_rows, observers=observers, **run)
     context.update(admission=admission.__dict__,
                    trace_repairs=list(report.repairs) if report is not None else [],
                    trace_streamed=isinstance(trace, TraceStream))
