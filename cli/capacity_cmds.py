@@ -484,23 +484,32 @@ def plan_policy(
 
 # --------------------------------------------------------------------------- report
 def report(
-    results: Path = typer.Argument(..., help="A results folder written by `driftsim sweep` or `driftsim plan`."),
+    results: Path = typer.Argument(..., help="A results folder written by `driftsim sweep`, `driftsim plan` or `driftsim simulate`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file; default RESULTS/report.html."),
-    price: Optional[list[str]] = typer.Option(None, "--price", help="$ per GPU-hour of a profile, PROFILE=USD (repeatable), for cost per million tokens."),
+    price: Optional[list[str]] = typer.Option(None, "--price", help="$ per GPU-hour of a profile, PROFILE=USD (repeatable), for cost per million tokens (sweeps and plans)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the report in the default browser (a local file; no server)."),
 ) -> None:
     """Write an interactive, self-contained HTML report of a results folder (plotly inlined; opens offline).
 
-    Latency vs load per tenant and policy with SLO lines, CDFs, queue depth,
-    running requests and estimated KV use over time, cost per million tokens.
+    A sweep or plan: latency vs load per tenant and policy with SLO lines,
+    CDFs, queue depth, running requests and estimated KV use over time, cost
+    per million tokens. A `driftsim simulate` run: the page `simulate
+    --report` writes (bench table, per-tenant CDFs, latency over time, and
+    the engine's batch, queue and KV use when the run recorded them).
 
     Example: driftsim report driftsim-out/sweep-20260101-120000 --open
     """
     from driftsim.capacity.report import write_report
     from driftsim.capacity.study import parse_prices
+    from driftsim.experiments.run_report import is_run_folder, write_run_report
 
     try:
-        path = write_report(results, out, prices=parse_prices(price))
+        if is_run_folder(results):
+            if price:
+                _fail("--price: cost per million tokens is for sweeps and plans; a simulate run has one profile")
+            path = write_run_report(results, out if out is not None else results / "report.html")
+        else:
+            path = write_report(results, out, prices=parse_prices(price))
     except _input_errors() as exc:
         _fail(str(exc))
         return

@@ -32,7 +32,7 @@ from driftsim.sim.run import SimResult
 from driftsim.sim.sampling import ENGINE_SAMPLES_FILE
 from driftsim.sim.summary_fields import bench_field
 
-__all__ = ["RunData", "load_run", "write_run_report", "TABLE_COLUMNS", "CDF_METRICS"]
+__all__ = ["RunData", "is_run_folder", "load_run", "write_run_report", "TABLE_COLUMNS", "CDF_METRICS"]
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 CDF_POINTS = 201
@@ -56,6 +56,13 @@ class RunData:
     summary: dict
     requests: pl.DataFrame | None  # None when the run kept only its summary
     samples: pl.DataFrame | None  # the engine's samples, None when not recorded
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder ``driftsim simulate`` wrote (``summary.json``, and no sweep's ``results`` table)."""
+    folder = Path(path)
+    sweep = any((folder / f"results.{ext}").is_file() for ext in ("parquet", "csv"))
+    return folder.is_dir() and (folder / "summary.json").is_file() and not sweep
 
 
 def load_run(run: str | os.PathLike | SimResult, *, samples: pl.DataFrame | None = None,
@@ -191,7 +198,8 @@ def write_run_report(run: str | os.PathLike | SimResult, path: str | os.PathLike
         parts.append("<p class='note'>This run kept only its summary: no per-request figures.</p>")
     figures.append(engine_figure(data.samples))
     if data.samples is None:
-        parts.append(f"<p class='note'>No engine samples ({ENGINE_SAMPLES_FILE}) in this run.</p>")
+        parts.append(f"<p class='note'>No engine samples ({ENGINE_SAMPLES_FILE}) in this run: the engine's batch, "
+                     "queue and KV use are recorded by <code>driftsim simulate --report</code>.</p>")
     parts += figures_html(figures)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
