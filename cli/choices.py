@@ -24,6 +24,21 @@ class PolicyName(str, Enum):
     vtc = "vtc"
 
 
+class TraceFormat(str, Enum):
+    """Trace file formats (:data:`driftsim.traces.loaders.FORMATS`); ``auto`` detects from the file."""
+
+    auto = "auto"
+    azure = "azure"
+    burstgpt = "burstgpt"
+    mooncake = "mooncake"
+    bailian = "bailian"
+    vidur = "vidur"
+    native = "native"
+    vllm_bench = "vllm-bench"
+    guidellm = "guidellm"
+    sharegpt = "sharegpt"
+
+
 class EngineMode(str, Enum):
     """``continuous``: vLLM's iteration-level batching; ``microbatch``: DriftSched's worker."""
 

@@ -23,7 +23,9 @@ import typer
 from rich.table import Table
 
 from driftsim import __version__
-from driftsim.cli.choices import Counter, EngineMode, Estimator, Granularity, Placement, PolicyName, RouterName, value
+from driftsim.cli.choices import (
+    Counter, EngineMode, Estimator, Granularity, Placement, PolicyName, RouterName, TraceFormat, value,
+)
 from driftsim.cli.render import inspect_table, make_console, print_estimation, print_summary
 from driftsim.sim.run_description import describe_run, overload_note
 
@@ -81,7 +83,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 def simulate(
     scenario: Optional[Path] = typer.Option(None, "--scenario", "-s", help="Scenario TOML, or a bundled one by name: 'driftsched' (micro-batch worker) or 'vllm' (continuous batching). Default: 'vllm' when --trace, --profile or a workload flag is given, else 'driftsched'.", rich_help_panel="Scenario"),
     trace: Optional[Path] = typer.Option(None, "--trace", "-t", help="Replay this trace file (Azure/BurstGPT CSV, Mooncake/Bailian JSONL, Vidur CSV, driftsim CSV/Parquet).", rich_help_panel="Workload"),
-    trace_format: str = typer.Option("auto", "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
+    trace_format: TraceFormat = typer.Option(TraceFormat.auto, "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
     tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a trace into tenants by weight: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
     rate_scale: Optional[float] = typer.Option(None, "--rate-scale", help="Multiply the request rate (2 = twice as many requests per second).", rich_help_panel="Workload"),
     duration: Optional[float] = typer.Option(None, "--duration-s", "--duration", help="Keep only arrivals in the first this many seconds (--duration: old name).", rich_help_panel="Workload"),
@@ -160,7 +162,7 @@ class _SimulateOptions:
 
     scenario: Path | None
     trace: Path | None
-    trace_format: str
+    trace_format: TraceFormat
     tenants: str | None
     rate_scale: float | None
     duration: float | None
@@ -263,7 +265,7 @@ class _SimulateOptions:
                           "max_concurrency": self.max_concurrency, "think_s": self.think_s}  # fmt: skip
         workload.update({flag[2:].replace("-", "_"): "inf" if v == math.inf else v for flag, v in self.bench_flags.items()})
         if self.trace is not None:
-            workload.update(kind="trace", path=str(self.trace), format=self.trace_format)
+            workload.update(kind="trace", path=str(self.trace), format=value(self.trace_format))
         elif self.generates:
             workload["kind"] = "bench"
         if tenant_weights is not None:
@@ -362,14 +364,14 @@ def _print_simulation(name: str, done) -> None:
 @traces_app.command("inspect")
 def traces_inspect(
     file: Path = typer.Argument(..., help="Trace file to describe."),
-    trace_format: str = typer.Option("auto", "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True),
+    trace_format: TraceFormat = typer.Option(TraceFormat.auto, "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True),
 ) -> None:
     """Print what a trace holds: span, rate, token-length percentiles, per tenant."""
     from driftsim.traces.inspect import inspect_trace
     from driftsim.traces.loaders import load_trace_with_report
 
     try:
-        df, report = load_trace_with_report(file, trace_format)
+        df, report = load_trace_with_report(file, value(trace_format))
     except _input_errors() as exc:
         _fail(str(exc))
         return

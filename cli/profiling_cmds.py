@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -72,11 +72,14 @@ def _pct(x: float) -> str:
 
 
 def profile(
-    engine: str = typer.Option("offline", "--engine", "-e", help="'offline' (vllm.LLM in this process: exact step times) or 'http' (any OpenAI-compatible server)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder. offline: the model to load; http: where to read config.json (optional) or what to serve with --launch."),
-    build_tiny_model: bool = typer.Option(False, "--build-tiny-model", help="Build (or reuse) the small random-weight Llama and profile it; nothing is downloaded."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="http: server base URL, e.g. http://127.0.0.1:8000."),
-    serve: bool = typer.Option(False, "--launch", "--serve", help="http: start a local vLLM server for --model, profile it, stop it, as `driftsim validate --launch` does (--serve: old name)."),
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="'offline' (vllm.LLM in this process: exact step times) or 'http' (any OpenAI-compatible server). Default: http with --endpoint, --launch or --launch-tiny, else offline."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder. offline: the model to load; http: where to read config.json (optional)."),
+    tiny_model: bool = typer.Option(False, "--tiny-model", help="offline: build (or reuse) the small random-weight Llama and profile it; nothing is downloaded."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="http: a running server's base URL, e.g. http://127.0.0.1:8000."),
+    launch: Optional[Path] = typer.Option(None, "--launch", help="http: start a local vLLM server for this model folder, profile it, stop it (as `driftsim validate --launch`)."),
+    launch_tiny: bool = typer.Option(False, "--launch-tiny", help="http: build (or reuse) the small random-weight Llama and launch it (as `driftsim validate --launch-tiny`)."),
+    build_tiny_model: bool = typer.Option(False, "--build-tiny-model", hidden=True, help="Old name of --tiny-model."),
+    serve: bool = typer.Option(False, "--serve", hidden=True, help="Old form of --launch: start a server for --model (or the tiny model)."),
     served_model: Optional[str] = typer.Option(None, "--served-model", help="http: model name on the server (default: its first model)."),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="http: file whose first line is the endpoint's API key (default: $DRIFTSIM_API_KEY, then $OPENAI_API_KEY). Sent to that endpoint only; never written anywhere."),
     budget_s: float = typer.Option(300.0, "--budget-s", help="Time for measuring (warm-up included), seconds. Minutes on a CPU; give a GPU 15-30 min."),
@@ -92,14 +95,23 @@ def profile(
 ) -> None:
     """Measure a real engine: run a sweep of prefill, decode and mixed steps and write one row per step.
 
+    The engine is named as `driftsim validate` names it: --endpoint URL (a
+    running server), --launch MODEL_DIR or --launch-tiny (a server started
+    and stopped here), or, offline, --model DIR or --tiny-model.
+
     Examples:
 
-      driftsim profile --build-tiny-model --budget-s 300 --out tiny.parquet
+      driftsim profile --tiny-model --budget-s 300 --out tiny.parquet
 
       driftsim profile --model /models/qwen1.5-1.8b-chat --budget-s 1800 --out l4.parquet
 
-      driftsim profile --engine http --endpoint http://127.0.0.1:8000 --max-num-seqs 256 --out srv.parquet
+      driftsim profile --endpoint http://127.0.0.1:8000 --max-num-seqs 256 --out srv.parquet
+
+      driftsim profile --launch-tiny --budget-s 300 --out tiny-http.parquet
     """
+    choice = resolve_engine(engine=engine, model=model, tiny_model=tiny_model or build_tiny_model, endpoint=endpoint,
+                            launch=launch, launch_tiny=launch_tiny, serve=serve)  # fmt: skip
+    engine, model, build_tiny_model, serve = choice.engine, choice.model, choice.tiny, choice.launches
     _check_profile_options(engine=engine, budget_s=budget_s, endpoint=endpoint, serve=serve, model=model,
                            build_tiny_model=build_tiny_model)
     out = out or Path("driftsim-out") / f"measurements-{datetime.now():%Y%m%d-%H%M%S}.parquet"
@@ -178,6 +190,39 @@ def _measure(driver, *, out: Path, budget_s: float, seed: int, extra: dict):
         return run_sweep(driver, out=out, budget_s=budget_s, seed=seed, extra_meta=extra, progress=progress)
 
 
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine ``driftsim profile`` measures, from its launch vocabulary (shared with ``driftsim validate``)."""
+
+    engine: str  # "offline" or "http"
+    model: Path | None  # the model folder to load, serve or read config.json from
+    tiny: bool  # the tiny random-weight Llama is the model (built or reused)
+    launches: bool  # a local vLLM server is started for the model
+
+
+def resolve_engine(*, engine: str | None, model: Path | None, tiny_model: bool, endpoint: str | None,
+                   launch: Path | None, launch_tiny: bool, serve: bool) -> EngineChoice:  # fmt: skip
+    """``--launch DIR`` / ``--launch-tiny`` / ``--endpoint`` (http) or ``--model`` / ``--tiny-model`` (offline) as
+    one choice; the old ``--serve`` (launch ``--model``) means ``--launch``. Exits 2 naming the flags that clash."""
+    if launch is not None and launch_tiny:
+        _fail("give either --launch MODEL_DIR or --launch-tiny, not both")
+    if serve and (launch is not None or launch_tiny):
+        _fail("--serve is the old form of --launch; give --launch MODEL_DIR or --launch-tiny alone")
+    if launch is not None and model is not None and Path(model) != Path(launch):
+        _fail(f"--launch {launch} and --model {model} name two models; --launch MODEL_DIR alone is enough")
+    if launch_tiny and (model is not None or tiny_model):
+        _fail("--launch-tiny serves the tiny model; drop --model / --tiny-model")
+    if launch is not None and not Path(launch).is_dir():
+        _fail(f"--launch {launch}: not a folder (expected the model folder to serve)")
+    launches = serve or launch is not None or launch_tiny
+    if engine is None:
+        engine = "http" if (launches or endpoint) else "offline"
+    if launches and engine != "http":
+        _fail(f"--engine {engine}: a launched server is measured over http; drop --engine or give --engine http")
+    return EngineChoice(engine=engine, model=launch if launch is not None else model, tiny=tiny_model or launch_tiny,
+                        launches=launches)  # fmt: skip
+
+
 def _check_profile_options(*, engine: str, budget_s: float, endpoint: str | None, serve: bool, model: Path | None,
                            build_tiny_model: bool) -> None:
     """Exit 2 naming the flag on every bad combination of ``driftsim profile`` options."""
@@ -186,15 +231,15 @@ def _check_profile_options(*, engine: str, budget_s: float, endpoint: str | None
     if not budget_s > 0:
         _fail(f"--budget-s must be > 0, got {budget_s}")
     if engine == "http" and not (endpoint or serve):
-        _fail("--engine http needs --endpoint URL (or --launch with --model)")
+        _fail("--engine http needs --endpoint URL, --launch MODEL_DIR or --launch-tiny")
     if endpoint and serve:
-        _fail("give either --endpoint or --launch, not both")
+        _fail("give either --endpoint or --launch / --launch-tiny, not both")
     if engine == "offline" and endpoint:
         _fail("--endpoint is for --engine http")
     if model is None and not build_tiny_model and (engine == "offline" or serve):
-        _fail("which model? give --model DIR or --build-tiny-model")
+        _fail("which model? give --model DIR or --tiny-model (offline), or --launch MODEL_DIR or --launch-tiny")
     if model is not None and build_tiny_model:
-        _fail("give either --model or --build-tiny-model, not both")
+        _fail("give either --model or --tiny-model, not both")
     if model is not None and not model.is_dir():
         _fail(f"--model {model}: not a folder")
 

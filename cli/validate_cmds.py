@@ -34,6 +34,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from driftsim.cli.choices import TraceFormat, value
 from driftsim.cli.profiling_cmds import start_server_or_exit, tiny_model_or_exit
 from driftsim.cli.render import make_console
 from driftsim.errors import ConfigError
@@ -169,7 +170,7 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
 
 def validate(
     trace: Optional[Path] = typer.Argument(None, help="Trace to replay (any format `driftsim simulate --trace` reads). Default: a synthetic three-tenant workload."),
-    trace_format: str = typer.Option("auto", "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
+    trace_format: TraceFormat = typer.Option(TraceFormat.auto, "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
     tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a tenant-less trace: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Replay only the first N requests of the trace.", rich_help_panel="Workload"),
     requests: int = typer.Option(60, "--requests", help="Synthetic workload: requests per load level.", rich_help_panel="Workload"),
@@ -258,7 +259,7 @@ def _plan_or_exit(o: dict):
             server_args=tuple(o["server_arg"] or ()), num_gpu_blocks=o["num_gpu_blocks"], block_size=o["block_size"])
         loads = _parse_loads(o["loads"]) if o["loads"] else (None if o["trace"] else _parse_loads(DEFAULT_LOADS))
         plan = ValidationPlan(
-            server=server, profile=o["profile"], trace=o["trace"], trace_format=o["trace_format"],
+            server=server, profile=o["profile"], trace=o["trace"], trace_format=value(o["trace_format"]),
             tenants=_parse_tenants(o["tenants"]) if o["tenants"] else None, max_requests=o["max_requests"],
             workload=Workload(requests=o["requests"], input_mean=o["input_mean"], output_mean=o["output_mean"]),
             loads=loads, policy=o["policy"].lower(), max_outstanding=o["max_outstanding"], mode=o["mode"],

@@ -3,9 +3,12 @@ option name, durations carry their unit, commands are grouped, and help imports 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import typer.main
 from typer.testing import CliRunner
 
@@ -16,8 +19,10 @@ from driftsim.capacity.spec import parse_seeds
 from driftsim.cli.main import _parse_seeds, app
 from driftsim.sim.policies import POLICIES
 from driftsim.sim.router import ROUTERS
+from driftsim.traces.loaders import FORMATS
 
 runner = CliRunner()
+CONV = str(Path(__file__).resolve().parent.parent / "traces" / "data" / "azure2023_conv.csv")
 
 
 def _options():
@@ -72,12 +77,54 @@ def test_a_bad_value_names_its_flag():
     assert res.exit_code == 2 and "--policy" in res.output and "priority" in res.output
 
 
-def test_help_imports_neither_polars_nor_numpy():
+@pytest.mark.parametrize("args", [["--help"], ["simulate", "--help"]])
+def test_help_imports_neither_polars_nor_numpy(args):
+    heavy = ("polars", "numpy", "pyarrow", "simpy", "plotly", "driftsim.sim.engine")
     code = ("import sys; from driftsim.cli.main import app\n"
-            "try: app(['--help'], prog_name='driftsim')\nexcept SystemExit: pass\n"
-            "print(sorted(m for m in ('polars', 'numpy', 'simpy', 'driftsim.sim.engine') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+            f"try: app({args!r}, prog_name='driftsim')\nexcept SystemExit: pass\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage" in res.stdout and res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_trace_format_choices_are_the_loaders_and_auto():
+    assert {c.value for c in choices.TraceFormat} == {"auto", *FORMATS}
+    for command, p in _options():
+        if "--trace-format" in p.opts:
+            assert p.type_descriptor.annotation is choices.TraceFormat, command
+    res = runner.invoke(app, ["traces", "inspect", "x.csv", "--trace-format", "azur"])
+    assert res.exit_code == 2 and "--trace-format" in res.output and "burstgpt" in res.output
+
+
+def test_profile_and_validate_name_a_launched_engine_alike():
+    def names(command: str) -> set[str]:
+        return {o for c, p in _options() if c == command and not p.hidden for o in p.opts}
+
+    shared = {"--endpoint", "--launch", "--launch-tiny", "--served-model", "--api-key-file"}
+    assert shared <= names("profile") and shared <= names("validate")
+    hidden = {o for c, p in _options() if c == "profile" and p.hidden for o in p.opts}
+    assert hidden == {"--build-tiny-model", "--serve"}
+    assert not ({"--build-tiny-model", "--serve"} & names("validate"))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--build-tiny-model", "--model", "."], "give either --model or --tiny-model"),  # the old name means --tiny-model
+    (["--serve"], "which model?"),  # the old flag launches a server: http, needing a model
+    (["--serve", "--launch-tiny"], "--serve is the old form of --launch"),
+    (["--launch", "no-such-dir"], "--launch no-such-dir: not a folder"),
+    (["--launch-tiny", "--engine", "offline"], "--engine offline: a launched server is measured over http"),
+    (["--engine", "http"], "--launch MODEL_DIR or --launch-tiny"),
+])  # fmt: skip
+def test_profile_launch_options_and_their_old_names(args, expected):
+    res = runner.invoke(app, ["profile", *args], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and expected in res.output, res.output
+
+
+def test_old_option_names_still_work(tmp_path):
+    res = runner.invoke(app, ["simulate", "--trace", CONV, "--format", "azure", "--max-requests", "20",
+                              "--duration", "3600", "--horizon", "3600", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["context"]["scenario"]["workload"]["format"] == "azure"
 
 
 def test_reproduce_takes_seeds_as_sweep_does():

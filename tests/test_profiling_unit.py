@@ -635,7 +635,7 @@ def test_profile_command_rejects_inconsistent_options(tmp_path):
     res = runner.invoke(_standalone_app(), ["profile", "--engine", "http"])
     assert res.exit_code == 2 and "--endpoint" in res.output
     res = runner.invoke(_standalone_app(), ["profile", "--engine", "offline"])
-    assert res.exit_code == 2 and "--build-tiny-model" in res.output
+    assert res.exit_code == 2 and "--tiny-model" in res.output
 
 
 def test_http_driver_skips_points_it_cannot_attribute():
