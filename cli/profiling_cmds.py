@@ -117,23 +117,11 @@ def profile(
     out = out or Path("driftsim-out") / f"measurements-{datetime.now():%Y%m%d-%H%M%S}.parquet"
     if out.suffix.lower() not in (".parquet", ".csv"):
         _fail(f"--out {out}: must end in .parquet or .csv")
-    offline_config = None
-    if engine == "offline":
-        from driftsim.profiling.offline import OfflineConfig, prepare_environment
-
-        offline_config = OfflineConfig(
-            model=str(model) if model else "", dtype=dtype, max_model_len=max_model_len or 2048,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens or 2048,
-            gpu_memory_utilization=gpu_memory_utilization, kv_cache_space_gib=kv_cache_gib,
-            cpu_threads_bind=cpu_threads, seed=seed)
-        prepare_environment(offline_config)  # before anything imports torch (the model build does)
-
     t_total = time.perf_counter()
-    if build_tiny_model:
-        model = tiny_model_or_exit()
-        err.print(f"tiny model: {model}")
-        if offline_config is not None:
-            offline_config = replace(offline_config, model=str(model))
+    model, offline_config = _model_and_offline_config(
+        engine, model, build_tiny_model, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_gib=kv_cache_gib, cpu_threads=cpu_threads, seed=seed)  # fmt: skip
 
     server = driver = None
     extra = {}
@@ -162,6 +150,30 @@ def profile(
         if server is not None:
             server.stop()
     _print_sweep(result, out, total_s=time.perf_counter() - t_total)
+
+
+def _model_and_offline_config(engine: str, model: Path | None, build_tiny_model: bool, *, dtype: str,
+                              max_model_len: int | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
+                              gpu_memory_utilization: float | None, kv_cache_gib: int, cpu_threads: str | None,
+                              seed: int):  # fmt: skip
+    """The model folder (the tiny model built or reused when asked) and, offline, the engine's config, with the
+    environment prepared before anything imports torch (the tiny model's build does)."""
+    offline_config = None
+    if engine == "offline":
+        from driftsim.profiling.offline import OfflineConfig, prepare_environment
+
+        offline_config = OfflineConfig(
+            model=str(model) if model else "", dtype=dtype, max_model_len=max_model_len or 2048,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens or 2048,
+            gpu_memory_utilization=gpu_memory_utilization, kv_cache_space_gib=kv_cache_gib,
+            cpu_threads_bind=cpu_threads, seed=seed)
+        prepare_environment(offline_config)
+    if build_tiny_model:
+        model = tiny_model_or_exit()
+        err.print(f"tiny model: {model}")
+        if offline_config is not None:
+            offline_config = replace(offline_config, model=str(model))
+    return model, offline_config
 
 
 def _server_to_profile(model: Path, *, max_model_len: int | None, max_num_seqs: int | None,
