@@ -170,3 +170,49 @@ def test_flags_that_conflict_are_refused_naming_both(tmp_path, args, flags):
 def test_request_rate_inf_sends_everything_at_once(tmp_path):
     _, summary, req = _simulate(["--request-rate", "inf", "--num-prompts", "20", *SMALL], tmp_path / "o")
     assert (req["arrival_s"] == 0).all() and summary["context"]["scenario"]["workload"]["request_rate"] == "inf"
+
+
+def _scenario(tmp_path: Path, workload: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "bench"\nprofile = "l4-qwen1.5-1.8b-chat"\n[engine]\nmode = "continuous"\n[workload]\n{workload}\n')
+    return path
+
+
+def test_a_scenario_file_describes_a_bench_workload_and_a_closed_loop(tmp_path):
+    from driftsim.sim.scenario import build_trace, load_scenario
+
+    path = _scenario(tmp_path, 'kind = "bench"\nnum_prompts = 12\nrequest_rate = "inf"\ninput_len = 32\n'
+                               'output_len = 4\nmax_concurrency = 3\nthink_s = 0.25')  # fmt: skip
+    sc = load_scenario(path)
+    trace, _ = build_trace(sc)
+    assert trace.height == 12 and (trace["arrival_s"] == 0).all() and (trace["input_tokens"] == 32).all()
+    result, context = run_scenario(sc)
+    assert context["closed_loop"] == {"max_concurrency": 3, "think_s": 0.25}
+    assert _in_flight_max(result.requests) == 3
+
+
+@pytest.mark.parametrize("workload, message", [
+    ('kind = "driftsched"\ninput_len = 10', "input_len: shapes a generated workload"),
+    ('kind = "bench"\nrequest_rate = 2.0\nrate_scale = 2.0', "drop rate_scale"),
+    ('kind = "bench"\nthink_s = 1.0', "think_s: the pause before a freed slot is used needs max_concurrency"),
+    ('kind = "bench"\nrequest_rate = "fast"', 'request_rate: expected a number > 0 or "inf"'),
+    ('kind = "bench"\nrange_ratio = 1.5', "range_ratio: expected a number in [0, 1)"),
+])  # fmt: skip
+def test_a_scenario_with_bad_bench_keys_is_refused_naming_the_key(tmp_path, workload, message):
+    from driftsim.errors import ConfigError
+    from driftsim.sim.scenario import load_scenario
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_scenario(_scenario(tmp_path, workload))
+
+
+def test_summary_only_and_stream_keep_their_meaning_with_bench_flags(tmp_path):
+    args = ["--request-rate", "10", "--num-prompts", "30", *SMALL]
+    res = runner.invoke(app, ["simulate", *args, "--summary-only", "--report", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "s" / "requests.parquet").exists() and (tmp_path / "s" / "engine_samples.parquet").exists()
+    assert "kept only its summary" in (tmp_path / "s" / "report.html").read_text()
+    res = runner.invoke(app, ["simulate", *args, "--stream", "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    _, _, memory = _simulate(args, tmp_path / "m")
+    assert pl.read_parquet(tmp_path / "t" / "requests.parquet").sort("request_id").equals(memory.sort("request_id"))
