@@ -34,7 +34,8 @@ app = typer.Typer(
     help=(
         "Simulate multi-tenant LLM inference on GPUs: per-tenant latency under a scheduler, GPU, model and load.\n\n"
         "`driftsim simulate` alone runs the embedded DriftSched set-up; `driftsim simulate --trace FILE --profile NAME` "
-        "a vLLM server (continuous batching). Then change one thing at a time: `--replicas`, `--policy`, "
+        "a vLLM server (continuous batching); `driftsim simulate --num-prompts 200 --request-rate 4` the same with a "
+        "workload named as `vllm bench serve` names it. Then change one thing at a time: `--replicas`, `--policy`, "
         "`--rate-scale`, or a whole `--scenario FILE`."
     ),
     no_args_is_help=True,
@@ -84,7 +85,7 @@ def simulate(
     scenario: Optional[Path] = typer.Option(None, "--scenario", "-s", help="Scenario TOML, or a bundled one by name: 'driftsched' (micro-batch worker) or 'vllm' (continuous batching). Default: 'vllm' when --trace, --profile or a workload flag is given, else 'driftsched'.", rich_help_panel="Scenario"),
     trace: Optional[Path] = typer.Option(None, "--trace", "-t", help="Replay this trace file (Azure/BurstGPT CSV, Mooncake/Bailian JSONL, Vidur CSV, driftsim CSV/Parquet).", rich_help_panel="Workload"),
     trace_format: TraceFormat = typer.Option(TraceFormat.auto, "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
-    tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a trace into tenants by weight: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
+    tenants: Optional[str] = typer.Option(None, "--tenants", help="Tenants by weight, splitting a trace or mixing a generated workload: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
     rate_scale: Optional[float] = typer.Option(None, "--rate-scale", help="Multiply the request rate (2 = twice as many requests per second).", rich_help_panel="Workload"),
     duration: Optional[float] = typer.Option(None, "--duration-s", "--duration", help="Keep only arrivals in the first this many seconds (--duration: old name).", rich_help_panel="Workload"),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", min=1, help="Keep only the first N requests.", rich_help_panel="Workload"),
@@ -93,7 +94,7 @@ def simulate(
     burstiness: Optional[float] = typer.Option(None, "--burstiness", help="Gamma shape of the gaps between requests, as vllm bench serve: 1 Poisson (default), below 1 burstier, 'inf' evenly spaced.", rich_help_panel="Workload"),
     input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="Generated prompts: mean length, tokens (default 1024).", rich_help_panel="Workload"),
     output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="Generated outputs: mean length, tokens (default 128).", rich_help_panel="Workload"),
-    range_ratio: Optional[float] = typer.Option(None, "--range-ratio", min=0, help="Generated lengths uniform in [len*(1-r), len*(1+r)] (default 0: fixed).", rich_help_panel="Workload"),
+    range_ratio: Optional[float] = typer.Option(None, "--range-ratio", min=0, help="Generated lengths uniform from len*(1-r) to len*(1+r) (default 0: fixed).", rich_help_panel="Workload"),
     max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1, help="Closed-loop client, as vllm bench serve: at most N requests in flight; the next is sent when one completes.", rich_help_panel="Workload"),
     think_s: Optional[float] = typer.Option(None, "--think-s", min=0, help="With --max-concurrency: pause, seconds, between a completion and the send it allows.", rich_help_panel="Workload"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="GPU x model profile name or file (see `driftsim profiles list`).", rich_help_panel="Hardware"),

@@ -22,7 +22,16 @@ line's overrides merged in, is held to these limits (:data:`LIMITS`):
 * ``horizon_s``, ``workload.duration_s``, ``slo_ttft_s`` and ``slo_e2e_s``
   are numbers of seconds in (0, 10**9]; ``workload.rate_scale`` a number in
   (0, 10**6]; a tenant's ``priority`` an integer in [-10**6, 10**6];
-* names, descriptions, profiles, paths and formats are strings.
+* names, descriptions, profiles, paths and formats are strings;
+* ``vllm bench serve``'s workload (:data:`BENCH_KEYS`): ``kind = "bench"``
+  generates it from ``num_prompts``, ``request_rate``, ``burstiness``,
+  ``input_len``, ``output_len`` and ``range_ratio`` (integers >= 1; rates and
+  burstiness numbers > 0 or the string "inf"; ``range_ratio`` in [0, 1)),
+  the tenant mix from ``assign_tenants``; on any other workload
+  ``num_prompts`` keeps the first N requests and ``request_rate`` (with
+  ``burstiness``) re-times them, and the length keys are refused;
+* ``max_concurrency`` (with ``think_s``, seconds >= 0) sends the workload
+  through a closed-loop client (:mod:`driftsim.sim.closed_loop`).
 
 Engine, gateway and admission values are checked by their config records
 when the scenario is built (:func:`build_engine` and friends).
