@@ -111,6 +111,9 @@ def test_resume_refuses_grid_flags_and_a_folder_without_a_journal(tmp_path):
 
 def test_a_run_refused_on_its_input_leaves_no_empty_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["simulate", "--trace", str(tmp_path / "missing.csv")])  # refused once the run starts
+    assert res.exit_code == 2 and "missing.csv" in res.output
+    assert list((tmp_path / "driftsim-out").iterdir()) == []
     res = runner.invoke(app, ["simulate", "--trace", str(REPO / "traces/data/azure2023_conv.csv"), "--trace-format", "xyz"])
-    assert res.exit_code == 2 and "xyz" in res.output
+    assert res.exit_code == 2 and "xyz" in res.output  # refused while parsing the flags: nothing claimed at all
     assert list((tmp_path / "driftsim-out").iterdir()) == []
