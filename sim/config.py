@@ -49,6 +49,11 @@ class EngineConfig:
     # admitted only when its whole prompt (for a preempted one, everything it must recompute) fits
     # in the free KV blocks, not just its first chunk; off: only the chunk must fit (older vLLM)
     reserve_full_prompt: bool = True
+    # vLLM's automatic prefix caching (on by default in vLLM v1): full prompt blocks of requests that
+    # carry prefix identity are shared and kept, hittable, after their requests end, until evicted
+    # least-recently-used (see sim/prefix_cache.py). Continuous mode only: a micro-batch worker
+    # (DriftSched) runs without it
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len", "batch_size")
