@@ -70,6 +70,7 @@ single ordered pass.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -263,6 +264,19 @@ class EngineCore:
     def fits(self, req: SimRequest) -> bool:
         """Whether the whole sequence could ever hold its KV on this engine."""
         return cdiv(req.input_tokens + req.output_tokens, self.block_size) <= self.kv.total
+
+    def prefix_stats(self) -> dict:
+        """Prefix-cache counters for reports: admissions that looked the cache up, the prompt tokens
+        they had to compute and the tokens found cached (prefill saved), and cached blocks evicted."""
+        return {
+            "prefix_caching": self.prefix_caching,
+            "prefix_lookups": self.prefix_queries,
+            "prefix_lookup_tokens": self.prefix_query_tokens,
+            "prefix_hit_tokens": self.prefix_hit_tokens,
+            "prefix_token_hit_rate": self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens
+            else math.nan,
+            "prefix_evictions": self.kv.evictions if self.prefix_caching else 0,
+        }
 
     def has_work(self) -> bool:
         return bool(self.running) or bool(self.waiting) or bool(self._inbox)

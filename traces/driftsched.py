@@ -261,6 +261,8 @@ def driftsched_workload(
             "priority": [priorities[t] for t in tenant_col],
             "slo_ttft_s": per_tenant(slo_ttft_s),
             "slo_e2e_s": per_tenant(slo_e2e_s),
+            "prefix_ids": [None] * n,
+            "prefix_block_tokens": [None] * n,
         },
         schema=REQUEST_SCHEMA,
     )

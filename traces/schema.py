@@ -22,6 +22,11 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     "priority": pl.Int64,  # optional priority, lower is more urgent
     "slo_ttft_s": pl.Float64,  # optional time-to-first-token objective, seconds
     "slo_e2e_s": pl.Float64,  # optional end-to-end objective, seconds
+    # optional prefix identity: ids of the prompt's consecutive blocks of prefix_block_tokens tokens
+    # (the last may be partial), chained: two requests whose first k ids are equal have equal first
+    # k * prefix_block_tokens prompt tokens (Mooncake's hash_ids are such ids, 512 tokens each)
+    "prefix_ids": pl.List(pl.Int64),
+    "prefix_block_tokens": pl.Int64,  # tokens each prefix id covers, >= 1; given exactly where prefix_ids is
 }
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -68,6 +73,8 @@ def _first_bad(
         row = int(df[row_col][i]) if row_col else i + 1
         more = f" ({hits.len() - 1} more rows like this)" if hits.len() > 1 else ""
         value = df[column][i]
+        if isinstance(value, pl.Series):
+            value = value.to_list()
         got = "an empty value" if value is None else repr(value)
         raise TraceError(f"expected {expected}, got {got}{more}", source=source, row=row, field=column)
 
@@ -128,3 +135,22 @@ def validate_trace(df: pl.DataFrame, *, source: str | None = None) -> None:
         _first_bad(df, pl.col(col) < 1, col, "an integer >= 1", source)
     for col in ("slo_ttft_s", "slo_e2e_s"):
         _first_bad(df, ~pl.col(col).is_finite() | (pl.col(col) <= 0), col, "a finite number > 0", source)
+    check_prefix_ids(df, source)
+
+
+def check_prefix_ids(df: pl.DataFrame, source: str | None, *, row_col: str | None = None) -> None:
+    """Prefix identity must fit its prompt: ``prefix_block_tokens >= 1`` exactly where ``prefix_ids`` is
+    given, ids without nulls, and no more ids than the prompt has blocks (``ceil(input_tokens /
+    prefix_block_tokens)``)."""
+    ids, size = pl.col("prefix_ids"), pl.col("prefix_block_tokens")
+    _first_bad(df, size < 1, "prefix_block_tokens", "an integer >= 1", source, row_col=row_col)
+    _first_bad(df, ids.is_not_null() & size.is_null(), "prefix_block_tokens",
+               "tokens per prefix id where prefix_ids is given", source, row_col=row_col)  # fmt: skip
+    _first_bad(df, ids.is_null() & size.is_not_null(), "prefix_ids",
+               "prefix ids where prefix_block_tokens is given", source, row_col=row_col)  # fmt: skip
+    _first_bad(df, ids.list.eval(pl.element().is_null()).list.any(), "prefix_ids", "integer ids without gaps",
+               source, row_col=row_col)  # fmt: skip
+    blocks = (pl.col("input_tokens") + size - 1) // size
+    _first_bad(df, ids.list.len() > blocks, "prefix_ids",
+               "at most ceil(input_tokens / prefix_block_tokens) ids (no more blocks than the prompt holds)",
+               source, row_col=row_col)  # fmt: skip

@@ -147,6 +147,12 @@ class TenantLoad:
     priority: int | None = None
     slo_ttft_s: float | None = None
     slo_e2e_s: float | None = None
+    # shared system prompts: each request starts with one of `system_prompts` prompts of
+    # `system_prompt_tokens` tokens, drawn with Zipf popularity (prompt k has weight 1 / k**zipf;
+    # 0 = uniform), then its own input (`input`); its prefix ids name the prompt's full blocks
+    system_prompts: int = 0
+    system_prompt_tokens: int = 0
+    system_prompt_zipf: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -172,6 +178,15 @@ class TenantLoad:
         for v in (self.slo_ttft_s, self.slo_e2e_s):
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"tenant {self.name!r}: SLOs must be finite and > 0, got {v}")
+        for key in ("system_prompts", "system_prompt_tokens"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"tenant {self.name!r}: {key} must be an integer >= 0, got {v!r}")
+        if (self.system_prompts > 0) != (self.system_prompt_tokens > 0):
+            raise ValueError(f"tenant {self.name!r}: give system_prompts and system_prompt_tokens together "
+                             f"(got {self.system_prompts} prompts of {self.system_prompt_tokens} tokens)")
+        if not (math.isfinite(self.system_prompt_zipf) and self.system_prompt_zipf >= 0):
+            raise ValueError(f"tenant {self.name!r}: system_prompt_zipf must be >= 0, got {self.system_prompt_zipf}")
 
     @property
     def mean_rate(self) -> float:
@@ -194,10 +209,28 @@ class TenantLoad:
         return rng.uniform(lo, hi, size=n)
 
 
-def _streams(seed: int, name: str) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
-    """Arrival, input and output generators for one tenant, keyed by the tenant's name."""
+#: tokens each synthetic prefix id covers (vLLM's default KV block size; any engine block size maps onto it)
+PREFIX_BLOCK_TOKENS = 16
+
+
+def _streams(seed: int, name: str) -> tuple[np.random.Generator, ...]:
+    """Arrival, input, output and system-prompt generators for one tenant, keyed by the tenant's name."""
     key = zlib.crc32(name.encode())
-    return tuple(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, i))) for i in range(3))
+    return tuple(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, i))) for i in range(4))
+
+
+def _system_prompts(t: TenantLoad, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list | None]:
+    """Extra prompt tokens and prefix ids of ``n`` requests of tenant ``t``: each one's system prompt,
+    drawn with Zipf popularity. Ids name the prompt's full blocks of :data:`PREFIX_BLOCK_TOKENS`
+    (tenant, prompt and block in one integer, so tenants never share); None without system prompts."""
+    if t.system_prompts == 0:
+        return np.zeros(n, dtype=np.int64), None
+    weights = 1.0 / np.arange(1, t.system_prompts + 1, dtype=np.float64) ** t.system_prompt_zipf
+    pick = rng.choice(t.system_prompts, size=n, p=weights / weights.sum())
+    blocks = t.system_prompt_tokens // PREFIX_BLOCK_TOKENS
+    base = (zlib.crc32(t.name.encode()) & 0x7FFFFFFF) << 31
+    ids_of = [[base | (k << 20) | m for m in range(blocks)] for k in range(t.system_prompts)]
+    return np.full(n, t.system_prompt_tokens, dtype=np.int64), [ids_of[k] for k in pick]
 
 
 def _arrivals(t: TenantLoad, rng: np.random.Generator, horizon: float) -> np.ndarray:
@@ -262,6 +295,11 @@ def generate(
     arrival = np.concatenate(arrivals) if arrivals else np.empty(0)
     inp = np.concatenate([t.input.sample(s[1], a.size) for t, s, a in zip(tenants, streams, arrivals)])
     out = np.concatenate([t.output.sample(s[2], a.size) for t, s, a in zip(tenants, streams, arrivals)])
+    systems = [_system_prompts(t, s[3], a.size) for t, s, a in zip(tenants, streams, arrivals)]
+    inp = inp + np.concatenate([extra for extra, _ in systems]) if systems else inp
+    with_ids = any(ids is not None for _, ids in systems)
+    if with_ids:
+        all_ids = [x for (_, ids), a in zip(systems, arrivals) for x in (ids if ids is not None else [None] * a.size)]
     order = np.lexsort((owner, arrival))  # by arrival, then tenant order; stable within a tenant
     if num_requests is not None:
         order = order[:num_requests]
@@ -271,6 +309,13 @@ def generate(
         return pl.Series(values, dtype=dtype).gather(owner_s)
 
     n = order.size
+    if with_ids:
+        prefix_ids = pl.Series([all_ids[i] for i in order], dtype=pl.List(pl.Int64))
+        prefix_tokens = pl.Series([PREFIX_BLOCK_TOKENS if all_ids[i] is not None else None for i in order],
+                                  dtype=pl.Int64)
+    else:
+        prefix_ids = pl.repeat(None, n, dtype=pl.List(pl.Int64), eager=True)
+        prefix_tokens = pl.repeat(None, n, dtype=pl.Int64, eager=True)
     return pl.DataFrame(
         {
             "request_id": np.arange(n, dtype=np.int64),
@@ -283,6 +328,8 @@ def generate(
             "priority": per_tenant([t.priority for t in tenants], pl.Int64),
             "slo_ttft_s": per_tenant([t.slo_ttft_s for t in tenants], pl.Float64),
             "slo_e2e_s": per_tenant([t.slo_e2e_s for t in tenants], pl.Float64),
+            "prefix_ids": prefix_ids,
+            "prefix_block_tokens": prefix_tokens,
         },
         schema=REQUEST_SCHEMA,
     )
