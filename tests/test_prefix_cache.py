@@ -156,11 +156,12 @@ def test_lru_eviction_under_pressure_drops_the_oldest_prefix():
 
 
 # --------------------------------------------------------------------------- invariants
-def _shared_prefix_trace(n: int, seed: int, *, groups: int = 3, max_in: int = 300) -> pl.DataFrame:
+def _shared_prefix_trace(n: int, seed: int, *, groups: int = 3, max_in: int = 300, max_out: int = 60,
+                         gap_s: float = 0.02) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    arrivals = np.cumsum(rng.exponential(0.02, n))
+    arrivals = np.cumsum(rng.exponential(gap_s, n))
     inp = rng.integers(20, max_in, n)
-    out = rng.integers(1, 60, n)
+    out = rng.integers(1, max_out, n)
     group = rng.integers(0, groups, n)
     ids = [[int(g) * 1000 + m for m in range(-(-int(p) // BS))] for g, p in zip(group, inp)]
     return make_trace(list(zip(arrivals, inp, out)), tenants=[f"t{g}" for g in group],
@@ -200,12 +201,12 @@ def test_kv_never_exceeds_capacity_and_every_reference_returns(seed, num_blocks,
 
 @pytest.mark.parametrize("async_scheduling", [False, True])
 def test_fast_forward_stays_exact_with_the_cache_on(async_scheduling):
-    trace = _shared_prefix_trace(200, 3)
+    trace = _shared_prefix_trace(200, 3, groups=6, max_out=300, gap_s=0.005)
 
     def run(ff: bool) -> pl.DataFrame:
-        engine = EngineConfig(max_model_len=2048, block_size=BS, max_num_seqs=16, max_num_batched_tokens=256,
+        engine = EngineConfig(max_model_len=1024, block_size=BS, max_num_seqs=16, max_num_batched_tokens=256,
                               fast_forward=ff, async_scheduling=async_scheduling)
-        return simulate(trace, cost=linear_cost(), engine=engine, num_blocks=120).requests
+        return simulate(trace, cost=linear_cost(), engine=engine, num_blocks=80).requests
 
     fast = run(True)
     assert fast.equals(run(False))
