@@ -48,6 +48,17 @@ def block_keys(ids: Sequence[int], id_tokens: int, block_size: int, prompt_token
     n = covered // block_size
     keys: list[int] = []
     chain = hash((_ROOT, salt))
+    if id_tokens == block_size:  # one id per engine block: the chain itself is the key
+        for m in range(n):
+            chain = hash((chain, ids[m]))
+            keys.append(chain)
+        return keys
+    if id_tokens % block_size == 0:  # every id splits into whole engine blocks
+        per_id = id_tokens // block_size
+        for m in range(-(-n // per_id)):
+            chain = hash((chain, ids[m]))
+            keys.extend(hash((chain, j)) for j in range(m * per_id, min(n, (m + 1) * per_id)))
+        return keys
     m_done = -1
     for j in range(n):
         m_end = ((j + 1) * block_size - 1) // id_tokens
