@@ -49,6 +49,7 @@ from driftsim.sim.client import ClientConfig
 from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
 from driftsim.sim.policies import make_policy
 from driftsim.sim.run import SimResult, simulate
+from driftsim.sim.sessions import simulate_sessions
 from driftsim.traces import transform
 from driftsim.traces.driftsched import driftsched_workload
 from driftsim.traces.loaders import LoadReport, load_trace_with_report
@@ -378,6 +379,8 @@ def _tenant_load(t: dict, scenario: str) -> TenantLoad:
     try:
         t["input"] = LengthDist(**t["input"])
         t["output"] = LengthDist(**t["output"])
+        if "turns" in t:
+            t["turns"] = LengthDist(**t["turns"])
         if "gap_range" in t:
             t["gap_range"] = tuple(t["gap_range"])
         return TenantLoad(**t)
@@ -460,9 +463,11 @@ def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = Fal
     trace, report = build_trace(scenario)
     context["trace_repairs"] = list(report.repairs) if report is not None else []
     context["arrival_span_s"] = float(trace["arrival_s"].max() - trace["arrival_s"].min()) if trace.height > 1 else 0.0
-    result = simulate(trace, admission=admission, progress=progress, **run)
+    # multi-turn sessions are sent closed-loop: each turn after the previous one's answer
+    run_trace = simulate_sessions if trace["session_id"].null_count() < trace.height else simulate
+    result = run_trace(trace, admission=admission, progress=progress, **run)
     if oracle_regret:
-        oracle = simulate(trace, admission=AdmissionConfig(estimator="oracle"), **run)
+        oracle = run_trace(trace, admission=AdmissionConfig(estimator="oracle"), **run)
         context["regret"] = regret(result.summary, oracle.summary)
     return result, context
 

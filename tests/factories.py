@@ -122,4 +122,5 @@ def draw_native_table(draw, n: int, *, seconds, tenant_names, tokens) -> pl.Data
         None if size is None else draw(st.lists(st.integers(-(2**62), 2**62), max_size=min(4, -(-inp // size))))
         for size, inp in zip(sizes, rows["input_tokens"])
     ]
+    rows.update(session_id=[None] * n, turn=[None] * n, think_s=[None] * n)
     return pl.DataFrame(rows, schema=REQUEST_SCHEMA)

@@ -309,3 +309,66 @@ def test_synthetic_system_prompt_arguments_are_checked():
     with pytest.raises(ValueError, match="system_prompt_zipf"):
         TenantLoad("a", 1.0, input=LengthDist.constant(1), output=LengthDist.constant(1), system_prompts=3,
                    system_prompt_tokens=64, system_prompt_zipf=-1.0)
+
+
+# --------------------------------------------------------------------------- sessions
+def _chat(turns=LengthDist.uniform(1, 5), think_s=2.0, **kw) -> TenantLoad:
+    return TenantLoad("chat", 2.0, input=LengthDist.uniform(20, 200), output=LengthDist.uniform(20, 200),
+                      turns=turns, think_s=think_s, **kw)
+
+
+def test_synthetic_sessions_carry_the_conversation_into_each_prompt():
+    df = generate([_chat(system_prompts=2, system_prompt_tokens=300)], num_requests=300, seed=1)
+    validate_trace(df)
+    for (sid,), s in df.group_by("session_id"):
+        rows = s.sort("turn")
+        assert rows["turn"].to_list() == list(range(1, rows.height + 1))
+        assert rows["arrival_s"].n_unique() == 1 and rows["think_s"][0] == 0.0
+        inp, out, ids = rows["input_tokens"].to_list(), rows["output_tokens"].to_list(), rows["prefix_ids"].to_list()
+        for k in range(1, rows.height):
+            assert inp[k] > inp[k - 1] + out[k - 1]  # history, then a new input
+            assert ids[k][: len(ids[k - 1])] == ids[k - 1]  # the earlier prompt is a prefix of the later one
+        assert all(len(x) == -(-n // 16) for x, n in zip(ids, inp))
+
+
+def test_session_turns_are_sent_after_the_previous_answer_plus_think_time():
+    from driftsim.sim.sessions import simulate_sessions
+
+    df = generate([_chat()], num_requests=120, seed=2)
+    engine = EngineConfig(max_model_len=8192, block_size=BS)
+    res = simulate_sessions(df, cost=linear_cost(), engine=engine, num_blocks=2000)
+    req = res.requests.join(df.select("request_id", "session_id", "turn", "think_s",
+                                      pl.col("arrival_s").alias("start_s")), on="request_id")
+    assert res.summary["sessions"]["turns"] == df.height and (req["status"] == "ok").all()
+    for (sid,), s in req.group_by("session_id"):
+        s = s.sort("turn")
+        sent, finish, think = s["arrival_s"].to_list(), s["finish_s"].to_list(), s["think_s"].to_list()
+        assert sent[0] == s["start_s"][0]
+        for k in range(1, s.height):
+            assert sent[k] == max(s["start_s"][k], finish[k - 1] + think[k])
+    # the later turns find their history cached
+    later = req.filter(pl.col("turn") > 1)
+    assert (later["cached_tokens"] > 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("turns, field, expected", [
+    ([1, 1], "turn", "turns of a session in increasing order"),
+    ([2, 1], "turn", "turns of a session in increasing order"),
+    ([1, None], "turn", "a turn number where session_id is given"),
+])
+def test_turns_going_back_in_time_are_refused_with_their_row(tmp_path, turns, field, expected):
+    trace = make_trace([(0.0, 10, 5), (1.0, 10, 5)], session_id=[7, 7], turn=turns, think_s=[0.0, 1.0])
+    with pytest.raises(TraceError) as err:
+        validate_trace(trace)
+    assert (err.value.row, err.value.field) == (2, field) and expected in str(err.value)
+    path = tmp_path / "t.csv"
+    trace.with_columns(pl.col("prefix_ids").cast(pl.List(pl.String)).list.join(" ")).write_csv(path)
+    with pytest.raises(TraceError) as err:
+        load_trace(path)
+    assert (err.value.row, err.value.field) == (2, field) and "t.csv" in str(err.value)
+
+
+def test_negative_think_time_is_refused():
+    trace = make_trace([(0.0, 10, 5), (1.0, 10, 5)], session_id=[7, 7], turn=[1, 2], think_s=[0.0, -1.0])
+    with pytest.raises(TraceError, match="row 2, field 'think_s'"):
+        validate_trace(trace)

@@ -263,6 +263,9 @@ def driftsched_workload(
             "slo_e2e_s": per_tenant(slo_e2e_s),
             "prefix_ids": [None] * n,
             "prefix_block_tokens": [None] * n,
+            "session_id": [None] * n,
+            "turn": [None] * n,
+            "think_s": [None] * n,
         },
         schema=REQUEST_SCHEMA,
     )

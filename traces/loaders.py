@@ -51,6 +51,7 @@ from driftsim.traces.schema import (
     TraceError,
     _check_unique,
     check_prefix_ids,
+    check_sessions,
     _first_bad,
 )
 from driftsim.traces.tokens import TokenCounter, WhitespaceCounter
@@ -548,6 +549,7 @@ def _finish(
         report.repairs.append(
             f"sorted {late.len()} out-of-order arrivals (at rows {_listed_rows(late)}); ties keep file order"
         )
+    check_sessions(df, report.source, row_col=_ROW)  # in arrival order
     df = df.drop(_ROW)
     report.rows_loaded = df.height
     return df
@@ -664,6 +666,9 @@ _NATIVE_NUMBERS: dict[str, tuple[bool, float | None, bool]] = {
     "slo_ttft_s": (False, 0, True),
     "slo_e2e_s": (False, 0, True),
     "prefix_block_tokens": (True, 1, False),
+    "session_id": (True, None, False),
+    "turn": (True, 1, False),
+    "think_s": (False, 0, False),
 }
 
 

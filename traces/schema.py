@@ -27,6 +27,12 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     # k * prefix_block_tokens prompt tokens (Mooncake's hash_ids are such ids, 512 tokens each)
     "prefix_ids": pl.List(pl.Int64),
     "prefix_block_tokens": pl.Int64,  # tokens each prefix id covers, >= 1; given exactly where prefix_ids is
+    # optional multi-turn sessions: a turn is sent think_s after the previous turn of its session
+    # completes, and not before its arrival_s (driftsim.sim.sessions); turns of a session come in
+    # increasing turn order
+    "session_id": pl.Int64,
+    "turn": pl.Int64,  # 1, 2, ... within the session; given exactly where session_id is
+    "think_s": pl.Float64,  # pause between the previous turn's completion and this turn's send, s, >= 0
 }
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -136,6 +142,24 @@ def validate_trace(df: pl.DataFrame, *, source: str | None = None) -> None:
     for col in ("slo_ttft_s", "slo_e2e_s"):
         _first_bad(df, ~pl.col(col).is_finite() | (pl.col(col) <= 0), col, "a finite number > 0", source)
     check_prefix_ids(df, source)
+    check_sessions(df, source)
+
+
+def check_sessions(df: pl.DataFrame, source: str | None, *, row_col: str | None = None) -> None:
+    """Session turns must be numbered (``turn >= 1`` exactly where ``session_id`` is given), think
+    times finite and >= 0, and turns must not go back in time: within a session, a later row (a
+    later or equal arrival) has a higher turn number."""
+    sid, turn, think = pl.col("session_id"), pl.col("turn"), pl.col("think_s")
+    _first_bad(df, turn < 1, "turn", "an integer >= 1", source, row_col=row_col)
+    _first_bad(df, sid.is_not_null() & turn.is_null(), "turn", "a turn number where session_id is given",
+               source, row_col=row_col)  # fmt: skip
+    _first_bad(df, sid.is_null() & (turn.is_not_null() | think.is_not_null()), "session_id",
+               "a session id where turn or think_s is given", source, row_col=row_col)  # fmt: skip
+    _first_bad(df, ~think.is_finite() | (think < 0), "think_s", "a finite number >= 0", source, row_col=row_col)
+    if df["session_id"].null_count() < df.height:
+        back = sid.is_not_null() & (turn <= turn.shift(1).over(sid)).fill_null(False)
+        _first_bad(df, back, "turn", "turns of a session in increasing order over time (this turn arrives after "
+                   "a turn of its session with the same or a higher number)", source, row_col=row_col)  # fmt: skip
 
 
 def check_prefix_ids(df: pl.DataFrame, source: str | None, *, row_col: str | None = None) -> None:

@@ -40,7 +40,7 @@ from driftsim.traces.loaders import (
     _text,
     detect_format,
 )
-from driftsim.traces.schema import REQUEST_SCHEMA, REQUIRED_COLUMNS, TraceError, check_prefix_ids
+from driftsim.traces.schema import REQUEST_SCHEMA, REQUIRED_COLUMNS, TraceError, check_prefix_ids, check_sessions
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "TraceStream", "scan_trace"]
 
@@ -215,6 +215,7 @@ class TraceStream:
             _ROW,
         )
         check_prefix_ids(df, self.source, row_col=_ROW)
+        check_sessions(df, self.source, row_col=_ROW)  # NOTE: per chunk: a session split across chunks is checked in parts
         return df.drop(_ROW)
 
 
