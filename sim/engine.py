@@ -353,6 +353,15 @@ class EngineCore:
         tokens = r.prefill_target if self.reserve_full else hit * self.block_size + n
         return cdiv(min(tokens, self.cfg.max_model_len), self.block_size) - hit + hit_free
 
+    def cached_prefix_blocks(self, r: SimRequest) -> int:
+        """Leading prompt blocks of ``r`` this engine's prefix cache holds now (0 without caching or
+        identity); what a prefix-aware router compares across replicas."""
+        if r.prefix_ids is None or not self.prefix_caching:
+            return 0
+        if r.block_keys is None:
+            r.block_keys = block_keys(r.prefix_ids, r.prefix_id_tokens, self.block_size, r.input_tokens)
+        return self.kv.lookup(r.block_keys, len(r.block_keys))[0]
+
     def _cache_hit(self, r: SimRequest) -> tuple[int, int]:
         """Cached leading prompt blocks of the waiting request ``r`` and how many of them are free.
 

@@ -372,3 +372,27 @@ def test_negative_think_time_is_refused():
     trace = make_trace([(0.0, 10, 5), (1.0, 10, 5)], session_id=[7, 7], turn=[1, 2], think_s=[0.0, -1.0])
     with pytest.raises(TraceError, match="row 2, field 'think_s'"):
         validate_trace(trace)
+
+
+# --------------------------------------------------------------------------- routing
+def test_prefix_affinity_routes_shared_prefixes_to_the_replica_that_holds_them():
+    from driftsim.sim.config import GatewayConfig
+
+    trace = _shared_prefix_trace(300, 11, groups=4, gap_s=0.01)
+    engine = EngineConfig(max_model_len=2048, block_size=BS, max_num_seqs=16, max_num_batched_tokens=512)
+
+    def run(router: str):
+        return simulate(trace, cost=linear_cost(), engine=engine, num_blocks=400, replicas=2,
+                        gateway=GatewayConfig(router=router))
+
+    affinity, spread = run("prefix_affinity"), run("least_outstanding")
+    assert affinity.requests.equals(run("prefix_affinity").requests)  # deterministic
+    ok = affinity.requests.filter(pl.col("status") == "ok")
+    assert ok.height == trace.height
+    # a prefix group mostly stays where its blocks are (a request dispatched before the group's first
+    # blocks were scheduled may land elsewhere)
+    grouped = ok.join(trace.select("request_id", g=pl.col("prefix_ids").list.first()), on="request_id")
+    on_modal = grouped.group_by("g").agg((pl.col("replica") == pl.col("replica").mode().first()).mean().alias("f"))
+    assert (on_modal["f"] > 0.9).all(), on_modal
+    hit = lambda res: res.summary["overall"]["prefix_token_hit_rate"]  # noqa: E731
+    assert hit(affinity) > hit(spread)
