@@ -372,12 +372,12 @@ class EngineCore:
             return 0, 0
         kv = self.kv
         memo = r.hit_memo
-        if memo is not None and memo[0] == kv.version:
-            return memo[1], memo[2]
+        if memo is not None and memo[0] == kv.version and memo[1] == r.prefill_target:
+            return memo[2], memo[3]
         if r.block_keys is None:
             r.block_keys = block_keys(r.prefix_ids, r.prefix_id_tokens, self.block_size, r.input_tokens)
         hit, hit_free = kv.lookup(r.block_keys, (r.prefill_target - 1) // self.block_size)
-        r.hit_memo = (kv.version, hit, hit_free)
+        r.hit_memo = (kv.version, r.prefill_target, hit, hit_free)
         return hit, hit_free
 
     # ------------------------------------------------------------------ planning

@@ -41,7 +41,7 @@ class SimRequest:
         "block_keys",  # the engine's chained keys of the full prompt blocks, set at the first lookup
         "shared",  # keys of the cached blocks this request references, in block order
         "hashed_upto",  # prompt blocks before this one have been offered to the cache
-        "hit_memo",  # (cache version, hit blocks, free hit blocks) of the last lookup
+        "hit_memo",  # (cache version, prefill target, hit blocks, free hit blocks) of the last lookup
         "cached_tokens",  # prompt tokens found in the prefix cache at the first admission (-1: not admitted)
     )
 
@@ -84,7 +84,7 @@ class SimRequest:
         self.block_keys: list[int] | None = None
         self.shared: list[int] = []
         self.hashed_upto = 0
-        self.hit_memo: tuple[int, int, int] | None = None
+        self.hit_memo: tuple[int, int, int, int] | None = None
         self.cached_tokens = -1
 
     def __repr__(self) -> str:

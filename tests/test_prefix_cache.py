@@ -261,7 +261,7 @@ def test_mooncake_hash_ids_become_prefix_ids_of_512_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("record, field, expected", [
-    ({"input_length": 10, "hash_ids": [1, 2]}, "prefix_ids", "no more blocks than the prompt holds"),
+    ({"input_length": 10, "hash_ids": [1, 2]}, "hash_ids", "no more blocks than the prompt holds"),
     ({"input_length": 600, "hash_ids": ["x", 2]}, "hash_ids", "a list of integer block ids"),
     ({"input_length": 600, "hash_ids": 7}, "hash_ids", "a list of integer block ids"),
 ])
@@ -396,3 +396,16 @@ def test_prefix_affinity_routes_shared_prefixes_to_the_replica_that_holds_them()
     assert (on_modal["f"] > 0.9).all(), on_modal
     hit = lambda res: res.summary["overall"]["prefix_token_hit_rate"]  # noqa: E731
     assert hit(affinity) > hit(spread)
+
+
+def test_a_streamed_run_refuses_sessions_rather_than_sending_them_open_loop(tmp_path):
+    from driftsim.sim.config import ConfigError
+    from driftsim.sim.scenario import load_scenario
+    from driftsim.sim.scenario_stream import run_scenario_streamed
+
+    path = write_trace(generate([_chat()], num_requests=40, seed=4), tmp_path / "chat.parquet")
+    scenario = load_scenario(None, {"name": "chat", "profile": "a100-llama-3.1-8b",
+                                    "engine": {"mode": "continuous", "max_model_len": 8192},
+                                    "workload": {"kind": "trace", "path": str(path)}})
+    with pytest.raises(ConfigError, match="multi-turn sessions"):
+        run_scenario_streamed(scenario, summary_only=True)

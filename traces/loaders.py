@@ -528,7 +528,8 @@ def _listed_rows(rows: pl.Series) -> str:
 
 
 def _finish(
-    columns: dict[str, pl.Series], rows: pl.Series, report: LoadReport, *, id_field: str | None = "request_id"
+    columns: dict[str, pl.Series], rows: pl.Series, report: LoadReport, *, id_field: str | None = "request_id",
+    prefix_field: str = "prefix_ids",
 ) -> pl.DataFrame:
     """Assemble the table in schema order, null-filling optional columns; check ids; sort and report.
 
@@ -541,7 +542,7 @@ def _finish(
     df = df.select(*(pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()), _ROW)
     if id_field:
         _check_unique(df, "request_id", report.source, row_col=_ROW, field=id_field)
-    check_prefix_ids(df, report.source, row_col=_ROW)
+    check_prefix_ids(df, report.source, row_col=_ROW, ids_field=prefix_field)
     arr = pl.col("arrival_s")
     late = df.filter(arr < arr.cum_max().shift(1))[_ROW]
     if late.len():
@@ -608,7 +609,8 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
         columns["prefix_ids"] = ids
         columns["prefix_block_tokens"] = pl.Series([fmt.prefix_block_tokens] * raw.height, dtype=pl.Int64).set(
             ids.is_null(), None)
-    return _finish(columns, raw[_ROW], report, id_field=fmt.request_id), report
+    return _finish(columns, raw[_ROW], report, id_field=fmt.request_id,
+                   prefix_field=fmt.prefix_ids if with_ids else "prefix_ids"), report
 
 
 # --------------------------------------------------------------------------- per-format readers

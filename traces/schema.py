@@ -162,19 +162,22 @@ def check_sessions(df: pl.DataFrame, source: str | None, *, row_col: str | None 
                    "a turn of its session with the same or a higher number)", source, row_col=row_col)  # fmt: skip
 
 
-def check_prefix_ids(df: pl.DataFrame, source: str | None, *, row_col: str | None = None) -> None:
+def check_prefix_ids(df: pl.DataFrame, source: str | None, *, row_col: str | None = None,
+                     ids_field: str = "prefix_ids") -> None:
     """Prefix identity must fit its prompt: ``prefix_block_tokens >= 1`` exactly where ``prefix_ids`` is
     given, ids without nulls, and no more ids than the prompt has blocks (``ceil(input_tokens /
-    prefix_block_tokens)``)."""
-    ids, size = pl.col("prefix_ids"), pl.col("prefix_block_tokens")
+    prefix_block_tokens)``). ``ids_field``: the source's name for the ids, for messages."""
+    if ids_field != "prefix_ids":
+        df = df.rename({"prefix_ids": ids_field})
+    ids, size = pl.col(ids_field), pl.col("prefix_block_tokens")
     _first_bad(df, size < 1, "prefix_block_tokens", "an integer >= 1", source, row_col=row_col)
     _first_bad(df, ids.is_not_null() & size.is_null(), "prefix_block_tokens",
                "tokens per prefix id where prefix_ids is given", source, row_col=row_col)  # fmt: skip
-    _first_bad(df, ids.is_null() & size.is_not_null(), "prefix_ids",
+    _first_bad(df, ids.is_null() & size.is_not_null(), ids_field,
                "prefix ids where prefix_block_tokens is given", source, row_col=row_col)  # fmt: skip
-    _first_bad(df, ids.list.eval(pl.element().is_null()).list.any(), "prefix_ids", "integer ids without gaps",
+    _first_bad(df, ids.list.eval(pl.element().is_null()).list.any(), ids_field, "integer ids without gaps",
                source, row_col=row_col)  # fmt: skip
     blocks = (pl.col("input_tokens") + size - 1) // size
-    _first_bad(df, ids.list.len() > blocks, "prefix_ids",
+    _first_bad(df, ids.list.len() > blocks, ids_field,
                "at most ceil(input_tokens / prefix_block_tokens) ids (no more blocks than the prompt holds)",
                source, row_col=row_col)  # fmt: skip
