@@ -11,6 +11,11 @@ Each size runs in a fresh subprocess so its peak RSS is its own.
     python bench/bench_sim.py                  # 10k and 100k requests
     python bench/bench_sim.py --sizes 10000 100000 1000000
     python bench/bench_sim.py --compare-step   # also time step-by-step execution (10k only)
+    python bench/bench_sim.py --prefix-pair 20000   # prefix caching on vs off, shared-prefix workload
+
+The shared-prefix workload is the same requests, each carrying the identity
+of one of 8 system prompts (Zipf popularity, exponent 1) covering its first
+min(512, prompt) tokens; on and off run the same table, best of 3 each.
 """
 
 from __future__ import annotations
@@ -56,6 +61,51 @@ def workload(n: int, rate: float | None, seed: int) -> pl.DataFrame:
     ).select(list(REQUEST_SCHEMA))
 
 
+SYSTEM_PROMPTS, SYSTEM_PROMPT_TOKENS = 8, 512
+
+
+def shared_prefix_workload(n: int, rate: float, seed: int) -> pl.DataFrame:
+    """:func:`workload` with prefix identity: one of 8 system prompts (Zipf 1) over each prompt's first 512 tokens."""
+    df = workload(n, rate, seed)
+    rng = np.random.default_rng(seed + 1)
+    weights = 1.0 / np.arange(1, SYSTEM_PROMPTS + 1)
+    pick = rng.choice(SYSTEM_PROMPTS, size=n, p=weights / weights.sum())
+    blocks = np.minimum(df["input_tokens"].to_numpy(), SYSTEM_PROMPT_TOKENS) // 16
+    ids = [[int(g) * 1000 + m for m in range(int(b))] for g, b in zip(pick, blocks)]
+    return df.with_columns(pl.Series("prefix_ids", ids, dtype=pl.List(pl.Int64)),
+                           pl.lit(16, dtype=pl.Int64).alias("prefix_block_tokens"))
+
+
+def prefix_pair(n: int, rate: float) -> None:
+    """Wall time of the same shared-prefix run with prefix caching on and off, best of 3 each."""
+    profile = load_profile(PROFILE)
+    trace = shared_prefix_workload(n, rate, 0)
+    best: dict[bool, tuple[float, dict]] = {}
+    for _ in range(3):
+        for on in (False, True):
+            engine = EngineConfig(**ENGINE, prefix_caching=on, gpu_memory_utilization=0.9)
+            blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
+            t0 = time.perf_counter()
+            res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks)
+            wall = time.perf_counter() - t0
+            if on not in best or wall < best[on][0]:
+                best[on] = (wall, res.summary)
+    print(f"shared-prefix workload, {n} requests at {rate:.2f} requests/s "
+          f"({SYSTEM_PROMPTS} system prompts of {SYSTEM_PROMPT_TOKENS} tokens, Zipf 1)")
+    print(f"{'prefix caching':>14} {'wall s':>8} {'req/s':>9} {'steps':>8} {'us/step':>8} {'token hit':>10} "
+          f"{'TTFT p50':>9} {'E2E p50':>8}")
+    per_step = {}
+    for on in (False, True):
+        wall, summ = best[on]
+        g, steps = summ["overall"], summ["replicas"][0]["steps"]
+        per_step[on] = wall / steps
+        print(f"{'on' if on else 'off':>14} {wall:>8.2f} {n / wall:>9.0f} {steps:>8} {1e6 * per_step[on]:>8.1f} "
+              f"{100 * g['prefix_token_hit_rate']:>9.1f}% {g['ttft_s']['p50']:>8.3f}s {g['e2e_s']['p50']:>7.2f}s")
+    # cached prompts make steps shorter, so the same span holds more of them: per step is the engine's own cost
+    print(f"on / off: wall time {best[True][0] / best[False][0]:.2f}, wall time per engine step "
+          f"{per_step[True] / per_step[False]:.2f}")
+
+
 def run_once(n: int, rate: float | None, fast: bool, seed: int = 0) -> dict:
     profile = load_profile(PROFILE)
     engine = EngineConfig(**ENGINE, fast_forward=fast, gpu_memory_utilization=0.9)
@@ -92,6 +142,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--load", type=float, default=0.8, help="fraction of measured capacity")
     ap.add_argument("--compare-step", action="store_true")
+    ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--step", action="store_true", help=argparse.SUPPRESS)
@@ -104,6 +155,8 @@ def main() -> None:
     rate = args.load * capacity
     print(f"profile {PROFILE}, engine {ENGINE}")
     print(f"capacity (5000 requests at t=0): {capacity:.2f} requests/s; offered load {rate:.2f} requests/s ({args.load:.0%})")
+    if args.prefix_pair:
+        return prefix_pair(args.prefix_pair, rate)
     runs = [(n, False) for n in args.sizes]
     if args.compare_step:
         runs.append((min(args.sizes), True))

@@ -51,6 +51,7 @@ class RouterName(str, Enum):
 
     least_outstanding = "least_outstanding"
     round_robin = "round_robin"
+    prefix_affinity = "prefix_affinity"
 
 
 class Placement(str, Enum):

@@ -119,6 +119,7 @@ def simulate(
     oracle_regret: bool = typer.Option(False, "--oracle-regret", help="Also simulate with the real output lengths as estimates and report the latency gap.", rich_help_panel="Scheduling"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads and tenant assignment.", rich_help_panel="Scenario"),
     horizon: Optional[float] = typer.Option(None, "--horizon-s", "--horizon", help="Stop the simulation at this time, seconds; requests in flight are reported unfinished (--horizon: old name). Default: run to the end.", rich_help_panel="Scenario"),
+    prefix_caching: Optional[bool] = typer.Option(None, "--prefix-caching/--no-prefix-caching", help="vLLM's automatic prefix caching for requests that carry prefix identity (continuous mode). Default: on.", rich_help_panel="Engine"),
     step_by_step: bool = typer.Option(False, "--step-by-step", help="Disable the exact fast-forward (for checking; same results, slower).", rich_help_panel="Scenario"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default: a fresh driftsim-out/<scenario>-<time>-<suffix>. A folder holding files is refused unless --force.", rich_help_panel="Output"),
     force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them).", rich_help_panel="Output"),
@@ -198,6 +199,7 @@ class _SimulateOptions:
     oracle_regret: bool
     seed: int | None
     horizon: float | None
+    prefix_caching: bool | None
     step_by_step: bool
     out: Path | None
     force: bool
@@ -278,6 +280,8 @@ class _SimulateOptions:
         }  # fmt: skip
         if self.step_by_step:
             engine["fast_forward"] = False
+        if self.prefix_caching is not None:
+            engine["prefix_caching"] = self.prefix_caching
         return {
             "profile": self.profile, "replicas": self.replicas, "seed": self.seed, "horizon_s": self.horizon,
             "workload": workload, "engine": engine,

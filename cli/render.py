@@ -117,9 +117,31 @@ def bench_table(rows: list[tuple[str, dict]], title: str) -> Table:
     return t
 
 
+def prefix_table(summary: dict) -> Table | None:
+    """Prefix-cache hits per tenant and per replica; None when no request carried prefix identity."""
+    replicas = summary["replicas"]
+    if not any(r.get("prefix_lookups") for r in replicas):
+        return None
+    t = Table(title="prefix cache (prompt tokens found cached; requests that hit)", title_justify="left")
+    for col in ("", "cached tokens", "token hit rate", "request hit rate", "evictions"):
+        t.add_column(col, justify="left" if not col else "right", no_wrap=True)
+    groups = [*summary["tenants"].items(), ("overall", summary["overall"])]
+    for name, g in groups:
+        t.add_row(f"[bold]{name}[/]" if name == "overall" else name, str(g.get("prefix_cached_tokens", 0)),
+                  _fmt_pct(g.get("prefix_token_hit_rate")), _fmt_pct(g.get("prefix_request_hit_rate")), "",
+                  end_section=name == "overall")
+    for r in replicas:
+        t.add_row(f"replica {r['replica']}", str(r.get("prefix_hit_tokens", 0)), _fmt_pct(r.get("prefix_token_hit_rate")),
+                  "", str(r.get("prefix_evictions", 0)))
+    return t
+
+
 def print_summary(console: Console, summary: dict, title: str) -> None:
     for table in summary_tables(summary, title):
         console.print(table)
+    prefix = prefix_table(summary)
+    if prefix is not None:
+        console.print(prefix)
     busy = ", ".join(f"replica {r['replica']}: {_fmt_pct(r['busy_fraction'])}" for r in summary["replicas"])
     console.print(
         f"engine busy fraction {_fmt_pct(summary['busy_fraction'])} ({busy}); "

@@ -187,7 +187,8 @@ class SimClient:
         self.rec.attempts[i] = self._attempt[i]
         req = SimRequest(idx=i, request_id=old.request_id, arrival_s=self.env.now, tenant=old.tenant,
                          priority=old.priority, input_tokens=old.input_tokens, output_tokens=old.output_tokens,
-                         est_tokens=old.est_tokens, slo_e2e_s=old.slo_e2e_s)
+                         est_tokens=old.est_tokens, slo_e2e_s=old.slo_e2e_s, prefix_ids=old.prefix_ids,
+                         prefix_id_tokens=old.prefix_id_tokens)
         self._send(req)
 
     def _abandon(self, i: int, after: float) -> None:

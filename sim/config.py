@@ -49,6 +49,11 @@ class EngineConfig:
     # admitted only when its whole prompt (for a preempted one, everything it must recompute) fits
     # in the free KV blocks, not just its first chunk; off: only the chunk must fit (older vLLM)
     reserve_full_prompt: bool = True
+    # vLLM's automatic prefix caching (on by default in vLLM v1): full prompt blocks of requests that
+    # carry prefix identity are shared and kept, hittable, after their requests end, until evicted
+    # least-recently-used (see sim/prefix_cache.py). Continuous mode only: a micro-batch worker
+    # (DriftSched) runs without it
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len", "batch_size")
@@ -92,15 +97,16 @@ class GatewayConfig:
     placement: Literal["gateway", "engine"] = "gateway"
     policy_params: dict[str, Any] = field(default_factory=dict)
     max_outstanding: int | None = None  # requests in flight per replica; None = no cap
-    router: Literal["round_robin", "least_outstanding"] = "least_outstanding"
+    router: Literal["round_robin", "least_outstanding", "prefix_affinity"] = "least_outstanding"
 
     def __post_init__(self) -> None:
         if self.max_outstanding is not None and self.max_outstanding <= 0:
             raise ConfigError(f"gateway.max_outstanding: expected a positive integer, got {self.max_outstanding}")
         if self.placement not in ("gateway", "engine"):
             raise ConfigError(f"gateway.placement: expected 'gateway' or 'engine', got {self.placement!r}")
-        if self.router not in ("round_robin", "least_outstanding"):
-            raise ConfigError(f"gateway.router: expected 'round_robin' or 'least_outstanding', got {self.router!r}")
+        if self.router not in ("round_robin", "least_outstanding", "prefix_affinity"):
+            raise ConfigError("gateway.router: expected 'round_robin', 'least_outstanding' or 'prefix_affinity', "
+                              f"got {self.router!r}")
 
 
 def _positive(obj: Any, *names: str) -> None:

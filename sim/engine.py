@@ -70,6 +70,7 @@ single ordered pass.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ from driftsim.sim.events import (EngineSampled, Observer, RequestFinished, Reque
                                  observer_tuple, publish)
 from driftsim.sim.kv import NULL_BLOCKS, KvBlocks, cdiv
 from driftsim.sim.policies import Policy
+from driftsim.sim.prefix_cache import PrefixCachedBlocks, block_keys
 from driftsim.sim.request import SimRequest
 
 __all__ = ["NULL_BLOCKS", "EngineCore", "FcfsQueue", "PolicyQueue", "admitted_prompt_tokens"]
@@ -204,7 +206,9 @@ class EngineCore:
         self.fast_forward = config.fast_forward
         self.async_sched = config.async_scheduling
         self.reserve_full = config.reserve_full_prompt
-        self.kv = KvBlocks(num_blocks)
+        # prefix caching (continuous mode): a request with prefix identity reuses cached full blocks
+        self.prefix_caching = config.prefix_caching and config.mode == "continuous"
+        self.kv = PrefixCachedBlocks(num_blocks) if self.prefix_caching else KvBlocks(num_blocks)
         self.replica = replica
         self._observers = observer_tuple(observers)
 
@@ -240,6 +244,9 @@ class EngineCore:
         self.busy_s = 0.0
         self.steps = 0
         self.preemptions = 0
+        self.prefix_queries = 0  # admissions of requests with prefix identity (each after a preemption too)
+        self.prefix_query_tokens = 0  # their prompt tokens to compute at those admissions
+        self.prefix_hit_tokens = 0  # of those, tokens found in the prefix cache (prefill saved)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -257,6 +264,19 @@ class EngineCore:
     def fits(self, req: SimRequest) -> bool:
         """Whether the whole sequence could ever hold its KV on this engine."""
         return cdiv(req.input_tokens + req.output_tokens, self.block_size) <= self.kv.total
+
+    def prefix_stats(self) -> dict:
+        """Prefix-cache counters for reports: admissions that looked the cache up, the prompt tokens
+        they had to compute and the tokens found cached (prefill saved), and cached blocks evicted."""
+        return {
+            "prefix_caching": self.prefix_caching,
+            "prefix_lookups": self.prefix_queries,
+            "prefix_lookup_tokens": self.prefix_query_tokens,
+            "prefix_hit_tokens": self.prefix_hit_tokens,
+            "prefix_token_hit_rate": self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens
+            else math.nan,
+            "prefix_evictions": self.kv.evictions if self.prefix_caching else 0,
+        }
 
     def has_work(self) -> bool:
         return bool(self.running) or bool(self.waiting) or bool(self._inbox)
@@ -317,18 +337,48 @@ class EngineCore:
         if not self.waiting or self._lag_seqs >= self.max_seqs:
             return False
         head = self.waiting.peek()
-        n = admitted_prompt_tokens(head.prefill_target - head.computed, self.token_budget, chunked=self.chunked)
+        hit, hit_free = self._cache_hit(head)
+        n = admitted_prompt_tokens(head.prefill_target - hit * self.block_size, self.token_budget, chunked=self.chunked)
         if n is None:
             return False
-        return self._admission_blocks(head, n) <= self.free_blocks - self._lag_blocks
+        return self._admission_blocks(head, n, hit, hit_free) <= self.free_blocks - self._lag_blocks
 
-    def _admission_blocks(self, r: SimRequest, n: int) -> int:
-        """Free KV blocks the waiting request ``r`` needs to be admitted with a chunk of ``n`` tokens:
-        its whole prompt's (``reserve_full_prompt``, vLLM's ``scheduler_reserve_full_isl``:
-        ``kv_cache_manager.allocate_slots`` checks ``request.num_tokens``) or the chunk's.
-        Only the chunk's blocks are then taken."""
-        tokens = r.prefill_target if self.reserve_full else r.computed + n
-        return cdiv(min(tokens, self.cfg.max_model_len), self.block_size) - r.blocks
+    def _admission_blocks(self, r: SimRequest, n: int, hit: int = 0, hit_free: int = 0) -> int:
+        """Free KV blocks the waiting request ``r`` needs to be admitted with a chunk of ``n`` tokens
+        after ``hit`` cached blocks (``hit_free`` of them free): its whole prompt's
+        (``reserve_full_prompt``, vLLM's ``scheduler_reserve_full_isl``: ``kv_cache_manager.allocate_slots``
+        checks ``request.num_tokens``) or the chunk's, less the cached ones, plus the cached ones it
+        takes out of the free queue (vLLM's ``num_evictable_computed_blocks``). Only the chunk's
+        blocks are then taken. A waiting request holds no blocks and has computed nothing."""
+        tokens = r.prefill_target if self.reserve_full else hit * self.block_size + n
+        return cdiv(min(tokens, self.cfg.max_model_len), self.block_size) - hit + hit_free
+
+    def cached_prefix_blocks(self, r: SimRequest) -> int:
+        """Leading prompt blocks of ``r`` this engine's prefix cache holds now (0 without caching or
+        identity); what a prefix-aware router compares across replicas."""
+        if r.prefix_ids is None or not self.prefix_caching:
+            return 0
+        if r.block_keys is None:
+            r.block_keys = block_keys(r.prefix_ids, r.prefix_id_tokens, self.block_size, r.input_tokens)
+        return self.kv.lookup(r.block_keys, len(r.block_keys))[0]
+
+    def _cache_hit(self, r: SimRequest) -> tuple[int, int]:
+        """Cached leading prompt blocks of the waiting request ``r`` and how many of them are free.
+
+        As vLLM's ``get_computed_blocks``: at most ``(tokens to compute - 1) // block_size`` blocks,
+        so a prompt found whole still computes its last block (at least one token) to sample from.
+        """
+        if r.prefix_ids is None or not self.prefix_caching:
+            return 0, 0
+        kv = self.kv
+        memo = r.hit_memo
+        if memo is not None and memo[0] == kv.version and memo[1] == r.prefill_target:
+            return memo[2], memo[3]
+        if r.block_keys is None:
+            r.block_keys = block_keys(r.prefix_ids, r.prefix_id_tokens, self.block_size, r.input_tokens)
+        hit, hit_free = kv.lookup(r.block_keys, (r.prefill_target - 1) // self.block_size)
+        r.hit_memo = (kv.version, r.prefill_target, hit, hit_free)
+        return hit, hit_free
 
     # ------------------------------------------------------------------ planning
     def plan(self, t: float, until: float = float("inf")) -> np.ndarray | list[float]:
@@ -383,11 +433,14 @@ class EngineCore:
             return True
         head = self.waiting.peek()
         budget = self.token_budget - self.num_decode
-        n = admitted_prompt_tokens(head.prefill_target - head.computed, budget, chunked=self.chunked)
+        hit, hit_free = self._cache_hit(head)
+        n = admitted_prompt_tokens(head.prefill_target - hit * self.block_size, budget, chunked=self.chunked)
         if n is None:
             return True
         free_after_decodes = self.free_blocks - self._decodes_by_phase[-self.decode_step % self.block_size]
-        return self._admission_blocks(head, n) > free_after_decodes
+        # NOTE: while the run lasts, allocations only take free blocks and may evict cached ones the
+        # head would hit, so what it needs never shrinks: blocked now means blocked until the run ends
+        return self._admission_blocks(head, n, hit, hit_free) > free_after_decodes
 
     def _stable_steps(self) -> int:
         """Steps that can run as pure decode before a completion or a KV shortage (0 = a shortage now)."""
@@ -413,6 +466,10 @@ class EngineCore:
     def _plan_step(self, t: float) -> list[float]:
         """Plan one general iteration: the running pass, then, if it preempted nothing, the waiting pass."""
         decode_blocks, chunks, budget, need, preempted = self._running_pass()
+        if self.prefix_caching:
+            for r, n in zip(self.prefilling, chunks):
+                if n and r.block_keys:
+                    self._register_blocks(r, r.computed + n)
         if not preempted:
             self._waiting_pass(t, chunks, budget, self.free_blocks - need)
         batch = self._step_batch(chunks)
@@ -476,14 +533,49 @@ class EngineCore:
         waiting, block_size, chunked = self.waiting, self.block_size, self.chunked
         while waiting and len(self.running) < max_seqs and budget > 0:
             r = waiting.peek()
-            n = admitted_prompt_tokens(r.prefill_target - r.computed, budget, chunked=chunked)
-            if n is None or self._admission_blocks(r, n) > free:
+            hit, hit_free = self._cache_hit(r)
+            n = admitted_prompt_tokens(r.prefill_target - hit * block_size, budget, chunked=chunked)
+            if n is None or self._admission_blocks(r, n, hit, hit_free) > free:
                 break
             waiting.pop()
+            if r.prefix_ids is not None and self.prefix_caching:
+                self._take_hit(r, hit)
+                free -= hit_free
             free -= cdiv(r.computed + n, block_size) - r.blocks
             budget -= n
             self._admit(r, t)
             chunks.append(n)
+            if r.block_keys:
+                self._register_blocks(r, r.computed + n)
+
+    def _take_hit(self, r: SimRequest, hit: int) -> None:
+        """Admit the waiting request ``r`` onto its ``hit`` cached leading blocks: they count as
+        computed and held (referenced), and its statistics note the lookup."""
+        kv: PrefixCachedBlocks = self.kv  # type: ignore[assignment]
+        keys = r.block_keys[:hit]
+        kv.acquire(keys)
+        r.shared = keys
+        r.hashed_upto = hit
+        r.blocks = hit
+        r.computed = hit * self.block_size
+        self.prefix_queries += 1
+        self.prefix_query_tokens += r.prefill_target
+        self.prefix_hit_tokens += r.computed
+        if r.cached_tokens < 0:
+            r.cached_tokens = r.computed
+
+    def _register_blocks(self, r: SimRequest, tokens: int) -> None:
+        """Offer the prompt blocks of ``r`` that ``tokens`` fill to the cache when the step computing
+        them is scheduled, as vLLM's ``allocate_slots`` caches full blocks: a request admitted later
+        in the same step already hits them."""
+        keys = r.block_keys
+        full = min(tokens // self.block_size, len(keys))
+        kv: PrefixCachedBlocks = self.kv  # type: ignore[assignment]
+        for j in range(r.hashed_upto, full):
+            if kv.register(keys[j]):
+                r.shared.append(keys[j])
+        if full > r.hashed_upto:
+            r.hashed_upto = full
 
     def _admit(self, r: SimRequest, t: float) -> None:
         """Make the waiting request ``r`` the last of the running order, prefilling from step start ``t``."""
@@ -577,9 +669,7 @@ class EngineCore:
             if epoch != r.epoch:
                 continue
             tokens = self._decode_tokens(r)
-            blocks = cdiv(tokens, self.block_size)
-            self.kv.free(blocks)
-            self._freed += blocks
+            self._freed += self._release(r, cdiv(tokens, self.block_size))
             self.num_decode -= 1
             self.decode_ctx -= tokens
             self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] -= 1
@@ -606,8 +696,7 @@ class EngineCore:
                 r.first_token_s = end
             r.generated += 1
             if r.generated >= r.output_tokens:
-                self.kv.free(r.blocks)
-                self._freed += r.blocks
+                self._freed += self._release(r, r.blocks)
                 r.blocks = 0
                 del self.running[r.order]
                 finished.append((r, end))
@@ -637,16 +726,28 @@ class EngineCore:
         r.prefill_target = r.input_tokens + r.generated
         self.waiting.push_front(r)
 
+    def _release(self, r: SimRequest, blocks: int) -> int:
+        """Give back the ``blocks`` that ``r`` holds; return how many became free (a cached block
+        another request still references stays taken)."""
+        if not r.shared:
+            r.hashed_upto = 0
+            self.kv.free(blocks)
+            return blocks
+        shared = r.shared
+        r.shared = []
+        r.hashed_upto = 0
+        return self.kv.release(shared, blocks - len(shared))
+
     def _take_off_running(self, r: SimRequest) -> None:
         """Remove a running request and give back its KV blocks: from the prefilling list, or from the
         decode aggregate (its generated count brought up to date, its completion-heap entry made stale)."""
         del self.running[r.order]
         if r.finish_g < 0:  # still prefilling
             self.prefilling.remove(r)
-            self.kv.free(r.blocks)
+            self._release(r, r.blocks)
         else:
             tokens = self._decode_tokens(r)
-            self.kv.free(cdiv(tokens, self.block_size))
+            self._release(r, cdiv(tokens, self.block_size))
             self.num_decode -= 1
             self.decode_ctx -= tokens
             self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] -= 1

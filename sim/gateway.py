@@ -54,7 +54,14 @@ class Gateway:
 
     # ---- push side
     def _dispatch(self, now: float) -> None:
-        policy, replicas, cap = self.policy, self.replicas, self.cap
+        policy, replicas, cap, router = self.policy, self.replicas, self.cap, self.router
+        if getattr(router, "uses_request", False):
+            while len(policy):
+                if cap is not None and all(r.outstanding >= cap for r in replicas):
+                    return
+                req = self._release(now)
+                router.pick(replicas, cap, req).submit(req)
+            return
         while len(policy):
             replica = self.router.pick(replicas, cap)
             if replica is None:

@@ -19,6 +19,22 @@ _ITL_BLOCK = 4096  # requests per block when the streaming summary repeats mean 
 _LEAN = ("tenant", "status", "input_tokens", "generated_tokens", "preemptions", "slo_met", *LATENCY_METRICS)
 
 
+def _lean(requests: pl.DataFrame) -> pl.DataFrame:
+    """The columns the summaries read; ``attempts`` and ``cached_tokens`` where the table has them."""
+    return requests.select(*_LEAN, *(c for c in ("attempts", "cached_tokens") if c in requests.columns))
+
+
+def prefix_figures(completed: int, input_tokens: int, cached_tokens: int, hit_requests: int) -> dict:
+    """Prefix-cache figures of a group of completed requests: prompt tokens found cached at their first
+    admission (prefill saved), and the share of tokens and of requests that hit."""
+    return {
+        "prefix_cached_tokens": cached_tokens,
+        "prefix_hit_requests": hit_requests,
+        "prefix_token_hit_rate": cached_tokens / input_tokens if input_tokens else math.nan,
+        "prefix_request_hit_rate": hit_requests / completed if completed else math.nan,
+    }
+
+
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
     """The q-quantile (linear) of ``values`` with each repeated ``weights`` times, without repeating them."""
     keep = weights > 0
@@ -98,6 +114,8 @@ def _group_summary(df: pl.DataFrame, span_s: float) -> dict:
     out["slo_requests"] = slo_met.len()
     out["slo_attainment"] = float(slo_met.mean()) if slo_met.len() else None
     out.update(_bench_figures(df, ok, span_s))
+    cached = ok["cached_tokens"] if "cached_tokens" in ok.columns else pl.Series([], dtype=pl.Int32)
+    out.update(prefix_figures(ok.height, int(ok["input_tokens"].sum()), int(cached.sum()), int((cached > 0).sum())))
     return out
 
 
@@ -116,8 +134,7 @@ def summarize(requests: pl.DataFrame, replicas: list[dict]) -> dict:
     start = float(requests["arrival_s"].min()) if requests.height else 0.0
     end = float(finish.max()) if finish.len() else start
     span = max(end - start, 0.0)
-    lean = requests.select(*_LEAN, *(["attempts"] if "attempts" in requests.columns else []))
-    # filter copies only these columns
+    lean = _lean(requests)  # filter copies only these columns
     tenants = {
         t: _group_summary(lean.filter(pl.col("tenant") == t), span)
         for t in sorted(requests["tenant"].unique().to_list())
@@ -147,6 +164,8 @@ class _GroupTotals:
         self.latency = {m: QuantileSketch(alpha) for m in LATENCY_METRICS}
         self.input_ok = 0
         self.good = 0  # completed and met every SLO it carries
+        self.cached_ok = 0  # prompt tokens of completed requests found in the prefix cache
+        self.hit_ok = 0  # completed requests that found some
         self.itl = QuantileSketch(alpha)  # each request's mean gap, once per gap (see _bench_figures)
 
     def add(self, part: pl.DataFrame) -> None:
@@ -167,6 +186,9 @@ class _GroupTotals:
             sketch.add(ok[m].drop_nulls().drop_nans().to_numpy())
         self.input_ok += int(ok["input_tokens"].sum())
         self.good += int((ok_mask & part["slo_met"].fill_null(False)).sum())
+        if "cached_tokens" in ok.columns:
+            self.cached_ok += int(ok["cached_tokens"].sum())
+            self.hit_ok += int((ok["cached_tokens"] > 0).sum())
         values, weights = _itl_inputs(ok)
         for lo in range(0, values.size, _ITL_BLOCK):  # bounded memory: blocks of requests
             self.itl.add(np.repeat(values[lo : lo + _ITL_BLOCK], weights[lo : lo + _ITL_BLOCK]))
@@ -174,7 +196,7 @@ class _GroupTotals:
     def merge(self, other: _GroupTotals) -> None:
         self.by_status = [a + b for a, b in zip(self.by_status, other.by_status)]
         for name in ("requests", "generated_ok", "preemptions", "extra_attempts", "slo_requests", "slo_met",
-                     "input_ok", "good"):  # fmt: skip
+                     "input_ok", "good", "cached_ok", "hit_ok"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for m, sketch in self.latency.items():
             sketch.merge(other.latency[m])
@@ -208,6 +230,7 @@ class _GroupTotals:
         out["slo_requests"] = self.slo_requests
         out["slo_attainment"] = self.slo_met / self.slo_requests if self.slo_requests else None
         out.update(self.bench(span_s))
+        out.update(prefix_figures(completed, self.input_ok, self.cached_ok, self.hit_ok))
         return out
 
 
@@ -237,7 +260,7 @@ class StreamingSummary:
         finish = requests["finish_s"].drop_nulls().drop_nans()
         if finish.len():
             self.end = max(self.end, float(finish.max()))
-        lean = requests.select(*_LEAN, *(["attempts"] if "attempts" in requests.columns else []))
+        lean = _lean(requests)
         for (tenant,), part in lean.group_by("tenant"):
             if tenant not in self.tenants:
                 self.tenants[tenant] = _GroupTotals(self._statuses, self.alpha)

@@ -35,6 +35,14 @@ class SimRequest:
         "first_token_s",
         "scheduled_s",  # first time the engine scheduled it, s
         "preemptions",
+        # prefix identity (None: none) and prefix-cache state
+        "prefix_ids",  # ids of the prompt's blocks of prefix_id_tokens tokens each, chained (driftsim.sim.prefix_cache)
+        "prefix_id_tokens",
+        "block_keys",  # the engine's chained keys of the full prompt blocks, set at the first lookup
+        "shared",  # keys of the cached blocks this request references, in block order
+        "hashed_upto",  # prompt blocks before this one have been offered to the cache
+        "hit_memo",  # (cache version, prefill target, hit blocks, free hit blocks) of the last lookup
+        "cached_tokens",  # prompt tokens found in the prefix cache at the first admission (-1: not admitted)
     )
 
     def __init__(
@@ -49,6 +57,8 @@ class SimRequest:
         output_tokens: int,
         est_tokens: int,
         slo_e2e_s: float | None = None,
+        prefix_ids: list[int] | None = None,
+        prefix_id_tokens: int = 0,
     ) -> None:
         self.idx = idx
         self.request_id = request_id
@@ -69,6 +79,13 @@ class SimRequest:
         self.first_token_s = -1.0
         self.scheduled_s = -1.0
         self.preemptions = 0
+        self.prefix_ids = prefix_ids
+        self.prefix_id_tokens = prefix_id_tokens
+        self.block_keys: list[int] | None = None
+        self.shared: list[int] = []
+        self.hashed_upto = 0
+        self.hit_memo: tuple[int, int, int, int] | None = None
+        self.cached_tokens = -1
 
     def __repr__(self) -> str:
         return f"SimRequest(id={self.request_id}, tenant={self.tenant!r}, in={self.input_tokens}, out={self.output_tokens})"

@@ -36,6 +36,7 @@ class ResultRecorder:
         self.finish_s = np.full(n, np.nan)
         self.generated = np.zeros(n, dtype=np.int32)
         self.preemptions = np.zeros(n, dtype=np.int32)
+        self.cached_tokens = np.zeros(n, dtype=np.int32)  # prompt tokens found in the prefix cache at first admission
         self.length_capped = np.zeros(n, dtype=bool)
         self.attempts = np.ones(n, dtype=np.int16)  # > 1 only with client retries (driftsim.sim.client)
         self.reasons: dict[int, str] = {}
@@ -49,6 +50,8 @@ class ResultRecorder:
         self.finish_s[i] = t
         self.generated[i] = req.generated
         self.preemptions[i] = req.preemptions
+        if req.cached_tokens > 0:
+            self.cached_tokens[i] = req.cached_tokens
 
     def give_up(self, idx: int, status: int, reason: str, generated: int = 0) -> None:
         """The client gave up on the request (``STATUS_TIMEOUT`` or ``STATUS_ABANDONED``)."""
@@ -90,6 +93,7 @@ class ResultRecorder:
             pl.Series("generated_tokens", self.generated),
             _from_codes(self.length_capped, FINISH_REASON).alias("finish_reason"),
             pl.Series("preemptions", self.preemptions),
+            pl.Series("cached_tokens", self.cached_tokens),
             pl.Series("attempts", self.attempts),
             pl.Series("scheduled_s", self.scheduled_s),
             pl.Series("first_token_s", self.first_token_s),

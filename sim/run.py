@@ -214,7 +214,8 @@ def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gat
 def _collect(run: _Run, sink, adm: Admission, chunk_columns: dict, *, microbatch: bool) -> SimResult:
     """Replica counters, the per-request rows (if kept) and the summary."""
     replica_stats = [
-        {"replica": i, "busy_s": c.busy_s, "steps": c.steps, "preemptions": c.preemptions, "kv_blocks": c.total_blocks}
+        {"replica": i, "busy_s": c.busy_s, "steps": c.steps, "preemptions": c.preemptions, "kv_blocks": c.total_blocks,
+         **c.prefix_stats()}
         for i, c in enumerate(run.cores)
     ]
     if microbatch:
@@ -264,6 +265,9 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
         max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy()
         prio = chunk["priority"].fill_null(0).to_numpy()
         slo = chunk["slo_e2e_s"].to_numpy()
+        has_ids = chunk["prefix_ids"].null_count() < chunk.height
+        prefix_ids = chunk["prefix_ids"].to_list() if has_ids else None
+        prefix_tokens = chunk["prefix_block_tokens"].fill_null(0).to_numpy() if has_ids else None
         for j in range(chunk.height):
             i = base + j
             clock.next_s = float(arrival[j])
@@ -290,6 +294,8 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
                 est_tokens=prompt + gen,
                 slo_e2e_s=None if np.isnan(slo[j]) else float(slo[j]),
             )
+            if has_ids and prefix_ids[j] is not None:
+                req.prefix_ids, req.prefix_id_tokens = prefix_ids[j], int(prefix_tokens[j])
             if not core.fits(req):
                 rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
                 continue

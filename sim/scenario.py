@@ -61,6 +61,7 @@ from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
 from driftsim.sim.events import Observer
 from driftsim.sim.policies import make_policy
 from driftsim.sim.run import SimResult, simulate
+from driftsim.sim.sessions import simulate_sessions
 from driftsim.traces import transform
 from driftsim.traces.bench_workload import BenchWorkload, generate_bench, with_arrivals
 from driftsim.traces.driftsched import driftsched_workload
@@ -458,6 +459,8 @@ def _tenant_load(t: dict, scenario: str) -> TenantLoad:
     try:
         t["input"] = LengthDist(**t["input"])
         t["output"] = LengthDist(**t["output"])
+        if "turns" in t:
+            t["turns"] = LengthDist(**t["turns"])
         if "gap_range" in t:
             t["gap_range"] = tuple(t["gap_range"])
         return TenantLoad(**t)
@@ -563,22 +566,28 @@ def closed_loop(scenario: Scenario) -> ClosedLoop | None:
 
 
 def _simulate(trace: pl.DataFrame, loop: ClosedLoop | None, *, observers=None, progress=None, **kwargs) -> SimResult:
-    """One open-loop run, or the closed loop's fixed point; observers see the reported run only.
+    """One open-loop run, or the fixed point of a closed loop or of multi-turn sessions; observers see the reported run only.
 
     NOTE: the closed loop runs the trace until its send times settle; each
     pass would feed the observers again, so the settled send times are run
     once more with the observers (same inputs, same run: the simulator is
     deterministic).
     """
-    if loop is None:
+    sessions = "session_id" in trace.columns and trace["session_id"].null_count() < trace.height
+    if sessions and loop is not None:
+        raise ConfigError("a workload with multi-turn sessions already sends each turn after the previous answer; "
+                          "drop max_concurrency/think_s ([workload] keys or --max-concurrency/--think-s)")
+    if loop is None and not sessions:
         return simulate(trace, observers=observers, progress=progress, **kwargs)
-    result = simulate_closed_loop(trace, loop, **kwargs)
+    # multi-turn sessions are sent closed-loop: each turn a think time after the previous one's answer
+    result = simulate_sessions(trace, **kwargs) if sessions else simulate_closed_loop(trace, loop, **kwargs)
+    key = "sessions" if sessions else "closed_loop"
     if observers:
         sent = trace.join(result.requests.select("request_id", "arrival_s"), on="request_id", how="left",
                           suffix="_sent", maintain_order="left")  # fmt: skip
         again = simulate(sent.with_columns(pl.col("arrival_s_sent").alias("arrival_s")).drop("arrival_s_sent"),
                          observers=observers, **kwargs)  # fmt: skip
-        again.summary["closed_loop"] = result.summary["closed_loop"]
+        again.summary[key] = result.summary[key]
         result = again
     return result
 

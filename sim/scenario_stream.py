@@ -94,9 +94,29 @@ def run_scenario_streamed(
     run, context = simulation_setup(scenario)
     admission = build_admission(scenario)
     trace, report = streamed_trace(scenario, chunk_rows=chunk_rows)
+    _refuse_sessions(trace, scenario.name)
     result = simulate(trace, admission=admission, progress=progress, results_path=results_path,
                       summary_only=summary_only, chunk_rows=chunk_rows, observers=observers, **run)
     context.update(admission=admission.__dict__,
                    trace_repairs=list(report.repairs) if report is not None else [],
                    trace_streamed=isinstance(trace, TraceStream))
     return result, context
+
+
+_SESSIONS_IN_MEMORY = ("has multi-turn sessions (session_id): their turns are sent closed-loop, which needs "
+                       "every row in memory; run it without --stream or --summary-only")
+
+
+def _refuse_sessions(trace, name: str) -> None:
+    """Sessions are not sent open-loop: a streamed run refuses them (a stream, at its first session row)."""
+    if isinstance(trace, TraceStream):
+        inner = trace.map_chunk
+
+        def check(chunk: pl.DataFrame) -> pl.DataFrame:
+            if chunk["session_id"].null_count() < chunk.height:
+                raise ConfigError(f"scenario {name!r}: the trace {_SESSIONS_IN_MEMORY}")
+            return inner(chunk) if inner is not None else chunk
+
+        trace.map_chunk = check
+    elif trace["session_id"].null_count() < trace.height:
+        raise ConfigError(f"scenario {name!r}: the workload {_SESSIONS_IN_MEMORY}")

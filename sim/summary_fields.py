@@ -17,3 +17,9 @@ def bench_field(metric: str, stat: str) -> str:
     """The summary key of one latency statistic, its unit in the name: ``bench_field("ttft", "p95") == "ttft_p95_ms"``."""
     unit = dict(BENCH_LATENCIES)[metric]
     return f"{metric}_{stat}_{unit}"
+
+#: Prefix-cache figures in each summary group (completed requests; tokens found cached at the first admission).
+PREFIX_GROUP_FIELDS = ("prefix_cached_tokens", "prefix_hit_requests", "prefix_token_hit_rate", "prefix_request_hit_rate")
+#: Prefix-cache counters of each replica (every admission, re-admissions after preemption included).
+PREFIX_REPLICA_FIELDS = ("prefix_lookups", "prefix_lookup_tokens", "prefix_hit_tokens", "prefix_token_hit_rate",
+                         "prefix_evictions")

@@ -116,4 +116,11 @@ def draw_native_table(draw, n: int, *, seconds, tenant_names, tokens) -> pl.Data
         "slo_ttft_s": column(opt(slo)),
         "slo_e2e_s": column(opt(slo)),
     }
+    sizes = column(opt(st.sampled_from([1, 16, 512])))
+    rows["prefix_block_tokens"] = sizes
+    rows["prefix_ids"] = [
+        None if size is None else draw(st.lists(st.integers(-(2**62), 2**62), max_size=min(4, -(-inp // size))))
+        for size, inp in zip(sizes, rows["input_tokens"])
+    ]
+    rows.update(session_id=[None] * n, turn=[None] * n, think_s=[None] * n)
     return pl.DataFrame(rows, schema=REQUEST_SCHEMA)

@@ -115,8 +115,9 @@ def records(draw, fmt: str) -> tuple[list[dict], pl.DataFrame]:
                 expect.append((i, t, model, inp, out))
         elif fmt == "mooncake":
             ms = draw(st.integers(0, 10**10))
-            recs.append({"timestamp": ms, "input_length": inp, "output_length": out, "hash_ids": [i, i + 1]})
-            expect.append((i, ms * 1e-3, "default", inp, out))
+            hash_ids = [i * 10**6 + m for m in range(-(-inp // 512))]  # one id per 512 tokens, as the trace has
+            recs.append({"timestamp": ms, "input_length": inp, "output_length": out, "hash_ids": hash_ids})
+            expect.append((i, ms * 1e-3, "default", inp, out, hash_ids, 512))
         elif fmt == "bailian":
             t = draw(seconds)
             recs.append({"chat_id": ids[i], "parent_chat_id": -1, "timestamp": t, "input_length": inp,
@@ -131,10 +132,11 @@ def records(draw, fmt: str) -> tuple[list[dict], pl.DataFrame]:
         first = min(e[1] for e in expect)
         expect = [(i, (ns - first) / 1e9, *rest) for i, ns, *rest in expect]
     expect.sort(key=lambda e: e[1])  # stable: ties keep file order
+    given = ["request_id", "arrival_s", "tenant", "input_tokens", "output_tokens", "prefix_ids", "prefix_block_tokens"]
     table = pl.DataFrame(
-        [dict(zip(["request_id", "arrival_s", "tenant", "input_tokens", "output_tokens"], e)) for e in expect],
-        schema={c: REQUEST_SCHEMA[c] for c in ["request_id", "arrival_s", "tenant", "input_tokens", "output_tokens"]},
-    ).with_columns(pl.lit(None, t).alias(c) for c, t in REQUEST_SCHEMA.items() if c not in list(REQUEST_SCHEMA)[:5])
+        [dict(zip(given, e if len(e) == 7 else (*e, None, None))) for e in expect],
+        schema={c: REQUEST_SCHEMA[c] for c in given},
+    ).with_columns(pl.lit(None, t).alias(c) for c, t in REQUEST_SCHEMA.items() if c not in given)
     return recs, table.select(list(REQUEST_SCHEMA))
 
 

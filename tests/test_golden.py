@@ -66,7 +66,10 @@ GOLDEN = {
 @pytest.mark.parametrize("name", sorted(SIMULATE))
 def test_simulate_results_are_unchanged(name, tmp_path):
     run_cli(["simulate", *SIMULATE[name], "--out", str(tmp_path / "out")])
-    assert digest(requests_of(tmp_path / "out")) == GOLDEN[name]
+    requests = requests_of(tmp_path / "out")
+    # no request carries prefix identity: nothing is cached and every recorded value is as before
+    assert (requests["cached_tokens"] == 0).all()
+    assert digest(requests.drop("cached_tokens")) == GOLDEN[name]
 
 
 def test_sweep_results_are_unchanged(tmp_path):
@@ -85,6 +88,8 @@ def test_reproduce_driftsched_is_unchanged(tmp_path):
 def test_rescoring_a_saved_validation_is_unchanged(tmp_path):
     shutil.copytree(SAVED, tmp_path / "session")
     res = rescore(tmp_path / "session", cost=linear_cost())
-    parts = [digest(f) for level in res.levels for f in level.sim]
+    sims = [f for level in res.levels for f in level.sim]
+    assert all((f["cached_tokens"] == 0).all() for f in sims)  # no prefix identity: nothing cached
+    parts = [digest(f.drop("cached_tokens")) for f in sims]
     parts += [json.dumps(level.scores, sort_keys=True, default=repr) for level in res.levels]
     assert hashlib.sha256("\n".join(parts).encode()).hexdigest() == GOLDEN["rescore"]

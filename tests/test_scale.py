@@ -193,7 +193,7 @@ def test_trace_stream_equals_loader_with_transforms(tmp_path):
 def test_trace_stream_errors_name_file_row_and_field(tmp_path):
     trace = _trace(300)
     bad = tmp_path / "late.csv"
-    trace.with_columns(arrival_s=pl.when(pl.int_range(pl.len()) == 200).then(0.0).otherwise("arrival_s")).write_csv(bad)
+    trace.with_columns(arrival_s=pl.when(pl.int_range(pl.len()) == 200).then(0.0).otherwise("arrival_s")).drop("prefix_ids").write_csv(bad)
     with pytest.raises(TraceError, match=r"late.csv, row 201, field 'arrival_s': .*arrival order"):
         TraceStream(bad, chunk_rows=64)
     dup = tmp_path / "dup.parquet"
@@ -201,7 +201,7 @@ def test_trace_stream_errors_name_file_row_and_field(tmp_path):
     with pytest.raises(TraceError, match=r"dup.parquet, row 251, field 'request_id': duplicate request id 7, first seen at row 8"):
         TraceStream(dup, chunk_rows=64)
     neg = tmp_path / "neg.csv"
-    trace.with_columns(input_tokens=pl.when(pl.col("request_id") == 130).then(-3).otherwise("input_tokens")).write_csv(neg)
+    trace.with_columns(input_tokens=pl.when(pl.col("request_id") == 130).then(-3).otherwise("input_tokens")).drop("prefix_ids").write_csv(neg)
     stream = TraceStream(neg, chunk_rows=64)  # the first pass checks ids and arrivals only
     with pytest.raises(TraceError, match=r"neg.csv, row 131, field 'input_tokens'"):
         list(stream)

@@ -261,6 +261,7 @@ def driftsched_workload(
             "priority": [priorities[t] for t in tenant_col],
             "slo_ttft_s": per_tenant(slo_ttft_s),
             "slo_e2e_s": per_tenant(slo_e2e_s),
+            **{c: [None] * n for c in ("prefix_ids", "prefix_block_tokens", "session_id", "turn", "think_s")},
         },
         schema=REQUEST_SCHEMA,
     )

@@ -50,6 +50,8 @@ from driftsim.traces.schema import (
     REQUIRED_COLUMNS,
     TraceError,
     _check_unique,
+    check_prefix_ids,
+    check_sessions,
     _first_bad,
 )
 from driftsim.traces.tokens import TokenCounter, WhitespaceCounter
@@ -112,6 +114,8 @@ class _Format:
     tenant: str | None = None  # None: tenant "default"
     failed_zero_output: bool = False  # 0 output tokens marks a failed request: dropped and reported
     hints: tuple[str, ...] = ()  # other columns the format is known by (auto-detection only)
+    prefix_ids: str | None = None  # optional column of per-block ids -> prefix_ids
+    prefix_block_tokens: int = 0  # tokens each of those ids covers
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -130,7 +134,10 @@ _BURSTGPT = _Format(
     failed_zero_output=True,
     hints=("Total tokens", "Log Type"),
 )
-_MOONCAKE = _Format("mooncake", "jsonl", "timestamp", "ms", "input_length", "output_length", hints=("hash_ids",))
+#: tokens each Mooncake ``hash_ids`` entry covers (the trace's block size, per its README)
+MOONCAKE_BLOCK_TOKENS = 512
+_MOONCAKE = _Format("mooncake", "jsonl", "timestamp", "ms", "input_length", "output_length", hints=("hash_ids",),
+                    prefix_ids="hash_ids", prefix_block_tokens=MOONCAKE_BLOCK_TOKENS)
 _BAILIAN = _Format(
     "bailian",
     "jsonl",
@@ -159,6 +166,35 @@ def _describe_formats() -> str:
 
 def _nulls(dtype: pl.DataType, n: int) -> pl.Series:
     return pl.Series(dtype=dtype).extend_constant(None, n)
+
+
+def _id_lists(df: pl.DataFrame, col: str, *, source: str, json: bool = False) -> pl.Series:
+    """Parse a column of integer id lists, raising at the first bad row.
+
+    Parquet stores a list of integers; text is a JSON array (``[3, 7]``) or, in CSV, ids separated
+    by spaces (``3 7``, what :func:`driftsim.traces.writer.write_trace` writes). Blank means missing.
+    ``json``: the text must be a JSON array (a JSON lines field).
+    """
+    dtype = df.schema[col]
+    if dtype == pl.Null:
+        return _nulls(pl.List(pl.Int64), df.height).alias(col)
+    if isinstance(dtype, pl.List) and dtype.inner.is_integer():
+        return df[col].cast(pl.List(pl.Int64)).alias(col)
+    if dtype != pl.String:
+        raise TraceError(f"expected lists of integer ids, found a column of type {dtype}", source=source, field=col)
+    txt = df[col].str.strip_chars()
+    txt = txt.set(txt == "", None)
+    bracketed = txt.str.starts_with("[") & txt.str.ends_with("]")
+    inner = pl.when(bracketed).then(txt.str.slice(1, txt.str.len_chars() - 2)).otherwise(txt)
+    stage = pl.DataFrame({"t": txt, "b": bracketed}).with_columns(
+        inner.str.replace_all(",", " ").str.extract_all(r"\S+").alias("tokens"))
+    stage = stage.with_columns(pl.col("tokens").list.eval(pl.element().cast(pl.Int64, strict=False)).alias("ids"))
+    shape = ~pl.col("b") if json else pl.col("t").str.contains(r"[\[\]]") & ~pl.col("b")  # brackets around all
+    bad = stage.select(pl.col("t").is_not_null() & (
+        pl.col("ids").list.eval(pl.element().is_null()).list.any().fill_null(True) | shape)).to_series()
+    if bad.any():
+        _first_bad(df, pl.lit(bad), col, "a list of integer block ids", source, row_col=_ROW)
+    return stage["ids"].alias(col)
 
 
 def _number(
@@ -492,7 +528,8 @@ def _listed_rows(rows: pl.Series) -> str:
 
 
 def _finish(
-    columns: dict[str, pl.Series], rows: pl.Series, report: LoadReport, *, id_field: str | None = "request_id"
+    columns: dict[str, pl.Series], rows: pl.Series, report: LoadReport, *, id_field: str | None = "request_id",
+    prefix_field: str = "prefix_ids",
 ) -> pl.DataFrame:
     """Assemble the table in schema order, null-filling optional columns; check ids; sort and report.
 
@@ -505,6 +542,7 @@ def _finish(
     df = df.select(*(pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()), _ROW)
     if id_field:
         _check_unique(df, "request_id", report.source, row_col=_ROW, field=id_field)
+    check_prefix_ids(df, report.source, row_col=_ROW, ids_field=prefix_field)
     arr = pl.col("arrival_s")
     late = df.filter(arr < arr.cum_max().shift(1))[_ROW]
     if late.len():
@@ -512,6 +550,7 @@ def _finish(
         report.repairs.append(
             f"sorted {late.len()} out-of-order arrivals (at rows {_listed_rows(late)}); ties keep file order"
         )
+    check_sessions(df, report.source, row_col=_ROW)  # in arrival order
     df = df.drop(_ROW)
     report.rows_loaded = df.height
     return df
@@ -521,7 +560,8 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
     p, source = _source(path)
     found = _csv_header(p, source) if fmt.container == "csv" else list(_first_record(p, source))
     _require(found, fmt.required, fmt.name, source)
-    raw = _read(p, source, fmt.container, list(fmt.required))
+    with_ids = fmt.prefix_ids is not None and fmt.prefix_ids in found
+    raw = _read(p, source, fmt.container, list(fmt.required) + ([fmt.prefix_ids] if with_ids else []))
     report = LoadReport(source=source, format=fmt.name, rows_read=raw.height)
     if fmt.container == "csv":
         raw = _drop_blank_rows(raw, report)
@@ -564,7 +604,13 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
         "input_tokens": _number(raw, fmt.input, source=source, integer=True, minimum=1),
         "output_tokens": output,
     }
-    return _finish(columns, raw[_ROW], report, id_field=fmt.request_id), report
+    if with_ids:
+        ids = _id_lists(raw, fmt.prefix_ids, source=source, json=fmt.container == "jsonl")
+        columns["prefix_ids"] = ids
+        columns["prefix_block_tokens"] = pl.Series([fmt.prefix_block_tokens] * raw.height, dtype=pl.Int64).set(
+            ids.is_null(), None)
+    return _finish(columns, raw[_ROW], report, id_field=fmt.request_id,
+                   prefix_field=fmt.prefix_ids if with_ids else "prefix_ids"), report
 
 
 # --------------------------------------------------------------------------- per-format readers
@@ -589,7 +635,11 @@ def read_burstgpt(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
 
 
 def read_mooncake(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
-    """Mooncake JSONL (`timestamp` ms, `input_length`, `output_length`; `hash_ids` ignored)."""
+    """Mooncake JSONL (`timestamp` ms, `input_length`, `output_length`, optional `hash_ids`).
+
+    `hash_ids` become the prefix identity (`prefix_ids`, 512 tokens each): the engine splits every
+    512-token id into its own blocks (32 of 16 tokens), each keyed by the chain of ids up to it.
+    """
     return _read_public(path, _MOONCAKE)
 
 
@@ -617,6 +667,10 @@ _NATIVE_NUMBERS: dict[str, tuple[bool, float | None, bool]] = {
     "priority": (True, None, False),
     "slo_ttft_s": (False, 0, True),
     "slo_e2e_s": (False, 0, True),
+    "prefix_block_tokens": (True, 1, False),
+    "session_id": (True, None, False),
+    "turn": (True, 1, False),
+    "think_s": (False, 0, False),
 }
 
 
@@ -654,6 +708,8 @@ def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
             columns[col] = _number(
                 raw, col, source=source, integer=integer, minimum=minimum, strictly_above=above, nullable=not required
             )
+        elif col == "prefix_ids":
+            columns[col] = _id_lists(raw, col, source=source)
         else:
             # Tenant names are identifiers (stripped); prompt text is kept byte for byte.
             columns[col] = _text(raw, col, source=source, nullable=not required, strip=col == "tenant", report=report)

@@ -22,6 +22,17 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     "priority": pl.Int64,  # optional priority, lower is more urgent
     "slo_ttft_s": pl.Float64,  # optional time-to-first-token objective, seconds
     "slo_e2e_s": pl.Float64,  # optional end-to-end objective, seconds
+    # optional prefix identity: ids of the prompt's consecutive blocks of prefix_block_tokens tokens
+    # (the last may be partial), chained: two requests whose first k ids are equal have equal first
+    # k * prefix_block_tokens prompt tokens (Mooncake's hash_ids are such ids, 512 tokens each)
+    "prefix_ids": pl.List(pl.Int64),
+    "prefix_block_tokens": pl.Int64,  # tokens each prefix id covers, >= 1; given exactly where prefix_ids is
+    # optional multi-turn sessions: a turn is sent think_s after the previous turn of its session
+    # completes, and not before its arrival_s (driftsim.sim.sessions); turns of a session come in
+    # increasing turn order
+    "session_id": pl.Int64,
+    "turn": pl.Int64,  # 1, 2, ... within the session; given exactly where session_id is
+    "think_s": pl.Float64,  # pause between the previous turn's completion and this turn's send, s, >= 0
 }
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -68,6 +79,8 @@ def _first_bad(
         row = int(df[row_col][i]) if row_col else i + 1
         more = f" ({hits.len() - 1} more rows like this)" if hits.len() > 1 else ""
         value = df[column][i]
+        if isinstance(value, pl.Series):
+            value = value.to_list()
         got = "an empty value" if value is None else repr(value)
         raise TraceError(f"expected {expected}, got {got}{more}", source=source, row=row, field=column)
 
@@ -128,3 +141,43 @@ def validate_trace(df: pl.DataFrame, *, source: str | None = None) -> None:
         _first_bad(df, pl.col(col) < 1, col, "an integer >= 1", source)
     for col in ("slo_ttft_s", "slo_e2e_s"):
         _first_bad(df, ~pl.col(col).is_finite() | (pl.col(col) <= 0), col, "a finite number > 0", source)
+    check_prefix_ids(df, source)
+    check_sessions(df, source)
+
+
+def check_sessions(df: pl.DataFrame, source: str | None, *, row_col: str | None = None) -> None:
+    """Session turns must be numbered (``turn >= 1`` exactly where ``session_id`` is given), think
+    times finite and >= 0, and turns must not go back in time: within a session, a later row (a
+    later or equal arrival) has a higher turn number."""
+    sid, turn, think = pl.col("session_id"), pl.col("turn"), pl.col("think_s")
+    _first_bad(df, turn < 1, "turn", "an integer >= 1", source, row_col=row_col)
+    _first_bad(df, sid.is_not_null() & turn.is_null(), "turn", "a turn number where session_id is given",
+               source, row_col=row_col)  # fmt: skip
+    _first_bad(df, sid.is_null() & (turn.is_not_null() | think.is_not_null()), "session_id",
+               "a session id where turn or think_s is given", source, row_col=row_col)  # fmt: skip
+    _first_bad(df, ~think.is_finite() | (think < 0), "think_s", "a finite number >= 0", source, row_col=row_col)
+    if df["session_id"].null_count() < df.height:
+        back = sid.is_not_null() & (turn <= turn.shift(1).over(sid)).fill_null(False)
+        _first_bad(df, back, "turn", "turns of a session in increasing order over time (this turn arrives after "
+                   "a turn of its session with the same or a higher number)", source, row_col=row_col)  # fmt: skip
+
+
+def check_prefix_ids(df: pl.DataFrame, source: str | None, *, row_col: str | None = None,
+                     ids_field: str = "prefix_ids") -> None:
+    """Prefix identity must fit its prompt: ``prefix_block_tokens >= 1`` exactly where ``prefix_ids`` is
+    given, ids without nulls, and no more ids than the prompt has blocks (``ceil(input_tokens /
+    prefix_block_tokens)``). ``ids_field``: the source's name for the ids, for messages."""
+    if ids_field != "prefix_ids":
+        df = df.rename({"prefix_ids": ids_field})
+    ids, size = pl.col(ids_field), pl.col("prefix_block_tokens")
+    _first_bad(df, size < 1, "prefix_block_tokens", "an integer >= 1", source, row_col=row_col)
+    _first_bad(df, ids.is_not_null() & size.is_null(), "prefix_block_tokens",
+               "tokens per prefix id where prefix_ids is given", source, row_col=row_col)  # fmt: skip
+    _first_bad(df, ids.is_null() & size.is_not_null(), ids_field,
+               "prefix ids where prefix_block_tokens is given", source, row_col=row_col)  # fmt: skip
+    _first_bad(df, ids.list.eval(pl.element().is_null()).list.any(), ids_field, "integer ids without gaps",
+               source, row_col=row_col)  # fmt: skip
+    blocks = (pl.col("input_tokens") + size - 1) // size
+    _first_bad(df, ids.list.len() > blocks, ids_field,
+               "at most ceil(input_tokens / prefix_block_tokens) ids (no more blocks than the prompt holds)",
+               source, row_col=row_col)  # fmt: skip

@@ -33,13 +33,14 @@ from driftsim.traces.loaders import (
     LoadReport,
     _container,
     _csv_header,
+    _id_lists,
     _number,
     _require,
     _source,
     _text,
     detect_format,
 )
-from driftsim.traces.schema import REQUEST_SCHEMA, REQUIRED_COLUMNS, TraceError
+from driftsim.traces.schema import REQUEST_SCHEMA, REQUIRED_COLUMNS, TraceError, check_prefix_ids, check_sessions
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "TraceStream", "scan_trace"]
 
@@ -204,12 +205,18 @@ class TraceStream:
                     raw, col, source=self.source, integer=integer, minimum=minimum, strictly_above=above,
                     nullable=not required,
                 )
+            elif col == "prefix_ids":
+                columns[col] = _id_lists(raw, col, source=self.source)
             else:
                 columns[col] = _text(raw, col, source=self.source, nullable=not required, strip=col == "tenant")
-        df = pl.DataFrame(columns)
-        return df.select(
-            (pl.col(c).cast(t) if c in columns else pl.lit(None, dtype=t).alias(c)) for c, t in REQUEST_SCHEMA.items()
+        df = pl.DataFrame(columns).with_columns(raw[_ROW])
+        df = df.select(
+            *((pl.col(c).cast(t) if c in columns else pl.lit(None, dtype=t).alias(c)) for c, t in REQUEST_SCHEMA.items()),
+            _ROW,
         )
+        check_prefix_ids(df, self.source, row_col=_ROW)
+        check_sessions(df, self.source, row_col=_ROW)  # NOTE: per chunk: a session split across chunks is checked in parts
+        return df.drop(_ROW)
 
 
 def scan_trace(path: str | os.PathLike, format: str = "auto", **options) -> TraceStream:

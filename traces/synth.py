@@ -147,6 +147,17 @@ class TenantLoad:
     priority: int | None = None
     slo_ttft_s: float | None = None
     slo_e2e_s: float | None = None
+    # shared system prompts: each request starts with one of `system_prompts` prompts of
+    # `system_prompt_tokens` tokens, drawn with Zipf popularity (prompt k has weight 1 / k**zipf;
+    # 0 = uniform), then its own input (`input`); its prefix ids name the prompt's full blocks
+    system_prompts: int = 0
+    system_prompt_tokens: int = 0
+    system_prompt_zipf: float = 1.0
+    # multi-turn sessions: each arrival starts a session of `turns` turns (a length distribution);
+    # turn k+1 is sent an exponential think time (mean `think_s`) after turn k's answer completes,
+    # its prompt the conversation so far plus its new `input`
+    turns: LengthDist | None = None
+    think_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -172,6 +183,19 @@ class TenantLoad:
         for v in (self.slo_ttft_s, self.slo_e2e_s):
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"tenant {self.name!r}: SLOs must be finite and > 0, got {v}")
+        for key in ("system_prompts", "system_prompt_tokens"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"tenant {self.name!r}: {key} must be an integer >= 0, got {v!r}")
+        if (self.system_prompts > 0) != (self.system_prompt_tokens > 0):
+            raise ValueError(f"tenant {self.name!r}: give system_prompts and system_prompt_tokens together "
+                             f"(got {self.system_prompts} prompts of {self.system_prompt_tokens} tokens)")
+        if self.turns is not None and not isinstance(self.turns, LengthDist):
+            raise ValueError(f"tenant {self.name!r}: turns must be a LengthDist, got {self.turns!r}")
+        if not (isinstance(self.think_s, (int, float)) and math.isfinite(self.think_s) and self.think_s >= 0):
+            raise ValueError(f"tenant {self.name!r}: think_s must be a finite number >= 0, got {self.think_s!r}")
+        if not (math.isfinite(self.system_prompt_zipf) and self.system_prompt_zipf >= 0):
+            raise ValueError(f"tenant {self.name!r}: system_prompt_zipf must be >= 0, got {self.system_prompt_zipf}")
 
     @property
     def mean_rate(self) -> float:
@@ -194,10 +218,28 @@ class TenantLoad:
         return rng.uniform(lo, hi, size=n)
 
 
-def _streams(seed: int, name: str) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
-    """Arrival, input and output generators for one tenant, keyed by the tenant's name."""
+#: tokens each synthetic prefix id covers (vLLM's default KV block size; any engine block size maps onto it)
+PREFIX_BLOCK_TOKENS = 16
+
+
+def _streams(seed: int, name: str) -> tuple[np.random.Generator, ...]:
+    """Arrival, input, output, system-prompt and session generators for one tenant, keyed by its name."""
     key = zlib.crc32(name.encode())
-    return tuple(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, i))) for i in range(3))
+    return tuple(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, i))) for i in range(5))
+
+
+def _system_prompts(t: TenantLoad, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list | None]:
+    """Extra prompt tokens and prefix ids of ``n`` requests of tenant ``t``: each one's system prompt,
+    drawn with Zipf popularity. Ids name the prompt's full blocks of :data:`PREFIX_BLOCK_TOKENS`
+    (tenant, prompt and block in one integer, so tenants never share); None without system prompts."""
+    if t.system_prompts == 0:
+        return np.zeros(n, dtype=np.int64), None
+    weights = 1.0 / np.arange(1, t.system_prompts + 1, dtype=np.float64) ** t.system_prompt_zipf
+    pick = rng.choice(t.system_prompts, size=n, p=weights / weights.sum())
+    blocks = t.system_prompt_tokens // PREFIX_BLOCK_TOKENS
+    base = (zlib.crc32(t.name.encode()) & 0x7FFFFFFF) << 31
+    ids_of = [[base | (k << 20) | m for m in range(blocks)] for k in range(t.system_prompts)]
+    return np.full(n, t.system_prompt_tokens, dtype=np.int64), [ids_of[k] for k in pick]
 
 
 def _arrivals(t: TenantLoad, rng: np.random.Generator, horizon: float) -> np.ndarray:
@@ -258,11 +300,10 @@ def generate(
         if duration_s is not None:
             horizon = min(horizon, duration_s)
 
-    owner = np.repeat(np.arange(len(tenants), dtype=np.uint32), [a.size for a in arrivals])
-    arrival = np.concatenate(arrivals) if arrivals else np.empty(0)
-    inp = np.concatenate([t.input.sample(s[1], a.size) for t, s, a in zip(tenants, streams, arrivals)])
-    out = np.concatenate([t.output.sample(s[2], a.size) for t, s, a in zip(tenants, streams, arrivals)])
-    order = np.lexsort((owner, arrival))  # by arrival, then tenant order; stable within a tenant
+    parts = [_tenant_rows(t, s, a) for t, s, a in zip(tenants, streams, arrivals)]
+    owner = np.repeat(np.arange(len(tenants), dtype=np.uint32), [p["arrival_s"].size for p in parts])
+    arrival = np.concatenate([p["arrival_s"] for p in parts])
+    order = np.lexsort((owner, arrival))  # by arrival, then tenant order; stable within a tenant (turn order)
     if num_requests is not None:
         order = order[:num_requests]
     owner_s = pl.Series(owner[order])
@@ -270,22 +311,72 @@ def generate(
     def per_tenant(values: list, dtype: pl.DataType) -> pl.Series:
         return pl.Series(values, dtype=dtype).gather(owner_s)
 
+    def column(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts])[order]
+
+    ids = [x for p in parts for x in p["prefix_ids"]]
     n = order.size
     return pl.DataFrame(
         {
             "request_id": np.arange(n, dtype=np.int64),
             "arrival_s": arrival[order],
             "tenant": per_tenant(names, pl.String),
-            "input_tokens": inp[order],
-            "output_tokens": out[order],
+            "input_tokens": column("input_tokens"),
+            "output_tokens": column("output_tokens"),
             "prompt": pl.repeat(None, n, dtype=pl.String, eager=True),
             "max_tokens": pl.repeat(None, n, dtype=pl.Int64, eager=True),
             "priority": per_tenant([t.priority for t in tenants], pl.Int64),
             "slo_ttft_s": per_tenant([t.slo_ttft_s for t in tenants], pl.Float64),
             "slo_e2e_s": per_tenant([t.slo_e2e_s for t in tenants], pl.Float64),
+            "prefix_ids": pl.Series([ids[i] for i in order], dtype=pl.List(pl.Int64)),
+            "prefix_block_tokens": pl.Series([None if ids[i] is None else PREFIX_BLOCK_TOKENS for i in order],
+                                             dtype=pl.Int64),
+            "session_id": pl.Series(column("session_id"), dtype=pl.Int64).set(pl.Series(column("turn") == 0), None),
+            "turn": pl.Series(column("turn"), dtype=pl.Int64).set(pl.Series(column("turn") == 0), None),
+            "think_s": pl.Series(column("think_s"), dtype=pl.Float64).fill_nan(None),
         },
         schema=REQUEST_SCHEMA,
     )
+
+
+def _tenant_rows(t: TenantLoad, streams: tuple[np.random.Generator, ...], starts: np.ndarray) -> dict:
+    """One tenant's rows, in its own arrival order: one request per arrival, or with ``turns`` one
+    session per arrival, its turns in order (arrival_s: the session's start, the earliest any turn
+    may be sent; the closed loop of :mod:`driftsim.sim.sessions` sends the rest).
+
+    A turn's prompt is the whole conversation so far: system prompt, earlier inputs and answers,
+    then its own new input; its prefix ids name the system prompt's blocks, then the session's own.
+    """
+    n = starts.size
+    sys_tokens, sys_ids = _system_prompts(t, streams[3], n)
+    if t.turns is None:
+        new_in = t.input.sample(streams[1], n)
+        out = t.output.sample(streams[2], n)
+        zero = np.zeros(n, dtype=np.int64)  # turn 0: no session (null in the table)
+        return {"arrival_s": starts, "input_tokens": new_in + sys_tokens, "output_tokens": out,
+                "prefix_ids": sys_ids if sys_ids is not None else [None] * n,
+                "session_id": zero, "turn": zero, "think_s": np.full(n, np.nan)}
+    turns = t.turns.sample(streams[4], n)
+    total = int(turns.sum())
+    new_in = t.input.sample(streams[1], total)
+    out = t.output.sample(streams[2], total)
+    think = streams[4].exponential(t.think_s, total) if t.think_s > 0 else np.zeros(total)
+    session = np.repeat(np.arange(n), turns)
+    first = np.concatenate(([0], np.cumsum(turns)[:-1]))
+    turn = np.arange(total) - np.repeat(first, turns) + 1
+    think[turn == 1] = 0.0
+    # prompt of turn k: the previous prompt and its answer, then the new input (turn 1: system prompt + input)
+    prompt = np.empty(total, dtype=np.int64)
+    base = (zlib.crc32(t.name.encode()) & 0x7FFFFFFF) << 24
+    ids: list = []
+    for i in range(total):
+        j = session[i]
+        prompt[i] = sys_tokens[j] + new_in[i] if turn[i] == 1 else prompt[i - 1] + out[i - 1] + new_in[i]
+        shared = sys_ids[j] if sys_ids is not None else []
+        own = range(len(shared), -(-int(prompt[i]) // PREFIX_BLOCK_TOKENS))
+        ids.append(shared + [hash((base + j, m)) for m in own])
+    return {"arrival_s": starts[session], "input_tokens": prompt, "output_tokens": out, "prefix_ids": ids,
+            "session_id": base + session, "turn": turn, "think_s": think}
 
 
 def lengths_from_trace(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

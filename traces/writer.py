@@ -29,8 +29,10 @@ def write_trace(df: pl.DataFrame, path: str | os.PathLike) -> Path:
         raise TraceError(f"cannot write {what}; use .csv or .parquet", source=str(path))
     validate_trace(df, source=str(path))
     p.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        df.write_csv(p)
+    if suffix == ".csv":  # CSV has no lists: prefix ids as space-separated integers
+        ids = pl.col("prefix_ids")
+        text = pl.when(ids.list.len() == 0).then(pl.lit("[]")).otherwise(ids.cast(pl.List(pl.String)).list.join(" "))
+        df.with_columns(text.alias("prefix_ids")).write_csv(p)
     else:
         df.write_parquet(p)
     return p

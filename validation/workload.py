@@ -42,6 +42,8 @@ def fit_trace(trace: pl.DataFrame, max_model_len: int) -> tuple[pl.DataFrame, li
     trace (``max_tokens`` cleared) and notes on what changed.
     """
     notes = []
+    # tables saved before an optional column existed lack it: null, as a loader would give
+    trace = trace.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in REQUEST_SCHEMA.items() if c not in trace.columns)
     too_long = trace.filter(pl.col("input_tokens") >= max_model_len)
     if too_long.height:
         notes.append(f"dropped {too_long.height} request(s) whose prompt does not fit max_model_len {max_model_len}")

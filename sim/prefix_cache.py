@@ -1,0 +1,186 @@
+"""KV blocks with vLLM's automatic prefix caching: shared full blocks, an LRU free queue, eviction.
+
+vLLM (``vllm/v1/core/block_pool.py``, ``kv_cache_manager.py``) names every
+full block of a prompt by a chained hash (the parent block's hash and the
+block's tokens). A new request's longest run of cached leading blocks is
+reused: those tokens skip prefill, but the blocks are referenced (ref count)
+and occupy KV. A block whose last reference goes away joins the tail of the
+free queue and keeps its hash, so it can still be hit; an allocation takes
+blocks from the head of the queue, evicting the hash of a cached one it
+takes. The simulator keeps the same queue with one entry per cached block
+and one per run of anonymous blocks (never hashed, or partial).
+
+:class:`PrefixCachedBlocks` is a :class:`driftsim.sim.kv.KvBlocks`: ``used``,
+``can_allocate``, ``allocate`` and ``free`` (of anonymous blocks) mean the
+same, so the engine's counting is unchanged; it adds lookups, references and
+hash registration. Free blocks behind the last queued cached block are kept
+as a count only, so a run whose blocks are never hashed costs nothing more.
+
+:func:`block_keys` turns a request's trace block ids (any block size) into
+the engine's chained keys.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from driftsim.sim.kv import KvBlocks
+
+__all__ = ["PrefixCachedBlocks", "block_keys"]
+
+_ROOT = 0x5EED  # the chain's parent of the first block
+
+
+def block_keys(ids: Sequence[int], id_tokens: int, block_size: int, prompt_tokens: int, salt: int = 0) -> list[int]:
+    """Chained keys of the engine's full prompt blocks that ``ids`` identify.
+
+    ``ids[m]`` names tokens ``[m * id_tokens, (m + 1) * id_tokens)`` of the
+    prompt given everything before them (equal id prefixes mean equal token
+    prefixes, as Mooncake's ``hash_ids``). Engine block ``j`` (``block_size``
+    tokens) is identified when it is full inside the prompt and inside what
+    the ids cover; its key chains every id up to the one covering its last
+    token, and ``j``, so two requests share key ``j`` exactly when their first
+    ``(j + 1) * block_size`` tokens are equal. Python hashes of int tuples
+    are the same in every process, so runs stay deterministic.
+    """
+    covered = min(len(ids) * id_tokens, prompt_tokens)
+    n = covered // block_size
+    keys: list[int] = []
+    chain = hash((_ROOT, salt))
+    if id_tokens == block_size:  # one id per engine block: the chain itself is the key
+        for m in range(n):
+            chain = hash((chain, ids[m]))
+            keys.append(chain)
+        return keys
+    if id_tokens % block_size == 0:  # every id splits into whole engine blocks
+        per_id = id_tokens // block_size
+        for m in range(-(-n // per_id)):
+            chain = hash((chain, ids[m]))
+            keys.extend(hash((chain, j)) for j in range(m * per_id, min(n, (m + 1) * per_id)))
+        return keys
+    m_done = -1
+    for j in range(n):
+        m_end = ((j + 1) * block_size - 1) // id_tokens
+        while m_done < m_end:
+            m_done += 1
+            chain = hash((chain, ids[m_done]))
+        keys.append(hash((chain, j)))
+    return keys
+
+
+class PrefixCachedBlocks(KvBlocks):
+    """One engine's KV blocks with prefix caching; see the module docstring.
+
+    ``refs`` maps each cached block's key to its reference count (0: free,
+    in the queue, still hittable). ``queue`` holds, oldest first, cached
+    free blocks (key -> None) and runs of anonymous free blocks (marker ->
+    count); ``queued`` counts the blocks in it. Free blocks beyond
+    ``queued`` are anonymous and sit behind everything queued.
+    """
+
+    __slots__ = ("refs", "queue", "queued", "evictions", "version", "_marker")
+
+    def __init__(self, num_blocks: int) -> None:
+        super().__init__(num_blocks)
+        self.refs: dict[int, int] = {}
+        self.queue: OrderedDict[object, int | None] = OrderedDict()
+        self.queued = 0
+        self.evictions = 0  # cached blocks whose hash an allocation dropped
+        self.version = 0  # bumped whenever a lookup's answer may change
+        self._marker = 0
+
+    # ------------------------------------------------------------------ lookups
+    def lookup(self, keys: Sequence[int], max_blocks: int) -> tuple[int, int]:
+        """The longest run of cached leading ``keys`` (at most ``max_blocks``), and how many of those
+        are free (ref count 0: referencing them takes them out of the free blocks)."""
+        refs = self.refs
+        hit = free = 0
+        for key in keys[:max_blocks]:
+            ref = refs.get(key)
+            if ref is None:
+                break
+            hit += 1
+            free += ref == 0
+        return hit, free
+
+    def acquire(self, keys: Sequence[int]) -> None:
+        """Reference cached blocks (a hit): a free one leaves the queue and counts as used."""
+        refs, queue = self.refs, self.queue
+        for key in keys:
+            ref = refs[key]
+            if ref == 0:
+                del queue[key]
+                self.queued -= 1
+                self.used += 1
+            refs[key] = ref + 1
+        self.version += 1
+
+    def register(self, key: int) -> bool:
+        """Name a full block a request holds (and counts as used) by ``key``; False when another
+        block already has that key (the request's copy stays anonymous)."""
+        if key in self.refs:
+            return False
+        self.refs[key] = 1
+        self.version += 1
+        return True
+
+    # ------------------------------------------------------------------ allocation and release
+    def allocate(self, n: int) -> None:
+        """Take ``n`` free blocks from the head of the queue, evicting the hash of each cached one."""
+        self.used += n
+        queue = self.queue
+        if not queue:
+            return
+        refs = self.refs
+        while n and queue:
+            marker = next(iter(queue))
+            count = queue[marker]
+            if count is None:  # a cached block: its hash goes
+                del queue[marker]
+                del refs[marker]
+                self.evictions += 1
+                self.version += 1
+                self.queued -= 1
+                n -= 1
+            elif count <= n:
+                del queue[marker]
+                self.queued -= count
+                n -= count
+            else:
+                queue[marker] = count - n
+                self.queued -= n
+                n = 0
+
+    def release(self, keys: Sequence[int], private: int) -> int:
+        """Drop a request's blocks: ``private`` anonymous ones, then its cached ``keys`` last to first
+        (vLLM frees a request's blocks in reverse, so its tail is evicted first). Returns the blocks
+        that became free."""
+        self.used -= private
+        freed = private
+        refs, queue = self.refs, self.queue
+        for key in reversed(keys):
+            ref = refs[key] - 1
+            refs[key] = ref
+            if ref == 0:
+                tail = self.total - self.used - self.queued
+                if tail:
+                    self._marker += 1
+                    queue[("anon", self._marker)] = tail
+                    self.queued += tail
+                queue[key] = None
+                self.queued += 1
+                self.used -= 1
+                freed += 1
+        if keys:
+            self.version += 1
+        return freed
+
+    @property
+    def cached_blocks(self) -> int:
+        """Blocks with a hash (in use or free)."""
+        return len(self.refs)
+
+    def referenced(self) -> int:
+        """Sum of reference counts (for invariant checks: zero once every request is gone)."""
+        return sum(self.refs.values())
