@@ -338,7 +338,8 @@ def _client_view(m: Measurement, requests: pl.DataFrame) -> dict[str, np.ndarray
         raise ConfigError(f"measurement {m.id}: {int((requests['status'] != 'ok').sum())} simulated requests did "
                           "not complete; the published run completed them all")
     w = m.workload
-    out = np.asarray(w.output_lens, dtype=np.int64) if w.input_lens else requests["output_tokens"].to_numpy()
+    # the client's own count where recorded, else what the engine generated
+    out = np.asarray(w.output_lens, dtype=np.int64) if w.input_lens else requests["generated_tokens"].to_numpy()
     ttft, e2e = requests["ttft_s"].to_numpy(), requests["e2e_s"].to_numpy()
     decode = e2e - ttft
     multi = out > 1
