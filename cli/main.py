@@ -548,6 +548,9 @@ from driftsim.cli.gpu_cmds import register as _register_gpu  # noqa: E402
 
 _register_gpu(app, profiles_app)
 _register_compare(app)
+from driftsim.cli.published_cmds import register as _register_published  # noqa: E402
+
+_register_published(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

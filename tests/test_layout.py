@@ -50,6 +50,7 @@ INNER_IMPORTS_ALLOWED: dict[str, str] = {
     "driftsim.cli.profiling_cmds": "start-up time, as driftsim.cli.main",
     "driftsim.cli.validate_cmds": "start-up time, as driftsim.cli.main",
     "driftsim.cli.gpu_cmds": "start-up time, as driftsim.cli.main",
+    "driftsim.cli.published_cmds": "start-up time, as driftsim.cli.main",
 }
 
 MAX_FUNCTION_LINES = 80

@@ -1,0 +1,180 @@
+"""Published real vLLM runs: the bundled data file parses and resolves, the command runs a row, bad rows are named."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from driftsim.cli.main import app
+from driftsim.errors import ConfigError
+from driftsim.validation.published import (
+    DEFAULT_RUNS, METRICS, Measurement, load_runs, resolve_profile, score, simulate_measurement,
+)
+
+runner = CliRunner()
+
+SOURCE = '''
+[source.s]
+title = "a test source"
+repository = "https://example.org/r"
+commit = "0"
+licence = "test data"
+'''
+
+ROW = '''
+[[measurement]]
+id = "{id}"
+source = "s"
+url = "https://example.org/r/run.json"
+gpu = "NVIDIA H100 SXM 80GB"
+tp = 1
+model = "mistralai/Mistral-7B-Instruct-v0.3"
+profile = "{profile}"
+not_covered = "{not_covered}"
+vllm_version = "0.5.4"
+max_num_seqs = 256
+max_num_batched_tokens = 2048
+max_model_len = 2048
+chunked_prefill = false
+prefix_caching = false
+gpu_memory_utilization = 0.9
+block_size = 16
+async_scheduling = false
+reserve_full_prompt = false
+workload = "{workload}"
+request_rate = {rate}
+max_concurrency = {concurrency}
+metric = "{metric}"
+published = 10.0
+note = ""
+'''
+
+WORKLOADS = '''
+[workload.recorded]
+source = "s"
+description = "two requests, the first with an empty answer"
+input_lens = [40, 60]
+output_lens = [0, 20]
+
+[workload.synthetic]
+source = "s"
+description = "three requests of 100 prompt and 16 output tokens"
+num_prompts = 3
+input_len = 100
+output_len = 16
+'''
+
+
+def _row(**over) -> str:
+    values = dict(id="r1", profile="h100-mistral-7b-v0.3-kernels", not_covered="", workload="recorded",
+                  rate='"inf"', concurrency=0, metric="tpot_median_ms") | over
+    return ROW.format(**values)
+
+
+def _file(tmp_path, *rows: str):
+    path = tmp_path / "runs.toml"
+    path.write_text(SOURCE + WORKLOADS + "".join(rows), encoding="utf-8")
+    return path
+
+
+def test_bundled_data_parses_with_every_required_field():
+    rows, rejected = load_runs(DEFAULT_RUNS)
+    assert rows and rejected
+    for m in rows:
+        assert m.metric in METRICS and m.published > 0 and math.isfinite(m.published)
+        assert m.url.startswith("https://") and m.licence and m.vllm_version and m.gpu and m.model
+        assert m.workload.requests > 0
+        if m.workload.input_lens:
+            assert len(m.workload.input_lens) == len(m.workload.output_lens)
+    assert all(r.url.startswith("https://") and r.missing for r in rejected)
+
+
+def test_every_bundled_row_names_a_profile_that_resolves_or_says_why_none_does():
+    rows, _ = load_runs(DEFAULT_RUNS)
+    for m in rows:
+        if m.profile:
+            profile = resolve_profile(m)
+            assert int(profile.engine_defaults.get("tensor_parallel_size", 1)) == m.tp
+        else:
+            assert m.not_covered.strip(), m.id
+
+
+def test_validate_published_on_one_small_row_writes_a_finite_error(tmp_path):
+    out = tmp_path / "table.csv"
+    res = runner.invoke(app, ["validate-published", "--only", "lambda-h100-mistral-10-tpot-median",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = pl.read_csv(out)
+    assert table.height == 1
+    row = table.row(0, named=True)
+    assert row["simulated"] > 0 and math.isfinite(row["error_pct"])
+    assert row["error_pct"] == pytest.approx((row["simulated"] - row["published"]) / row["published"] * 100)
+
+
+def test_an_existing_out_file_is_kept_unless_forced(tmp_path):
+    out = tmp_path / "table.md"
+    out.write_text("keep me", encoding="utf-8")
+    args = ["validate-published", "--data", str(_file(tmp_path, _row())), "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--force" in res.output and out.read_text(encoding="utf-8") == "keep me"
+    res = runner.invoke(app, [*args, "--force"])
+    assert res.exit_code == 0, res.output
+    assert out.read_text(encoding="utf-8").startswith("| row |")
+
+
+def test_an_empty_answer_counts_with_ttft_zero_and_no_tpot(tmp_path):
+    (m,), _ = load_runs(_file(tmp_path, _row()))
+    view = simulate_measurement(m)
+    assert view["ttft"][0] == 0.0 and view["ttft"][1] > 0
+    assert view["tpot"].size == 1 and view["gaps"].tolist() == [19]
+
+
+def test_a_closed_loop_row_runs_one_request_at_a_time_with_the_single_request_target(tmp_path):
+    path = _file(tmp_path, _row(workload="synthetic", concurrency=1, metric="ttft_mean_ms"),
+                 _row(id="r2", workload="synthetic", concurrency=1, metric="e2e_mean_ms"))
+    rows, _ = load_runs(path)
+    assert [m.target_pct for m in rows] == [10.0, 10.0]
+    records = score(rows)
+    assert all(r["simulated"] > 0 and math.isfinite(r["error_pct"]) for r in records)
+    assert records[1]["simulated"] > records[0]["simulated"]  # E2E holds 15 more tokens than TTFT
+    assert score(rows) == records  # same inputs, same numbers
+
+
+def test_a_not_covered_row_is_reported_not_simulated(tmp_path):
+    rows, _ = load_runs(_file(tmp_path, _row(profile="", not_covered="FP8 weights")))
+    (record,) = score(rows)
+    assert record["simulated"] is None and record["met"] is None and record["not_covered"] == "FP8 weights"
+
+
+@pytest.mark.parametrize("row, words", [
+    (_row().replace('metric = "tpot_median_ms"\n', ""), ["measurement 1 (r1)", "missing", "metric"]),
+    (_row(metric="tpot_p42_ms"), ["measurement 1 (r1) metric", "tpot_median_ms"]),
+    (_row(profile="h100-mistral-7b-v0.3-kernels", not_covered="why"), ["exactly one of profile"]),
+    (_row(workload="nowhere"), ["workload", "recorded"]),
+    (_row(rate='"fast"'), ["request_rate", "inf"]),
+    (_row(concurrency="true"), ["max_concurrency", "expected int"]),
+])
+def test_a_bad_row_names_file_row_and_field(tmp_path, row, words):
+    path = _file(tmp_path, row)
+    with pytest.raises(ConfigError) as exc:
+        load_runs(path)
+    assert str(path) in str(exc.value)
+    assert all(w in str(exc.value) for w in words), str(exc.value)
+    res = runner.invoke(app, ["validate-published", "--data", str(path)])
+    assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_a_row_whose_tp_differs_from_its_profile_is_refused(tmp_path):
+    rows, _ = load_runs(_file(tmp_path, _row().replace("tp = 1", "tp = 4")))
+    with pytest.raises(ConfigError, match="tp 4 but profile h100-mistral-7b-v0.3-kernels is for TP1"):
+        score(rows)
+
+
+def test_measurement_fields_are_the_data_file_fields():
+    text = DEFAULT_RUNS.read_text(encoding="utf-8")
+    for name in Measurement.__dataclass_fields__:
+        if name != "licence":  # taken from the row's [source.*] table
+            assert f"\n{name} = " in text, name
