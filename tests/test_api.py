@@ -1,4 +1,4 @@
-"""The public Python API at ``driftsim`` level: the names the README shows, the version, a lazy import."""
+"""The public Python API at ``driftsim`` level: the names docs/simulator.md shows, the version, a lazy import."""
 
 from __future__ import annotations
 
