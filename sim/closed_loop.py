@@ -9,12 +9,10 @@ reading the answer). So
 
     send_i = max(open_i, send_{i-1}, the (i - N + 1)-th earliest (finish + think) among requests 0 .. i-1)
 
-:func:`closed_loop_sends` computes these from a run's results. Send
-times depend on completions and completions on send times; because the
-simulator is deterministic and causal, :func:`simulate_closed_loop` finds
-the run whose send times are those its own completions give by running
-again until they no longer move: each pass fixes at least the earliest
-request that was still wrong, and usually a great many at once.
+:class:`ClosedLoopSender` sends this way inside the run (a semaphore of N
+slots that completions release), so one run gives the answer;
+:func:`closed_loop_sends` is the same rule as a formula over a finished
+run's completions, which the tests hold the run to.
 """
 
 from __future__ import annotations
@@ -27,9 +25,10 @@ import numpy as np
 import polars as pl
 
 from driftsim.sim.config import ConfigError
+from driftsim.sim.replica import urgent_timeout
 from driftsim.sim.run import SimResult, simulate
 
-__all__ = ["ClosedLoop", "closed_loop_sends", "simulate_closed_loop"]
+__all__ = ["ClosedLoop", "ClosedLoopSender", "closed_loop_sends", "simulate_closed_loop"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,6 @@ class ClosedLoop:
 
     max_concurrency: int  # requests in flight at most (users)
     think_s: float = 0.0  # pause between a completion and the send it allows, s
-    max_passes: int = 200  # runs before giving up on reaching the fixed point
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
@@ -65,28 +63,59 @@ def closed_loop_sends(open_s: np.ndarray, settle_s: np.ndarray, loop: ClosedLoop
     return sends
 
 
-def _settle_times(result: SimResult) -> np.ndarray:
-    req = result.requests
-    return req.select(pl.col("finish_s").fill_nan(None).fill_null(pl.col("arrival_s"))).to_series().to_numpy()
+class ClosedLoopSender:
+    """The closed loop as a :class:`driftsim.sim.run.Sender`: every row waits for its open time and a free slot."""
+
+    def __init__(self, open_s: np.ndarray, loop: ClosedLoop) -> None:
+        self.open_s = np.asarray(open_s, dtype=np.float64)
+        self.loop = loop
+        self.free = loop.max_concurrency
+        self.next = 0  # the next row to send (rows leave in order)
+        self._timer = False  # a wake-up for the next row's open time is pending
+
+    def held(self, n: int) -> np.ndarray:
+        return np.ones(n, dtype=bool)
+
+    def start(self, env, send) -> None:
+        self.env, self.send = env, send
+        self._wake_at(self.open_s[0] if len(self.open_s) else math.inf)
+
+    def settled(self, i: int, t: float) -> None:
+        now = self.env.now
+        at = (now if math.isnan(t) else t) + self.loop.think_s
+        urgent_timeout(self.env, max(0.0, at - now)).callbacks.append(self._release)
+
+    def _release(self, _event) -> None:
+        self.free += 1
+        self._advance()
+
+    def _wake_at(self, t: float) -> None:
+        if not self._timer and math.isfinite(t):
+            self._timer = True
+            urgent_timeout(self.env, max(0.0, t - self.env.now)).callbacks.append(self._woken)
+
+    def _woken(self, _event) -> None:
+        self._timer = False
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.free > 0 and self.next < len(self.open_s):
+            i = self.next
+            if self.open_s[i] > self.env.now:
+                self._wake_at(self.open_s[i])
+                return
+            self.free -= 1
+            self.next += 1
+            self.send(i)
 
 
 def simulate_closed_loop(trace: pl.DataFrame, loop: ClosedLoop, **simulate_kwargs) -> SimResult:
-    """Run ``trace`` behind a closed-loop client; its ``arrival_s`` are the open-loop send times.
+    """Run ``trace`` behind a closed-loop client; its ``arrival_s`` are the open-loop send times (sorted).
 
     Takes :func:`driftsim.sim.run.simulate`'s keyword arguments (not the
-    streaming ones: the rows are needed) and returns the result of the run
-    whose send times match its own completions; its summary says
-    ``closed_loop`` (concurrency, think time, passes). Raises ConfigError if
-    ``loop.max_passes`` runs do not settle.
+    streaming ones: the rows are needed); the results' ``arrival_s`` are the
+    send times, and the summary says ``closed_loop`` (concurrency, think time).
     """
-    open_s = trace["arrival_s"].to_numpy()
-    sends = closed_loop_sends(open_s, np.full(len(open_s), -math.inf), ClosedLoop(max_concurrency=trace.height or 1))
-    for passes in range(1, loop.max_passes + 1):
-        result = simulate(trace.with_columns(pl.Series("arrival_s", sends)), **simulate_kwargs)
-        new = closed_loop_sends(open_s, _settle_times(result), loop)
-        if np.array_equal(new, sends):
-            result.summary["closed_loop"] = {"max_concurrency": loop.max_concurrency, "think_s": loop.think_s,
-                                             "passes": passes}  # fmt: skip
-            return result
-        sends = new
-    raise ConfigError(f"closed loop did not settle in {loop.max_passes} runs; raise max_passes")
+    result = simulate(trace, sender=ClosedLoopSender(trace["arrival_s"].to_numpy(), loop), **simulate_kwargs)
+    result.summary["closed_loop"] = {"max_concurrency": loop.max_concurrency, "think_s": loop.think_s}
+    return result

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import polars as pl
@@ -70,6 +70,7 @@ def simulate(
     summary_only: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     observers: Iterable[Observer] | None = None,
+    sender: Sender | None = None,
 ) -> SimResult:
     """Simulate ``trace`` (the request table of :mod:`driftsim.traces.schema`).
 
@@ -96,10 +97,17 @@ def simulate(
 
     ``observers``: callables that receive every :mod:`driftsim.sim.events` record the
     engines and the gateway publish (validation notes each dispatch and every step's end).
+
+    ``sender``: a client whose sends depend on completions (a closed loop,
+    multi-turn sessions; :class:`Sender`). The rows it holds leave when it
+    says, inside the run; the results' ``arrival_s`` are the send times.
     """
     gateway = gateway or GatewayConfig()
     admission = admission or AdmissionConfig()
     streamed_input = not isinstance(trace, pl.DataFrame)
+    if sender is not None and (streamed_input or summary_only or results_path is not None):
+        raise ConfigError("a closed-loop client or multi-turn sessions need the trace and the results in memory "
+                          "(no streamed trace, summary_only or results_path)")
     _check_arguments(engine=engine, gateway=gateway, admission=admission, replicas=replicas,
                      streamed_input=streamed_input, streamed_output=summary_only or results_path is not None,
                      summary_only=summary_only, results_path=results_path, chunk_rows=chunk_rows)
@@ -109,12 +117,20 @@ def simulate(
     adm = Admission(admission, empty_trace() if streamed_input else trace, seed=seed)
     sink = _result_sink(summary_only=summary_only, results_path=results_path)
     chunk_columns = adm.columns() if admission.estimator == "oracle" else {}  # expressions: same per chunk
-    rec = ChunkedResults(sink.write, lambda r, chunk: r.to_frame(chunk).with_columns(**chunk_columns))
+    sent = trace["arrival_s"].to_numpy().copy() if sender is not None else None  # send times, set as rows leave
+
+    def finalize(r, chunk: pl.DataFrame) -> pl.DataFrame:
+        if sent is not None:  # one chunk: the whole table
+            chunk = chunk.with_columns(pl.Series("arrival_s", sent))
+        return r.to_frame(chunk).with_columns(**chunk_columns)
+
+    rec = ChunkedResults(sink.write, finalize)
     chunks = _trace_chunks(trace, sink, chunk_rows)
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
     n = trace.rows if streamed_input else trace.height
-    env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock))
+    env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
+                          sender, sent))
     try:
         env.run(until=horizon_s)
         rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
@@ -244,11 +260,32 @@ class _ArrivalClock:
         return self.next_s
 
 
-def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: ChunkedResults, adm, progress, clock):
+class Sender(Protocol):
+    """A client whose sends depend on completions: it holds some rows and sends them during the run.
+
+    ``held(n)``: which of the ``n`` rows it sends itself (a boolean array);
+    the rest leave at their ``arrival_s``. ``start(env, send)``: called once
+    before the first arrival; ``send(i)`` releases row ``i`` now (call it
+    from an urgent event, :func:`driftsim.sim.replica.urgent_timeout`, so that a
+    send at the instant a step ends joins the next step in step-by-step and
+    fast-forwarded runs alike). ``settled(i, t)``: row ``i`` stopped holding
+    its user at ``t`` (finished, refused or given up).
+    """
+
+    def held(self, n: int) -> np.ndarray: ...
+
+    def start(self, env: simpy.Environment, send: Callable[[int], None]) -> None: ...
+
+    def settled(self, i: int, t: float) -> None: ...
+
+
+def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: ChunkedResults, adm, progress, clock,
+              sender: Sender | None = None, sent: np.ndarray | None = None):
     """Release each request at its arrival time; refuse the ones no engine could serve.
 
     The trace comes in arrival-ordered chunks (one, for a table in memory);
-    a request's ``idx`` is its row in the whole trace.
+    a request's ``idx`` is its row in the whole trace. With a ``sender``
+    (one chunk) the rows it holds leave when it sends them.
     """
     tenant_str: dict[str, str] = {}  # one shared str per tenant, not per request
     max_len = engine.max_model_len
@@ -256,19 +293,21 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
     for chunk in chunks:
         base = rec.rows
         rec.open(chunk)
+        release = _Release(chunk, base, tenant_str, max_len, core, gw, rec, adm)
         arrival = chunk["arrival_s"].to_numpy()
-        ids = chunk["request_id"].to_numpy()
-        tenant_names = [tenant_str.setdefault(t, t) for t in sorted(chunk["tenant"].unique().to_list())]
-        tenant_codes = chunk["tenant"].cast(pl.Enum(tenant_names)).to_physical().to_numpy()
-        inp = chunk["input_tokens"].to_numpy()
-        out = chunk["output_tokens"].to_numpy()
-        max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy()
-        prio = chunk["priority"].fill_null(0).to_numpy()
-        slo = chunk["slo_e2e_s"].to_numpy()
-        has_ids = chunk["prefix_ids"].null_count() < chunk.height
-        prefix_ids = chunk["prefix_ids"].to_list() if has_ids else None
-        prefix_tokens = chunk["prefix_block_tokens"].fill_null(0).to_numpy() if has_ids else None
+        held = np.zeros(chunk.height, dtype=bool)
+        if sender is not None:
+            held = sender.held(chunk.height)
+            rec.on_settle = sender.settled
+
+            def send(i: int) -> None:
+                sent[i] = env.now
+                release(i, env.now)
+
+            sender.start(env, send)
         for j in range(chunk.height):
+            if held[j]:
+                continue
             i = base + j
             clock.next_s = float(arrival[j])
             delay = arrival[j] - env.now
@@ -276,32 +315,55 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
                 yield urgent_timeout(env, delay)
             if progress is not None and i % step == 0:
                 progress(i / n)
-            prompt = int(inp[j])
-            gen, capped, why = engine_output_tokens(prompt, int(out[j]), int(max_tokens[j]), max_len)
-            if gen is None:
-                rec.reject(i, why)
-                continue
-            if capped:
-                rec.cap_length(i)
-            req = SimRequest(
-                idx=i,
-                request_id=int(ids[j]),
-                arrival_s=float(arrival[j]),
-                tenant=tenant_names[tenant_codes[j]],
-                priority=int(prio[j]),
-                input_tokens=prompt,
-                output_tokens=gen,
-                est_tokens=prompt + gen,
-                slo_e2e_s=None if np.isnan(slo[j]) else float(slo[j]),
-            )
-            if has_ids and prefix_ids[j] is not None:
-                req.prefix_ids, req.prefix_id_tokens = prefix_ids[j], int(prefix_tokens[j])
-            if not core.fits(req):
-                rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {core.total_blocks} blocks one replica has")
-                continue
-            adm.admit(req)
-            gw.submit(req)
+            release(j, float(arrival[j]))
         rec.arrived()
     clock.next_s = float("inf")
     if progress is not None:
         progress(1.0)
+
+
+class _Release:
+    """Turns a row of one trace chunk into a request handed to the gateway (or refuses it)."""
+
+    def __init__(self, chunk: pl.DataFrame, base: int, tenant_str: dict, max_len, core, gw, rec, adm) -> None:
+        self.base, self.max_len, self.core, self.gw, self.rec, self.adm = base, max_len, core, gw, rec, adm
+        self.ids = chunk["request_id"].to_numpy()
+        self.tenant_names = [tenant_str.setdefault(t, t) for t in sorted(chunk["tenant"].unique().to_list())]
+        self.tenant_codes = chunk["tenant"].cast(pl.Enum(self.tenant_names)).to_physical().to_numpy()
+        self.inp = chunk["input_tokens"].to_numpy()
+        self.out = chunk["output_tokens"].to_numpy()
+        self.max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy()
+        self.prio = chunk["priority"].fill_null(0).to_numpy()
+        self.slo = chunk["slo_e2e_s"].to_numpy()
+        self.has_ids = chunk["prefix_ids"].null_count() < chunk.height
+        self.prefix_ids = chunk["prefix_ids"].to_list() if self.has_ids else None
+        self.prefix_tokens = chunk["prefix_block_tokens"].fill_null(0).to_numpy() if self.has_ids else None
+
+    def __call__(self, j: int, at: float) -> None:
+        i = self.base + j
+        prompt = int(self.inp[j])
+        gen, capped, why = engine_output_tokens(prompt, int(self.out[j]), int(self.max_tokens[j]), self.max_len)
+        if gen is None:
+            self.rec.reject(i, why)
+            return
+        if capped:
+            self.rec.cap_length(i)
+        slo = self.slo[j]
+        req = SimRequest(
+            idx=i,
+            request_id=int(self.ids[j]),
+            arrival_s=at,
+            tenant=self.tenant_names[self.tenant_codes[j]],
+            priority=int(self.prio[j]),
+            input_tokens=prompt,
+            output_tokens=gen,
+            est_tokens=prompt + gen,
+            slo_e2e_s=None if np.isnan(slo) else float(slo),
+        )
+        if self.has_ids and self.prefix_ids[j] is not None:
+            req.prefix_ids, req.prefix_id_tokens = self.prefix_ids[j], int(self.prefix_tokens[j])
+        if not self.core.fits(req):
+            self.rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {self.core.total_blocks} blocks one replica has")
+            return
+        self.adm.admit(req)
+        self.gw.submit(req)

@@ -565,31 +565,17 @@ def closed_loop(scenario: Scenario) -> ClosedLoop | None:
     return ClosedLoop(max_concurrency=int(w["max_concurrency"]), think_s=float(w.get("think_s", 0.0)))
 
 
-def _simulate(trace: pl.DataFrame, loop: ClosedLoop | None, *, observers=None, progress=None, **kwargs) -> SimResult:
-    """One open-loop run, or the fixed point of a closed loop or of multi-turn sessions; observers see the reported run only.
-
-    NOTE: the closed loop runs the trace until its send times settle; each
-    pass would feed the observers again, so the settled send times are run
-    once more with the observers (same inputs, same run: the simulator is
-    deterministic).
-    """
+def _simulate(trace: pl.DataFrame, loop: ClosedLoop | None, **kwargs) -> SimResult:
+    """One open-loop run, or one behind a closed-loop client or multi-turn sessions."""
     sessions = "session_id" in trace.columns and trace["session_id"].null_count() < trace.height
     if sessions and loop is not None:
         raise ConfigError("a workload with multi-turn sessions already sends each turn after the previous answer; "
                           "drop max_concurrency/think_s ([workload] keys or --max-concurrency/--think-s)")
-    if loop is None and not sessions:
-        return simulate(trace, observers=observers, progress=progress, **kwargs)
-    # multi-turn sessions are sent closed-loop: each turn a think time after the previous one's answer
-    result = simulate_sessions(trace, **kwargs) if sessions else simulate_closed_loop(trace, loop, **kwargs)
-    key = "sessions" if sessions else "closed_loop"
-    if observers:
-        sent = trace.join(result.requests.select("request_id", "arrival_s"), on="request_id", how="left",
-                          suffix="_sent", maintain_order="left")  # fmt: skip
-        again = simulate(sent.with_columns(pl.col("arrival_s_sent").alias("arrival_s")).drop("arrival_s_sent"),
-                         observers=observers, **kwargs)  # fmt: skip
-        again.summary[key] = result.summary[key]
-        result = again
-    return result
+    if sessions:
+        return simulate_sessions(trace, **kwargs)
+    if loop is not None:
+        return simulate_closed_loop(trace, loop, **kwargs)
+    return simulate(trace, **kwargs)
 
 
 def regret(run: dict, oracle: dict) -> dict:

@@ -7,23 +7,23 @@ A request table may group rows into sessions (``session_id``, ``turn``,
     send_i = max(arrival_i, settle(previous turn of i's session) + think_i)
 
 where ``arrival_i`` is the earliest the turn may leave (a session's first
-turn: its start) and ``settle`` is when the previous turn finished (its send
-time if it was refused or never finished). As in :mod:`driftsim.sim.closed_loop`,
-send times depend on completions and completions on send times; the
-simulator is deterministic and causal, so :func:`simulate_sessions` runs
-again until the send times its completions give are the ones it ran with.
-Each pass fixes at least the earliest turn that was still wrong.
+turn: its start) and ``settle`` is when the previous turn finished (when it
+was refused or given up, if it was). :class:`SessionSender` sends this way
+inside the run; :func:`session_sends` is the same rule as a formula over a
+finished run, which the tests hold the run to.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 
-from driftsim.sim.config import ConfigError
+from driftsim.sim.replica import urgent_timeout
 from driftsim.sim.run import SimResult, simulate
 
-__all__ = ["session_sends", "simulate_sessions"]
+__all__ = ["SessionSender", "session_sends", "simulate_sessions"]
 
 
 def session_sends(arrival_s: np.ndarray, session: np.ndarray, think_s: np.ndarray, settle_s: np.ndarray) -> np.ndarray:
@@ -44,36 +44,48 @@ def session_sends(arrival_s: np.ndarray, session: np.ndarray, think_s: np.ndarra
     return sends
 
 
-def _settle_times(requests: pl.DataFrame) -> np.ndarray:
-    """When each row stopped holding up its session: its finish, or its send if it never finished."""
-    return requests.select(pl.col("finish_s").fill_nan(None).fill_null(pl.col("arrival_s"))).to_series().to_numpy()
+class SessionSender:
+    """Sessions as a :class:`driftsim.sim.run.Sender`: a turn after the first leaves when its predecessor settles."""
+
+    def __init__(self, trace: pl.DataFrame) -> None:
+        self.open_s = trace["arrival_s"].to_numpy().astype(np.float64)
+        self.think = trace["think_s"].fill_null(0.0).fill_nan(0.0).to_numpy()
+        ids = trace["session_id"].to_list()
+        self.next_turn = np.full(trace.height, -1, dtype=np.int64)  # row of the same session's next turn
+        self._held = np.zeros(trace.height, dtype=bool)
+        last: dict = {}
+        for i, sid in enumerate(ids):  # turns of a session are in table order
+            if sid is None:
+                continue
+            prev = last.get(sid)
+            if prev is not None:
+                self.next_turn[prev] = i
+                self._held[i] = True
+            last[sid] = i
+
+    def held(self, n: int) -> np.ndarray:
+        return self._held
+
+    def start(self, env, send) -> None:
+        self.env, self.send = env, send
+
+    def settled(self, i: int, t: float) -> None:
+        j = int(self.next_turn[i])
+        if j < 0:
+            return
+        now = self.env.now
+        at = max(self.open_s[j], (now if math.isnan(t) else t) + self.think[j])
+        urgent_timeout(self.env, max(0.0, at - now)).callbacks.append(lambda _event: self.send(j))
 
 
-def simulate_sessions(trace: pl.DataFrame, *, max_passes: int = 200, **simulate_kwargs) -> SimResult:
+def simulate_sessions(trace: pl.DataFrame, **simulate_kwargs) -> SimResult:
     """Run ``trace`` with its sessions' turns sent closed-loop; rows outside sessions keep their arrivals.
 
     Takes :func:`driftsim.sim.run.simulate`'s keyword arguments (not the
-    streaming ones: the rows are needed). The run's ``arrival_s`` column
-    holds each turn's send time; its rows are in send order (ties: table
-    order). The summary says ``sessions`` (sessions, turns, passes).
-    Raises ConfigError if ``max_passes`` runs do not settle.
+    streaming ones: the rows are needed). The results' ``arrival_s`` hold
+    each turn's send time; the summary says ``sessions`` (sessions, turns).
     """
-    open_s = trace["arrival_s"].to_numpy()
-    ids = trace["session_id"]
-    session = np.where(ids.is_null().to_numpy(), -1, ids.rank("dense").fill_null(0).to_numpy()).astype(np.int64)
-    think = trace["think_s"].fill_null(0.0).to_numpy()
-    sends = open_s.astype(np.float64)
-    for passes in range(1, max_passes + 1):
-        order = np.argsort(sends, kind="stable")
-        run = trace[order].with_columns(pl.Series("arrival_s", sends[order]))
-        result = simulate(run, **simulate_kwargs)
-        settle = np.empty(len(sends))
-        settle[order] = _settle_times(result.requests)
-        new = session_sends(open_s, session, think, settle)
-        if np.array_equal(new, sends):
-            in_sessions = trace["session_id"].drop_nulls()
-            result.summary["sessions"] = {"sessions": in_sessions.n_unique(), "turns": in_sessions.len(),
-                                          "passes": passes}  # fmt: skip
-            return result
-        sends = new
-    raise ConfigError(f"sessions did not settle in {max_passes} runs; raise max_passes")
+    result = simulate(trace, sender=SessionSender(trace), **simulate_kwargs)
+    in_sessions = trace["session_id"].drop_nulls()
+    result.summary["sessions"] = {"sessions": in_sessions.n_unique(), "turns": in_sessions.len()}
+    return result

@@ -14,6 +14,8 @@ summary only, via :class:`driftsim.sim.metrics.StreamingSummary`).
 
 from __future__ import annotations
 
+import math
+
 import os
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
@@ -80,6 +82,7 @@ class ChunkedResults:
         self.attempts = _RowColumn(self, "attempts")
         self.reasons = _RowColumn(self, "reasons")
         self.length_capped = _RowColumn(self, "length_capped")
+        self.on_settle: Callable[[int, float], None] | None = None  # (trace row, time): a closed-loop sender listens
 
     def open(self, chunk: pl.DataFrame) -> ResultRecorder:
         """Start recording the next chunk of the trace (rows ``rows`` .. ``rows + height - 1``)."""
@@ -105,22 +108,24 @@ class ChunkedResults:
     def finish(self, req: SimRequest, t: float, replica: int) -> None:
         c = self._chunk(req.idx)
         c.rec.finish(req, t, replica)
-        self._settled(c)
+        self._settled(c, req.idx, t)
 
-    def reject(self, idx: int, reason: str) -> None:
+    def reject(self, idx: int, reason: str, t: float = math.nan) -> None:
         c = self._chunk(idx)
         c.rec.reject(idx, reason)
-        self._settled(c)
+        self._settled(c, idx, t)
 
-    def give_up(self, idx: int, status: int, reason: str, generated: int = 0) -> None:
+    def give_up(self, idx: int, status: int, reason: str, generated: int = 0, t: float = math.nan) -> None:
         c = self._chunk(idx)
         c.rec.give_up(idx, status, reason, generated)
-        self._settled(c)
+        self._settled(c, idx, t)
 
     def cap_length(self, idx: int) -> None:
         self.at(idx).cap_length(idx)
 
-    def _settled(self, c: _Chunk) -> None:
+    def _settled(self, c: _Chunk, idx: int, t: float) -> None:
+        if self.on_settle is not None:
+            self.on_settle(idx, t)
         c.pending -= 1
         if c.pending <= 0 and c is self._open[0]:
             self._flush()

@@ -351,6 +351,24 @@ def test_session_turns_are_sent_after_the_previous_answer_plus_think_time():
     assert (later["cached_tokens"] > 0).mean() > 0.9
 
 
+def test_many_sessions_run_once_and_the_fast_forward_stays_exact():
+    from driftsim.sim.sessions import session_sends, simulate_sessions
+
+    # sessions whose turns wait on each other's answers through a shared, busy engine: one run settles them
+    chat = TenantLoad("chat", 6.0, input=LengthDist.uniform(20, 400), output=LengthDist.uniform(20, 300),
+                      turns=LengthDist.uniform(1, 6), think_s=1.0)
+    df = generate([chat], num_requests=1500, seed=5)
+    kw = dict(cost=linear_cost(), num_blocks=1500)
+    fast = simulate_sessions(df, engine=EngineConfig(max_model_len=8192, block_size=BS, max_num_seqs=32), **kw)
+    slow = simulate_sessions(df, engine=EngineConfig(max_model_len=8192, block_size=BS, max_num_seqs=32,
+                                                     fast_forward=False), **kw)
+    assert fast.requests.equals(slow.requests)
+    req = fast.requests
+    session = df["session_id"].fill_null(-1).to_numpy()
+    rule = session_sends(df["arrival_s"].to_numpy(), session, df["think_s"].to_numpy(), req["finish_s"].to_numpy())
+    assert req["arrival_s"].to_list() == rule.tolist()
+
+
 @pytest.mark.parametrize("turns, field, expected", [
     ([1, 1], "turn", "turns of a session in increasing order"),
     ([2, 1], "turn", "turns of a session in increasing order"),
