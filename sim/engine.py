@@ -774,6 +774,9 @@ class EngineCore:
         if self.running.get(req.order) is not req:
             return False
         self._take_off_running(req)
+        if self._observers:  # its blocks are free now, not at the next commit (there may be none)
+            publish(self._observers, EngineSampled(self.replica, self._last_end, len(self.running),
+                                                   len(self.waiting) + len(self._inbox), self.kv.used, self.kv.total))
         return True
 
     def generated_by(self, req: SimRequest, t: float) -> int:

@@ -26,7 +26,8 @@ class StepCommitted:
 
 @dataclass(frozen=True, slots=True)
 class EngineSampled:
-    """The engine's own state after a commit (one per committed step, or per fast-forwarded run of steps).
+    """The engine's own state after a commit (one per committed step, or per fast-forwarded run of steps),
+    and after an abort took a running request off (its KV blocks freed at that step boundary).
 
     What reports plot over time: the batch, the queue and the KV cache as
     the engine holds them, not reconstructed from request events.
