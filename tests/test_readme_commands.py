@@ -2,8 +2,8 @@
 
 Every ``driftsim`` line in a ``bash`` block of README.md runs here, in order,
 in-process, from a scratch folder holding the README's own ``csv`` and
-``toml`` examples (as ``my-trace.csv`` and ``my.toml``) and a link to the
-bundled traces; each must exit 0 and fill the ``--out`` folder it names.
+``toml`` examples (each under the name its "Saved as" sentence gives) and a
+link to the bundled traces; each must exit 0 and fill the ``--out`` folder it names.
 Lines in ``sh`` blocks need a server, a cluster or minutes: they are
 parsed with ``--help`` appended, so an option the CLI no longer has fails.
 """
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = [*sorted(ROOT.glob("*.md")), *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+SAVED = re.compile(r"Saved as\s+`([\w.-]+)`[^`]*?```(?:csv|toml)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -60,8 +61,10 @@ def test_readme_keeps_the_two_commands_and_ci_runs_the_test_one():
 
 def test_readme_bash_commands_run(tmp_path, monkeypatch):
     (tmp_path / "traces").symlink_to(ROOT / "traces")
-    (tmp_path / "my-trace.csv").write_text(_blocks("csv")[0])
-    (tmp_path / "my.toml").write_text(_blocks("toml")[0])
+    saved = SAVED.findall(README.read_text())
+    assert {name for name, _ in saved} >= {"my-trace.csv", "my.toml", "shared.toml"}, saved
+    for name, body in saved:
+        (tmp_path / name).write_text(body)
     monkeypatch.chdir(tmp_path)
     commands = _commands("bash")
     assert len(commands) >= 10, commands
