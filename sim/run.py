@@ -105,12 +105,10 @@ def simulate(
     gateway = gateway or GatewayConfig()
     admission = admission or AdmissionConfig()
     streamed_input = not isinstance(trace, pl.DataFrame)
-    if sender is not None and (streamed_input or summary_only or results_path is not None):
-        raise ConfigError("a closed-loop client or multi-turn sessions need the trace and the results in memory "
-                          "(no streamed trace, summary_only or results_path)")
     _check_arguments(engine=engine, gateway=gateway, admission=admission, replicas=replicas,
                      streamed_input=streamed_input, streamed_output=summary_only or results_path is not None,
-                     summary_only=summary_only, results_path=results_path, chunk_rows=chunk_rows)
+                     summary_only=summary_only, results_path=results_path, chunk_rows=chunk_rows,
+                     sender=sender)  # fmt: skip
     if num_blocks is None:
         num_blocks = engine.num_gpu_blocks or cost.kv_capacity_blocks(engine.block_size)
     env = simpy.Environment()
@@ -118,13 +116,7 @@ def simulate(
     sink = _result_sink(summary_only=summary_only, results_path=results_path)
     chunk_columns = adm.columns() if admission.estimator == "oracle" else {}  # expressions: same per chunk
     sent = trace["arrival_s"].to_numpy().copy() if sender is not None else None  # send times, set as rows leave
-
-    def finalize(r, chunk: pl.DataFrame) -> pl.DataFrame:
-        if sent is not None:  # one chunk: the whole table
-            chunk = chunk.with_columns(pl.Series("arrival_s", sent))
-        return r.to_frame(chunk).with_columns(**chunk_columns)
-
-    rec = ChunkedResults(sink.write, finalize)
+    rec = ChunkedResults(sink.write, _finalizer(sent, chunk_columns))
     chunks = _trace_chunks(trace, sink, chunk_rows)
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
@@ -143,8 +135,11 @@ def simulate(
 
 def _check_arguments(*, engine: EngineConfig, gateway: GatewayConfig, admission: AdmissionConfig, replicas: int,
                      streamed_input: bool, streamed_output: bool, summary_only: bool,
-                     results_path: str | os.PathLike | None, chunk_rows: int) -> None:
+                     results_path: str | os.PathLike | None, chunk_rows: int, sender) -> None:
     """Refuse combinations :func:`simulate` cannot run, before anything is built."""
+    if sender is not None and (streamed_input or streamed_output):
+        raise ConfigError("a closed-loop client or multi-turn sessions need the trace and the results in memory "
+                          "(no streamed trace, summary_only or results_path)")
     if replicas < 1:
         raise ConfigError(f"replicas: expected at least 1, got {replicas}")
     if summary_only and results_path is not None:
@@ -158,6 +153,17 @@ def _check_arguments(*, engine: EngineConfig, gateway: GatewayConfig, admission:
         raise ConfigError(f"chunk_rows: expected at least 1, got {chunk_rows}")
     if gateway.placement == "engine" and engine.mode == "microbatch":
         raise ConfigError("gateway.placement 'engine' needs engine.mode 'continuous'; the micro-batch worker orders at the gateway")
+
+
+def _finalizer(sent: np.ndarray | None, chunk_columns: dict):
+    """How a settled chunk becomes result rows; with a sender, ``arrival_s`` are the send times (one chunk)."""
+
+    def finalize(r, chunk: pl.DataFrame) -> pl.DataFrame:
+        if sent is not None:
+            chunk = chunk.with_columns(pl.Series("arrival_s", sent))
+        return r.to_frame(chunk).with_columns(**chunk_columns)
+
+    return finalize
 
 
 def _result_sink(*, summary_only: bool, results_path: str | os.PathLike | None) -> SummarySink | ParquetSink | FrameSink:
