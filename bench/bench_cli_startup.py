@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 #: Modules that ``driftsim --help`` and ``driftsim simulate --help`` must not import.
-HEAVY = ("polars", "numpy", "pyarrow", "simpy", "plotly")
+HEAVY = ("polars", "numpy", "pyarrow", "simpy", "plotly", "markdown_it", "pygments")
 
 
 def driftsim_command() -> list[str]:

@@ -41,4 +41,4 @@ def compare(
 
 def register(app: typer.Typer) -> None:
     """Add ``compare`` to the ``driftsim`` app."""
-    app.command("compare")(compare)
+    app.command("compare", rich_help_panel="Plan capacity")(compare)

@@ -2,11 +2,11 @@
 
 Every command exits non-zero with a one-line message on bad input.
 
-NOTE: start-up time. Commands import the library inside their bodies:
-``driftsim --help`` takes 0.25 s this way and 0.81 s with the library
-(polars, numpy, plotly, the simulation kernel) imported at the top of
-this module and ``capacity_cmds`` (best of 5, ``/usr/bin/time``, on the
-2-core development machine).
+NOTE: start-up time. Commands import the library inside their bodies, and
+:mod:`driftsim.cli.lazy_rich` defers the two rich modules typer's help
+renderer imports without using them, so ``driftsim --help`` loads no
+polars, numpy, plotly, markdown-it or pygments (``bench/bench_cli_startup.py``
+times it).
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import typer
-from rich.table import Table
+from driftsim.cli import lazy_rich
+
+lazy_rich.install()  # before typer: its help renderer imports rich modules the help never uses
+
+import typer  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 from driftsim import __version__
 from driftsim.cli.choices import (

@@ -75,7 +75,8 @@ SCENARIO_DIR = Path(__file__).parent / "scenarios"
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ProfileError, TraceError, ValueError, FileNotFoundError)
 DEFAULT_SCENARIO = SCENARIO_DIR / "driftsched.toml"
 #: The bundled scenarios, by the name ``--scenario`` accepts in place of a file.
-BUNDLED_SCENARIOS: dict[str, Path] = {"driftsched": DEFAULT_SCENARIO, "vllm": SCENARIO_DIR / "vllm.toml"}
+BUNDLED_SCENARIOS: dict[str, Path] = {"driftsched": DEFAULT_SCENARIO, "vllm": SCENARIO_DIR / "vllm.toml",
+                                      "chat-agents": SCENARIO_DIR / "chat-agents.toml"}
 
 _TOP_KEYS = {
     "name", "description", "seed", "replicas", "profile", "horizon_s", "workload", "engine", "gateway", "tenants",
@@ -551,6 +552,9 @@ def run_scenario(scenario: Scenario, *, progress=None, oracle_regret: bool = Fal
     if loop is not None:
         context["closed_loop"] = {"max_concurrency": loop.max_concurrency, "think_s": loop.think_s}
     result = _simulate(trace, loop, admission=admission, progress=progress, observers=observers, **run)
+    if "sessions" in result.summary:  # a turn's row holds its session's start; the offered rate is the sends'
+        sent = result.requests["arrival_s"]
+        context["arrival_span_s"] = float(sent.max() - sent.min()) if sent.len() > 1 else 0.0
     if oracle_regret:
         oracle = _simulate(trace, loop, admission=AdmissionConfig(estimator="oracle"), **run)
         context["regret"] = regret(result.summary, oracle.summary)

@@ -78,8 +78,8 @@ def test_a_bad_value_names_its_flag():
 
 
 @pytest.mark.parametrize("args", [["--help"], ["simulate", "--help"]])
-def test_help_imports_neither_polars_nor_numpy(args):
-    heavy = ("polars", "numpy", "pyarrow", "simpy", "plotly", "driftsim.sim.engine")
+def test_help_imports_no_heavy_module(args):
+    heavy = ("polars", "numpy", "pyarrow", "simpy", "plotly", "driftsim.sim.engine", "markdown_it", "pygments")
     code = ("import sys; from driftsim.cli.main import app\n"
             f"try: app({args!r}, prog_name='driftsim')\nexcept SystemExit: pass\n"
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
@@ -131,3 +131,18 @@ def test_reproduce_takes_seeds_as_sweep_does():
     assert _parse_seeds(["0-2"], None) == _parse_seeds(["0,1,2"], None) == _parse_seeds(["0"], ["1", "2"]) == parse_seeds("0-2")
     res = runner.invoke(app, ["reproduce", "driftsched", "--seeds", "x"])
     assert res.exit_code == 2 and "--seeds" in res.output
+
+
+def test_the_deferred_rich_modules_work_when_used():
+    # typer's help renderer imports rich.markdown and rich.traceback; the CLI defers them until used
+    code = ("import sys; from driftsim.cli import lazy_rich; lazy_rich.install()\n"
+            "from rich.markdown import Markdown; from rich.traceback import Traceback\n"
+            "assert 'markdown_it' not in sys.modules\n"
+            "import io; from rich.console import Console; c = Console(width=40, record=True, file=io.StringIO())\n"
+            "c.print(Markdown('# Title\\n\\n*emphasis*'))\n"
+            "try: 1 / 0\n"
+            "except ZeroDivisionError as e: c.print(Traceback.from_exception(type(e), e, e.__traceback__))\n"
+            "import rich.markdown as m; print(type(m.Markdown('x')).__module__, 'markdown_it' in sys.modules)\n"
+            "print('ZeroDivisionError' in c.export_text())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["rich.markdown", "True", "True"], res.stdout + res.stderr

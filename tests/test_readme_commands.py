@@ -62,7 +62,7 @@ def test_readme_keeps_the_two_commands_and_ci_runs_the_test_one():
 def test_readme_bash_commands_run(tmp_path, monkeypatch):
     (tmp_path / "traces").symlink_to(ROOT / "traces")
     saved = SAVED.findall(README.read_text())
-    assert {name for name, _ in saved} >= {"my-trace.csv", "my.toml", "shared.toml"}, saved
+    assert {name for name, _ in saved} >= {"my-trace.csv", "my.toml"}, saved
     for name, body in saved:
         (tmp_path / name).write_text(body)
     monkeypatch.chdir(tmp_path)
