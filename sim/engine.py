@@ -359,8 +359,17 @@ class EngineCore:
         if r.prefix_ids is None or not self.prefix_caching:
             return 0
         if r.block_keys is None:
-            r.block_keys = block_keys(r.prefix_ids, r.prefix_id_tokens, self.block_size, r.input_tokens)
-        return self.kv.lookup(r.block_keys, len(r.block_keys))[0]
+            r.block_keys = self._block_keys(r)
+        return self.kv.lookup(r.block_keys, (r.prefill_target - 1) // self.block_size)[0]
+
+    def _block_keys(self, r: SimRequest) -> list[int]:
+        """Keys of the full blocks ``r``'s ids name: its prompt's, and when it has more ids than its prompt
+        has blocks (they name the answer too, the block straddling both included), its answer's up to
+        its last token, whose KV is never computed."""
+        size = r.prefix_id_tokens
+        answer = len(r.prefix_ids) > -(-r.input_tokens // size)
+        tokens = r.input_tokens + r.output_tokens - 1 if answer else r.input_tokens
+        return block_keys(r.prefix_ids, size, self.block_size, tokens)
 
     def _cache_hit(self, r: SimRequest) -> tuple[int, int]:
         """Cached leading prompt blocks of the waiting request ``r`` and how many of them are free.
@@ -375,7 +384,7 @@ class EngineCore:
         if memo is not None and memo[0] == kv.version and memo[1] == r.prefill_target:
             return memo[2], memo[3]
         if r.block_keys is None:
-            r.block_keys = block_keys(r.prefix_ids, r.prefix_id_tokens, self.block_size, r.input_tokens)
+            r.block_keys = self._block_keys(r)
         hit, hit_free = kv.lookup(r.block_keys, (r.prefill_target - 1) // self.block_size)
         r.hit_memo = (kv.version, r.prefill_target, hit, hit_free)
         return hit, hit_free
@@ -669,7 +678,7 @@ class EngineCore:
             if epoch != r.epoch:
                 continue
             tokens = self._decode_tokens(r)
-            self._freed += self._release(r, cdiv(tokens, self.block_size))
+            self._freed += self._release(r, cdiv(tokens, self.block_size), tokens)
             self.num_decode -= 1
             self.decode_ctx -= tokens
             self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] -= 1
@@ -696,7 +705,7 @@ class EngineCore:
                 r.first_token_s = end
             r.generated += 1
             if r.generated >= r.output_tokens:
-                self._freed += self._release(r, r.blocks)
+                self._freed += self._release(r, r.blocks, r.computed)
                 r.blocks = 0
                 del self.running[r.order]
                 finished.append((r, end))
@@ -726,9 +735,17 @@ class EngineCore:
         r.prefill_target = r.input_tokens + r.generated
         self.waiting.push_front(r)
 
-    def _release(self, r: SimRequest, blocks: int) -> int:
-        """Give back the ``blocks`` that ``r`` holds; return how many became free (a cached block
-        another request still references stays taken)."""
+    def _release(self, r: SimRequest, blocks: int, computed: int) -> int:
+        """Give back the ``blocks`` that ``r`` holds, whose first ``computed`` tokens hold KV; return
+        how many became free (a cached block another request still references stays taken).
+
+        Full blocks its ids name are cached first, those of its answer too: vLLM hashes every full
+        block as it is computed, so a later prompt that repeats the answer (the next turn of a chat)
+        finds them. NOTE: here an answer's blocks become hittable when the request leaves the
+        engine, not as each fills; only a request repeating an answer still being generated sees
+        the difference."""
+        if r.block_keys and self.prefix_caching:
+            self._register_blocks(r, computed)
         if not r.shared:
             r.hashed_upto = 0
             self.kv.free(blocks)
@@ -744,10 +761,10 @@ class EngineCore:
         del self.running[r.order]
         if r.finish_g < 0:  # still prefilling
             self.prefilling.remove(r)
-            self._release(r, r.blocks)
+            self._release(r, r.blocks, r.computed)
         else:
             tokens = self._decode_tokens(r)
-            self._release(r, cdiv(tokens, self.block_size))
+            self._release(r, cdiv(tokens, self.block_size), tokens)
             self.num_decode -= 1
             self.decode_ctx -= tokens
             self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] -= 1

@@ -33,10 +33,10 @@ _ROOT = 0x5EED  # the chain's parent of the first block
 
 
 def block_keys(ids: Sequence[int], id_tokens: int, block_size: int, prompt_tokens: int, salt: int = 0) -> list[int]:
-    """Chained keys of the engine's full prompt blocks that ``ids`` identify.
+    """Chained keys of the engine's full blocks, among the first ``prompt_tokens`` tokens, that ``ids`` identify.
 
     ``ids[m]`` names tokens ``[m * id_tokens, (m + 1) * id_tokens)`` of the
-    prompt given everything before them (equal id prefixes mean equal token
+    sequence (the prompt, then its answer) given everything before them (equal id prefixes mean equal token
     prefixes, as Mooncake's ``hash_ids``). Engine block ``j`` (``block_size``
     tokens) is identified when it is full inside the prompt and inside what
     the ids cover; its key chains every id up to the one covering its last

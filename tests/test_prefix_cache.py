@@ -105,6 +105,23 @@ def test_a_prompt_found_whole_still_computes_its_last_token():
     assert steps == [16] and b.cached_tokens == 32
 
 
+def test_an_answer_is_cached_for_the_prompt_that_repeats_it():
+    # A: 32-token prompt, 40-token answer; ids name 72 tokens. Its KV holds 32 + 40 - 1 = 71 computed
+    # tokens (the last token is sampled, never computed): 4 full blocks, 2 of them the answer's.
+    # B repeats A's prompt and answer, then asks more (100 tokens): 4 blocks cached, 36 computed.
+    cost = RecordingCost(linear_cost())
+    core = make_engine(cost, block_size=BS)
+    a = _req(0, 32, 40, [1, 2, 3, 4, 5])
+    t, _ = core.run_arrivals(0.0, [(0.0, a)])
+    cost.batches.clear()
+    b = _req(1, 100, 4, [1, 2, 3, 4, 5, 6, 7])
+    core.run_arrivals(t, [(t, b)])
+    assert _prefill_tokens_of_each_step(cost) == [100 - 64] and b.cached_tokens == 64
+    # ids that stop at A's prompt leave its answer uncached: B finds the 2 prompt blocks only
+    steps, b, _ = _run_apart(32, [1, 2], 100, [1, 2, 3, 4, 5, 6, 7])
+    assert steps == [100 - 32] and b.cached_tokens == 32
+
+
 def test_the_partial_last_block_is_never_shared():
     # A's third id covers only 8 tokens of its 40: that block is never cached, so B (same ids,
     # longer prompt) hits the two full blocks only
@@ -261,7 +278,7 @@ def test_mooncake_hash_ids_become_prefix_ids_of_512_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("record, field, expected", [
-    ({"input_length": 10, "hash_ids": [1, 2]}, "hash_ids", "no more blocks than the prompt holds"),
+    ({"input_length": 10, "hash_ids": [1, 2]}, "hash_ids", "no more blocks than the prompt and its answer hold"),
     ({"input_length": 600, "hash_ids": ["x", 2]}, "hash_ids", "a list of integer block ids"),
     ({"input_length": 600, "hash_ids": 7}, "hash_ids", "a list of integer block ids"),
 ])
@@ -275,7 +292,8 @@ def test_bad_prefix_ids_name_the_file_row_and_field(tmp_path, record, field, exp
 
 
 def test_validate_trace_checks_prefix_ids_against_the_prompt():
-    trace = make_trace([(0.0, 32, 4)], prefix_ids=[[1, 2, 3]], prefix_block_tokens=[16])
+    # 32 + 4 tokens hold 3 blocks of 16 (ids past the prompt name the answer's): a fourth id is too many
+    trace = make_trace([(0.0, 32, 4)], prefix_ids=[[1, 2, 3, 4]], prefix_block_tokens=[16])
     with pytest.raises(TraceError, match="row 1, field 'prefix_ids'"):
         validate_trace(trace)
     with pytest.raises(TraceError, match="prefix_block_tokens"):
@@ -328,7 +346,7 @@ def test_synthetic_sessions_carry_the_conversation_into_each_prompt():
         for k in range(1, rows.height):
             assert inp[k] > inp[k - 1] + out[k - 1]  # history, then a new input
             assert ids[k][: len(ids[k - 1])] == ids[k - 1]  # the earlier prompt is a prefix of the later one
-        assert all(len(x) == -(-n // 16) for x, n in zip(ids, inp))
+        assert all(len(x) == -(-(n + o) // 16) for x, n, o in zip(ids, inp, out))  # through the answer
 
 
 def test_session_turns_are_sent_after_the_previous_answer_plus_think_time():

@@ -24,7 +24,9 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     "slo_e2e_s": pl.Float64,  # optional end-to-end objective, seconds
     # optional prefix identity: ids of the prompt's consecutive blocks of prefix_block_tokens tokens
     # (the last may be partial), chained: two requests whose first k ids are equal have equal first
-    # k * prefix_block_tokens prompt tokens (Mooncake's hash_ids are such ids, 512 tokens each)
+    # k * prefix_block_tokens tokens (Mooncake's hash_ids are such ids, 512 tokens each); more ids than
+    # the prompt has blocks name its answer's blocks too (the one straddling prompt and answer included),
+    # which a later prompt repeating the answer (a chat's next turn) reuses
     "prefix_ids": pl.List(pl.Int64),
     "prefix_block_tokens": pl.Int64,  # tokens each prefix id covers, >= 1; given exactly where prefix_ids is
     # optional multi-turn sessions: a turn is sent think_s after the previous turn of its session
@@ -164,9 +166,10 @@ def check_sessions(df: pl.DataFrame, source: str | None, *, row_col: str | None 
 
 def check_prefix_ids(df: pl.DataFrame, source: str | None, *, row_col: str | None = None,
                      ids_field: str = "prefix_ids") -> None:
-    """Prefix identity must fit its prompt: ``prefix_block_tokens >= 1`` exactly where ``prefix_ids`` is
-    given, ids without nulls, and no more ids than the prompt has blocks (``ceil(input_tokens /
-    prefix_block_tokens)``). ``ids_field``: the source's name for the ids, for messages."""
+    """Prefix identity must fit its request: ``prefix_block_tokens >= 1`` exactly where ``prefix_ids`` is
+    given, ids without nulls, and no more ids than the prompt and its answer have blocks
+    (``ceil((input_tokens + output_tokens) / prefix_block_tokens)``). ``ids_field``: the source's
+    name for the ids, for messages."""
     if ids_field != "prefix_ids":
         df = df.rename({"prefix_ids": ids_field})
     ids, size = pl.col(ids_field), pl.col("prefix_block_tokens")
@@ -177,7 +180,7 @@ def check_prefix_ids(df: pl.DataFrame, source: str | None, *, row_col: str | Non
                "prefix ids where prefix_block_tokens is given", source, row_col=row_col)  # fmt: skip
     _first_bad(df, ids.list.eval(pl.element().is_null()).list.any(), ids_field, "integer ids without gaps",
                source, row_col=row_col)  # fmt: skip
-    blocks = (pl.col("input_tokens") + size - 1) // size
+    blocks = (pl.col("input_tokens") + pl.col("output_tokens") + size - 1) // size
     _first_bad(df, ids.list.len() > blocks, ids_field,
-               "at most ceil(input_tokens / prefix_block_tokens) ids (no more blocks than the prompt holds)",
-               source, row_col=row_col)  # fmt: skip
+               "at most ceil((input_tokens + output_tokens) / prefix_block_tokens) ids (no more blocks than the "
+               "prompt and its answer hold)", source, row_col=row_col)  # fmt: skip

@@ -345,7 +345,8 @@ def _tenant_rows(t: TenantLoad, streams: tuple[np.random.Generator, ...], starts
     may be sent; the closed loop of :mod:`driftsim.sim.sessions` sends the rest).
 
     A turn's prompt is the whole conversation so far: system prompt, earlier inputs and answers,
-    then its own new input; its prefix ids name the system prompt's blocks, then the session's own.
+    then its own new input; its prefix ids name the system prompt's blocks, then the session's own
+    through its answer (so the next turn, which repeats the answer, finds it cached as in vLLM).
     """
     n = starts.size
     sys_tokens, sys_ids = _system_prompts(t, streams[3], n)
@@ -373,7 +374,7 @@ def _tenant_rows(t: TenantLoad, streams: tuple[np.random.Generator, ...], starts
         j = session[i]
         prompt[i] = sys_tokens[j] + new_in[i] if turn[i] == 1 else prompt[i - 1] + out[i - 1] + new_in[i]
         shared = sys_ids[j] if sys_ids is not None else []
-        own = range(len(shared), -(-int(prompt[i]) // PREFIX_BLOCK_TOKENS))
+        own = range(len(shared), -(-int(prompt[i] + out[i]) // PREFIX_BLOCK_TOKENS))
         ids.append(shared + [hash((base + j, m)) for m in own])
     return {"arrival_s": starts[session], "input_tokens": prompt, "output_tokens": out, "prefix_ids": ids,
             "session_id": base + session, "turn": turn, "think_s": think}
