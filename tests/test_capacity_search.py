@@ -1,4 +1,5 @@
-"""The plan searches (fewest replicas, highest load, cheapest GPU mix) against stub pools with known answers, independent of the simulator.
+"""The plan searches (fewest replicas, highest load, cheapest GPU mix) against stub pools with known
+answers, independent of the simulator.
 
 The stub's latency is a closed-form function of the probed parameters, so the right answer is
 computed by hand and any search bug (an off-by-one bisection, a wrong direction, a cache mix-up)
