@@ -765,16 +765,14 @@ class EngineCore:
         """
         if self._ends:
             raise RuntimeError("abort() with a planned step not committed")
-        for i, entry in enumerate(self._inbox):
-            if entry.request is req:
-                del self._inbox[i]
-                return True
-        if self.waiting.remove(req):
-            return True
-        if self.running.get(req.order) is not req:
-            return False
-        self._take_off_running(req)
-        if self._observers:  # its blocks are free now, not at the next commit (there may be none)
+        queued = next((i for i, entry in enumerate(self._inbox) if entry.request is req), None)
+        if queued is not None:
+            del self._inbox[queued]
+        elif not self.waiting.remove(req):
+            if self.running.get(req.order) is not req:
+                return False
+            self._take_off_running(req)
+        if self._observers:  # the queue or the KV cache changed now, not at the next commit (there may be none)
             publish(self._observers, EngineSampled(self.replica, self._last_end, len(self.running),
                                                    len(self.waiting) + len(self._inbox), self.kv.used, self.kv.total))
         return True

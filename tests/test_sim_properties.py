@@ -140,6 +140,12 @@ def test_fixed_case_must_preempt(engine):
     assert run.count("ok") == 2
 
 
+def test_fixed_case_must_preempt_with_the_policy_in_the_engine():
+    gw, _ = place_policy(GatewayConfig(policy="sjf", placement="engine"), EngineConfig(), True)
+    run = check_run(_case(_PREEMPT_ROWS, gateway=gw, num_blocks=21))
+    assert gw.placement == "engine" and run.preemptions >= 1 and run.count("ok") == 2
+
+
 def test_fixed_case_must_reject_a_prompt_longer_than_the_engine_takes():
     run = check_run(_case([(0.0, 10, 5), (0.01, MAX_MODEL_LEN + 10, 5), (0.02, 12, 5)]))
     assert run.result.requests["status"].to_list() == ["ok", "rejected", "ok"]
@@ -174,3 +180,13 @@ def test_fixed_case_engine_placement_orders_the_engines_queue():
     assert df.sort("scheduled_s")["request_id"].to_list() == [0, 2, 3, 1]
     fifo = run_case(_case(rows, engine={"max_num_seqs": 1}))
     assert fifo.result.requests.sort("scheduled_s")["request_id"].to_list() == [0, 1, 2, 3]
+
+
+def test_fixed_case_a_request_timing_out_in_the_engines_queue_leaves_it_empty():
+    """One sequence at a time, two long requests sent at once, a 0.2 s client timeout: at 0.2 s one is
+    aborted while running and the other while queued at the engine; the engine's last sample shows
+    neither (an abort of a queued request is published too, not only of a running one)."""
+    run = check_run(_case([(0.0, 20, 300), (0.0, 20, 300)], engine={"max_num_seqs": 1},
+                          client=ClientConfig(timeout_s=0.2)))
+    assert run.result.requests["status"].to_list() == ["timeout", "timeout"]
+    assert run.kv.samples > run.kv.commit_samples, "the aborts were published"
