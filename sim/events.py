@@ -27,7 +27,8 @@ class StepCommitted:
 @dataclass(frozen=True, slots=True)
 class EngineSampled:
     """The engine's own state after a commit (one per committed step, or per fast-forwarded run of steps),
-    and after an abort took a running request off (its KV blocks freed at that step boundary).
+    and after an abort took a request off (a running one's KV blocks freed, or a queued one gone from the
+    queue, at that step boundary).
 
     What reports plot over time: the batch, the queue and the KV cache as
     the engine holds them, not reconstructed from request events.

@@ -115,6 +115,21 @@ def test_preemption_when_kv_runs_out_recomputes_and_completes():
     assert b[40] == StepBatch(prefill_tokens=33, prefill_seqs=1, prefill_attn_tokens=chunk_attn_tokens(0, 33),
                               decode_seqs=0, decode_ctx_tokens=0), b[40]
     assert all(x.prefill_tokens == 0 for x in b[41:]) and len(b) == 41 + 26, "then 26 more decode steps (40 - 14)"
+    # Every step by hand: decode step k (k >= 1) runs each sequence at context 20 + k; after the recompute
+    # (which yields the victim's token 14) its decode step j runs at context 33 + j.
+    expected = [StepBatch(prefill_tokens=40, prefill_seqs=2, prefill_attn_tokens=2 * chunk_attn_tokens(0, 20))]
+    expected += [StepBatch(decode_seqs=2, decode_ctx_tokens=2 * (20 + k)) for k in range(1, 13)]
+    expected += [StepBatch(decode_seqs=1, decode_ctx_tokens=20 + k) for k in range(13, 40)]
+    expected += [StepBatch(prefill_tokens=33, prefill_seqs=1, prefill_attn_tokens=chunk_attn_tokens(0, 33))]
+    expected += [StepBatch(decode_seqs=1, decode_ctx_tokens=33 + j) for j in range(1, 27)]
+    assert b == expected
+    # and when: the survivor (request 0) ends with step 39, the victim (request 1) with the last step; the
+    # victim's first token stays the one of step 0 (a recompute does not send it again)
+    ends = [sum(cost.inner.step_time(x) for x in expected[: i + 1]) for i in range(len(expected))]
+    assert done[0][1] == pytest.approx(ends[39], rel=1e-12)
+    assert done[1][1] == pytest.approx(ends[-1], rel=1e-12)
+    assert done[1][0].first_token_s == done[0][0].first_token_s == pytest.approx(ends[0], rel=1e-12)
+    assert victim.preemptions == 1
 
 
 def test_one_of_the_reported_kv_blocks_is_vllms_null_block():

@@ -4,7 +4,9 @@ and a replay whose server dies (the rest recorded as failed, with the reason).""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import shutil
 import signal
@@ -163,7 +165,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
 
 
-def test_a_dead_server_stops_the_replay_and_every_unsent_request_is_recorded(tmp_path):
+def test_a_dead_server_stops_the_replay_and_every_unsent_request_is_recorded(tmp_path, monkeypatch):
     calls = {"n": 0}
     eng = MockEngine(ttft_s=0.002, tpot_s=0.001)
 
@@ -182,15 +184,26 @@ def test_a_dead_server_stops_the_replay_and_every_unsent_request_is_recorded(tmp
     journal = ReplayJournal(tmp_path / "j.jsonl", trace="t", requests=20)
     gw = ReplayGateway(reqs, policy=make_policy("fifo"), client=StreamingClient(client, model="tiny", clock=lambda: 0),
                        on_record=journal.record)
-    t = time.perf_counter()
+    # the replay's waits for arrivals, as asked (a busy machine can only shorten the later ones)
+    waits, sleep = [], asyncio.sleep
+
+    async def recorded_sleep(delay, *a, **kw):
+        if delay > 0.015:  # longer than the replay's 10 ms polls and the mock engine's token gaps
+            waits.append(delay)
+        return await sleep(delay, *a, **kw)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
     records, interrupted = run_replay(gw)
     journal.close()
-    assert time.perf_counter() - t < 1.2  # stopped, not waiting through the rest of the trace
+    monkeypatch.undo()
+    assert sum(waits) < 1.2, f"stopped, not waiting through the 1.9 s trace: {waits}"
     assert not interrupted and gw.stopped and "3 connections refused in a row" in gw.stopped
     statuses = [r.status for r in records]
     assert statuses[:3] == ["ok"] * 3 and set(statuses[3:]) == {"error"}
     unsent = [r for r in records if r.error and r.error.startswith("not sent: the server stopped answering")]
     assert len(unsent) >= 10
+    # stopped, not waiting through the rest of the trace: the unsent requests were never released
+    assert all(math.isnan(r.released_s) for r in unsent)
     rows, _ = read_journal(tmp_path / "j.jsonl")
     assert sorted(rows) == list(range(20))  # every request is on disk with its outcome
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import polars as pl
 import pytest
@@ -140,8 +138,8 @@ def test_argument_errors():
     assert generate([tenant("a", 1.0)], duration_s=0, seed=0).height == 0
 
 
-def test_a_million_requests_quickly():
-    t0 = time.perf_counter()
+def test_a_million_requests_are_drawn_in_full():
+    """Scale, not speed (bench/bench_synth.py times it): every row is drawn, in arrival order, both tenants."""
     df = generate(
         [
             tenant("a", 800.0, arrival="gamma", cv=2.0, input=LengthDist.lognormal(mean=800, cv=1.5, max=32_000)),
@@ -151,4 +149,5 @@ def test_a_million_requests_quickly():
         seed=0,
     )
     assert df.height == 1_000_000
-    assert time.perf_counter() - t0 < 5.0
+    assert df["arrival_s"].is_sorted() and df["request_id"].n_unique() == 1_000_000
+    assert set(df["tenant"].unique()) == {"a", "b"}

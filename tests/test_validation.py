@@ -127,18 +127,22 @@ def run(gw: ReplayGateway):
 # ---- the gateway ----------------------------------------------------------------------
 
 def test_uncapped_gateway_sends_each_request_when_released_and_times_every_token():
-    eng = MockEngine(ttft_s=0.02, tpot_s=0.005)
+    # each answer takes >= 0.35 s, the arrivals span 0.06 s: an uncapped gateway has all three in flight
+    # at once, which a gateway holding a request back would not (order, not a delay bound)
+    eng = MockEngine(ttft_s=0.2, tpot_s=0.05)
     recs = run(gateway(eng, requests([(0.0, 10, 4), (0.03, 11, 3), (0.06, 12, 1)])))
     assert [r.status for r in recs] == ["ok"] * 3
+    assert eng.max_concurrent == 3
+    assert max(r.sent_s for r in recs) < min(r.first_token_s for r in recs)
     for r in recs:
         assert r.released_s >= r.intended_s - 1e-3
-        assert 0 <= r.sent_s - r.released_s < 0.02
+        assert r.sent_s >= r.released_s
         assert len(r.token_times) == r.output_tokens == r.completion_tokens
         assert r.first_token_s == r.token_times[0] and r.finish_s == r.token_times[-1] == r.delivered_s
-        assert r.first_token_s - r.sent_s >= 0.02 - 1e-3
+        assert r.first_token_s - r.sent_s >= 0.2 - 1e-3
         assert all(b >= a for a, b in zip(r.token_times, r.token_times[1:]))
     df = records_frame(recs)
-    assert df["ttft_s"].min() >= 0.02 - 1e-3
+    assert df["ttft_s"].min() >= 0.2 - 1e-3
     assert df.filter(pl.col("request_id") == 2)["tpot_s"][0] is None  # one token: no TPOT
     assert df["token_times"].list.len().to_list() == [4, 3, 1]
 
@@ -158,8 +162,8 @@ def test_cap_is_honoured_and_the_policy_picks_who_goes_next():
 
 @pytest.mark.parametrize("cap", [2, 3])
 def test_cap_bounds_requests_in_flight(cap):
-    eng = MockEngine(ttft_s=0.01, tpot_s=0.002)
-    recs = run(gateway(eng, requests([(0.001 * i, 10 + i, 5) for i in range(9)]), max_outstanding=cap))
+    eng = MockEngine(ttft_s=0.05, tpot_s=0.002)  # all nine queued at once: the cap, not arrival luck, bounds them
+    recs = run(gateway(eng, requests([(0.0, 10 + i, 5) for i in range(9)]), max_outstanding=cap))
     assert eng.max_concurrent == cap
     assert all(r.status == "ok" for r in recs)
 
@@ -843,8 +847,6 @@ def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
 
 
 def test_calibration_recovers_a_known_correction_and_the_admission_model():
-    import time
-
     from driftsim.validation.server_steps import StepCorrection, count_knots
     from driftsim.validation.calibration import calibrate_server
 
@@ -857,9 +859,7 @@ def test_calibration_recovers_a_known_correction_and_the_admission_model():
     for asynch in (False, True):
         eng = EngineConfig(**{**base.__dict__, "async_scheduling": asynch})
         trace, real = _server_replay(StepCorrection(cost, knots, added), eng, seed=int(asynch))
-        t = time.perf_counter()
         fit = calibrate_server(real, trace, cost=cost, engine=base)
-        assert time.perf_counter() - t < 20
         got = dict(zip(fit["knots"], fit["values_s"]))
         assert 0 not in got and {1, 2, 16} <= set(got)  # no decode-free step has a duration; knots with data kept
         for k, v in got.items():

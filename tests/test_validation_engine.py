@@ -20,13 +20,20 @@ import math
 import polars as pl
 import pytest
 
+from driftsim.validation.scoring import TARGETS
 from driftsim.validation.workload import CALIBRATION_LOADS
 from tests.engine_fixtures import SERVER_LIMITS, require_vllm, tiny_model, vllm_server  # noqa: F401
 
 pytestmark = pytest.mark.engine
 
-#: loose bounds on |sim error| of the overall statistics (fractions)
-BOUNDS = {("e2e_s", "p50"): 0.25, ("e2e_s", "p99"): 0.35, ("ttft_s", "p50"): 0.5, ("tpot_s", "p50"): 0.25}
+#: Fixed bounds on |sim error| of the overall statistics, as multiples of the documented targets
+#: (VALIDATION.md, driftsim.validation.scoring.TARGETS: E2E p50/p99 5/10 %, TTFT p50 10 %, TPOT p50 5 %).
+#: Not the targets themselves: this test replays 24 requests at each of two loads on a shared 2-core
+#: machine, where VALIDATION.md's six quiet sessions already spread 6-17 % from one another; 5x (3.5x for
+#: E2E p99) catches a broken path (wrong units, a lost step, a wrong admission rule), whatever this run's
+#: own noise was.
+LOOSENESS = {("e2e_s", "p50"): 5.0, ("e2e_s", "p99"): 3.5, ("ttft_s", "p50"): 5.0, ("tpot_s", "p50"): 5.0}
+BOUNDS = {key: round(k * TARGETS[key], 4) for key, k in LOOSENESS.items()}
 
 
 @pytest.fixture(autouse=True)

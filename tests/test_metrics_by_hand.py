@@ -1,0 +1,76 @@
+"""Run metrics computed by hand: a three-request trace on a cost model simple enough to step on paper.
+
+Cost: 0.1 s per step plus 1 ms per prefill token, nothing else. Requests (arrival, prompt, output):
+A (0, 10, 3) and B (0, 10, 5) of tenant gold, C (0.25, 10, 2) of tenant free.
+
+    step 0  [0.00, 0.12]  prefill A, B (20 tokens)   A, B token 1
+    step 1  [0.12, 0.22]  decode A, B                 A, B token 2
+    step 2  [0.22, 0.32]  decode A, B                 A done (3), B token 3
+    step 3  [0.32, 0.43]  prefill C (10), decode B    C token 1, B token 4   (C arrived at 0.25, mid-step)
+    step 4  [0.43, 0.53]  decode B, C                 B done (5), C done (2)
+
+So TTFT A 0.12, B 0.12, C 0.43 - 0.25 = 0.18; E2E A 0.32, B 0.53, C 0.28; TPOT (E2E - TTFT) / (out - 1)
+A 0.1, B 0.1025, C 0.1. SLOs: gold TTFT <= 0.15 s and E2E <= 0.4 s (A met, B missed), free TTFT <= 0.15 s
+(C missed).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from driftsim.costmodel.linear import LinearCostModel
+from driftsim.sim.config import EngineConfig
+from driftsim.sim.metrics import summarize
+from driftsim.sim.run import simulate
+from tests.factories import make_trace
+
+COST = LinearCostModel(overhead_s=0.1, per_prefill_token_s=0.001)
+TRACE = make_trace([(0.0, 10, 3), (0.0, 10, 5), (0.25, 10, 2)], tenants=["gold", "gold", "free"],
+                   slo_ttft_s=[0.15, 0.15, 0.15], slo_e2e_s=[0.4, 0.4, None])
+EXPECTED = {  # request: (ttft_s, e2e_s, tpot_s, slo_met)
+    0: (0.12, 0.32, 0.1, True),
+    1: (0.12, 0.53, 0.1025, False),
+    2: (0.18, 0.28, 0.1, False),
+}
+SPAN_S = 0.53  # first arrival (0) to last finish
+
+
+@pytest.fixture(scope="module")
+def result():
+    return simulate(TRACE, cost=COST, engine=EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, block_size=16,
+                                                          max_model_len=1024), num_blocks=100)
+
+
+def test_per_request_latencies_and_slo_outcomes(result):
+    df = result.requests.sort("request_id")
+    assert df["status"].to_list() == ["ok"] * 3
+    for row in df.iter_rows(named=True):
+        ttft, e2e, tpot, met = EXPECTED[row["request_id"]]
+        assert row["ttft_s"] == pytest.approx(ttft, abs=1e-12), row
+        assert row["e2e_s"] == pytest.approx(e2e, abs=1e-12), row
+        assert row["tpot_s"] == pytest.approx(tpot, abs=1e-12), row
+        assert row["slo_met"] is met, row
+
+
+def test_summary_per_tenant_and_overall(result):
+    s = summarize(result.requests, result.replicas)
+    assert s["span_s"] == pytest.approx(SPAN_S, abs=1e-12)
+    gold, free, overall = s["tenants"]["gold"], s["tenants"]["free"], s["overall"]
+    assert (gold["requests"], gold["completed"], free["requests"], overall["completed"]) == (2, 2, 1, 3)
+    assert gold["slo_attainment"] == 0.5 and free["slo_attainment"] == 0.0
+    assert overall["slo_attainment"] == pytest.approx(1 / 3) and overall["slo_requests"] == 3
+    # overall TTFT [0.12, 0.12, 0.18]: mean 0.14, p50 0.12; E2E sorted [0.28, 0.32, 0.53]: p50 0.32,
+    # p90 at rank 0.9 x 2 = 1.8 (linear): 0.32 + 0.8 x 0.21 = 0.488
+    assert overall["ttft_s"]["mean"] == pytest.approx(0.14, abs=1e-12)
+    assert overall["ttft_s"]["p50"] == pytest.approx(0.12, abs=1e-12)
+    assert overall["e2e_s"]["p50"] == pytest.approx(0.32, abs=1e-12)
+    assert overall["e2e_s"]["p90"] == pytest.approx(0.488, abs=1e-12)
+    assert gold["e2e_s"]["mean"] == pytest.approx((0.32 + 0.53) / 2, abs=1e-12)
+    assert free["tpot_s"]["p99"] == pytest.approx(0.1, abs=1e-12)
+    assert overall["throughput_rps"] == pytest.approx(3 / SPAN_S)
+    assert overall["output_tokens_per_s"] == pytest.approx(10 / SPAN_S)
+    assert gold["output_tokens_per_s"] == pytest.approx(8 / SPAN_S)
+    # goodput counts completed requests meeting every SLO they carry: A only
+    assert overall["goodput_rps"] == pytest.approx(1 / SPAN_S)
+    # the one replica was busy for the whole span (no gap between steps)
+    assert s["busy_fraction"] == pytest.approx(1.0)
