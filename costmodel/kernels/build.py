@@ -29,7 +29,8 @@ from driftsim.costmodel.tokentable import TokenTableCostModel
 TOKEN_KNOTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 PHASES = ("decode", "prefill", "mixed")
 # Host-side time per step and per scheduled sequence: BLIS's (inference-sim/inference-sim, Apache-2.0)
-# trained-physics step-time model, fitted to step traces of 15 real vLLM serving runs on H100 SXM.
+# trained-physics step-time model, fitted by simulating 15 real vLLM serving runs on H100 SXM and matching
+# their mean TTFT and E2E latency.
 # Only its two overhead terms that are not GPU kernel work are taken; its roofline corrections and its
 # per-layer term (kernel launches, norms) stand for kernels, which the tables time here instead.
 HOST = HostOverhead(
@@ -38,10 +39,11 @@ HOST = HostOverhead(
            "f90a1e3a6787da17c2cd463dab6fb2660b1b1760, defaults.yaml trained_physics_coefficients.beta_coeffs, "
            "iteration 29): beta7 = 126.024825 us per step (constant per-step overhead: CUDA synchronisation, "
            "sampler invocation, logging) and beta6 = 4.41684444 us per request in the step's batch (scheduling "
-           "and dispatch: queue management, attention metadata, token id lookup), fitted jointly with roofline "
-           "terms to step traces of 15 vLLM serving runs on NVIDIA H100 80GB HBM3 (the inference-sim vLLM fork "
-           "with step tracing; its version is not stated), applied unchanged to every GPU and model; BLIS's "
-           "roofline terms and per-layer term (32.1 us) are kernel time and are not added")
+           "and dispatch: queue management, attention metadata, token id lookup), fitted jointly with its roofline "
+           "terms by simulating 15 vLLM serving runs on NVIDIA H100 80GB HBM3 (the inference-sim vLLM fork with "
+           "step tracing; its version is not stated) and matching their mean TTFT and E2E latency; applied "
+           "unchanged to every GPU and model; BLIS's roofline terms and per-layer term (32.1 us) are kernel "
+           "time and are not added")
 # Datasheet numbers of each GPU, for KV capacity (memory) and the roofline comparison.
 GPU_SPECS = {
     "a100": GpuSpec("NVIDIA A100 SXM 80GB", 312e12, 2039e9, 85_899_345_920),
