@@ -207,7 +207,8 @@ _DECODE_TABLE_KEYS = ("decode_seq_knots", "decode_seq_cost_s")
 _ROOFLINE_KEYS = ("kind", "compute_efficiency", "memory_efficiency", "overhead_s", "per_seq_overhead_s",
                   "prefill_query_tile")
 _TOKEN_TABLE_KEYS = ("kind", "overhead_s", "per_token_s", "per_prefill_attn_s", "per_prefill_seq_s",
-                     "per_decode_seq_s", "per_decode_ctx_token_s", "token_knots", "token_cost_s")
+                     "per_prefill_step_s", "per_decode_seq_s", "per_decode_step_s", "per_decode_ctx_token_s",
+                     "token_knots", "token_cost_s")
 _TOP_KEYS = ("name", "description", "gpu", "model", "cost_model", "kv", "engine_defaults", "provenance")
 
 
@@ -299,7 +300,7 @@ def _cost_model(t: _Table, gpu: GpuSpec, model: ModelArch, kv: KvCapacity, name:
 def _token_table(t: _Table, kv: KvCapacity, name: str, provenance: dict) -> CostModel:
     """A token-table cost model (see TokenTableCostModel), its table checked here for the error's key."""
     t.no_unknown(_TOKEN_TABLE_KEYS)
-    coeffs = {key: t.number(key, default=0.0 if key != "overhead_s" else None) for key in _TOKEN_TABLE_KEYS[1:7]}
+    coeffs = {key: t.number(key, default=0.0 if key != "overhead_s" else None) for key in _TOKEN_TABLE_KEYS[1:-2]}
     knots, costs = t._raw("token_knots"), t._raw("token_cost_s")
     if not isinstance(knots, list) or not knots or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
                                                        for k in knots):

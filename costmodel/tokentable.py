@@ -19,16 +19,21 @@ from driftsim.costmodel._runs import decode_run_ctx
 from driftsim.costmodel.batch import StepBatch
 from driftsim.costmodel.kv import KvCapacity
 
-COEFFICIENTS = ("overhead_s", "per_token_s", "per_prefill_attn_s", "per_prefill_seq_s", "per_decode_seq_s",
-                "per_decode_ctx_token_s")
+COEFFICIENTS = ("overhead_s", "per_token_s", "per_prefill_attn_s", "per_prefill_seq_s", "per_prefill_step_s",
+                "per_decode_seq_s", "per_decode_step_s", "per_decode_ctx_token_s")
 
 
 class TokenTableCostModel:
-    """step_time = overhead + g(T) + b*A + c*Sp + d*D + e*C, in seconds.
+    """step_time = overhead + g(T) + b*A + c*Sp + p*[Sp>0] + d*D + q*[D>0] + e*C, in seconds.
 
     T = ``prefill_tokens + decode_seqs`` (the tokens every weight GEMM runs
     over), A = ``prefill_attn_tokens``, Sp = ``prefill_seqs``, D =
-    ``decode_seqs``, C = ``decode_ctx_tokens``. g is piecewise linear through
+    ``decode_seqs``, C = ``decode_ctx_tokens``; [Sp>0] and [D>0] are 1 when
+    the step has prefill (decode) work and 0 otherwise. p
+    (``per_prefill_step_s``) and q (``per_decode_step_s``) are the floor an
+    attention kernel costs per step once it runs at all (launches, one wave
+    per layer), which a linear term in its work cannot follow on small
+    batches. g is piecewise linear through
     (0, 0) and (``token_knots[j]``, ``token_cost_s[j]``); beyond the last knot
     each further token costs ``per_token_s``. Every coefficient is finite
     and >= 0, the table rises (non-decreasing), and ``overhead_s`` > 0: the
@@ -42,11 +47,12 @@ class TokenTableCostModel:
     kind = "token-table"
 
     def __init__(self, *, overhead_s: float, token_knots, token_cost_s, per_token_s: float = 0.0,
-                 per_prefill_attn_s: float = 0.0, per_prefill_seq_s: float = 0.0, per_decode_seq_s: float = 0.0,
-                 per_decode_ctx_token_s: float = 0.0, kv: KvCapacity | None = None, name: str = "token-table",
+                 per_prefill_attn_s: float = 0.0, per_prefill_seq_s: float = 0.0, per_prefill_step_s: float = 0.0,
+                 per_decode_seq_s: float = 0.0, per_decode_step_s: float = 0.0, per_decode_ctx_token_s: float = 0.0, kv: KvCapacity | None = None, name: str = "token-table",
                  provenance: dict | None = None) -> None:
         values = dict(overhead_s=overhead_s, per_token_s=per_token_s, per_prefill_attn_s=per_prefill_attn_s,
-                      per_prefill_seq_s=per_prefill_seq_s, per_decode_seq_s=per_decode_seq_s,
+                      per_prefill_seq_s=per_prefill_seq_s, per_prefill_step_s=per_prefill_step_s,
+                      per_decode_seq_s=per_decode_seq_s, per_decode_step_s=per_decode_step_s,
                       per_decode_ctx_token_s=per_decode_ctx_token_s)
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -80,9 +86,10 @@ class TokenTableCostModel:
         k0, v0 = (knots[j - 1], costs[j - 1]) if j else (0.0, 0.0)
         return v0 + (costs[j] - v0) * ((T - k0) / (knots[j] - k0))
 
-    def _eval(self, G: float, A: Any, Sp: Any, D: Any, C: Any) -> Any:
+    def _eval(self, G: float, A: Any, Sp: float, D: float, C: Any) -> Any:
         return (self.overhead_s + G + self.per_prefill_attn_s * A + self.per_prefill_seq_s * Sp
-                + self.per_decode_seq_s * D + self.per_decode_ctx_token_s * C)
+                + self.per_prefill_step_s * float(Sp > 0) + self.per_decode_seq_s * D
+                + self.per_decode_step_s * float(D > 0) + self.per_decode_ctx_token_s * C)
 
     def step_time(self, batch: StepBatch) -> float:
         """Seconds one engine iteration running ``batch`` takes (> 0, finite)."""

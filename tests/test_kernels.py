@@ -30,7 +30,7 @@ from driftsim.costmodel.kernels.architecture import load_architecture
 from driftsim.costmodel.kernels.build import HOST, build_profile, kernel_source
 from driftsim.costmodel.kernels.compose import IterationBatch, IterationComposer
 from driftsim.costmodel.kernels.source import KernelDataError, KernelSource
-from driftsim.costmodel.profiles import PROFILE_DIR, list_profiles, load_profile
+from driftsim.costmodel.profiles import PROFILE_DIR, ProfileError, list_profiles, load_profile
 from driftsim.costmodel.tokentable import TokenTableCostModel
 from tests.factories import random_trace
 
@@ -139,7 +139,8 @@ def test_a_prefill_chunk_after_a_prefix_costs_more_attention_than_without(h100):
 
 TABLE = TokenTableCostModel(overhead_s=1e-3, token_knots=[1, 16, 256, 4096], token_cost_s=[1e-4, 2e-4, 3e-3, 5e-2],
                             per_token_s=1.2e-5, per_prefill_attn_s=1e-9, per_prefill_seq_s=1e-5,
-                            per_decode_seq_s=2e-6, per_decode_ctx_token_s=3e-8)
+                            per_prefill_step_s=2e-4, per_decode_seq_s=2e-6, per_decode_step_s=3e-4,
+                            per_decode_ctx_token_s=3e-8)
 
 
 @settings(max_examples=80, deadline=None)
@@ -161,6 +162,41 @@ def test_token_table_is_non_decreasing_in_every_kind_of_work(p, d, extra, field)
         return
     bigger = replace(batch, **{field: getattr(batch, field) + extra})
     assert TABLE.step_time(bigger) >= TABLE.step_time(batch) > 0
+
+
+def test_an_attention_floor_is_paid_once_per_step_that_has_that_phase():
+    bare = TokenTableCostModel(**{**TABLE.coefficients, "per_prefill_step_s": 0.0, "per_decode_step_s": 0.0},
+                               token_knots=TABLE.token_knots, token_cost_s=TABLE.token_cost_s)
+    prefill = StepBatch(prefill_tokens=300, prefill_seqs=3, prefill_attn_tokens=15_000.0)
+    decode = StepBatch(decode_seqs=40, decode_ctx_tokens=40_000)
+    mixed = replace(prefill, decode_seqs=40, decode_ctx_tokens=40_000)
+    for batch, floors in ((prefill, 2e-4), (decode, 3e-4), (mixed, 5e-4)):
+        assert TABLE.step_time(batch) - bare.step_time(batch) == pytest.approx(floors, rel=1e-9)
+    # the floor does not scale with the phase's size: more sequences add only their own terms
+    more = replace(prefill, prefill_seqs=6)
+    assert TABLE.step_time(more) - TABLE.step_time(prefill) == pytest.approx(3 * 1e-5, rel=1e-9)
+
+
+def test_a_token_table_profile_without_the_floors_loads_with_them_at_zero_and_a_negative_one_is_named(tmp_path):
+    text = (PROFILE_DIR / "h100-llama-3.1-8b-kernels.toml").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.startswith(("per_prefill_step_s", "per_decode_step_s"))]
+    old = tmp_path / "old.toml"
+    old.write_text("\n".join(lines) + "\n")
+    model = load_profile(old).cost_model
+    assert model.per_prefill_step_s == 0.0 and model.per_decode_step_s == 0.0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("per_decode_step_s = ", "per_decode_step_s = -", 1))
+    with pytest.raises(ProfileError, match="per_decode_step_s"):
+        load_profile(bad)
+
+
+def test_the_host_overhead_is_paid_per_step_and_per_scheduled_sequence(h100):
+    c = IterationComposer(h100, load_architecture(LLAMA), tp=1, host=HOST)
+    one = c.breakdown(IterationBatch(decode_ctx=(500,)))["host_s"]
+    many = c.breakdown(IterationBatch(prefill_chunks=((0, 64),), decode_ctx=(500,) * 9))["host_s"]
+    assert one == pytest.approx(HOST.per_step_s + HOST.per_seq_s)
+    assert many - one == pytest.approx(9 * HOST.per_seq_s)
+    assert HOST.per_seq_s > 0 and "inference-sim/inference-sim" in HOST.source
 
 
 def test_a_falling_token_table_is_rejected():
