@@ -197,7 +197,7 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
 
 
 def validate(
-    trace: Optional[Path] = typer.Argument(None, help="Trace to replay (any format `driftsim simulate --trace` reads). Default: a synthetic three-tenant workload."),
+    trace: Optional[Path] = typer.Argument(None, help="Trace to replay (any format `driftsim simulate --trace` reads), or a scenario TOML whose [workload] gives it (e.g. shared system prompts, multi-turn sessions). Default: a synthetic three-tenant workload."),
     trace_format: TraceFormat = typer.Option(TraceFormat.auto, "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
     tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a tenant-less trace: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Replay only the first N requests of the trace.", rich_help_panel="Workload"),
@@ -328,7 +328,7 @@ def _base_trace_or_exit(plan):
     try:
         base = load_base_trace(plan.trace, trace_format=plan.trace_format, tenants=plan.tenants,
                                max_requests=plan.max_requests, seed=plan.seed)
-    except (TraceError, ValueError, FileNotFoundError) as exc:
+    except (TraceError, ValueError, FileNotFoundError, ConfigError) as exc:
         _fail(str(exc))
     if base.height < 2:
         _fail(f"{plan.trace}: needs at least 2 requests to replay, has {base.height}")
