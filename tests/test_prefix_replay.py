@@ -135,3 +135,29 @@ def test_hit_rates_real_from_vllm_counters_beside_the_simulated_ones():
     assert np.isclose(e["sim"]["prefix_token_hit_rate"], hits["prefix_hits"] / hits["prefix_queries"])
     off = simulate_replay(trace, cost=linear_cost(), engine=engine_config(_facts(prefix_caching=False)))
     assert sim_prefix_hits(off.requests)["prefix_hits"] == 0
+
+
+def test_a_scenario_toml_is_a_validation_trace_and_its_errors_name_the_file(tmp_path):
+    import pytest
+
+    from driftsim.errors import ConfigError
+    from driftsim.sim.scenario import build_trace, load_scenario
+    from driftsim.validation.workload import load_base_trace
+
+    path = "bench/prefix/sessions.toml"
+    base = load_base_trace(path)
+    assert base.equals(build_trace(load_scenario(path))[0])
+    assert base["session_id"].n_unique() > 1 and base["prefix_ids"].is_not_null().all()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[workload]\nkind = "synthetic"\nnum_requests = "many"\n')
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_base_trace(bad)
+
+
+def test_prefix_hit_rates_per_replay_leave_out_replays_without_counters():
+    from driftsim.validation.levels import LevelResult, prefix_hit_rates
+
+    lv = LevelResult(load=0.3, rate_rps=1.0, trace=_shared_trace(4))
+    lv.engine = [{"real": {"prefix_token_hit_rate": 0.5}, "sim": {"prefix_token_hit_rate": 0.4}},
+                 {"real": {}, "sim": {"prefix_token_hit_rate": 0.6}}]
+    assert prefix_hit_rates(lv) == {"real": [0.5], "sim": [0.4, 0.6]}
