@@ -31,7 +31,12 @@ Every request records (seconds since the replay started, ``perf_counter``):
 ``token_times`` (when each output token reached the client), ``finish_s``
 (the last token), ``delivered_s``, and ``error`` if anything went wrong.
 Output lengths are pinned (``ignore_eos``, ``min_tokens = max_tokens``) and
-prompts are token-id lists, so the engine does exactly the work the trace says.
+prompts are token-id lists, so the engine does exactly the work the trace says;
+requests with prefix identity share exactly the prefixes the trace names
+(:mod:`driftsim.profiling.prompts`), so the engine's prefix cache finds them.
+Multi-turn sessions run closed-loop, as :mod:`driftsim.sim.sessions`: a turn
+after the first is released ``think_s`` after its predecessor settled (its
+last token, or when it failed), and not before its own ``arrival_s``.
 
 Robustness: a server error or a dropped stream is recorded on that request
 (status ``error``, with the message) and the replay goes on; the client's
