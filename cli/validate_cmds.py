@@ -145,6 +145,34 @@ def tenant_table(lv) -> Table | None:
     return t
 
 
+def prefix_table(result) -> Table | None:
+    """Per level: the prefix cache's token hit rate real (vLLM's counters) and simulated, each the mean
+    over repeats with the real range, beside the TTFT and E2E p50 errors and the real spread; None
+    when no request carries prefix identity."""
+    from driftsim.validation.levels import level_label, prefix_hit_rates
+    from driftsim.validation.scoring import OVERALL
+
+    if not any(lv.trace["prefix_ids"].is_not_null().any() for lv in result.levels):
+        return None
+    rows = [(lv, prefix_hit_rates(lv)) for lv in result.levels]
+    t = Table(title="prefix cache: token hit rate real (vLLM /metrics) vs simulated, and the latency errors "
+                    "(mean over repeats; spread = the real runs' own)", title_justify="left")
+    for col in ("level", "requests", "req/s", "hit rate real", "real range", "hit rate sim", "sim - real",
+                "TTFT p50 err", "TTFT p50 spread", "E2E p50 err", "E2E p50 spread"):
+        t.add_column(col, justify="left" if col == "level" else "right")
+    for lv, r in rows:
+        real, sim = r["real"], r["sim"]
+        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+        rng = f"{_pct(min(real))} - {_pct(max(real))}" if len(real) > 1 else "-"
+        diff = mean(sim) - mean(real) if real and sim else None
+        g = lv.aggregate["groups"][OVERALL]
+        t.add_row(level_label(lv.load), str(lv.trace.height), f"{lv.rate_rps:.2f}", _pct(mean(real)), rng,
+                  _pct(mean(sim)), "-" if diff is None else f"{100 * diff:+.1f} pp",
+                  _pct(g["ttft_s"]["p50"]["err"], True), _pct(g["ttft_s"]["p50"]["spread"]),
+                  _pct(g["e2e_s"]["p50"]["err"], True), _pct(g["e2e_s"]["p50"]["spread"]))
+    return t
+
+
 def targets_table(result, bounds: dict) -> tuple[Table, bool]:
     """Each level's overall |sim error| against its target bound; and whether every bound is met."""
     from driftsim.validation.calibration import SPEED_VARIANTS
@@ -169,7 +197,7 @@ def targets_table(result, bounds: dict) -> tuple[Table, bool]:
 
 
 def validate(
-    trace: Optional[Path] = typer.Argument(None, help="Trace to replay (any format `driftsim simulate --trace` reads). Default: a synthetic three-tenant workload."),
+    trace: Optional[Path] = typer.Argument(None, help="Trace to replay (any format `driftsim simulate --trace` reads), or a scenario TOML whose [workload] gives it (e.g. shared system prompts, multi-turn sessions). Default: a synthetic three-tenant workload."),
     trace_format: TraceFormat = typer.Option(TraceFormat.auto, "--trace-format", "--format", help="Trace format if auto-detection is not enough (--format: old name).", show_default=True, rich_help_panel="Workload"),
     tenants: Optional[str] = typer.Option(None, "--tenants", help="Split a tenant-less trace: 'premium=1,standard=1,batch=1'.", rich_help_panel="Workload"),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Replay only the first N requests of the trace.", rich_help_panel="Workload"),
@@ -300,7 +328,7 @@ def _base_trace_or_exit(plan):
     try:
         base = load_base_trace(plan.trace, trace_format=plan.trace_format, tenants=plan.tenants,
                                max_requests=plan.max_requests, seed=plan.seed)
-    except (TraceError, ValueError, FileNotFoundError) as exc:
+    except (TraceError, ValueError, FileNotFoundError, ConfigError) as exc:
         _fail(str(exc))
     if base.height < 2:
         _fail(f"{plan.trace}: needs at least 2 requests to replay, has {base.height}")
@@ -330,7 +358,7 @@ def _server_for(plan):
                       f"front end and gateway on CPU {front}", highlight=False)
     server = VllmServer(ServerConfig(model=str(model_dir), max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
                                      max_num_batched_tokens=s.max_num_batched_tokens, kv_cache_space_gib=s.kv_cache_gib,
-                                     python=python, extra_args=extra, env=env))
+                                     prefix_caching=True, python=python, extra_args=extra, env=env))
     return server, model_dir
 
 
@@ -428,6 +456,9 @@ def report(result, folder: Path, bounds: dict | None) -> None:
         tt = tenant_table(lv)
         if tt is not None and lv.load != "all":
             console.print(tt)
+    prefix = prefix_table(result)
+    if prefix is not None:
+        console.print(prefix)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     ok = True

@@ -31,7 +31,12 @@ Every request records (seconds since the replay started, ``perf_counter``):
 ``token_times`` (when each output token reached the client), ``finish_s``
 (the last token), ``delivered_s``, and ``error`` if anything went wrong.
 Output lengths are pinned (``ignore_eos``, ``min_tokens = max_tokens``) and
-prompts are token-id lists, so the engine does exactly the work the trace says.
+prompts are token-id lists, so the engine does exactly the work the trace says;
+requests with prefix identity share exactly the prefixes the trace names
+(:mod:`driftsim.profiling.prompts`), so the engine's prefix cache finds them.
+Multi-turn sessions run closed-loop, as :mod:`driftsim.sim.sessions`: a turn
+after the first is released ``think_s`` after its predecessor settled (its
+last token, or when it failed), and not before its own ``arrival_s``.
 
 Robustness: a server error or a dropped stream is recorded on that request
 (status ``error``, with the message) and the replay goes on; the client's
@@ -61,10 +66,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import httpx
-import numpy as np
 import polars as pl
 
 from driftsim.profiling.http import EndpointError, OpenAIClient, StreamChunkError, gc_frozen, sse_chunks
+from driftsim.profiling.prompts import prompt_ids, trace_prompt_ids  # noqa: F401  (prompt_ids: re-exported)
 from driftsim.profiling.secrets import redact
 from driftsim.sim.client import ClientConfig
 from driftsim.sim.policies import Policy
@@ -100,6 +105,10 @@ class ReplayRequest:
     est_tokens: int  # estimated total budget, tokens (oracle: input + output)
     slo_e2e_s: float | None = None
     generated: int = 0  # tokens received so far
+    prefix_ids: tuple[int, ...] | None = None  # the trace's prefix identity (driftsim.profiling.prompts)
+    prefix_block_tokens: int | None = None  # tokens each prefix id covers
+    session_id: int | None = None  # multi-turn session: sent think_s after the previous turn's completion
+    think_s: float = 0.0  # pause after the previous turn of its session completes, s
 
 
 @dataclass(eq=False)
@@ -243,13 +252,17 @@ class MicroBatch:
             raise ValueError("MicroBatch: batch_size >= 1, batch_wait_s >= 0 and batch_poll_s > 0 required")
 
 
-def prompt_ids(request_id: int, n: int, *, vocab_size: int, seed: int) -> list[int]:
-    """A deterministic random token-id prompt of exactly ``n`` tokens (ids in [100, vocab_size)).
-
-    Random ids per request keep prefix caching from sharing blocks between requests.
-    """
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(int(request_id) & 0x7FFFFFFF,)))
-    return rng.integers(100, max(101, vocab_size), size=n).tolist()
+def next_turns(requests: list[ReplayRequest]) -> dict[int, int]:
+    """Row of each session turn -> row of the same session's next turn (turns of a session come in row order)."""
+    out: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for i, r in enumerate(requests):
+        if r.session_id is None:
+            continue
+        if r.session_id in last:
+            out[last[r.session_id]] = i
+        last[r.session_id] = i
+    return out
 
 
 class ReplayGateway:
@@ -312,6 +325,8 @@ class ReplayGateway:
         self._work = asyncio.Event()
         self._ac: httpx.AsyncClient | None = None
         self.t0 = math.nan
+        self._next_turn = next_turns(requests)  # row -> row of its session's next turn
+        self._held = set(self._next_turn.values())  # turns released by their predecessor, not the clock
 
     # ---- the clock: seconds since the replay started
     def now(self) -> float:
@@ -340,7 +355,7 @@ class ReplayGateway:
                     if rec.status == STATUS_SKIPPED:
                         self._final(rec)
                 for i, req in enumerate(self.requests):
-                    if self.records[i].status == STATUS_SKIPPED:
+                    if self.records[i].status == STATUS_SKIPPED or i in self._held:
                         continue
                     delay = req.arrival_s - self.now()
                     if delay > 0:
@@ -496,10 +511,23 @@ class ReplayGateway:
     def _final(self, rec: RequestRecord) -> None:
         if self.on_record is not None:
             self.on_record(rec)
+        j = self._next_turn.get(rec.idx)
+        if j is not None:  # a closed loop per session, as driftsim.sim.sessions: think, then send the next turn
+            now = self.now()
+            settled = rec.delivered_s if rec.status == STATUS_OK and math.isfinite(rec.delivered_s) else now
+            at = max(self.records[j].intended_s, settled + self.requests[j].think_s)
+            asyncio.get_running_loop().call_later(max(0.0, at - now), self._release_turn, j)
+
+    def _release_turn(self, j: int) -> None:
+        """Release the held turn ``j`` (its predecessor settled ``think_s`` ago), unless the replay stopped."""
+        if self.stopped or self.records[j].status != STATUS_NOT_SENT:
+            return
+        self._release(j, self.requests[j])
 
     async def _send(self, req: ReplayRequest) -> None:
         rec = self.records[req.idx]
-        ids = prompt_ids(req.request_id, req.input_tokens, vocab_size=self.vocab_size, seed=self.seed)
+        ids = trace_prompt_ids(req.request_id, req.input_tokens, req.prefix_ids, req.prefix_block_tokens,
+                               vocab_size=self.vocab_size, seed=self.seed)
         failure: tuple[str, str] | None = None
         try:
             await self.client.stream(self._ac, ids, req.output_tokens, rec)

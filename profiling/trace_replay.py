@@ -82,13 +82,16 @@ def probe_overhead(client: OpenAIClient, model: str, *, vocab_size: int, prompt_
 
 
 def replay_requests(trace: pl.DataFrame) -> list[ReplayRequest]:
-    """Gateway requests from a fitted trace (oracle estimates: est_tokens = input + output)."""
+    """Gateway requests from a fitted trace (oracle estimates: est_tokens = input + output), with their
+    prefix identity (the prompts share what the trace says) and sessions (turns sent closed-loop)."""
     rows = trace.select("request_id", "arrival_s", "tenant", "priority", "input_tokens", "output_tokens",
-                        "slo_e2e_s").iter_rows()
+                        "slo_e2e_s", "prefix_ids", "prefix_block_tokens", "session_id", "think_s").iter_rows()
     return [ReplayRequest(idx=i, request_id=rid, arrival_s=float(t), tenant=ten, priority=int(p or 0),
                           input_tokens=int(inp), output_tokens=int(out), est_tokens=int(inp + out),
-                          slo_e2e_s=None if slo is None or not math.isfinite(slo) else float(slo))
-            for i, (rid, t, ten, p, inp, out, slo) in enumerate(rows)]
+                          slo_e2e_s=None if slo is None or not math.isfinite(slo) else float(slo),
+                          prefix_ids=None if ids is None else tuple(ids), prefix_block_tokens=bt,
+                          session_id=sid, think_s=0.0 if think is None or not math.isfinite(think) else float(think))
+            for i, (rid, t, ten, p, inp, out, slo, ids, bt, sid, think) in enumerate(rows)]
 
 
 @dataclass
@@ -141,9 +144,7 @@ def replay_journaled(trace: pl.DataFrame, path: Path, *, resume: bool, client, m
     if not todo:
         return ReplayRun(frame=records_frame([kept[i] for i in range(len(reqs))]), interrupted=False, wall_s=0.0)
     shift = todo[0].arrival_s
-    sub = [ReplayRequest(idx=k, request_id=r.request_id, arrival_s=r.arrival_s - shift, tenant=r.tenant,
-                         priority=r.priority, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-                         est_tokens=r.est_tokens, slo_e2e_s=r.slo_e2e_s) for k, r in enumerate(todo)]
+    sub = [replace(r, idx=k, arrival_s=r.arrival_s - shift) for k, r in enumerate(todo)]
     original = [r.idx for r in todo]
     with ReplayJournal(path, trace=key, requests=len(reqs), time_shift_s=shift) as journal:
         gw = ReplayGateway(sub, policy=make_policy(gateway.policy, **gateway.policy_params),

@@ -31,16 +31,42 @@ def level_label(load: float | str | None) -> str:
 def compare_engine(before: dict, after: dict, sim) -> dict:
     """Engine-side facts of one replay, real (``/metrics`` deltas) beside simulated: steps, tokens
     computed, preemptions, mean engine queue time (both as vLLM measures it: from the engine core
-    taking the request in, between steps, to its first scheduling; :func:`driftsim.validation.replay_sim.engine_queue_times`)."""
+    taking the request in, between steps, to its first scheduling; :func:`driftsim.validation.replay_sim.engine_queue_times`),
+    and the prefix cache's token hit rate (both as vLLM counts it: prompt tokens found cached at each
+    request's first admission over the prompt tokens looked up)."""
     real = {k: (after[k] - before[k]) if after.get(k) is not None and before.get(k) is not None else None
             for k in ENGINE_COUNTERS}
     if real.get("queue_time_count"):
         real["queue_time_mean_s"] = real["queue_time_sum_s"] / real["queue_time_count"]
+    if real.get("prefix_queries"):
+        real["prefix_token_hit_rate"] = real["prefix_hits"] / real["prefix_queries"]
     queued = engine_queue_times(sim)
     simd = {"steps": sum(r["steps"] for r in sim.replicas), "preemptions": sum(r["preemptions"] for r in sim.replicas),
             "busy_s": sum(r["busy_s"] for r in sim.replicas),
-            "queue_time_mean_s": float(queued.mean()) if queued.size else None}
+            "queue_time_mean_s": float(queued.mean()) if queued.size else None, **sim_prefix_hits(sim.requests)}
     return {"real": real, "sim": simd}
+
+
+def sim_prefix_hits(requests: pl.DataFrame) -> dict:
+    """The simulated prefix cache as vLLM's counters see it: prompt tokens of every admitted request
+    (``prefix_queries``), those found cached at its first admission (``prefix_hits``), and their ratio."""
+    admitted = requests.filter(pl.col("scheduled_s").is_not_null() & pl.col("scheduled_s").is_not_nan())
+    queries = int(admitted["input_tokens"].sum())
+    hits = int(admitted["cached_tokens"].sum())
+    return {"prefix_queries": queries, "prefix_hits": hits,
+            "prefix_token_hit_rate": hits / queries if queries else None}
+
+
+def prefix_hit_rates(level: "LevelResult") -> dict[str, list[float]]:
+    """The prefix cache's token hit rate of each replay of ``level``, real and simulated (replays
+    whose side looked nothing up are left out)."""
+    out: dict[str, list[float]] = {"real": [], "sim": []}
+    for e in level.engine:
+        for side in out:
+            x = (e.get(side) or {}).get("prefix_token_hit_rate")
+            if x is not None and math.isfinite(x):
+                out[side].append(float(x))
+    return out
 
 
 @dataclass

@@ -299,7 +299,20 @@ def _level_html(lv) -> str:
                + "".join(slo_rows) + "</table>" if slo_rows else "")
             + ("<h4>fairness across tenants (Jain's index of per-tenant mean latency; 1 = equal)</h4>"
                "<table><tr><th>index</th><th>real</th><th>sim</th></tr>" + "".join(fair_rows) + "</table>"
-               if fair_rows else ""))
+               if fair_rows else "")
+            + _prefix_html(lv))
+
+
+def _prefix_html(lv) -> str:
+    """Each replay's prefix-cache token hit rate, real (vLLM's counters) and simulated; empty when no
+    request of the level carries prefix identity."""
+    if not lv.trace["prefix_ids"].is_not_null().any():
+        return ""
+    rows = "".join(f"<tr><td>{r + 1}</td><td>{fmt_pct((e.get('real') or {}).get('prefix_token_hit_rate'))}</td>"
+                   f"<td>{fmt_pct((e.get('sim') or {}).get('prefix_token_hit_rate'))}</td></tr>"
+                   for r, e in enumerate(lv.engine))
+    return ("<h4>prefix cache: prompt tokens found cached (vLLM /metrics vs simulated)</h4>"
+            "<table><tr><th>replay</th><th>real</th><th>sim</th></tr>" + rows + "</table>")
 
 
 def _num(x: float | None) -> str:

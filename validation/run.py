@@ -28,6 +28,7 @@ import polars as pl
 from driftsim.costmodel.base import CostModel
 from driftsim.profiling.contention import CONTENDED_SHARE, ForeignCpu, host_load, url_port, wait_for_quiet
 from driftsim.profiling.http import OpenAIClient
+from driftsim.profiling.prompts import replay_seed
 from driftsim.profiling.server_facts import ServerFacts, engine_config, engine_counters
 from driftsim.profiling.trace_replay import ReplayRun, probe_overhead, replay, replay_journaled, warm_up
 from driftsim.sim.config import EngineConfig
@@ -202,7 +203,7 @@ def _replay_level(run: _LiveRun, li: int, lv: LevelResult, r: int) -> bool:
     run.wait_quiet(f"{label} replay {r + 1}")
     before = engine_counters(run.client)
     run.meter.start()
-    done = _replay(run, lv.trace, None if folder is None else journal_path(folder, li, r))
+    done = _replay(run, lv.trace, None if folder is None else journal_path(folder, li, r), seed=replay_seed(plan.seed, li, r))
     lv.wall_s.append(done.wall_s)
     lv.contention.append(run.contention(f"{label} replay {r + 1}", "its timings are distorted"))
     after = engine_counters(run.client)
@@ -218,11 +219,13 @@ def _replay_level(run: _LiveRun, li: int, lv: LevelResult, r: int) -> bool:
     return done.interrupted
 
 
-def _replay(run: _LiveRun, trace: pl.DataFrame, journal: Path | None) -> ReplayRun:
-    """One replay of ``trace``, through ``journal`` where the run keeps one."""
+def _replay(run: _LiveRun, trace: pl.DataFrame, journal: Path | None, *, seed: int) -> ReplayRun:
+    """One replay of ``trace``, through ``journal`` where the run keeps one. ``seed``: its prompts' own
+    (:func:`driftsim.profiling.prompts.replay_seed`), so that no replay finds another's prompts in the
+    server's prefix cache: each starts cold, as its simulation does."""
     plan = run.plan
     common = dict(client=run.client, model=run.facts.model, gateway=plan.gateway, microbatch=plan.microbatch,
-                  vocab_size=plan.vocab_size or 4000, seed=plan.seed, request_timeout_s=plan.timeout_s,
+                  vocab_size=plan.vocab_size or 4000, seed=seed, request_timeout_s=plan.timeout_s,
                   client_config=plan.client_config)
     if journal is None:
         return replay(trace, **common)

@@ -17,6 +17,7 @@ import polars as pl
 
 from driftsim.costmodel.base import CostModel
 from driftsim.sim.config import EngineConfig
+from driftsim.sim.scenario import build_trace, load_scenario
 from driftsim.traces.loaders import load_trace
 from driftsim.traces.schema import REQUEST_SCHEMA
 from driftsim.traces.synth import LengthDist, TenantLoad, generate, lengths_from_trace
@@ -129,8 +130,12 @@ def capacity_rps(trace: pl.DataFrame, *, cost: CostModel, engine: EngineConfig, 
 def load_base_trace(path: Path, *, trace_format: str = "auto", tenants: dict[str, float] | None = None,
                     max_requests: int | None = None, seed: int = 0) -> pl.DataFrame:
     """A trace file as a validation replays it: split among ``tenants`` (weights) if given, its first
-    ``max_requests`` requests."""
-    base = load_trace(path, trace_format)
+    ``max_requests`` requests. A scenario TOML (``.toml``) gives the trace its ``[workload]`` describes
+    (e.g. synthetic tenants with shared system prompts or multi-turn sessions), drawn with its seed."""
+    if Path(path).suffix == ".toml":
+        base, _ = build_trace(load_scenario(path))
+    else:
+        base = load_trace(path, trace_format)
     if tenants:
         base = assign_tenants(base, tenants, seed=seed)
     if max_requests:
