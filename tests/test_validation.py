@@ -373,6 +373,16 @@ def test_fit_trace_pins_lengths_to_the_server():
     assert [r.est_tokens for r in reqs] == [30, 1024, 510]
 
 
+def test_fit_trace_keeps_prefix_ids_for_the_prompt_only():
+    # a replay sends the trace's tokens for an earlier answer, never the engine's own: ids past the
+    # prompt (its answer's blocks) would let the simulation find answers the real engine cannot
+    trace = make_trace([(0.0, 40, 30), (1.0, 40, 5), (2.0, 33, 4)], prefix_ids=[[1, 2, 3, 4, 5], [1, 2, 3], None],
+                       prefix_block_tokens=[16, 16, None])
+    fitted, notes = fit_trace(trace, 1024)
+    assert fitted["prefix_ids"].to_list() == [[1, 2, 3], [1, 2, 3], None]
+    assert any("prefix ids of 1 request(s) for their prompt only" in n for n in notes)
+
+
 def test_overhead_is_probe_ttft_beyond_the_prefill_step():
     cost = linear_cost()
     from driftsim.costmodel.batch import StepBatch

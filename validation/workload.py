@@ -55,6 +55,14 @@ def fit_trace(trace: pl.DataFrame, max_model_len: int) -> tuple[pl.DataFrame, li
         notes.append(f"capped the output of {capped} request(s) at max_tokens / max_model_len")
     df = df.with_columns(pl.min_horizontal("output_tokens", cap).alias("output_tokens"),
                          pl.lit(None, dtype=pl.Int64).alias("max_tokens"))
+    # a replayed turn repeats the trace's tokens for an earlier answer, not the tokens the engine
+    # generated, so no answer can be found cached: both sides keep prefix ids for the prompt only
+    blocks = (pl.col("input_tokens") + pl.col("prefix_block_tokens") - 1) // pl.col("prefix_block_tokens")
+    answer_ids = int(df.select((pl.col("prefix_ids").list.len() > blocks).fill_null(False).sum()).item())
+    if answer_ids:
+        notes.append(f"kept the prefix ids of {answer_ids} request(s) for their prompt only (a replay does not send "
+                     "the engine's own answers back, so an answer is never found cached)")
+        df = df.with_columns(pl.col("prefix_ids").list.head(blocks))
     return df.select(list(REQUEST_SCHEMA)), notes
 
 
