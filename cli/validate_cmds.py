@@ -241,9 +241,10 @@ def validate(
     check_targets: bool = typer.Option(False, "--check-targets", help="Exit 3 unless every target bound is met (E2E p50/p99 5/10 %, TTFT 10/15 %, TPOT and ITL p50 5 %).", rich_help_panel="Run"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default driftsim-out/validate-<time>).", rich_help_panel="Run"),
 ) -> None:
-    """Replay a trace on a real engine through a gateway running driftsim's policy, simulate the same trace,
-    and report sim against real: TTFT, TPOT, ITL, E2E, queue wait at mean/p50/p90/p99, per tenant, with
-    SLO attainment, fairness and (with --repeat) the real engine's run-to-run spread.
+    """Replay a trace on a real engine through a gateway running driftsim's policy, simulate the same trace, and report sim against real.
+
+    TTFT, TPOT, ITL, E2E and queue wait at mean/p50/p90/p99, per tenant, with SLO attainment, fairness
+    and (with --repeat) the real engine's run-to-run spread.
 
     Writes report.html, validation.json, real_requests.parquet and sim_requests.parquet.
 
