@@ -211,6 +211,9 @@ class EngineCore:
         self.kv = PrefixCachedBlocks(num_blocks) if self.prefix_caching else KvBlocks(num_blocks)
         self.replica = replica
         self._observers = observer_tuple(observers)
+        # a cost model may time a pure-decode step without a StepBatch (same value, bit for bit)
+        self._decode_step_time = getattr(cost, "decode_step_time", None) or (
+            lambda d, ctx: cost.step_time(StepBatch(decode_seqs=d, decode_ctx_tokens=ctx)))
 
         self.waiting: FcfsQueue | PolicyQueue = FcfsQueue() if policy is None else PolicyQueue(policy)
         self.running: dict[int, SimRequest] = {}  # order -> request, admission order
@@ -413,10 +416,10 @@ class EngineCore:
         """
         d, ctx = self.num_decode, self.decode_ctx + self.num_decode
         if k <= _SHORT_RUN:
-            step_time = self.cost.step_time
+            step_time = self._decode_step_time
             ends = []
             for j in range(k):
-                t = t + step_time(StepBatch(decode_seqs=d, decode_ctx_tokens=ctx + j * d))
+                t = t + step_time(d, ctx + j * d)
                 ends.append(t)
                 if t >= until:
                     break
