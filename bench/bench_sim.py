@@ -161,9 +161,15 @@ def checkout(ref: str, into: Path) -> Path:
     return root
 
 
-def tree_env(tree: Path | None) -> dict:
-    """Environment for a child running ``tree`` (None: this one), checked to import driftsim from it."""
+def tree_env(tree: Path | None, pycache: Path) -> dict:
+    """Environment for a child running ``tree`` (None: this one), checked to import driftsim from it.
+
+    Compiled bytecode is kept under ``pycache`` (as an installed package keeps it), so start-up is
+    timed as a user meets it, not with every module compiled afresh.
+    """
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     where = subprocess.run([sys.executable, "-c", "import driftsim.sim.run as r, driftsim.cli.main as c; "
@@ -224,7 +230,8 @@ def main() -> None:
     profile = load_profile(PROFILE)
     blocks = profile.kv_capacity_blocks(ENGINE["block_size"], 0.9)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; each run a fresh "
-          f"`python -m driftsim simulate` process (start-up, trace read, run, requests.parquet, summary, tables)")
+          f"`python -m driftsim simulate` process (start-up with bytecode cached, trace read, run, requests.parquet, "
+          f"summary, tables); best of {args.repeat}")
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
         tmp = Path(tmp)
         trees: list[tuple[str, Path | None]] = [("this tree", None)]
@@ -232,7 +239,11 @@ def main() -> None:
             rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
                                  capture_output=True, text=True, check=True).stdout.strip()
             trees.append((f"baseline {rev}", checkout(args.baseline, tmp)))
-        envs = {label: tree_env(tree) for label, tree in trees}
+        envs = {label: tree_env(tree, tmp / f"pycache-{k}") for k, (label, tree) in enumerate(trees)}
+        warm = tmp / "warm-up.parquet"
+        workload(200, rate, 1).write_parquet(warm)
+        for k, (label, tree) in enumerate(trees):  # compiles and caches the bytecode of what simulate imports
+            whole_process(warm, tmp / f"warm-up-{k}", envs[label], tree or ROOT, blocks)
         print(f"{'requests':>9} {'revision':>18} {'wall s':>8} {'req/s':>9} {'peak RSS MB':>12}")
         for n in args.sizes:
             trace = tmp / f"trace-{n}.parquet"
