@@ -18,7 +18,7 @@ the ratio.
     python bench/bench_sim.py                               # 10k and 100k, this tree
     python bench/bench_sim.py --sizes 10000 100000 1000000 --baseline main
     python bench/bench_sim.py --in-process                  # simulate() alone, in a child process per size
-    python bench/bench_sim.py --in-process --compare-step   # also step-by-step execution (smallest size)
+    python bench/bench_sim.py --compare-step                # in process, also step-by-step (smallest size)
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
 The shared-prefix workload is the same requests, each carrying the identity
@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="GITREF", help="also run each trace through this git revision, back to back")
     ap.add_argument("--repeat", type=int, default=3, help="whole-process runs per size and revision; the best counts")
     ap.add_argument("--in-process", action="store_true", help="time simulate() alone, in a child process per size")
-    ap.add_argument("--compare-step", action="store_true", help="with --in-process: also step-by-step execution")
+    ap.add_argument("--compare-step", action="store_true", help="in process: also step-by-step execution (smallest size)")
     ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -213,8 +213,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    if args.compare_step and not args.in_process:
-        ap.error("--compare-step times simulate() alone: give --in-process too")
+    args.in_process = args.in_process or args.compare_step  # step-by-step is timed in process only
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
