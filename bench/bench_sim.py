@@ -1,17 +1,25 @@
-"""Simulator speed benchmark: simulated requests per wall-second and peak memory.
+"""Simulator speed benchmark: whole-process wall time and peak memory, simulated requests per second.
 
 Workload (the speed yardstick): Llama-3.1-8B on one A100
 (bundled spec-derived profile), continuous batching with max_num_seqs 128 and
-max_num_batched_tokens 4096, prompt/output pairs resampled from the Azure
-2023 conversation trace (pairs with prompt <= 2048 tokens), Poisson arrivals
-at 80 % of the capacity measured here first by a saturation run.
+max_num_batched_tokens 4096, FIFO, prompt/output pairs resampled from the
+Azure 2023 conversation trace (pairs with prompt <= 2048 tokens), Poisson
+arrivals at 80 % of the capacity measured here first by a saturation run.
 
-Each size runs in a fresh subprocess so its peak RSS is its own.
+Whole process (the default): each size's trace is written once to a
+driftsim Parquet file, then a fresh ``python -m driftsim simulate`` process
+runs it (start-up imports, reading the trace, simulating, writing
+requests.parquet and summary.json, printing the tables); wall time is the
+process's (best of ``--repeat``), peak RSS its ru_maxrss. ``--baseline GITREF`` runs the same files
+through that revision too (``git archive`` into a temporary folder, same
+Python, ``PYTHONPATH`` pointing there), back to back per size, and prints
+the ratio.
 
-    python bench/bench_sim.py                  # 10k and 100k requests
-    python bench/bench_sim.py --sizes 10000 100000 1000000
-    python bench/bench_sim.py --compare-step   # also time step-by-step execution (10k only)
-    python bench/bench_sim.py --prefix-pair 20000   # prefix caching on vs off, shared-prefix workload
+    python bench/bench_sim.py                               # 10k and 100k, this tree
+    python bench/bench_sim.py --sizes 10000 100000 1000000 --baseline main
+    python bench/bench_sim.py --in-process                  # simulate() alone, in a child process per size
+    python bench/bench_sim.py --compare-step                # in process, also step-by-step (smallest size)
+    python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
 The shared-prefix workload is the same requests, each carrying the identity
 of one of 8 system prompts (Zipf popularity, exponent 1) covering its first
@@ -22,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,11 +147,65 @@ def child(args) -> None:
     print(json.dumps(run_once(args.child, args.rate, not args.step)))
 
 
+def checkout(ref: str, into: Path) -> Path:
+    """The tree of git revision ``ref`` unpacked under ``into``, laid out so that ``PYTHONPATH`` alone imports
+    it: the repository's package folders linked inside its ``driftsim`` folder (as pyproject maps them)."""
+    root = into / "baseline"
+    root.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    for package in ("sim", "costmodel", "traces", "admission", "profiling", "validation", "capacity",
+                    "experiments", "cli"):
+        if (root / package).is_dir() and not (root / "driftsim" / package).exists():
+            (root / "driftsim" / package).symlink_to(Path("..") / package)
+    return root
+
+
+def tree_env(tree: Path | None, pycache: Path) -> dict:
+    """Environment for a child running ``tree`` (None: this one), checked to import driftsim from it.
+
+    Compiled bytecode is kept under ``pycache`` (as an installed package keeps it), so start-up is
+    timed as a user meets it, not with every module compiled afresh.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    where = subprocess.run([sys.executable, "-c", "import driftsim.sim.run as r, driftsim.cli.main as c; "
+                            "print(r.__file__); print(c.__file__)"],
+                           env=env, cwd=tree or ROOT, capture_output=True, text=True, check=True).stdout.split()
+    expected = (tree or ROOT).resolve()
+    if not all(Path(w).resolve().is_relative_to(expected) for w in where):
+        raise SystemExit(f"driftsim resolves to {where}, not to {expected}")
+    return env
+
+
+def whole_process(trace: Path, out: Path, env: dict, cwd: Path, blocks: int) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one fresh ``python -m driftsim simulate`` process on ``trace``."""
+    cmd = [sys.executable, "-m", "driftsim", "simulate", "--trace", str(trace), "--profile", PROFILE,
+           "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--max-num-batched-tokens",
+           str(ENGINE["max_num_batched_tokens"]), "--max-model-len", str(ENGINE["max_model_len"]),
+           "--block-size", str(ENGINE["block_size"]), "--num-gpu-blocks", str(blocks), "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.read().decode()}")
+    proc.stderr.close()
+    return wall, usage.ru_maxrss / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--load", type=float, default=0.8, help="fraction of measured capacity")
-    ap.add_argument("--compare-step", action="store_true")
+    ap.add_argument("--baseline", metavar="GITREF", help="also run each trace through this git revision, back to back")
+    ap.add_argument("--repeat", type=int, default=3, help="whole-process runs per size and revision; the best counts")
+    ap.add_argument("--in-process", action="store_true", help="time simulate() alone, in a child process per size")
+    ap.add_argument("--compare-step", action="store_true", help="in process: also step-by-step execution (smallest size)")
     ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -149,6 +213,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    args.in_process = args.in_process or args.compare_step  # step-by-step is timed in process only
+    if args.baseline and (args.in_process or args.prefix_pair):
+        ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
     sat = run_once(5000, None, True)
     capacity = sat["throughput_rps"]
@@ -157,6 +224,45 @@ def main() -> None:
     print(f"capacity (5000 requests at t=0): {capacity:.2f} requests/s; offered load {rate:.2f} requests/s ({args.load:.0%})")
     if args.prefix_pair:
         return prefix_pair(args.prefix_pair, rate)
+    if args.in_process:
+        return in_process(args, rate)
+    profile = load_profile(PROFILE)
+    blocks = profile.kv_capacity_blocks(ENGINE["block_size"], 0.9)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; each run a fresh "
+          f"`python -m driftsim simulate` process (start-up with bytecode cached, trace read, run, requests.parquet, "
+          f"summary, tables); best of {args.repeat}")
+    with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
+        tmp = Path(tmp)
+        trees: list[tuple[str, Path | None]] = [("this tree", None)]
+        if args.baseline:
+            rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            trees.append((f"baseline {rev}", checkout(args.baseline, tmp)))
+        envs = {label: tree_env(tree, tmp / f"pycache-{k}") for k, (label, tree) in enumerate(trees)}
+        warm = tmp / "warm-up.parquet"
+        workload(200, rate, 1).write_parquet(warm)
+        for k, (label, tree) in enumerate(trees):  # compiles and caches the bytecode of what simulate imports
+            whole_process(warm, tmp / f"warm-up-{k}", envs[label], tree or ROOT, blocks)
+        print(f"{'requests':>9} {'revision':>18} {'wall s':>8} {'req/s':>9} {'peak RSS MB':>12}")
+        for n in args.sizes:
+            trace = tmp / f"trace-{n}.parquet"
+            workload(n, rate, 0).write_parquet(trace)
+            best: dict[str, tuple[float, float]] = {}
+            for rep in range(args.repeat):  # alternating, so that a burst of load hits both alike
+                for k, (label, tree) in enumerate(trees):
+                    wall, rss = whole_process(trace, tmp / f"out-{n}-{k}-{rep}", envs[label], tree or ROOT, blocks)
+                    if label not in best or wall < best[label][0]:
+                        best[label] = (wall, rss)
+            walls = {label: wall for label, (wall, _) in best.items()}
+            for label, (wall, rss) in best.items():
+                print(f"{n:>9} {label:>18} {wall:>8.2f} {n / wall:>9.0f} {rss:>12.0f}", flush=True)
+            if len(walls) == 2:
+                base, ours = walls[trees[1][0]], walls["this tree"]
+                print(f"{n:>9} {'baseline / this':>18} {base / ours:>8.2f}x", flush=True)
+
+
+def in_process(args, rate: float) -> None:
+    """simulate() alone (trace built in memory first), one child process per size."""
     runs = [(n, False) for n in args.sizes]
     if args.compare_step:
         runs.append((min(args.sizes), True))

@@ -211,6 +211,9 @@ class EngineCore:
         self.kv = PrefixCachedBlocks(num_blocks) if self.prefix_caching else KvBlocks(num_blocks)
         self.replica = replica
         self._observers = observer_tuple(observers)
+        # a cost model may time a pure-decode step without a StepBatch (same value, bit for bit)
+        self._decode_step_time = getattr(cost, "decode_step_time", None) or (
+            lambda d, ctx: cost.step_time(StepBatch(decode_seqs=d, decode_ctx_tokens=ctx)))
 
         self.waiting: FcfsQueue | PolicyQueue = FcfsQueue() if policy is None else PolicyQueue(policy)
         self.running: dict[int, SimRequest] = {}  # order -> request, admission order
@@ -422,10 +425,10 @@ class EngineCore:
         """
         d, ctx = self.num_decode, self.decode_ctx + self.num_decode
         if k <= _SHORT_RUN:
-            step_time = self.cost.step_time
+            step_time = self._decode_step_time
             ends = []
             for j in range(k):
-                t = t + step_time(StepBatch(decode_seqs=d, decode_ctx_tokens=ctx + j * d))
+                t = t + step_time(d, ctx + j * d)
                 ends.append(t)
                 if t >= until:
                     break
@@ -642,9 +645,10 @@ class EngineCore:
             self._publish_commit(ends[:n], finished)
         self._ends = []
         self._lag_seqs, self._lag_blocks = len(finished), self._freed
-        for entry in self._inbox:  # arrived during the step in progress: the last one committed
-            if entry.arrived_step is None:
-                entry.arrived_step = self.steps
+        if self._inbox:
+            for entry in self._inbox:  # arrived during the step in progress: the last one committed
+                if entry.arrived_step is None:
+                    entry.arrived_step = self.steps
         return finished
 
     def _publish_commit(self, ends, finished: list[tuple[SimRequest, float]]) -> None:
@@ -673,17 +677,20 @@ class EngineCore:
 
     def _pop_finished(self, end: float, finished: list) -> None:
         heap, step = self._finish_heap, self.decode_step
+        if not heap or heap[0][0] > step:
+            return
+        block_size, by_phase, running = self.block_size, self._decodes_by_phase, self.running
         while heap and heap[0][0] <= step:
             _, _, epoch, r = heapq.heappop(heap)
             if epoch != r.epoch:
                 continue
-            tokens = self._decode_tokens(r)
-            self._freed += self._release(r, cdiv(tokens, self.block_size), tokens)
+            tokens = r.decode_entry_computed + step - r.decode_entry_step  # _decode_tokens(r)
+            self._freed += self._release(r, -(-tokens // block_size), tokens)
             self.num_decode -= 1
             self.decode_ctx -= tokens
-            self._decodes_by_phase[(r.decode_entry_computed - r.decode_entry_step) % self.block_size] -= 1
+            by_phase[(r.decode_entry_computed - r.decode_entry_step) % block_size] -= 1
             r.generated = r.output_tokens
-            del self.running[r.order]
+            del running[r.order]
             finished.append((r, end))
 
     def _advance_prefills(self, chunks: list[int], end: float, finished: list) -> None:

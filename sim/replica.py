@@ -93,37 +93,38 @@ class ContinuousReplica:
             self.proc.interrupt()
 
     def _run(self):
-        env, core = self.env, self.core
+        env, core, next_arrival, timeout = self.env, self.core, self.next_arrival, self.env.timeout
+        commit, on_finish, index, aborts = core.commit, self.on_finish, self.index, self._aborts
         clock = 0.0
         while True:
-            if self._aborts:
-                for req in self._aborts:
+            if aborts:
+                for req in aborts:
                     core.abort(req)
-                self._aborts.clear()
+                aborts.clear()
             if not core.has_work():
                 self._idle = env.event()
                 yield self._idle
                 clock = env.now
-            ends = core.plan(clock, self.next_arrival())
+            ends = core.plan(clock, next_arrival())
             n = len(ends)
             if n > 1:
                 self._run_ends = ends
                 try:
-                    yield env.timeout(max(0.0, ends[-1] - env.now))
+                    yield timeout(max(0.0, ends[-1] - env.now))
                 except simpy.Interrupt:
                     # the step in progress (first end >= now) still completes
                     n = int(np.searchsorted(ends, env.now, side="left")) + 1
-                    yield env.timeout(max(0.0, ends[n - 1] - env.now))
+                    yield timeout(max(0.0, ends[n - 1] - env.now))
                 self._run_ends = None
             else:
-                yield env.timeout(max(0.0, ends[0] - env.now))
+                yield timeout(max(0.0, ends[0] - env.now))
             clock = float(ends[n - 1])
-            for req, t in core.commit(n):
-                if self._aborts and req in self._aborts:  # finished in the step its client left during
-                    self._aborts.remove(req)
+            for req, t in commit(n):
+                if aborts and req in aborts:  # finished in the step its client left during
+                    aborts.remove(req)
                     continue
                 self.outstanding -= 1
-                self.on_finish(req, t, self.index)
+                on_finish(req, t, index)
 
 
 class MicroBatchWorker:

@@ -301,7 +301,7 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
         rec.open(chunk)
         release = _Release(chunk, base, tenant_str, max_len, core, gw, rec, adm)
         arrival = chunk["arrival_s"].to_numpy()
-        held = np.zeros(chunk.height, dtype=bool)
+        held = None
         if sender is not None:
             held = sender.held(chunk.height)
             rec.on_settle = sender.settled
@@ -311,17 +311,21 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
                 release(i, env.now)
 
             sender.start(env, send)
-        for j in range(chunk.height):
-            if held[j]:
-                continue
-            i = base + j
-            clock.next_s = float(arrival[j])
-            delay = arrival[j] - env.now
-            if delay > 0:
-                yield urgent_timeout(env, delay)
-            if progress is not None and i % step == 0:
-                progress(i / n)
-            release(j, float(arrival[j]))
+        for lo in range(0, chunk.height, _Release.BLOCK):  # Python floats a block at a time (see _Release)
+            times = arrival[lo:lo + _Release.BLOCK].tolist()
+            skip = held[lo:lo + _Release.BLOCK].tolist() if sender is not None else None
+            for k, at in enumerate(times):
+                if skip is not None and skip[k]:
+                    continue
+                j = lo + k
+                i = base + j
+                clock.next_s = at
+                delay = at - env.now
+                if delay > 0:
+                    yield urgent_timeout(env, delay)
+                if progress is not None and i % step == 0:
+                    progress(i / n)
+                release(j, at)
         rec.arrived()
     clock.next_s = float("inf")
     if progress is not None:
@@ -329,45 +333,68 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
 
 
 class _Release:
-    """Turns a row of one trace chunk into a request handed to the gateway (or refuses it)."""
+    """Turns a row of one trace chunk into a request handed to the gateway (or refuses it).
+
+    The chunk's columns are read as Python lists a block of rows at a time: indexing numpy
+    arrays row by row costs more than the rest of a request's way in, and whole-chunk lists
+    would make memory follow the chunk instead of the requests in flight.
+    """
+
+    BLOCK = 4096  # rows converted at a time
 
     def __init__(self, chunk: pl.DataFrame, base: int, tenant_str: dict, max_len, core, gw, rec, adm) -> None:
         self.base, self.max_len, self.core, self.gw, self.rec, self.adm = base, max_len, core, gw, rec, adm
-        self.ids = chunk["request_id"].to_numpy()
         self.tenant_names = [tenant_str.setdefault(t, t) for t in sorted(chunk["tenant"].unique().to_list())]
-        self.tenant_codes = chunk["tenant"].cast(pl.Enum(self.tenant_names)).to_physical().to_numpy()
-        self.inp = chunk["input_tokens"].to_numpy()
-        self.out = chunk["output_tokens"].to_numpy()
-        self.max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy()
-        self.prio = chunk["priority"].fill_null(0).to_numpy()
-        self.slo = chunk["slo_e2e_s"].to_numpy()
-        self.has_ids = chunk["prefix_ids"].null_count() < chunk.height
-        self.prefix_ids = chunk["prefix_ids"].to_list() if self.has_ids else None
-        self.prefix_tokens = chunk["prefix_block_tokens"].fill_null(0).to_numpy() if self.has_ids else None
+        has_ids = chunk["prefix_ids"].null_count() < chunk.height
+        self._columns = (
+            chunk["request_id"].to_numpy(),
+            chunk["tenant"].cast(pl.Enum(self.tenant_names)).to_physical().to_numpy(),
+            chunk["input_tokens"].to_numpy(),
+            chunk["output_tokens"].to_numpy(),
+            chunk["max_tokens"].fill_null(-1).to_numpy(),
+            chunk["priority"].fill_null(0).to_numpy(),
+            chunk["slo_e2e_s"].to_numpy(),  # NaN: none
+            chunk["prefix_block_tokens"].fill_null(0).to_numpy() if has_ids else None,
+        )
+        self._prefix_ids = chunk["prefix_ids"] if has_ids else None
+        self._block = -1
+        self._rows: tuple = ()
+
+    def _load(self, block: int) -> None:
+        """Python lists of the rows of ``block``."""
+        lo = block * self.BLOCK
+        hi = lo + self.BLOCK
+        self._block = block
+        self._rows = tuple(None if c is None else c[lo:hi].tolist() for c in self._columns) + (
+            None if self._prefix_ids is None else self._prefix_ids.slice(lo, self.BLOCK).to_list(),)
 
     def __call__(self, j: int, at: float) -> None:
         i = self.base + j
-        prompt = int(self.inp[j])
-        gen, capped, why = engine_output_tokens(prompt, int(self.out[j]), int(self.max_tokens[j]), self.max_len)
+        block, k = divmod(j, self.BLOCK)
+        if block != self._block:
+            self._load(block)
+        ids, tenants, inp, out, max_tokens, prio, slo, prefix_tokens, prefix_ids = self._rows
+        prompt = inp[k]
+        gen, capped, why = engine_output_tokens(prompt, out[k], max_tokens[k], self.max_len)
         if gen is None:
             self.rec.reject(i, why)
             return
         if capped:
             self.rec.cap_length(i)
-        slo = self.slo[j]
+        s = slo[k]
         req = SimRequest(
             idx=i,
-            request_id=int(self.ids[j]),
+            request_id=ids[k],
             arrival_s=at,
-            tenant=self.tenant_names[self.tenant_codes[j]],
-            priority=int(self.prio[j]),
+            tenant=self.tenant_names[tenants[k]],
+            priority=prio[k],
             input_tokens=prompt,
             output_tokens=gen,
             est_tokens=prompt + gen,
-            slo_e2e_s=None if np.isnan(slo) else float(slo),
+            slo_e2e_s=None if s != s else s,  # NaN is the only float unequal to itself
         )
-        if self.has_ids and self.prefix_ids[j] is not None:
-            req.prefix_ids, req.prefix_id_tokens = self.prefix_ids[j], int(self.prefix_tokens[j])
+        if prefix_ids is not None and prefix_ids[k] is not None:
+            req.prefix_ids, req.prefix_id_tokens = prefix_ids[k], prefix_tokens[k]
         if not self.core.fits(req):
             self.rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {self.core.total_blocks} blocks one replica has")
             return

@@ -101,6 +101,24 @@ def test_step_time_is_monotone_in_every_dimension(name, batch, field, extra):
     assert cm.step_time(bigger) >= cm.step_time(batch)
 
 
+@pytest.mark.parametrize("name", [n for n in PROFILES if hasattr(MODELS[n].cost_model, "breakdown")])
+@settings(max_examples=80, deadline=None)
+@given(batch=batches)
+def test_step_time_equals_its_breakdown_total_bit_for_bit(name, batch):
+    cm = MODELS[name].cost_model
+    assert bits(cm.step_time(batch)) == bits(cm.breakdown(batch)["total_s"])
+
+
+@pytest.mark.parametrize("name", [n for n in PROFILES if hasattr(MODELS[n].cost_model, "decode_step_time")])
+@settings(max_examples=80, deadline=None)
+@given(num_seqs=st.one_of(st.integers(0, 512), st.integers(0, 2**30)),
+       ctx=st.one_of(st.integers(0, 10**6), st.integers(0, 2**52), st.integers(2**53, 2**62)))
+def test_decode_step_time_equals_step_time_bit_for_bit(name, num_seqs, ctx):
+    cm = MODELS[name].cost_model
+    batch = StepBatch(decode_seqs=num_seqs, decode_ctx_tokens=ctx)
+    assert bits(cm.decode_step_time(num_seqs, ctx)) == bits(cm.step_time(batch))
+
+
 @pytest.mark.parametrize("name", PROFILES)
 @settings(max_examples=80, deadline=None)
 @given(num_seqs=st.one_of(st.integers(0, 512), st.integers(0, 2**30)),
