@@ -81,9 +81,7 @@ class ClosedLoopSender:
         self._wake_at(self.open_s[0] if len(self.open_s) else math.inf)
 
     def settled(self, i: int, t: float) -> None:
-        now = self.env.now
-        at = (now if math.isnan(t) else t) + self.loop.think_s
-        urgent_timeout(self.env, max(0.0, at - now)).callbacks.append(self._release)
+        urgent_timeout(self.env, max(0.0, t + self.loop.think_s - self.env.now)).callbacks.append(self._release)
 
     def _release(self, _event) -> None:
         self.free += 1

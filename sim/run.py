@@ -7,6 +7,7 @@ completion -> columnar results.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -275,7 +276,7 @@ class Sender(Protocol):
     from an urgent event, :func:`driftsim.sim.replica.urgent_timeout`, so that a
     send at the instant a step ends joins the next step in step-by-step and
     fast-forwarded runs alike). ``settled(i, t)``: row ``i`` stopped holding
-    its user at ``t`` (finished, refused or given up).
+    its user at ``t`` (finished, refused or given up; ``t`` is never NaN).
     """
 
     def held(self, n: int) -> np.ndarray: ...
@@ -299,12 +300,16 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
     for chunk in chunks:
         base = rec.rows
         rec.open(chunk)
-        release = _Release(chunk, base, tenant_str, max_len, core, gw, rec, adm)
+        # a sender releases rows in any order (a session's later turns lag the arrivals): its one
+        # in-memory chunk is read as a single block, not block by block again and again
+        release = _Release(chunk, base, tenant_str, max_len, core, gw, rec, adm,
+                           block=chunk.height if sender is not None else _Release.BLOCK)  # fmt: skip
         arrival = chunk["arrival_s"].to_numpy()
         held = None
         if sender is not None:
             held = sender.held(chunk.height)
-            rec.on_settle = sender.settled
+            # refusals and give-ups are recorded without a time: they settle now
+            rec.on_settle = lambda i, t: sender.settled(i, env.now if math.isnan(t) else t)
 
             def send(i: int) -> None:
                 sent[i] = env.now
@@ -342,8 +347,10 @@ class _Release:
 
     BLOCK = 4096  # rows converted at a time
 
-    def __init__(self, chunk: pl.DataFrame, base: int, tenant_str: dict, max_len, core, gw, rec, adm) -> None:
+    def __init__(self, chunk: pl.DataFrame, base: int, tenant_str: dict, max_len, core, gw, rec, adm, *,
+                 block: int = BLOCK) -> None:  # fmt: skip
         self.base, self.max_len, self.core, self.gw, self.rec, self.adm = base, max_len, core, gw, rec, adm
+        self.block = max(1, block)
         self.tenant_names = [tenant_str.setdefault(t, t) for t in sorted(chunk["tenant"].unique().to_list())]
         has_ids = chunk["prefix_ids"].null_count() < chunk.height
         self._columns = (
@@ -362,15 +369,15 @@ class _Release:
 
     def _load(self, block: int) -> None:
         """Python lists of the rows of ``block``."""
-        lo = block * self.BLOCK
-        hi = lo + self.BLOCK
+        lo = block * self.block
+        hi = lo + self.block
         self._block = block
         self._rows = tuple(None if c is None else c[lo:hi].tolist() for c in self._columns) + (
-            None if self._prefix_ids is None else self._prefix_ids.slice(lo, self.BLOCK).to_list(),)
+            None if self._prefix_ids is None else self._prefix_ids.slice(lo, self.block).to_list(),)
 
     def __call__(self, j: int, at: float) -> None:
         i = self.base + j
-        block, k = divmod(j, self.BLOCK)
+        block, k = divmod(j, self.block)
         if block != self._block:
             self._load(block)
         ids, tenants, inp, out, max_tokens, prio, slo, prefix_tokens, prefix_ids = self._rows

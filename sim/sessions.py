@@ -15,8 +15,6 @@ finished run, which the tests hold the run to.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import polars as pl
 
@@ -73,9 +71,8 @@ class SessionSender:
         j = int(self.next_turn[i])
         if j < 0:
             return
-        now = self.env.now
-        at = max(self.open_s[j], (now if math.isnan(t) else t) + self.think[j])
-        urgent_timeout(self.env, max(0.0, at - now)).callbacks.append(lambda _event: self.send(j))
+        at = max(self.open_s[j], t + self.think[j])
+        urgent_timeout(self.env, max(0.0, at - self.env.now)).callbacks.append(lambda _event: self.send(j))
 
 
 def simulate_sessions(trace: pl.DataFrame, **simulate_kwargs) -> SimResult:
