@@ -852,8 +852,35 @@ def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
     fit = calibrate_server(real, trace, cost=cost, engine=eng)
     assert fit["steps_recovered"]["consistent"] == fit["steps_recovered"]["all"] > 300
     assert fit["prefill_step_s"] == pytest.approx(0.008, abs=5e-4)
+    assert fit["prefill_factor"] == pytest.approx(1.0, abs=0.01)  # its prefill work runs as the profile says
     for k, v in zip(fit["knots"], fit["values_s"]):
         assert v == pytest.approx(added[knots.index(k)], abs=2e-4), (k, fit)
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.3])
+def test_calibration_recovers_a_server_whose_prefills_run_at_another_speed(factor):
+    """A server whose prefill work takes ``factor`` times the profile's, plus 5 ms on every mixed step
+    (prompts split over steps): both are found beside the decode correction, and the calibrated
+    model times a prefill-only step, a mixed step and a decode run as that server does."""
+    from driftsim.costmodel.batch import StepBatch
+    from driftsim.validation.calibration import calibrate_server, calibrated, fitted_calibration
+    from driftsim.validation.server_steps import StepCorrection, count_knots
+
+    cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
+    knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
+    server = StepCorrection(cost, knots, added, prefill_step_s=0.005, prefill_factor=factor)
+    eng, trace, real, _ = _chunking_replay(server)
+    fit = calibrate_server(real, trace, cost=cost, engine=eng)
+    assert fit["prefill_factor"] == pytest.approx(factor, abs=0.01), fit
+    assert fit["prefill_step_s"] == pytest.approx(0.005, abs=5e-4), fit
+    assert fit["prefill_steps"] > fit["mixed_steps"] >= 10  # prefills on an idle engine count too
+    model, _ = calibrated(cost, eng, {**fitted_calibration({**fit, "ttft_err": None, "tpot_err": None})})
+    for b in (StepBatch(prefill_tokens=300, prefill_seqs=1, prefill_attn_tokens=45150),
+              StepBatch(prefill_tokens=200, prefill_seqs=2, prefill_attn_tokens=20100, decode_seqs=6,
+                        decode_ctx_tokens=900)):
+        assert model.step_time(b) == pytest.approx(server.step_time(b), rel=0.02), b
+    assert np.all(model.decode_run_times(5, 700, 3) == model.inner.decode_run_times(5, 700, 3)
+                  + model.correction(5))  # decode runs: no prefill, the factor never touches them
 
 
 def test_calibration_recovers_a_known_correction_and_the_admission_model():
@@ -876,6 +903,7 @@ def test_calibration_recovers_a_known_correction_and_the_admission_model():
             assert v == pytest.approx(added[knots.index(k)], abs=2e-4), (k, got)
         assert fit["mean_abs_rel_err"] < 0.01 < fit["profile_mean_abs_rel_err"]
         assert abs(fit["prefill_step_s"]) < 5e-4  # this server adds nothing to mixed steps
+        assert fit["prefill_factor"] == pytest.approx(1.0, abs=0.01)  # nor to prefill work
         assert fit["async_scheduling"] is asynch, fit["ttft_err"]
 
 

