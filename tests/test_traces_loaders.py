@@ -152,6 +152,52 @@ def test_mooncake_ms_to_seconds(tmp_path):
     assert df["input_tokens"].to_list() == [40160, 100]
 
 
+def test_bailian_conversations_become_sessions_with_their_block_ids(tmp_path):
+    """parent_chat_id links a conversation's requests into one session (its first request's id, or the
+    first missing parent's where the file starts mid-conversation), turns by arrival; a lone request
+    stays a plain one; hash_ids are its prefix identity, 16 tokens each."""
+    def rec(chat, parent, t, n, ids):
+        return {"chat_id": chat, "parent_chat_id": parent, "timestamp": t, "input_length": n, "output_length": 5,
+                "type": "text", "turn": 9, "hash_ids": ids}
+
+    p = jsonl(tmp_path, "q.jsonl", [
+        rec(10, -1, 0.0, 40, [1, 2, 3]), rec(11, -1, 0.5, 20, [7, 8]), rec(12, 10, 3.0, 80, [1, 2, 3, 4, 5]),
+        rec(14, 99, 1.0, 30, [20, 21]), rec(15, 14, 2.0, 60, [20, 21, 22, 23]),
+        rec(13, 12, 5.0, 100, [1, 2, 3, 4, 5, 6, 9]), rec(16, 10, 5.0, 90, [1, 2, 3, 4, 5, 6]),  # a branch
+    ])
+    df = load_trace(p)
+    assert_table(df)
+    got = {r["request_id"]: (r["session_id"], r["turn"]) for r in df.iter_rows(named=True)}
+    assert got == {10: (10, 1), 11: (None, None), 14: (99, 1), 15: (99, 2), 12: (10, 2), 13: (10, 3), 16: (10, 4)}
+    assert df.filter(pl.col("request_id") == 13)["prefix_ids"].to_list() == [[1, 2, 3, 4, 5, 6, 9]]
+    assert set(df["prefix_block_tokens"].to_list()) == {16}
+
+
+def test_bailian_parent_cycle_is_a_named_error(tmp_path):
+    base = {"timestamp": 0.0, "input_length": 10, "output_length": 2, "type": "text", "turn": 1}
+    p = jsonl(tmp_path, "q.jsonl", [{"chat_id": 1, "parent_chat_id": 2, **base}, {"chat_id": 2, "parent_chat_id": 1, **base}])
+    with pytest.raises(TraceError, match="parent_chat_id.*leads back to itself"):
+        load_trace(p)
+
+
+def test_a_bailian_conversation_is_replayed_turn_after_turn(tmp_path):
+    """A follow-up sent (in the trace) before the previous answer finished in the simulation waits for it."""
+    from driftsim.costmodel.profiles import load_profile
+    from driftsim.sim.config import EngineConfig
+    from driftsim.sim.sessions import simulate_sessions
+
+    base = {"type": "text", "turn": 1, "output_length": 200}
+    p = jsonl(tmp_path, "q.jsonl", [
+        {"chat_id": 1, "parent_chat_id": -1, "timestamp": 0.0, "input_length": 100, **base},
+        {"chat_id": 2, "parent_chat_id": 1, "timestamp": 0.01, "input_length": 400, **base},
+    ])
+    df = load_trace(p)
+    prof = load_profile("a100-llama-3.1-8b-kernels")
+    res = simulate_sessions(df, cost=prof.cost_model, engine=EngineConfig(num_gpu_blocks=1000))
+    r = {row["request_id"]: row for row in res.requests.iter_rows(named=True)}
+    assert r[2]["arrival_s"] >= r[1]["finish_s"] > 0.01  # sent when turn 1 was answered, not at 0.01 s
+
+
 def test_bailian_keeps_chat_id(tmp_path):
     rec = {"parent_chat_id": -1, "type": "text", "turn": 1, "hash_ids": [1, 2]}
     p = jsonl(

@@ -116,6 +116,7 @@ class _Format:
     hints: tuple[str, ...] = ()  # other columns the format is known by (auto-detection only)
     prefix_ids: str | None = None  # optional column of per-block ids -> prefix_ids
     prefix_block_tokens: int = 0  # tokens each of those ids covers
+    parent: str | None = None  # optional column: the id of the request this one follows up (-1: none)
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -138,6 +139,8 @@ _BURSTGPT = _Format(
 MOONCAKE_BLOCK_TOKENS = 512
 _MOONCAKE = _Format("mooncake", "jsonl", "timestamp", "ms", "input_length", "output_length", hints=("hash_ids",),
                     prefix_ids="hash_ids", prefix_block_tokens=MOONCAKE_BLOCK_TOKENS)
+#: tokens each Bailian ``hash_ids`` entry covers (the released files are named ``..._blksz_16.jsonl``)
+BAILIAN_BLOCK_TOKENS = 16
 _BAILIAN = _Format(
     "bailian",
     "jsonl",
@@ -147,6 +150,9 @@ _BAILIAN = _Format(
     "output_length",
     request_id="chat_id",
     hints=("parent_chat_id", "type", "turn", "hash_ids"),
+    prefix_ids="hash_ids",
+    prefix_block_tokens=BAILIAN_BLOCK_TOKENS,
+    parent="parent_chat_id",
 )
 _VIDUR = _Format("vidur", "csv", "arrived_at", "s", "num_prefill_tokens", "num_decode_tokens")
 _PUBLIC = {f.name: f for f in (_AZURE, _BURSTGPT, _MOONCAKE, _BAILIAN, _VIDUR)}
@@ -561,7 +567,9 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
     found = _csv_header(p, source) if fmt.container == "csv" else list(_first_record(p, source))
     _require(found, fmt.required, fmt.name, source)
     with_ids = fmt.prefix_ids is not None and fmt.prefix_ids in found
-    raw = _read(p, source, fmt.container, list(fmt.required) + ([fmt.prefix_ids] if with_ids else []))
+    with_parents = fmt.parent is not None and fmt.parent in found
+    optional = [c for c, on in ((fmt.prefix_ids, with_ids), (fmt.parent, with_parents)) if on]
+    raw = _read(p, source, fmt.container, list(fmt.required) + optional)
     report = LoadReport(source=source, format=fmt.name, rows_read=raw.height)
     if fmt.container == "csv":
         raw = _drop_blank_rows(raw, report)
@@ -609,8 +617,46 @@ def _read_public(path: str | os.PathLike, fmt: _Format) -> tuple[pl.DataFrame, L
         columns["prefix_ids"] = ids
         columns["prefix_block_tokens"] = pl.Series([fmt.prefix_block_tokens] * raw.height, dtype=pl.Int64).set(
             ids.is_null(), None)
+    if with_parents:
+        columns.update(_conversations(raw, columns["request_id"], arrival, fmt, source=source))
     return _finish(columns, raw[_ROW], report, id_field=fmt.request_id,
                    prefix_field=fmt.prefix_ids if with_ids else "prefix_ids"), report
+
+
+def _conversations(raw: pl.DataFrame, ids: pl.Series, arrival: pl.Series, fmt: _Format, *,
+                   source: str) -> dict[str, pl.Series]:
+    """``session_id`` and ``turn`` from a parent-id column: a request's session is the first request of
+    its chain of parents (or, where the chain leaves the file, the first missing parent's id), and only
+    two or more requests of one chain in the file make a session (a lone request stays a plain one).
+    A turn is the request's place in its session by arrival (ties: file order), so a conversation
+    that branches (an answer regenerated) still has its turns in order."""
+    parent = _number(raw, fmt.parent, source=source, integer=True, nullable=True)
+    id_list = ids.to_list()
+    up = {i: q for i, q in zip(id_list, parent.to_list()) if q is not None and q >= 0}
+    root: dict[int, int] = {}
+    for row, i in enumerate(id_list):
+        chain = []
+        while i not in root and i in up:
+            chain.append(i)
+            if len(chain) > len(up):
+                bad = pl.Series([k == row for k in range(raw.height)])
+                _first_bad(raw, pl.lit(bad), fmt.parent, "a parent id whose chain of parents ends "
+                           "(this one leads back to itself)", source, row_col=_ROW)  # fmt: skip
+            i = up[i]
+        base = root.get(i, i)
+        for c in chain:
+            root[c] = base
+        root.setdefault(i, base)
+    keys = np.array([root[i] for i in id_list], dtype=np.int64)
+    _, first, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    shared = counts[first] > 1
+    order = np.lexsort((np.arange(keys.size), arrival.to_numpy(), keys))  # by session, then arrival, then row
+    turn = np.empty(keys.size, dtype=np.int64)
+    starts = np.r_[True, keys[order][1:] != keys[order][:-1]]
+    run = np.arange(keys.size) - np.maximum.accumulate(np.where(starts, np.arange(keys.size), 0))
+    turn[order] = run + 1
+    session = pl.Series("session_id", keys, dtype=pl.Int64).set(pl.Series(~shared), None)
+    return {"session_id": session, "turn": pl.Series("turn", turn, dtype=pl.Int64).set(pl.Series(~shared), None)}
 
 
 # --------------------------------------------------------------------------- per-format readers
@@ -644,10 +690,15 @@ def read_mooncake(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
 
 
 def read_bailian(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
-    """Qwen Bailian JSONL (`chat_id` -> request_id, `timestamp` s, `input_length`, `output_length`).
+    """Qwen Bailian JSONL (`chat_id` -> request_id, `timestamp` s, `input_length`, `output_length`,
+    optional `parent_chat_id`, `turn`, `hash_ids`).
 
-    `parent_chat_id`, `type`, `turn` and `hash_ids` are not part of the
-    request table and are not read; tenant is "default".
+    `hash_ids` become the prefix identity (`prefix_ids`, 16 tokens each, the block size the
+    released files are named by). `parent_chat_id` (-1: none) links a conversation's requests:
+    two or more linked requests form a session (`session_id` = its first request's id, or the
+    first missing parent's where the file starts mid-conversation; `turn` = place by arrival),
+    so a turn is never sent before the previous turn's answer has finished (`think_s` is not in
+    the trace: 0). `type` and `turn` are not read; tenant is "default".
     """
     return _read_public(path, _BAILIAN)
 
