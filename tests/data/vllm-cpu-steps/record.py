@@ -100,7 +100,7 @@ def main() -> None:
         client.close()
     if run.interrupted:
         sys.exit("the replay was interrupted: nothing written")
-    keep = ("request_id", "input_tokens", "output_tokens", "intended_s", "released_s", "sent_s", "first_token_s",
+    keep = ("request_id", "tenant", "input_tokens", "output_tokens", "intended_s", "released_s", "sent_s", "first_token_s",
             "finish_s", "delivered_s", "completion_tokens", "prompt_tokens", "status", "error", "token_times")
     run.frame.select(keep).write_parquet(HERE / "replay.parquet", compression="zstd")
     trace.write_parquet(HERE / "trace.parquet", compression="zstd")
