@@ -267,6 +267,7 @@ def test_profiles_build_writes_a_profile_and_prints_its_error(tmp_path):
                               "--out", str(out), "--date", "2026-12-05"])
     assert res.exit_code == 0, res.output
     assert "held-out error" in res.output and out.is_file()
+    assert "coverage: sampled up to the engine's limits (2048 tokens, 256 sequences" in " ".join(res.output.split())
     assert load_profile(out).name == "a100-llama-3.1-8b-kernels"
 
 
@@ -373,3 +374,11 @@ def test_simulate_on_a_kernel_profile_runs_vllm_serve_limits_and_flags_or_a_scen
                                                    "async_scheduling": False}})
     eng = build_engine(scenario, load_profile("h100-llama-3.1-8b-kernels"))
     assert (eng.max_num_seqs, eng.max_num_batched_tokens, eng.async_scheduling) == (128, 8192, False)
+
+
+def test_a_build_past_the_token_tables_last_knot_is_refused_not_extrapolated(monkeypatch):
+    from driftsim.costmodel.kernels import build as kbuild
+
+    monkeypatch.setitem(kbuild.SERVE_BATCH_LIMITS, "h100", kbuild.BatchLimits(16384, 1024, "a >= 160 GiB card"))
+    with pytest.raises(KernelDataError, match="max_num_batched_tokens 16384 is past the token table's last knot 8192"):
+        build_profile(gpu="h100", model=LLAMA, samples=300, date="2026-12-05")
