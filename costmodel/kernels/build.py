@@ -81,7 +81,6 @@ ROOFLINE_GUESSES = {
 ENGINE_DEFAULTS = dict(block_size=16, max_model_len=8192, gpu_memory_utilization=0.92, chunked_prefill=True,
                        prefix_caching=True, async_scheduling=True)
 SERVE_VLLM = "0.32.0"
-GIB = 2**30
 
 
 @dataclass(frozen=True)
