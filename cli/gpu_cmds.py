@@ -56,6 +56,7 @@ def build(
     console.print(_error_table(result.errors, profile_name))
     console.print(f"{result.samples} batches composed ({result.refused} outside the measured grid, not used); "
                   f"built in {time.perf_counter() - started:.1f} s; wrote {path}", highlight=False)
+    console.print(f"coverage: {result.coverage}", highlight=False)
 
 
 def _error_table(errors: dict, title: str) -> Table:

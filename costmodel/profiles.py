@@ -17,7 +17,9 @@ A profile file (see the bundled ones in ``costmodel/profiles/``)::
                         # (and num_gpu_blocks_utilization if it differs
                         # from engine_defaults.gpu_memory_utilization)
     [engine_defaults]   # block_size, max_num_seqs, max_num_batched_tokens,
-                        # max_model_len, gpu_memory_utilization (+ free extras)
+                        # max_model_len, gpu_memory_utilization (+ free extras;
+                        # those named like EngineConfig fields, e.g.
+                        # async_scheduling, reach the engine)
     [provenance]        # source = "derived-from-spec" | "measured" | "measured-kernels"
                         # | "transferred-kernels", notes,
                         # date, spec_sources = [...] (+ free extras)

@@ -20,7 +20,8 @@ def describe_run(context: dict, replicas: int) -> str:
     engine, gateway, profile = context["engine"], context["gateway"], context["profile"]
     if engine["mode"] == "continuous":
         limits = (f"max_num_seqs {engine['max_num_seqs']}, max_num_batched_tokens {engine['max_num_batched_tokens']}, "
-                  f"max_model_len {engine['max_model_len']}")  # fmt: skip
+                  f"max_model_len {engine['max_model_len']}"
+                  f"{', async scheduling' if engine.get('async_scheduling') else ''}")  # fmt: skip
     else:
         limits = f"micro-batches of {engine['batch_size']}, wait {engine['batch_wait_s']} s"
     if gateway["placement"] == "engine":

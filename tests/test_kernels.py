@@ -32,6 +32,7 @@ from driftsim.costmodel.kernels.compose import IterationBatch, IterationComposer
 from driftsim.costmodel.kernels.source import KernelDataError, KernelSource
 from driftsim.costmodel.profiles import PROFILE_DIR, ProfileError, list_profiles, load_profile
 from driftsim.costmodel.tokentable import TokenTableCostModel
+from driftsim.sim.scenario import build_engine, load_scenario
 from tests.factories import random_trace
 
 LLAMA = "meta-llama/Llama-3.1-8B"
@@ -266,6 +267,7 @@ def test_profiles_build_writes_a_profile_and_prints_its_error(tmp_path):
                               "--out", str(out), "--date", "2026-12-05"])
     assert res.exit_code == 0, res.output
     assert "held-out error" in res.output and out.is_file()
+    assert "coverage: sampled up to the engine's limits (2048 tokens, 256 sequences" in " ".join(res.output.split())
     assert load_profile(out).name == "a100-llama-3.1-8b-kernels"
 
 
@@ -280,3 +282,103 @@ def test_a_tensor_parallel_replica_is_priced_per_gpu_in_a_gpu_mix():
     assert _gpus_per_replica("h100-llama-3.1-8b") == 1
     group = load_profile("h100-llama-3.1-70b-tp4-kernels")
     assert group.gpu.mem_bytes == 4 * load_profile("h100-llama-3.1-8b-kernels").gpu.mem_bytes
+
+
+# ---- the engine as `vllm serve` runs it on each GPU ---------------------------------
+
+GIB = 2**30
+
+
+def _vllm_serve_limits(device_name: str, device_memory: int) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) of `vllm serve` by vLLM 0.32's rule
+    (vllm/engine/arg_utils.py:2923-2952): one GPU's total memory in GiB, and 'a100' in its name."""
+    if device_memory >= 160 * GIB:
+        return 16384, 1024
+    if device_memory >= 70 * GIB and "a100" not in device_name.lower():
+        return 8192, 1024
+    return 2048, 256
+
+
+@pytest.mark.parametrize("gpu, limits", [("a100", (2048, 256)), ("h100", (8192, 1024)), ("h200", (8192, 1024)),
+                                         ("l40s", (2048, 256)), ("l4", (2048, 256))])
+def test_a_kernel_profile_batches_as_vllm_serve_does_on_its_gpu(gpu, limits):
+    profiles = [load_profile(n) for n in KERNEL_PROFILES if n.split("-", 1)[0] == gpu]
+    assert profiles
+    for profile in profiles:
+        d = profile.engine_defaults
+        per_gpu = profile.gpu.mem_bytes // d["tensor_parallel_size"]  # vLLM classes a TP group by one card
+        rule = _vllm_serve_limits(profile.gpu.name, per_gpu)
+        assert (d["max_num_batched_tokens"], d["max_num_seqs"]) == rule == limits, profile.name
+        assert d["block_size"] == 16 and d["gpu_memory_utilization"] == 0.92, profile.name
+        assert f"max_num_batched_tokens {limits[0]} and max_num_seqs {limits[1]}" in profile.provenance["engine_defaults"]
+
+
+def test_async_scheduling_is_on_for_the_gpu_kernel_profiles_and_off_for_cpu_and_spec_profiles():
+    def engine(profile: str):
+        scenario = load_scenario(overrides={"profile": profile, "engine": {"mode": "continuous"}})
+        return build_engine(scenario, load_profile(profile))
+
+    for name in KERNEL_PROFILES:
+        eng = engine(name)
+        assert eng.async_scheduling and eng.chunked_prefill and eng.prefix_caching, name
+    spec = [n for n in list_profiles() if load_profile(n).provenance["source"] == "derived-from-spec"]
+    assert len(spec) == 4
+    tiny = str(PROFILE_DIR.parents[1] / "bench" / "prefix" / "tiny-cpu.toml")
+    for name in [*spec, tiny]:
+        assert "async_scheduling" not in load_profile(name).engine_defaults, name
+        assert not engine(name).async_scheduling, name
+
+
+# A fitted model's held-out error meets median <= 3 % and P90 <= 8 % (as fractions), except where named here:
+# the Qwen1.5-1.8B-Chat profiles, whose attention-heavy steps the step totals cannot carry (PROFILING.md);
+# each named miss keeps a ceiling just above its current value, so a worse fit still fails.
+ERROR_MISSES = {
+    "a100-qwen1.5-1.8b-chat-kernels": {"decode_median": 0.04, "decode_p90": 0.095},
+    "h100-qwen1.5-1.8b-chat-kernels": {"prefill_median": 0.045, "prefill_p90": 0.09, "mixed_median": 0.035},
+    "h200-qwen1.5-1.8b-chat-kernels": {"prefill_median": 0.045, "prefill_p90": 0.09, "mixed_median": 0.035},
+    "l40s-qwen1.5-1.8b-chat-kernels": {"decode_median": 0.05, "decode_p90": 0.095, "mixed_median": 0.035},
+    "l4-qwen1.5-1.8b-chat-kernels": {"decode_median": 0.05, "decode_p90": 0.1, "mixed_median": 0.035},
+}
+
+
+@pytest.mark.parametrize("name", KERNEL_PROFILES)
+def test_a_kernel_profile_meets_its_held_out_error_target(name):
+    errors = load_profile(name).provenance["heldout_error_fitted"]
+    assert set(errors) == {f"{p}_{s}" for p in ("decode", "prefill", "mixed") for s in ("median", "p90")}
+    for key, value in errors.items():
+        ceiling = ERROR_MISSES.get(name, {}).get(key, 0.03 if key.endswith("median") else 0.08)
+        assert value <= ceiling, (name, key, value)
+
+
+def test_a_kernel_profile_fit_reaches_its_engine_limits_and_names_where_the_tables_stop():
+    profile = load_profile("h100-llama-3.1-8b-kernels")
+    coverage = profile.provenance["fit_coverage"]
+    assert "sampled up to the engine's limits (8192 tokens, 1024 sequences" in coverage
+    reached = [int(x) for x in coverage.split("fitted batches reach ")[1].split(" decode sequences")[0].split(" tokens and ")]
+    assert reached[0] >= 4096 and reached[1] >= 512
+    assert "decode steps of 1024 sequences are measured only up to a mean context of" in coverage
+
+
+def test_simulate_on_a_kernel_profile_runs_vllm_serve_limits_and_flags_or_a_scenario_override_them(tmp_path):
+    base = ["simulate", "--profile", "h100-llama-3.1-8b-kernels", "--num-prompts", "40", "--input-len", "128",
+            "--output-len", "16", "--seed", "0"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "max_num_seqs 1024, max_num_batched_tokens 8192, max_model_len 8192, async scheduling" in res.output
+    res = runner.invoke(app, [*base, "--max-num-seqs", "64", "--max-num-batched-tokens", "2048",
+                              "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "max_num_seqs 64, max_num_batched_tokens 2048," in res.output
+    scenario = load_scenario(overrides={"profile": "h100-llama-3.1-8b-kernels",
+                                        "engine": {"mode": "continuous", "max_num_seqs": 128,
+                                                   "async_scheduling": False}})
+    eng = build_engine(scenario, load_profile("h100-llama-3.1-8b-kernels"))
+    assert (eng.max_num_seqs, eng.max_num_batched_tokens, eng.async_scheduling) == (128, 8192, False)
+
+
+def test_a_build_past_the_token_tables_last_knot_is_refused_not_extrapolated(monkeypatch):
+    from driftsim.costmodel.kernels import build as kbuild
+
+    monkeypatch.setitem(kbuild.SERVE_BATCH_LIMITS, "h100", kbuild.BatchLimits(16384, 1024, "a >= 160 GiB card"))
+    with pytest.raises(KernelDataError, match="max_num_batched_tokens 16384 is past the token table's last knot 8192"):
+        build_profile(gpu="h100", model=LLAMA, samples=300, date="2026-12-05")

@@ -26,7 +26,11 @@ from driftsim.costmodel.kv import KvCapacity
 from driftsim.costmodel.roofline import RooflineCostModel
 from driftsim.costmodel.tokentable import TokenTableCostModel
 
-TOKEN_KNOTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Knots of the token table. Between 128 and 2048 tokens they are quarter- to half-octave apart: the
+# measured GEMM times step at tile and wave boundaries between powers of two, and with vLLM's 2048-token
+# budget on A100, L40S and L4 every prefill step lies there (octave knots left L4 prefill at 9.5 % P90).
+TOKEN_KNOTS = (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 3072, 4096,
+               6144, 8192)
 PHASES = ("decode", "prefill", "mixed")
 # Host-side time per step and per scheduled sequence: BLIS's (inference-sim/inference-sim, Apache-2.0)
 # trained-physics step-time model, fitted by simulating 15 real vLLM serving runs on H100 SXM and matching
@@ -59,8 +63,50 @@ ROOFLINE_GUESSES = {
     "h100": dict(compute_efficiency=0.5, memory_efficiency=0.8, overhead_s=0.001, per_seq_overhead_s=1e-5),
     "l4": dict(compute_efficiency=0.5, memory_efficiency=0.8, overhead_s=0.005, per_seq_overhead_s=2e-5),
 }
-ENGINE_DEFAULTS = dict(block_size=16, max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=8192,
-                       gpu_memory_utilization=0.9)
+# `vllm serve`'s engine settings as vLLM 0.32.0 chooses them on a CUDA GPU for a dense generation model
+# (paths under vllm/ of the vllm 0.32.0 wheel). The batch limits depend on the card (SERVE_BATCH_LIMITS);
+# these do not:
+#  - block_size 16: config/cache.py:72 (DEFAULT_BLOCK_SIZE) and :345 (taken when --block-size is not given);
+#  - gpu_memory_utilization 0.92: config/cache.py:102;
+#  - chunked prefill and prefix caching on: engine/arg_utils.py:2987-2994 and :3021-3022 take
+#    model_config.is_chunked_prefill_supported / is_prefix_caching_supported, true for a generative
+#    decoder (config/model.py:2211-2218 and :2271-2273);
+#  - async scheduling on: config/vllm.py:1585-1644 turns it on unless the model pools, speculative
+#    decoding of an unsupported kind is set, the executor does not support it, or pipeline parallelism
+#    runs on the V1 runner. One GPU runs the uni-process executor and tensor parallelism the
+#    multiprocessing one (config/parallel.py:1035-1046); both support it (v1/executor/uniproc_executor.py:157,
+#    v1/executor/multiproc_executor.py:565), so it is on for every bundled kernel profile, TP ones included.
+# max_model_len is not vLLM's (vLLM takes the model's context length, 131,072 tokens for Llama 3.1); see
+# engine_defaults().
+ENGINE_DEFAULTS = dict(block_size=16, max_model_len=8192, gpu_memory_utilization=0.92, chunked_prefill=True,
+                       prefix_caching=True, async_scheduling=True)
+SERVE_VLLM = "0.32.0"
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """vLLM's default per-step limits for `vllm serve` on one kind of card, and the source line saying so."""
+
+    max_num_batched_tokens: int  # tokens per step
+    max_num_seqs: int  # sequences per step
+    rule: str  # the vLLM source that sets them
+
+
+# vLLM 0.32.0 engine/arg_utils.py:2894-2952 (EngineArgs.get_batch_defaults, the OPENAI_API_SERVER entries,
+# applied by _set_default_max_num_seqs_and_batched_tokens_args at :3097-3127): device memory is
+# current_platform.get_device_total_memory() (platforms/cuda.py:801-804: NVML total memory of one GPU, in
+# bytes; GiB_bytes = 2**30, utils/mem_constants.py:18), so a tensor-parallel group is classed by one card.
+# The third class, >= 160 GiB per GPU (B200, B300: 16384 tokens, 1024 sequences, :2923-2932), has no card here.
+_LARGE = "engine/arg_utils.py:2933-2942 (>= 70 GiB per GPU and 'a100' not in the device name: H100, H200)"
+_OTHER = ("engine/arg_utils.py:2943-2952 (every other GPU; A100 80GB on purpose, by name, at :2930-2933: "
+          "larger limits lowered its throughput, vLLM PR #17885)")
+SERVE_BATCH_LIMITS = {
+    "a100": BatchLimits(2048, 256, _OTHER),  # 80 GiB, but named A100
+    "h100": BatchLimits(8192, 1024, _LARGE),  # 79.6 GiB (NVML)
+    "h200": BatchLimits(8192, 1024, _LARGE),  # 141 GB = 140.4 GiB < 160 GiB
+    "l40s": BatchLimits(2048, 256, _OTHER),  # 48 GB = 45 GiB
+    "l4": BatchLimits(2048, 256, _OTHER),  # 24 GB = 22.5 GiB
+}
 ACTIVATION_RESERVE = 2_147_483_648  # B per GPU: the spec profiles' rounded guess of 2 GiB
 
 
@@ -73,6 +119,7 @@ class BuildResult:
     samples: int
     refused: int  # sampled batches outside the measured grid (not used)
     provenance: list[str] = field(default_factory=list)
+    coverage: str = ""  # what the fitted batches reach against the engine's limits
 
 
 def sample_batches(rng: np.random.Generator, count: int, *, max_tokens: int, max_seqs: int,
@@ -142,13 +189,16 @@ def relative_errors(model, batches: list[tuple[str, IterationBatch]], times: np.
 
 def build(source: KernelSource, arch: ModelArch, *, gpu: str, tp: int, samples: int = 1200,
           seed: int = 0) -> BuildResult:
-    """Sample, compose, fit on 80 %, score on the held-out 20 % (see the module docstring)."""
+    """Sample up to the profile's engine limits, compose, fit on 80 %, score on the held-out 20 %."""
+    engine = engine_defaults(gpu, arch, tp)
+    max_tokens, max_seqs, max_ctx = engine["max_num_batched_tokens"], engine["max_num_seqs"], engine["max_model_len"]
+    if max_tokens > TOKEN_KNOTS[-1]:
+        raise KernelDataError(f"--gpu {gpu}: vLLM's max_num_batched_tokens {max_tokens} is past the token table's "
+                              f"last knot {TOKEN_KNOTS[-1]}; the fit would extrapolate every larger step")
     composer = IterationComposer(source, arch, tp=tp, host=HOST)
     rng = np.random.default_rng(seed)
     kept, times, refused, reasons = [], [], 0, {}
-    for phase, batch in sample_batches(rng, samples, max_tokens=ENGINE_DEFAULTS["max_num_batched_tokens"],
-                                       max_seqs=ENGINE_DEFAULTS["max_num_seqs"],
-                                       max_ctx=ENGINE_DEFAULTS["max_model_len"]):
+    for phase, batch in sample_batches(rng, samples, max_tokens=max_tokens, max_seqs=max_seqs, max_ctx=max_ctx):
         try:
             times.append(composer.time(batch))
         except KernelDataError as exc:
@@ -161,6 +211,7 @@ def build(source: KernelSource, arch: ModelArch, *, gpu: str, tp: int, samples: 
         if have < max(10, samples // 30):
             raise KernelDataError(f"only {have} sampled {phase} batches lie inside the measured grid "
                                   f"(first refusal: {reasons.get(phase)})")
+    coverage = _coverage(composer, [b for _, b in kept], engine, refused=refused, samples=samples)
     y = np.array(times)
     order = rng.permutation(len(kept))
     cut = int(0.8 * len(kept))
@@ -172,7 +223,48 @@ def build(source: KernelSource, arch: ModelArch, *, gpu: str, tp: int, samples: 
         roofline = RooflineCostModel(GPU_SPECS[gpu], arch, **ROOFLINE_GUESSES[gpu])
         errors["roofline"] = relative_errors(roofline, held, y[test])
     return BuildResult(model=model, errors=errors, samples=len(kept), refused=refused,
-                       provenance=source.provenance())
+                       provenance=source.provenance(), coverage=coverage)
+
+
+def _coverage(composer: IterationComposer, kept: list[IterationBatch], engine: dict, *, refused: int,
+              samples: int) -> str:
+    """What the fitted batches reach against the engine's limits; refuses a fit that stops short of them.
+
+    The measured decode-attention table thins out as batch x context grows, so a full batch of
+    ``max_num_seqs`` sequences is measured only up to some mean context; the probe finds it (by bisection,
+    through the same composer) so the profile says where its model extrapolates instead of leaving it silent.
+    """
+    max_tokens, max_seqs, max_ctx = engine["max_num_batched_tokens"], engine["max_num_seqs"], engine["max_model_len"]
+    top_tokens = max(sum(n for _, n in b.prefill_chunks) + len(b.decode_ctx) for b in kept)
+    top_seqs = max(len(b.decode_ctx) for b in kept)
+    if top_tokens < max_tokens // 2 or top_seqs < max_seqs // 2:
+        raise KernelDataError(f"the batches inside the measured grid reach {top_tokens} tokens and {top_seqs} decode "
+                              f"sequences per step, short of half the engine's limits ({max_tokens} tokens, "
+                              f"{max_seqs} sequences)")
+
+    def measured(ctx: int) -> bool:
+        try:
+            composer.time(IterationBatch(decode_ctx=(ctx,) * max_seqs))
+            return True
+        except KernelDataError:
+            return False
+
+    if measured(max_ctx):
+        reach = f"decode steps of {max_seqs} sequences are measured up to the full max_model_len {max_ctx}"
+    elif not measured(2):
+        reach = f"decode steps of {max_seqs} sequences are not measured at any context"
+    else:
+        lo, hi = 2, max_ctx  # measured(lo), not measured(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if measured(mid) else (lo, mid)
+        reach = (f"decode steps of {max_seqs} sequences are measured only up to a mean context of {lo} tokens "
+                 f"(the measured decode-attention table thins out as batch x context grows); larger ones were "
+                 f"refused, and the fitted model, not the tables, prices them: linear in context tokens")
+    return (f"sampled up to the engine's limits ({max_tokens} tokens, {max_seqs} sequences, contexts up to "
+            f"{max_ctx} tokens); {refused} of {samples} sampled batches lay outside the measured kernel grid and "
+            f"were refused (no kernel time is extrapolated past the tables); fitted batches reach {top_tokens} tokens and {top_seqs} decode "
+            f"sequences per step; {reach}")
 
 
 def group_gpu(gpu: str, tp: int) -> GpuSpec:
@@ -186,17 +278,25 @@ def group_gpu(gpu: str, tp: int) -> GpuSpec:
 
 def check_fits(gpu: str, arch: ModelArch, tp: int) -> None:
     """Refuse a model whose weights leave no KV cache on the group."""
-    kv = KvCapacity(gpu=group_gpu(gpu, tp), model=arch, gpu_memory_utilization=ENGINE_DEFAULTS["gpu_memory_utilization"],
+    util = ENGINE_DEFAULTS["gpu_memory_utilization"]
+    kv = KvCapacity(gpu=group_gpu(gpu, tp), model=arch, gpu_memory_utilization=util,
                     activation_reserve_bytes=ACTIVATION_RESERVE * tp)
     try:
-        kv.blocks(ENGINE_DEFAULTS["block_size"], ENGINE_DEFAULTS["gpu_memory_utilization"])
+        kv.blocks(ENGINE_DEFAULTS["block_size"], util)
     except ValueError as exc:
         raise KernelDataError(f"--tp {tp}: {arch.name} does not fit on {tp} x {gpu}: {exc}") from None
 
 
 def engine_defaults(gpu: str, arch: ModelArch, tp: int) -> dict:
-    """ENGINE_DEFAULTS, with max_model_len halved (to 2048 at least) until the KV cache holds four full sequences."""
-    out = dict(ENGINE_DEFAULTS)
+    """`vllm serve`'s settings on ``gpu`` (ENGINE_DEFAULTS and SERVE_BATCH_LIMITS), in the profile's key order.
+
+    max_model_len: vLLM would take the model's whole context length; a profile sets 8192 instead, halved
+    (to 2048 at least) until the KV cache holds four full sequences, so the bundled runs' requests fit and
+    one long request cannot take the whole cache.
+    """
+    limits = SERVE_BATCH_LIMITS[gpu]
+    out = {"block_size": ENGINE_DEFAULTS["block_size"], "max_num_seqs": limits.max_num_seqs,
+           "max_num_batched_tokens": limits.max_num_batched_tokens} | ENGINE_DEFAULTS
     kv = KvCapacity(gpu=group_gpu(gpu, tp), model=arch, gpu_memory_utilization=out["gpu_memory_utilization"],
                     activation_reserve_bytes=ACTIVATION_RESERVE * tp)
     tokens = kv.blocks(out["block_size"], out["gpu_memory_utilization"]) * out["block_size"]
@@ -227,12 +327,18 @@ def profile_toml(result: BuildResult, *, name: str, gpu: str, arch: ModelArch, t
         f"token_knots = {list(m.token_knots)}",
         f"token_cost_s = [{', '.join(repr(v) for v in m.token_cost_s)}]",
         "", "[kv]", f"activation_reserve_bytes = {ACTIVATION_RESERVE * tp}",
-        "", "[engine_defaults]", *[f"{k} = {v!r}" for k, v in engine_defaults(gpu, arch, tp).items()],
+        "", "[engine_defaults]",
+        f"# `vllm serve` {SERVE_VLLM} on this GPU (see engine_defaults in [provenance]), except max_model_len:",
+        "# vLLM takes the model's context length; here 8192, halved (to 2048 at least) until the KV cache",
+        "# holds four full sequences.",
+        *[f"{k} = {_toml_value(v)}" for k, v in engine_defaults(gpu, arch, tp).items()],
         f"tensor_parallel_size = {tp}",
         "", "[provenance]", f"source = {s('transferred-kernels' if gpu in TRANSFERRED else 'measured-kernels')}",
         f"date = {s(date)}",
         f"notes = {s(_notes(result, tp))}",
         f"engine = {s(f'vLLM {engine_version}')}",
+        f"engine_defaults = {s(_engine_note(gpu, tp))}",
+        f"fit_coverage = {s(result.coverage)}",
         f"host_overhead = {s(HOST.source)}",
         "spec_sources = [", *[f"    {s(line)}," for line in result.provenance],
         f"    {s('GPU datasheet numbers (memory for KV capacity): ' + spec.name)},", "]",
@@ -241,6 +347,19 @@ def profile_toml(result: BuildResult, *, name: str, gpu: str, arch: ModelArch, t
     for which, errs in result.errors.items():
         lines += ["", f"[provenance.heldout_error_{which}]", *[f"{k} = {round(v, 5)!r}" for k, v in errs.items()]]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else repr(v)
+
+
+def _engine_note(gpu: str, tp: int) -> str:
+    limits = SERVE_BATCH_LIMITS[gpu]
+    return (f"vLLM {SERVE_VLLM}'s `vllm serve` defaults on {GPU_SPECS[gpu].name}: max_num_batched_tokens "
+            f"{limits.max_num_batched_tokens} and max_num_seqs {limits.max_num_seqs} from vllm/{limits.rule}; block "
+            "size 16 (config/cache.py:72), gpu_memory_utilization 0.92 (config/cache.py:102), chunked prefill and "
+            "prefix caching on (engine/arg_utils.py:2987-3022), async scheduling on (config/vllm.py:1585-1644; "
+            f"the {'multiprocessing executor of tensor parallelism supports it, v1/executor/multiproc_executor.py:565' if tp > 1 else 'uni-process executor supports it, v1/executor/uniproc_executor.py:157'})")
 
 
 def _notes(result: BuildResult, tp: int) -> str:
