@@ -166,10 +166,14 @@ class TestValidateTinyModel:
         client.close()
         real, sim = res.levels[0].real[0], res.levels[0].sim[0]
         assert (real["status"] == "ok").all()
-        # the real gateway really held requests, and the simulated one held them about as long
-        score = res.levels[0].scores[0]
-        q = score["groups"]["overall"]["queue_wait_s"]["mean"]
-        assert q["real"] > 0.05 and abs(q["err"]) < 0.5
+        # the real gateway really held requests, and the simulated one held them about as long, simulated
+        # at the speed this server ran its steps during the replay (a check of the gateway's mechanics:
+        # at the profile's own speed a slower or busier machine moves every wait by as much; printed)
+        q = res.levels[0].scores[0]["groups"]["overall"]["queue_wait_s"]["mean"]
+        at_speed = res.levels[0].variants["at_server_speed"].scores[0]["groups"]["overall"]["queue_wait_s"]["mean"]
+        print("mean gateway wait, real / sim at profile speed / sim at server speed:",
+              round(q["real"], 3), round(q["sim"], 3), round(at_speed["sim"], 3))
+        assert q["real"] > 0.05 and abs(at_speed["err"]) < 0.5, (q, at_speed)
         order_real = real.sort("sent_s")["request_id"].to_list()
         order_sim = sim.sort("dispatch_s", "request_id")["request_id"].to_list()
         # dispatch orders agree but for near-ties (a few swaps at most)
