@@ -222,7 +222,14 @@ def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gat
     ]
     clock = _ArrivalClock()
     if engine.mode == "continuous":
-        gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next) for i, core in enumerate(cores)]
+        # a step and the decode run after it may be planned as one wait when nothing can look at an engine
+        # or hand it work in between without interrupting it (see ContinuousReplica._step_then_run)
+        merge_runs = (engine.fast_forward and not engine.async_scheduling and not observers
+                      and not (client is not None and client.active)
+                      and (replicas == 1 or (gateway.max_outstanding is None
+                                             and not getattr(gw.router, "uses_request", False))))
+        gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next, merge_runs=merge_runs)
+                       for i, core in enumerate(cores)]
         workers = gw.replicas
     else:
         workers = [MicroBatchWorker(env, core, i, gw, on_finish) for i, core in enumerate(cores)]

@@ -1,0 +1,103 @@
+"""A step and the decode run after it waited for as one timeout: the same results as step by step.
+
+:meth:`driftsim.sim.replica.ContinuousReplica._step_then_run` commits a planned step early and plans
+the pure-decode run after it in the same wait, when nothing can look at the engine in between.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driftsim.sim.client import ClientConfig
+from driftsim.sim.closed_loop import ClosedLoop, simulate_closed_loop
+from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.replica import ContinuousReplica
+from driftsim.sim.run import simulate
+from driftsim.traces.schema import REQUEST_SCHEMA
+from tests.factories import linear_cost, make_trace, random_trace, table_cost
+
+BS = 16
+
+
+@pytest.fixture
+def merged(monkeypatch) -> list[bool]:
+    """Each call of ``_step_then_run``: True when it waited for a step and a decode run as one."""
+    seen: list[bool] = []
+    original = ContinuousReplica._step_then_run
+
+    def counting(self, end):
+        finished, last = yield from original(self, end)
+        seen.append(last > end)
+        return finished, last
+
+    monkeypatch.setattr(ContinuousReplica, "_step_then_run", counting)
+    return seen
+
+
+def _with_prefixes(trace, seed: int, groups: int = 4):
+    """``trace`` with each prompt's blocks named after one of ``groups`` shared prefixes."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, groups, trace.height)
+    ids = [[int(g) * 1000 + m for m in range(-(-int(p) // BS))] for g, p in zip(group, trace["input_tokens"])]
+    return trace.with_columns(pl.Series("prefix_ids", ids, dtype=REQUEST_SCHEMA["prefix_ids"]),
+                              pl.lit(BS, dtype=REQUEST_SCHEMA["prefix_block_tokens"]).alias("prefix_block_tokens"))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 150), rate=st.floats(0.5, 100), seed=st.integers(0, 2**31), seqs=st.integers(1, 48),
+       chunk=st.sampled_from([64, 256, 2048]), blocks=st.integers(60, 1500), replicas=st.integers(1, 3),
+       cap=st.sampled_from([None, 2]), prefixes=st.booleans(), tabled=st.booleans(),
+       policy=st.sampled_from(["fifo", "priority", "sjf"]))
+def test_merged_runs_equal_step_by_step(merged, n, rate, seed, seqs, chunk, blocks, replicas, cap, prefixes, tabled,
+                                        policy):
+    trace = random_trace(n, rate=rate, seed=seed, max_in=600, max_out=300)
+    if prefixes:
+        trace = _with_prefixes(trace, seed)
+    cost = table_cost if tabled else linear_cost
+    gateway = GatewayConfig(policy=policy, max_outstanding=cap)
+
+    def run(ff: bool):
+        engine = EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=max(seqs, chunk), block_size=BS,
+                              max_model_len=2048, fast_forward=ff)
+        return simulate(trace, cost=cost(), engine=engine, gateway=gateway, replicas=replicas,
+                        num_blocks=blocks).requests
+
+    assert run(True).equals(run(False)), "merged runs must equal step-by-step execution bit for bit"
+
+
+def test_a_busy_engine_merges_and_stays_exact_under_preemption(merged):
+    trace = random_trace(400, rate=40, seed=7, max_in=500, max_out=200)
+    engine = EngineConfig(max_num_seqs=32, max_num_batched_tokens=512, max_model_len=2048, block_size=BS)
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=150).requests
+    assert any(merged), "the run must take the merged path"
+    slow = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "fast_forward": False}),
+                    num_blocks=150).requests
+    assert fast.equals(slow)
+    assert fast["preemptions"].sum() > 0
+
+
+def test_a_closed_loop_merges_and_stays_exact(merged):
+    trace = random_trace(500, rate=30, seed=3, max_in=400, max_out=150)
+    loop = ClosedLoop(max_concurrency=12, think_s=0.05)
+    kw = dict(cost=linear_cost(), num_blocks=400)
+    fast = simulate_closed_loop(trace, loop, engine=EngineConfig(max_num_seqs=16, max_model_len=2048), **kw)
+    assert any(merged)
+    slow = simulate_closed_loop(trace, loop, engine=EngineConfig(max_num_seqs=16, max_model_len=2048,
+                                                                 fast_forward=False), **kw)
+    assert fast.requests.equals(slow.requests)
+
+
+@pytest.mark.parametrize("setting", ["observers", "async", "client", "step_by_step"])
+def test_runs_are_not_merged_where_something_could_see_the_engine_early(merged, setting):
+    trace = make_trace([(0.05 * i, 200, 40) for i in range(40)])
+    engine = EngineConfig(max_num_seqs=8, max_model_len=2048, async_scheduling=setting == "async",
+                          fast_forward=setting != "step_by_step")
+    kw = {"observers": [lambda event: None]} if setting == "observers" else {}
+    if setting == "client":
+        kw["client"] = ClientConfig(timeout_s=100.0)
+    simulate(trace, cost=linear_cost(), engine=engine, num_blocks=500, **kw)
+    assert merged == []
