@@ -73,6 +73,7 @@ class ContinuousReplica:
         self._aborts: list[SimRequest] = []  # clients gone: dropped at the next step boundary
         self._idle: Event | None = None
         self._run_ends: np.ndarray | list[float] | None = None  # a multi-step run in progress
+        self.feed = None  # arrivals it takes in itself (driftsim.sim.run._ArrivalFeed); None: they are submitted
         self.proc = env.process(self._run())
 
     def submit(self, req: SimRequest) -> None:
@@ -98,7 +99,8 @@ class ContinuousReplica:
     def _run(self):
         env, core, next_arrival, timeout = self.env, self.core, self.next_arrival, self.env.timeout
         commit, on_finish, index, aborts = core.commit, self.on_finish, self.index, self._aborts
-        merge_runs = self.merge_runs
+        merge_runs, feed = self.merge_runs, self.feed
+        inf = float("inf")
         clock = 0.0
         while True:
             if aborts:
@@ -106,6 +108,11 @@ class ContinuousReplica:
                     core.abort(req)
                 aborts.clear()
             if not core.has_work():
+                if feed is not None and next_arrival() < inf:
+                    clock = feed.wake_s
+                    yield timeout(max(0.0, clock - env.now))
+                    feed.release_due(clock, first=True)
+                    continue
                 self._idle = env.event()
                 yield self._idle
                 clock = env.now
@@ -127,6 +134,8 @@ class ContinuousReplica:
                     yield timeout(max(0.0, ends[0] - env.now))
                 clock = float(ends[n - 1])
                 finished = commit(n)
+            if feed is not None:  # arrivals during the last step, before its completions (they came first)
+                feed.release_due(clock)
             for req, t in finished:
                 if aborts and req in aborts:  # finished in the step its client left during
                     aborts.remove(req)

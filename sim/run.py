@@ -122,8 +122,14 @@ def simulate(
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
     n = trace.rows if streamed_input else trace.height
-    env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
-                          sender, sent))
+    lone = run.workers[0] if len(run.workers) == 1 else None
+    if (isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None and horizon_s is None
+            and gateway.max_outstanding is None):
+        # nothing but the one replica acts in between its decisions: it takes the arrivals in at its step ends
+        lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)
+    else:
+        env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
+                              sender, sent))
     try:
         env.run(until=horizon_s)
         rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
@@ -342,6 +348,75 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
     clock.next_s = float("inf")
     if progress is not None:
         progress(1.0)
+
+
+class _ArrivalFeed:
+    """The trace's rows taken in by a lone replica at its decisions, instead of one SimPy event per arrival.
+
+    Used when nothing else acts between the replica's decisions (one replica, no gateway cap, no client,
+    sender, observers or horizon): a request arriving during a step joins the next one, so the replica
+    releases every row due by each step's end before it hands on that step's completions (an arrival
+    comes first at the same instant), and when idle it waits for the next row itself. ``wake_s`` is the
+    time the arrival process would have woken at for that row (its clock adds each gap to the last
+    wake: the same float), so the engine's clock after an idle gap is the same as with that process.
+    """
+
+    def __init__(self, chunks: Iterable[pl.DataFrame], n: int, engine, core, gw, rec: ChunkedResults, adm,
+                 progress, clock) -> None:  # fmt: skip
+        self._chunks, self.n, self._core, self._gw, self._rec, self._adm = iter(chunks), n, core, gw, rec, adm
+        self._max_len, self._progress, self._clock = engine.max_model_len, progress, clock
+        self._step = max(1, n // 200)
+        self._tenant_str: dict[str, str] = {}
+        self._now = 0.0  # the arrival process's clock
+        self._times: list[float] = []  # arrival times of a block of rows of the open chunk, from row _lo
+        self._lo = self._k = self._height = 0  # _k: the next row's place in _times
+        self._open = False  # a chunk is open
+        self._open_next()
+
+    def _open_next(self) -> None:
+        """Position on the next row (the rest of the block, the next block, the next chunk's first) and set
+        the arrival clock to its time; past the last row, to infinity."""
+        while self._k >= len(self._times):
+            lo = self._lo + len(self._times)
+            if self._open and lo < self._height:
+                self._lo = lo
+            else:
+                if self._open:
+                    self._rec.arrived()
+                chunk = next(self._chunks, None)
+                self._open = chunk is not None
+                if chunk is None:
+                    self._times, self._k = [], 0
+                    self._clock.next_s = float("inf")
+                    if self._progress is not None:
+                        self._progress(1.0)
+                    return
+                self._base = self._rec.rows
+                self._rec.open(chunk)
+                self._release = _Release(chunk, self._base, self._tenant_str, self._max_len, self._core, self._gw,
+                                         self._rec, self._adm)  # fmt: skip
+                self._arrival, self._height, self._lo = chunk["arrival_s"].to_numpy(), chunk.height, 0
+            self._times = self._arrival[self._lo:self._lo + _Release.BLOCK].tolist()
+            self._k = 0
+        at = self._times[self._k]
+        self._clock.next_s = at
+        gap = at - self._now
+        self.wake_s = self._now + gap if gap > 0 else self._now
+
+    def release_due(self, t: float, *, first: bool = False) -> None:
+        """Release every row arriving at or before ``t``, in trace order; with ``first`` the next row
+        whatever its time (the replica woke for it at its ``wake_s``)."""
+        clock, times = self._clock, self._times
+        while clock.next_s <= t or first:
+            first = False
+            j = self._lo + self._k
+            self._now = self.wake_s
+            if self._progress is not None and (self._base + j) % self._step == 0:
+                self._progress((self._base + j) / self.n)
+            self._release(j, times[self._k])
+            self._k += 1
+            self._open_next()
+            times = self._times
 
 
 class _Release:

@@ -101,3 +101,61 @@ def test_runs_are_not_merged_where_something_could_see_the_engine_early(merged, 
         kw["client"] = ClientConfig(timeout_s=100.0)
     simulate(trace, cost=linear_cost(), engine=engine, num_blocks=500, **kw)
     assert merged == []
+
+
+def _step_by_step(engine: EngineConfig) -> EngineConfig:
+    return EngineConfig(**{**engine.__dict__, "fast_forward": False})
+
+
+@pytest.fixture
+def fed(monkeypatch) -> list[int]:
+    """Rows a lone replica took in itself (``_ArrivalFeed.release_due``) instead of one event each."""
+    from driftsim.sim import run as run_module
+
+    rows: list[int] = []
+    original = run_module._ArrivalFeed._open_next
+
+    def counting(self):
+        rows.append(1)
+        return original(self)
+
+    monkeypatch.setattr(run_module._ArrivalFeed, "_open_next", counting)
+    return rows
+
+
+def test_a_lone_replica_takes_bursts_refusals_and_idle_gaps_in_as_the_arrival_process_does(fed):
+    # bursts at one instant, arrivals on a grid that step ends may hit, prompts too long, idle gaps
+    rows = [(0.0, 300, 20)] * 5 + [(float(t) * 0.25, 100 + 37 * t, 1 + t % 9) for t in range(1, 60)]
+    rows += [(20.0, 5000, 10), (20.0, 50, 1), (35.5, 200, 30)] + [(40.0 + 0.001 * k, 64, 64) for k in range(30)]
+    trace = make_trace(rows)
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048, block_size=BS)
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=200).requests
+    assert len(fed) > len(rows) // 2, "the replica must take the arrivals in"
+    assert fast.equals(simulate(trace, cost=linear_cost(), engine=_step_by_step(engine), num_blocks=200).requests)
+    assert (fast["status"] == "rejected").sum() == sum(p >= 2048 for _, p, _ in rows) > 0
+
+
+@pytest.mark.parametrize("summary_only", [False, True])
+def test_streamed_results_in_small_chunks_equal_the_step_by_step_table(tmp_path, fed, summary_only):
+    trace = random_trace(300, rate=25, seed=11, max_in=500, max_out=120)
+    engine = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, max_model_len=2048, block_size=BS)
+    slow = simulate(trace, cost=linear_cost(), engine=_step_by_step(engine), num_blocks=300)
+    path = tmp_path / "requests.parquet"
+    kw = {"summary_only": True} if summary_only else {"results_path": path}
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=300, chunk_rows=7, **kw)
+    assert fed
+    if summary_only:
+        assert fast.summary["overall"]["requests"] == slow.summary["overall"]["requests"]
+        assert fast.summary["overall"]["e2e_s"]["mean"] == pytest.approx(slow.summary["overall"]["e2e_s"]["mean"],
+                                                                          rel=1e-12)
+    else:
+        assert pl.read_parquet(path).equals(slow.requests)
+
+
+def test_a_horizon_keeps_the_arrival_process(fed):
+    trace = random_trace(100, rate=20, seed=2)
+    engine = EngineConfig(max_num_seqs=16, max_model_len=2048)
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=500, horizon_s=2.0).requests
+    assert not fed
+    slow = simulate(trace, cost=linear_cost(), engine=_step_by_step(engine), num_blocks=500, horizon_s=2.0).requests
+    assert fast.equals(slow) and (fast["status"] == "unfinished").any()
