@@ -385,8 +385,8 @@ class _ArrivalFeed:
                     self._rec.arrived()
                 chunk = next(self._chunks, None)
                 self._open = chunk is not None
-                if chunk is None:
-                    self._times, self._k = [], 0
+                if chunk is None:  # the last chunk's columns are not kept while its requests finish
+                    self._times, self._k, self._release, self._arrival = [], 0, None, None
                     self._clock.next_s = float("inf")
                     if self._progress is not None:
                         self._progress(1.0)
@@ -424,7 +424,8 @@ class _Release:
 
     The chunk's columns are read as Python lists a block of rows at a time: indexing numpy
     arrays row by row costs more than the rest of a request's way in, and whole-chunk lists
-    would make memory follow the chunk instead of the requests in flight.
+    (or whole-chunk copies with nulls filled) would make memory follow the chunk instead of
+    the requests in flight.
     """
 
     BLOCK = 4096  # rows converted at a time
@@ -434,28 +435,28 @@ class _Release:
         self.base, self.max_len, self.core, self.gw, self.rec, self.adm = base, max_len, core, gw, rec, adm
         self.block = max(1, block)
         self.tenant_names = [tenant_str.setdefault(t, t) for t in sorted(chunk["tenant"].unique().to_list())]
-        has_ids = chunk["prefix_ids"].null_count() < chunk.height
-        self._columns = (
-            chunk["request_id"].to_numpy(),
-            chunk["tenant"].cast(pl.Enum(self.tenant_names)).to_physical().to_numpy(),
-            chunk["input_tokens"].to_numpy(),
-            chunk["output_tokens"].to_numpy(),
-            chunk["max_tokens"].fill_null(-1).to_numpy(),
-            chunk["priority"].fill_null(0).to_numpy(),
-            chunk["slo_e2e_s"].to_numpy(),  # NaN: none
-            chunk["prefix_block_tokens"].fill_null(0).to_numpy() if has_ids else None,
-        )
-        self._prefix_ids = chunk["prefix_ids"] if has_ids else None
+        self._tenants = pl.Enum(self.tenant_names)
+        self._chunk = chunk
+        self._has_ids = chunk["prefix_ids"].null_count() < chunk.height
         self._block = -1
         self._rows: tuple = ()
 
     def _load(self, block: int) -> None:
         """Python lists of the rows of ``block``."""
-        lo = block * self.block
-        hi = lo + self.block
         self._block = block
-        self._rows = tuple(None if c is None else c[lo:hi].tolist() for c in self._columns) + (
-            None if self._prefix_ids is None else self._prefix_ids.slice(lo, self.block).to_list(),)
+        c = self._chunk.slice(block * self.block, self.block)
+        ids = self._has_ids
+        self._rows = (
+            c["request_id"].to_list(),
+            c["tenant"].cast(self._tenants).to_physical().to_list(),
+            c["input_tokens"].to_list(),
+            c["output_tokens"].to_list(),
+            c["max_tokens"].fill_null(-1).to_list(),
+            c["priority"].fill_null(0).to_list(),
+            c["slo_e2e_s"].fill_nan(None).to_list(),  # None: none
+            c["prefix_block_tokens"].fill_null(0).to_list() if ids else None,
+            c["prefix_ids"].to_list() if ids else None,
+        )
 
     def __call__(self, j: int, at: float) -> None:
         i = self.base + j
@@ -470,7 +471,6 @@ class _Release:
             return
         if capped:
             self.rec.cap_length(i)
-        s = slo[k]
         req = SimRequest(
             idx=i,
             request_id=ids[k],
@@ -480,7 +480,7 @@ class _Release:
             input_tokens=prompt,
             output_tokens=gen,
             est_tokens=prompt + gen,
-            slo_e2e_s=None if s != s else s,  # NaN is the only float unequal to itself
+            slo_e2e_s=slo[k],
         )
         if prefix_ids is not None and prefix_ids[k] is not None:
             req.prefix_ids, req.prefix_id_tokens = prefix_ids[k], prefix_tokens[k]
