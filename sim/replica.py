@@ -118,7 +118,12 @@ class ContinuousReplica:
                 clock = env.now
             ends = core.plan(clock, next_arrival())
             n = len(ends)
-            if n == 1 and merge_runs and ends[0] < next_arrival():
+            if feed is not None:
+                earlier, finished, clock = self._plan_up_to_arrival(ends)
+                yield timeout(max(0.0, clock - env.now))
+                self._deliver(earlier)  # completions before the next arrival, which came before the last step's
+                feed.release_due(clock)  # arrivals during the last step, before its completions (they came first)
+            elif n == 1 and merge_runs and ends[0] < next_arrival():
                 finished, clock = yield from self._step_then_run(ends[0])
             else:
                 if n > 1:
@@ -134,14 +139,43 @@ class ContinuousReplica:
                     yield timeout(max(0.0, ends[0] - env.now))
                 clock = float(ends[n - 1])
                 finished = commit(n)
-            if feed is not None:  # arrivals during the last step, before its completions (they came first)
-                feed.release_due(clock)
             for req, t in finished:
                 if aborts and req in aborts:  # finished in the step its client left during
                     aborts.remove(req)
                     continue
                 self.outstanding -= 1
                 on_finish(req, t, index)
+
+    def _deliver(self, finished: list) -> None:
+        on_finish, index = self.on_finish, self.index
+        for req, t in finished:
+            self.outstanding -= 1
+            on_finish(req, t, index)
+
+    def _plan_up_to_arrival(self, ends) -> tuple[list, list, float]:
+        """With a feed: commit the plan ``ends`` and the pure-decode runs after it, up to the step that
+        reaches the next arrival, all now; return the completions of all but the last commit, those of
+        the last, and the last end.
+
+        Nothing but this replica acts before the next arrival (see :class:`driftsim.sim.run._ArrivalFeed`):
+        no one submits or aborts, and completions only record and calibrate, so their delivery waits
+        for the end of the wait, in order, and what the engine plans after each commit is what it would
+        plan at that commit's end. A general step (new work admissible, a prefill) ends the chain: the
+        replica plans it after delivering the completions.
+        """
+        core, commit, next_arrival = self.core, self.core.commit, self.next_arrival
+        last = float(ends[-1])
+        finished = commit(len(ends))
+        earlier: list = []
+        until = next_arrival()
+        while last < until and core.has_work():
+            run = core.plan_decode_run(last, until)
+            if run is None:
+                break
+            earlier += finished
+            last = float(run[-1])
+            finished = commit(len(run))
+        return earlier, finished, last
 
     def _step_then_run(self, end: float):
         """One planned step ending at ``end`` (before the next arrival) and the pure-decode run the engine

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from driftsim.sim.client import ClientConfig
 from driftsim.sim.closed_loop import ClosedLoop, simulate_closed_loop
 from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.engine import EngineCore
 from driftsim.sim.replica import ContinuousReplica
 from driftsim.sim.run import simulate
 from driftsim.traces.schema import REQUEST_SCHEMA
@@ -69,11 +70,38 @@ def test_merged_runs_equal_step_by_step(merged, n, rate, seed, seqs, chunk, bloc
     assert run(True).equals(run(False)), "merged runs must equal step-by-step execution bit for bit"
 
 
-def test_a_busy_engine_merges_and_stays_exact_under_preemption(merged):
+def test_busy_engines_merge_and_stay_exact_under_preemption(merged):
+    # two replicas: each merges its steps and runs, the arrivals still come one event each
+    trace = random_trace(800, rate=80, seed=7, max_in=500, max_out=200)
+    engine = EngineConfig(max_num_seqs=32, max_num_batched_tokens=512, max_model_len=2048, block_size=BS)
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=150, replicas=2).requests
+    assert any(merged), "the run must take the merged path"
+    slow = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "fast_forward": False}),
+                    num_blocks=150, replicas=2).requests
+    assert fast.equals(slow)
+    assert fast["preemptions"].sum() > 0
+
+
+def test_a_lone_engine_commits_up_to_the_next_arrival_in_one_wait_and_stays_exact(monkeypatch):
+    commits, commits_per_wait = [0], []
+    commit, original = EngineCore.commit, ContinuousReplica._plan_up_to_arrival
+
+    def counting_commit(self, n):
+        commits[0] += 1
+        return commit(self, n)
+
+    def counting(self, ends):
+        before = commits[0]
+        out = original(self, ends)
+        commits_per_wait.append(commits[0] - before)
+        return out
+
+    monkeypatch.setattr(EngineCore, "commit", counting_commit)
+    monkeypatch.setattr(ContinuousReplica, "_plan_up_to_arrival", counting)
     trace = random_trace(400, rate=40, seed=7, max_in=500, max_out=200)
     engine = EngineConfig(max_num_seqs=32, max_num_batched_tokens=512, max_model_len=2048, block_size=BS)
     fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=150).requests
-    assert any(merged), "the run must take the merged path"
+    assert max(commits_per_wait) > 1 and len(commits_per_wait) < sum(commits_per_wait)
     slow = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "fast_forward": False}),
                     num_blocks=150).requests
     assert fast.equals(slow)
@@ -159,3 +187,17 @@ def test_a_horizon_keeps_the_arrival_process(fed):
     assert not fed
     slow = simulate(trace, cost=linear_cost(), engine=_step_by_step(engine), num_blocks=500, horizon_s=2.0).requests
     assert fast.equals(slow) and (fast["status"] == "unfinished").any()
+
+
+@pytest.mark.parametrize("estimator", ["driftsched", "learned"])
+def test_estimates_calibrated_by_completions_see_them_in_the_same_order(estimator):
+    # the engine orders its queue by estimated length, and each completion recalibrates the estimates of
+    # later arrivals: completions before an arrival must reach the estimator before it, as step by step
+    from driftsim.admission.controller import AdmissionConfig
+
+    trace = random_trace(300, rate=30, seed=5, max_in=400, max_out=200)
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, max_model_len=2048, block_size=BS)
+    kw = dict(cost=linear_cost(), num_blocks=300, admission=AdmissionConfig(estimator=estimator),
+              gateway=GatewayConfig(policy="sjf", placement="engine"))
+    fast = simulate(trace, engine=engine, **kw).requests
+    assert fast.equals(simulate(trace, engine=_step_by_step(engine), **kw).requests)
