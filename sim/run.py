@@ -122,14 +122,8 @@ def simulate(
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
     n = trace.rows if streamed_input else trace.height
-    lone = run.workers[0] if len(run.workers) == 1 else None
-    if (isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None and horizon_s is None
-            and gateway.max_outstanding is None):
-        # nothing but the one replica acts in between its decisions: it takes the arrivals in at its step ends
-        lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)
-    else:
-        env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
-                              sender, sent))
+    _start_arrivals(env, run, chunks, n, engine, rec, adm, progress, sender, sent,
+                    fed=horizon_s is None and gateway.max_outstanding is None)
     try:
         env.run(until=horizon_s)
         rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
@@ -138,6 +132,18 @@ def simulate(
             sink.abort()
         raise
     return _collect(run, sink, adm, chunk_columns, microbatch=engine.mode == "microbatch")
+
+
+def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
+                    sender: Sender | None, sent: np.ndarray | None, *, fed: bool) -> None:
+    """Release the trace's rows: a lone replica that nothing else acts beside takes them in itself at its
+    step ends (``fed``: no horizon, no gateway cap), else an arrival process releases each at its time."""
+    lone = run.workers[0] if len(run.workers) == 1 else None
+    if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
+        lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)
+    else:
+        env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
+                              sender, sent))
 
 
 def _check_arguments(*, engine: EngineConfig, gateway: GatewayConfig, admission: AdmissionConfig, replicas: int,
