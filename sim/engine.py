@@ -406,15 +406,29 @@ class EngineCore:
             self._intake(t)
         if not self.running and not self.waiting:
             raise RuntimeError("plan() called on an idle engine")
-        self._plan_start = t
+        run = self.plan_decode_run(t, until)
+        return run if run is not None else self._plan_step(t)
+
+    def plan_decode_run(self, t: float, until: float = float("inf")) -> np.ndarray | list[float] | None:
+        """The fast-forwarded pure-decode run :meth:`plan` would plan from ``t`` (None: it would plan a
+        general step, which this leaves unplanned). Planning a run changes nothing but the plan, so a
+        caller may drop it with :meth:`drop_decode_run` and plan again."""
         if (self.fast_forward and not self.prefilling and self.num_decode and not self._lagged
                 and not self._inbox and self._waiting_blocked()):
             k = self._stable_steps()
             if k > 0:
+                self._plan_start = t
                 self._plan_chunks = None
                 self._ends = ends = self._decode_run_ends(t, k, until)
                 return ends
-        return self._plan_step(t)
+        self._plan_start = t
+        return None
+
+    def drop_decode_run(self) -> None:
+        """Forget a planned pure-decode run none of whose steps is committed (the state is as before it)."""
+        if self._plan_chunks is not None:
+            raise RuntimeError("drop_decode_run() with a general step planned")
+        self._ends = []
 
     def _decode_run_ends(self, t: float, k: int, until: float) -> np.ndarray | list[float]:
         """End times of up to ``k`` pure-decode steps from ``t``, cut after the first that reaches ``until``.

@@ -35,10 +35,20 @@ class Gateway:
         self.replicas: list = []  # continuous replicas (push); empty for micro-batch workers (pull)
         self._work: simpy.Event | None = None
         self._observers = observer_tuple(observers)
+        # with no cap, a keyed policy (a plain heap) releases each arrival at once: it may skip the heap
+        kind = type(policy)
+        self._pass_through = (max_outstanding is None and kind.push is Policy.push and kind.pop is Policy.pop
+                              and not getattr(router, "uses_request", False))
 
     # ---- arrivals and completions
     def submit(self, req: SimRequest) -> None:
         now = self.env.now
+        if self._pass_through and self.replicas and not len(self.policy):
+            replica = self.router.pick(self.replicas, None)
+            if self._observers:
+                publish(self._observers, RequestDispatched(req.request_id, now))
+            replica.submit(req)
+            return
         self.policy.push(req, now)
         if self.replicas:
             self._dispatch(now)

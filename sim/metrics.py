@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -135,14 +136,16 @@ def summarize(requests: pl.DataFrame, replicas: list[dict]) -> dict:
     end = float(finish.max()) if finish.len() else start
     span = max(end - start, 0.0)
     lean = _lean(requests)  # filter copies only these columns
-    tenants = {
-        t: _group_summary(lean.filter(pl.col("tenant") == t), span)
-        for t in sorted(requests["tenant"].unique().to_list())
-    }
+    names = sorted(requests["tenant"].unique().to_list())
+    overall = _group_summary(lean, span)
+    if len(names) == 1:  # the one tenant's rows are all the rows, in the same order: the same figures
+        tenants = {names[0]: copy.deepcopy(overall)}
+    else:
+        tenants = {t: _group_summary(lean.filter(pl.col("tenant") == t), span) for t in names}
     busy = [r["busy_s"] for r in replicas]
     return {
         "span_s": span,
-        "overall": _group_summary(lean, span),
+        "overall": overall,
         "tenants": tenants,
         "replicas": [dict(r, busy_fraction=(r["busy_s"] / span if span > 0 else math.nan)) for r in replicas],
         "busy_fraction": (sum(busy) / (span * len(busy))) if span > 0 and busy else math.nan,

@@ -60,9 +60,12 @@ class ContinuousReplica:
         index: int,
         on_finish: FinishCallback,
         next_arrival: Callable[[], float] = lambda: float("inf"),
+        *,
+        merge_runs: bool = False,
     ) -> None:
         self.env = env
         self.next_arrival = next_arrival
+        self.merge_runs = merge_runs
         self.core = core
         self.index = index
         self.on_finish = on_finish
@@ -70,6 +73,7 @@ class ContinuousReplica:
         self._aborts: list[SimRequest] = []  # clients gone: dropped at the next step boundary
         self._idle: Event | None = None
         self._run_ends: np.ndarray | list[float] | None = None  # a multi-step run in progress
+        self.feed = None  # arrivals it takes in itself (driftsim.sim.run._ArrivalFeed); None: they are submitted
         self.proc = env.process(self._run())
 
     def submit(self, req: SimRequest) -> None:
@@ -95,6 +99,8 @@ class ContinuousReplica:
     def _run(self):
         env, core, next_arrival, timeout = self.env, self.core, self.next_arrival, self.env.timeout
         commit, on_finish, index, aborts = core.commit, self.on_finish, self.index, self._aborts
+        merge_runs, feed = self.merge_runs, self.feed
+        inf = float("inf")
         clock = 0.0
         while True:
             if aborts:
@@ -102,29 +108,106 @@ class ContinuousReplica:
                     core.abort(req)
                 aborts.clear()
             if not core.has_work():
+                if feed is not None and next_arrival() < inf:
+                    clock = feed.wake_s
+                    yield timeout(max(0.0, clock - env.now))
+                    feed.release_due(clock, first=True)
+                    continue
                 self._idle = env.event()
                 yield self._idle
                 clock = env.now
             ends = core.plan(clock, next_arrival())
             n = len(ends)
-            if n > 1:
-                self._run_ends = ends
-                try:
-                    yield timeout(max(0.0, ends[-1] - env.now))
-                except simpy.Interrupt:
-                    # the step in progress (first end >= now) still completes
-                    n = int(np.searchsorted(ends, env.now, side="left")) + 1
-                    yield timeout(max(0.0, ends[n - 1] - env.now))
-                self._run_ends = None
+            if feed is not None:
+                earlier, finished, clock = self._plan_up_to_arrival(ends)
+                yield timeout(max(0.0, clock - env.now))
+                self._deliver(earlier)  # completions before the next arrival, which came before the last step's
+                feed.release_due(clock)  # arrivals during the last step, before its completions (they came first)
+            elif n == 1 and merge_runs and ends[0] < next_arrival():
+                finished, clock = yield from self._step_then_run(ends[0])
             else:
-                yield timeout(max(0.0, ends[0] - env.now))
-            clock = float(ends[n - 1])
-            for req, t in commit(n):
+                if n > 1:
+                    self._run_ends = ends
+                    try:
+                        yield timeout(max(0.0, ends[-1] - env.now))
+                    except simpy.Interrupt:
+                        # the step in progress (first end >= now) still completes
+                        n = int(np.searchsorted(ends, env.now, side="left")) + 1
+                        yield timeout(max(0.0, ends[n - 1] - env.now))
+                    self._run_ends = None
+                else:
+                    yield timeout(max(0.0, ends[0] - env.now))
+                clock = float(ends[n - 1])
+                finished = commit(n)
+            for req, t in finished:
                 if aborts and req in aborts:  # finished in the step its client left during
                     aborts.remove(req)
                     continue
                 self.outstanding -= 1
                 on_finish(req, t, index)
+
+    def _deliver(self, finished: list) -> None:
+        on_finish, index = self.on_finish, self.index
+        for req, t in finished:
+            self.outstanding -= 1
+            on_finish(req, t, index)
+
+    def _plan_up_to_arrival(self, ends) -> tuple[list, list, float]:
+        """With a feed: commit the plan ``ends`` and the pure-decode runs after it, up to the step that
+        reaches the next arrival, all now; return the completions of all but the last commit, those of
+        the last, and the last end.
+
+        Nothing but this replica acts before the next arrival (see :class:`driftsim.sim.run._ArrivalFeed`):
+        no one submits or aborts, and completions only record and calibrate, so their delivery waits
+        for the end of the wait, in order, and what the engine plans after each commit is what it would
+        plan at that commit's end. A general step (new work admissible, a prefill) ends the chain: the
+        replica plans it after delivering the completions.
+        """
+        core, commit, next_arrival = self.core, self.core.commit, self.next_arrival
+        last = float(ends[-1])
+        finished = commit(len(ends))
+        earlier: list = []
+        until = next_arrival()
+        while last < until and core.has_work():
+            run = core.plan_decode_run(last, until)
+            if run is None:
+                break
+            earlier += finished
+            last = float(run[-1])
+            finished = commit(len(run))
+        return earlier, finished, last
+
+    def _step_then_run(self, end: float):
+        """One planned step ending at ``end`` (before the next arrival) and the pure-decode run the engine
+        would plan after it, as one timeout; returns the requests they finished and the last end committed.
+
+        The step is committed now, not at ``end``: with ``merge_runs`` nothing reads the engine before then
+        (no observers, no client asking what a request has generated, no router reading the caches, no
+        async intake), and whatever would change its queues (a submission, an abort) interrupts the wait,
+        so the run is dropped and planned afresh at ``end``, as step by step. A step that finishes
+        requests is not merged: their completions may send or dispatch more work at ``end``.
+        """
+        env, core = self.env, self.core
+        finished = core.commit(1)
+        run = None
+        if not finished and not self._aborts and core.has_work():
+            run = core.plan_decode_run(end, self.next_arrival())
+        if run is None:
+            yield env.timeout(max(0.0, end - env.now))
+            return finished, end
+        ends = [end, *run] if isinstance(run, list) else np.concatenate(([end], run))
+        n = len(ends)
+        self._run_ends = ends
+        try:
+            yield env.timeout(max(0.0, ends[-1] - env.now))
+        except simpy.Interrupt:
+            n = int(np.searchsorted(ends, env.now, side="left")) + 1
+            yield env.timeout(max(0.0, ends[n - 1] - env.now))
+        self._run_ends = None
+        if n == 1:
+            core.drop_decode_run()
+            return finished, end
+        return core.commit(n - 1), float(ends[n - 1])
 
 
 class MicroBatchWorker:

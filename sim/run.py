@@ -122,8 +122,8 @@ def simulate(
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
     n = trace.rows if streamed_input else trace.height
-    env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
-                          sender, sent))
+    _start_arrivals(env, run, chunks, n, engine, rec, adm, progress, sender, sent,
+                    fed=horizon_s is None and gateway.max_outstanding is None)
     try:
         env.run(until=horizon_s)
         rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
@@ -132,6 +132,18 @@ def simulate(
             sink.abort()
         raise
     return _collect(run, sink, adm, chunk_columns, microbatch=engine.mode == "microbatch")
+
+
+def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
+                    sender: Sender | None, sent: np.ndarray | None, *, fed: bool) -> None:
+    """Release the trace's rows: a lone replica that nothing else acts beside takes them in itself at its
+    step ends (``fed``: no horizon, no gateway cap), else an arrival process releases each at its time."""
+    lone = run.workers[0] if len(run.workers) == 1 else None
+    if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
+        lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)
+    else:
+        env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
+                              sender, sent))
 
 
 def _check_arguments(*, engine: EngineConfig, gateway: GatewayConfig, admission: AdmissionConfig, replicas: int,
@@ -222,7 +234,14 @@ def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gat
     ]
     clock = _ArrivalClock()
     if engine.mode == "continuous":
-        gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next) for i, core in enumerate(cores)]
+        # a step and the decode run after it may be planned as one wait when nothing can look at an engine
+        # or hand it work in between without interrupting it (see ContinuousReplica._step_then_run)
+        merge_runs = (engine.fast_forward and not engine.async_scheduling and not observers
+                      and not (client is not None and client.active)
+                      and (replicas == 1 or (gateway.max_outstanding is None
+                                             and not getattr(gw.router, "uses_request", False))))
+        gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next, merge_runs=merge_runs)
+                       for i, core in enumerate(cores)]
         workers = gw.replicas
     else:
         workers = [MicroBatchWorker(env, core, i, gw, on_finish) for i, core in enumerate(cores)]
@@ -337,12 +356,82 @@ def _arrivals(env, chunks: Iterable[pl.DataFrame], n, engine, core, gw, rec: Chu
         progress(1.0)
 
 
+class _ArrivalFeed:
+    """The trace's rows taken in by a lone replica at its decisions, instead of one SimPy event per arrival.
+
+    Used when nothing else acts between the replica's decisions (one replica, no gateway cap, no client,
+    sender, observers or horizon): a request arriving during a step joins the next one, so the replica
+    releases every row due by each step's end before it hands on that step's completions (an arrival
+    comes first at the same instant), and when idle it waits for the next row itself. ``wake_s`` is the
+    time the arrival process would have woken at for that row (its clock adds each gap to the last
+    wake: the same float), so the engine's clock after an idle gap is the same as with that process.
+    """
+
+    def __init__(self, chunks: Iterable[pl.DataFrame], n: int, engine, core, gw, rec: ChunkedResults, adm,
+                 progress, clock) -> None:  # fmt: skip
+        self._chunks, self.n, self._core, self._gw, self._rec, self._adm = iter(chunks), n, core, gw, rec, adm
+        self._max_len, self._progress, self._clock = engine.max_model_len, progress, clock
+        self._step = max(1, n // 200)
+        self._tenant_str: dict[str, str] = {}
+        self._now = 0.0  # the arrival process's clock
+        self._times: list[float] = []  # arrival times of a block of rows of the open chunk, from row _lo
+        self._lo = self._k = self._height = 0  # _k: the next row's place in _times
+        self._open = False  # a chunk is open
+        self._open_next()
+
+    def _open_next(self) -> None:
+        """Position on the next row (the rest of the block, the next block, the next chunk's first) and set
+        the arrival clock to its time; past the last row, to infinity."""
+        while self._k >= len(self._times):
+            lo = self._lo + len(self._times)
+            if self._open and lo < self._height:
+                self._lo = lo
+            else:
+                if self._open:
+                    self._rec.arrived()
+                chunk = next(self._chunks, None)
+                self._open = chunk is not None
+                if chunk is None:  # the last chunk's columns are not kept while its requests finish
+                    self._times, self._k, self._release, self._arrival = [], 0, None, None
+                    self._clock.next_s = float("inf")
+                    if self._progress is not None:
+                        self._progress(1.0)
+                    return
+                self._base = self._rec.rows
+                self._rec.open(chunk)
+                self._release = _Release(chunk, self._base, self._tenant_str, self._max_len, self._core, self._gw,
+                                         self._rec, self._adm)  # fmt: skip
+                self._arrival, self._height, self._lo = chunk["arrival_s"].to_numpy(), chunk.height, 0
+            self._times = self._arrival[self._lo:self._lo + _Release.BLOCK].tolist()
+            self._k = 0
+        at = self._times[self._k]
+        self._clock.next_s = at
+        gap = at - self._now
+        self.wake_s = self._now + gap if gap > 0 else self._now
+
+    def release_due(self, t: float, *, first: bool = False) -> None:
+        """Release every row arriving at or before ``t``, in trace order; with ``first`` the next row
+        whatever its time (the replica woke for it at its ``wake_s``)."""
+        clock, times = self._clock, self._times
+        while clock.next_s <= t or first:
+            first = False
+            j = self._lo + self._k
+            self._now = self.wake_s
+            if self._progress is not None and (self._base + j) % self._step == 0:
+                self._progress((self._base + j) / self.n)
+            self._release(j, times[self._k])
+            self._k += 1
+            self._open_next()
+            times = self._times
+
+
 class _Release:
     """Turns a row of one trace chunk into a request handed to the gateway (or refuses it).
 
     The chunk's columns are read as Python lists a block of rows at a time: indexing numpy
     arrays row by row costs more than the rest of a request's way in, and whole-chunk lists
-    would make memory follow the chunk instead of the requests in flight.
+    (or whole-chunk copies with nulls filled) would make memory follow the chunk instead of
+    the requests in flight.
     """
 
     BLOCK = 4096  # rows converted at a time
@@ -352,28 +441,28 @@ class _Release:
         self.base, self.max_len, self.core, self.gw, self.rec, self.adm = base, max_len, core, gw, rec, adm
         self.block = max(1, block)
         self.tenant_names = [tenant_str.setdefault(t, t) for t in sorted(chunk["tenant"].unique().to_list())]
-        has_ids = chunk["prefix_ids"].null_count() < chunk.height
-        self._columns = (
-            chunk["request_id"].to_numpy(),
-            chunk["tenant"].cast(pl.Enum(self.tenant_names)).to_physical().to_numpy(),
-            chunk["input_tokens"].to_numpy(),
-            chunk["output_tokens"].to_numpy(),
-            chunk["max_tokens"].fill_null(-1).to_numpy(),
-            chunk["priority"].fill_null(0).to_numpy(),
-            chunk["slo_e2e_s"].to_numpy(),  # NaN: none
-            chunk["prefix_block_tokens"].fill_null(0).to_numpy() if has_ids else None,
-        )
-        self._prefix_ids = chunk["prefix_ids"] if has_ids else None
+        self._tenants = pl.Enum(self.tenant_names)
+        self._chunk = chunk
+        self._has_ids = chunk["prefix_ids"].null_count() < chunk.height
         self._block = -1
         self._rows: tuple = ()
 
     def _load(self, block: int) -> None:
         """Python lists of the rows of ``block``."""
-        lo = block * self.block
-        hi = lo + self.block
         self._block = block
-        self._rows = tuple(None if c is None else c[lo:hi].tolist() for c in self._columns) + (
-            None if self._prefix_ids is None else self._prefix_ids.slice(lo, self.block).to_list(),)
+        c = self._chunk.slice(block * self.block, self.block)
+        ids = self._has_ids
+        self._rows = (
+            c["request_id"].to_list(),
+            c["tenant"].cast(self._tenants).to_physical().to_list(),
+            c["input_tokens"].to_list(),
+            c["output_tokens"].to_list(),
+            c["max_tokens"].fill_null(-1).to_list(),
+            c["priority"].fill_null(0).to_list(),
+            c["slo_e2e_s"].fill_nan(None).to_list(),  # None: none
+            c["prefix_block_tokens"].fill_null(0).to_list() if ids else None,
+            c["prefix_ids"].to_list() if ids else None,
+        )
 
     def __call__(self, j: int, at: float) -> None:
         i = self.base + j
@@ -388,7 +477,6 @@ class _Release:
             return
         if capped:
             self.rec.cap_length(i)
-        s = slo[k]
         req = SimRequest(
             idx=i,
             request_id=ids[k],
@@ -398,7 +486,7 @@ class _Release:
             input_tokens=prompt,
             output_tokens=gen,
             est_tokens=prompt + gen,
-            slo_e2e_s=None if s != s else s,  # NaN is the only float unequal to itself
+            slo_e2e_s=slo[k],
         )
         if prefix_ids is not None and prefix_ids[k] is not None:
             req.prefix_ids, req.prefix_id_tokens = prefix_ids[k], prefix_tokens[k]

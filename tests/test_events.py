@@ -113,3 +113,21 @@ def test_an_urgent_timeout_runs_before_an_ordinary_one_due_at_the_same_instant()
     env.process(waiter("urgent", lambda: urgent_timeout(env, 1.0)))
     env.run()
     assert order == ["urgent", "ordinary"] and env.now == 1.0
+
+
+@pytest.mark.parametrize("policy, router", [("fifo", "least_outstanding"), ("sjf", "round_robin")])
+def test_with_no_cap_the_gateway_hands_requests_on_as_through_its_queue(policy, router):
+    # no cap: each arrival is released at once, so it skips the policy's heap; a cap no run reaches
+    # sends it through the heap: the same dispatches, the same results
+    def run(cap):
+        log = EventLog()
+        res = simulate(random_trace(200, rate=60, seed=9, max_in=500, max_out=150), cost=linear_cost(),
+                       engine=EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, max_model_len=2048),
+                       gateway=GatewayConfig(policy=policy, router=router, max_outstanding=cap), replicas=2,
+                       num_blocks=300, observers=[log])
+        return res, log
+
+    (free, free_log), (capped, capped_log) = run(None), run(10**9)
+    assert free.requests.equals(capped.requests)
+    assert free_log.of(RequestDispatched) == capped_log.of(RequestDispatched)
+    assert len(free_log.of(RequestDispatched)) == 200

@@ -74,3 +74,17 @@ def test_summary_per_tenant_and_overall(result):
     assert overall["goodput_rps"] == pytest.approx(1 / SPAN_S)
     # the one replica was busy for the whole span (no gap between steps)
     assert s["busy_fraction"] == pytest.approx(1.0)
+
+
+def test_a_lone_tenant_gets_the_figures_of_its_own_rows_and_its_own_copy(result):
+    import json
+
+    from driftsim.sim.metrics import _group_summary, _lean
+
+    gold = result.requests.filter(result.requests["tenant"] == "gold")
+    summary = summarize(gold, result.replicas)
+    by_rows = _group_summary(_lean(gold), summary["span_s"])
+    assert json.dumps(summary["tenants"]["gold"], sort_keys=True) == json.dumps(by_rows, sort_keys=True)
+    assert summary["tenants"]["gold"]["completed"] == 2
+    summary["overall"]["completed"] = -1  # a caller changing one group leaves the other alone
+    assert summary["tenants"]["gold"]["completed"] == 2

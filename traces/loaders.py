@@ -232,9 +232,13 @@ def _number(
     else:
         raise TraceError(f"expected numbers, found a column of type {dtype}", source=source, field=col)
     present = txt.is_not_null()
-    as_float = txt.cast(pl.Float64, strict=False)
-    if integer:
+    if integer and dtype.is_integer():  # a typed file's whole numbers: only those beyond Int64 are bad
+        value = txt.cast(pl.Int64, strict=False)
+        ok = value.is_not_null()
+        kind = "an integer"
+    elif integer:
         # Exact integer parse first (ids beyond 2**53 survive), then integral floats such as "12.0".
+        as_float = txt.cast(pl.Float64, strict=False)
         as_int = txt.cast(pl.Int64, strict=False) if not dtype.is_float() else _nulls(pl.Int64, len(txt))
         f = pl.col("f")
         whole = f.is_finite() & (f == f.floor()) & (f.abs() < 2.0**53)
@@ -243,7 +247,7 @@ def _number(
         ok = value.is_not_null()
         kind = "an integer"
     else:
-        value = as_float
+        value = txt.cast(pl.Float64, strict=False)
         ok = value.is_finite().fill_null(False)
         kind = "a finite number"
     if minimum is not None:
@@ -459,7 +463,7 @@ def _read(path: Path, source: str, container: str, columns: list[str]) -> pl.Dat
             lf = pl.scan_ndjson(path, schema={c: pl.String for c in columns})
         else:
             lf = pl.scan_parquet(path).select(columns)
-        df = lf.with_row_index(_ROW, offset=1).collect()
+        df = lf.with_row_index(_ROW, offset=1).collect().rechunk()  # one chunk per column, as parsed columns are
     except pl.exceptions.PolarsError as e:
         if container != "parquet":
             _locate_bad_record(path, source, container)
@@ -545,7 +549,8 @@ def _finish(
     """
     df = pl.DataFrame({name: s.alias(name) for name, s in columns.items()}).with_columns(rows.alias(_ROW))
     df = df.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in REQUEST_SCHEMA.items() if c not in columns)
-    df = df.select(*(pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()), _ROW)
+    # columns already of their type are taken as they are (a cast of every column copies the whole table)
+    df = df.select(*(pl.col(c) if df.schema[c] == t else pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()), _ROW)
     if id_field:
         _check_unique(df, "request_id", report.source, row_col=_ROW, field=id_field)
     check_prefix_ids(df, report.source, row_col=_ROW, ids_field=prefix_field)
