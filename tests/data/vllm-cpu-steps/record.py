@@ -52,16 +52,6 @@ def counters(client) -> dict:
     return {**engine_counters(client), "iteration_tokens_buckets": buckets}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="replace an earlier recording")
@@ -72,6 +62,7 @@ def main() -> None:
 
     from driftsim.costmodel.profiles import load_profile
     from driftsim.profiling.http import OpenAIClient
+    from driftsim.profiling.offline import _device_name
     from driftsim.profiling.server import ServerConfig, VllmServer
     from driftsim.profiling.server_facts import engine_config, read_server_facts
     from driftsim.profiling.tiny_model import build_tiny_model
@@ -110,7 +101,7 @@ def main() -> None:
         "recorded_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": ".venv/bin/python tests/data/vllm-cpu-steps/record.py",
         "vllm_version": vllm.__version__, "server_version": facts.version,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": _device_name("cpu"), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_1min_before": round(load_before[0], 2),
                     "load_1min_after": round(os.getloadavg()[0], 2)},
         "model": "driftsim.profiling.tiny_model (random-weight Llama, float32)",
