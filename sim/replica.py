@@ -98,7 +98,7 @@ class ContinuousReplica:
 
     def _run(self):
         env, core, next_arrival, timeout = self.env, self.core, self.next_arrival, self.env.timeout
-        commit, on_finish, index, aborts = core.commit, self.on_finish, self.index, self._aborts
+        commit, aborts = core.commit, self._aborts
         merge_runs, feed = self.merge_runs, self.feed
         inf = float("inf")
         clock = 0.0
@@ -127,28 +127,34 @@ class ContinuousReplica:
                 finished, clock = yield from self._step_then_run(ends[0])
             else:
                 if n > 1:
-                    self._run_ends = ends
-                    try:
-                        yield timeout(max(0.0, ends[-1] - env.now))
-                    except simpy.Interrupt:
-                        # the step in progress (first end >= now) still completes
-                        n = int(np.searchsorted(ends, env.now, side="left")) + 1
-                        yield timeout(max(0.0, ends[n - 1] - env.now))
-                    self._run_ends = None
+                    n = yield from self._wait_run(ends)
                 else:
                     yield timeout(max(0.0, ends[0] - env.now))
                 clock = float(ends[n - 1])
                 finished = commit(n)
-            for req, t in finished:
-                if aborts and req in aborts:  # finished in the step its client left during
-                    aborts.remove(req)
-                    continue
-                self.outstanding -= 1
-                on_finish(req, t, index)
+            self._deliver(finished)
+
+    def _wait_run(self, ends):
+        """Wait for a multi-step run to end; an interrupt (new work, an abort) cuts it after the step in
+        progress (the first end >= now), which still completes. Returns how many of its steps ran."""
+        env = self.env
+        n = len(ends)
+        self._run_ends = ends
+        try:
+            yield env.timeout(max(0.0, ends[-1] - env.now))
+        except simpy.Interrupt:
+            n = int(np.searchsorted(ends, env.now, side="left")) + 1
+            yield env.timeout(max(0.0, ends[n - 1] - env.now))
+        self._run_ends = None
+        return n
 
     def _deliver(self, finished: list) -> None:
-        on_finish, index = self.on_finish, self.index
+        """Hand on the requests a commit finished, but those whose client left during their last step."""
+        on_finish, index, aborts = self.on_finish, self.index, self._aborts
         for req, t in finished:
+            if aborts and req in aborts:  # finished in the step its client left during
+                aborts.remove(req)
+                continue
             self.outstanding -= 1
             on_finish(req, t, index)
 
@@ -196,14 +202,7 @@ class ContinuousReplica:
             yield env.timeout(max(0.0, end - env.now))
             return finished, end
         ends = [end, *run] if isinstance(run, list) else np.concatenate(([end], run))
-        n = len(ends)
-        self._run_ends = ends
-        try:
-            yield env.timeout(max(0.0, ends[-1] - env.now))
-        except simpy.Interrupt:
-            n = int(np.searchsorted(ends, env.now, side="left")) + 1
-            yield env.timeout(max(0.0, ends[n - 1] - env.now))
-        self._run_ends = None
+        n = yield from self._wait_run(ends)
         if n == 1:
             core.drop_decode_run()
             return finished, end
