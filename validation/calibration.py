@@ -192,7 +192,7 @@ def fitted_calibration(fit: dict) -> dict:
     return {"correction": {"knots": fit["knots"], "values_s": fit["values_s"], "prefill_step_s": fit["prefill_step_s"],
                            "prefill_factor": fit["prefill_factor"]},
             "async_scheduling": fit["async_scheduling"], "steps": fit["steps"], "prefill_steps": fit["prefill_steps"],
-            "mixed_steps": fit.get("mixed_steps", 0),
+            "mixed_steps": fit["mixed_steps"],
             "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],
             "profile_step_err": fit["profile_mean_abs_rel_err"], "ttft_err": fit["ttft_err"], "tpot_err": fit["tpot_err"],
             "steps_recovered": fit.get("steps_recovered"), "speed": fit.get("speed")}

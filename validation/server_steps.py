@@ -318,12 +318,16 @@ def step_speed(steps: pl.DataFrame, cost: CostModel) -> dict:
     return out
 
 
+def step_batches(steps: pl.DataFrame) -> list[StepBatch]:
+    """Each observed step's batch, as the cost model sees it."""
+    return [StepBatch(prefill_tokens=p, prefill_seqs=ps, prefill_attn_tokens=pa, decode_seqs=d, decode_ctx_tokens=dc)
+            for d, dc, ps, p, pa in steps.select("decode_seqs", "decode_ctx_tokens", "prefill_seqs",
+                                                 "prefill_tokens", "prefill_attn_tokens").iter_rows()]
+
+
 def predicted(steps: pl.DataFrame, cost: CostModel) -> np.ndarray:
     """The cost model's time for each observed step's batch, s."""
-    return np.array([cost.step_time(StepBatch(prefill_tokens=p, prefill_seqs=ps, prefill_attn_tokens=pa,
-                                              decode_seqs=d, decode_ctx_tokens=dc))
-                     for d, dc, ps, p, pa in steps.select("decode_seqs", "decode_ctx_tokens", "prefill_seqs",
-                                                          "prefill_tokens", "prefill_attn_tokens").iter_rows()])
+    return np.array([cost.step_time(b) for b in step_batches(steps)])
 
 
 def count_knots(max_num_seqs: int) -> list[int]:
@@ -428,12 +432,10 @@ def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_s
     budget are much longer than the rest. Either stays neutral (1, 0 s) with fewer than ``min_steps``
     steps of its kind."""
     y = steps["duration_s"].to_numpy()
-    batches = [StepBatch(prefill_tokens=pt, prefill_seqs=ps, prefill_attn_tokens=pa, decode_seqs=d, decode_ctx_tokens=dc)
-               for d, dc, ps, pt, pa in steps.select("decode_seqs", "decode_ctx_tokens", "prefill_seqs",
-                                                     "prefill_tokens", "prefill_attn_tokens").iter_rows()]
+    batches = step_batches(steps)
     base = np.array([decode_corrected.step_time(b) for b in batches])
     work = np.array([prefill_work_s(decode_corrected.inner, b) for b in batches])
-    mixed = np.array([b.decode_seqs > 0 for b in batches], dtype=bool)
+    mixed = steps["decode_seqs"].to_numpy() > 0
     ok = (y > 0) & np.isfinite(y) & (work > 0)
     y, base, work, mixed = y[ok], base[ok], work[ok], mixed[ok]
     alone = ~mixed
