@@ -841,13 +841,19 @@ def test_a_level_whose_server_moved_since_its_calibration_is_flagged():
     assert drift_notes([level(1.2, 0.85)], None) == []  # no calibration: nothing to compare with
 
 
+#: What a synthetic "server" adds to the profile's decode step at 0, 1, 2, 4, 8 and 16 decoding sequences
+#: (``count_knots(16)``): uneven, as a real server's correction is, but never so much less at a larger batch
+#: that the step gets cheaper with more work (with ``per_decode_seq_s=0.001``).
+SERVER_ADDED = [0.003, 0.003, 0.004, 0.0035, 0.002, 0.006]
+
+
 def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
     """With prompts split over steps the mixed-step term is still found (8 ms), from the whole batches."""
     from driftsim.validation.server_steps import StepCorrection, count_knots
     from driftsim.validation.calibration import calibrate_server
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
-    knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
+    knots, added = count_knots(16), SERVER_ADDED
     eng, trace, real, _ = _chunking_replay(StepCorrection(cost, knots, added, prefill_step_s=0.008))
     fit = calibrate_server(real, trace, cost=cost, engine=eng)
     assert fit["steps_recovered"]["consistent"] == fit["steps_recovered"]["all"] > 300
@@ -870,7 +876,7 @@ def test_calibration_recovers_a_server_whose_prefills_run_at_another_speed(facto
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
                        max_model_len=1024, fast_forward=False)
-    knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
+    knots, added = count_knots(16), SERVER_ADDED
     server = StepCorrection(cost, knots, added, prefill_step_s=0.005, prefill_factor=factor)
     rng = np.random.default_rng(5)  # sparse arrivals (an idle engine prefills each), then a burst
     sparse = np.cumsum(rng.uniform(1.0, 2.0, 20))
@@ -905,7 +911,7 @@ def test_calibration_recovers_a_known_correction_and_the_admission_model():
                         max_model_len=1024)
     knots = count_knots(16)
     assert knots == [0, 1, 2, 4, 8, 16]
-    added = [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]  # the "server": its own step time per batch size
+    added = SERVER_ADDED  # the "server": its own step time per batch size
     for asynch in (False, True):
         eng = EngineConfig(**{**base.__dict__, "async_scheduling": asynch})
         trace, real = _server_replay(StepCorrection(cost, knots, added), eng, seed=int(asynch))
@@ -930,7 +936,7 @@ def test_calibration_recovers_a_known_prefill_step_correction():
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
                        max_model_len=1024)
-    knots, added = count_knots(16), [0.003, 0.003, 0.004, 0.001, 0.002, 0.006]
+    knots, added = count_knots(16), SERVER_ADDED
     _, real = _server_replay(StepCorrection(cost, knots, added, prefill_step_s=0.008), eng)
     steps = observed_steps(real)
     fit = fit_step_correction(steps, cost, max_num_seqs=16)
@@ -946,6 +952,43 @@ def test_calibration_recovers_a_known_prefill_step_correction():
     assert model.step_time(mixed) - cost.step_time(mixed) == pytest.approx(
         model.step_time(decode) - cost.step_time(decode) + fit["prefill_step_s"])
     assert model.step_time(alone) - cost.step_time(alone) == pytest.approx(model.correction(0))
+
+
+def test_calibration_never_makes_a_decode_step_cheaper_with_more_sequences():
+    """Steps measured at a few batch sizes can say that 4 decodes take less than 2 (a server whose 4-sequence
+    steps ran 3 ms faster than its 2-sequence ones): the fitted correction pools such knots (isotonic,
+    weighted by their steps) instead of reproducing the dip, so the corrected model stays non-decreasing
+    in the decode count, and knots that obey physics keep their values."""
+    from driftsim.costmodel.batch import StepBatch
+    from driftsim.validation.server_steps import StepCorrection, count_knots, fit_step_correction, observed_steps
+
+    cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
+    eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
+                       max_model_len=1024)
+    knots, dip = count_knots(16), [0.003, 0.003, 0.004, 0.0, 0.004, 0.006]
+    _, real = _server_replay(StepCorrection(cost, knots, dip), eng)
+    fit = fit_step_correction(observed_steps(real), cost, max_num_seqs=16)
+    model = StepCorrection(cost, fit["knots"], fit["values_s"])
+    times = [model.step_time(StepBatch(decode_seqs=k, decode_ctx_tokens=150 * k)) for k in range(1, 17)]
+    assert all(b >= a for a, b in zip(times, times[1:])), times
+    got = dict(zip(fit["knots"], fit["values_s"]))
+    assert got[1] == pytest.approx(0.003, abs=2e-4) and got[16] == pytest.approx(0.006, abs=2e-4)  # untouched
+    server = StepCorrection(cost, knots, dip)
+    assert server.step_time(StepBatch(decode_seqs=4, decode_ctx_tokens=600)) < server.step_time(
+        StepBatch(decode_seqs=2, decode_ctx_tokens=300))  # the server itself did dip
+
+
+def test_calibration_never_subtracts_from_a_mixed_step():
+    """A server whose mixed steps ran shorter than the profile's decode-only estimate would give a negative
+    mixed-step constant, i.e. adding a prefill to decoding sequences would shorten their step: kept at 0."""
+    from driftsim.validation.server_steps import StepCorrection, count_knots, fit_step_correction, observed_steps
+
+    cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
+    eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
+                       max_model_len=1024)
+    _, real = _server_replay(StepCorrection(cost, count_knots(16), SERVER_ADDED, prefill_step_s=-0.004), eng)
+    fit = fit_step_correction(observed_steps(real), cost, max_num_seqs=16)
+    assert fit["mixed_steps"] >= 8 and fit["prefill_step_s"] == 0.0
 
 
 def test_microbatch_intake_gap_lets_the_first_request_start_alone():

@@ -445,9 +445,27 @@ def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_s
         order = np.argsort(ratio, kind="stable")
         cw = np.cumsum(w[order])
         out["prefill_factor"] = float(max(1e-3, 1.0 + ratio[order][np.searchsorted(cw, 0.5 * cw[-1])]))
-    if mixed.sum() >= min_steps:
-        out["prefill_step_s"] = float(np.median((y - base - (out["prefill_factor"] - 1.0) * work)[mixed]))
+    if mixed.sum() >= min_steps:  # never below 0: a prefill joining decodes cannot make their step shorter
+        out["prefill_step_s"] = max(0.0, float(np.median((y - base - (out["prefill_factor"] - 1.0) * work)[mixed])))
     return out
+
+
+def _monotone_in_decodes(cost: CostModel, knots: np.ndarray, values_s: np.ndarray, weight: np.ndarray,
+                         ctx_per_seq: float) -> np.ndarray:
+    """The correction values nearest (weighted least squares) to ``values_s`` under which a corrected
+    decode step never gets cheaper with more decoding sequences: the corrected step time at each knot
+    (sequences of the steps' median context) is made non-decreasing by isotonic regression, weighted by
+    the knots' support. Noise at knots a few steps apart can otherwise make the fit say that 4 decodes
+    take less than 2, which no engine does."""
+    from sklearn.isotonic import IsotonicRegression
+
+    inner = np.array([cost.step_time(StepBatch(decode_seqs=int(k), decode_ctx_tokens=int(round(k * ctx_per_seq))))
+                      for k in knots])
+    total = inner + values_s
+    if np.all(np.diff(total) >= 0):
+        return values_s
+    fitted = IsotonicRegression().fit_transform(knots, total, sample_weight=np.maximum(weight, 1e-9))
+    return fitted - inner
 
 
 def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: int, min_support: float = 20.0,
@@ -464,7 +482,9 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     Knots (:func:`count_knots`) with less than ``min_support`` steps' worth of interpolation
     weight are dropped (their value would be noise; the correction interpolates across them
     and stays flat beyond the outer ones); a light penalty on differences between
-    neighbouring knots (``smooth``, relative to the data's weight) keeps the solve well posed.
+    neighbouring knots (``smooth``, relative to the data's weight) keeps the solve well posed;
+    then the corrected decode step is made non-decreasing in the decode count
+    (:func:`_monotone_in_decodes`), and the mixed-step constant is never negative.
     Then, on the steps that carry a prefill, ``prefill_factor`` (from prefill-only steps) and
     ``prefill_step_s`` (from mixed ones) (:func:`_fit_prefill`; each neutral with fewer than
     ``min_prefill_steps`` steps of its kind). Counting
@@ -502,6 +522,8 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     D = np.diff(np.eye(knots.size), axis=0)
     lam = smooth * w.sum() / knots.size
     v = np.linalg.solve(A.T @ (A * w[:, None]) + lam * D.T @ D, A.T @ (w * (y - p)))
+    ctx = steps["decode_ctx_tokens"].to_numpy()[ok] / np.maximum(n, 1)
+    v = _monotone_in_decodes(cost, knots, v, (A * w[:, None]).sum(axis=0), float(np.median(ctx)))
     model = np.maximum(p + A @ v, StepCorrection.MIN_STEP_S)
     prefill = _fit_prefill(with_prefill, StepCorrection(cost, [int(k) for k in knots], [float(x) for x in v]),
                            min_steps=min_prefill_steps)
