@@ -36,7 +36,10 @@ requests with prefix identity share exactly the prefixes the trace names
 (:mod:`driftsim.profiling.prompts`), so the engine's prefix cache finds them.
 Multi-turn sessions run closed-loop, as :mod:`driftsim.sim.sessions`: a turn
 after the first is released ``think_s`` after its predecessor settled (its
-last token, or when it failed), and not before its own ``arrival_s``.
+last token, or when it failed), and not before its own ``arrival_s``; a turn
+whose predecessor settled before the replay began (a resumed replay,
+:func:`driftsim.profiling.trace_replay.replay_journaled`) waits from that
+settle time (``settled_before``), not from the replay's start.
 
 Robustness: a server error or a dropped stream is recorded on that request
 (status ``error``, with the message) and the replay goes on; the client's
@@ -134,6 +137,7 @@ class RequestRecord:
     http_status: int | None = None
     batch: int = -1  # micro-batch number, -1 otherwise
     attempts: int = 1  # > 1 after client retries (driftsim.sim.client.ClientConfig)
+    settled_s: float = math.nan  # when its outcome became final: its session's next turn waits from here
 
     @property
     def done(self) -> bool:
@@ -288,6 +292,7 @@ class ReplayGateway:
         client_config: ClientConfig | None = None,
         on_record: Callable[[RequestRecord], None] | None = None,
         stop_after_unreachable: int | None = 3,
+        settled_before: dict[int, float] | None = None,
     ) -> None:
         if max_outstanding is not None and max_outstanding < 1:
             raise ValueError(f"max_outstanding must be >= 1, got {max_outstanding}")
@@ -326,7 +331,11 @@ class ReplayGateway:
         self._ac: httpx.AsyncClient | None = None
         self.t0 = math.nan
         self._next_turn = next_turns(requests)  # row -> row of its session's next turn
-        self._held = set(self._next_turn.values())  # turns released by their predecessor, not the clock
+        #: turns whose previous turn settled before this replay began (a resumed replay: the previous
+        #: turn is in the journal), row -> that settle time on this replay's clock (may be negative)
+        self._settled_before = dict(settled_before or {})
+        #: turns released by their predecessor, not the clock
+        self._held = set(self._next_turn.values()) | set(self._settled_before)
 
     # ---- the clock: seconds since the replay started
     def now(self) -> float:
@@ -354,6 +363,8 @@ class ReplayGateway:
                 for rec in self.records:
                     if rec.status == STATUS_SKIPPED:
                         self._final(rec)
+                for j, settled in self._settled_before.items():
+                    self._schedule_turn(j, settled)
                 for i, req in enumerate(self.requests):
                     if self.records[i].status == STATUS_SKIPPED or i in self._held:
                         continue
@@ -509,14 +520,18 @@ class ReplayGateway:
                 self._final(rec)
 
     def _final(self, rec: RequestRecord) -> None:
+        rec.settled_s = rec.delivered_s if rec.status == STATUS_OK and math.isfinite(rec.delivered_s) else self.now()
         if self.on_record is not None:
             self.on_record(rec)
         j = self._next_turn.get(rec.idx)
         if j is not None:  # a closed loop per session, as driftsim.sim.sessions: think, then send the next turn
-            now = self.now()
-            settled = rec.delivered_s if rec.status == STATUS_OK and math.isfinite(rec.delivered_s) else now
-            at = max(self.records[j].intended_s, settled + self.requests[j].think_s)
-            asyncio.get_running_loop().call_later(max(0.0, at - now), self._release_turn, j)
+            self._schedule_turn(j, rec.settled_s)
+
+    def _schedule_turn(self, j: int, settled: float) -> None:
+        """Release the held turn ``j`` ``think_s`` after its previous turn settled at ``settled``, and
+        not before its own arrival."""
+        at = max(self.records[j].intended_s, settled + self.requests[j].think_s)
+        asyncio.get_running_loop().call_later(max(0.0, at - self.now()), self._release_turn, j)
 
     def _release_turn(self, j: int) -> None:
         """Release the held turn ``j`` (its predecessor settled ``think_s`` ago), unless the replay stopped."""

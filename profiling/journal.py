@@ -34,7 +34,7 @@ from driftsim.sim.atomic import _json_default, atomic_write, atomic_write_json, 
 KEEP_ON_RESUME = ("ok", "timeout", "abandoned", "skipped")
 #: outcomes written to the journal
 JOURNALED = ("ok", "error", "timeout", "abandoned", "skipped")
-_TIME_FIELDS = ("intended_s", "released_s", "sent_s", "first_token_s", "finish_s", "delivered_s")
+_TIME_FIELDS = ("intended_s", "released_s", "sent_s", "first_token_s", "finish_s", "delivered_s", "settled_s")
 
 
 class JournalError(ValueError):

@@ -15,7 +15,10 @@ cancelled, or failed with an error, e.g. because the server died), on a
 clock that starts at the first of them and is shifted back onto the
 original timeline. Those requests see less load near the resume point than
 they would have: the requests finished before the crash are not in flight
-again. :func:`journal_frame` rebuilds a replay's frame from its journal
+again. Session turns keep their closed loop across the kill: a turn whose
+previous turn is in the journal is sent ``think_s`` after that turn settled
+(as the journal has it), one whose previous turn is replayed again waits for
+its new answer, exactly as in an uninterrupted replay. :func:`journal_frame` rebuilds a replay's frame from its journal
 alone, without a server.
 """
 
@@ -29,8 +32,9 @@ from pathlib import Path
 
 import polars as pl
 
-from driftsim.profiling.gateway import (STATUS_NOT_SENT, MicroBatch, ReplayGateway, ReplayRequest, RequestFailed,
-                                        RequestRecord, StreamingClient, prompt_ids, records_frame, run_replay)
+from driftsim.profiling.gateway import (STATUS_NOT_SENT, STATUS_OK, MicroBatch, ReplayGateway, ReplayRequest,
+                                        RequestFailed, RequestRecord, StreamingClient, next_turns, prompt_ids,
+                                        records_frame, run_replay)
 from driftsim.profiling.http import EndpointError, OpenAIClient
 from driftsim.profiling.journal import KEEP_ON_RESUME, JournalError, ReplayJournal, read_journal, record_from_row, trace_key
 from driftsim.sim.config import GatewayConfig
@@ -146,12 +150,16 @@ def replay_journaled(trace: pl.DataFrame, path: Path, *, resume: bool, client, m
     shift = todo[0].arrival_s
     sub = [replace(r, idx=k, arrival_s=r.arrival_s - shift) for k, r in enumerate(todo)]
     original = [r.idx for r in todo]
+    previous = {j: i for i, j in next_turns(reqs).items()}  # row -> row of its session's previous turn
+    settled_before = {k: settle_time(kept[previous[r.idx]]) - shift for k, r in enumerate(todo)
+                      if previous.get(r.idx) in kept}
     with ReplayJournal(path, trace=key, requests=len(reqs), time_shift_s=shift) as journal:
         gw = ReplayGateway(sub, policy=make_policy(gateway.policy, **gateway.policy_params),
                            client=StreamingClient(client, model=model, clock=time.perf_counter),
                            max_outstanding=gateway.max_outstanding, microbatch=microbatch, vocab_size=vocab_size,
                            seed=seed, request_timeout_s=request_timeout_s, client_config=client_config,
-                           on_record=lambda rec: journal.record(replace(rec, idx=original[rec.idx])))
+                           on_record=lambda rec: journal.record(replace(rec, idx=original[rec.idx])),
+                           settled_before=settled_before)
         t = time.perf_counter()
         records, interrupted = run_replay(gw)
         wall = time.perf_counter() - t
@@ -162,12 +170,26 @@ def replay_journaled(trace: pl.DataFrame, path: Path, *, resume: bool, client, m
     return ReplayRun(frame=frame, interrupted=interrupted, wall_s=wall)
 
 
+def settle_time(rec: RequestRecord) -> float:
+    """When a journaled request settled: its ``settled_s``, or for a journal written before that field,
+    its delivery if it completed, else the latest time it has (a timeout or abandonment settled later
+    than its last recorded time, by at most the client's limit)."""
+    if math.isfinite(rec.settled_s):
+        return rec.settled_s
+    if rec.status == STATUS_OK and math.isfinite(rec.delivered_s):
+        return rec.delivered_s
+    times = [t for t in (rec.intended_s, rec.released_s, rec.sent_s, rec.first_token_s, rec.finish_s,
+                         rec.delivered_s) if math.isfinite(t)]
+    return max(times, default=0.0)
+
+
 def _shifted(rec: RequestRecord, dt: float) -> RequestRecord:
     if not dt:
         return rec
     return replace(rec, intended_s=rec.intended_s + dt, released_s=rec.released_s + dt, sent_s=rec.sent_s + dt,
                    first_token_s=rec.first_token_s + dt, finish_s=rec.finish_s + dt,
-                   delivered_s=rec.delivered_s + dt, token_times=[t + dt for t in rec.token_times])
+                   delivered_s=rec.delivered_s + dt, settled_s=rec.settled_s + dt,
+                   token_times=[t + dt for t in rec.token_times])
 
 
 def journal_frame(trace: pl.DataFrame, path: Path) -> pl.DataFrame:

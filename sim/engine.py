@@ -84,7 +84,7 @@ from driftsim.sim.events import (EngineSampled, Observer, RequestFinished, Reque
                                  observer_tuple, publish)
 from driftsim.sim.kv import NULL_BLOCKS, KvBlocks, cdiv
 from driftsim.sim.policies import Policy
-from driftsim.sim.prefix_cache import PrefixCachedBlocks, block_keys
+from driftsim.sim.prefix_cache import BlockKeyMemo, PrefixCachedBlocks
 from driftsim.sim.request import SimRequest
 
 __all__ = ["NULL_BLOCKS", "EngineCore", "FcfsQueue", "PolicyQueue", "admitted_prompt_tokens"]
@@ -209,6 +209,7 @@ class EngineCore:
         # prefix caching (continuous mode): a request with prefix identity reuses cached full blocks
         self.prefix_caching = config.prefix_caching and config.mode == "continuous"
         self.kv = PrefixCachedBlocks(num_blocks) if self.prefix_caching else KvBlocks(num_blocks)
+        self._block_key_memo = BlockKeyMemo(self.block_size)
         self.replica = replica
         self._observers = observer_tuple(observers)
         # a cost model may time a pure-decode step without a StepBatch (same value, bit for bit)
@@ -372,7 +373,7 @@ class EngineCore:
         size = r.prefix_id_tokens
         answer = len(r.prefix_ids) > -(-r.input_tokens // size)
         tokens = r.input_tokens + r.output_tokens - 1 if answer else r.input_tokens
-        return block_keys(r.prefix_ids, size, self.block_size, tokens)
+        return self._block_key_memo(r.prefix_ids, size, tokens)
 
     def _cache_hit(self, r: SimRequest) -> tuple[int, int]:
         """Cached leading prompt blocks of the waiting request ``r`` and how many of them are free.

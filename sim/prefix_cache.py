@@ -17,7 +17,7 @@ hash registration. Free blocks behind the last queued cached block are kept
 as a count only, so a run whose blocks are never hashed costs nothing more.
 
 :func:`block_keys` turns a request's trace block ids (any block size) into
-the engine's chained keys.
+the engine's chained keys; :class:`BlockKeyMemo` remembers them per distinct ids.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from driftsim.sim.kv import KvBlocks
 
-__all__ = ["PrefixCachedBlocks", "block_keys"]
+__all__ = ["BlockKeyMemo", "PrefixCachedBlocks", "block_keys"]
 
 _ROOT = 0x5EED  # the chain's parent of the first block
 
@@ -69,6 +69,37 @@ def block_keys(ids: Sequence[int], id_tokens: int, block_size: int, prompt_token
     return keys
 
 
+class BlockKeyMemo:
+    """:func:`block_keys` remembered per distinct ``ids``: requests that share a system prompt carry
+    the same ids, and hashing their chain again per request was the largest single cost prefix
+    caching added to a run. A request's keys are the first ones of its ids' whole chain (keys do not
+    depend on how far the prompt goes), so one entry serves every prompt length. It holds at most
+    ``max_keys`` keys in all (about 40 bytes each) and starts over when full, so workloads whose ids
+    never repeat (chat sessions) pay only the look-up."""
+
+    __slots__ = ("block_size", "max_keys", "_held", "_keys")
+
+    def __init__(self, block_size: int, max_keys: int = 1 << 18) -> None:
+        self.block_size = block_size
+        self.max_keys = max_keys
+        self._held = 0  # keys stored
+        self._keys: dict[tuple, list[int]] = {}
+
+    def __call__(self, ids: Sequence[int], id_tokens: int, prompt_tokens: int) -> list[int]:
+        """``block_keys(ids, id_tokens, block_size, prompt_tokens)``, a new list each call."""
+        covered = len(ids) * id_tokens
+        memo = (tuple(ids), id_tokens)
+        keys = self._keys.get(memo)
+        if keys is None:
+            keys = block_keys(ids, id_tokens, self.block_size, covered)
+            if self._held + len(keys) > self.max_keys:
+                self._keys.clear()
+                self._held = 0
+            self._keys[memo] = keys
+            self._held += len(keys)
+        return keys[:min(covered, prompt_tokens) // self.block_size]
+
+
 class PrefixCachedBlocks(KvBlocks):
     """One engine's KV blocks with prefix caching; see the module docstring.
 
@@ -94,26 +125,29 @@ class PrefixCachedBlocks(KvBlocks):
     def lookup(self, keys: Sequence[int], max_blocks: int) -> tuple[int, int]:
         """The longest run of cached leading ``keys`` (at most ``max_blocks``), and how many of those
         are free (ref count 0: referencing them takes them out of the free blocks)."""
-        refs = self.refs
+        get = self.refs.get
         hit = free = 0
         for key in keys[:max_blocks]:
-            ref = refs.get(key)
+            ref = get(key)
             if ref is None:
                 break
             hit += 1
-            free += ref == 0
+            if not ref:
+                free += 1
         return hit, free
 
     def acquire(self, keys: Sequence[int]) -> None:
         """Reference cached blocks (a hit): a free one leaves the queue and counts as used."""
         refs, queue = self.refs, self.queue
+        taken = 0
         for key in keys:
             ref = refs[key]
-            if ref == 0:
+            if not ref:
                 del queue[key]
-                self.queued -= 1
-                self.used += 1
+                taken += 1
             refs[key] = ref + 1
+        self.queued -= taken
+        self.used += taken
         self.version += 1
 
     def register(self, key: int) -> bool:
@@ -130,51 +164,58 @@ class PrefixCachedBlocks(KvBlocks):
         """Take ``n`` free blocks from the head of the queue, evicting the hash of each cached one."""
         self.used += n
         queue = self.queue
-        if not queue:
+        if not n or not queue:
             return
         refs = self.refs
+        evicted = taken = 0  # cached blocks and anonymous blocks taken from the queue
         while n and queue:
             marker = next(iter(queue))
             count = queue[marker]
             if count is None:  # a cached block: its hash goes
                 del queue[marker]
                 del refs[marker]
-                self.evictions += 1
-                self.version += 1
-                self.queued -= 1
+                evicted += 1
                 n -= 1
             elif count <= n:
                 del queue[marker]
-                self.queued -= count
+                taken += count
                 n -= count
             else:
                 queue[marker] = count - n
-                self.queued -= n
+                taken += n
                 n = 0
+        self.queued -= evicted + taken
+        if evicted:
+            self.evictions += evicted
+            self.version += evicted
 
     def release(self, keys: Sequence[int], private: int) -> int:
         """Drop a request's blocks: ``private`` anonymous ones, then its cached ``keys`` last to first
         (vLLM frees a request's blocks in reverse, so its tail is evicted first). Returns the blocks
         that became free."""
         self.used -= private
-        freed = private
+        if not keys:
+            return private
         refs, queue = self.refs, self.queue
+        freed = 0
         for key in reversed(keys):
             ref = refs[key] - 1
             refs[key] = ref
-            if ref == 0:
-                tail = self.total - self.used - self.queued
-                if tail:
-                    self._marker += 1
-                    queue[("anon", self._marker)] = tail
-                    self.queued += tail
+            if not ref:
+                if not freed:
+                    # the free blocks not queued yet (those just given back among them) go in
+                    # ahead of the newly free cached ones, as one anonymous run
+                    tail = self.total - self.used - self.queued
+                    if tail:
+                        self._marker += 1
+                        queue[("anon", self._marker)] = tail
+                        self.queued += tail
                 queue[key] = None
-                self.queued += 1
-                self.used -= 1
                 freed += 1
-        if keys:
-            self.version += 1
-        return freed
+        self.queued += freed
+        self.used -= freed
+        self.version += 1
+        return private + freed
 
     @property
     def cached_blocks(self) -> int:

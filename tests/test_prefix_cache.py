@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftsim.sim.config import EngineConfig
-from driftsim.sim.prefix_cache import PrefixCachedBlocks, block_keys
+from driftsim.sim.prefix_cache import BlockKeyMemo, PrefixCachedBlocks, block_keys
 from driftsim.sim.run import simulate
 from driftsim.traces import LengthDist, TenantLoad, TraceError, generate, load_trace, validate_trace, write_trace
 from driftsim.traces.schema import REQUEST_SCHEMA
@@ -66,6 +66,18 @@ def test_block_keys_split_coarse_trace_blocks_into_engine_blocks():
 
 
 # --------------------------------------------------------------------------- the pool
+@given(ids=st.lists(st.integers(-(2**62), 2**62), max_size=12), id_tokens=st.sampled_from([BS, 24, 512]),
+       prompts=st.lists(st.integers(1, 4096), min_size=1, max_size=6))
+@settings(max_examples=60, deadline=None)
+def test_remembered_block_keys_equal_computed_ones_for_every_prompt_length(ids, id_tokens, prompts):
+    memo = BlockKeyMemo(BS, max_keys=40)  # small: some examples start the memo over
+    for prompt in prompts:
+        keys = memo(ids, id_tokens, prompt)
+        assert keys == block_keys(ids, id_tokens, BS, prompt)
+        keys.append(0)  # a new list each call: a caller's change never reaches the memo
+        assert memo(ids, id_tokens, prompt) == block_keys(ids, id_tokens, BS, prompt)
+
+
 def test_pool_evicts_least_recently_freed_and_the_tail_of_a_request_first():
     kv = PrefixCachedBlocks(7)  # 6 usable
     for keys in (["a0", "a1"], ["b0", "b1"]):

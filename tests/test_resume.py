@@ -290,3 +290,47 @@ def test_a_session_saved_in_an_earlier_format_is_refused_naming_its_folder(tmp_p
     assert res.exit_code == 2 and "predates the current format" in " ".join(res.output.split())
     with pytest.raises(JournalError, match="predates the current format"):  # nor is it resumed
         validate(MockEngine(ttft_s=0.005, tpot_s=0.002), old / "replays", resume=True)
+
+
+def _sessions_trace(think_s: float) -> pl.DataFrame:
+    """Three sessions of three turns; every turn's arrival is its session's start (a turn leaves when
+    its previous one is answered, never by the clock alone)."""
+    rows, sid, turn, think = [], [], [], []
+    for s in range(3):
+        for t in range(1, 4):
+            rows.append((0.05 * s, 20 + 3 * s + t, 4))
+            sid.append(s), turn.append(t), think.append(0.0 if t == 1 else think_s)
+    return make_trace(rows, session_id=sid, turn=turn, think_s=think)
+
+
+def test_a_resumed_replay_sends_session_turns_after_the_previous_answer_as_an_uninterrupted_one_does(tmp_path):
+    """Killed with session 0 at turn 2, session 1 at turn 1 and session 2's first turn in flight: the
+    resumed replay sends each remaining turn ``think_s`` after its previous turn's answer, read from
+    the journal where that turn finished before the kill, else after it is sent again and answered;
+    and the simulator's input for that replay (sim_trace) has each turn arrive then."""
+    from driftsim.validation.replay_sim import sim_trace
+
+    think = 0.3
+    tr = _sessions_trace(think)
+    journal = tmp_path / "j.jsonl"
+    common = dict(model="tiny", gateway=GatewayConfig(), vocab_size=8192)
+    replay_journaled(tr, journal, resume=False, client=client_for(MockEngine(ttft_s=0.01, tpot_s=0.005)), **common)
+    header, *lines = journal.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert all(r["settled_s"] == r["delivered_s"] for r in rows)  # completed: settled on delivery
+    # the kill: what the journal held then (rows 0, 1 = session 0 turns 1, 2; row 3 = session 1 turn 1)
+    journal.write_text("\n".join([header] + [json.dumps(r) for r in rows if r["idx"] in (0, 1, 3)]) + "\n")
+
+    engine = MockEngine(ttft_s=0.01, tpot_s=0.005)
+    run = replay_journaled(tr, journal, resume=True, client=client_for(engine), **common)
+    real = run.frame
+    assert engine.requests == 6 and (real["status"] == "ok").all()
+    released, delivered = real["released_s"].to_list(), real["delivered_s"].to_list()
+    st = dict(sim_trace(tr, real, gateway_holds=False).select("request_id", "arrival_s").iter_rows())
+    for i in range(tr.height):
+        if tr["turn"][i] == 1:
+            continue
+        gap = released[i] - delivered[i - 1]  # the previous turn's answer, kept or new
+        assert think - 1e-3 <= gap < think + 0.1, (i, gap)
+        assert st[tr["request_id"][i]] >= delivered[i - 1] + think - 1e-3, (i, st)
+    assert read_journal(journal)[0].keys() == set(range(tr.height))
