@@ -40,12 +40,16 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: dict[str, f
     """The q-quantiles (linear) of ``values`` with each repeated ``weights`` times, without repeating them;
     one sort serves every q."""
     keep = weights > 0
-    values, weights = values[keep], weights[keep]
+    if not keep.all():  # copies only where some weigh nothing (one-token answers have no gaps)
+        values, weights = values[keep], weights[keep]
+    del keep
     if not weights.size:
         return {name: math.nan for name in qs}
     order = np.argsort(values, kind="stable")
-    v, cum = values[order], np.cumsum(weights[order])
+    v, w = values[order], weights[order]
     del order
+    # in place where the sum keeps the dtype (int64, float64): one array of the sample's size fewer at once
+    cum = np.cumsum(w, out=w) if w.dtype in (np.int64, np.float64) else np.cumsum(w)
     at = lambda rank: float(v[np.searchsorted(cum, rank, side="right")])  # noqa: E731
     out = {}
     for name, q in qs.items():
