@@ -32,10 +32,11 @@ Scaling, clipping and tenant assignment are not done here: see transform.py.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -758,11 +759,12 @@ def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
         raw = _drop_blank_rows(raw, report)
         parts = [(col, raw) for col in present]
     else:
-        # NOTE: one column at a time, so the file's columns are never all held as read beside the parsed ones:
-        # peak memory is the parsed table plus one raw column (1M requests: about a third of reading all).
-        raw = _read(p, source, container, [present[0]])
+        parts = _parquet_columns(p, source, present)
+        first = next(parts)
+        raw = first[1]
         report = LoadReport(source=source, format="native", rows_read=raw.height)
-        parts = _parquet_columns(raw, p, source, present)
+        parts = itertools.chain([first], parts)
+        del first
     rows = raw[_ROW]
     del raw
     if extra:
@@ -775,12 +777,26 @@ def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
     return _finish(columns, rows, report), report
 
 
-def _parquet_columns(first: pl.DataFrame, path: Path, source: str, columns: list[str]):
-    """(column, frame holding it as read) for each of `columns`, read one at a time; `first` is the first's."""
-    yield columns[0], first
-    del first
-    for col in columns[1:]:
-        yield col, _read(path, source, "parquet", [col])
+#: From this many rows on, a Parquet trace is read one column at a time (see _parquet_columns).
+_COLUMNWISE_ROWS = 200_000
+
+
+def _parquet_columns(path: Path, source: str, columns: list[str]) -> Iterator[tuple[str, pl.DataFrame]]:
+    """(column, frame holding it as read) for each of `columns`.
+
+    NOTE: a large file is read one column at a time, so its columns are never all held as read beside
+    the parsed ones (peak memory: the parsed table plus one column as read; at 1M requests about half
+    of reading all). Each read costs about a millisecond however small the file, so one of fewer than
+    _COLUMNWISE_ROWS rows (a few MB as read) is read in one go.
+    """
+    try:
+        rows = pl.scan_parquet(path).select(pl.len()).collect().item()  # from the file's metadata
+    except pl.exceptions.PolarsError as e:
+        raise TraceError(f"could not read the file as parquet: {e}", source=source) from e
+    for group in ([c] for c in columns) if rows >= _COLUMNWISE_ROWS else [columns]:
+        raw = _read(path, source, "parquet", group)
+        for col in group:
+            yield col, raw
 
 
 def _native_column(raw: pl.DataFrame, col: str, source: str, report: LoadReport) -> pl.Series:
