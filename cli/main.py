@@ -26,6 +26,10 @@ lazy_rich.install()  # before typer: its help renderer imports rich modules the 
 import typer  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from driftsim.cli import plain_params  # noqa: E402
+
+plain_params.install()  # option values without pydantic where they are plain (start-up)
+
 from driftsim import __version__
 from driftsim.cli.choices import (
     Counter, EngineMode, Estimator, Granularity, Placement, PolicyName, RouterName, TraceFormat, value,

@@ -36,19 +36,33 @@ def prefix_figures(completed: int, input_tokens: int, cached_tokens: int, hit_re
     }
 
 
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: dict[str, float]) -> dict[str, float]:
+    """The q-quantiles (linear) of ``values`` with each repeated ``weights`` times, without repeating them;
+    one sort serves every q."""
+    keep = weights > 0
+    if not keep.all():  # copies only where some weigh nothing (one-token answers have no gaps)
+        values, weights = values[keep], weights[keep]
+    del keep
+    if not weights.size:
+        return {name: math.nan for name in qs}
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    del order
+    # in place where the sum keeps the dtype (int64, float64): one array of the sample's size fewer at once
+    cum = np.cumsum(w, out=w) if w.dtype in (np.int64, np.float64) else np.cumsum(w)
+    at = lambda rank: float(v[np.searchsorted(cum, rank, side="right")])  # noqa: E731
+    out = {}
+    for name, q in qs.items():
+        pos = q * (cum[-1] - 1)
+        lo = math.floor(pos)
+        low = at(lo)
+        out[name] = low if pos == lo else low + (pos - lo) * (at(lo + 1) - low)
+    return out
+
+
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
     """The q-quantile (linear) of ``values`` with each repeated ``weights`` times, without repeating them."""
-    keep = weights > 0
-    values, weights = values[keep], weights[keep]
-    if not weights.size:
-        return math.nan
-    order = np.argsort(values, kind="stable")
-    v, cum = values[order], np.cumsum(weights[order])
-    pos = q * (cum[-1] - 1)
-    lo = math.floor(pos)
-    at = lambda rank: float(v[np.searchsorted(cum, rank, side="right")])  # noqa: E731
-    low = at(lo)
-    return low if pos == lo else low + (pos - lo) * (at(lo + 1) - low)
+    return _weighted_quantiles(values, weights, {"q": q})["q"]
 
 
 def _itl_inputs(ok: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +89,7 @@ def _bench_figures(df: pl.DataFrame, ok: pl.DataFrame, span_s: float) -> dict:
         if metric == "itl":
             values, weights = _itl_inputs(ok)
             mean = float((values * weights).sum() / weights.sum()) if weights.sum() else math.nan
-            stats = {"mean": mean, **{n: _weighted_quantile(values, weights, q) for n, q in _BENCH_QUANTILES.items()}}
+            stats = {"mean": mean, **_weighted_quantiles(values, weights, _BENCH_QUANTILES)}
         else:
             col = ok[f"{metric}_s"].drop_nulls().drop_nans()
             stats = {"mean": _num(col.mean()) if col.len() else math.nan,

@@ -379,6 +379,23 @@ def test_native_parquet_typed_columns_are_validated(tmp_path):
     assert "expected numbers" in str(error(tmp_path / "bool.parquet"))
 
 
+def test_large_parquet_read_column_by_column_loads_the_same_table_and_errors(tmp_path, monkeypatch):
+    from driftsim.traces import loaders
+
+    good = {"request_id": [0, 1, 2], "arrival_s": [0.0, 1.0, 1.0], "tenant": [" a", "b", "b"],
+            "input_tokens": [5, 6, 7], "output_tokens": [2, 3, 4], "priority": [None, 1, None],
+            "prompt": [None, None, None], "slo_e2e_s": [None, None, None], "extra": [1, 2, 3]}  # fmt: skip
+    pl.DataFrame(good).write_parquet(tmp_path / "ok.parquet")
+    pl.DataFrame({**good, "input_tokens": [5, 0, 7]}).write_parquet(tmp_path / "bad.parquet")
+    one_go = loaders.load_trace_with_report(tmp_path / "ok.parquet")
+    one_go_error = str(error(tmp_path / "bad.parquet"))
+    monkeypatch.setattr(loaders, "_COLUMNWISE_ROWS", 1)
+    by_column = loaders.load_trace_with_report(tmp_path / "ok.parquet")
+    assert by_column[0].equals(one_go[0]) and by_column[0].schema == one_go[0].schema
+    assert by_column[1] == one_go[1] and by_column[1].repairs  # stripped " a", ignored "extra"
+    assert str(error(tmp_path / "bad.parquet")) == one_go_error and "row 2" in one_go_error
+
+
 def test_no_such_file(tmp_path):
     assert "no such file" in str(error(tmp_path / "nope.csv"))
 

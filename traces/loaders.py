@@ -32,10 +32,11 @@ Scaling, clipping and tenant assignment are not done here: see transform.py.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -463,7 +464,9 @@ def _read(path: Path, source: str, container: str, columns: list[str]) -> pl.Dat
             lf = pl.scan_ndjson(path, schema={c: pl.String for c in columns})
         else:
             lf = pl.scan_parquet(path).select(columns)
-        df = lf.with_row_index(_ROW, offset=1).collect().rechunk()  # one chunk per column, as parsed columns are
+        df = lf.with_row_index(_ROW, offset=1).collect()
+        if container != "parquet":  # parquet is read column by column, where a copy into one chunk is a column more
+            df = df.rechunk()  # one chunk per column, as parsed columns are
     except pl.exceptions.PolarsError as e:
         if container != "parquet":
             _locate_bad_record(path, source, container)
@@ -749,27 +752,64 @@ def read_native(path: str | os.PathLike) -> tuple[pl.DataFrame, LoadReport]:
             raise TraceError(f"could not read the file as parquet: {e}", source=source) from e
     _require(found, REQUIRED_COLUMNS, "native", source)
     present = [c for c in REQUEST_SCHEMA if c in found]
-    raw = _read(p, source, container, present)
-    report = LoadReport(source=source, format="native", rows_read=raw.height)
-    if container == "csv":
-        raw = _drop_blank_rows(raw, report)
     extra = [c for c in found if c not in REQUEST_SCHEMA]
+    if container == "csv":
+        raw = _read(p, source, container, present)
+        report = LoadReport(source=source, format="native", rows_read=raw.height)
+        raw = _drop_blank_rows(raw, report)
+        parts = [(col, raw) for col in present]
+    else:
+        parts = _parquet_columns(p, source, present)
+        first = next(parts)
+        raw = first[1]
+        report = LoadReport(source=source, format="native", rows_read=raw.height)
+        parts = itertools.chain([first], parts)
+        del first
+    rows = raw[_ROW]
+    del raw
     if extra:
         report.repairs.append(f"ignored {len(extra)} column(s) not in the request schema: {extra}")
     columns: dict[str, pl.Series] = {}
-    for col in present:
-        required = col in REQUIRED_COLUMNS
-        if col in _NATIVE_NUMBERS:
-            integer, minimum, above = _NATIVE_NUMBERS[col]
-            columns[col] = _number(
-                raw, col, source=source, integer=integer, minimum=minimum, strictly_above=above, nullable=not required
-            )
-        elif col == "prefix_ids":
-            columns[col] = _id_lists(raw, col, source=source)
-        else:
-            # Tenant names are identifiers (stripped); prompt text is kept byte for byte.
-            columns[col] = _text(raw, col, source=source, nullable=not required, strip=col == "tenant", report=report)
-    return _finish(columns, raw[_ROW], report), report
+    for col, part in parts:
+        columns[col] = _native_column(part, col, source, report)
+        if columns[col].null_count() == len(rows) and col not in REQUIRED_COLUMNS:
+            del columns[col]  # all null: _finish's typed null column takes no memory, a read one 8 bytes a row
+    return _finish(columns, rows, report), report
+
+
+#: From this many rows on, a Parquet trace is read one column at a time (see _parquet_columns).
+_COLUMNWISE_ROWS = 200_000
+
+
+def _parquet_columns(path: Path, source: str, columns: list[str]) -> Iterator[tuple[str, pl.DataFrame]]:
+    """(column, frame holding it as read) for each of `columns`.
+
+    NOTE: a large file is read one column at a time, so its columns are never all held as read beside
+    the parsed ones (peak memory: the parsed table plus one column as read; at 1M requests about half
+    of reading all). Each read costs about a millisecond however small the file, so one of fewer than
+    _COLUMNWISE_ROWS rows (a few MB as read) is read in one go.
+    """
+    try:
+        rows = pl.scan_parquet(path).select(pl.len()).collect().item()  # from the file's metadata
+    except pl.exceptions.PolarsError as e:
+        raise TraceError(f"could not read the file as parquet: {e}", source=source) from e
+    for group in ([c] for c in columns) if rows >= _COLUMNWISE_ROWS else [columns]:
+        raw = _read(path, source, "parquet", group)
+        for col in group:
+            yield col, raw
+
+
+def _native_column(raw: pl.DataFrame, col: str, source: str, report: LoadReport) -> pl.Series:
+    """One native column parsed to its schema type; `raw` holds it as read, with the row numbers."""
+    required = col in REQUIRED_COLUMNS
+    if col in _NATIVE_NUMBERS:
+        integer, minimum, above = _NATIVE_NUMBERS[col]
+        return _number(raw, col, source=source, integer=integer, minimum=minimum, strictly_above=above,
+                       nullable=not required)  # fmt: skip
+    if col == "prefix_ids":
+        return _id_lists(raw, col, source=source)
+    # Tenant names are identifiers (stripped); prompt text is kept byte for byte.
+    return _text(raw, col, source=source, nullable=not required, strip=col == "tenant", report=report)
 
 
 # --------------------------------------------------------------------------- benchmark documents (one JSON each)
