@@ -36,9 +36,22 @@ STEP_COLUMNS = ("end_s", "duration_s", "decode_seqs", "decode_ctx_tokens", "pref
 
 def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     """The ok requests' token arrivals grouped into steps: ``(rows, clusters)``, where ``rows`` are
-    the requests used and each cluster is ``(first_t, last_t, rids, token_indices)`` in time order.
-    Arrivals less than ``gap_s`` apart belong to one step; default: a fifth of the median gap between
-    a request's consecutive tokens."""
+    the requests used and each cluster is ``(first_t, last_t, rids, token_indices, joined)`` in step
+    order.
+
+    A running request delivers one token per engine step, so a request's next token belongs to the
+    step after the one that held its previous token, whenever it arrives: that places every token
+    after a request's first even when the client fell behind (a busy machine) and received many
+    steps' outputs at once, or one step's outputs spread apart. A first token (its prompt completed)
+    joins the latest step when it arrives less than ``gap_s`` after that step's last arrival, else it
+    opens a new step; default ``gap_s``: a fifth of the median over requests of their mean time per
+    token (a step's length, whatever bursts the tokens came in). A step is ``joined`` when its first
+    arrival is less than ``gap_s`` after the previous step's first (the client received both at
+    once), or the next step's first arrival less than ``gap_s`` after its own: its batch is known, its
+    time is the client's, not the engine's. Not recovered: a request
+    preempted and recomputed (its tokens pause for some steps; they are placed as if it had not),
+    which :func:`scheduled_steps` then finds unexplained.
+    """
     rows = frame.filter(pl.col("status").cast(pl.String) == "ok", pl.col("token_times").list.len() > 0)
     times, rids, idx = [], [], []
     for rid, tt in rows.select("request_id", "token_times").iter_rows():
@@ -48,15 +61,31 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     if not times:
         return rows, []
     t, rid, j = (np.concatenate(x) for x in (times, rids, idx))
-    if gap_s is None:
-        gaps = np.concatenate([np.diff(x) for x in times if x.size > 1] or [np.empty(0)])
-        gap_s = 0.2 * float(np.median(gaps)) if gaps.size else 0.001
-    order = np.lexsort((rid, t))
-    t, rid, j = t[order], rid[order], j[order]
-    starts = np.concatenate(([0], np.nonzero(np.diff(t) > gap_s)[0] + 1))
-    bounds = np.append(starts, t.size)
-    return rows, [(float(t[a]), float(t[b - 1]), rid[a:b].tolist(), j[a:b].tolist())
-                  for a, b in zip(bounds[:-1], bounds[1:])]
+    if gap_s is None:  # a request's mean time per token, whatever bursts its tokens came in, is a step's length
+        per_token = [(x[-1] - x[0]) / (x.size - 1) for x in times if x.size > 1]
+        gap_s = 0.2 * float(np.median(per_token)) if per_token else 0.001
+    order = np.lexsort((j, rid, t))
+    steps: list[list[tuple[float, int, int]]] = []  # per step: (arrival, request, token index)
+    ends: list[float] = []  # each step's latest arrival so far
+    last_step: dict[int, int] = {}  # request -> the step of its latest token
+    for tk, r, k in zip(t[order].tolist(), rid[order].tolist(), j[order].tolist()):
+        if r in last_step:
+            s = last_step[r] + 1
+        else:
+            s = len(steps) - 1 if steps and tk <= ends[-1] + gap_s else len(steps)
+        if s == len(steps):
+            steps.append([])
+            ends.append(tk)
+        steps[s].append((tk, r, k))
+        ends[s] = max(ends[s], tk)
+        last_step[r] = s
+    for step in steps:
+        step.sort()
+    t0 = np.array([step[0][0] for step in steps])
+    close = np.diff(t0) < gap_s  # received at once with the step after
+    joined = np.concatenate(([False], close)) | np.concatenate((close, [False]))
+    return rows, [(step[0][0], step[-1][0], [r for _, r, _ in step], [k for _, _, k in step], bool(jn))
+                  for step, jn in zip(steps, joined)]
 
 
 def _steps_frame(out: list[tuple], extra: tuple[str, ...] = ()) -> pl.DataFrame:
@@ -85,9 +114,9 @@ def observed_steps(frame: pl.DataFrame, *, gap_s: float | None = None, n_col: st
     out = []
     prev: dict[int, int] | None = None
     prev_t = math.nan
-    for t0, t1, rids, js in clusters:
+    for t0, t1, rids, js, joined in clusters:
         members = dict(zip(rids, js))
-        if len(members) != len(rids):  # a request twice: steps run together
+        if joined:  # delivered with another step: neither it nor the step after it is timed
             prev = None
             continue
         cont = prev is not None and any(prev.get(r) == k - 1 for r, k in members.items() if k > 0)
@@ -139,15 +168,19 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
                               chunked=chunked, arrival_offset_s=arrival_offset_s)
     ends: list[float] = []
     out = []
-    for t0, t1, rids, js in clusters:
+    after_joined = False
+    for t0, t1, rids, js, joined in clusters:
         members = dict(zip(rids, js))
         busy = bool(ends) and replay.busy()
-        start = replay.start(ends, busy=busy) if len(members) == len(rids) and (ends or idle_starts) else math.nan
+        start = replay.start(ends, busy=busy) if ends or idle_starts else math.nan
         cutoff = ends[-lag_steps] if busy and len(ends) >= lag_steps else start
         chunks, admitted, hidden = replay.plan_seen_step(cutoff, cost)
         consistent = replay.explains(chunks, members)
-        if not hidden and not math.isnan(start) and (busy or idle_starts):
+        # a step delivered with another one, or right after such, has no engine time of its own
+        timed = not (joined or after_joined or hidden or math.isnan(start))
+        if timed and (busy or idle_starts):
             out.append(replay.step_row(t0, t0 - start, t1 - t0, chunks) + (consistent, not busy))
+        after_joined = joined
         if not consistent:
             replay.set_back(chunks, admitted, members, cutoff)
         replay.settle(chunks, members)
