@@ -15,7 +15,6 @@ badly wrong engine model, not a few per cent.
 from __future__ import annotations
 
 import json
-import math
 
 import polars as pl
 import pytest
@@ -90,6 +89,7 @@ def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[flo
     res = run_validation(ValidationPlan(repeat=2, vocab_size=8192), client=client, facts=facts, cost=cost,
                          traces=traces, capacity=cap, calibration=calib)
     client.close()
+    paths = write_outputs(res, tmp_path / "out")  # first, so that a failing run leaves its data to inspect
     assert not res.interrupted and 0 <= res.overhead_s < 0.2
     c = res.calibration
     assert c["real_errors"] == 0 and c["steps"] >= 30, c  # the server's steps were recovered from the tokens
@@ -100,6 +100,8 @@ def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[flo
     assert c["prefill_steps"] >= 10 and 0.5 < c["correction"]["prefill_factor"] < 2.0, c  # prefills were timed
     for lv, r in ((lv, r) for lv in res.levels for r in range(2)):
         speed = lv.speed[r]  # the real server's steps against the simulated ones: a plausible ratio
+        # against the calibration made minutes before on the same server: a factor of 2 either way; step
+        # recovery broken by a loaded client gave 0.004, one that timed no fast decode step 0.58
         assert speed["decode_steps"] >= 10 and 0.5 < speed["decode"] < 2.0 and 0.5 < speed["busy"] < 2.0, speed
         assert all(lv.variants[name].scores[r] is not None  # and was simulated again at that speed,
                    for name in ("at_server_speed", "session_speed"))  # and at the other replays'
@@ -120,14 +122,19 @@ def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[flo
     print("pooled |sim error|, session speed:", {f"{m}:{k}": round(r["abs_err"], 3) for (m, k), r in rows.items()})
     for key, row in rows.items():
         assert row["met"], f"{key}: |sim error| {row['abs_err']:.1%} exceeds the loose bound {row['bound']:.0%}"
-    paths = write_outputs(res, tmp_path / "out")
     data = json.loads(paths["json"].read_text())
     assert data["server"]["num_gpu_blocks"] == facts.num_gpu_blocks
-    assert math.isfinite(data["all_levels"]["aggregate"]["groups"]["overall"]["e2e_s"]["p50"]["err"])
+    # the written results are the ones scored: every pooled error, at each speed, as computed
+    for name, agg in (("aggregate", res.pooled.aggregate),
+                      *((v, res.pooled.variants[v].aggregate) for v in ("at_server_speed", "session_speed"))):
+        written = data["all_levels"][name] if name == "aggregate" else data["all_levels"][name]["aggregate"]
+        for m in ("e2e_s", "ttft_s", "tpot_s"):
+            for k in ("p50", "p99"):
+                assert written["groups"]["overall"][m][k]["err"] == pytest.approx(
+                    agg["groups"]["overall"][m][k]["err"], rel=1e-12), (name, m, k)
     at_speed = data["all_levels"]["at_server_speed"]["aggregate"]["groups"]["overall"]
     print("pooled |sim error| at the server's measured speed:",
           {m: round(at_speed[m]["p50"]["abs_err"], 3) for m in ("e2e_s", "ttft_s", "tpot_s")})
-    assert math.isfinite(at_speed["e2e_s"]["p50"]["err"])
 
 
 class TestValidateTinyModel:
@@ -178,4 +185,5 @@ class TestValidateTinyModel:
         order_sim = sim.sort("dispatch_s", "request_id")["request_id"].to_list()
         # dispatch orders agree but for near-ties (a few swaps at most)
         swaps = sum(a != b for a, b in zip(order_real, order_sim))
+        print("dispatch positions that differ, real vs sim:", swaps, "of", len(order_real))
         assert swaps <= len(order_real) // 2, (order_real, order_sim)

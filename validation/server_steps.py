@@ -46,9 +46,10 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     joins the latest step when it arrives less than ``gap_s`` after that step's last arrival, else it
     opens a new step; default ``gap_s``: a fifth of the median over requests of their mean time per
     token (a step's length, whatever bursts the tokens came in). A step is ``joined`` when its first
-    arrival is less than ``gap_s`` after the previous step's first (the client received both at
-    once), or the next step's first arrival less than ``gap_s`` after its own: its batch is known, its
-    time is the client's, not the engine's. Not recovered: a request
+    arrival is less than a quarter of ``gap_s`` after the previous step's first (the client received
+    both at once: far shorter than any step, whose lengths vary with the prefill work in them), or the
+    next step's first arrival is that close to its own: its batch is known, its time is the client's,
+    not the engine's. Not recovered: a request
     preempted and recomputed (its tokens pause for some steps; they are placed as if it had not),
     which :func:`scheduled_steps` then finds unexplained.
     """
@@ -82,7 +83,7 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     for step in steps:
         step.sort()
     t0 = np.array([step[0][0] for step in steps])
-    close = np.diff(t0) < gap_s  # received at once with the step after
+    close = np.diff(t0) < 0.25 * gap_s  # received at once with the step after
     joined = np.concatenate(([False], close)) | np.concatenate((close, [False]))
     return rows, [(step[0][0], step[-1][0], [r for _, r, _ in step], [k for _, _, k in step], bool(jn))
                   for step, jn in zip(steps, joined)]
