@@ -4,11 +4,12 @@ A profile measured elsewhere (the in-process engine, another build) does
 not time what a server adds to every step: its front-end loop, the IPC
 between its processes, detokenising and streaming each generated token.
 A replay already holds what is needed to measure that: every token's
-arrival time. The tokens of one engine step reach the client together
-(vLLM sends a step's outputs as one batch), so clustering all arrivals in
-time gives the steps; the tokens in a cluster say what the step did (a
-request's first token: its prefill completed; any later token: one decode)
-and the gap to the previous cluster is the step's duration.
+arrival time. Every running request gets one token per engine step, so a
+request's tokens mark consecutive steps, and the tokens of one step reach
+the client together (vLLM sends a step's outputs as one batch): the tokens
+in a step say what it did (a request's first token: its prefill completed;
+any later token: one decode) and the gap between the first arrivals of two
+steps is the later one's duration, unless the client took both in at once.
 
 :func:`observed_steps` recovers them; :func:`fit_step_correction` fits
 :class:`StepCorrection` to them: what this server adds to the profile's
@@ -100,12 +101,12 @@ def observed_steps(frame: pl.DataFrame, *, gap_s: float | None = None, n_col: st
     """The engine steps of one replay, from its requests' token arrival times alone.
 
     ``frame`` has ``request_id``, ``status``, ``input_tokens``, ``token_times``
-    (and ``n_col``): a real replay's frame or a simulated one. Arrivals less
-    than ``gap_s`` apart belong to one step (see :func:`_token_clusters`). A
-    cluster holding two tokens of one request is two steps run together and is
-    left out, with the step after it. Returns one row per step with a duration
+    (and ``n_col``): a real replay's frame or a simulated one. Steps as
+    :func:`_token_clusters` recovers them (``gap_s``: its first-token window); a
+    step the client took in together with another is left out, with the step
+    after it. Returns one row per step with a duration
     (see the module docstring), columns :data:`STEP_COLUMNS`; ``width_s`` is how
-    long the cluster's arrivals took (delivery jitter). A step's prefill is
+    long the step's arrivals took (delivery jitter). A step's prefill is
     counted from the first tokens it delivered: a chunk that did not complete
     its prompt is missed, and the completing step is given the whole prompt;
     :func:`scheduled_steps` recovers the chunks.
@@ -312,7 +313,7 @@ class _SchedulerReplay:
                 del computed[r]
             elif r not in generated and r in waiting:
                 waiting.remove(r)
-        for r in [r for r in generated if r not in members]:  # its token was in a merged cluster
+        for r in [r for r in generated if r not in members]:  # its token was placed elsewhere
             generated[r] += 1
         for r, k in members.items():
             generated[r] = k + 1
