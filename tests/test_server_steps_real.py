@@ -91,9 +91,9 @@ def test_each_requests_tokens_are_its_steps_in_order(recorded):
     broken = 0
     for r, placed in seen.items():
         assert [j for j, _ in placed] == list(range(usage[r])), r
-        first_step = placed[0][1]  # no preemption here: one token in each of consecutive steps,
+        first_step = placed[0][1]  # no preemption here: one token in each of consecutive steps
         broken += [s for _, s in placed] != list(range(first_step, first_step + usage[r]))
-    assert broken <= 0.1 * len(seen), broken  # but where a token came far behind its step's, by its time
+    assert broken == 0, broken
     first = [t0 for t0, *_ in clusters]
     assert first == sorted(first) and all(t0 <= t1 for t0, t1, *_ in clusters)
 
@@ -117,7 +117,7 @@ def test_recovered_steps_are_the_servers_steps(recorded, server):
     assert all(len(set(rids)) == len(rids) for _, _, rids, _, _ in clusters)  # a request once per step
     obs = observed_steps(frame)
     tokens = (obs["decode_seqs"] + obs["prefill_seqs"] + obs["prefill_tokens"]).to_numpy()
-    assert 0.75 * steps_served <= obs.height <= len(clusters) - joined
+    assert 0.85 * steps_served <= obs.height <= len(clusters) - joined
     edges = sorted(delta["histogram"])
     lower = [-np.inf] + edges[:-1]
     for lo, hi in zip(lower, edges):
