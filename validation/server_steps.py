@@ -47,10 +47,11 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     joins the latest step when it arrives less than ``gap_s`` after that step's last arrival, else it
     opens a new step; default ``gap_s``: a fifth of the median over requests of their mean time per
     token (a step's length, whatever bursts the tokens came in). A step is ``joined`` when its first
-    arrival is less than a quarter of ``gap_s`` after the previous step's first (the client received
-    both at once: far shorter than any step, whose lengths vary with the prefill work in them), or the
-    next step's first arrival is that close to its own: its batch is known, its time is the client's,
-    not the engine's. Not recovered: a request
+    arrival is less than a fifth of the shortest steps (the 10th percentile of the gaps between a
+    request's tokens, leaving out those under a hundredth of a typical step) after the previous
+    step's first (the client received both at once), or the next
+    step's first arrival is that close to its own: its batch is known, its time is the client's, not
+    the engine's. Not recovered: a request
     preempted and recomputed (its tokens pause for some steps; they are placed as if it had not),
     which :func:`scheduled_steps` then finds unexplained.
     """
@@ -63,9 +64,15 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     if not times:
         return rows, []
     t, rid, j = (np.concatenate(x) for x in (times, rids, idx))
-    if gap_s is None:  # a request's mean time per token, whatever bursts its tokens came in, is a step's length
-        per_token = [(x[-1] - x[0]) / (x.size - 1) for x in times if x.size > 1]
+    # a request's mean time per token, whatever bursts its tokens came in, is a step's length or more
+    per_token = [(x[-1] - x[0]) / (x.size - 1) for x in times if x.size > 1]
+    if gap_s is None:
         gap_s = 0.2 * float(np.median(per_token)) if per_token else 0.001
+    # the shortest steps: the low end of the gaps between a request's tokens, the near-zero gaps of
+    # tokens taken in at once left out (a client takes in a token in microseconds, an engine step lasts ms)
+    gaps = np.concatenate([np.diff(x) for x in times if x.size > 1] or [np.empty(0)])
+    steps_gaps = gaps[gaps > 0.01 * float(np.median(per_token))] if per_token else gaps
+    burst_s = 0.2 * float(np.quantile(steps_gaps, 0.1)) if steps_gaps.size else 0.25 * gap_s
     order = np.lexsort((j, rid, t))
     steps: list[list[tuple[float, int, int]]] = []  # per step: (arrival, request, token index)
     ends: list[float] = []  # each step's latest arrival so far
@@ -84,7 +91,7 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     for step in steps:
         step.sort()
     t0 = np.array([step[0][0] for step in steps])
-    close = np.diff(t0) < 0.25 * gap_s  # received at once with the step after
+    close = np.diff(t0) < burst_s  # received at once with the step after
     joined = np.concatenate(([False], close)) | np.concatenate((close, [False]))
     return rows, [(step[0][0], step[-1][0], [r for _, r, _ in step], [k for _, _, k in step], bool(jn))
                   for step, jn in zip(steps, joined)]
