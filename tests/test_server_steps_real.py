@@ -14,7 +14,6 @@ prefill it completed). No server is started: these run in a second.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np

@@ -49,11 +49,10 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     token (a step's length, whatever bursts the tokens came in). A step is ``joined`` when its first
     arrival is less than a fifth of the shortest steps (the 10th percentile of the gaps between a
     request's tokens, leaving out those under a hundredth of a typical step) after the previous
-    step's first (the client received both at once), or the next
-    step's first arrival is that close to its own: its batch is known, its time is the client's, not
-    the engine's. Not recovered: a request
-    preempted and recomputed (its tokens pause for some steps; they are placed as if it had not),
-    which :func:`scheduled_steps` then finds unexplained.
+    step's first (the client received both at once), or the next step's first arrival is that close
+    to its own: its batch is known, its time is the client's, not the engine's. Not recovered: a
+    request preempted and recomputed (its tokens pause for some steps; they are placed as if it had
+    not), which :func:`scheduled_steps` then finds unexplained.
     """
     rows = frame.filter(pl.col("status").cast(pl.String) == "ok", pl.col("token_times").list.len() > 0)
     times, rids, idx = [], [], []
@@ -66,30 +65,27 @@ def _token_clusters(frame: pl.DataFrame, gap_s: float | None):
     t, rid, j = (np.concatenate(x) for x in (times, rids, idx))
     # a request's mean time per token, whatever bursts its tokens came in, is a step's length or more
     per_token = [(x[-1] - x[0]) / (x.size - 1) for x in times if x.size > 1]
+    typical = float(np.median(per_token)) if per_token else math.nan
     if gap_s is None:
-        gap_s = 0.2 * float(np.median(per_token)) if per_token else 0.001
+        gap_s = 0.2 * typical if per_token else 0.001
     # the shortest steps: the low end of the gaps between a request's tokens, the near-zero gaps of
     # tokens taken in at once left out (a client takes in a token in microseconds, an engine step lasts ms)
     gaps = np.concatenate([np.diff(x) for x in times if x.size > 1] or [np.empty(0)])
-    steps_gaps = gaps[gaps > 0.01 * float(np.median(per_token))] if per_token else gaps
+    steps_gaps = gaps[gaps > 0.01 * typical] if per_token else gaps
     burst_s = 0.2 * float(np.quantile(steps_gaps, 0.1)) if steps_gaps.size else 0.25 * gap_s
     order = np.lexsort((j, rid, t))
+    # tokens taken in arrival order, so each step's list stays in that order and its last entry is its latest
     steps: list[list[tuple[float, int, int]]] = []  # per step: (arrival, request, token index)
-    ends: list[float] = []  # each step's latest arrival so far
     last_step: dict[int, int] = {}  # request -> the step of its latest token
     for tk, r, k in zip(t[order].tolist(), rid[order].tolist(), j[order].tolist()):
         if r in last_step:
             s = last_step[r] + 1
         else:
-            s = len(steps) - 1 if steps and tk <= ends[-1] + gap_s else len(steps)
+            s = len(steps) - 1 if steps and tk <= steps[-1][-1][0] + gap_s else len(steps)
         if s == len(steps):
             steps.append([])
-            ends.append(tk)
         steps[s].append((tk, r, k))
-        ends[s] = max(ends[s], tk)
         last_step[r] = s
-    for step in steps:
-        step.sort()
     t0 = np.array([step[0][0] for step in steps])
     close = np.diff(t0) < burst_s  # received at once with the step after
     joined = np.concatenate(([False], close)) | np.concatenate((close, [False]))
