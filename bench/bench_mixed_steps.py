@@ -54,6 +54,11 @@ def models(calib: pl.DataFrame, engine, overhead_s: float, cost) -> tuple[dict, 
     excess = mixed["duration_s"].to_numpy() - np.array([decode.step_time(b) for b in batches]) - (
         fit["prefill_factor"] - 1.0) * np.array([prefill_work_s(cost, b) for b in batches])
     constant = max(0.0, float(np.median(excess))) if excess.size else 0.0
+    if excess.size >= 3:  # how the excess grows with the prefill: a factor's shape, or a constant's
+        tokens = mixed["prefill_tokens"].to_numpy()
+        thirds = np.array_split(np.argsort(tokens, kind="stable"), 3)
+        print("  excess over the decode correction by prefill size (thirds of the mixed steps): "
+              + ", ".join(f"{np.median(tokens[i]):.0f} tokens {1000 * np.median(excess[i]):+.1f} ms" for i in thirds))
     return fit, {
         "fitted": StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"], fit["prefill_factor"],
                                  fit["mixed_factor"]),

