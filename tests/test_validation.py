@@ -1033,6 +1033,26 @@ def test_calibration_never_subtracts_from_a_mixed_step():
     assert fit["mixed_steps"] >= 8 and fit["prefill_step_s"] == 0.0
 
 
+def test_calibration_follows_a_correction_that_grows_past_the_last_well_seen_batch():
+    """A server adding 1.5 ms per decoding sequence, seen mostly at 1-8 sequences and only now and then at
+    10-30 (too rarely for knots 16 and 32, 22 steps together): one knot at the largest batch seen takes them,
+    so the correction keeps growing there instead of staying flat at 8, whose value would otherwise
+    average every larger batch's excess."""
+    from driftsim.validation.server_steps import fit_step_correction, step_batches
+
+    cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
+    seqs = np.concatenate([np.repeat([1, 2, 4, 8], 60), np.repeat(np.arange(10, 31, 2), 2)])
+    steps = pl.DataFrame({"decode_seqs": seqs, "decode_ctx_tokens": 200 * seqs, "prefill_seqs": 0,
+                          "prefill_tokens": 0, "prefill_attn_tokens": 0})
+    steps = steps.with_columns(duration_s=pl.Series(
+        [cost.step_time(b) + 0.0015 * b.decode_seqs for b in step_batches(steps)]))
+    fit = fit_step_correction(steps, cost, max_num_seqs=32)
+    assert fit["knots"] == [1, 2, 4, 8, 30], fit  # 16 and 32 too thin alone, pooled at the largest batch
+    for k, v in zip(fit["knots"], fit["values_s"]):
+        assert v == pytest.approx(0.0015 * k, abs=3e-4), (k, fit)
+    assert fit["mean_abs_rel_err"] < 0.02
+
+
 def test_microbatch_intake_gap_lets_the_first_request_start_alone():
     """A batch sent as concurrent HTTP requests reaches the engine one by one: the first request
     runs its prefill step alone and the rest join the next step, so its first token comes first."""

@@ -69,7 +69,6 @@ TINY_COEFFICIENTS = {
 def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[float, float]) -> None:
     """Calibrate on a held-out replay, replay ``workload`` twice at each of ``loads`` (fractions of the
     simulated capacity), score it, and hold the held-out error, level by level, to :data:`BOUNDS`."""
-    from driftsim.costmodel.batch import StepBatch
     from driftsim.profiling.http import OpenAIClient
     from driftsim.profiling.server_facts import engine_config, read_server_facts
     from driftsim.validation.plan import ValidationPlan
@@ -94,11 +93,13 @@ def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[flo
     assert not res.interrupted and 0 <= res.overhead_s < 0.2
     c = res.calibration
     assert c["real_errors"] == 0 and c["steps"] >= 30, c  # the server's steps were recovered from the tokens
-    # what the server adds to a decode step: on two cores its front end competes with the engine for the CPU
-    # and may cost as much as the step itself, never several times it (a calibration fitted to wrongly
-    # recovered steps added 3x the step at 8 sequences; a sound one on a VM running slow that day, 1.2-1.8x)
-    own = [cost.step_time(StepBatch(decode_seqs=k, decode_ctx_tokens=256 * k)) for k in c["correction"]["knots"]]
-    assert all(abs(v) < 2 * step for v, step in zip(c["correction"]["values_s"], own)), (c["correction"], own)
+    # what the server adds to a decode step explains the decode steps it was fitted to (token-weighted mean
+    # |relative error|), better than the profile alone. Not bounded by the profile's own step: on two cores
+    # the front end competes with the engine and adds ~1.5 ms per decoding sequence, 1.5-3x the profile's
+    # step at 8-32 sequences on a quiet run of this machine; recovery that timed bursts as steps gave
+    # durations of a quarter of the modelled step or less, relative errors of 300 % and more
+    assert 0 <= c["step_err"] < 0.5 and c["step_err"] <= c["profile_step_err"] + 0.01, c
+    print("calibration:", {k: c[k] for k in ("step_err", "profile_step_err", "steps_per_knot")}, c["correction"])
     assert isinstance(c["async_scheduling"], bool)
     rec = c["steps_recovered"]  # vLLM's scheduler replayed on the real step boundaries explains them
     assert rec["all"] >= 30 and rec["consistent"] >= 0.8 * rec["all"], rec
