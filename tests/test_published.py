@@ -149,6 +149,20 @@ def test_a_not_covered_row_is_reported_not_simulated(tmp_path):
     assert record["simulated"] is None and record["met"] is None and record["not_covered"] == "FP8 weights"
 
 
+def test_a_row_launched_with_prefix_caching_is_simulated_with_it(tmp_path):
+    """vLLM v1 caches prefixes by default; a workload of lengths (like vLLM's random dataset, random tokens)
+    shares no prefix, so the row is simulated with the cache on and matches the same row with it off."""
+    from driftsim.validation.published import _engine
+
+    on = _row(id="on", workload="synthetic", metric="e2e_mean_ms").replace("prefix_caching = false",
+                                                                             "prefix_caching = true")
+    rows, _ = load_runs(_file(tmp_path, on, _row(id="off", workload="synthetic", metric="e2e_mean_ms")))
+    assert _engine(rows[0], resolve_profile(rows[0])).prefix_caching is True
+    assert _engine(rows[1], resolve_profile(rows[1])).prefix_caching is False
+    with_cache, without = score(rows)
+    assert with_cache["simulated"] is not None and with_cache["simulated"] == without["simulated"] > 0
+
+
 @pytest.mark.parametrize("row, words", [
     (_row().replace('metric = "tpot_median_ms"\n', ""), ["measurement 1 (r1)", "missing", "metric"]),
     (_row(metric="tpot_p42_ms"), ["measurement 1 (r1) metric", "tpot_median_ms"]),

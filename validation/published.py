@@ -321,9 +321,11 @@ def _trace(m: Measurement, seed: int) -> pl.DataFrame:
 
 
 def _engine(m: Measurement, profile: Profile) -> EngineConfig:
+    # prefix caching as launched: a workload of lengths carries no prompt content, so its prompts share no
+    # prefix and the cache only holds blocks (as with vLLM's random dataset, whose prompts are random tokens)
     limits = {f: getattr(m, f) for f in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "chunked_prefill",
-                                         "gpu_memory_utilization", "block_size", "async_scheduling",
-                                         "reserve_full_prompt")}  # fmt: skip
+                                         "prefix_caching", "gpu_memory_utilization", "block_size",
+                                         "async_scheduling", "reserve_full_prompt")}  # fmt: skip
     allowed = {f.name for f in fields(EngineConfig)}
     values = {k: v for k, v in profile.engine_defaults.items() if k in allowed} | limits
     try:
@@ -378,7 +380,7 @@ def score(rows: Iterable[Measurement], *, seed: int = 0) -> list[dict]:
     cache: dict[tuple, dict[str, np.ndarray]] = {}
     out = []
     for m in rows:
-        reason = m.not_covered or ("prefix caching is not modelled" if m.prefix_caching else "")
+        reason = m.not_covered
         simulated = error = met = None
         if not reason:
             key = _setup_key(m)
