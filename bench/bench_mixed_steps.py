@@ -44,8 +44,9 @@ def median_err(steps: pl.DataFrame, model) -> float:
     return float(np.median(np.abs(predicted(steps, model) / y - 1))) if steps.height else float("nan")
 
 
-def models(calib: pl.DataFrame, engine, overhead_s: float, cost) -> tuple[dict, dict]:
-    """The fit, and the three models compared: fitted, constant alone, decode correction only."""
+def models(calib: pl.DataFrame, engine, overhead_s: float, cost) -> tuple[dict, pl.DataFrame, dict]:
+    """The fit, the calibration's mixed steps, and the three models compared: fitted, constant alone,
+    decode correction only."""
     fit = fit_step_correction(engine_steps(calib, engine=engine, overhead_s=overhead_s, cost=cost, lag_steps=1,
                                            idle_starts=True), cost, max_num_seqs=engine.max_num_seqs)
     decode = StepCorrection(cost, fit["knots"], fit["values_s"], 0.0, fit["prefill_factor"], 1.0)
@@ -59,7 +60,7 @@ def models(calib: pl.DataFrame, engine, overhead_s: float, cost) -> tuple[dict, 
         thirds = np.array_split(np.argsort(tokens, kind="stable"), 3)
         print("  excess over the decode correction by prefill size (thirds of the mixed steps): "
               + ", ".join(f"{np.median(tokens[i]):.0f} tokens {1000 * np.median(excess[i]):+.1f} ms" for i in thirds))
-    return fit, {
+    return fit, mixed, {
         "fitted": StepCorrection(cost, fit["knots"], fit["values_s"], fit["prefill_step_s"], fit["prefill_factor"],
                                  fit["mixed_factor"]),
         "constant alone": StepCorrection(cost, fit["knots"], fit["values_s"], constant, fit["prefill_factor"]),
@@ -68,8 +69,7 @@ def models(calib: pl.DataFrame, engine, overhead_s: float, cost) -> tuple[dict, 
 
 
 def report(name: str, calib: pl.DataFrame, engine, overhead_s: float, cost, replays=None, sims=None) -> None:
-    fit, ms = models(calib, engine, overhead_s, cost)
-    own = mixed_steps(calib, engine, overhead_s, cost)
+    fit, own, ms = models(calib, engine, overhead_s, cost)
     print(f"{name}: prefill factor {fit['prefill_factor']:.3f}, mixed factor {fit['mixed_factor']:.3f}, "
           f"constant {1000 * fit['prefill_step_s']:.1f} ms ({fit['mixed_steps']} mixed steps); constant alone would be "
           f"{1000 * ms['constant alone'].prefill_step_s:.1f} ms")

@@ -60,12 +60,12 @@ class TestHttpServer:
             # a probe keeps only the steps it can attribute: a join whose first token lands away from a
             # decode step's end (the client fell behind) gives none, so up to three repetitions, as a profile
             # plan repeats its points
-            tries = []
-            while len(tries) < 3 and not any(r["phase"] == "mixed" for r in (tries[-1] if tries else [])):
-                tries.append(d.run_point(ProbePoint(kind="mixed", batch=4, prompt_len=64, decode_steps=2,
-                                                    join_prompt_len=128, join_count=1, rep=len(tries))))
-            mixed = tries[-1]
-        print("mixed-probe repetitions:", len(tries))
+            for rep in range(3):
+                mixed = d.run_point(ProbePoint(kind="mixed", batch=4, prompt_len=64, decode_steps=2,
+                                               join_prompt_len=128, join_count=1, rep=rep))
+                if any(r["phase"] == "mixed" for r in mixed):
+                    break
+        print("mixed-probe repetitions:", rep + 1)
         assert [r["phase"] for r in prefill] == ["prefill"]
         assert json.loads(prefill[0]["raw"])["method"] == "engine-prefill-time"
         # a decode probe opens with one prefill step of its whole batch, timed from the gate

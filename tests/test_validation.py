@@ -1038,14 +1038,13 @@ def test_calibration_follows_a_correction_that_grows_past_the_last_well_seen_bat
     10-30 (too rarely for knots 16 and 32, 22 steps together): one knot at the largest batch seen takes them,
     so the correction keeps growing there instead of staying flat at 8, whose value would otherwise
     average every larger batch's excess."""
-    from driftsim.validation.server_steps import fit_step_correction, step_batches
+    from driftsim.validation.server_steps import fit_step_correction, predicted
 
     cost = linear_cost(overhead_s=0.01, per_decode_seq_s=0.001)
     seqs = np.concatenate([np.repeat([1, 2, 4, 8], 60), np.repeat(np.arange(10, 31, 2), 2)])
     steps = pl.DataFrame({"decode_seqs": seqs, "decode_ctx_tokens": 200 * seqs, "prefill_seqs": 0,
                           "prefill_tokens": 0, "prefill_attn_tokens": 0})
-    steps = steps.with_columns(duration_s=pl.Series(
-        [cost.step_time(b) + 0.0015 * b.decode_seqs for b in step_batches(steps)]))
+    steps = steps.with_columns(duration_s=pl.Series(predicted(steps, cost) + 0.0015 * seqs))
     fit = fit_step_correction(steps, cost, max_num_seqs=32)
     assert fit["knots"] == [1, 2, 4, 8, 30], fit  # 16 and 32 too thin alone, pooled at the largest batch
     for k, v in zip(fit["knots"], fit["values_s"]):

