@@ -23,13 +23,25 @@ import pytest
 from driftsim.costmodel.batch import StepBatch
 from driftsim.costmodel.profiles import load_profile
 from driftsim.profiling.server_facts import ServerFacts, engine_config
-from driftsim.validation.calibration import calibrate_server, engine_steps
+from driftsim.validation.calibration import ProbeFit, calibrate_server, engine_steps, fit_probe
 from driftsim.validation.replay_sim import sim_trace
 from driftsim.validation.server_steps import (StepCorrection, _token_clusters, fit_step_correction, observed_steps,
                                               predicted)
 
 DATA = Path(__file__).parent / "data" / "vllm-cpu-steps"
 PROFILE = Path(__file__).parent.parent / "bench" / "prefix" / "tiny-cpu.toml"
+
+
+def probe_of(meta: dict, cost) -> ProbeFit:
+    """The client overhead and prefill factor ``driftsim validate`` takes from the recording's probes."""
+    return fit_probe([tuple(x) for x in meta["overhead_samples"]], cost)
+
+
+def meta_median_excess(meta: dict, cost) -> float:
+    """The probes' median TTFT beyond the profile's prefill step (what the overhead once was)."""
+    return float(np.median([t - cost.step_time(StepBatch(prefill_tokens=p, prefill_seqs=1,
+                                                          prefill_attn_tokens=p * (p + 1) / 2))
+                            for p, t in meta["overhead_samples"]]))
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +69,10 @@ def server(recorded):
 def calibration(recorded, server):
     frame, trace, meta = recorded
     engine, cost, _ = server
-    st = sim_trace(trace, frame, gateway_holds=False, overhead_s=meta["overhead_s"])
-    return calibrate_server(frame, st, cost=cost, engine=engine, overhead_s=meta["overhead_s"])
+    probe = probe_of(meta, cost)
+    st = sim_trace(trace, frame, gateway_holds=False, overhead_s=probe.overhead_s)
+    return calibrate_server(frame, st, cost=cost, engine=engine, overhead_s=probe.overhead_s,
+                            prefill_factor=probe.prefill_factor)
 
 
 def test_the_recording_agrees_with_the_servers_own_counters(recorded, server):
@@ -131,7 +145,7 @@ def test_scheduled_steps_keep_the_servers_limits_and_prompts(recorded, server):
     and most steps explained (the requests it predicts to deliver a token are those that did)."""
     frame, _, meta = recorded
     engine, cost, delta = server
-    steps = engine_steps(frame, engine=engine, overhead_s=meta["overhead_s"], cost=cost, lag_steps=1)
+    steps = engine_steps(frame, engine=engine, overhead_s=probe_of(meta, cost).overhead_s, cost=cost, lag_steps=1)
     assert steps.height <= delta["steps"]
     assert (steps["prefill_tokens"] + steps["decode_seqs"] <= engine.max_num_batched_tokens).all()
     assert (steps["prefill_seqs"] + steps["decode_seqs"] <= engine.max_num_seqs).all()
@@ -164,13 +178,18 @@ def test_calibration_fits_a_small_positive_per_step_cost(calibration, server, re
     assert calibration["mean_abs_rel_err"] < calibration["profile_mean_abs_rel_err"]
     # mixed steps (new requests joining a running batch) cost the server more than the profile says, in
     # proportion to their prefill (a factor, no constant to speak of); too few prefill-only steps (most
-    # requests here joined a busy engine) to time the prefill work of an idle engine apart
+    # requests here joined a busy engine) to time the prefill work of an idle engine apart, so that
+    # factor is the idle server's probes', and it agrees with what the mixed steps say
     assert calibration["mixed_steps"] >= 8 and 1.1 < calibration["mixed_factor"] < 2.0, calibration
     assert 0.0 <= calibration["prefill_step_s"] < 0.01, calibration
-    assert calibration["prefill_steps"] - calibration["mixed_steps"] < 8 and calibration["prefill_factor"] == 1.0
+    probe = probe_of(recorded[2], cost)
+    assert calibration["prefill_steps"] - calibration["mixed_steps"] < 8, calibration
+    assert calibration["prefill_factor_from"] == "given" and calibration["prefill_factor"] == probe.prefill_factor
+    assert 1.1 < probe.prefill_factor < 2.0 and abs(probe.prefill_factor - calibration["mixed_factor"]) < 0.3
+    assert 0.005 < probe.overhead_s < meta_median_excess(recorded[2], cost)
     frame, _, meta = recorded
     engine, _, _ = server
-    mixed = engine_steps(frame, engine=engine, overhead_s=meta["overhead_s"], cost=cost, lag_steps=1).filter(
+    mixed = engine_steps(frame, engine=engine, overhead_s=probe_of(meta, cost).overhead_s, cost=cost, lag_steps=1).filter(
         pl.col("consistent"), pl.col("prefill_seqs") > 0, pl.col("decode_seqs") > 0)
     y = mixed["duration_s"].to_numpy()
 
@@ -225,7 +244,7 @@ def test_a_client_that_fell_behind_gives_no_step_a_time_it_did_not_see(busy_reco
     assert meta["machine"]["other_load"].startswith("one core kept busy")
     _, clusters = _token_clusters(frame, None)
     assert sum(c[4] for c in clusters) >= 0.5 * len(clusters)  # the recording is mostly bursts
-    steps = engine_steps(frame, engine=engine, overhead_s=meta["overhead_s"], cost=cost, lag_steps=1)
+    steps = engine_steps(frame, engine=engine, overhead_s=probe_of(meta, cost).overhead_s, cost=cost, lag_steps=1)
     ok = steps.filter(pl.col("consistent"))
     assert ok.height >= 50 and ok.height >= 0.85 * steps.height, (ok.height, steps.height)
     ratio = ok["duration_s"].to_numpy() / predicted(ok, cost)
@@ -238,7 +257,9 @@ def test_calibration_on_a_busy_machine_still_times_the_server(busy_recorded, ser
     than the profile alone."""
     frame, trace, meta, engine = busy_recorded
     _, cost, _ = server
-    st = sim_trace(trace, frame, gateway_holds=False, overhead_s=meta["overhead_s"])
-    fit = calibrate_server(frame, st, cost=cost, engine=engine, overhead_s=meta["overhead_s"])
+    probe = probe_of(meta, cost)
+    st = sim_trace(trace, frame, gateway_holds=False, overhead_s=probe.overhead_s)
+    fit = calibrate_server(frame, st, cost=cost, engine=engine, overhead_s=probe.overhead_s,
+                           prefill_factor=probe.prefill_factor)
     assert fit["steps"] >= 30 and fit["mean_abs_rel_err"] < fit["profile_mean_abs_rel_err"], fit
     assert 0.7 < fit["speed"]["decode"] < 1.4 and 0.7 < fit["speed"]["busy"] < 1.4, fit["speed"]

@@ -383,16 +383,35 @@ def test_fit_trace_keeps_prefix_ids_for_the_prompt_only():
     assert any("prefix ids of 1 request(s) for their prompt only" in n for n in notes)
 
 
-def test_overhead_is_probe_ttft_beyond_the_prefill_step():
-    cost = linear_cost()
+def test_probe_overhead_is_what_does_not_grow_with_the_prompt():
+    """A server with a 12 ms front end whose prefill work takes 1.4x the profile's: the probes' line gives
+    both, through a slow first probe (a warm-up outlier); the median excess the overhead used to be
+    mixes the prefill error at the probes' lengths into it (17 ms here), which every simulated request
+    then paid whatever its prompt."""
     from driftsim.costmodel.batch import StepBatch
-    def step(p):
-        return cost.step_time(StepBatch(prefill_tokens=p, prefill_seqs=1, prefill_attn_tokens=p * (p + 1) / 2))
+    from driftsim.validation.calibration import fit_probe
+    from driftsim.validation.server_steps import prefill_work_s
 
-    samples = [(16, step(16) + 0.003), (128, step(128) + 0.004), (384, step(384) + 0.010)]
-    assert overhead_from_probe(samples, cost) == pytest.approx(0.004)
-    assert overhead_from_probe([(16, step(16) / 2)], cost) == 0.0
-    assert overhead_from_probe([], cost) == 0.0
+    cost = linear_cost()
+
+    def batch(p):
+        return StepBatch(prefill_tokens=p, prefill_seqs=1, prefill_attn_tokens=p * (p + 1) / 2)
+
+    rng = np.random.default_rng(3)
+    samples = [(p, cost.step_time(batch(p)) + 0.012 + 0.4 * prefill_work_s(cost, batch(p)) + rng.normal(0, 3e-4))
+               for _ in range(4) for p in (16, 128, 384)]
+    samples[0] = (16, samples[0][1] + 0.02)
+    fit = fit_probe(samples, cost)
+    assert fit.overhead_s == pytest.approx(0.012, abs=1e-3)
+    assert fit.prefill_factor == pytest.approx(1.4, abs=0.02)
+    assert overhead_from_probe(samples, cost) == fit.overhead_s
+    median_excess = np.median([t - cost.step_time(batch(p)) for p, t in samples])
+    assert median_excess - fit.overhead_s > 0.004
+    # one prompt length cannot tell the two apart: its median excess, as measured, and no factor
+    one = fit_probe([(16, cost.step_time(batch(16)) + 0.005)] * 3, cost)
+    assert one.overhead_s == pytest.approx(0.005) and one.prefill_factor == 1.0
+    assert overhead_from_probe([(16, cost.step_time(batch(16)) / 2)], cost) == 0.0
+    assert fit_probe([], cost).overhead_s == 0.0
 
 
 def test_server_corrections_keep_the_cost_contract():
@@ -986,7 +1005,11 @@ def test_calibration_recovers_a_known_prefill_step_correction():
     assert fit["prefill_step_s"] == pytest.approx(0.008, abs=5e-4)
     for k, v in zip(fit["knots"], fit["values_s"]):
         assert v == pytest.approx(added[knots.index(k)], abs=2e-4), (k, fit)
-    assert fit_step_correction(steps, cost, max_num_seqs=16, min_prefill_steps=10**6)["prefill_step_s"] == 0.0
+    few = fit_step_correction(steps, cost, max_num_seqs=16, min_prefill_steps=10**6)
+    assert few["prefill_step_s"] == 0.0 and few["prefill_factor"] == 1.0
+    # too few prefill steps of either kind: a factor measured elsewhere (the probes) for both
+    given = fit_step_correction(steps, cost, max_num_seqs=16, min_prefill_steps=10**6, prefill_factor=1.3)
+    assert (given["prefill_factor"], given["mixed_factor"], given["prefill_factor_from"]) == (1.3, 1.3, "given")
     model, _ = calibrated(cost, eng, {"correction": {k: fit[k] for k in ("knots", "values_s", "prefill_step_s")}})
     mixed = StepBatch(prefill_tokens=100, prefill_seqs=1, prefill_attn_tokens=5050, decode_seqs=4, decode_ctx_tokens=400)
     alone = StepBatch(prefill_tokens=100, prefill_seqs=1, prefill_attn_tokens=5050)

@@ -27,7 +27,8 @@ from driftsim.profiling.server_facts import ServerFacts, engine_config
 from driftsim.profiling.trace_replay import journal_frame
 from driftsim.sim.config import EngineConfig, GatewayConfig
 from driftsim.traces.schema import REQUEST_SCHEMA
-from driftsim.validation.calibration import calibrate_server, calibrated, fitted_calibration, overhead_from_probe
+from driftsim.validation.calibration import (ProbeFit, calibrate_server, calibrated, fit_probe, fitted_calibration,
+                                             overhead_from_probe)
 from driftsim.validation.levels import LevelResult, drift_notes, pool_levels, session_speed
 from driftsim.validation.replay_sim import sim_trace
 from driftsim.validation.session import (STATE, ValidationResult, journal_path, load_levels, load_replay_meta,
@@ -93,9 +94,10 @@ def refit_calibration(calib: dict, cframe: pl.DataFrame, *, samples: list, overh
                            "output_tokens", *[pl.lit(None, dtype=t).alias(c) for c, t in REQUEST_SCHEMA.items()
                                               if c not in cframe.columns and c != "arrival_s"]).select(
         list(REQUEST_SCHEMA))
-    c_overhead = overhead_from_probe(samples, cost) if samples else overhead_s
-    st = sim_trace(ctrace, cframe, gateway_holds=gateway_holds, overhead_s=c_overhead)
-    fit = calibrate_server(cframe, st, cost=cost, engine=engine, gateway=gateway, overhead_s=c_overhead)
+    probe = fit_probe(samples, cost) if samples else ProbeFit(overhead_s)
+    st = sim_trace(ctrace, cframe, gateway_holds=gateway_holds, overhead_s=probe.overhead_s)
+    fit = calibrate_server(cframe, st, cost=cost, engine=engine, gateway=gateway, overhead_s=probe.overhead_s,
+                           prefill_factor=probe.prefill_factor)
     return {**calib, **fitted_calibration(fit)}
 
 

@@ -32,7 +32,8 @@ from driftsim.profiling.prompts import replay_seed
 from driftsim.profiling.server_facts import ServerFacts, engine_config, engine_counters
 from driftsim.profiling.trace_replay import ReplayRun, probe_overhead, replay, replay_journaled, warm_up
 from driftsim.sim.config import EngineConfig
-from driftsim.validation.calibration import calibrate_server, calibrated, fitted_calibration, overhead_from_probe
+from driftsim.validation.calibration import (calibrate_server, calibrated, fit_probe, fitted_calibration,
+                                             overhead_from_probe)
 from driftsim.validation.levels import LevelResult, drift_notes, level_label, pool_levels, session_speed
 from driftsim.validation.plan import ValidationPlan
 from driftsim.validation.replay_sim import sim_trace
@@ -170,8 +171,9 @@ def _calibrate(run: _LiveRun, calibration: pl.DataFrame) -> None:
         raise KeyboardInterrupt
     st = sim_trace(ctrace, crun.frame, gateway_holds=run.holds, overhead_s=run.overhead_s)
     run.say("fitting the server's step times and admission to the calibration replay")
+    probe = fit_probe(run.samples, run.cost) if run.samples else None
     fit = calibrate_server(crun.frame, st, cost=run.cost, engine=run.engine, gateway=plan.gateway,
-                           overhead_s=run.overhead_s)
+                           overhead_s=run.overhead_s, prefill_factor=probe.prefill_factor if probe else 1.0)
     run.calibration = {"requests": ctrace.height, "wall_s": crun.wall_s, **fitted_calibration(fit),
                        "real_errors": int((crun.frame["status"] != "ok").sum()), "contention": contention}
     run.cost, run.engine = calibrated(run.cost, run.engine, run.calibration)

@@ -486,7 +486,8 @@ def prefill_work_s(cost: CostModel, batch: StepBatch) -> float:
     return cost.step_time(batch) - cost.step_time(rest)
 
 
-def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_steps: int) -> dict:
+def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_steps: int,
+                 default_factor: float = 1.0) -> dict:
     """``prefill_factor``, ``mixed_factor`` and ``prefill_step_s`` of :class:`StepCorrection`, fitted to the
     steps that carry a prefill (``steps``) once the decode correction is known.
 
@@ -498,9 +499,9 @@ def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_s
     from the mixed steps (prefill tokens beside decoding sequences): the least-absolute-deviations fit
     of what is left there on ``constant + (factor - 1) x prefill work``, the constant never negative (a
     prefill joining decodes cannot make their step shorter). Absolute deviations, not squares: a few
-    steps of a full token budget are much longer than the rest. The prefill factor stays neutral (1)
-    with fewer than ``min_steps`` prefill-only steps; with fewer mixed steps, the mixed factor is the
-    prefill factor and the constant 0."""
+    steps of a full token budget are much longer than the rest. The prefill factor is ``default_factor``
+    with fewer than ``min_steps`` prefill-only steps (``prefill_factor_from``: "given", else
+    "calibration"); with fewer mixed steps, the mixed factor is the prefill factor and the constant 0."""
     y = steps["duration_s"].to_numpy()
     batches = step_batches(steps)
     base = np.array([decode_corrected.step_time(b) for b in batches])
@@ -509,22 +510,24 @@ def _fit_prefill(steps: pl.DataFrame, decode_corrected: StepCorrection, *, min_s
     ok = (y > 0) & np.isfinite(y) & (work > 0)
     y, base, work, mixed = y[ok], base[ok], work[ok], mixed[ok]
     alone = ~mixed
-    out = {"prefill_factor": 1.0, "prefill_step_s": 0.0, "prefill_steps": int(y.size), "mixed_steps": int(mixed.sum())}
+    out = {"prefill_factor": float(default_factor), "prefill_factor_from": "given", "prefill_step_s": 0.0,
+           "prefill_steps": int(y.size), "mixed_steps": int(mixed.sum())}
     if alone.sum() >= min_steps:
+        out["prefill_factor_from"] = "calibration"
         ratio, w = (y - base)[alone] / work[alone], work[alone]
         order = np.argsort(ratio, kind="stable")
         cw = np.cumsum(w[order])
         out["prefill_factor"] = float(max(1e-3, 1.0 + ratio[order][np.searchsorted(cw, 0.5 * cw[-1])]))
     out["mixed_factor"] = out["prefill_factor"]
     if mixed.sum() >= min_steps:
-        const, slope = _least_absolute_deviations((y - base)[mixed], np.column_stack([np.ones(int(mixed.sum())),
-                                                                                      work[mixed]]),
-                                                  lower=(0.0, 1e-3 - 1.0))
+        const, slope = least_absolute_deviations((y - base)[mixed], np.column_stack([np.ones(int(mixed.sum())),
+                                                                                     work[mixed]]),
+                                                 lower=(0.0, 1e-3 - 1.0))
         out["prefill_step_s"], out["mixed_factor"] = const, 1.0 + slope
     return out
 
 
-def _least_absolute_deviations(y: np.ndarray, X: np.ndarray, *, lower: tuple[float, ...]) -> list[float]:
+def least_absolute_deviations(y: np.ndarray, X: np.ndarray, *, lower: tuple[float, ...]) -> list[float]:
     """``argmin_b sum |y - X b|`` with ``b >= lower``, as a linear programme (HiGHS): robust to the few
     steps far off the rest, and bounded where the least-squares answer would have no physical meaning."""
     from scipy.optimize import linprog
@@ -557,7 +560,7 @@ def _monotone_in_decodes(cost: CostModel, knots: np.ndarray, values_s: np.ndarra
 
 
 def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: int, min_support: float = 20.0,
-                        smooth: float = 0.001, min_prefill_steps: int = 8) -> dict:
+                        smooth: float = 0.001, min_prefill_steps: int = 8, prefill_factor: float = 1.0) -> dict:
     """Fit :class:`StepCorrection`'s values to observed steps: weighted least squares of
     ``observed - predicted`` on the interpolation weights of each step's decode count.
 
@@ -576,7 +579,9 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     (:func:`_monotone_in_decodes`).
     Then, on the steps that carry a prefill, ``prefill_factor`` (from prefill-only steps),
     ``mixed_factor`` and ``prefill_step_s`` (from mixed ones, the constant never negative)
-    (:func:`_fit_prefill`; each neutral with fewer than ``min_prefill_steps`` steps of its kind). Counting
+    (:func:`_fit_prefill`; with fewer than ``min_prefill_steps`` steps of its kind, the prefill factor is
+    ``prefill_factor``, measured elsewhere: the idle server's probes, :func:`driftsim.validation.calibration.fit_probe`,
+    and the mixed ones follow it with no constant). Counting
     prefills by first tokens alone (:func:`observed_steps`) puts the chunks of split prompts on
     the wrong steps; use :func:`scheduled_steps`.
 
@@ -589,8 +594,8 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
         steps = steps.filter(pl.col("consistent"))
     with_prefill = steps.filter(pl.col("prefill_seqs") > 0)
     steps = steps.filter(pl.col("prefill_seqs") == 0)
-    out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "prefill_step_s": 0.0, "prefill_factor": 1.0,
-           "mixed_factor": 1.0, "mixed_steps": 0,
+    out = {"knots": [0, max(1, max_num_seqs)], "values_s": [0.0, 0.0], "prefill_step_s": 0.0,
+           "prefill_factor": prefill_factor, "mixed_factor": prefill_factor, "prefill_factor_from": "given", "mixed_steps": 0,
            "mean_abs_rel_err": math.nan, "profile_mean_abs_rel_err": math.nan, "steps": steps.height,
            "prefill_steps": 0, "steps_per_knot": [0, 0]}
     y = steps["duration_s"].to_numpy()
@@ -613,7 +618,7 @@ def fit_step_correction(steps: pl.DataFrame, cost: CostModel, *, max_num_seqs: i
     v = _monotone_in_decodes(cost, knots, v, (A * w[:, None]).sum(axis=0), float(np.median(ctx)))
     model = np.maximum(p + A @ v, StepCorrection.MIN_STEP_S)
     prefill = _fit_prefill(with_prefill, StepCorrection(cost, [int(k) for k in knots], [float(x) for x in v]),
-                           min_steps=min_prefill_steps)
+                           min_steps=min_prefill_steps, default_factor=prefill_factor)
     return {**out, "knots": [int(k) for k in knots], "values_s": [float(x) for x in v], **prefill,
             "mean_abs_rel_err": float(np.average(np.abs(model / y - 1), weights=w)),
             "profile_mean_abs_rel_err": float(np.average(np.abs(p / y - 1), weights=w)),
