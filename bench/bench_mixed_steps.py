@@ -9,8 +9,9 @@ calibration's own mixed steps under that fit, under a constant alone (the median
 decode correction and the prefill factor) and under the profile with the decode correction only.
 With ``real_requests.parquet`` present, the same on each replay's mixed steps (held out), each
 request's cached prompt tokens taken from ``sim_requests.parquet`` as validation does. The folder's
-saved client overhead is used; a live calibration used the probes' overhead against the uncorrected
-profile, so a factor printed here can differ a little from the run's own calibration line.
+saved overhead probes give the client overhead and the idle server's prefill factor
+(:func:`driftsim.validation.calibration.fit_probe` against the uncorrected profile), as a live
+calibration takes them.
 
     python bench/bench_mixed_steps.py [FOLDER ...] [--profile bench/prefix/tiny-cpu.toml]
 """
@@ -26,7 +27,7 @@ import polars as pl
 
 from driftsim.costmodel.profiles import load_profile
 from driftsim.profiling.server_facts import ServerFacts, engine_config
-from driftsim.validation.calibration import engine_steps
+from driftsim.validation.calibration import ProbeFit, engine_steps, fit_probe
 from driftsim.validation.server_steps import StepCorrection, fit_step_correction, predicted, prefill_work_s, step_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +45,13 @@ def median_err(steps: pl.DataFrame, model) -> float:
     return float(np.median(np.abs(predicted(steps, model) / y - 1))) if steps.height else float("nan")
 
 
-def models(calib: pl.DataFrame, engine, overhead_s: float, cost) -> tuple[dict, pl.DataFrame, dict]:
+def models(calib: pl.DataFrame, engine, probe: ProbeFit, cost) -> tuple[dict, pl.DataFrame, dict]:
     """The fit, the calibration's mixed steps, and the three models compared: fitted, constant alone,
     decode correction only."""
+    overhead_s = probe.overhead_s
     fit = fit_step_correction(engine_steps(calib, engine=engine, overhead_s=overhead_s, cost=cost, lag_steps=1,
-                                           idle_starts=True), cost, max_num_seqs=engine.max_num_seqs)
+                                           idle_starts=True), cost, max_num_seqs=engine.max_num_seqs,
+                              prefill_factor=probe.prefill_factor)
     decode = StepCorrection(cost, fit["knots"], fit["values_s"], 0.0, fit["prefill_factor"], 1.0)
     mixed = mixed_steps(calib, engine, overhead_s, cost)
     batches = step_batches(mixed)
@@ -68,8 +71,9 @@ def models(calib: pl.DataFrame, engine, overhead_s: float, cost) -> tuple[dict, 
     }
 
 
-def report(name: str, calib: pl.DataFrame, engine, overhead_s: float, cost, replays=None, sims=None) -> None:
-    fit, own, ms = models(calib, engine, overhead_s, cost)
+def report(name: str, calib: pl.DataFrame, engine, probe: ProbeFit, cost, replays=None, sims=None) -> None:
+    overhead_s = probe.overhead_s
+    fit, own, ms = models(calib, engine, probe, cost)
     print(f"{name}: prefill factor {fit['prefill_factor']:.3f}, mixed factor {fit['mixed_factor']:.3f}, "
           f"constant {1000 * fit['prefill_step_s']:.1f} ms ({fit['mixed_steps']} mixed steps); constant alone would be "
           f"{1000 * ms['constant alone'].prefill_step_s:.1f} ms")
@@ -95,12 +99,12 @@ def main() -> None:
     cost = load_profile(args.profile).cost_model
     meta = json.loads((RECORDED / "server.json").read_text())
     report("recorded calibration", pl.read_parquet(RECORDED / "replay.parquet"),
-           engine_config(ServerFacts(**meta["facts"])), meta["overhead_s"], cost)
+           engine_config(ServerFacts(**meta["facts"])), fit_probe(meta["overhead_samples"], cost), cost)
     for folder in args.folders:
         data = json.loads((folder / "validation.json").read_text())
         real, sim = folder / "real_requests.parquet", folder / "sim_requests.parquet"
         report(str(folder), pl.read_parquet(folder / "calibration_requests.parquet"),
-               engine_config(ServerFacts(**data["server"])), data["overhead_s"], cost,
+               engine_config(ServerFacts(**data["server"])), fit_probe(data["overhead_samples_s"], cost), cost,
                pl.read_parquet(real) if real.exists() else None, pl.read_parquet(sim) if sim.exists() else None)
 
 
