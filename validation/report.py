@@ -337,8 +337,8 @@ def render_report(result, *, title: str = "driftsim validation: simulator vs rea
               f"{facts.num_gpu_blocks} KV blocks of {facts.block_size} tokens, max_num_seqs {facts.max_num_seqs}, "
               f"max_num_batched_tokens {facts.max_num_batched_tokens}, async scheduling "
               f"{'unknown' if facts.async_scheduling is None else ('on' if facts.async_scheduling else 'off')}")
-    over = (f"{result.overhead_s * 1000:.1f} ms (median TTFT of {len(result.overhead_samples)} 1-token requests minus "
-            f"the profile's prefill step)" if result.overhead_samples else f"{result.overhead_s * 1000:.1f} ms (given)")
+    over = (f"{result.overhead_s * 1000:.1f} ms (the part of {len(result.overhead_samples)} 1-token requests' TTFT "
+            f"that does not grow with the prompt)" if result.overhead_samples else f"{result.overhead_s * 1000:.1f} ms (given)")
     notes = "".join(f"<li>{_e(n)}</li>" for n in result.notes)
     step = ""
     if getattr(result, "calibration", None):
