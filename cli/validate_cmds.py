@@ -204,7 +204,8 @@ def validate(
     requests: int = typer.Option(60, "--requests", help="Synthetic workload: requests per load level.", rich_help_panel="Workload"),
     input_mean: int = typer.Option(192, "--input-mean", help="Synthetic workload: mean prompt tokens (lognormal, cv 0.6).", rich_help_panel="Workload"),
     output_mean: int = typer.Option(64, "--output-mean", help="Synthetic workload: mean output tokens (lognormal, cv 0.6).", rich_help_panel="Workload"),
-    loads: Optional[str] = typer.Option(None, "--loads", help=f"Sweep: load levels as fractions of the simulated capacity, light to past saturation (synthetic default {DEFAULT_LOADS}; with a TRACE its rate is rescaled to each).", rich_help_panel="Workload"),
+    loads: Optional[str] = typer.Option(None, "--loads", help=f"Sweep: load levels as fractions of the simulated capacity (see --capacity-from), light to past saturation (synthetic default {DEFAULT_LOADS}; with a TRACE its rate is rescaled to each).", rich_help_panel="Workload"),
+    capacity_from: str = typer.Option("calibration", "--capacity-from", help="What --loads are fractions of: 'calibration' (the simulator's capacity with this server's calibration: load 1.0 is where this server saturates, as far as the calibration replay tells) or 'profile' (the profile's alone, as before calibration; needed to repeat a sweep placed that way).", rich_help_panel="Workload"),
     policy: str = typer.Option("fifo", "--policy", help="Gateway policy (fifo priority weighted sjf aging vtc edf las srpt).", rich_help_panel="Gateway"),
     max_outstanding: Optional[int] = typer.Option(None, "--max-outstanding", help="Cap on requests in flight; the policy orders the rest. Default: none (each request sent on arrival).", rich_help_panel="Gateway"),
     mode: str = typer.Option("continuous", "--mode", help="'continuous' or 'microbatch' (DriftSched's worker at the gateway).", rich_help_panel="Gateway"),
@@ -293,7 +294,7 @@ def _plan_or_exit(o: dict):
             workload=Workload(requests=o["requests"], input_mean=o["input_mean"], output_mean=o["output_mean"]),
             loads=loads, policy=o["policy"].lower(), max_outstanding=o["max_outstanding"], mode=o["mode"],
             batch_size=o["batch_size"], batch_wait_s=o["batch_wait"], vocab_size=o["vocab_size"], repeat=o["repeat"],
-            calibrate=o["calibrate"], wait_quiet_s=o["wait_quiet"],
+            calibrate=o["calibrate"], capacity_from=o["capacity_from"], wait_quiet_s=o["wait_quiet"],
             overhead_s=None if o["overhead_ms"] is None else o["overhead_ms"] / 1000, timeout_s=o["timeout_s"],
             retries=o["retries"], backoff_s=o["backoff_s"], seed=o["seed"], out=o["out"], resume=o["resume"],
             command=" ".join(sys.argv))
@@ -423,10 +424,13 @@ def _run_or_exit(plan):
         levels = sweep_levels(base=base, workload=plan.workload, loads=plan.loads, capacity=capacity, seed=plan.seed)
         err.print(f"server: {facts.model}, {facts.num_gpu_blocks} KV blocks x {facts.block_size} tokens, "
                   f"max_num_seqs {facts.max_num_seqs}, max_num_batched_tokens {facts.max_num_batched_tokens}"
-                  + (f"; capacity (load 1.0) {capacity:.2f} req/s simulated" if capacity else ""), highlight=False)
+                  + (f"; capacity (load 1.0) {capacity:.2f} req/s simulated with the profile"
+                     + (", placed again after calibration" if plan.calibrate and plan.capacity_from == "calibration"
+                        and plan.loads else "") if capacity else ""), highlight=False)
         with err.status("validating") as status:
             return run_validation(plan, client=client, facts=facts, cost=prof.cost_model, traces=levels,
                                   capacity=capacity, calibration=calibration, progress=status.update,
+                                  capacity_of=lambda cost, engine: capacity_rps(shape, cost=cost, engine=engine),
                                   server_pgid=server.proc.pid if server is not None and server.proc else None)
     finally:
         if server is not None:

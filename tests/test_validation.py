@@ -555,6 +555,44 @@ def test_run_validation_pipeline_writes_report_json_and_parquet(tmp_path):
     assert "plotly" in page and "load 0.5" in page and "Figures to reach" in page
 
 
+def test_loads_are_placed_against_the_calibrated_capacity(tmp_path):
+    """After calibration the levels' rates are rescaled to the same fractions of the calibrated simulator's
+    capacity (asked of the calibrated cost model), the factor is saved, and a re-score replays the same
+    traces; with ``capacity_from="profile"`` they stay where the profile put them."""
+    from driftsim.validation.plan import ValidationPlan
+    from driftsim.validation.rescore import rescore
+    from driftsim.validation.run import run_validation
+    from driftsim.validation.server_steps import StepCorrection
+
+    client = client_for(MockEngine(ttft_s=0.01, tpot_s=0.002))
+    facts = read_server_facts(client, max_num_seqs=8, max_num_batched_tokens=256)
+    base = make_trace([(0.01 * i, 20 + i, 3 + i % 4) for i in range(8)], tenants=["a", "b"] * 4)
+    asked = []
+
+    def capacity_of(cost, engine):
+        asked.append(cost)
+        return 4.0  # the calibrated simulator's capacity: less than the profile's 10 req/s
+
+    runs = {}
+    for how in ("calibration", "profile"):
+        plan = ValidationPlan(warmup=False, overhead_s=0.001, capacity_from=how, out=tmp_path / how)
+        runs[how] = run_validation(plan, client=client, facts=facts, cost=linear_cost(), traces=[(0.5, base)],
+                                   capacity=10.0, calibration=base, capacity_of=capacity_of)
+    assert len(asked) == 1 and isinstance(asked[0], StepCorrection)  # asked once, of the calibrated model
+    placed, kept = runs["calibration"], runs["profile"]
+    assert placed.capacity_rps == 4.0 and kept.capacity_rps == 10.0
+    assert placed.levels[0].trace["arrival_s"].to_list() == pytest.approx((base["arrival_s"] * 2.5).to_list())
+    assert kept.levels[0].trace["arrival_s"].to_list() == pytest.approx(base["arrival_s"].to_list())
+    assert any("calibrated simulator's capacity, 4.00 req/s (the profile's alone: 10.00" in n for n in placed.notes)
+    again = rescore(tmp_path / "calibration", cost=linear_cost())
+    assert again.levels[0].trace["arrival_s"].to_list() == placed.levels[0].trace["arrival_s"].to_list()
+    assert again.capacity_rps == 4.0 and any("4.00 req/s" in n for n in again.notes)
+    from driftsim.validation.plan import ConfigError
+
+    with pytest.raises(ConfigError, match="--capacity-from"):
+        ValidationPlan(capacity_from="server")
+
+
 def test_cli_fails_fast_on_an_unreachable_endpoint(tmp_path):
     from typer.testing import CliRunner
 

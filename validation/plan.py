@@ -67,6 +67,10 @@ class ServerPlan:
                 raise ConfigError(f"{flag} must be >= 1, got {x}")
 
 
+#: What ``--loads`` are fractions of: the calibrated simulator's capacity, or the profile's alone.
+CAPACITY_FROM = ("calibration", "profile")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ValidationPlan:
     """One validation: what is replayed, through which gateway, simulated with which profile, and how.
@@ -95,6 +99,9 @@ class ValidationPlan:
     vocab_size: int | None = None  # prompt token ids are drawn below it; None = the launched model's, else 4000
     repeat: int = 1
     calibrate: bool = True
+    # the capacity that loads are fractions of: the calibrated simulator's ("calibration": this server's, as
+    # far as its calibration replay tells) or the profile's alone ("profile")
+    capacity_from: str = "calibration"
     warmup: bool = True
     wait_quiet_s: float = 0.0
     overhead_s: float | None = None  # None = measured with 1-token requests
@@ -118,6 +125,8 @@ class ValidationPlan:
             raise ConfigError(f"--retries must be >= 0 and --backoff-s >= 0, got {self.retries} and {self.backoff_s}")
         if self.repeat < 1:
             raise ConfigError(f"--repeat must be >= 1, got {self.repeat}")
+        if self.capacity_from not in CAPACITY_FROM:
+            raise ConfigError(f"--capacity-from: expected one of {', '.join(CAPACITY_FROM)}, got {self.capacity_from!r}")
         if self.workload.requests < 2:
             raise ConfigError(f"--requests must be >= 2, got {self.workload.requests}")
         if self.loads is not None and (not self.loads or any(not (math.isfinite(x) and x > 0) for x in self.loads)):
@@ -167,4 +176,4 @@ class ValidationPlan:
                 "trace": str(self.trace) if self.trace else "synthetic",
                 "loads": None if self.loads is None else list(self.loads), "repeat": self.repeat, "seed": self.seed,
                 "launched": self.launches, "pinned": self.launches and self.server.pin,
-                "calibrate": self.calibrate, "command": redact(self.command)}
+                "calibrate": self.calibrate, "capacity_from": self.capacity_from, "command": redact(self.command)}

@@ -33,7 +33,7 @@ from driftsim.validation.levels import LevelResult, drift_notes, pool_levels, se
 from driftsim.validation.replay_sim import sim_trace
 from driftsim.validation.session import (STATE, ValidationResult, journal_path, load_levels, load_replay_meta,
                                          load_state, replays_dir)
-from driftsim.validation.workload import fit_trace
+from driftsim.validation.workload import fit_trace, placed_levels, placement_notes
 
 
 def rescore(out: str | Path, *, cost: CostModel | None = None,
@@ -46,7 +46,8 @@ def rescore(out: str | Path, *, cost: CostModel | None = None,
     if state is None:
         raise JournalError(f"{folder / STATE} is missing: the validation stopped before calibration finished; "
                            "nothing to re-score (run it again, or --resume it)")
-    levels_in = load_levels(folder)
+    scale = float(state.get("load_scale", 1.0))
+    levels_in = placed_levels(load_levels(folder), scale)  # as the live run replayed them
     facts = ServerFacts(**state["facts"])
     config = state.get("config") or {}
     if cost is None:
@@ -59,7 +60,7 @@ def rescore(out: str | Path, *, cost: CostModel | None = None,
     holds = gw.max_outstanding is not None or mb is not None
     overhead = float(state.get("overhead_s") or 0.0)
     samples = [tuple(x) for x in state.get("overhead_samples") or []]
-    notes = list(state.get("notes") or [])
+    notes = list(state.get("notes") or []) + placement_notes(scale, state.get("capacity_rps"))
     calib = state.get("calibration")
     cpath = Path(out) / "calibration_requests.parquet"
     cframe = None

@@ -39,7 +39,7 @@ from driftsim.validation.plan import ValidationPlan
 from driftsim.validation.replay_sim import sim_trace
 from driftsim.validation.session import (ValidationResult, journal_path, load_levels, load_replay_meta, load_state,
                                          save_levels, save_replay_meta, save_state)
-from driftsim.validation.workload import fit_trace
+from driftsim.validation.workload import fit_trace, placed_levels, placement_notes
 
 
 @dataclass
@@ -89,6 +89,7 @@ class _LiveRun:
 def run_validation(plan: ValidationPlan, *, client: OpenAIClient, facts: ServerFacts, cost: CostModel,
                    traces: list[tuple[float | None, pl.DataFrame]], capacity: float | None = None,
                    calibration: pl.DataFrame | None = None, server_pgid: int | None = None,
+                   capacity_of: Callable[[CostModel, EngineConfig], float] | None = None,
                    progress: Callable[[str], None] | None = None) -> ValidationResult:
     """Replay each ``(load, trace)`` ``plan.repeat`` times, simulate each replay, score it.
 
@@ -102,6 +103,12 @@ def run_validation(plan: ValidationPlan, *, client: OpenAIClient, facts: ServerF
     ``plan.out`` the level traces, the calibration and a journal per replay
     are kept there; with ``plan.resume``, what a previous run there saved is
     continued instead of started over.
+    ``capacity_of``: the simulated capacity of the workload under a cost model and engine. Given with a
+    calibration and ``capacity`` (the profile's, which ``traces`` were placed against) and with
+    ``plan.capacity_from`` "calibration", the levels' rates are rescaled to the same fractions of the
+    calibrated simulator's capacity: this server's as far as its calibration replay tells, so that a
+    load of 0.8 is below this server's saturation and not only below the profile's. The saved levels
+    stay as placed first; the factor is kept in the saved state and applied again on resume and re-score.
     """
     run = _LiveRun(plan=plan, client=client, facts=facts, say=progress or (lambda _msg: None),
                    meter=ForeignCpu(server_pgid=server_pgid, port=url_port(facts.url)), cost=cost,
@@ -123,9 +130,19 @@ def run_validation(plan: ValidationPlan, *, client: OpenAIClient, facts: ServerF
         _prepare(run, calibration)
     except KeyboardInterrupt:
         return run.result([], capacity=capacity, interrupted=True)
+    if saved is not None:
+        scale = float(saved.get("load_scale", 1.0))
+        capacity = saved.get("capacity_rps", capacity)
+    else:
+        scale = 1.0
+        if capacity_of is not None and run.calibration and capacity and plan.capacity_from == "calibration":
+            scale = capacity_of(run.cost, run.engine) / capacity
+            capacity *= scale
+    run.notes += placement_notes(scale, capacity)
+    traces = placed_levels(traces, scale)
     if folder is not None and saved is None:
         save_state(folder, facts=asdict(facts), overhead_s=run.overhead_s, overhead_samples=run.samples,
-                   calibration=run.calibration, capacity_rps=capacity, config=plan.config_record())
+                   calibration=run.calibration, capacity_rps=capacity, load_scale=scale, config=plan.config_record())
     levels = []
     for load, raw in traces:
         trace, fit_notes = fit_trace(raw, facts.max_model_len)

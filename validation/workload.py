@@ -164,6 +164,23 @@ def sweep_levels(*, base: pl.DataFrame | None, workload: Workload, loads: tuple[
     return [(x, scale_rate(base, x * capacity / own)) for x in loads]
 
 
+def placed_levels(traces: list[tuple[float | None, pl.DataFrame]], scale: float) -> list[tuple[float | None, pl.DataFrame]]:
+    """``traces`` with every load level's rate multiplied by ``scale``: the capacity the loads are to be
+    fractions of over the one :func:`sweep_levels` placed them against (the calibrated simulator's over
+    the profile's). A trace replayed at its own rate (load None) is left as it is."""
+    if scale == 1.0:
+        return list(traces)
+    return [(load, df if load is None else scale_rate(df, scale)) for load, df in traces]
+
+
+def placement_notes(scale: float, capacity: float | None) -> list[str]:
+    """What the report says of a placement by :func:`placed_levels` (nothing where none was made)."""
+    if scale == 1.0 or not capacity:
+        return []
+    return [f"loads are fractions of the calibrated simulator's capacity, {capacity:.2f} req/s "
+            f"(the profile's alone: {capacity / scale:.2f} req/s)"]
+
+
 def held_out_calibration(shape: pl.DataFrame, *, capacity: float, seed: int) -> pl.DataFrame:
     """The calibration trace for a sweep of ``shape`` (:data:`CALIBRATION_LOADS`, its own seed)."""
     return calibration_trace(shape, tuple(x * capacity for x in CALIBRATION_LOADS), requests=CALIBRATION_REQUESTS,
