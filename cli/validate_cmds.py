@@ -422,11 +422,11 @@ def _run_or_exit(plan):
         capacity = capacity_rps(shape, cost=prof.cost_model, engine=engine_config(facts, microbatch=plan.microbatch))
         calibration = held_out_calibration(shape, capacity=capacity, seed=plan.seed) if plan.calibrate else None
         levels = sweep_levels(base=base, workload=plan.workload, loads=plan.loads, capacity=capacity, seed=plan.seed)
+        placed_after = plan.calibrate and plan.capacity_from == "calibration" and plan.loads
         err.print(f"server: {facts.model}, {facts.num_gpu_blocks} KV blocks x {facts.block_size} tokens, "
                   f"max_num_seqs {facts.max_num_seqs}, max_num_batched_tokens {facts.max_num_batched_tokens}"
                   + (f"; capacity (load 1.0) {capacity:.2f} req/s simulated with the profile"
-                     + (", placed again after calibration" if plan.calibrate and plan.capacity_from == "calibration"
-                        and plan.loads else "") if capacity else ""), highlight=False)
+                     f"{', placed again after calibration' if placed_after else ''}" if capacity else ""), highlight=False)
         with err.status("validating") as status:
             return run_validation(plan, client=client, facts=facts, cost=prof.cost_model, traces=levels,
                                   capacity=capacity, calibration=calibration, progress=status.update,

@@ -10,7 +10,7 @@ spread. A *sweep* is several levels of the same workload at increasing load
 (:mod:`driftsim.validation.workload`).
 
 Before the first level: a warm-up, the overhead probe (1-token requests on
-the idle server, :func:`driftsim.validation.calibration.overhead_from_probe`)
+the idle server, :func:`driftsim.validation.calibration.fit_probe`)
 and, given a held-out trace, the calibration replay
 (:func:`driftsim.validation.calibration.calibrate_server`). With an output
 folder every replay goes through a journal, so that nothing measured is lost
@@ -55,6 +55,7 @@ class _LiveRun:
     engine: EngineConfig
     overhead_s: float | None
     samples: list[tuple[int, float]] = field(default_factory=list)
+    prefill_factor: float = 1.0  # the idle server's prefill over the profile's, from the probes (1: not measured)
     calibration: dict | None = None
     calibration_frame: pl.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
@@ -169,7 +170,8 @@ def _prepare(run: _LiveRun, calibration: pl.DataFrame | None) -> None:
     if run.overhead_s is None:
         run.say("measuring the client/HTTP overhead with 1-token requests")
         run.samples = probe_overhead(run.client, facts.model, vocab_size=plan.vocab_size or 4000, seed=plan.seed)
-        run.overhead_s = overhead_from_probe(run.samples, run.cost)
+        probe = fit_probe(run.samples, run.cost)
+        run.overhead_s, run.prefill_factor = probe.overhead_s, probe.prefill_factor
     if calibration is not None:
         _calibrate(run, calibration)
 
@@ -188,9 +190,8 @@ def _calibrate(run: _LiveRun, calibration: pl.DataFrame) -> None:
         raise KeyboardInterrupt
     st = sim_trace(ctrace, crun.frame, gateway_holds=run.holds, overhead_s=run.overhead_s)
     run.say("fitting the server's step times and admission to the calibration replay")
-    probe = fit_probe(run.samples, run.cost) if run.samples else None
     fit = calibrate_server(crun.frame, st, cost=run.cost, engine=run.engine, gateway=plan.gateway,
-                           overhead_s=run.overhead_s, prefill_factor=probe.prefill_factor if probe else 1.0)
+                           overhead_s=run.overhead_s, prefill_factor=run.prefill_factor)
     run.calibration = {"requests": ctrace.height, "wall_s": crun.wall_s, **fitted_calibration(fit),
                        "real_errors": int((crun.frame["status"] != "ok").sum()), "contention": contention}
     run.cost, run.engine = calibrated(run.cost, run.engine, run.calibration)
