@@ -11,14 +11,16 @@ driftsim Parquet file, then a fresh ``python -m driftsim simulate`` process
 runs it (start-up imports, reading the trace, simulating, writing
 requests.parquet and summary.json, printing the tables); wall time is the
 process's (best of ``--repeat``), peak RSS its ru_maxrss. ``--baseline GITREF`` runs the same files
-through that revision too (``git archive`` into a temporary folder, same
-Python, ``PYTHONPATH`` pointing there), back to back per size, and prints
-the ratio.
+through that revision too (``git archive`` into a temporary folder, its
+compiled core built there, same Python, ``PYTHONPATH`` pointing there), back
+to back per size, and prints the ratio.
 
     python bench/bench_sim.py                               # 10k and 100k, this tree
     python bench/bench_sim.py --sizes 10000 100000 1000000 --baseline main
     python bench/bench_sim.py --in-process                  # simulate() alone, in a child process per size
+    python bench/bench_sim.py --python-engine               # in process, the compiled core and the Python engine
     python bench/bench_sim.py --compare-step                # in process, also step-by-step (smallest size)
+    python bench/bench_sim.py --rate 6 --max-prompt 4096    # a fixed offered rate, longer prompts
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
 The shared-prefix workload is the same requests, each carrying the identity
@@ -54,8 +56,11 @@ PROFILE = "a100-llama-3.1-8b"
 ENGINE = dict(max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096, block_size=16)
 
 
+MAX_PROMPT = 2048  # --max-prompt
+
+
 def workload(n: int, rate: float | None, seed: int) -> pl.DataFrame:
-    conv = load_trace(ROOT / "traces" / "data" / "azure2023_conv.csv").filter(pl.col("input_tokens") <= 2048)
+    conv = load_trace(ROOT / "traces" / "data" / "azure2023_conv.csv").filter(pl.col("input_tokens") <= MAX_PROMPT)
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, conv.height, n)
     arrivals = np.zeros(n) if rate is None else np.cumsum(rng.exponential(1.0 / rate, n))
@@ -116,9 +121,12 @@ def prefix_pair(n: int, rate: float) -> None:
           f"{per_step[True] / per_step[False]:.2f}")
 
 
-def run_once(n: int, rate: float | None, fast: bool, seed: int = 0) -> dict:
+def run_once(n: int, rate: float | None, mode: str = "compiled", seed: int = 0) -> dict:
+    """One in-process run; ``mode``: "compiled" (the default engine: the compiled core where it applies),
+    "python" (the Python engine) or "step" (the Python engine step by step)."""
     profile = load_profile(PROFILE)
-    engine = EngineConfig(**ENGINE, fast_forward=fast, gpu_memory_utilization=0.9)
+    engine = EngineConfig(**ENGINE, fast_forward=mode != "step", compiled_core=mode == "compiled",
+                          gpu_memory_utilization=0.9)
     trace = workload(n, rate, seed)
     blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
     t0 = time.perf_counter()
@@ -127,7 +135,8 @@ def run_once(n: int, rate: float | None, fast: bool, seed: int = 0) -> dict:
     rep = res.replicas[0]
     return {
         "requests": n,
-        "fast_forward": fast,
+        "engine": {"compiled": "compiled core", "python": "Python"}.get(res.engine_core if mode == "compiled" else mode,
+                                                                       "step-by-step"),
         "wall_s": wall,
         "requests_per_s": n / wall,
         "engine_steps": rep["steps"],
@@ -144,7 +153,7 @@ def run_once(n: int, rate: float | None, fast: bool, seed: int = 0) -> dict:
 
 
 def child(args) -> None:
-    print(json.dumps(run_once(args.child, args.rate, not args.step)))
+    print(json.dumps(run_once(args.child, args.rate, args.mode)))
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -158,6 +167,9 @@ def checkout(ref: str, into: Path) -> Path:
                     "experiments", "cli"):
         if (root / package).is_dir() and not (root / "driftsim" / package).exists():
             (root / "driftsim" / package).symlink_to(Path("..") / package)
+    if (root / "sim" / "_stepcore.c").exists():  # its compiled core, built as an install builds it
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=root, check=True,
+                       capture_output=True)
     return root
 
 
@@ -206,22 +218,27 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="whole-process runs per size and revision; the best counts")
     ap.add_argument("--in-process", action="store_true", help="time simulate() alone, in a child process per size")
     ap.add_argument("--compare-step", action="store_true", help="in process: also step-by-step execution (smallest size)")
+    ap.add_argument("--python-engine", action="store_true",
+                    help="in process: also the Python engine (the compiled core's reference), every size")
+    ap.add_argument("--rate", type=float, help="offered requests/s (default: --load of the measured capacity)")
+    ap.add_argument("--max-prompt", type=int, default=MAX_PROMPT, help="keep trace pairs with prompts up to this")
     ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--rate", type=float, help=argparse.SUPPRESS)
-    ap.add_argument("--step", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="compiled", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    globals()["MAX_PROMPT"] = args.max_prompt
     if args.child:
         return child(args)
-    args.in_process = args.in_process or args.compare_step  # step-by-step is timed in process only
+    args.in_process = args.in_process or args.compare_step or args.python_engine  # timed in process only
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
-    sat = run_once(5000, None, True)
+    sat = run_once(5000, None)
     capacity = sat["throughput_rps"]
-    rate = args.load * capacity
-    print(f"profile {PROFILE}, engine {ENGINE}")
-    print(f"capacity (5000 requests at t=0): {capacity:.2f} requests/s; offered load {rate:.2f} requests/s ({args.load:.0%})")
+    rate = args.rate or args.load * capacity
+    print(f"profile {PROFILE}, engine {ENGINE}, prompts <= {MAX_PROMPT} tokens")
+    print(f"capacity (5000 requests at t=0): {capacity:.2f} requests/s; offered load {rate:.2f} requests/s "
+          f"({rate / capacity:.0%})")
     if args.prefix_pair:
         return prefix_pair(args.prefix_pair, rate)
     if args.in_process:
@@ -263,15 +280,15 @@ def main() -> None:
 
 def in_process(args, rate: float) -> None:
     """simulate() alone (trace built in memory first), one child process per size."""
-    runs = [(n, False) for n in args.sizes]
+    runs = [(n, mode) for n in args.sizes for mode in (["compiled", "python"] if args.python_engine else ["compiled"])]
     if args.compare_step:
-        runs.append((min(args.sizes), True))
-    print(f"{'requests':>9} {'mode':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'E2E p50':>8} {'TTFT p99':>9} {'peak RSS MB':>12}")
-    for n, step in runs:
-        cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate)] + (["--step"] if step else [])
+        runs.append((min(args.sizes), "step"))
+    print(f"{'requests':>9} {'engine':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'E2E p50':>8} {'TTFT p99':>9} {'peak RSS MB':>12}")
+    for n, mode in runs:
+        cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate), "--mode", mode,
+               "--max-prompt", str(MAX_PROMPT)]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-        mode = "step-by-step" if step else "fast-forward"
-        print(f"{n:>9} {mode:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
+        print(f"{n:>9} {r['engine']:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
               f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['e2e_p50_s']:>7.2f}s {r['ttft_p99_s']:>8.2f}s "
               f"{r['peak_rss_mb']:>12.0f}")
     print(f"(mean prompt {r['mean_input']:.0f} tokens, mean output {r['mean_output']:.0f} tokens)")

@@ -129,6 +129,7 @@ def simulate(
     horizon: Optional[float] = typer.Option(None, "--horizon-s", "--horizon", help="Stop the simulation at this time, seconds; requests in flight are reported unfinished (--horizon: old name). Default: run to the end.", rich_help_panel="Scenario"),
     prefix_caching: Optional[bool] = typer.Option(None, "--prefix-caching/--no-prefix-caching", help="vLLM's automatic prefix caching for requests that carry prefix identity (continuous mode). Default: on.", rich_help_panel="Engine"),
     step_by_step: bool = typer.Option(False, "--step-by-step", help="Disable the exact fast-forward (for checking; same results, slower).", rich_help_panel="Scenario"),
+    python_engine: bool = typer.Option(False, "--python-engine", help="Run the Python engine even where the compiled core applies (for checking; same results, slower).", rich_help_panel="Scenario"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default: a fresh driftsim-out/<scenario>-<time>-<suffix>. A folder holding files is refused unless --force.", rich_help_panel="Output"),
     force: bool = typer.Option(False, "--force", help="Write into a --out folder that already holds files (overwriting them).", rich_help_panel="Output"),
     summary_only: bool = typer.Option(False, "--summary-only", help="Keep no per-request rows: write summary.json only (percentiles within 0.5 %, from a streaming sketch). A native trace file is read lazily; memory stays flat.", rich_help_panel="Output"),
@@ -209,6 +210,7 @@ class _SimulateOptions:
     horizon: float | None
     prefix_caching: bool | None
     step_by_step: bool
+    python_engine: bool
     out: Path | None
     force: bool
     summary_only: bool
@@ -288,6 +290,8 @@ class _SimulateOptions:
         }  # fmt: skip
         if self.step_by_step:
             engine["fast_forward"] = False
+        if self.python_engine:
+            engine["compiled_core"] = False
         if self.prefix_caching is not None:
             engine["prefix_caching"] = self.prefix_caching
         return {
@@ -371,7 +375,8 @@ def _print_simulation(name: str, done) -> None:
     if "percentiles" in result.summary:
         console.print(f"percentiles from a streaming sketch, within {result.summary['percentiles']['relative_error']:.1%} of exact; counts and means exact")
     print_estimation(console, result.summary.get("estimation", {}), context.get("regret"))
-    console.print(f"simulated {n} requests in {wall:.2f} s wall ({n / wall:,.0f} requests/s); results in [bold]{done.folder}[/]")
+    core = ", compiled core" if result.engine_core == "compiled" else ""
+    console.print(f"simulated {n} requests in {wall:.2f} s wall ({n / wall:,.0f} requests/s{core}); results in [bold]{done.folder}[/]")
 
 
 @traces_app.command("inspect")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -34,3 +35,21 @@ class CostModel(Protocol):
     def kv_capacity_blocks(self, block_size: int) -> int: ...
 
     def describe(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class StepFormula:
+    """A cost model's step time as one of the closed forms the compiled core evaluates
+    (:mod:`driftsim.sim.stepcore`): ``kind`` names the form ("roofline", "linear", "token-table"),
+    ``coefficients`` its scalars in the order the form reads them, ``knots``/``values`` its
+    piecewise-linear table (empty without one).
+
+    Optional: a cost model offering ``step_formula()`` promises that the form, evaluated with the
+    same operations in the same order, gives its ``step_time`` bit for bit; one without it (a
+    wrapper, a learned model) runs on the Python engine.
+    """
+
+    kind: str
+    coefficients: tuple[float, ...]
+    knots: tuple[float, ...] = ()
+    values: tuple[float, ...] = ()

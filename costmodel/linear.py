@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from driftsim.costmodel._runs import decode_run_ctx
+from driftsim.costmodel.base import StepFormula
 from driftsim.costmodel.batch import StepBatch
 from driftsim.costmodel.kv import KvCapacity
 
@@ -160,6 +161,11 @@ class LinearCostModel:
         ctx = decode_run_ctx(num_seqs, ctx_tokens, k)
         out = self._eval(0.0, 0.0, 0.0, self.decode_seqs_s(float(num_seqs)), ctx)
         return np.asarray(out, dtype=np.float64)
+
+    def step_formula(self) -> StepFormula:
+        """:meth:`step_time` for the compiled core (:class:`driftsim.costmodel.base.StepFormula`)."""
+        return StepFormula("linear", tuple(self.coefficients[k] for k in COEFFICIENTS),
+                           tuple(float(k) for k in self.decode_seq_knots), tuple(self.decode_seq_cost_s))
 
     def breakdown(self, batch: StepBatch) -> dict:
         """Seconds per term for reports; ``total_s == step_time(batch)``."""

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from driftsim.costmodel._runs import decode_run_ctx
+from driftsim.costmodel.base import StepFormula
 from driftsim.costmodel.batch import StepBatch
 from driftsim.costmodel.hardware import GpuSpec, ModelArch
 from driftsim.costmodel.kv import KvCapacity
@@ -149,6 +150,11 @@ class RooflineCostModel:
         ctx = decode_run_ctx(num_seqs, ctx_tokens, k)
         out = self._eval(0.0, 0.0, 0.0, float(num_seqs), ctx, np.maximum)
         return np.asarray(out, dtype=np.float64)
+
+    def step_formula(self) -> StepFormula:
+        """:meth:`step_time` for the compiled core (:class:`driftsim.costmodel.base.StepFormula`)."""
+        return StepFormula("roofline", (self._lf, self._hf, self._af, self._flop_rate, self._w, self._kvb, self._tile,
+                                        self._byte_rate, self.overhead_s, self.per_seq_overhead_s))
 
     def breakdown(self, batch: StepBatch) -> dict:
         """For reports: ``compute_s``, ``memory_s``, ``overhead_s`` (fixed + per

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from driftsim.costmodel._runs import decode_run_ctx
+from driftsim.costmodel.base import StepFormula
 from driftsim.costmodel.batch import StepBatch
 from driftsim.costmodel.kv import KvCapacity
 
@@ -102,6 +103,11 @@ class TokenTableCostModel:
         ctx = decode_run_ctx(num_seqs, ctx_tokens, k)
         D = float(num_seqs)
         return np.asarray(self._eval(self.tokens_s(0.0 + D), 0.0, 0.0, D, ctx), dtype=np.float64)
+
+    def step_formula(self) -> StepFormula:
+        """:meth:`step_time` for the compiled core (:class:`driftsim.costmodel.base.StepFormula`)."""
+        return StepFormula("token-table", tuple(getattr(self, k) for k in COEFFICIENTS),
+                           tuple(float(k) for k in self.token_knots), self.token_cost_s)
 
     def kv_capacity_blocks(self, block_size: int) -> int:
         if self.kv is None:

@@ -41,6 +41,10 @@ class EngineConfig:
     batch_intake_gap_s: float = 0.0
     # exact fast-forward over steps where nothing can change the batch
     fast_forward: bool = True
+    # a lone replica fed the trace runs in the compiled core where it applies (FCFS in the engine, synchronous
+    # scheduling, no prefix identity in use; see sim/stepcore.py), bit-identical to the Python engine;
+    # False: always the Python engine, the reference
+    compiled_core: bool = True
     # vLLM v1's async scheduling (the default of `vllm serve`): step k+1 is scheduled when step k
     # starts, so a request reaching the engine during step k runs from step k+2, and a slot or KV
     # freed by a request finishing in step k is reusable from step k+2 (see sim/engine.py)

@@ -40,6 +40,12 @@ class Gateway:
         self._pass_through = (max_outstanding is None and kind.push is Policy.push and kind.pop is Policy.pop
                               and not getattr(router, "uses_request", False))
 
+    @property
+    def passes_through(self) -> bool:
+        """Each arrival goes straight to a replica, in arrival order, and nothing the policy keeps
+        changes what any replica gets (no cap, a plain keyed policy, a router that ignores requests)."""
+        return self._pass_through
+
     # ---- arrivals and completions
     def submit(self, req: SimRequest) -> None:
         now = self.env.now

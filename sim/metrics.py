@@ -289,8 +289,8 @@ class StreamingSummary:
         end = self.end if self.end > -math.inf else start
         span = max(end - start, 0.0)
         overall = _GroupTotals(self._statuses, self.alpha)
-        for t in self.tenants.values():
-            overall.merge(t)
+        for t in sorted(self.tenants):  # a fixed order: float sums must not follow group_by's (unordered) output
+            overall.merge(self.tenants[t])
         busy = [r["busy_s"] for r in replicas]
         return {
             "span_s": span,

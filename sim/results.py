@@ -53,6 +53,17 @@ class ResultRecorder:
         if req.cached_tokens > 0:
             self.cached_tokens[i] = req.cached_tokens
 
+    def finish_rows(self, i: np.ndarray, replica: int, scheduled_s: np.ndarray, first_token_s: np.ndarray,
+                    finish_s: np.ndarray, generated: np.ndarray, preemptions: np.ndarray) -> None:
+        """:meth:`finish` for the rows ``i`` of this recorder (no prefix cache: nothing cached)."""
+        self.status[i] = STATUS_OK
+        self.replica[i] = replica
+        self.scheduled_s[i] = scheduled_s
+        self.first_token_s[i] = first_token_s
+        self.finish_s[i] = finish_s
+        self.generated[i] = generated
+        self.preemptions[i] = preemptions
+
     def give_up(self, idx: int, status: int, reason: str, generated: int = 0) -> None:
         """The client gave up on the request (``STATUS_TIMEOUT`` or ``STATUS_ABANDONED``)."""
         idx -= self.base

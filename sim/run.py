@@ -21,6 +21,7 @@ import simpy
 from driftsim.costmodel.base import CostModel
 from driftsim.admission.controller import Admission, AdmissionConfig
 from driftsim.sim.client import ClientConfig, SimClient
+from driftsim.sim.compiled_feed import compiled_core_for, run_compiled
 from driftsim.sim.config import ConfigError, EngineConfig, GatewayConfig
 from driftsim.sim.engine import EngineCore
 from driftsim.sim.gateway import Gateway
@@ -52,6 +53,7 @@ class SimResult:
     summary: dict = field(default_factory=dict)
     calibration_history: pl.DataFrame | None = None
     requests_path: Path | None = None
+    engine_core: str = "python"  # "compiled": the lone replica ran in the compiled core (driftsim.sim.stepcore)
 
 
 def simulate(
@@ -122,8 +124,8 @@ def simulate(
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
     n = trace.rows if streamed_input else trace.height
-    _start_arrivals(env, run, chunks, n, engine, rec, adm, progress, sender, sent,
-                    fed=horizon_s is None and gateway.max_outstanding is None)
+    compiled = _start_arrivals(env, run, chunks, n, engine, rec, adm, progress, sender, sent, trace,
+                               fed=horizon_s is None and gateway.max_outstanding is None)
     try:
         env.run(until=horizon_s)
         rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
@@ -131,19 +133,28 @@ def simulate(
         if isinstance(sink, ParquetSink):
             sink.abort()
         raise
-    return _collect(run, sink, adm, chunk_columns, microbatch=engine.mode == "microbatch")
+    result = _collect(run, sink, adm, chunk_columns, microbatch=engine.mode == "microbatch")
+    result.engine_core = "compiled" if compiled else "python"
+    return result
 
 
 def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
-                    sender: Sender | None, sent: np.ndarray | None, *, fed: bool) -> None:
+                    sender: Sender | None, sent: np.ndarray | None, trace, *, fed: bool) -> bool:
     """Release the trace's rows: a lone replica that nothing else acts beside takes them in itself at its
-    step ends (``fed``: no horizon, no gateway cap), else an arrival process releases each at its time."""
+    step ends (``fed``: no horizon, no gateway cap), in the compiled core where it applies (True), else
+    an arrival process releases each at its time."""
     lone = run.workers[0] if len(run.workers) == 1 else None
     if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
+        fast = compiled_core_for(engine, run.cores[0], trace, gateway_passes=run.gateway.passes_through,
+                                 oracle=adm.cfg.estimator == "oracle")
+        if fast is not None:
+            env.process(run_compiled(env, fast, chunks, n, engine, run.cores[0], rec, progress))
+            return True
         lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)
     else:
         env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
                               sender, sent))
+    return False
 
 
 def _check_arguments(*, engine: EngineConfig, gateway: GatewayConfig, admission: AdmissionConfig, replicas: int,

@@ -21,6 +21,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from driftsim.sim.metrics import StreamingSummary
@@ -122,6 +123,33 @@ class ChunkedResults:
 
     def cap_length(self, idx: int) -> None:
         self.at(idx).cap_length(idx)
+
+    # ---- many outcomes at once (the compiled core's); no sender listens on that path
+    def finish_rows(self, idx: np.ndarray, scheduled_s: np.ndarray, first_token_s: np.ndarray, finish_s: np.ndarray,
+                    generated: np.ndarray, preemptions: np.ndarray, *, replica: int) -> None:
+        """:meth:`finish` for many trace rows (in any order) at once."""
+        for c, sel in self._by_chunk(idx):
+            c.rec.finish_rows(idx[sel] - c.rec.base, replica, scheduled_s[sel], first_token_s[sel], finish_s[sel],
+                              generated[sel], preemptions[sel])
+            self._settled_rows(c, int(sel.sum()))
+
+    def reject_rows(self, idx: np.ndarray, reasons: list[str]) -> None:
+        """:meth:`reject` for many trace rows, with one reason each."""
+        for c, sel in self._by_chunk(idx):
+            for i, reason in zip(idx[sel].tolist(), (r for r, keep in zip(reasons, sel) if keep)):
+                c.rec.reject(i, reason)
+            self._settled_rows(c, int(sel.sum()))
+
+    def _by_chunk(self, idx: np.ndarray):
+        if self.on_settle is not None:
+            raise RuntimeError("rows settled in bulk would not be reported to the sender listening on this run")
+        which = np.searchsorted(np.asarray(self._bases), idx, side="right") - 1
+        return [(self._open[k], which == k) for k in np.unique(which).tolist()]
+
+    def _settled_rows(self, c: _Chunk, count: int) -> None:
+        c.pending -= count
+        if c.pending <= 0 and c is self._open[0]:
+            self._flush()
 
     def _settled(self, c: _Chunk, idx: int, t: float) -> None:
         if self.on_settle is not None:

@@ -80,6 +80,22 @@ def test_streaming_summary_gives_the_same_figures_within_the_sketch_error():
         assert got[key] == pytest.approx(exact[key], rel=1e-12), key
 
 
+def test_streaming_summary_does_not_depend_on_the_order_tenants_first_appear():
+    # e2e 0.1, 0.2, 0.3 s: (0.1 + 0.2) + 0.3 != (0.3 + 0.2) + 0.1 in floating point, so the overall mean
+    # is bit-identical only if the tenants' totals are merged in a fixed order
+    rows = [(t, "ok", 0.0, e2e / 2, e2e, 10, 2, None) for t, e2e in (("a", 0.1), ("b", 0.2), ("c", 0.3))]
+    df = _results(rows)
+    results = []
+    for order in ([0, 1, 2], [2, 1, 0]):
+        stream = StreamingSummary()
+        for i in order:
+            stream.add(df.slice(i, 1))
+        results.append(stream.result([])["overall"])
+    assert (0.1 + 0.2) + 0.3 != (0.3 + 0.2) + 0.1
+    assert results[0]["e2e_s"]["mean"] == results[1]["e2e_s"]["mean"]
+    assert repr(results[0]) == repr(results[1])
+
+
 def test_weighted_quantile_equals_the_quantile_of_the_repeated_values():
     rng = np.random.default_rng(0)
     values, weights = rng.random(50), rng.integers(0, 5, 50)

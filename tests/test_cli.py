@@ -80,6 +80,15 @@ def test_step_by_step_flag_gives_identical_results(tmp_path):
     assert pl.read_parquet(a / "requests.parquet").equals(pl.read_parquet(b / "requests.parquet"))
 
 
+def test_python_engine_flag_gives_identical_results_without_the_compiled_core(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fast = runner.invoke(app, ["simulate", "--mode", "continuous", "--out", str(a)])
+    slow = runner.invoke(app, ["simulate", "--mode", "continuous", "--python-engine", "--out", str(b)])
+    assert fast.exit_code == 0 and slow.exit_code == 0, fast.output + slow.output
+    assert "compiled core" in fast.output and "compiled core" not in slow.output
+    assert pl.read_parquet(a / "requests.parquet").equals(pl.read_parquet(b / "requests.parquet"))
+
+
 def test_results_identical_across_processes_and_hash_seeds(tmp_path):
     """Bit-for-bit determinism does not depend on Python's per-process string hashing."""
     import os

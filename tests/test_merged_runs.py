@@ -99,7 +99,8 @@ def test_a_lone_engine_commits_up_to_the_next_arrival_in_one_wait_and_stays_exac
     monkeypatch.setattr(EngineCore, "commit", counting_commit)
     monkeypatch.setattr(ContinuousReplica, "_plan_up_to_arrival", counting)
     trace = random_trace(400, rate=40, seed=7, max_in=500, max_out=200)
-    engine = EngineConfig(max_num_seqs=32, max_num_batched_tokens=512, max_model_len=2048, block_size=BS)
+    engine = EngineConfig(max_num_seqs=32, max_num_batched_tokens=512, max_model_len=2048, block_size=BS,
+                          compiled_core=False)  # the Python engine's planning is what is counted
     fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=150).requests
     assert max(commits_per_wait) > 1 and len(commits_per_wait) < sum(commits_per_wait)
     slow = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "fast_forward": False}),
@@ -151,27 +152,36 @@ def fed(monkeypatch) -> list[int]:
     return rows
 
 
-def test_a_lone_replica_takes_bursts_refusals_and_idle_gaps_in_as_the_arrival_process_does(fed):
-    # bursts at one instant, arrivals on a grid that step ends may hit, prompts too long, idle gaps
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_lone_replica_takes_bursts_refusals_and_idle_gaps_in_as_the_arrival_process_does(fed, compiled):
+    # bursts at one instant, arrivals on a grid that step ends may hit, prompts too long, idle gaps;
+    # the Python engine's feed and the compiled core (which replaces the feed) alike
     rows = [(0.0, 300, 20)] * 5 + [(float(t) * 0.25, 100 + 37 * t, 1 + t % 9) for t in range(1, 60)]
     rows += [(20.0, 5000, 10), (20.0, 50, 1), (35.5, 200, 30)] + [(40.0 + 0.001 * k, 64, 64) for k in range(30)]
     trace = make_trace(rows)
-    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048, block_size=BS)
-    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=200).requests
-    assert len(fed) > len(rows) // 2, "the replica must take the arrivals in"
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=2048, block_size=BS,
+                          compiled_core=compiled)
+    result = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=200)
+    fast = result.requests
+    assert result.engine_core == ("compiled" if compiled else "python")
+    if not compiled:
+        assert len(fed) > len(rows) // 2, "the replica must take the arrivals in"
     assert fast.equals(simulate(trace, cost=linear_cost(), engine=_step_by_step(engine), num_blocks=200).requests)
     assert (fast["status"] == "rejected").sum() == sum(p >= 2048 for _, p, _ in rows) > 0
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("summary_only", [False, True])
-def test_streamed_results_in_small_chunks_equal_the_step_by_step_table(tmp_path, fed, summary_only):
+def test_streamed_results_in_small_chunks_equal_the_step_by_step_table(tmp_path, fed, summary_only, compiled):
     trace = random_trace(300, rate=25, seed=11, max_in=500, max_out=120)
-    engine = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, max_model_len=2048, block_size=BS)
+    engine = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, max_model_len=2048, block_size=BS,
+                          compiled_core=compiled)
     slow = simulate(trace, cost=linear_cost(), engine=_step_by_step(engine), num_blocks=300)
     path = tmp_path / "requests.parquet"
     kw = {"summary_only": True} if summary_only else {"results_path": path}
     fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=300, chunk_rows=7, **kw)
-    assert fed
+    assert fast.engine_core == ("compiled" if compiled else "python")
+    assert bool(fed) != compiled  # the compiled core replaces the Python feed
     if summary_only:
         assert fast.summary["overall"]["requests"] == slow.summary["overall"]["requests"]
         assert fast.summary["overall"]["e2e_s"]["mean"] == pytest.approx(slow.summary["overall"]["e2e_s"]["mean"],

@@ -1,0 +1,648 @@
+/* The compiled core of one lone continuous-batching replica (see driftsim/sim/stepcore.py).
+ *
+ * It runs exactly what driftsim.sim.engine.EngineCore and ContinuousReplica do when a lone
+ * replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed): FCFS waiting queue,
+ * synchronous scheduling, fast-forwarded pure-decode runs, chunked prefill, recompute
+ * preemption, no prefix cache. Every branch below names the Python method it mirrors; the
+ * arithmetic is the same operations in the same order on IEEE doubles (built without FMA
+ * contraction), so times are bit-identical to the Python engine, which stays the reference
+ * (tests/test_stepcore.py compares the two on random traces and engine limits).
+ *
+ * Plain C behind ctypes: Python hands rows in (sc_push) and drains finished requests from
+ * buffers it owns; sc_run returns when it needs more rows, the buffer is nearly full, or the
+ * run is done.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+enum { COST_ROOFLINE = 1, COST_LINEAR = 2, COST_TOKEN_TABLE = 3 };
+enum { RC_DONE = 0, RC_NEED_ROWS = 1, RC_FULL = 2, RC_STALL = -1, RC_NOMEM = -2 };
+
+typedef struct {
+    int kind;
+    double p[12];
+    int nknots;
+    double knots[64];
+    double values[64];
+} Cost;
+
+typedef struct {
+    i64 idx, input, output, computed, generated, blocks, prefill_target;
+    i64 entry_step, entry_computed, entry_generated, finish_g, token, order, preemptions;
+    double first_token_s, scheduled_s;
+    int prev, next; /* running list, admission order */
+} Req;
+
+typedef struct {
+    i64 g, order, token;
+    int slot;
+} HeapEntry;
+
+typedef struct {
+    Cost cost;
+    i64 bs, max_seqs, token_budget, max_model_len, kv_total, kv_used;
+    int chunked, reserve_full;
+
+    Req *reqs;
+    int nreqs, capreqs, *free_slots, nfree;
+
+    int *waiting; /* ring */
+    int wcap, whead, wlen;
+
+    int run_head, run_tail, n_running;
+    int *prefilling, nprefill;
+    i64 next_order, next_token;
+
+    i64 decode_step, num_decode, decode_ctx, *by_phase;
+    HeapEntry *heap;
+    int nheap, capheap;
+
+    /* pending rows: trace row, arrival, prompt, output (-1: refused at release) */
+    i64 *row_idx, *row_in, *row_out;
+    double *row_at;
+    i64 rhead, rlen, rcap;
+    double arr_now; /* the arrival process's clock (_ArrivalFeed._now) */
+    i64 released;
+
+    double clock, busy_s;
+    i64 steps, preemptions;
+    i64 *chunks; /* the planned general step's chunk per prefilling request */
+
+    /* finished requests, drained by Python */
+    i64 out_cap, out_n, *out_idx, *out_gen, *out_pre;
+    double *out_sched, *out_first, *out_finish;
+} Core;
+
+/* Python's -(-a // b) for a >= 0, b > 0 */
+static inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
+/* Python's a % b for b > 0 */
+static inline i64 pymod(i64 a, i64 b) { i64 m = a % b; return m < 0 ? m + b : m; }
+
+/* ------------------------------------------------------------------ cost formulas */
+
+static double table_eval(const Cost *c, double x, double per_unit) {
+    /* LinearCostModel.decode_seqs_s / TokenTableCostModel.tokens_s */
+    int n = c->nknots;
+    if (x >= c->knots[n - 1]) return c->values[n - 1] + per_unit * (x - c->knots[n - 1]);
+    int j = 0; /* bisect_right: knots <= x */
+    while (j < n && c->knots[j] <= x) j++;
+    if (j && x == c->knots[j - 1]) return c->values[j - 1];
+    double k0 = j ? c->knots[j - 1] : 0.0, v0 = j ? c->values[j - 1] : 0.0;
+    return v0 + (c->values[j] - v0) * ((x - k0) / (c->knots[j] - k0));
+}
+
+static double step_time(const Cost *c, double P, double A, double Sp, double D, double C) {
+    const double *p = c->p;
+    if (c->kind == COST_ROOFLINE) { /* RooflineCostModel.step_time */
+        double compute = (p[0] * (P + D) + p[1] * (Sp + D) + p[2] * (A + C)) / p[3];
+        double memory = (p[4] + p[5] * (C + A / p[6] + P + D)) / p[7];
+        double overhead = p[8] + p[9] * (Sp + D);
+        return overhead + (memory > compute ? memory : compute);
+    }
+    if (c->kind == COST_LINEAR) { /* LinearCostModel.step_time */
+        double S = c->nknots ? table_eval(c, D, p[4]) : p[4] * D;
+        return p[0] + p[1] * P + p[2] * A + p[3] * Sp + S + p[5] * C;
+    }
+    /* TokenTableCostModel.step_time */
+    double G = table_eval(c, P + D, p[1]);
+    return p[0] + G + p[2] * A + p[3] * Sp + p[4] * (double)(Sp > 0) + p[5] * D + p[6] * (double)(D > 0) + p[7] * C;
+}
+
+/* ------------------------------------------------------------------ containers */
+
+static int grow(void **ptr, i64 *cap, i64 need, size_t size) {
+    if (need <= *cap) return 0;
+    i64 n = *cap ? *cap : 64;
+    while (n < need) n *= 2;
+    void *p = realloc(*ptr, (size_t)n * size);
+    if (!p) return -1;
+    *ptr = p;
+    *cap = n;
+    return 0;
+}
+
+static int new_slot(Core *s) {
+    if (s->nfree) return s->free_slots[--s->nfree];
+    if (s->nreqs == s->capreqs) {
+        int n = s->capreqs ? s->capreqs * 2 : 256;
+        Req *r = realloc(s->reqs, (size_t)n * sizeof(Req));
+        int *f = realloc(s->free_slots, (size_t)n * sizeof(int));
+        if (!r || !f) { if (r) s->reqs = r; if (f) s->free_slots = f; return -1; }
+        s->reqs = r;
+        s->free_slots = f;
+        s->capreqs = n;
+    }
+    return s->nreqs++;
+}
+
+static int waiting_grow(Core *s) {
+    if (s->wlen < s->wcap) return 0;
+    int n = s->wcap ? s->wcap * 2 : 256;
+    int *w = malloc((size_t)n * sizeof(int));
+    if (!w) return -1;
+    for (int i = 0; i < s->wlen; i++) w[i] = s->waiting[(s->whead + i) % s->wcap];
+    free(s->waiting);
+    s->waiting = w;
+    s->wcap = n;
+    s->whead = 0;
+    return 0;
+}
+
+static int waiting_push(Core *s, int slot) {
+    if (waiting_grow(s)) return -1;
+    s->waiting[(s->whead + s->wlen) % s->wcap] = slot;
+    s->wlen++;
+    return 0;
+}
+
+static int waiting_push_front(Core *s, int slot) {
+    if (waiting_grow(s)) return -1;
+    s->whead = (s->whead + s->wcap - 1) % s->wcap;
+    s->waiting[s->whead] = slot;
+    s->wlen++;
+    return 0;
+}
+
+static inline int waiting_peek(Core *s) { return s->waiting[s->whead]; }
+
+static inline void waiting_pop(Core *s) {
+    s->whead = (s->whead + 1) % s->wcap;
+    s->wlen--;
+}
+
+static int heap_less(const HeapEntry *a, const HeapEntry *b) {
+    return a->g < b->g || (a->g == b->g && a->order < b->order);
+}
+
+static int heap_push(Core *s, HeapEntry e) {
+    if (s->nheap == s->capheap) {
+        int n = s->capheap ? s->capheap * 2 : 256;
+        HeapEntry *h = realloc(s->heap, (size_t)n * sizeof(HeapEntry));
+        if (!h) return -1;
+        s->heap = h;
+        s->capheap = n;
+    }
+    int i = s->nheap++;
+    while (i > 0) {
+        int parent = (i - 1) / 2;
+        if (!heap_less(&e, &s->heap[parent])) break;
+        s->heap[i] = s->heap[parent];
+        i = parent;
+    }
+    s->heap[i] = e;
+    return 0;
+}
+
+static void heap_pop(Core *s) {
+    HeapEntry last = s->heap[--s->nheap];
+    int n = s->nheap, i = 0;
+    if (!n) return;
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        const HeapEntry *best = &last;
+        if (l < n && heap_less(&s->heap[l], best)) { m = l; best = &s->heap[l]; }
+        if (r < n && heap_less(&s->heap[r], best)) { m = r; }
+        if (m == i) break;
+        s->heap[i] = s->heap[m];
+        i = m;
+    }
+    s->heap[i] = last;
+}
+
+static void running_append(Core *s, int slot) {
+    Req *r = &s->reqs[slot];
+    r->prev = s->run_tail;
+    r->next = -1;
+    if (s->run_tail >= 0) s->reqs[s->run_tail].next = slot; else s->run_head = slot;
+    s->run_tail = slot;
+    s->n_running++;
+}
+
+static void running_remove(Core *s, int slot) {
+    Req *r = &s->reqs[slot];
+    if (r->prev >= 0) s->reqs[r->prev].next = r->next; else s->run_head = r->next;
+    if (r->next >= 0) s->reqs[r->next].prev = r->prev; else s->run_tail = r->prev;
+    s->n_running--;
+}
+
+/* ------------------------------------------------------------------ engine (EngineCore) */
+
+static inline int has_work(Core *s) { return s->n_running || s->wlen; }
+static inline i64 free_blocks(Core *s) { return s->kv_total - s->kv_used; }
+
+/* admitted_prompt_tokens: -1 for None */
+static inline i64 admitted(Core *s, i64 remaining, i64 budget) {
+    if (remaining > budget && !s->chunked) return -1;
+    return remaining < budget ? remaining : budget;
+}
+
+/* EngineCore._admission_blocks (no prefix cache) */
+static inline i64 admission_blocks(Core *s, Req *r, i64 n) {
+    i64 tokens = s->reserve_full ? r->prefill_target : n;
+    if (tokens > s->max_model_len) tokens = s->max_model_len;
+    return ceil_div(tokens, s->bs);
+}
+
+static void finish(Core *s, int slot, double end) {
+    Req *r = &s->reqs[slot];
+    i64 k = s->out_n++;
+    s->out_idx[k] = r->idx;
+    s->out_sched[k] = r->scheduled_s;
+    s->out_first[k] = r->first_token_s;
+    s->out_finish[k] = end;
+    s->out_gen[k] = r->generated;
+    s->out_pre[k] = r->preemptions;
+    s->free_slots[s->nfree++] = slot;
+}
+
+/* EngineCore._waiting_blocked */
+static int waiting_blocked(Core *s) {
+    if (!s->wlen || s->n_running >= s->max_seqs) return 1;
+    Req *head = &s->reqs[waiting_peek(s)];
+    i64 n = admitted(s, head->prefill_target, s->token_budget - s->num_decode);
+    if (n < 0) return 1;
+    i64 free_after = free_blocks(s) - s->by_phase[pymod(-s->decode_step, s->bs)];
+    return admission_blocks(s, head, n) > free_after;
+}
+
+/* EngineCore._stable_steps */
+static i64 stable_steps(Core *s) {
+    while (s->heap[0].token != s->reqs[s->heap[0].slot].token || s->reqs[s->heap[0].slot].finish_g < 0)
+        heap_pop(s);
+    i64 to_finish = s->heap[0].g - s->decode_step;
+    i64 freeb = free_blocks(s), nd = s->num_decode, bs = s->bs;
+    i64 full_cycles = freeb / nd;
+    i64 k = full_cycles * bs;
+    if (k >= to_finish) return to_finish;
+    i64 left = freeb - full_cycles * nd;
+    while (k < to_finish) {
+        i64 need = s->by_phase[pymod(-(s->decode_step + k), bs)];
+        if (need > left) return k;
+        left -= need;
+        k++;
+    }
+    return to_finish;
+}
+
+/* EngineCore._pop_finished */
+static void pop_finished(Core *s, double end) {
+    while (s->nheap && s->heap[0].g <= s->decode_step) {
+        HeapEntry e = s->heap[0];
+        heap_pop(s);
+        Req *r = &s->reqs[e.slot];
+        if (e.token != r->token || r->finish_g < 0) continue;
+        i64 tokens = r->entry_computed + s->decode_step - r->entry_step;
+        s->kv_used -= ceil_div(tokens, s->bs);
+        s->num_decode--;
+        s->decode_ctx -= tokens;
+        s->by_phase[pymod(r->entry_computed - r->entry_step, s->bs)]--;
+        r->generated = r->output;
+        r->finish_g = -1;
+        running_remove(s, e.slot);
+        finish(s, e.slot, end);
+    }
+}
+
+/* EngineCore._enter_decode */
+static int enter_decode(Core *s, int slot) {
+    Req *r = &s->reqs[slot];
+    r->entry_computed = r->computed;
+    r->entry_step = s->decode_step;
+    r->entry_generated = r->generated;
+    r->finish_g = s->decode_step + (r->output - r->generated);
+    s->by_phase[pymod(r->entry_computed - r->entry_step, s->bs)]++;
+    s->num_decode++;
+    s->decode_ctx += r->entry_computed;
+    r->blocks = 0;
+    r->token = s->next_token++;
+    HeapEntry e = {r->finish_g, r->order, r->token, slot};
+    return heap_push(s, e);
+}
+
+/* EngineCore._preempt_victim (FCFS: the most recently admitted) and _take_off_running */
+static int preempt_victim(Core *s) {
+    int slot = s->run_tail;
+    Req *r = &s->reqs[slot];
+    running_remove(s, slot);
+    if (r->finish_g < 0) {
+        for (int i = 0; i < s->nprefill; i++)
+            if (s->prefilling[i] == slot) {
+                memmove(s->prefilling + i, s->prefilling + i + 1, (size_t)(s->nprefill - i - 1) * sizeof(int));
+                s->nprefill--;
+                break;
+            }
+        s->kv_used -= r->blocks;
+    } else {
+        i64 tokens = r->entry_computed + s->decode_step - r->entry_step;
+        s->kv_used -= ceil_div(tokens, s->bs);
+        s->num_decode--;
+        s->decode_ctx -= tokens;
+        s->by_phase[pymod(r->entry_computed - r->entry_step, s->bs)]--;
+        r->generated = r->entry_generated + s->decode_step - r->entry_step;
+    }
+    r->blocks = 0;
+    r->finish_g = -1;
+    r->computed = 0;
+    r->preemptions++;
+    s->preemptions++;
+    r->prefill_target = r->input + r->generated;
+    return waiting_push_front(s, slot);
+}
+
+/* One general step from t (EngineCore._plan_step, then commit(1)); returns its end, or NAN on a stall. */
+static double general_step(Core *s, double t, int *err) {
+    i64 bs = s->bs, decode_blocks, budget, need;
+    int preempted = 0;
+    for (;;) { /* _running_pass / _running_demand */
+        decode_blocks = s->num_decode ? s->by_phase[pymod(-s->decode_step, bs)] : 0;
+        budget = s->token_budget - s->num_decode;
+        need = decode_blocks;
+        for (int i = 0; i < s->nprefill; i++) {
+            Req *r = &s->reqs[s->prefilling[i]];
+            i64 n = r->prefill_target - r->computed;
+            if (n > budget) n = budget;
+            if (n > 0) {
+                budget -= n;
+                need += ceil_div(r->computed + n, bs) - r->blocks;
+                s->chunks[i] = n;
+            } else {
+                s->chunks[i] = 0;
+            }
+        }
+        if (need <= s->kv_total - s->kv_used) break;
+        if (preempt_victim(s)) { *err = RC_NOMEM; return NAN; }
+        preempted = 1;
+    }
+    if (!preempted) { /* _waiting_pass */
+        i64 freeb = free_blocks(s) - need;
+        while (s->wlen && s->n_running < s->max_seqs && budget > 0) {
+            int slot = waiting_peek(s);
+            Req *r = &s->reqs[slot];
+            i64 n = admitted(s, r->prefill_target, budget);
+            if (n < 0 || admission_blocks(s, r, n) > freeb) break;
+            waiting_pop(s);
+            freeb -= ceil_div(r->computed + n, bs) - r->blocks;
+            budget -= n;
+            r->order = s->next_order++; /* _admit */
+            running_append(s, slot);
+            s->chunks[s->nprefill] = n;
+            s->prefilling[s->nprefill++] = slot;
+            if (r->scheduled_s < 0) r->scheduled_s = t;
+        }
+    }
+    /* _step_batch */
+    i64 prefill_tokens = 0, prefill_seqs = 0;
+    double attn = 0.0;
+    for (int i = 0; i < s->nprefill; i++) {
+        i64 n = s->chunks[i];
+        if (n) {
+            i64 c = s->reqs[s->prefilling[i]].computed;
+            prefill_tokens += n;
+            prefill_seqs++;
+            attn += (double)(n * c) + (double)(n * (n + 1)) / 2.0; /* chunk_attn_tokens */
+        }
+    }
+    if (prefill_tokens == 0 && s->num_decode == 0) { *err = RC_STALL; return NAN; }
+    double end = t + step_time(&s->cost, (double)prefill_tokens, attn, (double)prefill_seqs, (double)s->num_decode,
+                               (double)(s->decode_ctx + s->num_decode));
+    /* commit(1) */
+    s->busy_s += end - t;
+    s->steps += 1;
+    if (s->num_decode) {
+        s->kv_used += decode_blocks;
+        s->decode_step += 1;
+        s->decode_ctx += s->num_decode;
+        pop_finished(s, end);
+    }
+    /* _advance_prefills */
+    int still = 0;
+    for (int i = 0; i < s->nprefill; i++) {
+        int slot = s->prefilling[i];
+        Req *r = &s->reqs[slot];
+        i64 n = s->chunks[i];
+        if (n == 0) { s->prefilling[still++] = slot; continue; }
+        r->computed += n;
+        i64 blocks = ceil_div(r->computed, bs);
+        s->kv_used += blocks - r->blocks;
+        r->blocks = blocks;
+        if (r->computed < r->prefill_target) { s->prefilling[still++] = slot; continue; }
+        if (r->first_token_s < 0) r->first_token_s = end;
+        r->generated += 1;
+        if (r->generated >= r->output) {
+            s->kv_used -= r->blocks;
+            r->blocks = 0;
+            running_remove(s, slot);
+            finish(s, slot, end);
+            continue;
+        }
+        if (enter_decode(s, slot)) { *err = RC_NOMEM; return NAN; }
+    }
+    s->nprefill = still;
+    return end;
+}
+
+/* EngineCore.plan_decode_run + commit: a pure-decode run from t cut after the first step reaching
+ * until; returns its last end, or NAN when the engine would plan a general step instead. */
+static double decode_run(Core *s, double t, double until) {
+    if (s->nprefill || !s->num_decode || !waiting_blocked(s)) return NAN;
+    i64 k = stable_steps(s);
+    if (k <= 0) return NAN;
+    i64 d = s->num_decode, ctx = s->decode_ctx + s->num_decode, n = 0;
+    double end = t, D = (double)d;
+    while (n < k) { /* _decode_run_ends */
+        end = end + step_time(&s->cost, 0.0, 0.0, 0.0, D, (double)(ctx + n * d));
+        n++;
+        if (end >= until) break;
+    }
+    /* commit(n): _advance_decodes */
+    s->busy_s += end - t;
+    s->steps += n;
+    i64 cycles = n / s->bs, rest = n % s->bs, new_blocks = cycles * s->num_decode;
+    for (i64 j = 0; j < rest; j++) new_blocks += s->by_phase[pymod(-(s->decode_step + j), s->bs)];
+    s->kv_used += new_blocks;
+    s->decode_step += n;
+    s->decode_ctx += n * s->num_decode;
+    pop_finished(s, end);
+    return end;
+}
+
+/* ------------------------------------------------------------------ the replica with its feed */
+
+static inline double wake(Core *s, double at) {
+    double gap = at - s->arr_now;
+    return gap > 0 ? s->arr_now + gap : s->arr_now;
+}
+
+/* _ArrivalFeed.release_due: rows arriving at or before t (with first, the next row whatever its time) */
+static int release_due(Core *s, double t, int first) {
+    while (s->rlen && (s->row_at[s->rhead] <= t || first)) {
+        first = 0;
+        i64 h = s->rhead++;
+        s->rlen--;
+        s->released++;
+        s->arr_now = wake(s, s->row_at[h]);
+        if (s->row_out[h] < 0) continue; /* refused at release (recorded by Python) */
+        int slot = new_slot(s);
+        if (slot < 0) return -1;
+        Req *r = &s->reqs[slot];
+        memset(r, 0, sizeof(Req));
+        r->idx = s->row_idx[h];
+        r->input = s->row_in[h];
+        r->output = s->row_out[h];
+        r->prefill_target = r->input; /* EngineCore.add */
+        r->finish_g = -1;
+        r->first_token_s = -1.0;
+        r->scheduled_s = -1.0;
+        r->prev = r->next = -1;
+        if (waiting_push(s, slot)) return -1;
+    }
+    if (!s->rlen) s->rhead = 0;
+    return 0;
+}
+
+/* ContinuousReplica._run with a feed, until it needs rows (final: there are none), the finished
+ * buffer may overflow, or every row has finished. */
+int sc_run(Core *s, int final) {
+    int err = 0;
+    /* rows pushed since the last call that arrived by the last step end: the feed would have released
+     * them at that end (the core stopped there for want of rows) */
+    if (s->released && release_due(s, s->clock, 0)) return RC_NOMEM;
+    for (;;) {
+        if (s->out_n + s->max_seqs > s->out_cap) return RC_FULL;
+        if (!has_work(s)) {
+            if (!s->rlen) return final ? RC_DONE : RC_NEED_ROWS;
+            s->clock = wake(s, s->row_at[s->rhead]);
+            if (release_due(s, s->clock, 1)) return RC_NOMEM;
+            continue;
+        }
+        if (!s->rlen && !final) return RC_NEED_ROWS;
+        double until = s->rlen ? s->row_at[s->rhead] : INFINITY;
+        /* core.plan(clock, until), committed, then _plan_up_to_arrival's chain of decode runs */
+        double last = decode_run(s, s->clock, until);
+        if (isnan(last)) {
+            last = general_step(s, s->clock, &err);
+            if (err) return err;
+        }
+        while (last < until && has_work(s)) {
+            double next = decode_run(s, last, until);
+            if (isnan(next)) break;
+            last = next;
+        }
+        s->clock = last;
+        if (release_due(s, last, 0)) return RC_NOMEM;
+    }
+}
+
+/* Rows in trace order: out < 0 marks a row refused at its release. */
+int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
+    i64 need = s->rhead + s->rlen + n;
+    if (s->rhead && need > s->rcap) { /* compact */
+        memmove(s->row_idx, s->row_idx + s->rhead, (size_t)s->rlen * sizeof(i64));
+        memmove(s->row_at, s->row_at + s->rhead, (size_t)s->rlen * sizeof(double));
+        memmove(s->row_in, s->row_in + s->rhead, (size_t)s->rlen * sizeof(i64));
+        memmove(s->row_out, s->row_out + s->rhead, (size_t)s->rlen * sizeof(i64));
+        s->rhead = 0;
+        need = s->rlen + n;
+    }
+    if (need > s->rcap) {
+        i64 cap = s->rcap, c2 = s->rcap, c3 = s->rcap, c4 = s->rcap;
+        if (grow((void **)&s->row_idx, &cap, need, sizeof(i64)) || grow((void **)&s->row_at, &c2, need, sizeof(double))
+            || grow((void **)&s->row_in, &c3, need, sizeof(i64)) || grow((void **)&s->row_out, &c4, need, sizeof(i64)))
+            return RC_NOMEM;
+        s->rcap = cap;
+    }
+    i64 o = s->rhead + s->rlen;
+    memcpy(s->row_idx + o, idx, (size_t)n * sizeof(i64));
+    memcpy(s->row_at + o, at, (size_t)n * sizeof(double));
+    memcpy(s->row_in + o, input, (size_t)n * sizeof(i64));
+    memcpy(s->row_out + o, out, (size_t)n * sizeof(i64));
+    s->rlen += n;
+    return 0;
+}
+
+/* engine: block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv blocks (usable),
+ * chunked prefill, reserve_full_prompt; cost: kind, coefficients, table */
+Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, const double *knots,
+             const double *values, i64 out_cap, i64 *out_idx, double *out_sched, double *out_first,
+             double *out_finish, i64 *out_gen, i64 *out_pre) {
+    if (np > 12 || nknots > 64) return NULL;
+    Core *s = calloc(1, sizeof(Core));
+    if (!s) return NULL;
+    s->bs = engine[0];
+    s->max_seqs = engine[1];
+    s->token_budget = engine[2];
+    s->max_model_len = engine[3];
+    s->kv_total = engine[4];
+    s->chunked = (int)engine[5];
+    s->reserve_full = (int)engine[6];
+    s->cost.kind = kind;
+    memcpy(s->cost.p, p, (size_t)np * sizeof(double));
+    s->cost.nknots = nknots;
+    memcpy(s->cost.knots, knots, (size_t)nknots * sizeof(double));
+    memcpy(s->cost.values, values, (size_t)nknots * sizeof(double));
+    s->by_phase = calloc((size_t)s->bs, sizeof(i64));
+    s->prefilling = malloc((size_t)(s->max_seqs + 1) * sizeof(int));
+    s->chunks = malloc((size_t)(s->max_seqs + 1) * sizeof(i64));
+    s->run_head = s->run_tail = -1;
+    s->out_cap = out_cap;
+    s->out_idx = out_idx;
+    s->out_sched = out_sched;
+    s->out_first = out_first;
+    s->out_finish = out_finish;
+    s->out_gen = out_gen;
+    s->out_pre = out_pre;
+    if (!s->by_phase || !s->prefilling || !s->chunks) {
+        free(s->by_phase); free(s->prefilling); free(s->chunks); free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void sc_free(Core *s) {
+    if (!s) return;
+    free(s->reqs); free(s->free_slots); free(s->waiting); free(s->prefilling); free(s->by_phase);
+    free(s->heap); free(s->row_idx); free(s->row_at); free(s->row_in); free(s->row_out); free(s->chunks);
+    free(s);
+}
+
+/* counters: clock, busy_s (doubles); steps, preemptions, rows released, finished waiting to be drained,
+ * running, waiting, kv used (ints) */
+void sc_counters(Core *s, double *d, i64 *n) {
+    d[0] = s->clock;
+    d[1] = s->busy_s;
+    n[0] = s->steps;
+    n[1] = s->preemptions;
+    n[2] = s->released;
+    n[3] = s->out_n;
+    n[4] = s->n_running;
+    n[5] = s->wlen;
+    n[6] = s->kv_used;
+}
+
+void sc_drained(Core *s) { s->out_n = 0; }
+
+/* One step time, for checking the formulas against the Python cost models. */
+double sc_step_time(int kind, const double *p, int np, int nknots, const double *knots, const double *values,
+                    double P, double A, double Sp, double D, double C) {
+    Cost c;
+    memset(&c, 0, sizeof c);
+    c.kind = kind;
+    memcpy(c.p, p, (size_t)np * sizeof(double));
+    c.nknots = nknots;
+    memcpy(c.knots, knots, (size_t)nknots * sizeof(double));
+    memcpy(c.values, values, (size_t)nknots * sizeof(double));
+    return step_time(&c, P, A, Sp, D, C);
+}
+
+/* An importable module, so that the build installs it beside the package; the functions above
+ * are reached through ctypes. */
+static struct PyModuleDef stepcore_module = {PyModuleDef_HEAD_INIT, "_stepcore", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__stepcore(void) { return PyModule_Create(&stepcore_module); }

@@ -1,0 +1,110 @@
+"""A lone replica's whole run in the compiled core: the trace's rows in, result columns out.
+
+The fast twin of :class:`driftsim.sim.run._ArrivalFeed` driving a
+:class:`~driftsim.sim.replica.ContinuousReplica`: a SimPy process hands each chunk of the trace to
+the :class:`~driftsim.sim.stepcore.CompiledCore` (rows refused at their arrival marked, as the
+feed's ``_Release`` would refuse them), lets it simulate, records the requests it finished a
+buffer at a time, and advances SimPy's clock to the core's. :func:`compiled_core_for` says when a
+run may take this path; what it produces equals the Python engine's results bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+import simpy
+
+from driftsim.sim.config import EngineConfig
+from driftsim.sim.engine import EngineCore, FcfsQueue
+from driftsim.sim.stepcore import RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of, library
+from driftsim.sim.results import ResultRecorder
+from driftsim.sim.streaming import ChunkedResults
+
+BLOCK = 65_536  # rows handed to the core at a time
+
+
+def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_passes: bool,
+                      oracle: bool) -> CompiledCore | None:
+    """The compiled core for a lone fed replica, when the run stays inside what it models: FCFS in
+    the engine, a gateway that passes each arrival straight on, the oracle estimator, a cost model
+    with a :class:`~driftsim.costmodel.base.StepFormula`, and no prefix identity in use (prefix
+    caching off, or an in-memory trace without prefix ids). None: the Python engine runs it."""
+    if not (engine.compiled_core and gateway_passes and oracle and isinstance(core.waiting, FcfsQueue)):
+        return None
+    if core.prefix_caching and not (isinstance(trace, pl.DataFrame)
+                                    and trace["prefix_ids"].null_count() == trace.height):
+        return None
+    lib, form = library(), formula_of(core.cost)
+    if lib is None or form is None:
+        return None
+    return CompiledCore(lib, engine, form, core.total_blocks + 1)
+
+
+def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl.DataFrame], n: int,
+                 engine: EngineConfig, core: EngineCore, rec: ChunkedResults, progress):
+    """The SimPy process: each chunk's rows into ``fast``, its completions into ``rec``; at the end the
+    counters reports read are copied onto the (idle) Python ``core``."""
+    max_len, block_size, kv_total = engine.max_model_len, engine.block_size, core.total_blocks
+    try:
+        for chunk in chunks:
+            base = rec.rows
+            recorder = rec.open(chunk)
+            for lo in range(0, chunk.height, BLOCK):  # a block at a time: memory follows the block, not the trace
+                fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total))
+                while (yield from _simulate(env, fast, rec, n, progress, core, final=False)) != RC_NEED_ROWS:
+                    pass
+            rec.arrived()
+        while (yield from _simulate(env, fast, rec, n, progress, core, final=True)) != RC_DONE:
+            pass
+        counters = fast.counters()
+        core.busy_s, core.steps, core.preemptions = counters["busy_s"], counters["steps"], counters["preemptions"]
+    finally:
+        fast.close()
+    if progress is not None:
+        progress(1.0)
+
+
+def _simulate(env, fast: CompiledCore, rec: ChunkedResults, n: int, progress, core: EngineCore, *, final: bool):
+    """One :meth:`CompiledCore.run`: record what it finished and move SimPy's clock to the core's."""
+    rc = fast.run(final)
+    done = fast.drain()
+    if len(done.idx):
+        rec.finish_rows(done.idx, done.scheduled_s, done.first_token_s, done.finish_s, done.generated,
+                        done.preemptions, replica=core.replica)
+    counters = fast.counters()
+    if rc == RC_STALL:
+        raise RuntimeError(f"engine stalled: {counters['waiting']} waiting, none admissible with "
+                           f"{core.total_blocks - counters['kv_used']}/{core.total_blocks} free KV blocks")
+    if progress is not None and n:
+        progress(min(1.0, counters["released"] / n))
+    yield env.timeout(max(0.0, counters["clock"] - env.now))
+    return rc
+
+
+def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: ChunkedResults, max_len: int,
+          block_size: int, kv_total: int) -> tuple[np.ndarray, ...]:
+    """Rows of a chunk (trace rows ``first`` on, recorded by ``recorder``) for the core, refusals and
+    length caps recorded as the feed's ``_Release`` records them
+    (:func:`driftsim.sim.request.engine_output_tokens`, then the KV check)."""
+    prompt = chunk["input_tokens"].to_numpy().astype(np.int64)
+    output = chunk["output_tokens"].to_numpy().astype(np.int64)
+    max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy().astype(np.int64)
+    too_long = prompt >= max_len
+    cap = max_len - prompt
+    cap = np.where(max_tokens > 0, np.minimum(cap, max_tokens), cap)
+    capped = ~too_long & (output > cap)
+    gen = np.where(capped, cap, output)
+    too_big = ~too_long & (-(-(prompt + gen) // block_size) > kv_total)  # cdiv, on arrays
+    rows = np.arange(first, first + chunk.height, dtype=np.int64)
+    if capped.any():
+        recorder.length_capped[rows[capped] - recorder.base] = True
+    refused = np.flatnonzero(too_long | too_big)
+    if len(refused):
+        reasons = [f"prompt of {prompt[j]} tokens does not fit max_model_len {max_len}" if too_long[j] else
+                   f"needs {prompt[j] + gen[j]} tokens of KV, more than the {kv_total} blocks one replica has"
+                   for j in refused.tolist()]
+        rec.reject_rows(rows[refused], reasons)
+    gen[refused] = -1
+    return rows, chunk["arrival_s"].to_numpy().astype(np.float64), prompt, gen

@@ -1,0 +1,169 @@
+"""The compiled core of a lone replica: the Python engine's feed path, in C, bit for bit.
+
+When one continuous replica takes the trace's rows in itself and nothing else acts between its
+steps (:class:`driftsim.sim.run._ArrivalFeed`), the per-step Python of
+:class:`~driftsim.sim.engine.EngineCore` and :class:`~driftsim.sim.replica.ContinuousReplica` is
+most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS, synchronous, chunked
+prefill, recompute preemption, fast-forwarded decode runs; no prefix cache) with the same float
+operations in the same order, so its times equal the Python engine's bit for bit; the Python
+engine stays the reference (``tests/test_stepcore.py``) and runs everything else.
+
+:func:`compiled_core` says whether a run qualifies; :class:`CompiledCore` is the C state behind
+ctypes: rows go in with :meth:`CompiledCore.push`, :meth:`CompiledCore.run` simulates until it
+needs more rows or its buffer of finished requests is full, and :meth:`CompiledCore.drain` hands
+those back as arrays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
+from driftsim.costmodel.base import StepFormula
+from driftsim.sim.config import EngineConfig
+from driftsim.sim.kv import NULL_BLOCKS
+
+_KINDS = {"roofline": 1, "linear": 2, "token-table": 3}
+_MAX_COEFFICIENTS, _MAX_KNOTS = 12, 64
+RC_DONE, RC_NEED_ROWS, RC_FULL, RC_STALL, RC_NOMEM = 0, 1, 2, -1, -2
+
+_i64p = np.ctypeslib.ndpointer(dtype=np.int64, flags="C_CONTIGUOUS")
+_f64p = np.ctypeslib.ndpointer(dtype=np.float64, flags="C_CONTIGUOUS")
+_lib: ctypes.CDLL | None | bool = False  # False: not looked for yet
+
+
+def library() -> ctypes.CDLL | None:
+    """The built ``driftsim.sim._stepcore`` extension, or None where it was not built."""
+    global _lib
+    if _lib is False:
+        spec = importlib.util.find_spec("driftsim.sim._stepcore")
+        _lib = None if spec is None or spec.origin is None else _bind(ctypes.CDLL(spec.origin))
+    return _lib
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    vp, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    lib.sc_new.restype = vp
+    lib.sc_new.argtypes = [_i64p, ctypes.c_int, _f64p, ctypes.c_int, ctypes.c_int, _f64p, _f64p, i64,
+                           _i64p, _f64p, _f64p, _f64p, _i64p, _i64p]
+    lib.sc_free.argtypes = [vp]
+    lib.sc_push.restype = ctypes.c_int
+    lib.sc_push.argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p]
+    lib.sc_run.restype = ctypes.c_int
+    lib.sc_run.argtypes = [vp, ctypes.c_int]
+    lib.sc_counters.argtypes = [vp, _f64p, _i64p]
+    lib.sc_drained.argtypes = [vp]
+    lib.sc_step_time.restype = f64
+    lib.sc_step_time.argtypes = [ctypes.c_int, _f64p, ctypes.c_int, ctypes.c_int, _f64p, _f64p, f64, f64, f64, f64, f64]
+    return lib
+
+
+def formula_of(cost) -> StepFormula | None:
+    """The cost model's :class:`StepFormula` when the compiled core can evaluate it exactly, else None.
+
+    A subclass that redefines ``step_time`` below the class that wrote ``step_formula`` does not
+    qualify: the formula would describe its parent."""
+    method = getattr(cost, "step_formula", None)
+    if method is None or _defined_in(type(cost), "step_formula") is not _defined_in(type(cost), "step_time"):
+        return None
+    form = method()
+    if (form.kind not in _KINDS or len(form.coefficients) > _MAX_COEFFICIENTS or len(form.knots) > _MAX_KNOTS
+            or len(form.knots) != len(form.values)):
+        return None
+    return form
+
+
+def _defined_in(cls: type, name: str) -> type | None:
+    return next((k for k in inspect.getmro(cls) if name in vars(k)), None)
+
+
+def step_time(form: StepFormula, P: float, A: float, Sp: float, D: float, C: float) -> float:
+    """One step time evaluated by the compiled formula (for checking it against the Python model)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the compiled core driftsim.sim._stepcore is not built")
+    p, knots, values = _arrays(form)
+    return lib.sc_step_time(_KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values,
+                            P, A, Sp, D, C)
+
+
+def _arrays(form: StepFormula) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def padded(values) -> np.ndarray:
+        return np.array([*values, 0.0], dtype=np.float64)  # never empty: ctypes wants a buffer
+
+    return padded(form.coefficients), padded(form.knots), padded(form.values)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Requests the compiled core finished since the last drain, as arrays (trace row first)."""
+
+    idx: np.ndarray
+    scheduled_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    generated: np.ndarray
+    preemptions: np.ndarray
+
+
+class CompiledCore:
+    """One lone replica's engine and feed, in C (see the module docstring)."""
+
+    def __init__(self, lib: ctypes.CDLL, engine: EngineConfig, form: StepFormula, num_blocks: int) -> None:
+        self._lib = lib
+        cap = max(8192, 4 * engine.max_num_seqs)
+        self._out = (np.empty(cap, np.int64), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap, np.int64),
+                     np.empty(cap, np.int64))
+        config = np.array([engine.block_size, engine.max_num_seqs, engine.max_num_batched_tokens, engine.max_model_len,
+                           num_blocks - NULL_BLOCKS, int(engine.chunked_prefill), int(engine.reserve_full_prompt)],
+                          dtype=np.int64)
+        p, knots, values = _arrays(form)
+        self._state = lib.sc_new(config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values,
+                                 cap, *self._out)
+        if not self._state:
+            raise MemoryError("the compiled core could not allocate its state")
+        self._d = np.zeros(2)
+        self._n = np.zeros(7, np.int64)
+
+    def close(self) -> None:
+        if self._state:
+            self._lib.sc_free(self._state)
+            self._state = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def push(self, idx: np.ndarray, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
+        """Rows in trace order; ``output_tokens`` < 0 marks a row refused at its arrival (it still moves
+        the arrival clock and ends decode runs, as in the Python feed)."""
+        args = [np.ascontiguousarray(a, dtype=t) for a, t in
+                ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64))]
+        if self._lib.sc_push(self._state, len(args[0]), *args) != 0:
+            raise MemoryError("the compiled core could not take more rows")
+
+    def run(self, final: bool) -> int:
+        """Simulate until more rows are needed (``final``: there are none), the finished buffer is
+        full, or every row has finished; returns which (``RC_*``)."""
+        rc = self._lib.sc_run(self._state, int(final))
+        if rc == RC_NOMEM:
+            raise MemoryError("the compiled core ran out of memory")
+        return rc
+
+    def counters(self) -> dict:
+        self._lib.sc_counters(self._state, self._d, self._n)
+        d, n = self._d, self._n
+        return {"clock": float(d[0]), "busy_s": float(d[1]), "steps": int(n[0]), "preemptions": int(n[1]),
+                "released": int(n[2]), "finished": int(n[3]), "running": int(n[4]), "waiting": int(n[5]),
+                "kv_used": int(n[6])}
+
+    def drain(self) -> Finished:
+        """The requests finished since the last drain (copies), then an empty buffer."""
+        self._lib.sc_counters(self._state, self._d, self._n)
+        k = int(self._n[3])
+        out = Finished(*(a[:k].copy() for a in self._out))
+        self._lib.sc_drained(self._state)
+        return out

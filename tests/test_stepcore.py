@@ -1,0 +1,222 @@
+"""The compiled lone-replica core against the Python engine it mirrors: the same results, bit for bit.
+
+:mod:`driftsim.sim.stepcore` runs a lone fed replica in C. The Python engine
+(``EngineConfig(compiled_core=False)``) is the reference; step-by-step Python
+(``fast_forward=False``) is checked too, as the fast-forward tests check it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driftsim.admission.controller import AdmissionConfig
+from driftsim.costmodel.batch import StepBatch
+from driftsim.costmodel.profiles import list_profiles, load_profile
+from driftsim.costmodel.roofline import RooflineCostModel
+from driftsim.sim import compiled_feed, stepcore
+from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.run import simulate
+from driftsim.traces.schema import REQUEST_SCHEMA
+from tests.conftest import STRICT
+from tests.factories import linear_cost, random_trace, table_cost
+
+pytestmark = pytest.mark.skipif(stepcore.library() is None and not STRICT,
+                                reason="driftsim.sim._stepcore is not built (no C compiler at install)")
+
+
+def test_the_core_is_built_where_the_suite_is_strict():
+    # CI installs with gcc: a missing build there would hide every other test in this file
+    assert stepcore.library() is not None
+
+
+@pytest.fixture
+def compiled_runs(monkeypatch) -> list[int]:
+    """How many runs took the compiled core."""
+    seen: list[int] = []
+    original = compiled_feed.run_compiled
+
+    def counting(*args, **kwargs):
+        seen.append(1)
+        return (yield from original(*args, **kwargs))
+
+    monkeypatch.setattr("driftsim.sim.run.run_compiled", counting)
+    return seen
+
+
+def _random_batches(rng: np.random.Generator, n: int):
+    for _ in range(n):
+        decode = int(rng.integers(0, 400))
+        prefill = int(rng.integers(0, 8192)) if rng.random() < 0.6 or decode == 0 else 0
+        seqs = int(rng.integers(1, 9)) if prefill else 0
+        yield StepBatch(prefill_tokens=prefill, prefill_seqs=seqs,
+                        prefill_attn_tokens=float(rng.integers(0, 4 * 10**7)) if prefill else 0.0,
+                        decode_seqs=decode, decode_ctx_tokens=int(rng.integers(decode, decode * 8000 + 1)))
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_every_bundled_profile_times_steps_in_c_as_in_python(name):
+    cost = load_profile(name).cost_model
+    form = stepcore.formula_of(cost)
+    assert form is not None, f"{name}: its cost model has no formula the compiled core can run"
+    for b in _random_batches(np.random.default_rng(len(name)), 400):
+        c = stepcore.step_time(form, float(b.prefill_tokens), b.prefill_attn_tokens, float(b.prefill_seqs),
+                               float(b.decode_seqs), float(b.decode_ctx_tokens))
+        assert c == cost.step_time(b), (name, b)
+
+
+@pytest.mark.parametrize("make", [linear_cost, table_cost], ids=["linear", "linear-decode-table"])
+def test_linear_forms_time_steps_in_c_as_in_python(make):
+    cost = make()
+    form = stepcore.formula_of(cost)
+    # the decode table's knots are hit exactly, between and beyond
+    batches = [StepBatch(decode_seqs=d, decode_ctx_tokens=d * 300) for d in range(1, 300)]
+    for b in [*batches, *_random_batches(np.random.default_rng(5), 300)]:
+        c = stepcore.step_time(form, float(b.prefill_tokens), b.prefill_attn_tokens, float(b.prefill_seqs),
+                               float(b.decode_seqs), float(b.decode_ctx_tokens))
+        assert c == cost.step_time(b), b
+
+
+def test_a_subclass_that_changes_step_time_keeps_the_python_engine():
+    base = load_profile("a100-llama-3.1-8b").cost_model
+
+    class Slower(RooflineCostModel):
+        def step_time(self, batch):
+            return 2 * super().step_time(batch)
+
+    slower = Slower(base.gpu, base.model, compute_efficiency=base.compute_efficiency,
+                    memory_efficiency=base.memory_efficiency, overhead_s=base.overhead_s)
+    assert stepcore.formula_of(base) is not None
+    assert stepcore.formula_of(slower) is None
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal summaries, NaN equal to NaN (a tenant with nothing completed has NaN latencies)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _with_max_tokens(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    caps = rng.integers(1, 200, trace.height)
+    keep = rng.random(trace.height) < 0.3
+    return trace.with_columns(pl.Series("max_tokens", np.where(keep, caps, 0)).cast(REQUEST_SCHEMA["max_tokens"])
+                              .replace(0, None))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 200), rate=st.floats(0.5, 300), seed=st.integers(0, 2**31), seqs=st.integers(1, 64),
+       budget=st.sampled_from([64, 256, 2048, 4096]), blocks=st.integers(40, 2000), block_size=st.sampled_from([1, 7, 16]),
+       chunked=st.booleans(), reserve=st.booleans(), max_len=st.sampled_from([300, 1024, 4096]),
+       cost=st.sampled_from(["linear", "table", "roofline", "token-table"]), capped=st.booleans(),
+       burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]))
+def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seqs, budget, blocks, block_size, chunked,
+                                               reserve, max_len, cost, capped, burst, rows_per_push):
+    trace = random_trace(n, rate=rate, seed=seed, max_in=1200, max_out=500)
+    if capped:
+        trace = _with_max_tokens(trace, seed)
+    if burst:  # many arrivals at one instant, some at a step's end
+        trace = trace.with_columns((pl.col("arrival_s") * 4).round(0) / 4)
+    model = {"linear": linear_cost, "table": table_cost,
+             "roofline": lambda: load_profile("a100-llama-3.1-8b").cost_model,
+             "token-table": lambda: load_profile("l4-qwen1.5-1.8b-chat-kernels").cost_model}[cost]()
+    if not chunked:
+        budget = max(budget, max_len)
+
+    def run(**flags):
+        engine = EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=max(seqs, budget), block_size=block_size,
+                              max_model_len=max_len, chunked_prefill=chunked, reserve_full_prompt=reserve, **flags)
+        return simulate(trace, cost=model, engine=engine, num_blocks=blocks)
+
+    before = len(compiled_runs)  # the fixture lives across hypothesis' examples
+    with pytest.MonkeyPatch.context() as patch:  # the core stops for rows at every push boundary
+        patch.setattr(compiled_feed, "BLOCK", rows_per_push)
+        fast = run()
+    python, steps = run(compiled_core=False), run(fast_forward=False)
+    assert len(compiled_runs) == before + 1, "only the default run may take the compiled core"
+    assert fast.requests.equals(python.requests), "the compiled core must equal the Python engine bit for bit"
+    assert fast.requests.equals(steps.requests), "and step-by-step execution"
+    assert fast.replicas == python.replicas  # busy time, steps and preemptions too
+    assert _same(fast.summary, python.summary)
+
+
+def test_preemption_rejection_and_caps_are_exercised_and_equal(compiled_runs):
+    # a small KV cache under a burst: requests are preempted (recompute), some never fit, some are capped
+    trace = _with_max_tokens(random_trace(600, rate=400, seed=3, max_in=900, max_out=400), 3)
+    engine = EngineConfig(max_num_seqs=48, max_num_batched_tokens=512, block_size=16, max_model_len=850)
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=45)
+    python = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "compiled_core": False}),
+                      num_blocks=45)
+    assert compiled_runs
+    assert fast.replicas[0]["preemptions"] > 0
+    statuses = fast.requests["status"].value_counts()
+    assert set(statuses["status"].to_list()) == {"ok", "rejected"}
+    reasons = fast.requests["reason"].drop_nulls().to_list()
+    assert any("max_model_len" in r for r in reasons) and any("tokens of KV" in r for r in reasons)
+    assert (fast.requests["finish_reason"] == "length").any()
+    assert fast.requests.equals(python.requests)
+    assert fast.replicas == python.replicas
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 257])
+@pytest.mark.parametrize("mode", ["parquet", "summary"])
+def test_streamed_results_equal_the_python_engine(tmp_path: Path, compiled_runs, mode, chunk_rows):
+    trace = random_trace(3000, rate=60, seed=11, max_in=800, max_out=300)
+    engine = EngineConfig(max_num_seqs=64, max_num_batched_tokens=1024, block_size=16, max_model_len=2048)
+    out = {}
+    for compiled in (True, False):
+        kwargs = ({"results_path": tmp_path / f"{compiled}.parquet"} if mode == "parquet" else {"summary_only": True})
+        out[compiled] = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__,
+                                 "compiled_core": compiled}), num_blocks=600, chunk_rows=chunk_rows, **kwargs)
+    assert len(compiled_runs) == 1
+    if mode == "parquet":
+        assert pl.read_parquet(out[True].requests_path).equals(pl.read_parquet(out[False].requests_path))
+    assert _same(out[True].summary, out[False].summary)
+
+
+def _prefixed(trace: pl.DataFrame) -> pl.DataFrame:
+    ids = [[7, 8, 9][: max(1, int(p) // 16)] for p in trace["input_tokens"]]
+    return trace.with_columns(pl.Series("prefix_ids", ids, dtype=REQUEST_SCHEMA["prefix_ids"]),
+                              pl.lit(16, dtype=REQUEST_SCHEMA["prefix_block_tokens"]).alias("prefix_block_tokens"))
+
+
+@pytest.mark.parametrize("case", ["prefix-ids", "engine-policy", "estimator", "async", "two-replicas", "cap",
+                                  "horizon", "switched-off"])
+def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, case):
+    trace = random_trace(50, rate=20, seed=1, max_in=300, max_out=100)
+    engine = dict(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, max_model_len=1024)
+    kwargs: dict = {}
+    if case == "prefix-ids":
+        trace = _prefixed(trace)
+    elif case == "engine-policy":
+        kwargs["gateway"] = GatewayConfig(policy="sjf", placement="engine")
+    elif case == "estimator":
+        kwargs["admission"] = AdmissionConfig(estimator="driftsched")
+    elif case == "async":
+        engine["async_scheduling"] = True
+    elif case == "two-replicas":
+        kwargs["replicas"] = 2
+    elif case == "cap":
+        kwargs["gateway"] = GatewayConfig(max_outstanding=4)
+    elif case == "horizon":
+        kwargs["horizon_s"] = 1.0
+    else:
+        engine["compiled_core"] = False
+    simulate(trace, cost=linear_cost(), engine=EngineConfig(**engine), num_blocks=400, **kwargs)
+    assert not compiled_runs, f"{case}: the compiled core does not model this run"
+
+
+def test_prefix_ids_with_caching_off_take_the_core(compiled_runs):
+    trace = _prefixed(random_trace(50, rate=20, seed=1, max_in=300, max_out=100))
+    engine = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, max_model_len=1024,
+                          prefix_caching=False)
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=400)
+    assert compiled_runs
+    python = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "compiled_core": False}),
+                      num_blocks=400)
+    assert fast.requests.equals(python.requests)
