@@ -20,8 +20,9 @@ FINISH_REASON = pl.Enum(["stop", "length"])
 
 
 def _from_codes(codes: np.ndarray, enum: pl.Enum) -> pl.Series:
-    """An Enum column from integer codes (1 byte per row instead of a string)."""
-    return enum.categories.gather(pl.Series(codes.astype(np.uint32))).cast(enum)
+    """An Enum column from integer codes (1 byte per row; gathering the Enum's own categories never
+    materialises a string per row)."""
+    return enum.categories.cast(enum).gather(codes.astype(np.uint32))
 
 
 class ResultRecorder:
