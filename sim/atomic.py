@@ -62,7 +62,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_write_parquet(path: str | Path, df) -> Path:
-    return atomic_write(path, lambda p: df.write_parquet(p))
+    # zstd level 1: at 1M result rows 2-2.6x faster to write than polars' default level, ~2 % larger
+    return atomic_write(path, lambda p: df.write_parquet(p, compression="zstd", compression_level=1))
 
 
 def _json_default(obj: Any) -> Any:
