@@ -18,8 +18,9 @@ import simpy
 
 from driftsim.sim.config import EngineConfig
 from driftsim.sim.engine import EngineCore, FcfsQueue
-from driftsim.sim.stepcore import RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of, library
+from driftsim.sim.request import engine_output_tokens, kv_refusal
 from driftsim.sim.results import ResultRecorder
+from driftsim.sim.stepcore import RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of, library
 from driftsim.sim.streaming import ChunkedResults
 
 BLOCK = 65_536  # rows handed to the core at a time
@@ -102,9 +103,8 @@ def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: Chunke
         recorder.length_capped[rows[capped] - recorder.base] = True
     refused = np.flatnonzero(too_long | too_big)
     if len(refused):
-        reasons = [f"prompt of {prompt[j]} tokens does not fit max_model_len {max_len}" if too_long[j] else
-                   f"needs {prompt[j] + gen[j]} tokens of KV, more than the {kv_total} blocks one replica has"
-                   for j in refused.tolist()]
+        reasons = [engine_output_tokens(int(prompt[j]), int(output[j]), int(max_tokens[j]), max_len)[2] if too_long[j]
+                   else kv_refusal(int(prompt[j] + gen[j]), kv_total) for j in refused.tolist()]
         rec.reject_rows(rows[refused], reasons)
     gen[refused] = -1
     return rows, chunk["arrival_s"].to_numpy().astype(np.float64), prompt, gen

@@ -91,6 +91,11 @@ class SimRequest:
         return f"SimRequest(id={self.request_id}, tenant={self.tenant!r}, in={self.input_tokens}, out={self.output_tokens})"
 
 
+def kv_refusal(tokens: int, total_blocks: int) -> str:
+    """Why a request whose whole sequence (``tokens``) can never hold its KV on one replica is refused."""
+    return f"needs {tokens} tokens of KV, more than the {total_blocks} blocks one replica has"
+
+
 def engine_output_tokens(prompt: int, output: int, max_tokens: int, max_model_len: int) -> tuple[int | None, bool, str]:
     """What the engine will generate for a trace row, as vLLM would: ``(tokens, capped, "")``, the
     output cut to the request's ``max_tokens`` (when > 0) and to what fits in ``max_model_len``;

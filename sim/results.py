@@ -56,7 +56,8 @@ class ResultRecorder:
 
     def finish_rows(self, i: np.ndarray, replica: int, scheduled_s: np.ndarray, first_token_s: np.ndarray,
                     finish_s: np.ndarray, generated: np.ndarray, preemptions: np.ndarray) -> None:
-        """:meth:`finish` for the rows ``i`` of this recorder (no prefix cache: nothing cached)."""
+        """:meth:`finish` for the trace rows ``i`` (no prefix cache: nothing cached)."""
+        i = i - self.base
         self.status[i] = STATUS_OK
         self.replica[i] = replica
         self.scheduled_s[i] = scheduled_s

@@ -29,7 +29,7 @@ from driftsim.sim.metrics import summarize
 from driftsim.sim.events import Observer, observer_tuple
 from driftsim.sim.policies import make_policy
 from driftsim.sim.replica import ContinuousReplica, MicroBatchWorker, urgent_timeout
-from driftsim.sim.request import SimRequest, engine_output_tokens
+from driftsim.sim.request import SimRequest, engine_output_tokens, kv_refusal
 from driftsim.sim.router import ROUTERS
 from driftsim.sim.streaming import DEFAULT_CHUNK_ROWS, ChunkedResults, FrameSink, ParquetSink, SummarySink
 from driftsim.traces.schema import empty_trace
@@ -502,7 +502,7 @@ class _Release:
         if prefix_ids is not None and prefix_ids[k] is not None:
             req.prefix_ids, req.prefix_id_tokens = prefix_ids[k], prefix_tokens[k]
         if not self.core.fits(req):
-            self.rec.reject(i, f"needs {prompt + gen} tokens of KV, more than the {self.core.total_blocks} blocks one replica has")
+            self.rec.reject(i, kv_refusal(prompt + gen, self.core.total_blocks))
             return
         self.adm.admit(req)
         self.gw.submit(req)

@@ -129,7 +129,7 @@ class ChunkedResults:
                     generated: np.ndarray, preemptions: np.ndarray, *, replica: int) -> None:
         """:meth:`finish` for many trace rows (in any order) at once."""
         for c, sel in self._by_chunk(idx):
-            c.rec.finish_rows(idx[sel] - c.rec.base, replica, scheduled_s[sel], first_token_s[sel], finish_s[sel],
+            c.rec.finish_rows(idx[sel], replica, scheduled_s[sel], first_token_s[sel], finish_s[sel],
                               generated[sel], preemptions[sel])
             self._settled_rows(c, int(sel.sum()))
 
@@ -154,9 +154,7 @@ class ChunkedResults:
     def _settled(self, c: _Chunk, idx: int, t: float) -> None:
         if self.on_settle is not None:
             self.on_settle(idx, t)
-        c.pending -= 1
-        if c.pending <= 0 and c is self._open[0]:
-            self._flush()
+        self._settled_rows(c, 1)
 
     def _flush(self) -> None:
         while self._open:
