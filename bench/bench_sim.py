@@ -20,6 +20,7 @@ to back per size, and prints the ratio.
     python bench/bench_sim.py --in-process                  # simulate() alone, in a child process per size
     python bench/bench_sim.py --python-engine               # in process, the compiled core and the Python engine
     python bench/bench_sim.py --compare-step                # in process, also step-by-step (smallest size)
+    python bench/bench_sim.py --python-engine --async-scheduling  # in process, vLLM's async scheduling on
     python bench/bench_sim.py --rate 6 --max-prompt 4096    # a fixed offered rate, longer prompts
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
@@ -223,13 +224,15 @@ def main() -> None:
     ap.add_argument("--rate", type=float, help="offered requests/s (default: --load of the measured capacity)")
     ap.add_argument("--max-prompt", type=int, default=MAX_PROMPT, help="keep trace pairs with prompts up to this")
     ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
+    ap.add_argument("--async-scheduling", action="store_true", help="in process: the engine with async scheduling")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="compiled", help=argparse.SUPPRESS)
     args = ap.parse_args()
     globals()["MAX_PROMPT"] = args.max_prompt
+    ENGINE["async_scheduling"] = args.async_scheduling
     if args.child:
         return child(args)
-    args.in_process = args.in_process or args.compare_step or args.python_engine  # timed in process only
+    args.in_process = args.in_process or args.compare_step or args.python_engine or args.async_scheduling
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
@@ -286,7 +289,7 @@ def in_process(args, rate: float) -> None:
     print(f"{'requests':>9} {'engine':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'E2E p50':>8} {'TTFT p99':>9} {'peak RSS MB':>12}")
     for n, mode in runs:
         cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate), "--mode", mode,
-               "--max-prompt", str(MAX_PROMPT)]
+               "--max-prompt", str(MAX_PROMPT), *(["--async-scheduling"] if args.async_scheduling else [])]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(f"{n:>9} {r['engine']:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
               f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['e2e_p50_s']:>7.2f}s {r['ttft_p99_s']:>8.2f}s "

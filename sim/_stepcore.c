@@ -2,8 +2,10 @@
  *
  * It runs exactly what driftsim.sim.engine.EngineCore and ContinuousReplica do when a lone
  * replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed): FCFS waiting queue,
- * synchronous scheduling, fast-forwarded pure-decode runs, chunked prefill, recompute
- * preemption, no prefix cache. Every branch below names the Python method it mirrors; the
+ * fast-forwarded pure-decode runs, chunked prefill, recompute preemption, no prefix cache.
+ * With async scheduling it mirrors instead what the replica does when the arrival process hands
+ * it each row at its time (driftsim.sim.run._arrivals): the engine's inbox, the intake and
+ * release lags (EngineCore._intake), and a run cut by an arrival during it (_wait_run). Every branch below names the Python method it mirrors; the
  * arithmetic is the same operations in the same order on IEEE doubles (built without FMA
  * contraction), so times are bit-identical to the Python engine, which stays the reference
  * (tests/test_stepcore.py compares the two on random traces and engine limits).
@@ -48,7 +50,15 @@ typedef struct {
 typedef struct {
     Cost cost;
     i64 bs, max_seqs, token_budget, max_model_len, kv_total, kv_used;
-    int chunked, reserve_full;
+    int chunked, reserve_full, async_sched;
+
+    /* async scheduling: the inbox (ring of slots with the step they arrived during), whether the
+     * plan in progress sees the last step's finishers as still there, and what they hold */
+    int *ib_slot;
+    i64 *ib_step;
+    int ibcap, ibhead, iblen, lagged;
+    i64 lag_seqs, lag_blocks, nfin, freed; /* nfin, freed: by the step being committed */
+    double last_end;
 
     Req *reqs;
     int nreqs, capreqs, *free_slots, nfree;
@@ -234,7 +244,7 @@ static void running_remove(Core *s, int slot) {
 
 /* ------------------------------------------------------------------ engine (EngineCore) */
 
-static inline int has_work(Core *s) { return s->n_running || s->wlen; }
+static inline int has_work(Core *s) { return s->n_running || s->wlen || s->iblen; }
 static inline i64 free_blocks(Core *s) { return s->kv_total - s->kv_used; }
 
 /* admitted_prompt_tokens: -1 for None */
@@ -260,6 +270,7 @@ static void finish(Core *s, int slot, double end) {
     s->out_gen[k] = r->generated;
     s->out_pre[k] = r->preemptions;
     s->free_slots[s->nfree++] = slot;
+    s->nfin++;
 }
 
 /* EngineCore._waiting_blocked */
@@ -300,6 +311,7 @@ static void pop_finished(Core *s, double end) {
         if (e.token != r->token || r->finish_g < 0) continue;
         i64 tokens = r->entry_computed + s->decode_step - r->entry_step;
         s->kv_used -= ceil_div(tokens, s->bs);
+        s->freed += ceil_div(tokens, s->bs);
         s->num_decode--;
         s->decode_ctx -= tokens;
         s->by_phase[pymod(r->entry_computed - r->entry_step, s->bs)]--;
@@ -356,10 +368,69 @@ static int preempt_victim(Core *s) {
     return waiting_push_front(s, slot);
 }
 
+/* ------------------------------------------------------------------ async intake */
+
+/* EngineCore._take_inbox: into the waiting queue, what arrived during steps up to step */
+static int take_inbox(Core *s, i64 step) {
+    while (s->iblen && s->ib_step[s->ibhead] <= step) {
+        if (waiting_push(s, s->ib_slot[s->ibhead])) return -1;
+        s->ibhead = (s->ibhead + 1) % s->ibcap;
+        s->iblen--;
+    }
+    return 0;
+}
+
+static int inbox_push(Core *s, int slot, i64 step) {
+    if (s->iblen == s->ibcap) {
+        int n = s->ibcap ? s->ibcap * 2 : 256;
+        int *a = malloc((size_t)n * sizeof(int));
+        i64 *b = malloc((size_t)n * sizeof(i64));
+        if (!a || !b) { free(a); free(b); return -1; }
+        for (int i = 0; i < s->iblen; i++) {
+            a[i] = s->ib_slot[(s->ibhead + i) % s->ibcap];
+            b[i] = s->ib_step[(s->ibhead + i) % s->ibcap];
+        }
+        free(s->ib_slot);
+        free(s->ib_step);
+        s->ib_slot = a;
+        s->ib_step = b;
+        s->ibcap = n;
+        s->ibhead = 0;
+    }
+    int k = (s->ibhead + s->iblen) % s->ibcap;
+    s->ib_slot[k] = slot;
+    s->ib_step[k] = step;
+    s->iblen++;
+    return 0;
+}
+
+/* EngineCore._head_admissible */
+static int head_admissible(Core *s) {
+    if (!s->wlen || s->lag_seqs >= s->max_seqs) return 0;
+    Req *head = &s->reqs[waiting_peek(s)];
+    i64 n = admitted(s, head->prefill_target, s->token_budget);
+    if (n < 0) return 0;
+    return admission_blocks(s, head, n) <= free_blocks(s) - s->lag_blocks;
+}
+
+/* EngineCore._intake */
+static int intake(Core *s, double t) {
+    s->lagged = t == s->last_end;
+    if (take_inbox(s, s->lagged ? s->steps - 1 : s->steps)) return -1;
+    if (s->lagged && !s->n_running && !head_admissible(s)) {
+        s->lagged = 0;
+        if (take_inbox(s, s->steps)) return -1;
+    }
+    if (s->lagged && !(s->lag_seqs || s->lag_blocks)) s->lagged = 0;
+    return 0;
+}
+
 /* One general step from t (EngineCore._plan_step, then commit(1)); returns its end, or NAN on a stall. */
 static double general_step(Core *s, double t, int *err) {
     i64 bs = s->bs, decode_blocks, budget, need;
-    int preempted = 0;
+    int preempted;
+replan:
+    preempted = 0;
     for (;;) { /* _running_pass / _running_demand */
         decode_blocks = s->num_decode ? s->by_phase[pymod(-s->decode_step, bs)] : 0;
         budget = s->token_budget - s->num_decode;
@@ -376,13 +447,17 @@ static double general_step(Core *s, double t, int *err) {
                 s->chunks[i] = 0;
             }
         }
-        if (need <= s->kv_total - s->kv_used) break;
+        if (need + (s->lagged ? s->lag_blocks : 0) <= s->kv_total - s->kv_used) break;
         if (preempt_victim(s)) { *err = RC_NOMEM; return NAN; }
         preempted = 1;
     }
     if (!preempted) { /* _waiting_pass */
-        i64 freeb = free_blocks(s) - need;
-        while (s->wlen && s->n_running < s->max_seqs && budget > 0) {
+        i64 freeb = free_blocks(s) - need, max_seqs = s->max_seqs;
+        if (s->lagged) { /* the last step's finishers still hold their slots and blocks */
+            freeb -= s->lag_blocks;
+            max_seqs -= s->lag_seqs;
+        }
+        while (s->wlen && s->n_running < max_seqs && budget > 0) {
             int slot = waiting_peek(s);
             Req *r = &s->reqs[slot];
             i64 n = admitted(s, r->prefill_target, budget);
@@ -409,7 +484,15 @@ static double general_step(Core *s, double t, int *err) {
             attn += (double)(n * c) + (double)(n * (n + 1)) / 2.0; /* chunk_attn_tokens */
         }
     }
-    if (prefill_tokens == 0 && s->num_decode == 0) { *err = RC_STALL; return NAN; }
+    if (prefill_tokens == 0 && s->num_decode == 0) {
+        if (s->lagged) { /* the pre-scheduled batch came out empty: vLLM schedules again */
+            s->lagged = 0;
+            if (take_inbox(s, s->steps)) { *err = RC_NOMEM; return NAN; }
+            goto replan;
+        }
+        *err = RC_STALL;
+        return NAN;
+    }
     double end = t + step_time(&s->cost, (double)prefill_tokens, attn, (double)prefill_seqs, (double)s->num_decode,
                                (double)(s->decode_ctx + s->num_decode));
     /* commit(1) */
@@ -437,6 +520,7 @@ static double general_step(Core *s, double t, int *err) {
         r->generated += 1;
         if (r->generated >= r->output) {
             s->kv_used -= r->blocks;
+            s->freed += r->blocks;
             r->blocks = 0;
             running_remove(s, slot);
             finish(s, slot, end);
@@ -451,7 +535,7 @@ static double general_step(Core *s, double t, int *err) {
 /* EngineCore.plan_decode_run + commit: a pure-decode run from t cut after the first step reaching
  * until; returns its last end, or NAN when the engine would plan a general step instead. */
 static double decode_run(Core *s, double t, double until) {
-    if (s->nprefill || !s->num_decode || !waiting_blocked(s)) return NAN;
+    if (s->nprefill || !s->num_decode || s->lagged || s->iblen || !waiting_blocked(s)) return NAN;
     i64 k = stable_steps(s);
     if (k <= 0) return NAN;
     i64 d = s->num_decode, ctx = s->decode_ctx + s->num_decode, n = 0;
@@ -507,9 +591,77 @@ static int release_due(Core *s, double t, int first) {
     return 0;
 }
 
+/* driftsim.sim.run._arrivals: each row at its wake time, before a step ending at the same instant
+ * (urgent); those waking by t, into the inbox (EngineCore.add: they arrived during the step just
+ * committed, or while the engine was idle) */
+static int release_woken(Core *s, double t) {
+    while (s->rlen) {
+        i64 h = s->rhead;
+        double w = wake(s, s->row_at[h]);
+        if (w > t) break;
+        s->rhead++;
+        s->rlen--;
+        s->released++;
+        s->arr_now = w;
+        if (s->row_out[h] < 0) continue; /* refused at release (recorded by Python) */
+        int slot = new_slot(s);
+        if (slot < 0) return -1;
+        Req *r = &s->reqs[slot];
+        memset(r, 0, sizeof(Req));
+        r->idx = s->row_idx[h];
+        r->input = s->row_in[h];
+        r->output = s->row_out[h];
+        r->prefill_target = r->input;
+        r->finish_g = -1;
+        r->first_token_s = -1.0;
+        r->scheduled_s = -1.0;
+        r->prev = r->next = -1;
+        if (inbox_push(s, slot, s->steps)) return -1;
+    }
+    if (!s->rlen) s->rhead = 0;
+    return 0;
+}
+
+/* ContinuousReplica._run with async scheduling, each row handed in at its time (no merged runs):
+ * one plan and commit per turn; a pure-decode run ends at the first step reaching the next
+ * arrival (the plan's horizon), or earlier at the step in progress when that row wakes before
+ * the run's last step (the replica's interrupt). */
+static int run_async(Core *s, int final) {
+    int err = 0;
+    if (s->released && release_woken(s, s->clock)) return RC_NOMEM;
+    for (;;) {
+        if (s->out_n + s->max_seqs > s->out_cap) return RC_FULL;
+        if (!has_work(s)) {
+            if (!s->rlen) return final ? RC_DONE : RC_NEED_ROWS;
+            s->clock = wake(s, s->row_at[s->rhead]);
+            if (release_woken(s, s->clock)) return RC_NOMEM;
+            continue;
+        }
+        if (!s->rlen && !final) return RC_NEED_ROWS;
+        double until = INFINITY;
+        if (s->rlen) {
+            double at = s->row_at[s->rhead], w = wake(s, at);
+            until = w < at ? w : at;
+        }
+        if (intake(s, s->clock)) return RC_NOMEM;
+        s->nfin = s->freed = 0;
+        double last = decode_run(s, s->clock, until);
+        if (isnan(last)) {
+            last = general_step(s, s->clock, &err);
+            if (err) return err;
+        }
+        s->lag_seqs = s->nfin; /* commit: what this step's finishers held */
+        s->lag_blocks = s->freed;
+        s->last_end = last;
+        s->clock = last;
+        if (release_woken(s, last)) return RC_NOMEM;
+    }
+}
+
 /* ContinuousReplica._run with a feed, until it needs rows (final: there are none), the finished
  * buffer may overflow, or every row has finished. */
 int sc_run(Core *s, int final) {
+    if (s->async_sched) return run_async(s, final);
     int err = 0;
     /* rows pushed since the last call that arrived by the last step end: the feed would have released
      * them at that end (the core stopped there for want of rows) */
@@ -568,7 +720,7 @@ int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, 
 }
 
 /* engine: block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv blocks (usable),
- * chunked prefill, reserve_full_prompt; cost: kind, coefficients, table */
+ * chunked prefill, reserve_full_prompt, async scheduling; cost: kind, coefficients, table */
 Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, const double *knots,
              const double *values, i64 out_cap, i64 *out_idx, double *out_sched, double *out_first,
              double *out_finish, i64 *out_gen, i64 *out_pre) {
@@ -582,6 +734,8 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
     s->kv_total = engine[4];
     s->chunked = (int)engine[5];
     s->reserve_full = (int)engine[6];
+    s->async_sched = (int)engine[7];
+    s->last_end = -1.0;
     s->cost.kind = kind;
     memcpy(s->cost.p, p, (size_t)np * sizeof(double));
     s->cost.nknots = nknots;
@@ -609,6 +763,7 @@ void sc_free(Core *s) {
     if (!s) return;
     free(s->reqs); free(s->free_slots); free(s->waiting); free(s->prefilling); free(s->by_phase);
     free(s->heap); free(s->row_idx); free(s->row_at); free(s->row_in); free(s->row_out); free(s->chunks);
+    free(s->ib_slot); free(s->ib_step);
     free(s);
 }
 

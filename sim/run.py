@@ -140,16 +140,17 @@ def simulate(
 
 def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
                     sender: Sender | None, sent: np.ndarray | None, trace, *, fed: bool) -> bool:
-    """Release the trace's rows: a lone replica that nothing else acts beside takes them in itself at its
-    step ends (``fed``: no horizon, no gateway cap), in the compiled core where it applies (True), else
-    an arrival process releases each at its time."""
+    """Release the trace's rows: a lone replica that nothing else acts beside runs in the compiled core
+    where it applies (True; ``fed``: no horizon, no gateway cap), else takes them in itself at its step
+    ends when its runs merge (synchronous scheduling), else an arrival process releases each at its time."""
     lone = run.workers[0] if len(run.workers) == 1 else None
-    if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
+    if fed and isinstance(lone, ContinuousReplica) and run.unwatched and sender is None:
         fast = compiled_core_for(engine, run.cores[0], trace, gateway_passes=run.gateway.passes_through,
                                  oracle=adm.cfg.estimator == "oracle")
         if fast is not None:
             env.process(run_compiled(env, fast, chunks, n, engine, run.cores[0], rec, progress))
             return True
+    if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
         lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)
     else:
         env.process(_arrivals(env, chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock,
@@ -218,6 +219,7 @@ class _Run:
     gateway: Gateway
     entry: Gateway | SimClient  # where arrivals are submitted
     clock: _ArrivalClock
+    unwatched: bool  # fast-forwarded, and nothing but the arrivals looks at the engines or hands them work
 
 
 def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gateway: GatewayConfig, replicas: int,
@@ -244,11 +246,11 @@ def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gat
         for i in range(replicas)
     ]
     clock = _ArrivalClock()
+    unwatched = engine.fast_forward and not observers and not (client is not None and client.active)
     if engine.mode == "continuous":
         # a step and the decode run after it may be planned as one wait when nothing can look at an engine
         # or hand it work in between without interrupting it (see ContinuousReplica._step_then_run)
-        merge_runs = (engine.fast_forward and not engine.async_scheduling and not observers
-                      and not (client is not None and client.active)
+        merge_runs = (unwatched and not engine.async_scheduling
                       and (replicas == 1 or (gateway.max_outstanding is None
                                              and not getattr(gw.router, "uses_request", False))))
         gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next, merge_runs=merge_runs)
@@ -261,7 +263,8 @@ def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gat
             raise ConfigError("client timeouts and abandonment need engine.mode 'continuous' "
                               "(a micro-batch worker's blocking generate() cannot drop one request)")
         sim_client = SimClient(env, client, gw, rec, gw.replicas)
-    return _Run(cores=cores, workers=workers, gateway=gw, entry=gw if sim_client is None else sim_client, clock=clock)
+    return _Run(cores=cores, workers=workers, gateway=gw, entry=gw if sim_client is None else sim_client, clock=clock,
+                unwatched=unwatched)
 
 
 def _collect(run: _Run, sink, adm: Admission, chunk_columns: dict, *, microbatch: bool) -> SimResult:

@@ -119,7 +119,8 @@ class CompiledCore:
         self._out = (np.empty(cap, np.int64), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap, np.int64),
                      np.empty(cap, np.int64))
         config = np.array([engine.block_size, engine.max_num_seqs, engine.max_num_batched_tokens, engine.max_model_len,
-                           num_blocks - NULL_BLOCKS, int(engine.chunked_prefill), int(engine.reserve_full_prompt)],
+                           num_blocks - NULL_BLOCKS, int(engine.chunked_prefill), int(engine.reserve_full_prompt),
+                           int(engine.async_scheduling)],
                           dtype=np.int64)
         p, knots, values = _arrays(form)
         self._state = lib.sc_new(config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values,

@@ -124,7 +124,7 @@ def test_a_closed_loop_merges_and_stays_exact(merged):
 def test_runs_are_not_merged_where_something_could_see_the_engine_early(merged, setting):
     trace = make_trace([(0.05 * i, 200, 40) for i in range(40)])
     engine = EngineConfig(max_num_seqs=8, max_model_len=2048, async_scheduling=setting == "async",
-                          fast_forward=setting != "step_by_step")
+                          fast_forward=setting != "step_by_step", compiled_core=False)  # the Python engine's choice
     kw = {"observers": [lambda event: None]} if setting == "observers" else {}
     if setting == "client":
         kw["client"] = ClientConfig(timeout_s=100.0)

@@ -114,9 +114,9 @@ def _with_max_tokens(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
        budget=st.sampled_from([64, 256, 2048, 4096]), blocks=st.integers(40, 2000), block_size=st.sampled_from([1, 7, 16]),
        chunked=st.booleans(), reserve=st.booleans(), max_len=st.sampled_from([300, 1024, 4096]),
        cost=st.sampled_from(["linear", "table", "roofline", "token-table"]), capped=st.booleans(),
-       burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]))
+       burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]), async_sched=st.booleans())
 def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seqs, budget, blocks, block_size, chunked,
-                                               reserve, max_len, cost, capped, burst, rows_per_push):
+                                               reserve, max_len, cost, capped, burst, rows_per_push, async_sched):
     trace = random_trace(n, rate=rate, seed=seed, max_in=1200, max_out=500)
     if capped:
         trace = _with_max_tokens(trace, seed)
@@ -130,7 +130,8 @@ def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seq
 
     def run(**flags):
         engine = EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=max(seqs, budget), block_size=block_size,
-                              max_model_len=max_len, chunked_prefill=chunked, reserve_full_prompt=reserve, **flags)
+                              max_model_len=max_len, chunked_prefill=chunked, reserve_full_prompt=reserve,
+                              async_scheduling=async_sched, **flags)
         return simulate(trace, cost=model, engine=engine, num_blocks=blocks)
 
     before = len(compiled_runs)  # the fixture lives across hypothesis' examples
@@ -163,6 +164,25 @@ def test_preemption_rejection_and_caps_are_exercised_and_equal(compiled_runs):
     assert fast.replicas == python.replicas
 
 
+def test_async_scheduling_runs_in_the_core_with_its_lags(compiled_runs):
+    # arrivals during steps wait a step in the inbox, finishers hold their slots one step longer: later
+    # first tokens than synchronous scheduling, and the same as the Python engine's, bit for bit
+    trace = _with_max_tokens(random_trace(800, rate=120, seed=9, max_in=700, max_out=300), 9)
+    engine = EngineConfig(max_num_seqs=24, max_num_batched_tokens=512, block_size=16, max_model_len=1024,
+                          async_scheduling=True)
+    fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=120)
+    python = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "compiled_core": False}),
+                      num_blocks=120)
+    sync = simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, "async_scheduling": False}),
+                    num_blocks=120)
+    assert len(compiled_runs) == 2 and fast.engine_core == "compiled"
+    assert fast.replicas[0]["preemptions"] > 0
+    assert fast.requests.equals(python.requests)
+    assert fast.replicas == python.replicas
+    ok = fast.requests["status"] == "ok"
+    assert fast.requests.filter(ok)["ttft_s"].mean() > sync.requests.filter(ok)["ttft_s"].mean()
+
+
 @pytest.mark.parametrize("chunk_rows", [7, 257])
 @pytest.mark.parametrize("mode", ["parquet", "summary"])
 def test_streamed_results_equal_the_python_engine(tmp_path: Path, compiled_runs, mode, chunk_rows):
@@ -185,7 +205,7 @@ def _prefixed(trace: pl.DataFrame) -> pl.DataFrame:
                               pl.lit(16, dtype=REQUEST_SCHEMA["prefix_block_tokens"]).alias("prefix_block_tokens"))
 
 
-@pytest.mark.parametrize("case", ["prefix-ids", "engine-policy", "estimator", "async", "two-replicas", "cap",
+@pytest.mark.parametrize("case", ["prefix-ids", "engine-policy", "estimator", "observers", "two-replicas", "cap",
                                   "horizon", "switched-off"])
 def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, case):
     trace = random_trace(50, rate=20, seed=1, max_in=300, max_out=100)
@@ -197,8 +217,8 @@ def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, case):
         kwargs["gateway"] = GatewayConfig(policy="sjf", placement="engine")
     elif case == "estimator":
         kwargs["admission"] = AdmissionConfig(estimator="driftsched")
-    elif case == "async":
-        engine["async_scheduling"] = True
+    elif case == "observers":
+        kwargs["observers"] = [lambda event: None]
     elif case == "two-replicas":
         kwargs["replicas"] = 2
     elif case == "cap":
