@@ -21,6 +21,7 @@ to back per size, and prints the ratio.
     python bench/bench_sim.py --python-engine               # in process, the compiled core and the Python engine
     python bench/bench_sim.py --compare-step                # in process, also step-by-step (smallest size)
     python bench/bench_sim.py --python-engine --async-scheduling  # in process, vLLM's async scheduling on
+    python bench/bench_sim.py --python-engine --replicas 4  # in process, 4 replicas (offered load x4)
     python bench/bench_sim.py --rate 6 --max-prompt 4096    # a fixed offered rate, longer prompts
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
@@ -55,6 +56,7 @@ from driftsim.traces.schema import REQUEST_SCHEMA  # noqa: E402
 
 PROFILE = "a100-llama-3.1-8b"
 ENGINE = dict(max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096, block_size=16)
+REPLICAS = 1  # --replicas: behind the default least-outstanding router
 
 
 MAX_PROMPT = 2048  # --max-prompt
@@ -131,17 +133,17 @@ def run_once(n: int, rate: float | None, mode: str = "compiled", seed: int = 0) 
     trace = workload(n, rate, seed)
     blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
     t0 = time.perf_counter()
-    res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks)
+    res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks, replicas=REPLICAS)
     wall = time.perf_counter() - t0
-    rep = res.replicas[0]
+    steps = sum(r["steps"] for r in res.replicas)
     return {
         "requests": n,
         "engine": {"compiled": "compiled core", "python": "Python"}.get(res.engine_core if mode == "compiled" else mode,
                                                                        "step-by-step"),
         "wall_s": wall,
         "requests_per_s": n / wall,
-        "engine_steps": rep["steps"],
-        "steps_per_s": rep["steps"] / wall,
+        "engine_steps": steps,
+        "steps_per_s": steps / wall,
         "us_per_request": 1e6 * wall / n,
         "busy_fraction": res.summary["busy_fraction"],
         "throughput_rps": res.summary["overall"]["throughput_rps"],
@@ -225,21 +227,24 @@ def main() -> None:
     ap.add_argument("--max-prompt", type=int, default=MAX_PROMPT, help="keep trace pairs with prompts up to this")
     ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
     ap.add_argument("--async-scheduling", action="store_true", help="in process: the engine with async scheduling")
+    ap.add_argument("--replicas", type=int, default=1, help="in process: replicas behind a least-outstanding router")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="compiled", help=argparse.SUPPRESS)
     args = ap.parse_args()
     globals()["MAX_PROMPT"] = args.max_prompt
     ENGINE["async_scheduling"] = args.async_scheduling
+    globals()["REPLICAS"] = args.replicas
     if args.child:
         return child(args)
-    args.in_process = args.in_process or args.compare_step or args.python_engine or args.async_scheduling
+    args.in_process = (args.in_process or args.compare_step or args.python_engine or args.async_scheduling
+                       or args.replicas > 1)
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
     sat = run_once(5000, None)
     capacity = sat["throughput_rps"]
     rate = args.rate or args.load * capacity
-    print(f"profile {PROFILE}, engine {ENGINE}, prompts <= {MAX_PROMPT} tokens")
+    print(f"profile {PROFILE}, engine {ENGINE}, replicas {REPLICAS}, prompts <= {MAX_PROMPT} tokens")
     print(f"capacity (5000 requests at t=0): {capacity:.2f} requests/s; offered load {rate:.2f} requests/s "
           f"({rate / capacity:.0%})")
     if args.prefix_pair:
@@ -289,7 +294,8 @@ def in_process(args, rate: float) -> None:
     print(f"{'requests':>9} {'engine':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'E2E p50':>8} {'TTFT p99':>9} {'peak RSS MB':>12}")
     for n, mode in runs:
         cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate), "--mode", mode,
-               "--max-prompt", str(MAX_PROMPT), *(["--async-scheduling"] if args.async_scheduling else [])]
+               "--max-prompt", str(MAX_PROMPT), "--replicas", str(args.replicas),
+               *(["--async-scheduling"] if args.async_scheduling else [])]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(f"{n:>9} {r['engine']:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
               f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['e2e_p50_s']:>7.2f}s {r['ttft_p99_s']:>8.2f}s "

@@ -47,6 +47,15 @@ typedef struct {
     int slot;
 } HeapEntry;
 
+/* pending rows: trace row, arrival, prompt, output (-1: refused at release) */
+typedef struct {
+    i64 *idx, *in, *out;
+    double *at;
+    i64 head, len, cap;
+    double now; /* the arrival process's clock (_ArrivalFeed._now) */
+    i64 released;
+} Rows;
+
 typedef struct {
     Cost cost;
     i64 bs, max_seqs, token_budget, max_model_len, kv_total, kv_used;
@@ -74,19 +83,19 @@ typedef struct {
     HeapEntry *heap;
     int nheap, capheap;
 
-    /* pending rows: trace row, arrival, prompt, output (-1: refused at release) */
-    i64 *row_idx, *row_in, *row_out;
-    double *row_at;
-    i64 rhead, rlen, rcap;
-    double arr_now; /* the arrival process's clock (_ArrivalFeed._now) */
-    i64 released;
+    Rows q; /* the trace's rows not yet released (a lone replica's own) */
 
     double clock, busy_s;
     i64 steps, preemptions;
     i64 *chunks; /* the planned general step's chunk per prefilling request */
 
-    /* finished requests, drained by Python */
-    i64 out_cap, out_n, *out_idx, *out_gen, *out_pre;
+    double *ends; /* a planned pure-decode run's step ends (after a committed step's, in a cluster) */
+    i64 ends_cap;
+
+    /* finished requests, drained by Python (out_cnt: this replica's out_n, or its cluster's count;
+     * out_rep: NULL, or the cluster's replica column) */
+    i64 out_cap, out_n, *out_cnt, *out_idx, *out_gen, *out_pre, *out_rep;
+    int index;
     double *out_sched, *out_first, *out_finish;
 } Core;
 
@@ -262,7 +271,8 @@ static inline i64 admission_blocks(Core *s, Req *r, i64 n) {
 
 static void finish(Core *s, int slot, double end) {
     Req *r = &s->reqs[slot];
-    i64 k = s->out_n++;
+    i64 k = (*s->out_cnt)++;
+    if (s->out_rep) s->out_rep[k] = s->index;
     s->out_idx[k] = r->idx;
     s->out_sched[k] = r->scheduled_s;
     s->out_first[k] = r->first_token_s;
@@ -532,20 +542,26 @@ replan:
     return end;
 }
 
-/* EngineCore.plan_decode_run + commit: a pure-decode run from t cut after the first step reaching
- * until; returns its last end, or NAN when the engine would plan a general step instead. */
-static double decode_run(Core *s, double t, double until) {
-    if (s->nprefill || !s->num_decode || s->lagged || s->iblen || !waiting_blocked(s)) return NAN;
+/* EngineCore.plan_decode_run: the ends of a pure-decode run from t, cut after the first step reaching
+ * until, into s->ends from place off; returns how many (0: the engine would plan a general step; -1:
+ * out of memory). Planning changes nothing the run's commit reads. */
+static i64 decode_plan(Core *s, double t, double until, i64 off) {
+    if (s->nprefill || !s->num_decode || s->lagged || s->iblen || !waiting_blocked(s)) return 0;
     i64 k = stable_steps(s);
-    if (k <= 0) return NAN;
+    if (k <= 0) return 0;
     i64 d = s->num_decode, ctx = s->decode_ctx + s->num_decode, n = 0;
     double end = t, D = (double)d;
     while (n < k) { /* _decode_run_ends */
+        if (off + n >= s->ends_cap && grow((void **)&s->ends, &s->ends_cap, off + n + 1, sizeof(double))) return -1;
         end = end + step_time(&s->cost, 0.0, 0.0, 0.0, D, (double)(ctx + n * d));
-        n++;
+        s->ends[off + n++] = end;
         if (end >= until) break;
     }
-    /* commit(n): _advance_decodes */
+    return n;
+}
+
+/* EngineCore.commit(n) of a pure-decode run planned from t and ending at end: _advance_decodes */
+static void decode_commit(Core *s, i64 n, double t, double end) {
     s->busy_s += end - t;
     s->steps += n;
     i64 cycles = n / s->bs, rest = n % s->bs, new_blocks = cycles * s->num_decode;
@@ -554,40 +570,71 @@ static double decode_run(Core *s, double t, double until) {
     s->decode_step += n;
     s->decode_ctx += n * s->num_decode;
     pop_finished(s, end);
+}
+
+/* plan_decode_run + commit: the whole run from t cut at until; its last end, NAN for a general step
+ * (err set when out of memory) */
+static double decode_run(Core *s, double t, double until, int *err) {
+    i64 n = decode_plan(s, t, until, 0);
+    if (n <= 0) {
+        if (n < 0) *err = RC_NOMEM;
+        return NAN;
+    }
+    double end = s->ends[n - 1];
+    decode_commit(s, n, t, end);
     return end;
+}
+
+/* The end of EngineCore.commit: what the step's finishers held (the release lag), the last end, and
+ * the step inbox entries that arrived during it (-1) get */
+static void committed(Core *s, double end) {
+    s->lag_seqs = s->nfin;
+    s->lag_blocks = s->freed;
+    s->last_end = end;
+    for (int i = s->iblen - 1; i >= 0; i--) {
+        int k = (s->ibhead + i) % s->ibcap;
+        if (s->ib_step[k] >= 0) break;
+        s->ib_step[k] = s->steps;
+    }
 }
 
 /* ------------------------------------------------------------------ the replica with its feed */
 
-static inline double wake(Core *s, double at) {
-    double gap = at - s->arr_now;
-    return gap > 0 ? s->arr_now + gap : s->arr_now;
+static inline double wake(const Rows *q, double at) {
+    double gap = at - q->now;
+    return gap > 0 ? q->now + gap : q->now;
+}
+
+/* EngineCore.add's request for row h of q (SimRequest as _Release builds it); its slot, or -1 */
+static int new_request(Core *s, const Rows *q, i64 h) {
+    int slot = new_slot(s);
+    if (slot < 0) return -1;
+    Req *r = &s->reqs[slot];
+    memset(r, 0, sizeof(Req));
+    r->idx = q->idx[h];
+    r->input = q->in[h];
+    r->output = q->out[h];
+    r->prefill_target = r->input; /* EngineCore.add */
+    r->finish_g = -1;
+    r->first_token_s = -1.0;
+    r->scheduled_s = -1.0;
+    r->prev = r->next = -1;
+    return slot;
 }
 
 /* _ArrivalFeed.release_due: rows arriving at or before t (with first, the next row whatever its time) */
 static int release_due(Core *s, double t, int first) {
-    while (s->rlen && (s->row_at[s->rhead] <= t || first)) {
+    while (s->q.len && (s->q.at[s->q.head] <= t || first)) {
         first = 0;
-        i64 h = s->rhead++;
-        s->rlen--;
-        s->released++;
-        s->arr_now = wake(s, s->row_at[h]);
-        if (s->row_out[h] < 0) continue; /* refused at release (recorded by Python) */
-        int slot = new_slot(s);
-        if (slot < 0) return -1;
-        Req *r = &s->reqs[slot];
-        memset(r, 0, sizeof(Req));
-        r->idx = s->row_idx[h];
-        r->input = s->row_in[h];
-        r->output = s->row_out[h];
-        r->prefill_target = r->input; /* EngineCore.add */
-        r->finish_g = -1;
-        r->first_token_s = -1.0;
-        r->scheduled_s = -1.0;
-        r->prev = r->next = -1;
-        if (waiting_push(s, slot)) return -1;
+        i64 h = s->q.head++;
+        s->q.len--;
+        s->q.released++;
+        s->q.now = wake(&s->q, s->q.at[h]);
+        if (s->q.out[h] < 0) continue; /* refused at release (recorded by Python) */
+        int slot = new_request(s, &s->q, h);
+        if (slot < 0 || waiting_push(s, slot)) return -1;
     }
-    if (!s->rlen) s->rhead = 0;
+    if (!s->q.len) s->q.head = 0;
     return 0;
 }
 
@@ -595,30 +642,19 @@ static int release_due(Core *s, double t, int first) {
  * (urgent); those waking by t, into the inbox (EngineCore.add: they arrived during the step just
  * committed, or while the engine was idle) */
 static int release_woken(Core *s, double t) {
-    while (s->rlen) {
-        i64 h = s->rhead;
-        double w = wake(s, s->row_at[h]);
+    while (s->q.len) {
+        i64 h = s->q.head;
+        double w = wake(&s->q, s->q.at[h]);
         if (w > t) break;
-        s->rhead++;
-        s->rlen--;
-        s->released++;
-        s->arr_now = w;
-        if (s->row_out[h] < 0) continue; /* refused at release (recorded by Python) */
-        int slot = new_slot(s);
-        if (slot < 0) return -1;
-        Req *r = &s->reqs[slot];
-        memset(r, 0, sizeof(Req));
-        r->idx = s->row_idx[h];
-        r->input = s->row_in[h];
-        r->output = s->row_out[h];
-        r->prefill_target = r->input;
-        r->finish_g = -1;
-        r->first_token_s = -1.0;
-        r->scheduled_s = -1.0;
-        r->prev = r->next = -1;
-        if (inbox_push(s, slot, s->steps)) return -1;
+        s->q.head++;
+        s->q.len--;
+        s->q.released++;
+        s->q.now = w;
+        if (s->q.out[h] < 0) continue; /* refused at release (recorded by Python) */
+        int slot = new_request(s, &s->q, h);
+        if (slot < 0 || inbox_push(s, slot, s->steps)) return -1;
     }
-    if (!s->rlen) s->rhead = 0;
+    if (!s->q.len) s->q.head = 0;
     return 0;
 }
 
@@ -628,31 +664,27 @@ static int release_woken(Core *s, double t) {
  * the run's last step (the replica's interrupt). */
 static int run_async(Core *s, int final) {
     int err = 0;
-    if (s->released && release_woken(s, s->clock)) return RC_NOMEM;
+    if (s->q.released && release_woken(s, s->clock)) return RC_NOMEM;
     for (;;) {
         if (s->out_n + s->max_seqs > s->out_cap) return RC_FULL;
         if (!has_work(s)) {
-            if (!s->rlen) return final ? RC_DONE : RC_NEED_ROWS;
-            s->clock = wake(s, s->row_at[s->rhead]);
+            if (!s->q.len) return final ? RC_DONE : RC_NEED_ROWS;
+            s->clock = wake(&s->q, s->q.at[s->q.head]);
             if (release_woken(s, s->clock)) return RC_NOMEM;
             continue;
         }
-        if (!s->rlen && !final) return RC_NEED_ROWS;
+        if (!s->q.len && !final) return RC_NEED_ROWS;
         double until = INFINITY;
-        if (s->rlen) {
-            double at = s->row_at[s->rhead], w = wake(s, at);
+        if (s->q.len) {
+            double at = s->q.at[s->q.head], w = wake(&s->q, at);
             until = w < at ? w : at;
         }
         if (intake(s, s->clock)) return RC_NOMEM;
         s->nfin = s->freed = 0;
-        double last = decode_run(s, s->clock, until);
-        if (isnan(last)) {
-            last = general_step(s, s->clock, &err);
-            if (err) return err;
-        }
-        s->lag_seqs = s->nfin; /* commit: what this step's finishers held */
-        s->lag_blocks = s->freed;
-        s->last_end = last;
+        double last = decode_run(s, s->clock, until, &err);
+        if (isnan(last) && !err) last = general_step(s, s->clock, &err);
+        if (err) return err;
+        committed(s, last);
         s->clock = last;
         if (release_woken(s, last)) return RC_NOMEM;
     }
@@ -665,25 +697,24 @@ int sc_run(Core *s, int final) {
     int err = 0;
     /* rows pushed since the last call that arrived by the last step end: the feed would have released
      * them at that end (the core stopped there for want of rows) */
-    if (s->released && release_due(s, s->clock, 0)) return RC_NOMEM;
+    if (s->q.released && release_due(s, s->clock, 0)) return RC_NOMEM;
     for (;;) {
         if (s->out_n + s->max_seqs > s->out_cap) return RC_FULL;
         if (!has_work(s)) {
-            if (!s->rlen) return final ? RC_DONE : RC_NEED_ROWS;
-            s->clock = wake(s, s->row_at[s->rhead]);
+            if (!s->q.len) return final ? RC_DONE : RC_NEED_ROWS;
+            s->clock = wake(&s->q, s->q.at[s->q.head]);
             if (release_due(s, s->clock, 1)) return RC_NOMEM;
             continue;
         }
-        if (!s->rlen && !final) return RC_NEED_ROWS;
-        double until = s->rlen ? s->row_at[s->rhead] : INFINITY;
+        if (!s->q.len && !final) return RC_NEED_ROWS;
+        double until = s->q.len ? s->q.at[s->q.head] : INFINITY;
         /* core.plan(clock, until), committed, then _plan_up_to_arrival's chain of decode runs */
-        double last = decode_run(s, s->clock, until);
-        if (isnan(last)) {
-            last = general_step(s, s->clock, &err);
-            if (err) return err;
-        }
+        double last = decode_run(s, s->clock, until, &err);
+        if (isnan(last) && !err) last = general_step(s, s->clock, &err);
+        if (err) return err;
         while (last < until && has_work(s)) {
-            double next = decode_run(s, last, until);
+            double next = decode_run(s, last, until, &err);
+            if (err) return err;
             if (isnan(next)) break;
             last = next;
         }
@@ -693,37 +724,227 @@ int sc_run(Core *s, int final) {
 }
 
 /* Rows in trace order: out < 0 marks a row refused at its release. */
-int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
-    i64 need = s->rhead + s->rlen + n;
-    if (s->rhead && need > s->rcap) { /* compact */
-        memmove(s->row_idx, s->row_idx + s->rhead, (size_t)s->rlen * sizeof(i64));
-        memmove(s->row_at, s->row_at + s->rhead, (size_t)s->rlen * sizeof(double));
-        memmove(s->row_in, s->row_in + s->rhead, (size_t)s->rlen * sizeof(i64));
-        memmove(s->row_out, s->row_out + s->rhead, (size_t)s->rlen * sizeof(i64));
-        s->rhead = 0;
-        need = s->rlen + n;
+static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
+    i64 need = q->head + q->len + n;
+    if (q->head && need > q->cap) { /* compact */
+        memmove(q->idx, q->idx + q->head, (size_t)q->len * sizeof(i64));
+        memmove(q->at, q->at + q->head, (size_t)q->len * sizeof(double));
+        memmove(q->in, q->in + q->head, (size_t)q->len * sizeof(i64));
+        memmove(q->out, q->out + q->head, (size_t)q->len * sizeof(i64));
+        q->head = 0;
+        need = q->len + n;
     }
-    if (need > s->rcap) {
-        i64 cap = s->rcap, c2 = s->rcap, c3 = s->rcap, c4 = s->rcap;
-        if (grow((void **)&s->row_idx, &cap, need, sizeof(i64)) || grow((void **)&s->row_at, &c2, need, sizeof(double))
-            || grow((void **)&s->row_in, &c3, need, sizeof(i64)) || grow((void **)&s->row_out, &c4, need, sizeof(i64)))
+    if (need > q->cap) {
+        i64 cap = q->cap, c2 = q->cap, c3 = q->cap, c4 = q->cap;
+        if (grow((void **)&q->idx, &cap, need, sizeof(i64)) || grow((void **)&q->at, &c2, need, sizeof(double))
+            || grow((void **)&q->in, &c3, need, sizeof(i64)) || grow((void **)&q->out, &c4, need, sizeof(i64)))
             return RC_NOMEM;
-        s->rcap = cap;
+        q->cap = cap;
     }
-    i64 o = s->rhead + s->rlen;
-    memcpy(s->row_idx + o, idx, (size_t)n * sizeof(i64));
-    memcpy(s->row_at + o, at, (size_t)n * sizeof(double));
-    memcpy(s->row_in + o, input, (size_t)n * sizeof(i64));
-    memcpy(s->row_out + o, out, (size_t)n * sizeof(i64));
-    s->rlen += n;
+    i64 o = q->head + q->len;
+    memcpy(q->idx + o, idx, (size_t)n * sizeof(i64));
+    memcpy(q->at + o, at, (size_t)n * sizeof(double));
+    memcpy(q->in + o, input, (size_t)n * sizeof(i64));
+    memcpy(q->out + o, out, (size_t)n * sizeof(i64));
+    q->len += n;
     return 0;
+}
+
+int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
+    return rows_push(&s->q, n, idx, at, input, out);
+}
+
+/* ------------------------------------------------------------------ several replicas behind a router */
+
+/* What a replica's SimPy process (ContinuousReplica._run, without a feed) waits for: nothing to do
+ * (the idle event), the idle event that a submission fired, a step's end (committed already), or a
+ * planned pure-decode run (after a committed step when `stepped`: _step_then_run) committed at its
+ * wake, which an arrival during it may cut short (_wait_run's interrupt). */
+enum { R_IDLE = 0, R_WOKEN = 1, R_STEP = 2, R_RUN = 3 };
+
+void sc_free(Core *s);
+enum { ROUTE_ROUND_ROBIN = 0, ROUTE_LEAST_OUTSTANDING = 1 };
+
+typedef struct {
+    Rows q; /* the arrival process's rows (driftsim.sim.run._arrivals) */
+    int n, router, rr_next, merge;
+    Core **eng;
+    int *state, *stepped, *interruptible;
+    double *wake_at, *plan_t; /* the SimPy time the process wakes at; a plain run's start */
+    i64 *outstanding, *pending, *nplan; /* requests routed and not delivered; finished, not delivered */
+    i64 out_cap, out_n, max_seqs;
+    double now; /* the last event's time */
+} Cluster;
+
+/* RoundRobin.pick / LeastOutstanding.pick with no cap */
+static int route(Cluster *c) {
+    if (c->router == ROUTE_ROUND_ROBIN) {
+        int r = c->rr_next;
+        c->rr_next = (r + 1) % c->n;
+        return r;
+    }
+    int best = 0;
+    for (int i = 1; i < c->n; i++)
+        if (c->outstanding[i] < c->outstanding[best]) best = i;
+    return best;
+}
+
+/* The arrival process releases the next row at its wake w (URGENT: before any step ending then); the
+ * pass-through gateway routes it and ContinuousReplica.submit hands it to the engine, wakes an idle
+ * replica, or cuts a fast-forwarded run after the step in progress. */
+static int cluster_arrival(Cluster *c, double w) {
+    Rows *q = &c->q;
+    i64 h = q->head++;
+    q->len--;
+    q->released++;
+    q->now = w;
+    if (!q->len) q->head = 0;
+    if (q->out[h] < 0) return 0; /* refused at release (recorded by Python) */
+    int r = route(c);
+    Core *s = c->eng[r];
+    int slot = new_request(s, q, h);
+    if (slot < 0) return -1;
+    c->outstanding[r]++;
+    if (s->async_sched) { /* EngineCore.add: a plan awaiting its commit gives the step at the commit */
+        if (inbox_push(s, slot, c->state[r] == R_RUN ? -1 : s->steps)) return -1;
+    } else if (waiting_push(s, slot)) {
+        return -1;
+    }
+    if (c->state[r] == R_IDLE) {
+        c->state[r] = R_WOKEN;
+        c->wake_at[r] = w;
+    } else if (c->state[r] == R_RUN && c->interruptible[r] && s->ends[c->nplan[r] - 2] >= w) {
+        i64 n = 0; /* searchsorted(ends, now, "left") */
+        while (s->ends[n] < w) n++;
+        c->nplan[r] = n + 1;
+        c->interruptible[r] = 0;
+        double d = s->ends[n] - w;
+        c->wake_at[r] = w + (d > 0.0 ? d : 0.0);
+    }
+    return 0;
+}
+
+/* Replica r's process wakes at wake_at[r]: commits what it waited for, delivers its completions
+ * (_deliver), and plans (ContinuousReplica._run's loop, merged as _step_then_run when `merge`). */
+static int cluster_wake(Cluster *c, int r) {
+    Core *s = c->eng[r];
+    double P = c->wake_at[r];
+    int err = 0;
+    if (c->state[r] == R_WOKEN) {
+        s->clock = P;
+    } else if (c->state[r] == R_RUN) {
+        i64 n = c->nplan[r];
+        s->nfin = s->freed = 0;
+        if (!c->stepped[r]) {
+            decode_commit(s, n, c->plan_t[r], s->ends[n - 1]);
+            committed(s, s->ends[n - 1]);
+        } else if (n > 1) { /* commit(n - 1) of the run after the step; n == 1: drop_decode_run */
+            decode_commit(s, n - 1, s->ends[0], s->ends[n - 1]);
+            committed(s, s->ends[n - 1]);
+        }
+        c->pending[r] += s->nfin;
+        s->clock = s->ends[n - 1];
+    } /* R_STEP: committed when planned; s->clock is its end */
+    c->outstanding[r] -= c->pending[r];
+    c->pending[r] = 0;
+    if (!has_work(s)) {
+        c->state[r] = R_IDLE;
+        return 0;
+    }
+    Rows *q = &c->q;
+    double t = s->clock, until = q->len ? q->at[q->head] : INFINITY; /* next_arrival() */
+    if (s->async_sched && intake(s, t)) return RC_NOMEM;
+    i64 m = decode_plan(s, t, until, 0);
+    if (m < 0) return RC_NOMEM;
+    int done = 0; /* the single step is committed */
+    if (m == 0) {
+        s->nfin = s->freed = 0;
+        double end = general_step(s, t, &err);
+        if (err) return err;
+        committed(s, end);
+        s->ends[0] = end;
+        m = 1;
+        done = 1;
+    }
+    if (m == 1) { /* one step: committed now (as at its end: nothing reads the engine before) */
+        double end = s->ends[0];
+        if (!done) {
+            s->nfin = s->freed = 0;
+            decode_commit(s, 1, t, end);
+            committed(s, end);
+        }
+        c->pending[r] += s->nfin;
+        i64 k = 0;
+        if (c->merge && end < until && !s->nfin && has_work(s)) { /* _step_then_run's run */
+            k = decode_plan(s, end, until, 1);
+            if (k < 0) return RC_NOMEM;
+        }
+        double last = s->ends[k];
+        c->state[r] = k ? R_RUN : R_STEP;
+        c->stepped[r] = 1;
+        c->nplan[r] = k + 1;
+        c->interruptible[r] = k > 0;
+        s->clock = end;
+        c->wake_at[r] = P + (last - P > 0.0 ? last - P : 0.0);
+    } else { /* a fast-forwarded run: _wait_run */
+        c->state[r] = R_RUN;
+        c->stepped[r] = 0;
+        c->nplan[r] = m;
+        c->plan_t[r] = t;
+        c->interruptible[r] = 1;
+        double last = s->ends[m - 1];
+        c->wake_at[r] = P + (last - P > 0.0 ? last - P : 0.0);
+    }
+    return 0;
+}
+
+/* Every process in SimPy's order: the next arrival before any replica waking at the same time; the
+ * replicas' own wakes at one instant touch nothing of each other's, so their order is free. Returns
+ * when rows are needed (final: there are none), the finished buffer may overflow, or all is done. */
+int sc_cluster_run(Cluster *c, int final) {
+    Rows *q = &c->q;
+    for (;;) {
+        if (c->out_n + c->max_seqs > c->out_cap) return RC_FULL;
+        if (!q->len && !final) return RC_NEED_ROWS;
+        double ta = q->len ? wake(q, q->at[q->head]) : INFINITY;
+        int best = -1;
+        double tb = INFINITY;
+        for (int i = 0; i < c->n; i++)
+            if (c->state[i] != R_IDLE && (best < 0 || c->wake_at[i] < tb)) {
+                best = i;
+                tb = c->wake_at[i];
+            }
+        if (q->len && (best < 0 || ta <= tb)) {
+            c->now = ta;
+            if (cluster_arrival(c, ta)) return RC_NOMEM;
+            continue;
+        }
+        if (best < 0) return RC_DONE;
+        c->now = tb;
+        int err = cluster_wake(c, best);
+        if (err) return err;
+    }
+}
+
+int sc_cluster_push(Cluster *c, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
+    return rows_push(&c->q, n, idx, at, input, out);
+}
+
+void sc_cluster_free(Cluster *c) {
+    if (!c) return;
+    if (c->eng)
+        for (int i = 0; i < c->n; i++) sc_free(c->eng[i]);
+    free(c->eng); free(c->state); free(c->stepped); free(c->interruptible); free(c->wake_at); free(c->plan_t);
+    free(c->outstanding); free(c->pending); free(c->nplan);
+    free(c->q.idx); free(c->q.at); free(c->q.in); free(c->q.out);
+    free(c);
 }
 
 /* engine: block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv blocks (usable),
  * chunked prefill, reserve_full_prompt, async scheduling; cost: kind, coefficients, table */
 Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, const double *knots,
              const double *values, i64 out_cap, i64 *out_idx, double *out_sched, double *out_first,
-             double *out_finish, i64 *out_gen, i64 *out_pre) {
+             double *out_finish, i64 *out_gen, i64 *out_pre, i64 *out_rep) {
     if (np > 12 || nknots > 64) return NULL;
     Core *s = calloc(1, sizeof(Core));
     if (!s) return NULL;
@@ -746,14 +967,17 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
     s->chunks = malloc((size_t)(s->max_seqs + 1) * sizeof(i64));
     s->run_head = s->run_tail = -1;
     s->out_cap = out_cap;
+    s->out_cnt = &s->out_n;
     s->out_idx = out_idx;
     s->out_sched = out_sched;
     s->out_first = out_first;
     s->out_finish = out_finish;
     s->out_gen = out_gen;
     s->out_pre = out_pre;
-    if (!s->by_phase || !s->prefilling || !s->chunks) {
-        free(s->by_phase); free(s->prefilling); free(s->chunks); free(s);
+    s->out_rep = out_rep;
+    s->ends_cap = 0;
+    if (!s->by_phase || !s->prefilling || !s->chunks || grow((void **)&s->ends, &s->ends_cap, 64, sizeof(double))) {
+        free(s->by_phase); free(s->prefilling); free(s->chunks); free(s->ends); free(s);
         return NULL;
     }
     return s;
@@ -762,10 +986,71 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
 void sc_free(Core *s) {
     if (!s) return;
     free(s->reqs); free(s->free_slots); free(s->waiting); free(s->prefilling); free(s->by_phase);
-    free(s->heap); free(s->row_idx); free(s->row_at); free(s->row_in); free(s->row_out); free(s->chunks);
-    free(s->ib_slot); free(s->ib_step);
+    free(s->heap); free(s->q.idx); free(s->q.at); free(s->q.in); free(s->q.out); free(s->chunks);
+    free(s->ib_slot); free(s->ib_step); free(s->ends);
     free(s);
 }
+
+/* n replicas of one engine and cost model behind a router (ROUTE_*); merge: synchronous scheduling,
+ * whose replicas merge a step and the run after it into one wait */
+Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kind, const double *p, int np,
+                        int nknots, const double *knots, const double *values, i64 out_cap, i64 *out_idx,
+                        double *out_sched, double *out_first, double *out_finish, i64 *out_gen, i64 *out_pre,
+                        i64 *out_rep) {
+    Cluster *c = calloc(1, sizeof(Cluster));
+    if (!c) return NULL;
+    c->n = n;
+    c->router = router;
+    c->merge = merge;
+    c->out_cap = out_cap;
+    c->max_seqs = engine[1];
+    c->eng = calloc((size_t)n, sizeof(Core *));
+    c->state = calloc((size_t)n, sizeof(int));
+    c->stepped = calloc((size_t)n, sizeof(int));
+    c->interruptible = calloc((size_t)n, sizeof(int));
+    c->wake_at = calloc((size_t)n, sizeof(double));
+    c->plan_t = calloc((size_t)n, sizeof(double));
+    c->outstanding = calloc((size_t)n, sizeof(i64));
+    c->pending = calloc((size_t)n, sizeof(i64));
+    c->nplan = calloc((size_t)n, sizeof(i64));
+    if (!c->eng || !c->state || !c->stepped || !c->interruptible || !c->wake_at || !c->plan_t || !c->outstanding
+        || !c->pending || !c->nplan) {
+        sc_cluster_free(c);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        Core *s = sc_new(engine, kind, p, np, nknots, knots, values, out_cap, out_idx, out_sched, out_first,
+                         out_finish, out_gen, out_pre, out_rep);
+        if (!s) {
+            sc_cluster_free(c);
+            return NULL;
+        }
+        s->out_cnt = &c->out_n;
+        s->index = i;
+        c->eng[i] = s;
+    }
+    return c;
+}
+
+/* counters: the last event's time, then per replica busy_s (doubles); rows released, finished waiting to
+ * be drained, then per replica steps, preemptions, running, waiting, kv used (ints) */
+void sc_cluster_counters(Cluster *c, double *d, i64 *n) {
+    d[0] = c->now;
+    n[0] = c->q.released;
+    n[1] = c->out_n;
+    for (int i = 0; i < c->n; i++) {
+        Core *s = c->eng[i];
+        d[1 + i] = s->busy_s;
+        i64 *o = n + 2 + 5 * i;
+        o[0] = s->steps;
+        o[1] = s->preemptions;
+        o[2] = s->n_running;
+        o[3] = s->wlen;
+        o[4] = s->kv_used;
+    }
+}
+
+void sc_cluster_drained(Cluster *c) { c->out_n = 0; }
 
 /* counters: clock, busy_s (doubles); steps, preemptions, rows released, finished waiting to be drained,
  * running, waiting, kv used (ints) */
@@ -774,7 +1059,7 @@ void sc_counters(Core *s, double *d, i64 *n) {
     d[1] = s->busy_s;
     n[0] = s->steps;
     n[1] = s->preemptions;
-    n[2] = s->released;
+    n[2] = s->q.released;
     n[3] = s->out_n;
     n[4] = s->n_running;
     n[5] = s->wlen;

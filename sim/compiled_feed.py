@@ -1,11 +1,11 @@
-"""A lone replica's whole run in the compiled core: the trace's rows in, result columns out.
+"""A whole run of continuous replicas in the compiled core: the trace's rows in, result columns out.
 
-The fast twin of :class:`driftsim.sim.run._ArrivalFeed` driving a
-:class:`~driftsim.sim.replica.ContinuousReplica`: a SimPy process hands each chunk of the trace to
-the :class:`~driftsim.sim.stepcore.CompiledCore` (rows refused at their arrival marked, as the
-feed's ``_Release`` would refuse them), lets it simulate, records the requests it finished a
-buffer at a time, and advances SimPy's clock to the core's. :func:`compiled_core_for` says when a
-run may take this path; what it produces equals the Python engine's results bit for bit.
+The fast twin of the arrival process (or a lone replica's :class:`driftsim.sim.run._ArrivalFeed`)
+driving :class:`~driftsim.sim.replica.ContinuousReplica` s: a SimPy process hands each chunk of the
+trace to the :class:`~driftsim.sim.stepcore.CompiledCore` (rows refused at their arrival marked, as
+``_Release`` would refuse them), lets it simulate, records the requests it finished a buffer at a
+time, and advances SimPy's clock to the core's. :func:`compiled_core_for` says when a run may take
+this path; what it produces equals the Python engine's results bit for bit.
 """
 
 from __future__ import annotations
@@ -20,19 +20,25 @@ from driftsim.sim.config import EngineConfig
 from driftsim.sim.engine import EngineCore, FcfsQueue
 from driftsim.sim.request import engine_output_tokens, kv_refusal
 from driftsim.sim.results import ResultRecorder
+from driftsim.sim.router import LeastOutstanding, RoundRobin
 from driftsim.sim.stepcore import RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of, library
 from driftsim.sim.streaming import ChunkedResults
 
 BLOCK = 65_536  # rows handed to the core at a time
+_ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding"}
 
 
 def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_passes: bool,
-                      oracle: bool) -> CompiledCore | None:
-    """The compiled core for a lone fed replica, when the run stays inside what it models: FCFS in
-    the engine, a gateway that passes each arrival straight on, the oracle estimator, a cost model
-    with a :class:`~driftsim.costmodel.base.StepFormula`, and no prefix identity in use (prefix
-    caching off, or an in-memory trace without prefix ids). None: the Python engine runs it."""
+                      oracle: bool, replicas: int = 1, router: object = None) -> CompiledCore | None:
+    """The compiled core for ``replicas`` replicas like ``core``, when the run stays inside what it
+    models: FCFS in the engine, a gateway that passes each arrival straight on (to a round-robin or
+    least-outstanding router, for several), the oracle estimator, a cost model with a
+    :class:`~driftsim.costmodel.base.StepFormula`, and no prefix identity in use (prefix caching off,
+    or an in-memory trace without prefix ids). None: the Python engine runs it."""
     if not (engine.compiled_core and gateway_passes and oracle and isinstance(core.waiting, FcfsQueue)):
+        return None
+    route = _ROUTER_NAMES.get(type(router)) if replicas > 1 else "least_outstanding"
+    if route is None:
         return None
     if core.prefix_caching and not (isinstance(trace, pl.DataFrame)
                                     and trace["prefix_ids"].null_count() == trace.height):
@@ -40,44 +46,45 @@ def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_
     lib, form = library(), formula_of(core.cost)
     if lib is None or form is None:
         return None
-    return CompiledCore(lib, engine, form, core.total_blocks + 1)
+    return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route)
 
 
 def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl.DataFrame], n: int,
-                 engine: EngineConfig, core: EngineCore, rec: ChunkedResults, progress):
+                 engine: EngineConfig, cores: list[EngineCore], rec: ChunkedResults, progress):
     """The SimPy process: each chunk's rows into ``fast``, its completions into ``rec``; at the end the
-    counters reports read are copied onto the (idle) Python ``core``."""
-    max_len, block_size, kv_total = engine.max_model_len, engine.block_size, core.total_blocks
+    counters reports read are copied onto the (idle) Python ``cores``."""
+    max_len, block_size, kv_total = engine.max_model_len, engine.block_size, cores[0].total_blocks
     try:
         for chunk in chunks:
             base = rec.rows
             recorder = rec.open(chunk)
             for lo in range(0, chunk.height, BLOCK):  # a block at a time: memory follows the block, not the trace
                 fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total))
-                while (yield from _simulate(env, fast, rec, n, progress, core, final=False)) != RC_NEED_ROWS:
+                while (yield from _simulate(env, fast, rec, n, progress, cores[0].total_blocks, final=False)) != RC_NEED_ROWS:
                     pass
             rec.arrived()
-        while (yield from _simulate(env, fast, rec, n, progress, core, final=True)) != RC_DONE:
+        while (yield from _simulate(env, fast, rec, n, progress, cores[0].total_blocks, final=True)) != RC_DONE:
             pass
-        counters = fast.counters()
-        core.busy_s, core.steps, core.preemptions = counters["busy_s"], counters["steps"], counters["preemptions"]
+        for core, counters in zip(cores, fast.counters()["replicas"]):
+            core.busy_s, core.steps, core.preemptions = counters["busy_s"], counters["steps"], counters["preemptions"]
     finally:
         fast.close()
     if progress is not None:
         progress(1.0)
 
 
-def _simulate(env, fast: CompiledCore, rec: ChunkedResults, n: int, progress, core: EngineCore, *, final: bool):
+def _simulate(env, fast: CompiledCore, rec: ChunkedResults, n: int, progress, kv_total: int, *, final: bool):
     """One :meth:`CompiledCore.run`: record what it finished and move SimPy's clock to the core's."""
     rc = fast.run(final)
     done = fast.drain()
     if len(done.idx):
         rec.finish_rows(done.idx, done.scheduled_s, done.first_token_s, done.finish_s, done.generated,
-                        done.preemptions, replica=core.replica)
+                        done.preemptions, replica=done.replica)
     counters = fast.counters()
     if rc == RC_STALL:
-        raise RuntimeError(f"engine stalled: {counters['waiting']} waiting, none admissible with "
-                           f"{core.total_blocks - counters['kv_used']}/{core.total_blocks} free KV blocks")
+        stalled = next(r for r in counters["replicas"] if r["waiting"] and not r["running"])
+        raise RuntimeError(f"engine stalled: {stalled['waiting']} waiting, none admissible with "
+                           f"{kv_total - stalled['kv_used']}/{kv_total} free KV blocks")
     if progress is not None and n:
         progress(min(1.0, counters["released"] / n))
     yield env.timeout(max(0.0, counters["clock"] - env.now))

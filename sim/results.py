@@ -54,7 +54,7 @@ class ResultRecorder:
         if req.cached_tokens > 0:
             self.cached_tokens[i] = req.cached_tokens
 
-    def finish_rows(self, i: np.ndarray, replica: int, scheduled_s: np.ndarray, first_token_s: np.ndarray,
+    def finish_rows(self, i: np.ndarray, replica: np.ndarray, scheduled_s: np.ndarray, first_token_s: np.ndarray,
                     finish_s: np.ndarray, generated: np.ndarray, preemptions: np.ndarray) -> None:
         """:meth:`finish` for the trace rows ``i`` (no prefix cache: nothing cached)."""
         i = i - self.base

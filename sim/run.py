@@ -140,15 +140,18 @@ def simulate(
 
 def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
                     sender: Sender | None, sent: np.ndarray | None, trace, *, fed: bool) -> bool:
-    """Release the trace's rows: a lone replica that nothing else acts beside runs in the compiled core
-    where it applies (True; ``fed``: no horizon, no gateway cap), else takes them in itself at its step
-    ends when its runs merge (synchronous scheduling), else an arrival process releases each at its time."""
+    """Release the trace's rows: replicas that nothing but the arrivals acts on run in the compiled core
+    where it applies (True; ``fed``: no horizon, no gateway cap), else a lone replica takes them in itself
+    at its step ends when its runs merge (synchronous scheduling), else an arrival process releases each
+    at its time."""
     lone = run.workers[0] if len(run.workers) == 1 else None
-    if fed and isinstance(lone, ContinuousReplica) and run.unwatched and sender is None:
+    continuous = all(isinstance(w, ContinuousReplica) for w in run.workers)
+    if fed and continuous and run.unwatched and sender is None:
         fast = compiled_core_for(engine, run.cores[0], trace, gateway_passes=run.gateway.passes_through,
-                                 oracle=adm.cfg.estimator == "oracle")
+                                 oracle=adm.cfg.estimator == "oracle", replicas=len(run.cores),
+                                 router=run.gateway.router)
         if fast is not None:
-            env.process(run_compiled(env, fast, chunks, n, engine, run.cores[0], rec, progress))
+            env.process(run_compiled(env, fast, chunks, n, engine, run.cores, rec, progress))
             return True
     if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
         lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)

@@ -1,17 +1,20 @@
-"""The compiled core of a lone replica: the Python engine's feed path, in C, bit for bit.
+"""The compiled core: the Python engine's replicas, in C, bit for bit.
 
-When one continuous replica takes the trace's rows in itself and nothing else acts between its
-steps (:class:`driftsim.sim.run._ArrivalFeed`), the per-step Python of
+When continuous replicas take a trace's rows and nothing but the arrivals acts on them (no
+client, observers, gateway cap or horizon), the per-step Python of
 :class:`~driftsim.sim.engine.EngineCore` and :class:`~driftsim.sim.replica.ContinuousReplica` is
-most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS, synchronous, chunked
-prefill, recompute preemption, fast-forwarded decode runs; no prefix cache) with the same float
-operations in the same order, so its times equal the Python engine's bit for bit; the Python
-engine stays the reference (``tests/test_stepcore.py``) and runs everything else.
+most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS, chunked prefill,
+recompute preemption, fast-forwarded decode runs, synchronous or async scheduling; no prefix
+cache) with the same float operations in the same order, so its times equal the Python engine's
+bit for bit. A lone replica mirrors the replica that takes the rows in itself
+(:class:`driftsim.sim.run._ArrivalFeed`); several mirror the arrival process, the pass-through
+gateway's round-robin or least-outstanding router and each replica's SimPy process, in SimPy's
+event order. The Python engine stays the reference (``tests/test_stepcore.py``) and runs
+everything else.
 
-:func:`compiled_core` says whether a run qualifies; :class:`CompiledCore` is the C state behind
-ctypes: rows go in with :meth:`CompiledCore.push`, :meth:`CompiledCore.run` simulates until it
-needs more rows or its buffer of finished requests is full, and :meth:`CompiledCore.drain` hands
-those back as arrays.
+:class:`CompiledCore` is the C state behind ctypes: rows go in with :meth:`CompiledCore.push`,
+:meth:`CompiledCore.run` simulates until it needs more rows or its buffer of finished requests is
+full, and :meth:`CompiledCore.drain` hands those back as arrays.
 """
 
 from __future__ import annotations
@@ -49,14 +52,17 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     lib.sc_new.restype = vp
     lib.sc_new.argtypes = [_i64p, ctypes.c_int, _f64p, ctypes.c_int, ctypes.c_int, _f64p, _f64p, i64,
-                           _i64p, _f64p, _f64p, _f64p, _i64p, _i64p]
-    lib.sc_free.argtypes = [vp]
-    lib.sc_push.restype = ctypes.c_int
-    lib.sc_push.argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p]
-    lib.sc_run.restype = ctypes.c_int
-    lib.sc_run.argtypes = [vp, ctypes.c_int]
-    lib.sc_counters.argtypes = [vp, _f64p, _i64p]
-    lib.sc_drained.argtypes = [vp]
+                           _i64p, _f64p, _f64p, _f64p, _i64p, _i64p, _i64p]
+    lib.sc_cluster_new.restype = vp
+    lib.sc_cluster_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, *lib.sc_new.argtypes]
+    for prefix in ("sc_", "sc_cluster_"):  # a lone replica's functions and a cluster's: the same shapes
+        getattr(lib, prefix + "free").argtypes = [vp]
+        getattr(lib, prefix + "push").restype = ctypes.c_int
+        getattr(lib, prefix + "push").argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p]
+        getattr(lib, prefix + "run").restype = ctypes.c_int
+        getattr(lib, prefix + "run").argtypes = [vp, ctypes.c_int]
+        getattr(lib, prefix + "counters").argtypes = [vp, _f64p, _i64p]
+        getattr(lib, prefix + "drained").argtypes = [vp]
     lib.sc_step_time.restype = f64
     lib.sc_step_time.argtypes = [ctypes.c_int, _f64p, ctypes.c_int, ctypes.c_int, _f64p, _f64p, f64, f64, f64, f64, f64]
     return lib
@@ -108,31 +114,44 @@ class Finished:
     finish_s: np.ndarray
     generated: np.ndarray
     preemptions: np.ndarray
+    replica: np.ndarray
+
+
+ROUTERS = {"round_robin": 0, "least_outstanding": 1}  # the routers a cluster of replicas mirrors
 
 
 class CompiledCore:
-    """One lone replica's engine and feed, in C (see the module docstring)."""
+    """The engines of ``replicas`` replicas and their arrivals, in C (see the module docstring); several
+    replicas sit behind the pass-through gateway's ``router``."""
 
-    def __init__(self, lib: ctypes.CDLL, engine: EngineConfig, form: StepFormula, num_blocks: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, engine: EngineConfig, form: StepFormula, num_blocks: int, *,
+                 replicas: int = 1, router: str = "least_outstanding") -> None:
         self._lib = lib
+        self.replicas = replicas
         cap = max(8192, 4 * engine.max_num_seqs)
         self._out = (np.empty(cap, np.int64), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap, np.int64),
-                     np.empty(cap, np.int64))
+                     np.empty(cap, np.int64), np.zeros(cap, np.int64))
         config = np.array([engine.block_size, engine.max_num_seqs, engine.max_num_batched_tokens, engine.max_model_len,
                            num_blocks - NULL_BLOCKS, int(engine.chunked_prefill), int(engine.reserve_full_prompt),
                            int(engine.async_scheduling)],
                           dtype=np.int64)
         p, knots, values = _arrays(form)
-        self._state = lib.sc_new(config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values,
-                                 cap, *self._out)
+        args = (config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values, cap, *self._out)
+        if replicas == 1:
+            self._state = lib.sc_new(*args)
+            self._run, self._push, self._free = lib.sc_run, lib.sc_push, lib.sc_free
+        else:
+            merge = not engine.async_scheduling  # ContinuousReplica.merge_runs for these runs
+            self._state = lib.sc_cluster_new(replicas, ROUTERS[router], int(merge), *args)
+            self._run, self._push, self._free = lib.sc_cluster_run, lib.sc_cluster_push, lib.sc_cluster_free
         if not self._state:
             raise MemoryError("the compiled core could not allocate its state")
-        self._d = np.zeros(2)
-        self._n = np.zeros(7, np.int64)
+        self._d = np.zeros(1 + replicas)
+        self._n = np.zeros(2 + 5 * replicas if replicas > 1 else 7, np.int64)
 
     def close(self) -> None:
         if self._state:
-            self._lib.sc_free(self._state)
+            self._free(self._state)
             self._state = None
 
     def __del__(self) -> None:
@@ -143,28 +162,36 @@ class CompiledCore:
         the arrival clock and ends decode runs, as in the Python feed)."""
         args = [np.ascontiguousarray(a, dtype=t) for a, t in
                 ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64))]
-        if self._lib.sc_push(self._state, len(args[0]), *args) != 0:
+        if self._push(self._state, len(args[0]), *args) != 0:
             raise MemoryError("the compiled core could not take more rows")
 
     def run(self, final: bool) -> int:
         """Simulate until more rows are needed (``final``: there are none), the finished buffer is
         full, or every row has finished; returns which (``RC_*``)."""
-        rc = self._lib.sc_run(self._state, int(final))
+        rc = self._run(self._state, int(final))
         if rc == RC_NOMEM:
             raise MemoryError("the compiled core ran out of memory")
         return rc
 
     def counters(self) -> dict:
-        self._lib.sc_counters(self._state, self._d, self._n)
+        """The clock, rows released, finished requests not drained, and per replica its busy time,
+        steps, preemptions, running and waiting requests and KV blocks in use."""
         d, n = self._d, self._n
-        return {"clock": float(d[0]), "busy_s": float(d[1]), "steps": int(n[0]), "preemptions": int(n[1]),
-                "released": int(n[2]), "finished": int(n[3]), "running": int(n[4]), "waiting": int(n[5]),
-                "kv_used": int(n[6])}
+        if self.replicas == 1:
+            self._lib.sc_counters(self._state, d, n)
+            return {"clock": float(d[0]), "released": int(n[2]), "finished": int(n[3]),
+                    "replicas": [{"busy_s": float(d[1]), "steps": int(n[0]), "preemptions": int(n[1]),
+                                  "running": int(n[4]), "waiting": int(n[5]), "kv_used": int(n[6])}]}
+        self._lib.sc_cluster_counters(self._state, d, n)
+        per = n[2:].reshape(self.replicas, 5)
+        return {"clock": float(d[0]), "released": int(n[0]), "finished": int(n[1]),
+                "replicas": [{"busy_s": float(d[1 + i]), "steps": int(steps), "preemptions": int(pre),
+                              "running": int(running), "waiting": int(waiting), "kv_used": int(kv)}
+                             for i, (steps, pre, running, waiting, kv) in enumerate(per.tolist())]}
 
     def drain(self) -> Finished:
         """The requests finished since the last drain (copies), then an empty buffer."""
-        self._lib.sc_counters(self._state, self._d, self._n)
-        k = int(self._n[3])
+        k = self.counters()["finished"]
         out = Finished(*(a[:k].copy() for a in self._out))
-        self._lib.sc_drained(self._state)
+        (self._lib.sc_drained if self.replicas == 1 else self._lib.sc_cluster_drained)(self._state)
         return out

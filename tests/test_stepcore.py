@@ -114,9 +114,11 @@ def _with_max_tokens(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
        budget=st.sampled_from([64, 256, 2048, 4096]), blocks=st.integers(40, 2000), block_size=st.sampled_from([1, 7, 16]),
        chunked=st.booleans(), reserve=st.booleans(), max_len=st.sampled_from([300, 1024, 4096]),
        cost=st.sampled_from(["linear", "table", "roofline", "token-table"]), capped=st.booleans(),
-       burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]), async_sched=st.booleans())
+       burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]), async_sched=st.booleans(),
+       replicas=st.sampled_from([1, 1, 2, 3]), router=st.sampled_from(["round_robin", "least_outstanding"]))
 def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seqs, budget, blocks, block_size, chunked,
-                                               reserve, max_len, cost, capped, burst, rows_per_push, async_sched):
+                                               reserve, max_len, cost, capped, burst, rows_per_push, async_sched,
+                                               replicas, router):
     trace = random_trace(n, rate=rate, seed=seed, max_in=1200, max_out=500)
     if capped:
         trace = _with_max_tokens(trace, seed)
@@ -132,7 +134,8 @@ def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seq
         engine = EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=max(seqs, budget), block_size=block_size,
                               max_model_len=max_len, chunked_prefill=chunked, reserve_full_prompt=reserve,
                               async_scheduling=async_sched, **flags)
-        return simulate(trace, cost=model, engine=engine, num_blocks=blocks)
+        return simulate(trace, cost=model, engine=engine, num_blocks=blocks, replicas=replicas,
+                        gateway=GatewayConfig(router=router))
 
     before = len(compiled_runs)  # the fixture lives across hypothesis' examples
     with pytest.MonkeyPatch.context() as patch:  # the core stops for rows at every push boundary
@@ -183,6 +186,28 @@ def test_async_scheduling_runs_in_the_core_with_its_lags(compiled_runs):
     assert fast.requests.filter(ok)["ttft_s"].mean() > sync.requests.filter(ok)["ttft_s"].mean()
 
 
+@pytest.mark.parametrize("async_sched", [False, True])
+@pytest.mark.parametrize("router", ["round_robin", "least_outstanding"])
+def test_replicas_behind_a_router_run_in_the_core(compiled_runs, router, async_sched):
+    # bursts at one instant and arrivals on a grid that step ends hit: the router reads each replica's
+    # requests in flight as the arrival process and the replicas' SimPy processes leave them
+    trace = random_trace(1500, rate=90, seed=4, max_in=900, max_out=250)
+    trace = trace.with_columns((pl.col("arrival_s") * 8).round(0) / 8)
+    engine = EngineConfig(max_num_seqs=12, max_num_batched_tokens=384, block_size=16, max_model_len=1024,
+                          async_scheduling=async_sched)
+    kw = dict(cost=linear_cost(), num_blocks=90, replicas=3, gateway=GatewayConfig(router=router))
+    fast = simulate(trace, engine=engine, **kw)
+    python = simulate(trace, engine=EngineConfig(**{**engine.__dict__, "compiled_core": False}), **kw)
+    assert compiled_runs and fast.engine_core == "compiled"
+    assert fast.requests.equals(python.requests)
+    assert fast.replicas == python.replicas
+    served = fast.requests.filter(pl.col("status") == "ok")["replica"].value_counts()
+    assert served.height == 3 and sum(r["preemptions"] for r in fast.replicas) > 0
+    if router == "round_robin":  # the k-th request taken goes to replica k mod 3
+        taken = fast.requests.filter(pl.col("status") != "rejected")["replica"].to_list()
+        assert taken == [k % 3 for k in range(len(taken))]
+
+
 @pytest.mark.parametrize("chunk_rows", [7, 257])
 @pytest.mark.parametrize("mode", ["parquet", "summary"])
 def test_streamed_results_equal_the_python_engine(tmp_path: Path, compiled_runs, mode, chunk_rows):
@@ -205,7 +230,7 @@ def _prefixed(trace: pl.DataFrame) -> pl.DataFrame:
                               pl.lit(16, dtype=REQUEST_SCHEMA["prefix_block_tokens"]).alias("prefix_block_tokens"))
 
 
-@pytest.mark.parametrize("case", ["prefix-ids", "engine-policy", "estimator", "observers", "two-replicas", "cap",
+@pytest.mark.parametrize("case", ["prefix-ids", "engine-policy", "estimator", "observers", "prefix-router", "cap",
                                   "horizon", "switched-off"])
 def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, case):
     trace = random_trace(50, rate=20, seed=1, max_in=300, max_out=100)
@@ -219,8 +244,8 @@ def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, case):
         kwargs["admission"] = AdmissionConfig(estimator="driftsched")
     elif case == "observers":
         kwargs["observers"] = [lambda event: None]
-    elif case == "two-replicas":
-        kwargs["replicas"] = 2
+    elif case == "prefix-router":
+        kwargs.update(replicas=2, gateway=GatewayConfig(router="prefix_affinity"))
     elif case == "cap":
         kwargs["gateway"] = GatewayConfig(max_outstanding=4)
     elif case == "horizon":
