@@ -23,6 +23,7 @@ from driftsim.sim.results import ResultRecorder
 from driftsim.sim.router import LeastOutstanding, RoundRobin
 from driftsim.sim.stepcore import RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of, library
 from driftsim.sim.streaming import ChunkedResults
+from driftsim.traces.stream import TraceStream
 
 BLOCK = 65_536  # rows handed to the core at a time
 _ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding"}
@@ -40,13 +41,20 @@ def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_
     route = _ROUTER_NAMES.get(type(router)) if replicas > 1 else "least_outstanding"
     if route is None:
         return None
-    if core.prefix_caching and not (isinstance(trace, pl.DataFrame)
-                                    and trace["prefix_ids"].null_count() == trace.height):
+    if core.prefix_caching and not _without_prefix_ids(trace):
         return None
     lib, form = library(), formula_of(core.cost)
     if lib is None or form is None:
         return None
     return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route)
+
+
+def _without_prefix_ids(trace: pl.DataFrame | TraceStream) -> bool:
+    """No request of ``trace`` carries prefix ids: none in memory, or a streamed file without the column
+    (what a stream's chunks pass through sets SLOs and priorities, never prefix ids)."""
+    if isinstance(trace, pl.DataFrame):
+        return trace["prefix_ids"].null_count() == trace.height
+    return "prefix_ids" not in trace.columns
 
 
 def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl.DataFrame], n: int,

@@ -24,6 +24,7 @@ from driftsim.sim import compiled_feed, stepcore
 from driftsim.sim.config import EngineConfig, GatewayConfig
 from driftsim.sim.run import simulate
 from driftsim.traces.schema import REQUEST_SCHEMA
+from driftsim.traces.stream import TraceStream
 from tests.conftest import STRICT
 from tests.factories import linear_cost, random_trace, table_cost
 
@@ -222,6 +223,25 @@ def test_streamed_results_equal_the_python_engine(tmp_path: Path, compiled_runs,
     if mode == "parquet":
         assert pl.read_parquet(out[True].requests_path).equals(pl.read_parquet(out[False].requests_path))
     assert _same(out[True].summary, out[False].summary)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_a_streamed_file_without_prefix_ids_takes_the_core_with_caching_on(tmp_path: Path, compiled_runs, with_ids):
+    # prefix caching is on (vLLM's default): a file that names no prefix ids cannot hit the cache
+    trace = random_trace(2000, rate=60, seed=12, max_in=800, max_out=300)
+    if with_ids:
+        trace = _prefixed(trace)
+    columns = ["request_id", "arrival_s", "tenant", "input_tokens", "output_tokens"]
+    trace.select(columns + (["prefix_ids", "prefix_block_tokens"] if with_ids else [])).write_parquet(tmp_path / "t.parquet")
+    engine = EngineConfig(max_num_seqs=64, max_num_batched_tokens=1024, block_size=16, max_model_len=2048,
+                          prefix_caching=True)
+    out = {}
+    for compiled in (True, False):
+        out[compiled] = simulate(TraceStream(tmp_path / "t.parquet", chunk_rows=300), cost=linear_cost(),
+                                 engine=EngineConfig(**{**engine.__dict__, "compiled_core": compiled}), num_blocks=600,
+                                 results_path=tmp_path / f"{compiled}.parquet")
+    assert len(compiled_runs) == (0 if with_ids else 1)
+    assert pl.read_parquet(out[True].requests_path).equals(pl.read_parquet(out[False].requests_path))
 
 
 def _prefixed(trace: pl.DataFrame) -> pl.DataFrame:
