@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-# polars' allocator (jemalloc, read when polars loads): one arena, not one per CPU, so that memory one
-# thread freed serves the next thread's allocations, and freed pages handed back after 0.1 s, not 10 s,
-# so that numpy's arrays (another allocator) do not stack on pages the trace loader freed. A 1M-request
-# run peaked ~45 MB lower in the same wall time (bench/bench_sim.py). A user's own setting is kept.
-os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:1,dirty_decay_ms:100,muzzy_decay_ms:0")
+# polars' allocator (jemalloc, configured when polars loads): one arena, not one per CPU, so that memory
+# one thread freed serves the next thread's allocations, and freed pages handed back after 0.1 s, not
+# polars' 0.5 s, so that numpy's arrays (another allocator) do not stack on pages the trace loader freed:
+# a 1M-request run peaks ~45 MB lower in the same wall time (bench/bench_sim.py). A user's own setting is
+# kept; polars' default, which a parent process that loaded polars passes down, is not one.
+_POLARS_JEMALLOC_DEFAULT = "dirty_decay_ms:500,muzzy_decay_ms:1000"
+if os.environ.get("_RJEM_MALLOC_CONF", _POLARS_JEMALLOC_DEFAULT) == _POLARS_JEMALLOC_DEFAULT:
+    os.environ["_RJEM_MALLOC_CONF"] = "narenas:1,dirty_decay_ms:100,muzzy_decay_ms:0"
 
 from driftsim.cli import lazy_rich
 
