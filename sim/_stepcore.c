@@ -1,11 +1,13 @@
-/* The compiled core of one lone continuous-batching replica (see driftsim/sim/stepcore.py).
+/* The compiled core of continuous-batching replicas (see driftsim/sim/stepcore.py).
  *
- * It runs exactly what driftsim.sim.engine.EngineCore and ContinuousReplica do when a lone
- * replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed): FCFS waiting queue,
- * fast-forwarded pure-decode runs, chunked prefill, recompute preemption, no prefix cache.
- * With async scheduling it mirrors instead what the replica does when the arrival process hands
- * it each row at its time (driftsim.sim.run._arrivals): the engine's inbox, the intake and
- * release lags (EngineCore._intake), and a run cut by an arrival during it (_wait_run). Every branch below names the Python method it mirrors; the
+ * It runs exactly what driftsim.sim.engine.EngineCore and ContinuousReplica do: an FCFS or
+ * keyed-policy waiting queue (FcfsQueue, PolicyQueue), chunked prefill, recompute preemption,
+ * fast-forwarded pure-decode runs, synchronous or async scheduling, no prefix cache. A lone
+ * synchronous replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed); with async
+ * scheduling, or several replicas behind a router (Cluster, below), it mirrors the arrival process
+ * that hands each row in at its time (driftsim.sim.run._arrivals) and each replica's SimPy process:
+ * the engine's inbox and its intake and release lags (EngineCore._intake), and a run cut by an
+ * arrival during it (_wait_run). Every branch below names the Python method it mirrors; the
  * arithmetic is the same operations in the same order on IEEE doubles (built without FMA
  * contraction), so times are bit-identical to the Python engine, which stays the reference
  * (tests/test_stepcore.py compares the two on random traces and engine limits).
@@ -25,6 +27,8 @@
 typedef int64_t i64;
 
 enum { COST_ROOFLINE = 1, COST_LINEAR = 2, COST_TOKEN_TABLE = 3 };
+/* FcfsQueue; a keyed policy with a static key (fifo, priority, sjf, aging, edf); Las; Srpt */
+enum { POL_FCFS = 0, POL_STATIC = 1, POL_LAS = 2, POL_SRPT = 3 };
 enum { RC_DONE = 0, RC_NEED_ROWS = 1, RC_FULL = 2, RC_STALL = -1, RC_NOMEM = -2 };
 
 typedef struct {
@@ -37,8 +41,9 @@ typedef struct {
 
 typedef struct {
     i64 idx, input, output, computed, generated, blocks, prefill_target;
-    i64 entry_step, entry_computed, entry_generated, finish_g, token, order, preemptions;
+    i64 entry_step, entry_computed, entry_generated, finish_g, token, order, preemptions, rid;
     double first_token_s, scheduled_s;
+    double at, k1, k2, wk1, wk2; /* arrival; a keyed policy's static key; its key when last queued */
     int prev, next; /* running list, admission order */
 } Req;
 
@@ -49,8 +54,8 @@ typedef struct {
 
 /* pending rows: trace row, arrival, prompt, output (-1: refused at release) */
 typedef struct {
-    i64 *idx, *in, *out;
-    double *at;
+    i64 *idx, *in, *out, *rid;
+    double *at, *k1, *k2; /* k1, k2: the engine policy's static key (PolicyQueue) */
     i64 head, len, cap;
     double now; /* the arrival process's clock (_ArrivalFeed._now) */
     i64 released;
@@ -60,6 +65,7 @@ typedef struct {
     Cost cost;
     i64 bs, max_seqs, token_budget, max_model_len, kv_total, kv_used;
     int chunked, reserve_full, async_sched;
+    int policy; /* the waiting queue: POL_FCFS (a ring), else a heap keyed as PolicyQueue keys it */
 
     /* async scheduling: the inbox (ring of slots with the step they arrived during), whether the
      * plan in progress sees the last step's finishers as still there, and what they hold */
@@ -174,7 +180,66 @@ static int waiting_grow(Core *s) {
     return 0;
 }
 
+/* A policy's key of r now (Policy.key): static, Las's generated tokens, Srpt's remaining estimate */
+static inline void policy_key(const Core *s, const Req *r, double *k1, double *k2) {
+    if (s->policy == POL_LAS) {
+        *k1 = (double)r->generated;
+        *k2 = 0.0;
+    } else if (s->policy == POL_SRPT) { /* max(est_tokens - input_tokens - generated, 0); oracle: est = in + out */
+        i64 left = r->input + r->output - r->input - r->generated;
+        *k1 = (double)(left > 0 ? left : 0);
+        *k2 = 0.0;
+    } else {
+        *k1 = r->k1;
+        *k2 = r->k2;
+    }
+}
+
+/* Policy's heap order: (key, arrival_s, request_id) */
+static inline int rank_less(double a1, double a2, const Req *a, double b1, double b2, const Req *b) {
+    if (a1 != b1) return a1 < b1;
+    if (a2 != b2) return a2 < b2;
+    if (a->at != b->at) return a->at < b->at;
+    return a->rid < b->rid;
+}
+
+static inline int wait_less(const Core *s, int a, int b) {
+    const Req *x = &s->reqs[a], *y = &s->reqs[b];
+    return rank_less(x->wk1, x->wk2, x, y->wk1, y->wk2, y);
+}
+
+/* PolicyQueue.push: into the policy's heap with its key now (a preempted request too) */
+static int wheap_push(Core *s, int slot) {
+    if (waiting_grow(s)) return -1;
+    Req *r = &s->reqs[slot];
+    policy_key(s, r, &r->wk1, &r->wk2);
+    int i = s->wlen++;
+    while (i > 0) {
+        int parent = (i - 1) / 2;
+        if (!wait_less(s, slot, s->waiting[parent])) break;
+        s->waiting[i] = s->waiting[parent];
+        i = parent;
+    }
+    s->waiting[i] = slot;
+    return 0;
+}
+
+static void wheap_pop(Core *s) {
+    int last = s->waiting[--s->wlen], n = s->wlen, i = 0;
+    if (!n) return;
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i, best = last;
+        if (l < n && wait_less(s, s->waiting[l], best)) { m = l; best = s->waiting[l]; }
+        if (r < n && wait_less(s, s->waiting[r], best)) m = r;
+        if (m == i) break;
+        s->waiting[i] = s->waiting[m];
+        i = m;
+    }
+    s->waiting[i] = last;
+}
+
 static int waiting_push(Core *s, int slot) {
+    if (s->policy) return wheap_push(s, slot);
     if (waiting_grow(s)) return -1;
     s->waiting[(s->whead + s->wlen) % s->wcap] = slot;
     s->wlen++;
@@ -182,6 +247,7 @@ static int waiting_push(Core *s, int slot) {
 }
 
 static int waiting_push_front(Core *s, int slot) {
+    if (s->policy) return wheap_push(s, slot);
     if (waiting_grow(s)) return -1;
     s->whead = (s->whead + s->wcap - 1) % s->wcap;
     s->waiting[s->whead] = slot;
@@ -189,9 +255,13 @@ static int waiting_push_front(Core *s, int slot) {
     return 0;
 }
 
-static inline int waiting_peek(Core *s) { return s->waiting[s->whead]; }
+static inline int waiting_peek(Core *s) { return s->waiting[s->whead]; } /* a heap keeps whead 0 */
 
 static inline void waiting_pop(Core *s) {
+    if (s->policy) {
+        wheap_pop(s);
+        return;
+    }
     s->whead = (s->whead + 1) % s->wcap;
     s->wlen--;
 }
@@ -348,9 +418,28 @@ static int enter_decode(Core *s, int slot) {
     return heap_push(s, e);
 }
 
-/* EngineCore._preempt_victim (FCFS: the most recently admitted) and _take_off_running */
+/* The victim the waiting queue names: FcfsQueue's most recently admitted; PolicyQueue's running request
+ * the policy ranks last (max of Policy.rank, the first of equals in running order) */
+static int victim(Core *s) {
+    if (!s->policy) return s->run_tail;
+    int best = s->run_head;
+    double b1, b2;
+    policy_key(s, &s->reqs[best], &b1, &b2);
+    for (int i = s->reqs[best].next; i >= 0; i = s->reqs[i].next) {
+        double k1, k2;
+        policy_key(s, &s->reqs[i], &k1, &k2);
+        if (rank_less(b1, b2, &s->reqs[best], k1, k2, &s->reqs[i])) {
+            best = i;
+            b1 = k1;
+            b2 = k2;
+        }
+    }
+    return best;
+}
+
+/* EngineCore._preempt_victim and _take_off_running */
 static int preempt_victim(Core *s) {
-    int slot = s->run_tail;
+    int slot = victim(s);
     Req *r = &s->reqs[slot];
     running_remove(s, slot);
     if (r->finish_g < 0) {
@@ -614,6 +703,10 @@ static int new_request(Core *s, const Rows *q, i64 h) {
     r->idx = q->idx[h];
     r->input = q->in[h];
     r->output = q->out[h];
+    r->rid = q->rid[h];
+    r->at = q->at[h];
+    r->k1 = q->k1[h];
+    r->k2 = q->k2[h];
     r->prefill_target = r->input; /* EngineCore.add */
     r->finish_g = -1;
     r->first_token_s = -1.0;
@@ -723,35 +816,41 @@ int sc_run(Core *s, int final) {
     }
 }
 
-/* Rows in trace order: out < 0 marks a row refused at its release. */
-static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
+/* Rows in trace order: out < 0 marks a row refused at its release; rid, k1, k2: the request id and the
+ * engine policy's static key. */
+static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
+                     const i64 *rid, const double *k1, const double *k2) {
+    void **cols[] = {(void **)&q->idx, (void **)&q->at, (void **)&q->in, (void **)&q->out, (void **)&q->rid,
+                     (void **)&q->k1, (void **)&q->k2};
+    const void *src[] = {idx, at, input, out, rid, k1, k2};
+    enum { NCOLS = 7 }; /* every column holds 8-byte values */
     i64 need = q->head + q->len + n;
     if (q->head && need > q->cap) { /* compact */
-        memmove(q->idx, q->idx + q->head, (size_t)q->len * sizeof(i64));
-        memmove(q->at, q->at + q->head, (size_t)q->len * sizeof(double));
-        memmove(q->in, q->in + q->head, (size_t)q->len * sizeof(i64));
-        memmove(q->out, q->out + q->head, (size_t)q->len * sizeof(i64));
+        for (int c = 0; c < NCOLS; c++) memmove(*cols[c], (char *)*cols[c] + q->head * 8, (size_t)q->len * 8);
         q->head = 0;
         need = q->len + n;
     }
     if (need > q->cap) {
-        i64 cap = q->cap, c2 = q->cap, c3 = q->cap, c4 = q->cap;
-        if (grow((void **)&q->idx, &cap, need, sizeof(i64)) || grow((void **)&q->at, &c2, need, sizeof(double))
-            || grow((void **)&q->in, &c3, need, sizeof(i64)) || grow((void **)&q->out, &c4, need, sizeof(i64)))
-            return RC_NOMEM;
+        i64 cap = q->cap;
+        for (int c = 0; c < NCOLS; c++) {
+            cap = q->cap;
+            if (grow(cols[c], &cap, need, 8)) return RC_NOMEM;
+        }
         q->cap = cap;
     }
     i64 o = q->head + q->len;
-    memcpy(q->idx + o, idx, (size_t)n * sizeof(i64));
-    memcpy(q->at + o, at, (size_t)n * sizeof(double));
-    memcpy(q->in + o, input, (size_t)n * sizeof(i64));
-    memcpy(q->out + o, out, (size_t)n * sizeof(i64));
+    for (int c = 0; c < NCOLS; c++) memcpy((char *)*cols[c] + o * 8, src[c], (size_t)n * 8);
     q->len += n;
     return 0;
 }
 
-int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
-    return rows_push(&s->q, n, idx, at, input, out);
+static void rows_free(Rows *q) {
+    free(q->idx); free(q->at); free(q->in); free(q->out); free(q->rid); free(q->k1); free(q->k2);
+}
+
+int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out, const i64 *rid,
+            const double *k1, const double *k2) {
+    return rows_push(&s->q, n, idx, at, input, out, rid, k1, k2);
 }
 
 /* ------------------------------------------------------------------ several replicas behind a router */
@@ -926,8 +1025,9 @@ int sc_cluster_run(Cluster *c, int final) {
     }
 }
 
-int sc_cluster_push(Cluster *c, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out) {
-    return rows_push(&c->q, n, idx, at, input, out);
+int sc_cluster_push(Cluster *c, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
+                    const i64 *rid, const double *k1, const double *k2) {
+    return rows_push(&c->q, n, idx, at, input, out, rid, k1, k2);
 }
 
 void sc_cluster_free(Cluster *c) {
@@ -936,7 +1036,7 @@ void sc_cluster_free(Cluster *c) {
         for (int i = 0; i < c->n; i++) sc_free(c->eng[i]);
     free(c->eng); free(c->state); free(c->stepped); free(c->interruptible); free(c->wake_at); free(c->plan_t);
     free(c->outstanding); free(c->pending); free(c->nplan);
-    free(c->q.idx); free(c->q.at); free(c->q.in); free(c->q.out);
+    rows_free(&c->q);
     free(c);
 }
 
@@ -956,6 +1056,7 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
     s->chunked = (int)engine[5];
     s->reserve_full = (int)engine[6];
     s->async_sched = (int)engine[7];
+    s->policy = (int)engine[8];
     s->last_end = -1.0;
     s->cost.kind = kind;
     memcpy(s->cost.p, p, (size_t)np * sizeof(double));
@@ -986,7 +1087,7 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
 void sc_free(Core *s) {
     if (!s) return;
     free(s->reqs); free(s->free_slots); free(s->waiting); free(s->prefilling); free(s->by_phase);
-    free(s->heap); free(s->q.idx); free(s->q.at); free(s->q.in); free(s->q.out); free(s->chunks);
+    free(s->heap); rows_free(&s->q); free(s->chunks);
     free(s->ib_slot); free(s->ib_step); free(s->ends);
     free(s);
 }

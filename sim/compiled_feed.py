@@ -18,10 +18,14 @@ import simpy
 
 from driftsim.sim.config import EngineConfig
 from driftsim.sim.engine import EngineCore, FcfsQueue
+from driftsim.sim.policies import Aging, Edf, Fifo, Las, Priority, Sjf, Srpt
 from driftsim.sim.request import engine_output_tokens, kv_refusal
 from driftsim.sim.results import ResultRecorder
 from driftsim.sim.router import LeastOutstanding, RoundRobin
-from driftsim.sim.stepcore import RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of, library
+from driftsim.sim.stepcore import (
+    POLICY_FCFS, POLICY_LAS, POLICY_SRPT, POLICY_STATIC, RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of,
+    library,
+)
 from driftsim.sim.streaming import ChunkedResults
 from driftsim.traces.stream import TraceStream
 
@@ -32,11 +36,12 @@ _ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding
 def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_passes: bool,
                       oracle: bool, replicas: int = 1, router: object = None) -> CompiledCore | None:
     """The compiled core for ``replicas`` replicas like ``core``, when the run stays inside what it
-    models: FCFS in the engine, a gateway that passes each arrival straight on (to a round-robin or
+    models: FCFS or a keyed policy in the engine (:func:`_policy_mode`), a gateway that passes each arrival straight on (to a round-robin or
     least-outstanding router, for several), the oracle estimator, a cost model with a
     :class:`~driftsim.costmodel.base.StepFormula`, and no prefix identity in use (prefix caching off,
     or an in-memory trace without prefix ids). None: the Python engine runs it."""
-    if not (engine.compiled_core and gateway_passes and oracle and isinstance(core.waiting, FcfsQueue)):
+    policy = _policy_mode(core.waiting)
+    if not (engine.compiled_core and gateway_passes and oracle and policy is not None):
         return None
     route = _ROUTER_NAMES.get(type(router)) if replicas > 1 else "least_outstanding"
     if route is None:
@@ -46,7 +51,44 @@ def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_
     lib, form = library(), formula_of(core.cost)
     if lib is None or form is None:
         return None
-    return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route)
+    return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route, policy=policy)
+
+
+_STATIC_KEYS = (Fifo, Priority, Sjf, Aging, Edf)  # keys fixed at arrival, computed per row by _static_keys
+
+
+def _policy_mode(waiting) -> int | None:
+    """How the core orders an engine's waiting queue (``POLICY_*``), None for a policy it does not model
+    (a subclass, whose key may differ, included)."""
+    if isinstance(waiting, FcfsQueue):
+        return POLICY_FCFS
+    kind = type(waiting.policy)
+    if kind in _STATIC_KEYS:
+        return POLICY_STATIC
+    return {Las: POLICY_LAS, Srpt: POLICY_SRPT}.get(kind)
+
+
+def _static_keys(policy, chunk: pl.DataFrame, prompt: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``policy.key`` as a pair of floats (Aging's tuple; else the key and 0), from the same
+    inputs and float operations as the SimRequest ``_Release`` builds (arrival ``at``, priority 0 when
+    missing, ``est_tokens`` = prompt + tokens to generate, the oracle's)."""
+    n = chunk.height
+    zero = np.zeros(n)
+    arrival = chunk["arrival_s"].to_numpy().astype(np.float64)
+    priority = chunk["priority"].fill_null(0).to_numpy().astype(np.float64)
+    kind = type(policy)
+    if kind is Priority:
+        return priority, zero
+    if kind is Sjf:
+        return (prompt + gen).astype(np.float64), zero
+    if kind is Aging:
+        return priority + policy.rate * arrival, priority
+    if kind is Edf:
+        own = chunk["slo_e2e_s"].fill_nan(None)
+        default = chunk["tenant"].replace_strict(policy.default_slo_s, default=policy.fallback_slo_s,
+                                                 return_dtype=pl.Float64)
+        return arrival + own.fill_null(default).to_numpy().astype(np.float64), zero
+    return zero, zero  # Fifo; Las and Srpt key on progress the core keeps
 
 
 def _without_prefix_ids(trace: pl.DataFrame | TraceStream) -> bool:
@@ -62,16 +104,18 @@ def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl
     """The SimPy process: each chunk's rows into ``fast``, its completions into ``rec``; at the end the
     counters reports read are copied onto the (idle) Python ``cores``."""
     max_len, block_size, kv_total = engine.max_model_len, engine.block_size, cores[0].total_blocks
+    policy = getattr(cores[0].waiting, "policy", None)  # a PolicyQueue's
     try:
         for chunk in chunks:
             base = rec.rows
             recorder = rec.open(chunk)
             for lo in range(0, chunk.height, BLOCK):  # a block at a time: memory follows the block, not the trace
-                fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total))
-                while (yield from _simulate(env, fast, rec, n, progress, cores[0].total_blocks, final=False)) != RC_NEED_ROWS:
+                fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total,
+                                 policy))
+                while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=False)) != RC_NEED_ROWS:
                     pass
             rec.arrived()
-        while (yield from _simulate(env, fast, rec, n, progress, cores[0].total_blocks, final=True)) != RC_DONE:
+        while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=True)) != RC_DONE:
             pass
         for core, counters in zip(cores, fast.counters()["replicas"]):
             core.busy_s, core.steps, core.preemptions = counters["busy_s"], counters["steps"], counters["preemptions"]
@@ -100,10 +144,11 @@ def _simulate(env, fast: CompiledCore, rec: ChunkedResults, n: int, progress, kv
 
 
 def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: ChunkedResults, max_len: int,
-          block_size: int, kv_total: int) -> tuple[np.ndarray, ...]:
+          block_size: int, kv_total: int, policy) -> tuple[np.ndarray, ...]:
     """Rows of a chunk (trace rows ``first`` on, recorded by ``recorder``) for the core, refusals and
     length caps recorded as the feed's ``_Release`` records them
-    (:func:`driftsim.sim.request.engine_output_tokens`, then the KV check)."""
+    (:func:`driftsim.sim.request.engine_output_tokens`, then the KV check), with the keys of the engine's
+    ``policy`` (None: FCFS)."""
     prompt = chunk["input_tokens"].to_numpy().astype(np.int64)
     output = chunk["output_tokens"].to_numpy().astype(np.int64)
     max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy().astype(np.int64)
@@ -121,5 +166,7 @@ def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: Chunke
         reasons = [engine_output_tokens(int(prompt[j]), int(output[j]), int(max_tokens[j]), max_len)[2] if too_long[j]
                    else kv_refusal(int(prompt[j] + gen[j]), kv_total) for j in refused.tolist()]
         rec.reject_rows(rows[refused], reasons)
+    key1, key2 = _static_keys(policy, chunk, prompt, gen)
     gen[refused] = -1
-    return rows, chunk["arrival_s"].to_numpy().astype(np.float64), prompt, gen
+    return (rows, chunk["arrival_s"].to_numpy().astype(np.float64), prompt, gen,
+            chunk["request_id"].to_numpy().astype(np.int64), key1, key2)

@@ -3,7 +3,7 @@
 When continuous replicas take a trace's rows and nothing but the arrivals acts on them (no
 client, observers, gateway cap or horizon), the per-step Python of
 :class:`~driftsim.sim.engine.EngineCore` and :class:`~driftsim.sim.replica.ContinuousReplica` is
-most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS, chunked prefill,
+most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS or a keyed policy, chunked prefill,
 recompute preemption, fast-forwarded decode runs, synchronous or async scheduling; no prefix
 cache) with the same float operations in the same order, so its times equal the Python engine's
 bit for bit. A lone replica mirrors the replica that takes the rows in itself
@@ -58,7 +58,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     for prefix in ("sc_", "sc_cluster_"):  # a lone replica's functions and a cluster's: the same shapes
         getattr(lib, prefix + "free").argtypes = [vp]
         getattr(lib, prefix + "push").restype = ctypes.c_int
-        getattr(lib, prefix + "push").argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p]
+        getattr(lib, prefix + "push").argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p, _i64p, _f64p, _f64p]
         getattr(lib, prefix + "run").restype = ctypes.c_int
         getattr(lib, prefix + "run").argtypes = [vp, ctypes.c_int]
         getattr(lib, prefix + "counters").argtypes = [vp, _f64p, _i64p]
@@ -118,6 +118,9 @@ class Finished:
 
 
 ROUTERS = {"round_robin": 0, "least_outstanding": 1}  # the routers a cluster of replicas mirrors
+#: the engine's waiting queue: FcfsQueue, or a PolicyQueue whose key is static per request (given with
+#: each row), Las's generated tokens or Srpt's remaining estimate (kept by the core)
+POLICY_FCFS, POLICY_STATIC, POLICY_LAS, POLICY_SRPT = 0, 1, 2, 3
 
 
 class CompiledCore:
@@ -125,7 +128,7 @@ class CompiledCore:
     replicas sit behind the pass-through gateway's ``router``."""
 
     def __init__(self, lib: ctypes.CDLL, engine: EngineConfig, form: StepFormula, num_blocks: int, *,
-                 replicas: int = 1, router: str = "least_outstanding") -> None:
+                 replicas: int = 1, router: str = "least_outstanding", policy: int = POLICY_FCFS) -> None:
         self._lib = lib
         self.replicas = replicas
         cap = max(8192, 4 * engine.max_num_seqs)
@@ -133,7 +136,7 @@ class CompiledCore:
                      np.empty(cap, np.int64), np.zeros(cap, np.int64))
         config = np.array([engine.block_size, engine.max_num_seqs, engine.max_num_batched_tokens, engine.max_model_len,
                            num_blocks - NULL_BLOCKS, int(engine.chunked_prefill), int(engine.reserve_full_prompt),
-                           int(engine.async_scheduling)],
+                           int(engine.async_scheduling), policy],
                           dtype=np.int64)
         p, knots, values = _arrays(form)
         args = (config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values, cap, *self._out)
@@ -157,11 +160,14 @@ class CompiledCore:
     def __del__(self) -> None:
         self.close()
 
-    def push(self, idx: np.ndarray, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
+    def push(self, idx: np.ndarray, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
+             request_id: np.ndarray, key1: np.ndarray, key2: np.ndarray) -> None:
         """Rows in trace order; ``output_tokens`` < 0 marks a row refused at its arrival (it still moves
-        the arrival clock and ends decode runs, as in the Python feed)."""
+        the arrival clock and ends decode runs, as in the Python feed); ``key1``, ``key2``: the engine
+        policy's static key of each row (a pair, compared in order)."""
         args = [np.ascontiguousarray(a, dtype=t) for a, t in
-                ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64))]
+                ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64),
+                 (request_id, np.int64), (key1, np.float64), (key2, np.float64))]
         if self._push(self._state, len(args[0]), *args) != 0:
             raise MemoryError("the compiled core could not take more rows")
 

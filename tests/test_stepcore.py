@@ -22,6 +22,7 @@ from driftsim.costmodel.profiles import list_profiles, load_profile
 from driftsim.costmodel.roofline import RooflineCostModel
 from driftsim.sim import compiled_feed, stepcore
 from driftsim.sim.config import EngineConfig, GatewayConfig
+from driftsim.sim.policies import POLICIES, Sjf
 from driftsim.sim.run import simulate
 from driftsim.traces.schema import REQUEST_SCHEMA
 from driftsim.traces.stream import TraceStream
@@ -102,6 +103,19 @@ def _same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+ENGINE_POLICIES = ["fifo", "priority", "sjf", "aging", "edf", "las", "srpt"]  # keyed: they can order an engine
+
+
+def _with_priorities_and_slos(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Priorities 1-3 (some missing) and end-to-end SLOs (some missing: EDF falls back to its tenant's)."""
+    rng = np.random.default_rng(seed + 1)
+    n = trace.height
+    prio = np.where(rng.random(n) < 0.2, 0, rng.integers(1, 4, n))
+    slo = np.where(rng.random(n) < 0.3, np.nan, rng.uniform(1, 60, n))
+    return trace.with_columns(pl.Series("priority", prio).cast(REQUEST_SCHEMA["priority"]).replace(0, None),
+                              pl.Series("slo_e2e_s", slo).cast(REQUEST_SCHEMA["slo_e2e_s"]).fill_nan(None))
+
+
 def _with_max_tokens(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     caps = rng.integers(1, 200, trace.height)
@@ -116,15 +130,19 @@ def _with_max_tokens(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
        chunked=st.booleans(), reserve=st.booleans(), max_len=st.sampled_from([300, 1024, 4096]),
        cost=st.sampled_from(["linear", "table", "roofline", "token-table"]), capped=st.booleans(),
        burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]), async_sched=st.booleans(),
-       replicas=st.sampled_from([1, 1, 2, 3]), router=st.sampled_from(["round_robin", "least_outstanding"]))
+       replicas=st.sampled_from([1, 1, 2, 3]), router=st.sampled_from(["round_robin", "least_outstanding"]),
+       policy=st.sampled_from([None, None, *ENGINE_POLICIES]))
 def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seqs, budget, blocks, block_size, chunked,
                                                reserve, max_len, cost, capped, burst, rows_per_push, async_sched,
-                                               replicas, router):
+                                               replicas, router, policy):
     trace = random_trace(n, rate=rate, seed=seed, max_in=1200, max_out=500)
     if capped:
         trace = _with_max_tokens(trace, seed)
     if burst:  # many arrivals at one instant, some at a step's end
         trace = trace.with_columns((pl.col("arrival_s") * 4).round(0) / 4)
+    if policy is not None:
+        trace = _with_priorities_and_slos(trace, seed)
+    gateway = GatewayConfig(router=router, **({} if policy is None else {"policy": policy, "placement": "engine"}))
     model = {"linear": linear_cost, "table": table_cost,
              "roofline": lambda: load_profile("a100-llama-3.1-8b").cost_model,
              "token-table": lambda: load_profile("l4-qwen1.5-1.8b-chat-kernels").cost_model}[cost]()
@@ -135,8 +153,7 @@ def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seq
         engine = EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=max(seqs, budget), block_size=block_size,
                               max_model_len=max_len, chunked_prefill=chunked, reserve_full_prompt=reserve,
                               async_scheduling=async_sched, **flags)
-        return simulate(trace, cost=model, engine=engine, num_blocks=blocks, replicas=replicas,
-                        gateway=GatewayConfig(router=router))
+        return simulate(trace, cost=model, engine=engine, num_blocks=blocks, replicas=replicas, gateway=gateway)
 
     before = len(compiled_runs)  # the fixture lives across hypothesis' examples
     with pytest.MonkeyPatch.context() as patch:  # the core stops for rows at every push boundary
@@ -185,6 +202,23 @@ def test_async_scheduling_runs_in_the_core_with_its_lags(compiled_runs):
     assert fast.replicas == python.replicas
     ok = fast.requests["status"] == "ok"
     assert fast.requests.filter(ok)["ttft_s"].mean() > sync.requests.filter(ok)["ttft_s"].mean()
+
+
+@pytest.mark.parametrize("policy", ENGINE_POLICIES)
+def test_engine_policies_order_the_waiting_queue_and_pick_victims_in_the_core(compiled_runs, policy):
+    # vLLM's priority scheduling: the waiting queue in the policy's order, the victim the one it ranks last
+    trace = _with_priorities_and_slos(random_trace(900, rate=150, seed=5, max_in=700, max_out=300), 5)
+    engine = EngineConfig(max_num_seqs=24, max_num_batched_tokens=512, block_size=16, max_model_len=1024)
+    kw = dict(cost=linear_cost(), num_blocks=100, gateway=GatewayConfig(policy=policy, placement="engine"))
+    fast = simulate(trace, engine=engine, **kw)
+    python = simulate(trace, engine=EngineConfig(**{**engine.__dict__, "compiled_core": False}), **kw)
+    fcfs = simulate(trace, engine=engine, cost=linear_cost(), num_blocks=100)
+    assert len(compiled_runs) == 2 and fast.engine_core == "compiled"
+    assert fast.replicas[0]["preemptions"] > 0
+    assert fast.requests.equals(python.requests)
+    assert fast.replicas == python.replicas
+    if policy != "fifo":  # the order is the policy's: some request starts at another time than under FCFS
+        assert not fast.requests["scheduled_s"].equals(fcfs.requests["scheduled_s"])
 
 
 @pytest.mark.parametrize("async_sched", [False, True])
@@ -250,15 +284,16 @@ def _prefixed(trace: pl.DataFrame) -> pl.DataFrame:
                               pl.lit(16, dtype=REQUEST_SCHEMA["prefix_block_tokens"]).alias("prefix_block_tokens"))
 
 
-@pytest.mark.parametrize("case", ["prefix-ids", "engine-policy", "estimator", "observers", "prefix-router", "cap",
+@pytest.mark.parametrize("case", ["prefix-ids", "policy-subclass", "estimator", "observers", "prefix-router", "cap",
                                   "horizon", "switched-off"])
-def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, case):
+def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, monkeypatch, case):
     trace = random_trace(50, rate=20, seed=1, max_in=300, max_out=100)
     engine = dict(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, max_model_len=1024)
     kwargs: dict = {}
     if case == "prefix-ids":
         trace = _prefixed(trace)
-    elif case == "engine-policy":
+    elif case == "policy-subclass":  # its key may be anything: the core cannot know it
+        monkeypatch.setitem(POLICIES, "sjf", type("Custom", (Sjf,), {}))
         kwargs["gateway"] = GatewayConfig(policy="sjf", placement="engine")
     elif case == "estimator":
         kwargs["admission"] = AdmissionConfig(estimator="driftsched")
