@@ -107,10 +107,11 @@ class TestFaultsOnTheRealEngine:
         from driftsim.sim.config import GatewayConfig
 
         model = check_endpoint(OpenAIClient(vllm_server.url))
-        # 8 s of arrivals: however slow a loaded machine makes the server (more requests in flight when it
-        # dies), more than three are still to be sent after the kill
-        n = 40
-        trace = _trace([(0.2 * i, 64, 12) for i in range(n)])
+        # a minute of arrivals: however slow a loaded machine makes the server (a CI pass under load took
+        # more than 8 s to finish four requests), more than three are still to be sent after the kill; the
+        # replay stops three refusals after it, without waiting for the rest
+        n = 120
+        trace = _trace([(0.5 * i, 64, 12) for i in range(n)])
         journal = tmp_path / "level-0-rep-0.jsonl"
         pid = vllm_server.proc.pid
 
@@ -144,6 +145,6 @@ class TestFaultsOnTheRealEngine:
         assert len(refused) >= 3 and unsent and unsent == list(range(refused[-1] + 1, len(errors))), errors
         assert df["sent_s"][k:].gather(unsent).is_nan().all() and (df["completion_tokens"][k:].gather(unsent) == 0).all()
         assert "timeout" not in status  # and no request waited out its client timeout (30 s)
-        print(f"the replay stopped {wall:.1f} s after its start (the trace's arrivals span 8 s)")
+        print(f"the replay stopped {wall:.1f} s after its start (the trace's arrivals span 60 s)")
         rows, dropped = read_journal(journal)
         assert sorted(rows) == list(range(n)) and dropped == 0
