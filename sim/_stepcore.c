@@ -186,7 +186,7 @@ static inline void policy_key(const Core *s, const Req *r, double *k1, double *k
         *k1 = (double)r->generated;
         *k2 = 0.0;
     } else if (s->policy == POL_SRPT) { /* max(est_tokens - input_tokens - generated, 0); oracle: est = in + out */
-        i64 left = r->input + r->output - r->input - r->generated;
+        i64 left = r->output - r->generated;
         *k1 = (double)(left > 0 ? left : 0);
         *k2 = 0.0;
     } else {
@@ -524,6 +524,19 @@ static int intake(Core *s, double t) {
     return 0;
 }
 
+/* The end of EngineCore.commit: what the step's finishers held (the release lag), the last end, and
+ * the step inbox entries that arrived during it (-1) get */
+static void committed(Core *s, double end) {
+    s->lag_seqs = s->nfin;
+    s->lag_blocks = s->freed;
+    s->last_end = end;
+    for (int i = s->iblen - 1; i >= 0; i--) {
+        int k = (s->ibhead + i) % s->ibcap;
+        if (s->ib_step[k] >= 0) break;
+        s->ib_step[k] = s->steps;
+    }
+}
+
 /* One general step from t (EngineCore._plan_step, then commit(1)); returns its end, or NAN on a stall. */
 static double general_step(Core *s, double t, int *err) {
     i64 bs = s->bs, decode_blocks, budget, need;
@@ -595,6 +608,7 @@ replan:
     double end = t + step_time(&s->cost, (double)prefill_tokens, attn, (double)prefill_seqs, (double)s->num_decode,
                                (double)(s->decode_ctx + s->num_decode));
     /* commit(1) */
+    s->nfin = s->freed = 0;
     s->busy_s += end - t;
     s->steps += 1;
     if (s->num_decode) {
@@ -628,6 +642,7 @@ replan:
         if (enter_decode(s, slot)) { *err = RC_NOMEM; return NAN; }
     }
     s->nprefill = still;
+    committed(s, end);
     return end;
 }
 
@@ -651,6 +666,7 @@ static i64 decode_plan(Core *s, double t, double until, i64 off) {
 
 /* EngineCore.commit(n) of a pure-decode run planned from t and ending at end: _advance_decodes */
 static void decode_commit(Core *s, i64 n, double t, double end) {
+    s->nfin = s->freed = 0;
     s->busy_s += end - t;
     s->steps += n;
     i64 cycles = n / s->bs, rest = n % s->bs, new_blocks = cycles * s->num_decode;
@@ -659,6 +675,7 @@ static void decode_commit(Core *s, i64 n, double t, double end) {
     s->decode_step += n;
     s->decode_ctx += n * s->num_decode;
     pop_finished(s, end);
+    committed(s, end);
 }
 
 /* plan_decode_run + commit: the whole run from t cut at until; its last end, NAN for a general step
@@ -674,24 +691,25 @@ static double decode_run(Core *s, double t, double until, int *err) {
     return end;
 }
 
-/* The end of EngineCore.commit: what the step's finishers held (the release lag), the last end, and
- * the step inbox entries that arrived during it (-1) get */
-static void committed(Core *s, double end) {
-    s->lag_seqs = s->nfin;
-    s->lag_blocks = s->freed;
-    s->last_end = end;
-    for (int i = s->iblen - 1; i >= 0; i--) {
-        int k = (s->ibhead + i) % s->ibcap;
-        if (s->ib_step[k] >= 0) break;
-        s->ib_step[k] = s->steps;
-    }
-}
-
 /* ------------------------------------------------------------------ the replica with its feed */
 
-static inline double wake(const Rows *q, double at) {
-    double gap = at - q->now;
-    return gap > 0 ? q->now + gap : q->now;
+/* When a SimPy timeout of max(0, at - now) set at now fires: now + that delay, SimPy's own float */
+static inline double timeout_end(double now, double at) {
+    double gap = at - now;
+    return gap > 0 ? now + gap : now;
+}
+
+/* The arrival process's wake for a row arriving at `at` (it sleeps from its last wake) */
+static inline double wake(const Rows *q, double at) { return timeout_end(q->now, at); }
+
+/* The next row, released at w (the arrival process's clock moves there); its place in q */
+static i64 rows_take(Rows *q, double w) {
+    i64 h = q->head++;
+    q->len--;
+    q->released++;
+    q->now = w;
+    if (!q->len) q->head = 0;
+    return h;
 }
 
 /* EngineCore.add's request for row h of q (SimRequest as _Release builds it); its slot, or -1 */
@@ -719,15 +737,11 @@ static int new_request(Core *s, const Rows *q, i64 h) {
 static int release_due(Core *s, double t, int first) {
     while (s->q.len && (s->q.at[s->q.head] <= t || first)) {
         first = 0;
-        i64 h = s->q.head++;
-        s->q.len--;
-        s->q.released++;
-        s->q.now = wake(&s->q, s->q.at[h]);
+        i64 h = rows_take(&s->q, wake(&s->q, s->q.at[s->q.head]));
         if (s->q.out[h] < 0) continue; /* refused at release (recorded by Python) */
         int slot = new_request(s, &s->q, h);
         if (slot < 0 || waiting_push(s, slot)) return -1;
     }
-    if (!s->q.len) s->q.head = 0;
     return 0;
 }
 
@@ -736,18 +750,13 @@ static int release_due(Core *s, double t, int first) {
  * committed, or while the engine was idle) */
 static int release_woken(Core *s, double t) {
     while (s->q.len) {
-        i64 h = s->q.head;
-        double w = wake(&s->q, s->q.at[h]);
+        double w = wake(&s->q, s->q.at[s->q.head]);
         if (w > t) break;
-        s->q.head++;
-        s->q.len--;
-        s->q.released++;
-        s->q.now = w;
+        i64 h = rows_take(&s->q, w);
         if (s->q.out[h] < 0) continue; /* refused at release (recorded by Python) */
         int slot = new_request(s, &s->q, h);
         if (slot < 0 || inbox_push(s, slot, s->steps)) return -1;
     }
-    if (!s->q.len) s->q.head = 0;
     return 0;
 }
 
@@ -773,11 +782,9 @@ static int run_async(Core *s, int final) {
             until = w < at ? w : at;
         }
         if (intake(s, s->clock)) return RC_NOMEM;
-        s->nfin = s->freed = 0;
         double last = decode_run(s, s->clock, until, &err);
         if (isnan(last) && !err) last = general_step(s, s->clock, &err);
         if (err) return err;
-        committed(s, last);
         s->clock = last;
         if (release_woken(s, last)) return RC_NOMEM;
     }
@@ -831,8 +838,8 @@ static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64
         need = q->len + n;
     }
     if (need > q->cap) {
-        i64 cap = q->cap;
-        for (int c = 0; c < NCOLS; c++) {
+        i64 cap = 0;
+        for (int c = 0; c < NCOLS; c++) { /* each from the same capacity to the same one */
             cap = q->cap;
             if (grow(cols[c], &cap, need, 8)) return RC_NOMEM;
         }
@@ -893,11 +900,7 @@ static int route(Cluster *c) {
  * replica, or cuts a fast-forwarded run after the step in progress. */
 static int cluster_arrival(Cluster *c, double w) {
     Rows *q = &c->q;
-    i64 h = q->head++;
-    q->len--;
-    q->released++;
-    q->now = w;
-    if (!q->len) q->head = 0;
+    i64 h = rows_take(q, w);
     if (q->out[h] < 0) return 0; /* refused at release (recorded by Python) */
     int r = route(c);
     Core *s = c->eng[r];
@@ -917,8 +920,7 @@ static int cluster_arrival(Cluster *c, double w) {
         while (s->ends[n] < w) n++;
         c->nplan[r] = n + 1;
         c->interruptible[r] = 0;
-        double d = s->ends[n] - w;
-        c->wake_at[r] = w + (d > 0.0 ? d : 0.0);
+        c->wake_at[r] = timeout_end(w, s->ends[n]);
     }
     return 0;
 }
@@ -931,17 +933,12 @@ static int cluster_wake(Cluster *c, int r) {
     int err = 0;
     if (c->state[r] == R_WOKEN) {
         s->clock = P;
-    } else if (c->state[r] == R_RUN) {
-        i64 n = c->nplan[r];
-        s->nfin = s->freed = 0;
-        if (!c->stepped[r]) {
-            decode_commit(s, n, c->plan_t[r], s->ends[n - 1]);
-            committed(s, s->ends[n - 1]);
-        } else if (n > 1) { /* commit(n - 1) of the run after the step; n == 1: drop_decode_run */
-            decode_commit(s, n - 1, s->ends[0], s->ends[n - 1]);
-            committed(s, s->ends[n - 1]);
+    } else if (c->state[r] == R_RUN) { /* after a step: commit(n - 1) of the run; n == 1: drop_decode_run */
+        i64 n = c->nplan[r], steps = c->stepped[r] ? n - 1 : n;
+        if (steps) {
+            decode_commit(s, steps, c->stepped[r] ? s->ends[0] : c->plan_t[r], s->ends[n - 1]);
+            c->pending[r] += s->nfin;
         }
-        c->pending[r] += s->nfin;
         s->clock = s->ends[n - 1];
     } /* R_STEP: committed when planned; s->clock is its end */
     c->outstanding[r] -= c->pending[r];
@@ -955,22 +952,15 @@ static int cluster_wake(Cluster *c, int r) {
     if (s->async_sched && intake(s, t)) return RC_NOMEM;
     i64 m = decode_plan(s, t, until, 0);
     if (m < 0) return RC_NOMEM;
-    int done = 0; /* the single step is committed */
-    if (m == 0) {
-        s->nfin = s->freed = 0;
-        double end = general_step(s, t, &err);
-        if (err) return err;
-        committed(s, end);
-        s->ends[0] = end;
-        m = 1;
-        done = 1;
-    }
-    if (m == 1) { /* one step: committed now (as at its end: nothing reads the engine before) */
-        double end = s->ends[0];
-        if (!done) {
-            s->nfin = s->freed = 0;
+    if (m <= 1) { /* one step: committed now (as at its end: nothing reads the engine before) */
+        double end;
+        if (m == 1) {
+            end = s->ends[0];
             decode_commit(s, 1, t, end);
-            committed(s, end);
+        } else {
+            end = general_step(s, t, &err);
+            if (err) return err;
+            s->ends[0] = end;
         }
         c->pending[r] += s->nfin;
         i64 k = 0;
@@ -984,15 +974,14 @@ static int cluster_wake(Cluster *c, int r) {
         c->nplan[r] = k + 1;
         c->interruptible[r] = k > 0;
         s->clock = end;
-        c->wake_at[r] = P + (last - P > 0.0 ? last - P : 0.0);
+        c->wake_at[r] = timeout_end(P, last);
     } else { /* a fast-forwarded run: _wait_run */
         c->state[r] = R_RUN;
         c->stepped[r] = 0;
         c->nplan[r] = m;
         c->plan_t[r] = t;
         c->interruptible[r] = 1;
-        double last = s->ends[m - 1];
-        c->wake_at[r] = P + (last - P > 0.0 ? last - P : 0.0);
+        c->wake_at[r] = timeout_end(P, s->ends[m - 1]);
     }
     return 0;
 }
@@ -1133,38 +1122,34 @@ Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kin
     return c;
 }
 
+/* One replica's busy_s, and its steps, preemptions, running, waiting and KV blocks in use */
+static void replica_counters(Core *s, double *busy, i64 *o) {
+    *busy = s->busy_s;
+    o[0] = s->steps;
+    o[1] = s->preemptions;
+    o[2] = s->n_running;
+    o[3] = s->wlen;
+    o[4] = s->kv_used;
+}
+
 /* counters: the last event's time, then per replica busy_s (doubles); rows released, finished waiting to
  * be drained, then per replica steps, preemptions, running, waiting, kv used (ints) */
 void sc_cluster_counters(Cluster *c, double *d, i64 *n) {
     d[0] = c->now;
     n[0] = c->q.released;
     n[1] = c->out_n;
-    for (int i = 0; i < c->n; i++) {
-        Core *s = c->eng[i];
-        d[1 + i] = s->busy_s;
-        i64 *o = n + 2 + 5 * i;
-        o[0] = s->steps;
-        o[1] = s->preemptions;
-        o[2] = s->n_running;
-        o[3] = s->wlen;
-        o[4] = s->kv_used;
-    }
+    for (int i = 0; i < c->n; i++) replica_counters(c->eng[i], d + 1 + i, n + 2 + 5 * i);
 }
 
 void sc_cluster_drained(Cluster *c) { c->out_n = 0; }
 
-/* counters: clock, busy_s (doubles); steps, preemptions, rows released, finished waiting to be drained,
- * running, waiting, kv used (ints) */
+/* counters, as sc_cluster_counters' for one replica: the clock, busy_s (doubles); rows released, finished
+ * waiting to be drained, steps, preemptions, running, waiting, kv used (ints) */
 void sc_counters(Core *s, double *d, i64 *n) {
     d[0] = s->clock;
-    d[1] = s->busy_s;
-    n[0] = s->steps;
-    n[1] = s->preemptions;
-    n[2] = s->q.released;
-    n[3] = s->out_n;
-    n[4] = s->n_running;
-    n[5] = s->wlen;
-    n[6] = s->kv_used;
+    n[0] = s->q.released;
+    n[1] = s->out_n;
+    replica_counters(s, d + 1, n + 2);
 }
 
 void sc_drained(Core *s) { s->out_n = 0; }

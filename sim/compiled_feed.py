@@ -36,10 +36,11 @@ _ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding
 def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_passes: bool,
                       oracle: bool, replicas: int = 1, router: object = None) -> CompiledCore | None:
     """The compiled core for ``replicas`` replicas like ``core``, when the run stays inside what it
-    models: FCFS or a keyed policy in the engine (:func:`_policy_mode`), a gateway that passes each arrival straight on (to a round-robin or
-    least-outstanding router, for several), the oracle estimator, a cost model with a
-    :class:`~driftsim.costmodel.base.StepFormula`, and no prefix identity in use (prefix caching off,
-    or an in-memory trace without prefix ids). None: the Python engine runs it."""
+    models: FCFS or a keyed policy in the engine (:func:`_policy_mode`), a gateway that passes each
+    arrival straight on (to a round-robin or least-outstanding router, for several), the oracle
+    estimator, a cost model with a :class:`~driftsim.costmodel.base.StepFormula`, and no prefix
+    identity in use (prefix caching off, or a trace without prefix ids: :func:`_without_prefix_ids`).
+    None: the Python engine runs it."""
     policy = _policy_mode(core.waiting)
     if not (engine.compiled_core and gateway_passes and oracle and policy is not None):
         return None
@@ -72,23 +73,22 @@ def _static_keys(policy, chunk: pl.DataFrame, prompt: np.ndarray, gen: np.ndarra
     """Each row's ``policy.key`` as a pair of floats (Aging's tuple; else the key and 0), from the same
     inputs and float operations as the SimRequest ``_Release`` builds (arrival ``at``, priority 0 when
     missing, ``est_tokens`` = prompt + tokens to generate, the oracle's)."""
-    n = chunk.height
-    zero = np.zeros(n)
-    arrival = chunk["arrival_s"].to_numpy().astype(np.float64)
-    priority = chunk["priority"].fill_null(0).to_numpy().astype(np.float64)
+    zero = np.zeros(chunk.height)
     kind = type(policy)
-    if kind is Priority:
-        return priority, zero
+    if kind in (Priority, Aging):
+        priority = chunk["priority"].fill_null(0).to_numpy().astype(np.float64)
+        if kind is Priority:
+            return priority, zero
+        return priority + policy.rate * chunk["arrival_s"].to_numpy().astype(np.float64), priority
     if kind is Sjf:
         return (prompt + gen).astype(np.float64), zero
-    if kind is Aging:
-        return priority + policy.rate * arrival, priority
     if kind is Edf:
         own = chunk["slo_e2e_s"].fill_nan(None)
         default = chunk["tenant"].replace_strict(policy.default_slo_s, default=policy.fallback_slo_s,
                                                  return_dtype=pl.Float64)
-        return arrival + own.fill_null(default).to_numpy().astype(np.float64), zero
-    return zero, zero  # Fifo; Las and Srpt key on progress the core keeps
+        slo = own.fill_null(default).to_numpy().astype(np.float64)
+        return chunk["arrival_s"].to_numpy().astype(np.float64) + slo, zero
+    return zero, zero  # FCFS, Fifo; Las and Srpt key on progress the core keeps
 
 
 def _without_prefix_ids(trace: pl.DataFrame | TraceStream) -> bool:

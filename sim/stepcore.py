@@ -142,15 +142,17 @@ class CompiledCore:
         args = (config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values, cap, *self._out)
         if replicas == 1:
             self._state = lib.sc_new(*args)
-            self._run, self._push, self._free = lib.sc_run, lib.sc_push, lib.sc_free
+            prefix = "sc_"
         else:
             merge = not engine.async_scheduling  # ContinuousReplica.merge_runs for these runs
             self._state = lib.sc_cluster_new(replicas, ROUTERS[router], int(merge), *args)
-            self._run, self._push, self._free = lib.sc_cluster_run, lib.sc_cluster_push, lib.sc_cluster_free
+            prefix = "sc_cluster_"
+        self._run, self._push, self._free, self._counters, self._drained = (
+            getattr(lib, prefix + name) for name in ("run", "push", "free", "counters", "drained"))
         if not self._state:
             raise MemoryError("the compiled core could not allocate its state")
         self._d = np.zeros(1 + replicas)
-        self._n = np.zeros(2 + 5 * replicas if replicas > 1 else 7, np.int64)
+        self._n = np.zeros(2 + 5 * replicas, np.int64)
 
     def close(self) -> None:
         if self._state:
@@ -183,12 +185,7 @@ class CompiledCore:
         """The clock, rows released, finished requests not drained, and per replica its busy time,
         steps, preemptions, running and waiting requests and KV blocks in use."""
         d, n = self._d, self._n
-        if self.replicas == 1:
-            self._lib.sc_counters(self._state, d, n)
-            return {"clock": float(d[0]), "released": int(n[2]), "finished": int(n[3]),
-                    "replicas": [{"busy_s": float(d[1]), "steps": int(n[0]), "preemptions": int(n[1]),
-                                  "running": int(n[4]), "waiting": int(n[5]), "kv_used": int(n[6])}]}
-        self._lib.sc_cluster_counters(self._state, d, n)
+        self._counters(self._state, d, n)
         per = n[2:].reshape(self.replicas, 5)
         return {"clock": float(d[0]), "released": int(n[0]), "finished": int(n[1]),
                 "replicas": [{"busy_s": float(d[1 + i]), "steps": int(steps), "preemptions": int(pre),
@@ -199,5 +196,5 @@ class CompiledCore:
         """The requests finished since the last drain (copies), then an empty buffer."""
         k = self.counters()["finished"]
         out = Finished(*(a[:k].copy() for a in self._out))
-        (self._lib.sc_drained if self.replicas == 1 else self._lib.sc_cluster_drained)(self._state)
+        self._drained(self._state)
         return out
