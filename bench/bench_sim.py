@@ -22,6 +22,7 @@ to back per size, and prints the ratio.
     python bench/bench_sim.py --compare-step                # in process, also step-by-step (smallest size)
     python bench/bench_sim.py --python-engine --async-scheduling  # in process, vLLM's async scheduling on
     python bench/bench_sim.py --python-engine --replicas 4  # in process, 4 replicas (offered load x4)
+    python bench/bench_sim.py --python-engine --shared-prefix  # in process, the shared-prefix workload below
     python bench/bench_sim.py --rate 6 --max-prompt 4096    # a fixed offered rate, longer prompts
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
@@ -57,6 +58,7 @@ from driftsim.traces.schema import REQUEST_SCHEMA  # noqa: E402
 PROFILE = "a100-llama-3.1-8b"
 ENGINE = dict(max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096, block_size=16)
 REPLICAS = 1  # --replicas: behind the default least-outstanding router
+SHARED_PREFIX = False  # --shared-prefix: in process, shared_prefix_workload (prefix caching on)
 
 
 MAX_PROMPT = 2048  # --max-prompt
@@ -130,7 +132,7 @@ def run_once(n: int, rate: float | None, mode: str = "compiled", seed: int = 0) 
     profile = load_profile(PROFILE)
     engine = EngineConfig(**ENGINE, fast_forward=mode != "step", compiled_core=mode == "compiled",
                           gpu_memory_utilization=0.9)
-    trace = workload(n, rate, seed)
+    trace = (shared_prefix_workload if SHARED_PREFIX else workload)(n, rate, seed)
     blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
     t0 = time.perf_counter()
     res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks, replicas=REPLICAS)
@@ -151,6 +153,7 @@ def run_once(n: int, rate: float | None, mode: str = "compiled", seed: int = 0) 
         "ttft_p99_s": res.summary["overall"]["ttft_s"]["p99"],
         "mean_input": float(trace["input_tokens"].mean()),
         "mean_output": float(trace["output_tokens"].mean()),
+        "prefix_token_hit_rate": res.summary["overall"].get("prefix_token_hit_rate"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -228,16 +231,19 @@ def main() -> None:
     ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
     ap.add_argument("--async-scheduling", action="store_true", help="in process: the engine with async scheduling")
     ap.add_argument("--replicas", type=int, default=1, help="in process: replicas behind a least-outstanding router")
+    ap.add_argument("--shared-prefix", action="store_true",
+                    help="in process: requests carry the ids of 8 shared system prompts (prefix caching on)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="compiled", help=argparse.SUPPRESS)
     args = ap.parse_args()
     globals()["MAX_PROMPT"] = args.max_prompt
     ENGINE["async_scheduling"] = args.async_scheduling
     globals()["REPLICAS"] = args.replicas
+    globals()["SHARED_PREFIX"] = args.shared_prefix
     if args.child:
         return child(args)
     args.in_process = (args.in_process or args.compare_step or args.python_engine or args.async_scheduling
-                       or args.replicas > 1)
+                       or args.replicas > 1 or args.shared_prefix)
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
@@ -295,12 +301,14 @@ def in_process(args, rate: float) -> None:
     for n, mode in runs:
         cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate), "--mode", mode,
                "--max-prompt", str(MAX_PROMPT), "--replicas", str(args.replicas),
-               *(["--async-scheduling"] if args.async_scheduling else [])]
+               *(["--async-scheduling"] if args.async_scheduling else []),
+               *(["--shared-prefix"] if args.shared_prefix else [])]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(f"{n:>9} {r['engine']:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
               f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['e2e_p50_s']:>7.2f}s {r['ttft_p99_s']:>8.2f}s "
               f"{r['peak_rss_mb']:>12.0f}")
-    print(f"(mean prompt {r['mean_input']:.0f} tokens, mean output {r['mean_output']:.0f} tokens)")
+    hits = f"; prefix cache token hit rate {100 * r['prefix_token_hit_rate']:.1f} %" if SHARED_PREFIX else ""
+    print(f"(mean prompt {r['mean_input']:.0f} tokens, mean output {r['mean_output']:.0f} tokens{hits})")
 
 
 if __name__ == "__main__":

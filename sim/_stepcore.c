@@ -2,9 +2,11 @@
  *
  * It runs exactly what driftsim.sim.engine.EngineCore and ContinuousReplica do: an FCFS or
  * keyed-policy waiting queue (FcfsQueue, PolicyQueue), chunked prefill, recompute preemption,
- * fast-forwarded pure-decode runs, synchronous or async scheduling, no prefix cache. A lone
+ * fast-forwarded pure-decode runs, synchronous or async scheduling, vLLM's prefix cache (PrefixCachedBlocks:
+ * chained block keys hashed as Python hashes them, shared blocks, an LRU free queue). A lone
  * synchronous replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed); with async
- * scheduling, or several replicas behind a router (Cluster, below), it mirrors the arrival process
+ * scheduling, or several replicas behind a router (Cluster, below: round robin, least outstanding or
+ * prefix affinity, which reads each engine's cache), it mirrors the arrival process
  * that hands each row in at its time (driftsim.sim.run._arrivals) and each replica's SimPy process:
  * the engine's inbox and its intake and release lags (EngineCore._intake), and a run cut by an
  * arrival during it (_wait_run). Every branch below names the Python method it mirrors; the
@@ -45,7 +47,20 @@ typedef struct {
     double first_token_s, scheduled_s;
     double at, k1, k2, wk1, wk2; /* arrival; a keyed policy's static key; its key when last queued */
     int prev, next; /* running list, admission order */
+    /* prefix identity (has_ids: prefix caching on and the row names ids): its ids until the first lookup
+     * turns them into keys (SimRequest.block_keys, nkeys of them, then room for `shared`, nshared of
+     * them), the blocks offered to the cache, the first admission's cached tokens (-1: not admitted),
+     * and the last lookup (hit_memo: cache version, prefill target, hit, free hit blocks) */
+    int has_ids;
+    i64 *ids, nids, idt, *keys, nkeys, nshared, hashed_upto, cached;
+    i64 memo_version, memo_target, memo_hit, memo_free;
 } Req;
+
+/* PrefixCachedBlocks' free queue: a cached free block (count 0, its key) or a run of anonymous free blocks */
+typedef struct {
+    i64 key, count;
+    int prev, next;
+} QNode;
 
 typedef struct {
     i64 g, order, token;
@@ -56,6 +71,8 @@ typedef struct {
 typedef struct {
     i64 *idx, *in, *out, *rid;
     double *at, *k1, *k2; /* k1, k2: the engine policy's static key (PolicyQueue) */
+    i64 *idt, *ioff, *ilen; /* prefix identity: tokens per id (0: none), the row's ids in `ids` */
+    i64 *ids, ids_len, ids_cap;
     i64 head, len, cap;
     double now; /* the arrival process's clock (_ArrivalFeed._now) */
     i64 released;
@@ -64,7 +81,18 @@ typedef struct {
 typedef struct {
     Cost cost;
     i64 bs, max_seqs, token_budget, max_model_len, kv_total, kv_used;
-    int chunked, reserve_full, async_sched;
+    int chunked, reserve_full, async_sched, prefix;
+
+    /* the prefix cache (PrefixCachedBlocks): refs, an open-addressing map from a cached block's key to
+     * its reference count and its free-queue node (-1: referenced); the free queue, oldest first, and
+     * the blocks in it; the version a lookup memo checks; the counters prefix_stats reports */
+    i64 *m_key, *m_ref, m_mask;
+    int *m_node;
+    unsigned char *m_used;
+    QNode *qn;
+    int qhead, qtail, qfree;
+    i64 queued, version, evictions, p_queries, p_query_tokens, p_hit_tokens;
+    int nomem; /* a request's keys could not be allocated */
     int policy; /* the waiting queue: POL_FCFS (a ring), else a heap keyed as PolicyQueue keys it */
 
     /* async scheduling: the inbox (ring of slots with the step they arrived during), whether the
@@ -94,13 +122,14 @@ typedef struct {
     double clock, busy_s;
     i64 steps, preemptions;
     i64 *chunks; /* the planned general step's chunk per prefilling request */
+    i64 plan_decode_blocks; /* and the blocks its decodes take */
 
     double *ends; /* a planned pure-decode run's step ends (after a committed step's, in a cluster) */
     i64 ends_cap;
 
     /* finished requests, drained by Python (out_cnt: this replica's out_n, or its cluster's count;
      * out_rep: NULL, or the cluster's replica column) */
-    i64 out_cap, out_n, *out_cnt, *out_idx, *out_gen, *out_pre, *out_rep;
+    i64 out_cap, out_n, *out_cnt, *out_idx, *out_gen, *out_pre, *out_rep, *out_cached;
     int index;
     double *out_sched, *out_first, *out_finish;
 } Core;
@@ -332,11 +361,269 @@ static inline i64 admitted(Core *s, i64 remaining, i64 budget) {
     return remaining < budget ? remaining : budget;
 }
 
-/* EngineCore._admission_blocks (no prefix cache) */
-static inline i64 admission_blocks(Core *s, Req *r, i64 n) {
-    i64 tokens = s->reserve_full ? r->prefill_target : n;
+/* ------------------------------------------------------------------ the prefix cache */
+
+/* Python's hash() of an int (long_hash: |v| mod 2**61 - 1, signed, -1 -> -2) and of a pair of ints
+ * (tuplehash, 64-bit xxHash lanes), so the keys are driftsim.sim.prefix_cache.block_keys' own */
+static inline uint64_t py_int_hash(i64 v) {
+    const uint64_t modulus = ((uint64_t)1 << 61) - 1;
+    uint64_t x = (v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v) % modulus;
+    if (v < 0) x = (uint64_t)0 - x;
+    return x == (uint64_t)-1 ? (uint64_t)-2 : x;
+}
+
+static inline i64 py_pair_hash(i64 a, i64 b) {
+    const uint64_t p1 = 11400714785074694791ULL, p2 = 14029467366897019727ULL, p5 = 2870177450012600261ULL;
+    uint64_t acc = p5;
+    acc += py_int_hash(a) * p2;
+    acc = ((acc << 31) | (acc >> 33)) * p1;
+    acc += py_int_hash(b) * p2;
+    acc = ((acc << 31) | (acc >> 33)) * p1;
+    acc += (uint64_t)2 ^ (p5 ^ 3527539ULL);
+    return acc == (uint64_t)-1 ? 1546275796 : (i64)acc;
+}
+
+/* block_keys(ids, idt, bs, tokens) into keys; returns how many */
+static i64 block_keys(const i64 *ids, i64 nids, i64 idt, i64 bs, i64 tokens, i64 *keys) {
+    i64 covered = nids * idt < tokens ? nids * idt : tokens, n = covered / bs;
+    i64 chain = py_pair_hash(0x5EED, 0);
+    if (idt == bs) { /* one id per engine block: the chain itself is the key */
+        for (i64 m = 0; m < n; m++) keys[m] = chain = py_pair_hash(chain, ids[m]);
+        return n;
+    }
+    i64 m_done = -1;
+    for (i64 j = 0; j < n; j++) {
+        i64 m_end = ((j + 1) * bs - 1) / idt;
+        while (m_done < m_end) chain = py_pair_hash(chain, ids[++m_done]);
+        keys[j] = py_pair_hash(chain, j);
+    }
+    return n;
+}
+
+/* the map's slot of key: where it is, or the empty slot where it would go */
+static inline i64 m_find(const Core *s, i64 key) {
+    uint64_t h = (uint64_t)key;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    i64 i = (i64)(h & (uint64_t)s->m_mask);
+    while (s->m_used[i] && s->m_key[i] != key) i = (i + 1) & s->m_mask;
+    return i;
+}
+
+/* remove the entry in slot i (linear probing's backward-shift deletion) */
+static void m_delete(Core *s, i64 i) {
+    for (i64 j = (i + 1) & s->m_mask; s->m_used[j]; j = (j + 1) & s->m_mask) {
+        uint64_t h = (uint64_t)s->m_key[j];
+        h ^= h >> 33;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+        i64 home = (i64)(h & (uint64_t)s->m_mask);
+        /* the entry in j may move to i unless its home lies cyclically in (i, j] */
+        if ((i <= j) ? (home <= i || home > j) : (home <= i && home > j)) {
+            s->m_key[i] = s->m_key[j];
+            s->m_ref[i] = s->m_ref[j];
+            s->m_node[i] = s->m_node[j];
+            i = j;
+        }
+    }
+    s->m_used[i] = 0;
+}
+
+/* The map and the queue's nodes, made when the first request with prefix ids arrives: at most one
+ * map entry and one queue node per block */
+static int prefix_cache_new(Core *s) {
+    i64 cap = 16, nodes = s->kv_total + 2;
+    while (cap < 2 * nodes) cap *= 2;
+    s->m_mask = cap - 1;
+    s->m_key = malloc((size_t)cap * sizeof(i64));
+    s->m_ref = malloc((size_t)cap * sizeof(i64));
+    s->m_node = malloc((size_t)cap * sizeof(int));
+    s->qn = malloc((size_t)nodes * sizeof(QNode));
+    s->m_used = calloc((size_t)cap, 1); /* last: it says whether the others are there */
+    if (!s->m_key || !s->m_ref || !s->m_node || !s->qn || !s->m_used) return -1;
+    for (i64 i = 0; i < nodes; i++) s->qn[i].next = i + 1 < nodes ? (int)i + 1 : -1;
+    s->qfree = 0;
+    return 0;
+}
+
+static int q_append(Core *s, i64 key, i64 count) {
+    int n = s->qfree;
+    s->qfree = s->qn[n].next;
+    s->qn[n] = (QNode){key, count, s->qtail, -1};
+    if (s->qtail >= 0) s->qn[s->qtail].next = n; else s->qhead = n;
+    s->qtail = n;
+    return n;
+}
+
+static void q_unlink(Core *s, int n) {
+    QNode *q = &s->qn[n];
+    if (q->prev >= 0) s->qn[q->prev].next = q->next; else s->qhead = q->next;
+    if (q->next >= 0) s->qn[q->next].prev = q->prev; else s->qtail = q->prev;
+    q->next = s->qfree;
+    s->qfree = n;
+}
+
+/* PrefixCachedBlocks.allocate (KvBlocks.allocate without a cache: its queue stays empty) */
+static void kv_allocate(Core *s, i64 n) {
+    s->kv_used += n;
+    if (!n || s->qhead < 0) return;
+    i64 evicted = 0, taken = 0;
+    while (n && s->qhead >= 0) {
+        int h = s->qhead;
+        QNode *q = &s->qn[h];
+        if (!q->count) { /* a cached block: its hash goes */
+            m_delete(s, m_find(s, q->key));
+            q_unlink(s, h);
+            evicted++;
+            n--;
+        } else if (q->count <= n) {
+            taken += q->count;
+            n -= q->count;
+            q_unlink(s, h);
+        } else {
+            q->count -= n;
+            taken += n;
+            n = 0;
+        }
+    }
+    s->queued -= evicted + taken;
+    s->evictions += evicted;
+    s->version += evicted;
+}
+
+/* PrefixCachedBlocks.release of `keys` (last to first) and `private` anonymous blocks: blocks freed */
+static i64 kv_release(Core *s, const i64 *keys, i64 nkeys, i64 private) {
+    s->kv_used -= private;
+    if (!nkeys) return private;
+    i64 freed = 0;
+    for (i64 j = nkeys - 1; j >= 0; j--) {
+        i64 i = m_find(s, keys[j]);
+        if (--s->m_ref[i]) continue;
+        if (!freed) { /* the free blocks not queued yet go in ahead of the newly free cached ones */
+            i64 tail = s->kv_total - s->kv_used - s->queued;
+            if (tail) {
+                q_append(s, 0, tail);
+                s->queued += tail;
+            }
+        }
+        s->m_node[i] = q_append(s, keys[j], 0);
+        freed++;
+    }
+    s->queued += freed;
+    s->kv_used -= freed;
+    s->version++;
+    return private + freed;
+}
+
+/* EngineCore._register_blocks: offer r's blocks that `tokens` fill (PrefixCachedBlocks.register each) */
+static void register_blocks(Core *s, Req *r, i64 tokens) {
+    i64 full = tokens / s->bs;
+    if (full > r->nkeys) full = r->nkeys;
+    for (i64 j = r->hashed_upto; j < full; j++) {
+        i64 i = m_find(s, r->keys[j]);
+        if (s->m_used[i]) continue; /* another block has that key: r's copy stays anonymous */
+        s->m_used[i] = 1;
+        s->m_key[i] = r->keys[j];
+        s->m_ref[i] = 1;
+        s->m_node[i] = -1;
+        s->version++;
+        r->keys[r->nkeys + r->nshared++] = r->keys[j];
+    }
+    if (full > r->hashed_upto) r->hashed_upto = full;
+}
+
+/* The tokens EngineCore._block_keys keys: the prompt's, and the answer's up to its last token when the
+ * ids name more blocks than the prompt has; no more than the ids cover */
+static i64 keyed_tokens(i64 nids, i64 idt, i64 input, i64 output) {
+    i64 tokens = nids > ceil_div(input, idt) ? input + output - 1 : input;
+    return nids * idt < tokens ? nids * idt : tokens;
+}
+
+/* PrefixCachedBlocks.lookup: the longest run of cached leading keys (at most max_blocks), and in *free
+ * how many of them are free */
+static i64 lookup(const Core *s, const i64 *keys, i64 nkeys, i64 max_blocks, i64 *free_hit) {
+    i64 h = 0, f = 0;
+    if (max_blocks > nkeys) max_blocks = nkeys;
+    if (!s->m_used) max_blocks = 0; /* nothing was ever cached here */
+    for (; h < max_blocks; h++) {
+        i64 i = m_find(s, keys[h]);
+        if (!s->m_used[i]) break;
+        if (!s->m_ref[i]) f++;
+    }
+    *free_hit = f;
+    return h;
+}
+
+/* EngineCore._cache_hit: the waiting request's cached leading blocks, and how many are free (none when
+ * its keys cannot be allocated: s->nomem is set, and the run stops with RC_NOMEM) */
+static void cache_hit(Core *s, Req *r, i64 *hit, i64 *hit_free) {
+    *hit = *hit_free = 0;
+    if (!r->has_ids) return;
+    if (r->memo_version == s->version && r->memo_target == r->prefill_target) {
+        *hit = r->memo_hit;
+        *hit_free = r->memo_free;
+        return;
+    }
+    if (!r->keys) {
+        i64 tokens = keyed_tokens(r->nids, r->idt, r->input, r->output);
+        r->keys = malloc((size_t)(2 * (tokens / s->bs) + 1) * sizeof(i64)); /* the keys, then `shared` */
+        if (!r->keys) {
+            s->nomem = 1;
+            return;
+        }
+        r->nkeys = block_keys(r->ids, r->nids, r->idt, s->bs, tokens, r->keys);
+        free(r->ids);
+        r->ids = NULL;
+    }
+    *hit = r->memo_hit = lookup(s, r->keys, r->nkeys, (r->prefill_target - 1) / s->bs, &r->memo_free);
+    *hit_free = r->memo_free;
+    r->memo_version = s->version;
+    r->memo_target = r->prefill_target;
+}
+
+/* EngineCore._take_hit: admit r onto its `hit` cached leading blocks (PrefixCachedBlocks.acquire) */
+static void take_hit(Core *s, Req *r, i64 hit) {
+    i64 taken = 0;
+    for (i64 j = 0; j < hit; j++) {
+        i64 i = m_find(s, r->keys[j]);
+        if (!s->m_ref[i]++) {
+            q_unlink(s, s->m_node[i]);
+            s->m_node[i] = -1;
+            taken++;
+        }
+        r->keys[r->nkeys + j] = r->keys[j];
+    }
+    s->queued -= taken;
+    s->kv_used += taken;
+    s->version++;
+    r->nshared = r->hashed_upto = r->blocks = hit;
+    r->computed = hit * s->bs;
+    s->p_queries++;
+    s->p_query_tokens += r->prefill_target;
+    s->p_hit_tokens += r->computed;
+    if (r->cached < 0) r->cached = r->computed;
+}
+
+/* EngineCore._release: give back r's `blocks` (KV for its first `computed` tokens), its full blocks
+ * offered to the cache first; returns the blocks that became free */
+static i64 release_blocks(Core *s, Req *r, i64 blocks, i64 computed) {
+    if (r->nkeys) register_blocks(s, r, computed);
+    r->hashed_upto = 0;
+    if (!r->nshared) {
+        s->kv_used -= blocks;
+        return blocks;
+    }
+    i64 n = r->nshared;
+    r->nshared = 0;
+    return kv_release(s, r->keys + r->nkeys, n, blocks - n);
+}
+
+/* EngineCore._admission_blocks: after `hit` cached blocks, `hit_free` of them free */
+static inline i64 admission_blocks(Core *s, Req *r, i64 n, i64 hit, i64 hit_free) {
+    i64 tokens = s->reserve_full ? r->prefill_target : hit * s->bs + n;
     if (tokens > s->max_model_len) tokens = s->max_model_len;
-    return ceil_div(tokens, s->bs);
+    return ceil_div(tokens, s->bs) - hit + hit_free;
 }
 
 static void finish(Core *s, int slot, double end) {
@@ -349,6 +636,10 @@ static void finish(Core *s, int slot, double end) {
     s->out_finish[k] = end;
     s->out_gen[k] = r->generated;
     s->out_pre[k] = r->preemptions;
+    s->out_cached[k] = r->cached > 0 ? r->cached : 0;
+    free(r->keys);
+    free(r->ids);
+    r->keys = r->ids = NULL;
     s->free_slots[s->nfree++] = slot;
     s->nfin++;
 }
@@ -357,10 +648,14 @@ static void finish(Core *s, int slot, double end) {
 static int waiting_blocked(Core *s) {
     if (!s->wlen || s->n_running >= s->max_seqs) return 1;
     Req *head = &s->reqs[waiting_peek(s)];
-    i64 n = admitted(s, head->prefill_target, s->token_budget - s->num_decode);
+    i64 hit, hit_free;
+    cache_hit(s, head, &hit, &hit_free);
+    i64 n = admitted(s, head->prefill_target - hit * s->bs, s->token_budget - s->num_decode);
     if (n < 0) return 1;
     i64 free_after = free_blocks(s) - s->by_phase[pymod(-s->decode_step, s->bs)];
-    return admission_blocks(s, head, n) > free_after;
+    /* while the run lasts, allocations only take free blocks and may evict cached ones the head would
+     * hit, so what it needs never shrinks: blocked now means blocked until the run ends */
+    return admission_blocks(s, head, n, hit, hit_free) > free_after;
 }
 
 /* EngineCore._stable_steps */
@@ -390,8 +685,7 @@ static void pop_finished(Core *s, double end) {
         Req *r = &s->reqs[e.slot];
         if (e.token != r->token || r->finish_g < 0) continue;
         i64 tokens = r->entry_computed + s->decode_step - r->entry_step;
-        s->kv_used -= ceil_div(tokens, s->bs);
-        s->freed += ceil_div(tokens, s->bs);
+        s->freed += release_blocks(s, r, ceil_div(tokens, s->bs), tokens);
         s->num_decode--;
         s->decode_ctx -= tokens;
         s->by_phase[pymod(r->entry_computed - r->entry_step, s->bs)]--;
@@ -449,10 +743,10 @@ static int preempt_victim(Core *s) {
                 s->nprefill--;
                 break;
             }
-        s->kv_used -= r->blocks;
+        release_blocks(s, r, r->blocks, r->computed);
     } else {
         i64 tokens = r->entry_computed + s->decode_step - r->entry_step;
-        s->kv_used -= ceil_div(tokens, s->bs);
+        release_blocks(s, r, ceil_div(tokens, s->bs), tokens);
         s->num_decode--;
         s->decode_ctx -= tokens;
         s->by_phase[pymod(r->entry_computed - r->entry_step, s->bs)]--;
@@ -507,9 +801,11 @@ static int inbox_push(Core *s, int slot, i64 step) {
 static int head_admissible(Core *s) {
     if (!s->wlen || s->lag_seqs >= s->max_seqs) return 0;
     Req *head = &s->reqs[waiting_peek(s)];
-    i64 n = admitted(s, head->prefill_target, s->token_budget);
+    i64 hit, hit_free;
+    cache_hit(s, head, &hit, &hit_free);
+    i64 n = admitted(s, head->prefill_target - hit * s->bs, s->token_budget);
     if (n < 0) return 0;
-    return admission_blocks(s, head, n) <= free_blocks(s) - s->lag_blocks;
+    return admission_blocks(s, head, n, hit, hit_free) <= free_blocks(s) - s->lag_blocks;
 }
 
 /* EngineCore._intake */
@@ -521,7 +817,7 @@ static int intake(Core *s, double t) {
         if (take_inbox(s, s->steps)) return -1;
     }
     if (s->lagged && !(s->lag_seqs || s->lag_blocks)) s->lagged = 0;
-    return 0;
+    return s->nomem ? -1 : 0;
 }
 
 /* The end of EngineCore.commit: what the step's finishers held (the release lag), the last end, and
@@ -537,8 +833,8 @@ static void committed(Core *s, double end) {
     }
 }
 
-/* One general step from t (EngineCore._plan_step, then commit(1)); returns its end, or NAN on a stall. */
-static double general_step(Core *s, double t, int *err) {
+/* Plan one general step from t (EngineCore._plan_step); returns its end, or NAN on a stall (err set) */
+static double general_plan(Core *s, double t, int *err) {
     i64 bs = s->bs, decode_blocks, budget, need;
     int preempted;
 replan:
@@ -563,6 +859,10 @@ replan:
         if (preempt_victim(s)) { *err = RC_NOMEM; return NAN; }
         preempted = 1;
     }
+    for (int i = 0; i < s->nprefill; i++) { /* running prefills' blocks offered to the cache */
+        Req *r = &s->reqs[s->prefilling[i]];
+        if (s->chunks[i] && r->nkeys) register_blocks(s, r, r->computed + s->chunks[i]);
+    }
     if (!preempted) { /* _waiting_pass */
         i64 freeb = free_blocks(s) - need, max_seqs = s->max_seqs;
         if (s->lagged) { /* the last step's finishers still hold their slots and blocks */
@@ -572,9 +872,15 @@ replan:
         while (s->wlen && s->n_running < max_seqs && budget > 0) {
             int slot = waiting_peek(s);
             Req *r = &s->reqs[slot];
-            i64 n = admitted(s, r->prefill_target, budget);
-            if (n < 0 || admission_blocks(s, r, n) > freeb) break;
+            i64 hit, hit_free;
+            cache_hit(s, r, &hit, &hit_free);
+            i64 n = admitted(s, r->prefill_target - hit * bs, budget);
+            if (n < 0 || admission_blocks(s, r, n, hit, hit_free) > freeb) break;
             waiting_pop(s);
+            if (r->has_ids) {
+                take_hit(s, r, hit);
+                freeb -= hit_free;
+            }
             freeb -= ceil_div(r->computed + n, bs) - r->blocks;
             budget -= n;
             r->order = s->next_order++; /* _admit */
@@ -582,8 +888,10 @@ replan:
             s->chunks[s->nprefill] = n;
             s->prefilling[s->nprefill++] = slot;
             if (r->scheduled_s < 0) r->scheduled_s = t;
+            if (r->nkeys) register_blocks(s, r, r->computed + n);
         }
     }
+    if (s->nomem) { *err = RC_NOMEM; return NAN; }
     /* _step_batch */
     i64 prefill_tokens = 0, prefill_seqs = 0;
     double attn = 0.0;
@@ -605,14 +913,19 @@ replan:
         *err = RC_STALL;
         return NAN;
     }
-    double end = t + step_time(&s->cost, (double)prefill_tokens, attn, (double)prefill_seqs, (double)s->num_decode,
-                               (double)(s->decode_ctx + s->num_decode));
-    /* commit(1) */
+    s->plan_decode_blocks = decode_blocks;
+    return t + step_time(&s->cost, (double)prefill_tokens, attn, (double)prefill_seqs, (double)s->num_decode,
+                         (double)(s->decode_ctx + s->num_decode));
+}
+
+/* EngineCore.commit(1) of the general step planned from t, ending at end; RC_NOMEM or 0 */
+static int general_commit(Core *s, double t, double end) {
+    i64 bs = s->bs;
     s->nfin = s->freed = 0;
     s->busy_s += end - t;
     s->steps += 1;
     if (s->num_decode) {
-        s->kv_used += decode_blocks;
+        kv_allocate(s, s->plan_decode_blocks);
         s->decode_step += 1;
         s->decode_ctx += s->num_decode;
         pop_finished(s, end);
@@ -626,23 +939,30 @@ replan:
         if (n == 0) { s->prefilling[still++] = slot; continue; }
         r->computed += n;
         i64 blocks = ceil_div(r->computed, bs);
-        s->kv_used += blocks - r->blocks;
+        kv_allocate(s, blocks - r->blocks);
         r->blocks = blocks;
         if (r->computed < r->prefill_target) { s->prefilling[still++] = slot; continue; }
         if (r->first_token_s < 0) r->first_token_s = end;
         r->generated += 1;
         if (r->generated >= r->output) {
-            s->kv_used -= r->blocks;
-            s->freed += r->blocks;
+            s->freed += release_blocks(s, r, r->blocks, r->computed);
             r->blocks = 0;
             running_remove(s, slot);
             finish(s, slot, end);
             continue;
         }
-        if (enter_decode(s, slot)) { *err = RC_NOMEM; return NAN; }
+        if (enter_decode(s, slot)) return RC_NOMEM;
     }
     s->nprefill = still;
     committed(s, end);
+    return 0;
+}
+
+/* One general step from t, planned and committed; returns its end, or NAN (err set) */
+static double general_step(Core *s, double t, int *err) {
+    double end = general_plan(s, t, err);
+    if (isnan(end)) return end;
+    if ((*err = general_commit(s, t, end))) return NAN;
     return end;
 }
 
@@ -650,7 +970,7 @@ replan:
  * until, into s->ends from place off; returns how many (0: the engine would plan a general step; -1:
  * out of memory). Planning changes nothing the run's commit reads. */
 static i64 decode_plan(Core *s, double t, double until, i64 off) {
-    if (s->nprefill || !s->num_decode || s->lagged || s->iblen || !waiting_blocked(s)) return 0;
+    if (s->nprefill || !s->num_decode || s->lagged || s->iblen || !waiting_blocked(s)) return s->nomem ? -1 : 0;
     i64 k = stable_steps(s);
     if (k <= 0) return 0;
     i64 d = s->num_decode, ctx = s->decode_ctx + s->num_decode, n = 0;
@@ -671,7 +991,7 @@ static void decode_commit(Core *s, i64 n, double t, double end) {
     s->steps += n;
     i64 cycles = n / s->bs, rest = n % s->bs, new_blocks = cycles * s->num_decode;
     for (i64 j = 0; j < rest; j++) new_blocks += s->by_phase[pymod(-(s->decode_step + j), s->bs)];
-    s->kv_used += new_blocks;
+    kv_allocate(s, new_blocks);
     s->decode_step += n;
     s->decode_ctx += n * s->num_decode;
     pop_finished(s, end);
@@ -708,7 +1028,7 @@ static i64 rows_take(Rows *q, double w) {
     q->len--;
     q->released++;
     q->now = w;
-    if (!q->len) q->head = 0;
+    if (!q->len) q->head = 0; /* (the ids buffer restarts at the next push) */
     return h;
 }
 
@@ -730,6 +1050,17 @@ static int new_request(Core *s, const Rows *q, i64 h) {
     r->first_token_s = -1.0;
     r->scheduled_s = -1.0;
     r->prev = r->next = -1;
+    r->cached = -1;
+    r->memo_version = -1;
+    if (s->prefix && q->idt[h] > 0) { /* SimRequest.prefix_ids: kept until its first lookup */
+        if (!s->m_used && prefix_cache_new(s)) return -1;
+        r->has_ids = 1;
+        r->idt = q->idt[h];
+        r->nids = q->ilen[h];
+        r->ids = malloc((size_t)(r->nids + 1) * sizeof(i64));
+        if (!r->ids) return -1;
+        memcpy(r->ids, q->ids + q->ioff[h], (size_t)r->nids * sizeof(i64));
+    }
     return slot;
 }
 
@@ -824,19 +1155,30 @@ int sc_run(Core *s, int final) {
 }
 
 /* Rows in trace order: out < 0 marks a row refused at its release; rid, k1, k2: the request id and the
- * engine policy's static key. */
+ * engine policy's static key; idt, ioff, ilen: its prefix ids' tokens each (0: none) and where they
+ * lie in ids (offsets non-decreasing, ioff[0] == 0). */
 static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
-                     const i64 *rid, const double *k1, const double *k2) {
+                     const i64 *rid, const double *k1, const double *k2, const i64 *idt, const i64 *ioff,
+                     const i64 *ilen, i64 nids, const i64 *ids) {
     void **cols[] = {(void **)&q->idx, (void **)&q->at, (void **)&q->in, (void **)&q->out, (void **)&q->rid,
-                     (void **)&q->k1, (void **)&q->k2};
-    const void *src[] = {idx, at, input, out, rid, k1, k2};
-    enum { NCOLS = 7 }; /* every column holds 8-byte values */
-    i64 need = q->head + q->len + n;
-    if (q->head && need > q->cap) { /* compact */
+                     (void **)&q->k1, (void **)&q->k2, (void **)&q->idt, (void **)&q->ioff, (void **)&q->ilen};
+    const void *src[] = {idx, at, input, out, rid, k1, k2, idt, ioff, ilen};
+    enum { NCOLS = 10 }; /* every column holds 8-byte values */
+    if (!q->len) q->ids_len = 0;
+    i64 base = q->ids_len, need = q->head + q->len + n;
+    if (q->head && need > q->cap) { /* compact, the ids of the rows left too */
+        i64 first = q->ioff[q->head];
+        memmove(q->ids, q->ids + first, (size_t)(q->ids_len - first) * 8);
+        q->ids_len -= first;
+        base = q->ids_len;
+        for (i64 i = q->head; i < q->head + q->len; i++) q->ioff[i] -= first;
         for (int c = 0; c < NCOLS; c++) memmove(*cols[c], (char *)*cols[c] + q->head * 8, (size_t)q->len * 8);
         q->head = 0;
         need = q->len + n;
     }
+    if (base + nids > q->ids_cap && grow((void **)&q->ids, &q->ids_cap, base + nids, 8)) return RC_NOMEM;
+    memcpy(q->ids + base, ids, (size_t)nids * 8);
+    q->ids_len = base + nids;
     if (need > q->cap) {
         i64 cap = 0;
         for (int c = 0; c < NCOLS; c++) { /* each from the same capacity to the same one */
@@ -847,17 +1189,20 @@ static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64
     }
     i64 o = q->head + q->len;
     for (int c = 0; c < NCOLS; c++) memcpy((char *)*cols[c] + o * 8, src[c], (size_t)n * 8);
+    for (i64 i = o; i < o + n; i++) q->ioff[i] += base;
     q->len += n;
     return 0;
 }
 
 static void rows_free(Rows *q) {
     free(q->idx); free(q->at); free(q->in); free(q->out); free(q->rid); free(q->k1); free(q->k2);
+    free(q->idt); free(q->ioff); free(q->ilen); free(q->ids);
 }
 
 int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out, const i64 *rid,
-            const double *k1, const double *k2) {
-    return rows_push(&s->q, n, idx, at, input, out, rid, k1, k2);
+            const double *k1, const double *k2, const i64 *idt, const i64 *ioff, const i64 *ilen, i64 nids,
+            const i64 *ids) {
+    return rows_push(&s->q, n, idx, at, input, out, rid, k1, k2, idt, ioff, ilen, nids, ids);
 }
 
 /* ------------------------------------------------------------------ several replicas behind a router */
@@ -865,11 +1210,12 @@ int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, 
 /* What a replica's SimPy process (ContinuousReplica._run, without a feed) waits for: nothing to do
  * (the idle event), the idle event that a submission fired, a step's end (committed already), or a
  * planned pure-decode run (after a committed step when `stepped`: _step_then_run) committed at its
- * wake, which an arrival during it may cut short (_wait_run's interrupt). */
-enum { R_IDLE = 0, R_WOKEN = 1, R_STEP = 2, R_RUN = 3 };
+ * wake, which an arrival during it may cut short (_wait_run's interrupt), or a general step planned
+ * and committed at its end (R_PLANNED: where the router reads the engines' caches meanwhile). */
+enum { R_IDLE = 0, R_WOKEN = 1, R_STEP = 2, R_RUN = 3, R_PLANNED = 4 };
 
 void sc_free(Core *s);
-enum { ROUTE_ROUND_ROBIN = 0, ROUTE_LEAST_OUTSTANDING = 1 };
+enum { ROUTE_ROUND_ROBIN = 0, ROUTE_LEAST_OUTSTANDING = 1, ROUTE_PREFIX_AFFINITY = 2 };
 
 typedef struct {
     Rows q; /* the arrival process's rows (driftsim.sim.run._arrivals) */
@@ -880,18 +1226,33 @@ typedef struct {
     i64 *outstanding, *pending, *nplan; /* requests routed and not delivered; finished, not delivered */
     i64 out_cap, out_n, max_seqs;
     double now; /* the last event's time */
+    i64 *keys, keys_cap; /* the keys of the row being routed (PrefixAffinity) */
 } Cluster;
 
-/* RoundRobin.pick / LeastOutstanding.pick with no cap */
-static int route(Cluster *c) {
+/* RoundRobin.pick, LeastOutstanding.pick or PrefixAffinity.pick with no cap, for row h of q: with
+ * prefix affinity, the replica whose cache holds the longest run of the row's leading blocks
+ * (EngineCore.cached_prefix_blocks), ties to the fewest in flight; -1: out of memory */
+static int route(Cluster *c, const Rows *q, i64 h) {
     if (c->router == ROUTE_ROUND_ROBIN) {
         int r = c->rr_next;
         c->rr_next = (r + 1) % c->n;
         return r;
     }
+    i64 nkeys = 0, bs = c->eng[0]->bs;
+    if (c->router == ROUTE_PREFIX_AFFINITY && c->eng[0]->prefix && q->idt[h] > 0) {
+        i64 tokens = keyed_tokens(q->ilen[h], q->idt[h], q->in[h], q->out[h]);
+        if (tokens / bs + 1 > c->keys_cap && grow((void **)&c->keys, &c->keys_cap, tokens / bs + 1, 8)) return -1;
+        nkeys = block_keys(q->ids + q->ioff[h], q->ilen[h], q->idt[h], bs, tokens, c->keys);
+    }
     int best = 0;
-    for (int i = 1; i < c->n; i++)
-        if (c->outstanding[i] < c->outstanding[best]) best = i;
+    i64 best_cached = -1, unused;
+    for (int i = 0; i < c->n; i++) {
+        i64 cached = nkeys ? lookup(c->eng[i], c->keys, nkeys, (q->in[h] - 1) / bs, &unused) : 0;
+        if (cached > best_cached || (cached == best_cached && c->outstanding[i] < c->outstanding[best])) {
+            best = i;
+            best_cached = cached;
+        }
+    }
     return best;
 }
 
@@ -902,13 +1263,14 @@ static int cluster_arrival(Cluster *c, double w) {
     Rows *q = &c->q;
     i64 h = rows_take(q, w);
     if (q->out[h] < 0) return 0; /* refused at release (recorded by Python) */
-    int r = route(c);
+    int r = route(c, q, h);
+    if (r < 0) return -1;
     Core *s = c->eng[r];
     int slot = new_request(s, q, h);
     if (slot < 0) return -1;
     c->outstanding[r]++;
     if (s->async_sched) { /* EngineCore.add: a plan awaiting its commit gives the step at the commit */
-        if (inbox_push(s, slot, c->state[r] == R_RUN ? -1 : s->steps)) return -1;
+        if (inbox_push(s, slot, c->state[r] == R_RUN || c->state[r] == R_PLANNED ? -1 : s->steps)) return -1;
     } else if (waiting_push(s, slot)) {
         return -1;
     }
@@ -940,6 +1302,10 @@ static int cluster_wake(Cluster *c, int r) {
             c->pending[r] += s->nfin;
         }
         s->clock = s->ends[n - 1];
+    } else if (c->state[r] == R_PLANNED) {
+        if ((err = general_commit(s, c->plan_t[r], s->ends[0]))) return err;
+        c->pending[r] += s->nfin;
+        s->clock = s->ends[0];
     } /* R_STEP: committed when planned; s->clock is its end */
     c->outstanding[r] -= c->pending[r];
     c->pending[r] = 0;
@@ -952,6 +1318,17 @@ static int cluster_wake(Cluster *c, int r) {
     if (s->async_sched && intake(s, t)) return RC_NOMEM;
     i64 m = decode_plan(s, t, until, 0);
     if (m < 0) return RC_NOMEM;
+    c->plan_t[r] = t;
+    if (m <= 1 && c->router == ROUTE_PREFIX_AFFINITY) { /* one step, committed at its end: the router reads the
+                                                          * engine's cache meanwhile */
+        if (m == 0 && isnan(s->ends[0] = general_plan(s, t, &err))) return err;
+        c->state[r] = m ? R_RUN : R_PLANNED;
+        c->stepped[r] = 0;
+        c->nplan[r] = 1;
+        c->interruptible[r] = 0;
+        c->wake_at[r] = timeout_end(P, s->ends[0]);
+        return 0;
+    }
     if (m <= 1) { /* one step: committed now (as at its end: nothing reads the engine before) */
         double end;
         if (m == 1) {
@@ -979,7 +1356,6 @@ static int cluster_wake(Cluster *c, int r) {
         c->state[r] = R_RUN;
         c->stepped[r] = 0;
         c->nplan[r] = m;
-        c->plan_t[r] = t;
         c->interruptible[r] = 1;
         c->wake_at[r] = timeout_end(P, s->ends[m - 1]);
     }
@@ -1015,8 +1391,9 @@ int sc_cluster_run(Cluster *c, int final) {
 }
 
 int sc_cluster_push(Cluster *c, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
-                    const i64 *rid, const double *k1, const double *k2) {
-    return rows_push(&c->q, n, idx, at, input, out, rid, k1, k2);
+                    const i64 *rid, const double *k1, const double *k2, const i64 *idt, const i64 *ioff,
+                    const i64 *ilen, i64 nids, const i64 *ids) {
+    return rows_push(&c->q, n, idx, at, input, out, rid, k1, k2, idt, ioff, ilen, nids, ids);
 }
 
 void sc_cluster_free(Cluster *c) {
@@ -1024,16 +1401,17 @@ void sc_cluster_free(Cluster *c) {
     if (c->eng)
         for (int i = 0; i < c->n; i++) sc_free(c->eng[i]);
     free(c->eng); free(c->state); free(c->stepped); free(c->interruptible); free(c->wake_at); free(c->plan_t);
-    free(c->outstanding); free(c->pending); free(c->nplan);
+    free(c->outstanding); free(c->pending); free(c->nplan); free(c->keys);
     rows_free(&c->q);
     free(c);
 }
 
 /* engine: block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv blocks (usable),
- * chunked prefill, reserve_full_prompt, async scheduling; cost: kind, coefficients, table */
+ * chunked prefill, reserve_full_prompt, async scheduling, the waiting queue's policy, prefix caching;
+ * cost: kind, coefficients, table */
 Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, const double *knots,
              const double *values, i64 out_cap, i64 *out_idx, double *out_sched, double *out_first,
-             double *out_finish, i64 *out_gen, i64 *out_pre, i64 *out_rep) {
+             double *out_finish, i64 *out_gen, i64 *out_pre, i64 *out_rep, i64 *out_cached) {
     if (np > 12 || nknots > 64) return NULL;
     Core *s = calloc(1, sizeof(Core));
     if (!s) return NULL;
@@ -1046,7 +1424,9 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
     s->reserve_full = (int)engine[6];
     s->async_sched = (int)engine[7];
     s->policy = (int)engine[8];
+    s->prefix = (int)engine[9];
     s->last_end = -1.0;
+    s->qhead = s->qtail = -1;
     s->cost.kind = kind;
     memcpy(s->cost.p, p, (size_t)np * sizeof(double));
     s->cost.nknots = nknots;
@@ -1065,9 +1445,10 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
     s->out_gen = out_gen;
     s->out_pre = out_pre;
     s->out_rep = out_rep;
+    s->out_cached = out_cached;
     s->ends_cap = 0;
     if (!s->by_phase || !s->prefilling || !s->chunks || grow((void **)&s->ends, &s->ends_cap, 64, sizeof(double))) {
-        free(s->by_phase); free(s->prefilling); free(s->chunks); free(s->ends); free(s);
+        sc_free(s);
         return NULL;
     }
     return s;
@@ -1075,6 +1456,11 @@ Core *sc_new(const i64 *engine, int kind, const double *p, int np, int nknots, c
 
 void sc_free(Core *s) {
     if (!s) return;
+    for (int i = 0; i < s->nreqs; i++) { /* a finished request's slot holds NULLs */
+        free(s->reqs[i].keys);
+        free(s->reqs[i].ids);
+    }
+    free(s->m_key); free(s->m_ref); free(s->m_node); free(s->m_used); free(s->qn);
     free(s->reqs); free(s->free_slots); free(s->waiting); free(s->prefilling); free(s->by_phase);
     free(s->heap); rows_free(&s->q); free(s->chunks);
     free(s->ib_slot); free(s->ib_step); free(s->ends);
@@ -1086,7 +1472,7 @@ void sc_free(Core *s) {
 Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kind, const double *p, int np,
                         int nknots, const double *knots, const double *values, i64 out_cap, i64 *out_idx,
                         double *out_sched, double *out_first, double *out_finish, i64 *out_gen, i64 *out_pre,
-                        i64 *out_rep) {
+                        i64 *out_rep, i64 *out_cached) {
     Cluster *c = calloc(1, sizeof(Cluster));
     if (!c) return NULL;
     c->n = n;
@@ -1110,7 +1496,7 @@ Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kin
     }
     for (int i = 0; i < n; i++) {
         Core *s = sc_new(engine, kind, p, np, nknots, knots, values, out_cap, out_idx, out_sched, out_first,
-                         out_finish, out_gen, out_pre, out_rep);
+                         out_finish, out_gen, out_pre, out_rep, out_cached);
         if (!s) {
             sc_cluster_free(c);
             return NULL;
@@ -1122,7 +1508,9 @@ Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kin
     return c;
 }
 
-/* One replica's busy_s, and its steps, preemptions, running, waiting and KV blocks in use */
+/* One replica's busy_s, and its steps, preemptions, running, waiting and KV blocks in use, then its
+ * prefix-cache lookups, their tokens to compute, the tokens found cached, and the cached blocks evicted */
+enum { NCOUNTERS = 9 };
 static void replica_counters(Core *s, double *busy, i64 *o) {
     *busy = s->busy_s;
     o[0] = s->steps;
@@ -1130,21 +1518,25 @@ static void replica_counters(Core *s, double *busy, i64 *o) {
     o[2] = s->n_running;
     o[3] = s->wlen;
     o[4] = s->kv_used;
+    o[5] = s->p_queries;
+    o[6] = s->p_query_tokens;
+    o[7] = s->p_hit_tokens;
+    o[8] = s->evictions;
 }
 
 /* counters: the last event's time, then per replica busy_s (doubles); rows released, finished waiting to
- * be drained, then per replica steps, preemptions, running, waiting, kv used (ints) */
+ * be drained, then per replica its NCOUNTERS ints (replica_counters) */
 void sc_cluster_counters(Cluster *c, double *d, i64 *n) {
     d[0] = c->now;
     n[0] = c->q.released;
     n[1] = c->out_n;
-    for (int i = 0; i < c->n; i++) replica_counters(c->eng[i], d + 1 + i, n + 2 + 5 * i);
+    for (int i = 0; i < c->n; i++) replica_counters(c->eng[i], d + 1 + i, n + 2 + NCOUNTERS * i);
 }
 
 void sc_cluster_drained(Cluster *c) { c->out_n = 0; }
 
 /* counters, as sc_cluster_counters' for one replica: the clock, busy_s (doubles); rows released, finished
- * waiting to be drained, steps, preemptions, running, waiting, kv used (ints) */
+ * waiting to be drained, then the replica's NCOUNTERS ints (replica_counters) */
 void sc_counters(Core *s, double *d, i64 *n) {
     d[0] = s->clock;
     n[0] = s->q.released;
@@ -1165,6 +1557,11 @@ double sc_step_time(int kind, const double *p, int np, int nknots, const double 
     memcpy(c.knots, knots, (size_t)nknots * sizeof(double));
     memcpy(c.values, values, (size_t)nknots * sizeof(double));
     return step_time(&c, P, A, Sp, D, C);
+}
+
+/* The keys of block_keys, for checking them against driftsim.sim.prefix_cache.block_keys. */
+i64 sc_block_keys(const i64 *ids, i64 nids, i64 idt, i64 bs, i64 tokens, i64 *keys) {
+    return block_keys(ids, nids, idt, bs, tokens, keys);
 }
 
 /* An importable module, so that the build installs it beside the package; the functions above

@@ -21,38 +21,35 @@ from driftsim.sim.engine import EngineCore, FcfsQueue
 from driftsim.sim.policies import Aging, Edf, Fifo, Las, Priority, Sjf, Srpt
 from driftsim.sim.request import engine_output_tokens, kv_refusal
 from driftsim.sim.results import ResultRecorder
-from driftsim.sim.router import LeastOutstanding, RoundRobin
+from driftsim.sim.router import LeastOutstanding, PrefixAffinity, RoundRobin
 from driftsim.sim.stepcore import (
     POLICY_FCFS, POLICY_LAS, POLICY_SRPT, POLICY_STATIC, RC_DONE, RC_NEED_ROWS, RC_STALL, CompiledCore, formula_of,
     library,
 )
 from driftsim.sim.streaming import ChunkedResults
-from driftsim.traces.stream import TraceStream
 
 BLOCK = 65_536  # rows handed to the core at a time
-_ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding"}
+_ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding", PrefixAffinity: "prefix_affinity"}
 
 
-def compiled_core_for(engine: EngineConfig, core: EngineCore, trace, *, gateway_passes: bool,
+def compiled_core_for(engine: EngineConfig, core: EngineCore, *, gateway_passes: bool,
                       oracle: bool, replicas: int = 1, router: object = None) -> CompiledCore | None:
     """The compiled core for ``replicas`` replicas like ``core``, when the run stays inside what it
     models: FCFS or a keyed policy in the engine (:func:`_policy_mode`), a gateway that passes each
-    arrival straight on (to a round-robin or least-outstanding router, for several), the oracle
-    estimator, a cost model with a :class:`~driftsim.costmodel.base.StepFormula`, and no prefix
-    identity in use (prefix caching off, or a trace without prefix ids: :func:`_without_prefix_ids`).
-    None: the Python engine runs it."""
+    arrival straight on (to a round-robin, least-outstanding or prefix-affinity router, for several), the oracle
+    estimator and a cost model with a :class:`~driftsim.costmodel.base.StepFormula`; with or without
+    prefix caching and prefix ids. None: the Python engine runs it."""
     policy = _policy_mode(core.waiting)
     if not (engine.compiled_core and gateway_passes and oracle and policy is not None):
         return None
     route = _ROUTER_NAMES.get(type(router)) if replicas > 1 else "least_outstanding"
     if route is None:
         return None
-    if core.prefix_caching and not _without_prefix_ids(trace):
-        return None
     lib, form = library(), formula_of(core.cost)
     if lib is None or form is None:
         return None
-    return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route, policy=policy)
+    return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route, policy=policy,
+                        prefix_caching=core.prefix_caching)
 
 
 _STATIC_KEYS = (Fifo, Priority, Sjf, Aging, Edf)  # keys fixed at arrival, computed per row by _static_keys
@@ -91,34 +88,31 @@ def _static_keys(policy, chunk: pl.DataFrame, prompt: np.ndarray, gen: np.ndarra
     return zero, zero  # FCFS, Fifo; Las and Srpt key on progress the core keeps
 
 
-def _without_prefix_ids(trace: pl.DataFrame | TraceStream) -> bool:
-    """No request of ``trace`` carries prefix ids: none in memory, or a streamed file without the column
-    (what a stream's chunks pass through sets SLOs and priorities, never prefix ids)."""
-    if isinstance(trace, pl.DataFrame):
-        return trace["prefix_ids"].null_count() == trace.height
-    return "prefix_ids" not in trace.columns
-
-
 def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl.DataFrame], n: int,
                  engine: EngineConfig, cores: list[EngineCore], rec: ChunkedResults, progress):
     """The SimPy process: each chunk's rows into ``fast``, its completions into ``rec``; at the end the
     counters reports read are copied onto the (idle) Python ``cores``."""
     max_len, block_size, kv_total = engine.max_model_len, engine.block_size, cores[0].total_blocks
     policy = getattr(cores[0].waiting, "policy", None)  # a PolicyQueue's
+    ids = cores[0].prefix_caching  # prefix ids are read only where the cache uses them
     try:
         for chunk in chunks:
             base = rec.rows
             recorder = rec.open(chunk)
             for lo in range(0, chunk.height, BLOCK):  # a block at a time: memory follows the block, not the trace
                 fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total,
-                                 policy))
+                                 policy, ids=ids))
                 while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=False)) != RC_NEED_ROWS:
                     pass
             rec.arrived()
         while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=True)) != RC_DONE:
             pass
-        for core, counters in zip(cores, fast.counters()["replicas"]):
-            core.busy_s, core.steps, core.preemptions = counters["busy_s"], counters["steps"], counters["preemptions"]
+        for core, c in zip(cores, fast.counters()["replicas"]):
+            core.busy_s, core.steps, core.preemptions = c["busy_s"], c["steps"], c["preemptions"]
+            core.prefix_queries, core.prefix_query_tokens = c["prefix_queries"], c["prefix_query_tokens"]
+            core.prefix_hit_tokens = c["prefix_hit_tokens"]
+            if core.prefix_caching:
+                core.kv.evictions = c["prefix_evictions"]
     finally:
         fast.close()
     if progress is not None:
@@ -131,7 +125,7 @@ def _simulate(env, fast: CompiledCore, rec: ChunkedResults, n: int, progress, kv
     done = fast.drain()
     if len(done.idx):
         rec.finish_rows(done.idx, done.scheduled_s, done.first_token_s, done.finish_s, done.generated,
-                        done.preemptions, replica=done.replica)
+                        done.preemptions, replica=done.replica, cached_tokens=done.cached_tokens)
     counters = fast.counters()
     if rc == RC_STALL:
         stalled = next(r for r in counters["replicas"] if r["waiting"] and not r["running"])
@@ -144,11 +138,11 @@ def _simulate(env, fast: CompiledCore, rec: ChunkedResults, n: int, progress, kv
 
 
 def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: ChunkedResults, max_len: int,
-          block_size: int, kv_total: int, policy) -> tuple[np.ndarray, ...]:
+          block_size: int, kv_total: int, policy, *, ids: bool) -> tuple[np.ndarray, ...]:
     """Rows of a chunk (trace rows ``first`` on, recorded by ``recorder``) for the core, refusals and
     length caps recorded as the feed's ``_Release`` records them
     (:func:`driftsim.sim.request.engine_output_tokens`, then the KV check), with the keys of the engine's
-    ``policy`` (None: FCFS)."""
+    ``policy`` (None: FCFS) and, with ``ids``, each row's prefix ids (:func:`_prefix_ids`)."""
     prompt = chunk["input_tokens"].to_numpy().astype(np.int64)
     output = chunk["output_tokens"].to_numpy().astype(np.int64)
     max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy().astype(np.int64)
@@ -169,4 +163,18 @@ def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: Chunke
     key1, key2 = _static_keys(policy, chunk, prompt, gen)
     gen[refused] = -1
     return (rows, chunk["arrival_s"].to_numpy().astype(np.float64), prompt, gen,
-            chunk["request_id"].to_numpy().astype(np.int64), key1, key2)
+            chunk["request_id"].to_numpy().astype(np.int64), key1, key2, *(_prefix_ids(chunk) if ids else ()))
+
+
+def _prefix_ids(chunk: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's tokens per prefix id (0: no ids, as a SimRequest whose ``prefix_ids`` is None), how
+    many ids it has, and all rows' ids one after another."""
+    ids = chunk["prefix_ids"]
+    if ids.null_count() == chunk.height:
+        zero = np.zeros(chunk.height, np.int64)
+        return zero, zero, np.zeros(0, np.int64)
+    named = ids.is_not_null().to_numpy()
+    id_tokens = np.where(named, chunk["prefix_block_tokens"].fill_null(0).to_numpy(), 0).astype(np.int64)
+    counts = ids.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = ids.filter(ids.list.len() > 0).explode().to_numpy().astype(np.int64)
+    return id_tokens, counts, flat

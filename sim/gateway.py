@@ -37,14 +37,14 @@ class Gateway:
         self._observers = observer_tuple(observers)
         # with no cap, a keyed policy (a plain heap) releases each arrival at once: it may skip the heap
         kind = type(policy)
-        self._pass_through = (max_outstanding is None and kind.push is Policy.push and kind.pop is Policy.pop
-                              and not getattr(router, "uses_request", False))
+        self._routes_at_arrival = max_outstanding is None and kind.push is Policy.push and kind.pop is Policy.pop
+        self._pass_through = self._routes_at_arrival and not getattr(router, "uses_request", False)
 
     @property
-    def passes_through(self) -> bool:
-        """Each arrival goes straight to a replica, in arrival order, and nothing the policy keeps
-        changes what any replica gets (no cap, a plain keyed policy, a router that ignores requests)."""
-        return self._pass_through
+    def routes_at_arrival(self) -> bool:
+        """Each arrival goes to a replica at once, in arrival order, chosen by the router alone (which may
+        read the request: it is the only one the policy holds); the policy changes nothing."""
+        return self._routes_at_arrival
 
     # ---- arrivals and completions
     def submit(self, req: SimRequest) -> None:

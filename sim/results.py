@@ -55,8 +55,9 @@ class ResultRecorder:
             self.cached_tokens[i] = req.cached_tokens
 
     def finish_rows(self, i: np.ndarray, replica: np.ndarray, scheduled_s: np.ndarray, first_token_s: np.ndarray,
-                    finish_s: np.ndarray, generated: np.ndarray, preemptions: np.ndarray) -> None:
-        """:meth:`finish` for the trace rows ``i`` (no prefix cache: nothing cached)."""
+                    finish_s: np.ndarray, generated: np.ndarray, preemptions: np.ndarray,
+                    cached_tokens: np.ndarray) -> None:
+        """:meth:`finish` for the trace rows ``i``."""
         i = i - self.base
         self.status[i] = STATUS_OK
         self.replica[i] = replica
@@ -65,6 +66,7 @@ class ResultRecorder:
         self.finish_s[i] = finish_s
         self.generated[i] = generated
         self.preemptions[i] = preemptions
+        self.cached_tokens[i] = cached_tokens
 
     def give_up(self, idx: int, status: int, reason: str, generated: int = 0) -> None:
         """The client gave up on the request (``STATUS_TIMEOUT`` or ``STATUS_ABANDONED``)."""

@@ -124,7 +124,7 @@ def simulate(
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
     n = trace.rows if streamed_input else trace.height
-    compiled = _start_arrivals(env, run, chunks, n, engine, rec, adm, progress, sender, sent, trace,
+    compiled = _start_arrivals(env, run, chunks, n, engine, rec, adm, progress, sender, sent,
                                fed=horizon_s is None and gateway.max_outstanding is None)
     try:
         env.run(until=horizon_s)
@@ -139,7 +139,7 @@ def simulate(
 
 
 def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
-                    sender: Sender | None, sent: np.ndarray | None, trace, *, fed: bool) -> bool:
+                    sender: Sender | None, sent: np.ndarray | None, *, fed: bool) -> bool:
     """Release the trace's rows: replicas that nothing but the arrivals acts on run in the compiled core
     where it applies (True; ``fed``: no horizon, no gateway cap), else a lone replica takes them in itself
     at its step ends when its runs merge (synchronous scheduling), else an arrival process releases each
@@ -147,7 +147,7 @@ def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: C
     lone = run.workers[0] if len(run.workers) == 1 else None
     continuous = all(isinstance(w, ContinuousReplica) for w in run.workers)
     if fed and continuous and run.unwatched and sender is None:
-        fast = compiled_core_for(engine, run.cores[0], trace, gateway_passes=run.gateway.passes_through,
+        fast = compiled_core_for(engine, run.cores[0], gateway_passes=run.gateway.routes_at_arrival,
                                  oracle=adm.cfg.estimator == "oracle", replicas=len(run.cores),
                                  router=run.gateway.router)
         if fast is not None:

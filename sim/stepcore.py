@@ -4,11 +4,12 @@ When continuous replicas take a trace's rows and nothing but the arrivals acts o
 client, observers, gateway cap or horizon), the per-step Python of
 :class:`~driftsim.sim.engine.EngineCore` and :class:`~driftsim.sim.replica.ContinuousReplica` is
 most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS or a keyed policy, chunked prefill,
-recompute preemption, fast-forwarded decode runs, synchronous or async scheduling; no prefix
-cache) with the same float operations in the same order, so its times equal the Python engine's
+recompute preemption, fast-forwarded decode runs, synchronous or async scheduling, the prefix
+cache of :class:`~driftsim.sim.prefix_cache.PrefixCachedBlocks` with its keys hashed as Python
+hashes them) with the same float operations in the same order, so its times equal the Python engine's
 bit for bit. A lone replica mirrors the replica that takes the rows in itself
 (:class:`driftsim.sim.run._ArrivalFeed`); several mirror the arrival process, the pass-through
-gateway's round-robin or least-outstanding router and each replica's SimPy process, in SimPy's
+gateway's round-robin, least-outstanding or prefix-affinity router and each replica's SimPy process, in SimPy's
 event order. The Python engine stays the reference (``tests/test_stepcore.py``) and runs
 everything else.
 
@@ -52,17 +53,20 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     lib.sc_new.restype = vp
     lib.sc_new.argtypes = [_i64p, ctypes.c_int, _f64p, ctypes.c_int, ctypes.c_int, _f64p, _f64p, i64,
-                           _i64p, _f64p, _f64p, _f64p, _i64p, _i64p, _i64p]
+                           _i64p, _f64p, _f64p, _f64p, _i64p, _i64p, _i64p, _i64p]
     lib.sc_cluster_new.restype = vp
     lib.sc_cluster_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, *lib.sc_new.argtypes]
     for prefix in ("sc_", "sc_cluster_"):  # a lone replica's functions and a cluster's: the same shapes
         getattr(lib, prefix + "free").argtypes = [vp]
         getattr(lib, prefix + "push").restype = ctypes.c_int
-        getattr(lib, prefix + "push").argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p, _i64p, _f64p, _f64p]
+        getattr(lib, prefix + "push").argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p, _i64p, _f64p, _f64p,
+                                                  _i64p, _i64p, _i64p, i64, _i64p]
         getattr(lib, prefix + "run").restype = ctypes.c_int
         getattr(lib, prefix + "run").argtypes = [vp, ctypes.c_int]
         getattr(lib, prefix + "counters").argtypes = [vp, _f64p, _i64p]
         getattr(lib, prefix + "drained").argtypes = [vp]
+    lib.sc_block_keys.restype = i64
+    lib.sc_block_keys.argtypes = [_i64p, i64, i64, i64, i64, _i64p]
     lib.sc_step_time.restype = f64
     lib.sc_step_time.argtypes = [ctypes.c_int, _f64p, ctypes.c_int, ctypes.c_int, _f64p, _f64p, f64, f64, f64, f64, f64]
     return lib
@@ -97,6 +101,17 @@ def step_time(form: StepFormula, P: float, A: float, Sp: float, D: float, C: flo
                             P, A, Sp, D, C)
 
 
+def block_keys(ids, id_tokens: int, block_size: int, prompt_tokens: int) -> list[int]:
+    """:func:`driftsim.sim.prefix_cache.block_keys` as the compiled core computes it (for checking the two)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the compiled core driftsim.sim._stepcore is not built")
+    ids = np.ascontiguousarray(np.append(np.asarray(ids, dtype=np.int64), 0))  # never empty
+    keys = np.empty(prompt_tokens // block_size + 1, np.int64)
+    n = lib.sc_block_keys(ids, len(ids) - 1, id_tokens, block_size, prompt_tokens, keys)
+    return keys[:n].tolist()
+
+
 def _arrays(form: StepFormula) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     def padded(values) -> np.ndarray:
         return np.array([*values, 0.0], dtype=np.float64)  # never empty: ctypes wants a buffer
@@ -115,9 +130,13 @@ class Finished:
     generated: np.ndarray
     preemptions: np.ndarray
     replica: np.ndarray
+    cached_tokens: np.ndarray  # prompt tokens found in the prefix cache at the first admission
 
 
-ROUTERS = {"round_robin": 0, "least_outstanding": 1}  # the routers a cluster of replicas mirrors
+_COUNTER_NAMES = ("steps", "preemptions", "running", "waiting", "kv_used", "prefix_queries", "prefix_query_tokens",
+                  "prefix_hit_tokens", "prefix_evictions")  # per replica, in replica_counters' order
+_COUNTERS = len(_COUNTER_NAMES)
+ROUTERS = {"round_robin": 0, "least_outstanding": 1, "prefix_affinity": 2}  # the routers a cluster of replicas mirrors
 #: the engine's waiting queue: FcfsQueue, or a PolicyQueue whose key is static per request (given with
 #: each row), Las's generated tokens or Srpt's remaining estimate (kept by the core)
 POLICY_FCFS, POLICY_STATIC, POLICY_LAS, POLICY_SRPT = 0, 1, 2, 3
@@ -128,15 +147,16 @@ class CompiledCore:
     replicas sit behind the pass-through gateway's ``router``."""
 
     def __init__(self, lib: ctypes.CDLL, engine: EngineConfig, form: StepFormula, num_blocks: int, *,
-                 replicas: int = 1, router: str = "least_outstanding", policy: int = POLICY_FCFS) -> None:
+                 replicas: int = 1, router: str = "least_outstanding", policy: int = POLICY_FCFS,
+                 prefix_caching: bool = False) -> None:
         self._lib = lib
         self.replicas = replicas
         cap = max(8192, 4 * engine.max_num_seqs)
         self._out = (np.empty(cap, np.int64), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap, np.int64),
-                     np.empty(cap, np.int64), np.zeros(cap, np.int64))
+                     np.empty(cap, np.int64), np.zeros(cap, np.int64), np.empty(cap, np.int64))
         config = np.array([engine.block_size, engine.max_num_seqs, engine.max_num_batched_tokens, engine.max_model_len,
                            num_blocks - NULL_BLOCKS, int(engine.chunked_prefill), int(engine.reserve_full_prompt),
-                           int(engine.async_scheduling), policy],
+                           int(engine.async_scheduling), policy, int(prefix_caching)],
                           dtype=np.int64)
         p, knots, values = _arrays(form)
         args = (config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values, cap, *self._out)
@@ -144,7 +164,8 @@ class CompiledCore:
             self._state = lib.sc_new(*args)
             prefix = "sc_"
         else:
-            merge = not engine.async_scheduling  # ContinuousReplica.merge_runs for these runs
+            # ContinuousReplica.merge_runs for these runs: not where the router reads the engines' caches
+            merge = not engine.async_scheduling and router != "prefix_affinity"
             self._state = lib.sc_cluster_new(replicas, ROUTERS[router], int(merge), *args)
             prefix = "sc_cluster_"
         self._run, self._push, self._free, self._counters, self._drained = (
@@ -152,7 +173,7 @@ class CompiledCore:
         if not self._state:
             raise MemoryError("the compiled core could not allocate its state")
         self._d = np.zeros(1 + replicas)
-        self._n = np.zeros(2 + 5 * replicas, np.int64)
+        self._n = np.zeros(2 + _COUNTERS * replicas, np.int64)
 
     def close(self) -> None:
         if self._state:
@@ -163,14 +184,24 @@ class CompiledCore:
         self.close()
 
     def push(self, idx: np.ndarray, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
-             request_id: np.ndarray, key1: np.ndarray, key2: np.ndarray) -> None:
+             request_id: np.ndarray, key1: np.ndarray, key2: np.ndarray, id_tokens: np.ndarray | None = None,
+             id_counts: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
         """Rows in trace order; ``output_tokens`` < 0 marks a row refused at its arrival (it still moves
         the arrival clock and ends decode runs, as in the Python feed); ``key1``, ``key2``: the engine
-        policy's static key of each row (a pair, compared in order)."""
+        policy's static key of each row (a pair, compared in order); ``id_tokens`` (0: none),
+        ``id_counts``, ``ids``: each row's prefix ids, the rows' ids one after another."""
+        n = len(idx)
+        if id_tokens is None:
+            id_tokens = id_counts = np.zeros(n, np.int64)
+            ids = np.zeros(0, np.int64)
+        counts = np.ascontiguousarray(id_counts, dtype=np.int64)
+        offsets = np.zeros(n, np.int64)
+        np.cumsum(counts[:-1], out=offsets[1:])
+        flat = np.ascontiguousarray(np.append(np.asarray(ids, dtype=np.int64), 0))  # never empty: a buffer
         args = [np.ascontiguousarray(a, dtype=t) for a, t in
                 ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64),
-                 (request_id, np.int64), (key1, np.float64), (key2, np.float64))]
-        if self._push(self._state, len(args[0]), *args) != 0:
+                 (request_id, np.int64), (key1, np.float64), (key2, np.float64), (id_tokens, np.int64))]
+        if self._push(self._state, n, *args, offsets, counts, len(flat) - 1, flat) != 0:
             raise MemoryError("the compiled core could not take more rows")
 
     def run(self, final: bool) -> int:
@@ -183,14 +214,13 @@ class CompiledCore:
 
     def counters(self) -> dict:
         """The clock, rows released, finished requests not drained, and per replica its busy time,
-        steps, preemptions, running and waiting requests and KV blocks in use."""
+        steps, preemptions, running and waiting requests, KV blocks in use, and the prefix cache's
+        counters (:meth:`~driftsim.sim.engine.EngineCore.prefix_stats`' own)."""
         d, n = self._d, self._n
         self._counters(self._state, d, n)
-        per = n[2:].reshape(self.replicas, 5)
+        per = n[2:].reshape(self.replicas, _COUNTERS).tolist()
         return {"clock": float(d[0]), "released": int(n[0]), "finished": int(n[1]),
-                "replicas": [{"busy_s": float(d[1 + i]), "steps": int(steps), "preemptions": int(pre),
-                              "running": int(running), "waiting": int(waiting), "kv_used": int(kv)}
-                             for i, (steps, pre, running, waiting, kv) in enumerate(per.tolist())]}
+                "replicas": [{"busy_s": float(d[1 + i]), **dict(zip(_COUNTER_NAMES, row))} for i, row in enumerate(per)]}
 
     def drain(self) -> Finished:
         """The requests finished since the last drain (copies), then an empty buffer."""

@@ -126,11 +126,12 @@ class ChunkedResults:
 
     # ---- many outcomes at once (the compiled core's); no sender listens on that path
     def finish_rows(self, idx: np.ndarray, scheduled_s: np.ndarray, first_token_s: np.ndarray, finish_s: np.ndarray,
-                    generated: np.ndarray, preemptions: np.ndarray, *, replica: np.ndarray) -> None:
+                    generated: np.ndarray, preemptions: np.ndarray, *, replica: np.ndarray,
+                    cached_tokens: np.ndarray) -> None:
         """:meth:`finish` for many trace rows (in any order) at once, with the replica of each."""
         for c, sel in self._by_chunk(idx):
             c.rec.finish_rows(idx[sel], replica[sel], scheduled_s[sel], first_token_s[sel], finish_s[sel],
-                              generated[sel], preemptions[sel])
+                              generated[sel], preemptions[sel], cached_tokens[sel])
             self._settled_rows(c, int(sel.sum()))
 
     def reject_rows(self, idx: np.ndarray, reasons: list[str]) -> None:

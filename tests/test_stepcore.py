@@ -23,11 +23,12 @@ from driftsim.costmodel.roofline import RooflineCostModel
 from driftsim.sim import compiled_feed, stepcore
 from driftsim.sim.config import EngineConfig, GatewayConfig
 from driftsim.sim.policies import POLICIES, Sjf
+from driftsim.sim.prefix_cache import block_keys
 from driftsim.sim.run import simulate
 from driftsim.traces.schema import REQUEST_SCHEMA
 from driftsim.traces.stream import TraceStream
 from tests.conftest import STRICT
-from tests.factories import linear_cost, random_trace, table_cost
+from tests.factories import linear_cost, random_trace, table_cost, with_prefix_ids
 
 pytestmark = pytest.mark.skipif(stepcore.library() is None and not STRICT,
                                 reason="driftsim.sim._stepcore is not built (no C compiler at install)")
@@ -130,12 +131,14 @@ def _with_max_tokens(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
        chunked=st.booleans(), reserve=st.booleans(), max_len=st.sampled_from([300, 1024, 4096]),
        cost=st.sampled_from(["linear", "table", "roofline", "token-table"]), capped=st.booleans(),
        burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]), async_sched=st.booleans(),
-       replicas=st.sampled_from([1, 1, 2, 3]), router=st.sampled_from(["round_robin", "least_outstanding"]),
-       policy=st.sampled_from([None, None, *ENGINE_POLICIES]))
+       replicas=st.sampled_from([1, 1, 2, 3]), router=st.sampled_from(["round_robin", "least_outstanding", "prefix_affinity"]),
+       policy=st.sampled_from([None, None, *ENGINE_POLICIES]), id_tokens=st.sampled_from([None, None, 1, 10, 16, 32]))
 def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seqs, budget, blocks, block_size, chunked,
                                                reserve, max_len, cost, capped, burst, rows_per_push, async_sched,
-                                               replicas, router, policy):
+                                               replicas, router, policy, id_tokens):
     trace = random_trace(n, rate=rate, seed=seed, max_in=1200, max_out=500)
+    if id_tokens is not None:  # prefix caching is on (the default): shared prompts, next turns, evictions
+        trace = with_prefix_ids(trace, seed=seed, id_tokens=id_tokens)
     if capped:
         trace = _with_max_tokens(trace, seed)
     if burst:  # many arrivals at one instant, some at a step's end
@@ -260,11 +263,11 @@ def test_streamed_results_equal_the_python_engine(tmp_path: Path, compiled_runs,
 
 
 @pytest.mark.parametrize("with_ids", [False, True])
-def test_a_streamed_file_without_prefix_ids_takes_the_core_with_caching_on(tmp_path: Path, compiled_runs, with_ids):
-    # prefix caching is on (vLLM's default): a file that names no prefix ids cannot hit the cache
+def test_a_streamed_file_with_or_without_prefix_ids_takes_the_core(tmp_path: Path, compiled_runs, with_ids):
+    # prefix caching is on (vLLM's default); the ids of a stream's chunks reach the core
     trace = random_trace(2000, rate=60, seed=12, max_in=800, max_out=300)
     if with_ids:
-        trace = _prefixed(trace)
+        trace = with_prefix_ids(trace, seed=12, id_tokens=16)
     columns = ["request_id", "arrival_s", "tenant", "input_tokens", "output_tokens"]
     trace.select(columns + (["prefix_ids", "prefix_block_tokens"] if with_ids else [])).write_parquet(tmp_path / "t.parquet")
     engine = EngineConfig(max_num_seqs=64, max_num_batched_tokens=1024, block_size=16, max_model_len=2048,
@@ -274,33 +277,59 @@ def test_a_streamed_file_without_prefix_ids_takes_the_core_with_caching_on(tmp_p
         out[compiled] = simulate(TraceStream(tmp_path / "t.parquet", chunk_rows=300), cost=linear_cost(),
                                  engine=EngineConfig(**{**engine.__dict__, "compiled_core": compiled}), num_blocks=600,
                                  results_path=tmp_path / f"{compiled}.parquet")
-    assert len(compiled_runs) == (0 if with_ids else 1)
-    assert pl.read_parquet(out[True].requests_path).equals(pl.read_parquet(out[False].requests_path))
+    assert len(compiled_runs) == 1
+    fast = pl.read_parquet(out[True].requests_path)
+    assert fast.equals(pl.read_parquet(out[False].requests_path))
+    assert (fast["cached_tokens"].sum() > 0) == with_ids
+    assert out[True].replicas == out[False].replicas
 
 
-def _prefixed(trace: pl.DataFrame) -> pl.DataFrame:
-    ids = [[7, 8, 9][: max(1, int(p) // 16)] for p in trace["input_tokens"]]
-    return trace.with_columns(pl.Series("prefix_ids", ids, dtype=REQUEST_SCHEMA["prefix_ids"]),
-                              pl.lit(16, dtype=REQUEST_SCHEMA["prefix_block_tokens"]).alias("prefix_block_tokens"))
+def test_block_keys_are_the_python_engine_s():
+    # the core hashes ids as Python hashes int pairs, so its keys are block_keys' own
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        ids = rng.integers(-2**63, 2**63 - 1, rng.integers(0, 12), dtype=np.int64).tolist()
+        if rng.random() < 0.3:  # small ids, -1 among them (Python hashes -1 as -2)
+            ids = rng.integers(-3, 3, len(ids)).tolist()
+        id_tokens, block_size = int(rng.choice([1, 5, 16, 32, 100])), int(rng.choice([1, 7, 16]))
+        tokens = int(rng.integers(0, 2000))
+        assert stepcore.block_keys(ids, id_tokens, block_size, tokens) == block_keys(ids, id_tokens, block_size, tokens)
 
 
-@pytest.mark.parametrize("case", ["prefix-ids", "policy-subclass", "estimator", "observers", "prefix-router", "cap",
-                                  "horizon", "switched-off"])
+@pytest.mark.parametrize("replicas,async_sched", [(1, False), (1, True), (2, False), (2, True)])
+def test_prefix_cache_hits_evictions_and_preemptions_in_the_core(compiled_runs, replicas, async_sched):
+    # a small KV cache: shared prompts hit, freed blocks are evicted for new ones, decodes preempt
+    trace = with_prefix_ids(random_trace(400, rate=40, seed=3, max_in=900, max_out=300), seed=3, id_tokens=16)
+    engine = EngineConfig(max_num_seqs=32, max_num_batched_tokens=512, block_size=16, max_model_len=2048,
+                          async_scheduling=async_sched)
+
+    def run(**flags):
+        return simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, **flags}), num_blocks=150,
+                        replicas=replicas, gateway=GatewayConfig(router="round_robin"))
+
+    fast = run()
+    python, steps = run(compiled_core=False), run(fast_forward=False)
+    assert len(compiled_runs) == 1
+    assert fast.requests.equals(python.requests) and fast.requests.equals(steps.requests)
+    assert fast.replicas == python.replicas  # lookups, hit tokens and evictions too
+    assert _same(fast.summary, python.summary)
+    for r in fast.replicas:
+        assert r["prefix_hit_tokens"] > 0 and r["prefix_evictions"] > 0 and r["preemptions"] > 0
+    assert fast.requests["cached_tokens"].sum() > 0
+
+
+@pytest.mark.parametrize("case", ["policy-subclass", "estimator", "observers", "cap", "horizon", "switched-off"])
 def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, monkeypatch, case):
     trace = random_trace(50, rate=20, seed=1, max_in=300, max_out=100)
     engine = dict(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, max_model_len=1024)
     kwargs: dict = {}
-    if case == "prefix-ids":
-        trace = _prefixed(trace)
-    elif case == "policy-subclass":  # its key may be anything: the core cannot know it
+    if case == "policy-subclass":  # its key may be anything: the core cannot know it
         monkeypatch.setitem(POLICIES, "sjf", type("Custom", (Sjf,), {}))
         kwargs["gateway"] = GatewayConfig(policy="sjf", placement="engine")
     elif case == "estimator":
         kwargs["admission"] = AdmissionConfig(estimator="driftsched")
     elif case == "observers":
         kwargs["observers"] = [lambda event: None]
-    elif case == "prefix-router":
-        kwargs.update(replicas=2, gateway=GatewayConfig(router="prefix_affinity"))
     elif case == "cap":
         kwargs["gateway"] = GatewayConfig(max_outstanding=4)
     elif case == "horizon":
@@ -311,8 +340,27 @@ def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, monkeypatch
     assert not compiled_runs, f"{case}: the compiled core does not model this run"
 
 
+@pytest.mark.parametrize("async_sched", [False, True])
+def test_the_prefix_affinity_router_runs_in_the_core(compiled_runs, async_sched):
+    # each replica's cache decides where a request goes: more of the prompts hit than behind round robin
+    trace = with_prefix_ids(random_trace(900, rate=60, seed=8, max_in=900, max_out=200), seed=8, id_tokens=16,
+                            prompts=6)
+    engine = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, max_model_len=2048,
+                          async_scheduling=async_sched)
+
+    def run(router: str, **flags):
+        return simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, **flags}), num_blocks=400,
+                        replicas=3, gateway=GatewayConfig(router=router))
+
+    fast, python = run("prefix_affinity"), run("prefix_affinity", compiled_core=False)
+    assert len(compiled_runs) == 1
+    assert fast.requests.equals(python.requests) and fast.replicas == python.replicas
+    spread = run("round_robin")
+    assert fast.summary["overall"]["prefix_token_hit_rate"] > spread.summary["overall"]["prefix_token_hit_rate"]
+
+
 def test_prefix_ids_with_caching_off_take_the_core(compiled_runs):
-    trace = _prefixed(random_trace(50, rate=20, seed=1, max_in=300, max_out=100))
+    trace = with_prefix_ids(random_trace(50, rate=20, seed=1, max_in=300, max_out=100), seed=1, id_tokens=16)
     engine = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, block_size=16, max_model_len=1024,
                           prefix_caching=False)
     fast = simulate(trace, cost=linear_cost(), engine=engine, num_blocks=400)
