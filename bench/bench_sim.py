@@ -23,6 +23,8 @@ to back per size, and prints the ratio.
     python bench/bench_sim.py --python-engine --async-scheduling  # in process, vLLM's async scheduling on
     python bench/bench_sim.py --python-engine --replicas 4  # in process, 4 replicas (offered load x4)
     python bench/bench_sim.py --python-engine --shared-prefix  # in process, the shared-prefix workload below
+    python bench/bench_sim.py --python-engine --shared-prefix --replicas 4 --router prefix_affinity
+    python bench/bench_sim.py --python-engine --replicas 4 --max-outstanding 32 --policy priority
     python bench/bench_sim.py --rate 6 --max-prompt 4096    # a fixed offered rate, longer prompts
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
@@ -50,14 +52,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from driftsim.costmodel.profiles import load_profile  # noqa: E402
-from driftsim.sim.config import EngineConfig  # noqa: E402
+from driftsim.sim.config import EngineConfig, GatewayConfig  # noqa: E402
+from driftsim.sim.router import ROUTERS  # noqa: E402
 from driftsim.sim.run import simulate  # noqa: E402
 from driftsim.traces.loaders import load_trace  # noqa: E402
 from driftsim.traces.schema import REQUEST_SCHEMA  # noqa: E402
 
 PROFILE = "a100-llama-3.1-8b"
 ENGINE = dict(max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096, block_size=16)
-REPLICAS = 1  # --replicas: behind the default least-outstanding router
+REPLICAS = 1  # --replicas: behind ROUTER
+ROUTER = "least_outstanding"  # --router
+GATEWAY = {}  # --max-outstanding, --policy: a capped gateway and its policy
 SHARED_PREFIX = False  # --shared-prefix: in process, shared_prefix_workload (prefix caching on)
 
 
@@ -135,7 +140,8 @@ def run_once(n: int, rate: float | None, mode: str = "compiled", seed: int = 0) 
     trace = (shared_prefix_workload if SHARED_PREFIX else workload)(n, rate, seed)
     blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
     t0 = time.perf_counter()
-    res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks, replicas=REPLICAS)
+    res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks, replicas=REPLICAS,
+                   gateway=GatewayConfig(router=ROUTER, **GATEWAY))
     wall = time.perf_counter() - t0
     steps = sum(r["steps"] for r in res.replicas)
     return {
@@ -230,7 +236,11 @@ def main() -> None:
     ap.add_argument("--max-prompt", type=int, default=MAX_PROMPT, help="keep trace pairs with prompts up to this")
     ap.add_argument("--prefix-pair", type=int, metavar="N", help="only time prefix caching on vs off on N requests")
     ap.add_argument("--async-scheduling", action="store_true", help="in process: the engine with async scheduling")
-    ap.add_argument("--replicas", type=int, default=1, help="in process: replicas behind a least-outstanding router")
+    ap.add_argument("--replicas", type=int, default=1, help="in process: replicas behind --router")
+    ap.add_argument("--router", default="least_outstanding", choices=sorted(ROUTERS),
+                    help="in process, with --replicas: the gateway's router")
+    ap.add_argument("--max-outstanding", type=int, help="in process: the gateway's cap of requests in flight per replica")
+    ap.add_argument("--policy", default="fifo", help="in process, with --max-outstanding: the gateway's policy")
     ap.add_argument("--shared-prefix", action="store_true",
                     help="in process: requests carry the ids of 8 shared system prompts (prefix caching on)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -239,18 +249,22 @@ def main() -> None:
     globals()["MAX_PROMPT"] = args.max_prompt
     ENGINE["async_scheduling"] = args.async_scheduling
     globals()["REPLICAS"] = args.replicas
+    globals()["ROUTER"] = args.router
+    if args.max_outstanding is not None:
+        GATEWAY.update(max_outstanding=args.max_outstanding, policy=args.policy)
     globals()["SHARED_PREFIX"] = args.shared_prefix
     if args.child:
         return child(args)
     args.in_process = (args.in_process or args.compare_step or args.python_engine or args.async_scheduling
-                       or args.replicas > 1 or args.shared_prefix)
+                       or args.replicas > 1 or args.shared_prefix or args.max_outstanding is not None)
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
     sat = run_once(5000, None)
     capacity = sat["throughput_rps"]
     rate = args.rate or args.load * capacity
-    print(f"profile {PROFILE}, engine {ENGINE}, replicas {REPLICAS}, prompts <= {MAX_PROMPT} tokens")
+    print(f"profile {PROFILE}, engine {ENGINE}, replicas {REPLICAS} ({ROUTER}), gateway {GATEWAY or 'uncapped'}, "
+          f"prompts <= {MAX_PROMPT} tokens")
     print(f"capacity (5000 requests at t=0): {capacity:.2f} requests/s; offered load {rate:.2f} requests/s "
           f"({rate / capacity:.0%})")
     if args.prefix_pair:
@@ -300,9 +314,11 @@ def in_process(args, rate: float) -> None:
     print(f"{'requests':>9} {'engine':>13} {'wall s':>8} {'req/s':>9} {'steps':>10} {'steps/s':>9} {'us/req':>7} {'E2E p50':>8} {'TTFT p99':>9} {'peak RSS MB':>12}")
     for n, mode in runs:
         cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate), "--mode", mode,
-               "--max-prompt", str(MAX_PROMPT), "--replicas", str(args.replicas),
+               "--max-prompt", str(MAX_PROMPT), "--replicas", str(args.replicas), "--router", args.router,
                *(["--async-scheduling"] if args.async_scheduling else []),
-               *(["--shared-prefix"] if args.shared_prefix else [])]
+               *(["--shared-prefix"] if args.shared_prefix else []),
+               *(["--max-outstanding", str(args.max_outstanding), "--policy", args.policy]
+                 if args.max_outstanding is not None else [])]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(f"{n:>9} {r['engine']:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
               f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['e2e_p50_s']:>7.2f}s {r['ttft_p99_s']:>8.2f}s "

@@ -6,7 +6,8 @@
  * chained block keys hashed as Python hashes them, shared blocks, an LRU free queue). A lone
  * synchronous replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed); with async
  * scheduling, or several replicas behind a router (Cluster, below: round robin, least outstanding or
- * prefix affinity, which reads each engine's cache), it mirrors the arrival process
+ * prefix affinity, which reads each engine's cache), or a gateway with a cap that queues arrivals
+ * in its policy's order, it mirrors the arrival process
  * that hands each row in at its time (driftsim.sim.run._arrivals) and each replica's SimPy process:
  * the engine's inbox and its intake and release lags (EngineCore._intake), and a run cut by an
  * arrival during it (_wait_run). Every branch below names the Python method it mirrors; the
@@ -71,6 +72,7 @@ typedef struct {
 typedef struct {
     i64 *idx, *in, *out, *rid;
     double *at, *k1, *k2; /* k1, k2: the engine policy's static key (PolicyQueue) */
+    double *gk1, *gk2; /* the gateway policy's static key (a capped gateway's queue) */
     i64 *idt, *ioff, *ilen; /* prefix identity: tokens per id (0: none), the row's ids in `ids` */
     i64 *ids, ids_len, ids_cap;
     i64 head, len, cap;
@@ -1032,19 +1034,32 @@ static i64 rows_take(Rows *q, double w) {
     return h;
 }
 
+/* One trace row as an engine takes it in: a view of a row of Rows, or a row waiting at a capped
+ * gateway (which owns its copy of the ids) */
+typedef struct {
+    i64 idx, in, out, rid, idt, nids;
+    double at, k1, k2, gk1, gk2;
+    i64 *ids;
+} Row;
+
+static Row row_at(const Rows *q, i64 h) {
+    return (Row){q->idx[h], q->in[h], q->out[h], q->rid[h], q->idt[h], q->ilen[h], q->at[h], q->k1[h], q->k2[h],
+                 q->gk1[h], q->gk2[h], q->ids ? q->ids + q->ioff[h] : NULL};
+}
+
 /* EngineCore.add's request for row h of q (SimRequest as _Release builds it); its slot, or -1 */
-static int new_request(Core *s, const Rows *q, i64 h) {
+static int new_request(Core *s, const Row *w) {
     int slot = new_slot(s);
     if (slot < 0) return -1;
     Req *r = &s->reqs[slot];
     memset(r, 0, sizeof(Req));
-    r->idx = q->idx[h];
-    r->input = q->in[h];
-    r->output = q->out[h];
-    r->rid = q->rid[h];
-    r->at = q->at[h];
-    r->k1 = q->k1[h];
-    r->k2 = q->k2[h];
+    r->idx = w->idx;
+    r->input = w->in;
+    r->output = w->out;
+    r->rid = w->rid;
+    r->at = w->at;
+    r->k1 = w->k1;
+    r->k2 = w->k2;
     r->prefill_target = r->input; /* EngineCore.add */
     r->finish_g = -1;
     r->first_token_s = -1.0;
@@ -1052,14 +1067,14 @@ static int new_request(Core *s, const Rows *q, i64 h) {
     r->prev = r->next = -1;
     r->cached = -1;
     r->memo_version = -1;
-    if (s->prefix && q->idt[h] > 0) { /* SimRequest.prefix_ids: kept until its first lookup */
+    if (s->prefix && w->idt > 0) { /* SimRequest.prefix_ids: kept until its first lookup */
         if (!s->m_used && prefix_cache_new(s)) return -1;
         r->has_ids = 1;
-        r->idt = q->idt[h];
-        r->nids = q->ilen[h];
+        r->idt = w->idt;
+        r->nids = w->nids;
         r->ids = malloc((size_t)(r->nids + 1) * sizeof(i64));
         if (!r->ids) return -1;
-        memcpy(r->ids, q->ids + q->ioff[h], (size_t)r->nids * sizeof(i64));
+        memcpy(r->ids, w->ids, (size_t)r->nids * sizeof(i64));
     }
     return slot;
 }
@@ -1070,7 +1085,8 @@ static int release_due(Core *s, double t, int first) {
         first = 0;
         i64 h = rows_take(&s->q, wake(&s->q, s->q.at[s->q.head]));
         if (s->q.out[h] < 0) continue; /* refused at release (recorded by Python) */
-        int slot = new_request(s, &s->q, h);
+        Row w = row_at(&s->q, h);
+        int slot = new_request(s, &w);
         if (slot < 0 || waiting_push(s, slot)) return -1;
     }
     return 0;
@@ -1085,7 +1101,8 @@ static int release_woken(Core *s, double t) {
         if (w > t) break;
         i64 h = rows_take(&s->q, w);
         if (s->q.out[h] < 0) continue; /* refused at release (recorded by Python) */
-        int slot = new_request(s, &s->q, h);
+        Row row = row_at(&s->q, h);
+        int slot = new_request(s, &row);
         if (slot < 0 || inbox_push(s, slot, s->steps)) return -1;
     }
     return 0;
@@ -1158,12 +1175,13 @@ int sc_run(Core *s, int final) {
  * engine policy's static key; idt, ioff, ilen: its prefix ids' tokens each (0: none) and where they
  * lie in ids (offsets non-decreasing, ioff[0] == 0). */
 static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
-                     const i64 *rid, const double *k1, const double *k2, const i64 *idt, const i64 *ioff,
-                     const i64 *ilen, i64 nids, const i64 *ids) {
+                     const i64 *rid, const double *k1, const double *k2, const double *gk1, const double *gk2,
+                     const i64 *idt, const i64 *ioff, const i64 *ilen, i64 nids, const i64 *ids) {
     void **cols[] = {(void **)&q->idx, (void **)&q->at, (void **)&q->in, (void **)&q->out, (void **)&q->rid,
-                     (void **)&q->k1, (void **)&q->k2, (void **)&q->idt, (void **)&q->ioff, (void **)&q->ilen};
-    const void *src[] = {idx, at, input, out, rid, k1, k2, idt, ioff, ilen};
-    enum { NCOLS = 10 }; /* every column holds 8-byte values */
+                     (void **)&q->k1, (void **)&q->k2, (void **)&q->gk1, (void **)&q->gk2, (void **)&q->idt,
+                     (void **)&q->ioff, (void **)&q->ilen};
+    const void *src[] = {idx, at, input, out, rid, k1, k2, gk1, gk2, idt, ioff, ilen};
+    enum { NCOLS = 12 }; /* every column holds 8-byte values */
     if (!q->len) q->ids_len = 0;
     i64 base = q->ids_len, need = q->head + q->len + n;
     if (q->head && need > q->cap) { /* compact, the ids of the rows left too */
@@ -1196,13 +1214,13 @@ static int rows_push(Rows *q, i64 n, const i64 *idx, const double *at, const i64
 
 static void rows_free(Rows *q) {
     free(q->idx); free(q->at); free(q->in); free(q->out); free(q->rid); free(q->k1); free(q->k2);
-    free(q->idt); free(q->ioff); free(q->ilen); free(q->ids);
+    free(q->gk1); free(q->gk2); free(q->idt); free(q->ioff); free(q->ilen); free(q->ids);
 }
 
 int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out, const i64 *rid,
-            const double *k1, const double *k2, const i64 *idt, const i64 *ioff, const i64 *ilen, i64 nids,
-            const i64 *ids) {
-    return rows_push(&s->q, n, idx, at, input, out, rid, k1, k2, idt, ioff, ilen, nids, ids);
+            const double *k1, const double *k2, const double *gk1, const double *gk2, const i64 *idt,
+            const i64 *ioff, const i64 *ilen, i64 nids, const i64 *ids) {
+    return rows_push(&s->q, n, idx, at, input, out, rid, k1, k2, gk1, gk2, idt, ioff, ilen, nids, ids);
 }
 
 /* ------------------------------------------------------------------ several replicas behind a router */
@@ -1212,7 +1230,7 @@ int sc_push(Core *s, i64 n, const i64 *idx, const double *at, const i64 *input, 
  * planned pure-decode run (after a committed step when `stepped`: _step_then_run) committed at its
  * wake, which an arrival during it may cut short (_wait_run's interrupt), or a general step planned
  * and committed at its end (R_PLANNED: where the router reads the engines' caches meanwhile). */
-enum { R_IDLE = 0, R_WOKEN = 1, R_STEP = 2, R_RUN = 3, R_PLANNED = 4 };
+enum { R_IDLE = 0, R_WOKEN = 1, R_STEP = 2, R_RUN = 3, R_PLANNED = 4, R_EXEC = 5 /* its process is running */ };
 
 void sc_free(Core *s);
 enum { ROUTE_ROUND_ROBIN = 0, ROUTE_LEAST_OUTSTANDING = 1, ROUTE_PREFIX_AFFINITY = 2 };
@@ -1227,27 +1245,90 @@ typedef struct {
     i64 out_cap, out_n, max_seqs;
     double now; /* the last event's time */
     i64 *keys, keys_cap; /* the keys of the row being routed (PrefixAffinity) */
+    /* a capped gateway (cap >= 0: Gateway.max_outstanding): its policy's queue, a heap of rows by
+     * (gk1, gk2, arrival, request id), each owning its ids; and SimPy's order of the replicas' wakes
+     * at one instant (the order their events were scheduled in: dispatches at one replica's wake
+     * decide what the next one gets) */
+    i64 cap, seq, *wake_seq;
+    Row *gq;
+    i64 gq_len, gq_cap;
 } Cluster;
 
-/* RoundRobin.pick, LeastOutstanding.pick or PrefixAffinity.pick with no cap, for row h of q: with
- * prefix affinity, the replica whose cache holds the longest run of the row's leading blocks
- * (EngineCore.cached_prefix_blocks), ties to the fewest in flight; -1: out of memory */
-static int route(Cluster *c, const Rows *q, i64 h) {
+static int gq_less(const Row *a, const Row *b) {
+    if (a->gk1 != b->gk1) return a->gk1 < b->gk1;
+    if (a->gk2 != b->gk2) return a->gk2 < b->gk2;
+    if (a->at != b->at) return a->at < b->at;
+    return a->rid < b->rid;
+}
+
+/* Policy.push at a capped gateway: a copy of row w (its ids too) */
+static int gq_push(Cluster *c, const Row *w) {
+    if (c->gq_len == c->gq_cap && grow((void **)&c->gq, &c->gq_cap, c->gq_len + 1, sizeof(Row))) return -1;
+    Row e = *w;
+    e.ids = malloc((size_t)(w->nids + 1) * sizeof(i64));
+    if (!e.ids) return -1;
+    if (w->nids) memcpy(e.ids, w->ids, (size_t)w->nids * sizeof(i64));
+    i64 i = c->gq_len++;
+    while (i > 0) {
+        i64 p = (i - 1) / 2;
+        if (!gq_less(&e, &c->gq[p])) break;
+        c->gq[i] = c->gq[p];
+        i = p;
+    }
+    c->gq[i] = e;
+    return 0;
+}
+
+/* Policy.pop: the head leaves the heap (its ids are the caller's to free) */
+static Row gq_pop(Cluster *c) {
+    Row top = c->gq[0], last = c->gq[--c->gq_len];
+    i64 i = 0, n = c->gq_len;
+    for (;;) {
+        i64 k = 2 * i + 1;
+        if (k >= n) break;
+        if (k + 1 < n && gq_less(&c->gq[k + 1], &c->gq[k])) k++;
+        if (!gq_less(&c->gq[k], &last)) break;
+        c->gq[i] = c->gq[k];
+        i = k;
+    }
+    if (n) c->gq[i] = last;
+    return top;
+}
+
+/* replica r's process will wake at t, by an event scheduled now */
+static inline void wake_at(Cluster *c, int r, double t) {
+    c->wake_at[r] = t;
+    c->wake_seq[r] = c->seq++;
+}
+
+static inline int below_cap(const Cluster *c, int r) { return c->cap < 0 || c->outstanding[r] < c->cap; }
+
+/* RoundRobin.pick, LeastOutstanding.pick or PrefixAffinity.pick for row w, skipping replicas at the
+ * gateway's cap: with prefix affinity, the replica whose cache holds the longest run of the row's
+ * leading blocks (EngineCore.cached_prefix_blocks), ties to the fewest in flight, then the lowest
+ * index; -1: every replica is at its cap; -2: out of memory */
+static int route(Cluster *c, const Row *w) {
     if (c->router == ROUTE_ROUND_ROBIN) {
-        int r = c->rr_next;
-        c->rr_next = (r + 1) % c->n;
-        return r;
+        for (int k = 0; k < c->n; k++) {
+            int r = (c->rr_next + k) % c->n;
+            if (below_cap(c, r)) {
+                c->rr_next = (r + 1) % c->n;
+                return r;
+            }
+        }
+        return -1;
     }
     i64 nkeys = 0, bs = c->eng[0]->bs;
-    if (c->router == ROUTE_PREFIX_AFFINITY && c->eng[0]->prefix && q->idt[h] > 0) {
-        i64 tokens = keyed_tokens(q->ilen[h], q->idt[h], q->in[h], q->out[h]);
-        if (tokens / bs + 1 > c->keys_cap && grow((void **)&c->keys, &c->keys_cap, tokens / bs + 1, 8)) return -1;
-        nkeys = block_keys(q->ids + q->ioff[h], q->ilen[h], q->idt[h], bs, tokens, c->keys);
+    if (c->router == ROUTE_PREFIX_AFFINITY && c->eng[0]->prefix && w->idt > 0) {
+        i64 tokens = keyed_tokens(w->nids, w->idt, w->in, w->out);
+        if (tokens / bs + 1 > c->keys_cap && grow((void **)&c->keys, &c->keys_cap, tokens / bs + 1, 8)) return -2;
+        nkeys = block_keys(w->ids, w->nids, w->idt, bs, tokens, c->keys);
     }
-    int best = 0;
+    int best = -1;
     i64 best_cached = -1, unused;
     for (int i = 0; i < c->n; i++) {
-        i64 cached = nkeys ? lookup(c->eng[i], c->keys, nkeys, (q->in[h] - 1) / bs, &unused) : 0;
+        if (!below_cap(c, i)) continue;
+        i64 cached = nkeys ? lookup(c->eng[i], c->keys, nkeys, (w->in - 1) / bs, &unused) : 0;
         if (cached > best_cached || (cached == best_cached && c->outstanding[i] < c->outstanding[best])) {
             best = i;
             best_cached = cached;
@@ -1256,17 +1337,12 @@ static int route(Cluster *c, const Rows *q, i64 h) {
     return best;
 }
 
-/* The arrival process releases the next row at its wake w (URGENT: before any step ending then); the
- * pass-through gateway routes it and ContinuousReplica.submit hands it to the engine, wakes an idle
- * replica, or cuts a fast-forwarded run after the step in progress. */
-static int cluster_arrival(Cluster *c, double w) {
-    Rows *q = &c->q;
-    i64 h = rows_take(q, w);
-    if (q->out[h] < 0) return 0; /* refused at release (recorded by Python) */
-    int r = route(c, q, h);
-    if (r < 0) return -1;
+/* ContinuousReplica.submit at time w of row `row` to replica r: the engine takes it, an idle replica
+ * wakes, a fast-forwarded run is cut after the step in progress (nothing, when r's process is the
+ * one running) */
+static int submit(Cluster *c, int r, const Row *row, double w) {
     Core *s = c->eng[r];
-    int slot = new_request(s, q, h);
+    int slot = new_request(s, row);
     if (slot < 0) return -1;
     c->outstanding[r]++;
     if (s->async_sched) { /* EngineCore.add: a plan awaiting its commit gives the step at the commit */
@@ -1276,15 +1352,41 @@ static int cluster_arrival(Cluster *c, double w) {
     }
     if (c->state[r] == R_IDLE) {
         c->state[r] = R_WOKEN;
-        c->wake_at[r] = w;
+        wake_at(c, r, w);
     } else if (c->state[r] == R_RUN && c->interruptible[r] && s->ends[c->nplan[r] - 2] >= w) {
         i64 n = 0; /* searchsorted(ends, now, "left") */
         while (s->ends[n] < w) n++;
         c->nplan[r] = n + 1;
         c->interruptible[r] = 0;
-        c->wake_at[r] = timeout_end(w, s->ends[n]);
+        wake_at(c, r, timeout_end(w, s->ends[n]));
     }
     return 0;
+}
+
+/* Gateway._dispatch at time w: the policy's next rows to the replicas below the cap */
+static int dispatch(Cluster *c, double w) {
+    while (c->gq_len) {
+        int r = route(c, &c->gq[0]);
+        if (r == -1) return 0;
+        if (r < 0) return -1;
+        Row e = gq_pop(c);
+        int err = submit(c, r, &e, w);
+        free(e.ids);
+        if (err) return -1;
+    }
+    return 0;
+}
+
+/* The arrival process releases the next row at its wake w (URGENT: before any step ending then); the
+ * gateway routes it at once (no cap) or queues it and dispatches (a cap). */
+static int cluster_arrival(Cluster *c, double w) {
+    Rows *q = &c->q;
+    i64 h = rows_take(q, w);
+    if (q->out[h] < 0) return 0; /* refused at release (recorded by Python) */
+    Row row = row_at(q, h);
+    if (c->cap >= 0) return gq_push(c, &row) || dispatch(c, w) ? -1 : 0;
+    int r = route(c, &row);
+    return r < 0 || submit(c, r, &row, w) ? -1 : 0;
 }
 
 /* Replica r's process wakes at wake_at[r]: commits what it waited for, delivers its completions
@@ -1292,23 +1394,25 @@ static int cluster_arrival(Cluster *c, double w) {
 static int cluster_wake(Cluster *c, int r) {
     Core *s = c->eng[r];
     double P = c->wake_at[r];
-    int err = 0;
-    if (c->state[r] == R_WOKEN) {
+    int err = 0, was = c->state[r];
+    c->state[r] = R_EXEC;
+    if (was == R_WOKEN) {
         s->clock = P;
-    } else if (c->state[r] == R_RUN) { /* after a step: commit(n - 1) of the run; n == 1: drop_decode_run */
+    } else if (was == R_RUN) { /* after a step: commit(n - 1) of the run; n == 1: drop_decode_run */
         i64 n = c->nplan[r], steps = c->stepped[r] ? n - 1 : n;
         if (steps) {
             decode_commit(s, steps, c->stepped[r] ? s->ends[0] : c->plan_t[r], s->ends[n - 1]);
             c->pending[r] += s->nfin;
         }
         s->clock = s->ends[n - 1];
-    } else if (c->state[r] == R_PLANNED) {
+    } else if (was == R_PLANNED) {
         if ((err = general_commit(s, c->plan_t[r], s->ends[0]))) return err;
         c->pending[r] += s->nfin;
         s->clock = s->ends[0];
     } /* R_STEP: committed when planned; s->clock is its end */
     c->outstanding[r] -= c->pending[r];
     c->pending[r] = 0;
+    if (c->cap >= 0 && dispatch(c, P)) return RC_NOMEM; /* Gateway.finished: slots freed */
     if (!has_work(s)) {
         c->state[r] = R_IDLE;
         return 0;
@@ -1326,7 +1430,7 @@ static int cluster_wake(Cluster *c, int r) {
         c->stepped[r] = 0;
         c->nplan[r] = 1;
         c->interruptible[r] = 0;
-        c->wake_at[r] = timeout_end(P, s->ends[0]);
+        wake_at(c, r, timeout_end(P, s->ends[0]));
         return 0;
     }
     if (m <= 1) { /* one step: committed now (as at its end: nothing reads the engine before) */
@@ -1351,19 +1455,19 @@ static int cluster_wake(Cluster *c, int r) {
         c->nplan[r] = k + 1;
         c->interruptible[r] = k > 0;
         s->clock = end;
-        c->wake_at[r] = timeout_end(P, last);
+        wake_at(c, r, timeout_end(P, last));
     } else { /* a fast-forwarded run: _wait_run */
         c->state[r] = R_RUN;
         c->stepped[r] = 0;
         c->nplan[r] = m;
         c->interruptible[r] = 1;
-        c->wake_at[r] = timeout_end(P, s->ends[m - 1]);
+        wake_at(c, r, timeout_end(P, s->ends[m - 1]));
     }
     return 0;
 }
 
-/* Every process in SimPy's order: the next arrival before any replica waking at the same time; the
- * replicas' own wakes at one instant touch nothing of each other's, so their order is free. Returns
+/* Every process in SimPy's order: the next arrival before any replica waking at the same time, the
+ * replicas waking at one instant in the order their wakes were scheduled. Returns
  * when rows are needed (final: there are none), the finished buffer may overflow, or all is done. */
 int sc_cluster_run(Cluster *c, int final) {
     Rows *q = &c->q;
@@ -1373,8 +1477,9 @@ int sc_cluster_run(Cluster *c, int final) {
         double ta = q->len ? wake(q, q->at[q->head]) : INFINITY;
         int best = -1;
         double tb = INFINITY;
-        for (int i = 0; i < c->n; i++)
-            if (c->state[i] != R_IDLE && (best < 0 || c->wake_at[i] < tb)) {
+        for (int i = 0; i < c->n; i++) /* SimPy's order: time, then the order events were scheduled in */
+            if (c->state[i] != R_IDLE && (best < 0 || c->wake_at[i] < tb
+                                          || (c->wake_at[i] == tb && c->wake_seq[i] < c->wake_seq[best]))) {
                 best = i;
                 tb = c->wake_at[i];
             }
@@ -1391,9 +1496,9 @@ int sc_cluster_run(Cluster *c, int final) {
 }
 
 int sc_cluster_push(Cluster *c, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
-                    const i64 *rid, const double *k1, const double *k2, const i64 *idt, const i64 *ioff,
-                    const i64 *ilen, i64 nids, const i64 *ids) {
-    return rows_push(&c->q, n, idx, at, input, out, rid, k1, k2, idt, ioff, ilen, nids, ids);
+                    const i64 *rid, const double *k1, const double *k2, const double *gk1, const double *gk2,
+                    const i64 *idt, const i64 *ioff, const i64 *ilen, i64 nids, const i64 *ids) {
+    return rows_push(&c->q, n, idx, at, input, out, rid, k1, k2, gk1, gk2, idt, ioff, ilen, nids, ids);
 }
 
 void sc_cluster_free(Cluster *c) {
@@ -1401,7 +1506,9 @@ void sc_cluster_free(Cluster *c) {
     if (c->eng)
         for (int i = 0; i < c->n; i++) sc_free(c->eng[i]);
     free(c->eng); free(c->state); free(c->stepped); free(c->interruptible); free(c->wake_at); free(c->plan_t);
-    free(c->outstanding); free(c->pending); free(c->nplan); free(c->keys);
+    free(c->outstanding); free(c->pending); free(c->nplan); free(c->keys); free(c->wake_seq);
+    for (i64 i = 0; i < c->gq_len; i++) free(c->gq[i].ids);
+    free(c->gq);
     rows_free(&c->q);
     free(c);
 }
@@ -1467,9 +1574,10 @@ void sc_free(Core *s) {
     free(s);
 }
 
-/* n replicas of one engine and cost model behind a router (ROUTE_*); merge: synchronous scheduling,
- * whose replicas merge a step and the run after it into one wait */
-Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kind, const double *p, int np,
+/* n replicas of one engine and cost model behind a router (ROUTE_*) and a gateway that holds arrivals
+ * beyond `cap` requests in flight per replica (< 0: none); merge: replicas merge a step and the run
+ * after it into one wait (ContinuousReplica.merge_runs) */
+Cluster *sc_cluster_new(int n, int router, int merge, i64 cap, const i64 *engine, int kind, const double *p, int np,
                         int nknots, const double *knots, const double *values, i64 out_cap, i64 *out_idx,
                         double *out_sched, double *out_first, double *out_finish, i64 *out_gen, i64 *out_pre,
                         i64 *out_rep, i64 *out_cached) {
@@ -1478,6 +1586,7 @@ Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kin
     c->n = n;
     c->router = router;
     c->merge = merge;
+    c->cap = cap;
     c->out_cap = out_cap;
     c->max_seqs = engine[1];
     c->eng = calloc((size_t)n, sizeof(Core *));
@@ -1489,8 +1598,9 @@ Cluster *sc_cluster_new(int n, int router, int merge, const i64 *engine, int kin
     c->outstanding = calloc((size_t)n, sizeof(i64));
     c->pending = calloc((size_t)n, sizeof(i64));
     c->nplan = calloc((size_t)n, sizeof(i64));
+    c->wake_seq = calloc((size_t)n, sizeof(i64));
     if (!c->eng || !c->state || !c->stepped || !c->interruptible || !c->wake_at || !c->plan_t || !c->outstanding
-        || !c->pending || !c->nplan) {
+        || !c->pending || !c->nplan || !c->wake_seq) {
         sc_cluster_free(c);
         return NULL;
     }

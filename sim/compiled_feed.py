@@ -18,7 +18,8 @@ import simpy
 
 from driftsim.sim.config import EngineConfig
 from driftsim.sim.engine import EngineCore, FcfsQueue
-from driftsim.sim.policies import Aging, Edf, Fifo, Las, Priority, Sjf, Srpt
+from driftsim.sim.gateway import Gateway
+from driftsim.sim.policies import Aging, Edf, Fifo, Las, Policy, Priority, Sjf, Srpt
 from driftsim.sim.request import engine_output_tokens, kv_refusal
 from driftsim.sim.results import ResultRecorder
 from driftsim.sim.router import LeastOutstanding, PrefixAffinity, RoundRobin
@@ -32,27 +33,36 @@ BLOCK = 65_536  # rows handed to the core at a time
 _ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding", PrefixAffinity: "prefix_affinity"}
 
 
-def compiled_core_for(engine: EngineConfig, core: EngineCore, *, gateway_passes: bool,
-                      oracle: bool, replicas: int = 1, router: object = None) -> CompiledCore | None:
-    """The compiled core for ``replicas`` replicas like ``core``, when the run stays inside what it
-    models: FCFS or a keyed policy in the engine (:func:`_policy_mode`), a gateway that passes each
-    arrival straight on (to a round-robin, least-outstanding or prefix-affinity router, for several), the oracle
-    estimator and a cost model with a :class:`~driftsim.costmodel.base.StepFormula`; with or without
-    prefix caching and prefix ids. None: the Python engine runs it."""
+def compiled_core_for(engine: EngineConfig, core: EngineCore, gateway: Gateway, *, oracle: bool,
+                      replicas: int = 1) -> CompiledCore | None:
+    """The compiled core for ``replicas`` replicas like ``core`` behind ``gateway``, when the run stays
+    inside what it models: FCFS or a keyed policy in the engine (:func:`_policy_mode`), a gateway that
+    routes each arrival at once (no cap, a plain keyed policy) or, with a cap of requests in flight per
+    replica, queues the rest in the order of a policy with static keys (fifo, priority, sjf, aging,
+    edf); the round-robin, least-outstanding or prefix-affinity router; the oracle estimator and a
+    cost model with a :class:`~driftsim.costmodel.base.StepFormula`; with or without prefix caching and
+    prefix ids. None: the Python engine runs it."""
     policy = _policy_mode(core.waiting)
-    if not (engine.compiled_core and gateway_passes and oracle and policy is not None):
+    capped = gateway.cap is not None and _gateway_keyed(gateway.policy)
+    if not (engine.compiled_core and (gateway.routes_at_arrival or capped) and oracle and policy is not None):
         return None
-    route = _ROUTER_NAMES.get(type(router)) if replicas > 1 else "least_outstanding"
+    route = _ROUTER_NAMES.get(type(gateway.router)) if replicas > 1 else "least_outstanding"
     if route is None:
         return None
     lib, form = library(), formula_of(core.cost)
     if lib is None or form is None:
         return None
     return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route, policy=policy,
-                        prefix_caching=core.prefix_caching)
+                        prefix_caching=core.prefix_caching, gateway_cap=gateway.cap)
 
 
 _STATIC_KEYS = (Fifo, Priority, Sjf, Aging, Edf)  # keys fixed at arrival, computed per row by _static_keys
+
+
+def _gateway_keyed(policy) -> bool:
+    """A gateway policy whose queue the core keeps: a plain heap (Policy's push and pop) with static keys."""
+    kind = type(policy)
+    return kind in _STATIC_KEYS and kind.push is Policy.push and kind.pop is Policy.pop
 
 
 def _policy_mode(waiting) -> int | None:
@@ -89,9 +99,11 @@ def _static_keys(policy, chunk: pl.DataFrame, prompt: np.ndarray, gen: np.ndarra
 
 
 def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl.DataFrame], n: int,
-                 engine: EngineConfig, cores: list[EngineCore], rec: ChunkedResults, progress):
+                 engine: EngineConfig, cores: list[EngineCore], rec: ChunkedResults, progress,
+                 gateway_policy: Policy | None = None):
     """The SimPy process: each chunk's rows into ``fast``, its completions into ``rec``; at the end the
-    counters reports read are copied onto the (idle) Python ``cores``."""
+    counters reports read are copied onto the (idle) Python ``cores``. ``gateway_policy``: the policy
+    of a capped gateway (None: no cap)."""
     max_len, block_size, kv_total = engine.max_model_len, engine.block_size, cores[0].total_blocks
     policy = getattr(cores[0].waiting, "policy", None)  # a PolicyQueue's
     ids = cores[0].prefix_caching  # prefix ids are read only where the cache uses them
@@ -101,7 +113,7 @@ def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl
             recorder = rec.open(chunk)
             for lo in range(0, chunk.height, BLOCK):  # a block at a time: memory follows the block, not the trace
                 fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total,
-                                 policy, ids=ids))
+                                 policy, gateway_policy, ids=ids))
                 while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=False)) != RC_NEED_ROWS:
                     pass
             rec.arrived()
@@ -138,11 +150,12 @@ def _simulate(env, fast: CompiledCore, rec: ChunkedResults, n: int, progress, kv
 
 
 def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: ChunkedResults, max_len: int,
-          block_size: int, kv_total: int, policy, *, ids: bool) -> tuple[np.ndarray, ...]:
+          block_size: int, kv_total: int, policy, gateway_policy, *, ids: bool) -> tuple[np.ndarray, ...]:
     """Rows of a chunk (trace rows ``first`` on, recorded by ``recorder``) for the core, refusals and
     length caps recorded as the feed's ``_Release`` records them
     (:func:`driftsim.sim.request.engine_output_tokens`, then the KV check), with the keys of the engine's
-    ``policy`` (None: FCFS) and, with ``ids``, each row's prefix ids (:func:`_prefix_ids`)."""
+    ``policy`` (None: FCFS) and of a capped gateway's ``gateway_policy`` (None: no cap) and, with ``ids``,
+    each row's prefix ids (:func:`_prefix_ids`)."""
     prompt = chunk["input_tokens"].to_numpy().astype(np.int64)
     output = chunk["output_tokens"].to_numpy().astype(np.int64)
     max_tokens = chunk["max_tokens"].fill_null(-1).to_numpy().astype(np.int64)
@@ -161,9 +174,11 @@ def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: Chunke
                    else kv_refusal(int(prompt[j] + gen[j]), kv_total) for j in refused.tolist()]
         rec.reject_rows(rows[refused], reasons)
     key1, key2 = _static_keys(policy, chunk, prompt, gen)
+    gateway_key1, gateway_key2 = _static_keys(gateway_policy, chunk, prompt, gen)
     gen[refused] = -1
     return (rows, chunk["arrival_s"].to_numpy().astype(np.float64), prompt, gen,
-            chunk["request_id"].to_numpy().astype(np.int64), key1, key2, *(_prefix_ids(chunk) if ids else ()))
+            chunk["request_id"].to_numpy().astype(np.int64), key1, key2, gateway_key1, gateway_key2,
+            *(_prefix_ids(chunk) if ids else ()))
 
 
 def _prefix_ids(chunk: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

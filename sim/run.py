@@ -125,7 +125,7 @@ def simulate(
                  client=client, rec=rec, adm=adm, observers=observers)
     n = trace.rows if streamed_input else trace.height
     compiled = _start_arrivals(env, run, chunks, n, engine, rec, adm, progress, sender, sent,
-                               fed=horizon_s is None and gateway.max_outstanding is None)
+                               horizon=horizon_s is not None)
     try:
         env.run(until=horizon_s)
         rec.close(chunks)  # what is in flight, and what would arrive after the horizon, is unfinished
@@ -139,20 +139,22 @@ def simulate(
 
 
 def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
-                    sender: Sender | None, sent: np.ndarray | None, *, fed: bool) -> bool:
+                    sender: Sender | None, sent: np.ndarray | None, *, horizon: bool) -> bool:
     """Release the trace's rows: replicas that nothing but the arrivals acts on run in the compiled core
-    where it applies (True; ``fed``: no horizon, no gateway cap), else a lone replica takes them in itself
-    at its step ends when its runs merge (synchronous scheduling), else an arrival process releases each
-    at its time."""
+    where it applies (True; no ``horizon``), else a lone replica takes them in itself at its step ends
+    when its runs merge (synchronous scheduling; no horizon, no gateway cap), else an arrival process
+    releases each at its time."""
     lone = run.workers[0] if len(run.workers) == 1 else None
     continuous = all(isinstance(w, ContinuousReplica) for w in run.workers)
-    if fed and continuous and run.unwatched and sender is None:
-        fast = compiled_core_for(engine, run.cores[0], gateway_passes=run.gateway.routes_at_arrival,
-                                 oracle=adm.cfg.estimator == "oracle", replicas=len(run.cores),
-                                 router=run.gateway.router)
+    if not horizon and continuous and run.unwatched and sender is None:
+        fast = compiled_core_for(engine, run.cores[0], run.gateway, oracle=adm.cfg.estimator == "oracle",
+                                 replicas=len(run.cores))
         if fast is not None:
-            env.process(run_compiled(env, fast, chunks, n, engine, run.cores, rec, progress))
+            capped = run.gateway.cap is not None
+            env.process(run_compiled(env, fast, chunks, n, engine, run.cores, rec, progress,
+                                     gateway_policy=run.gateway.policy if capped else None))
             return True
+    fed = not horizon and run.gateway.cap is None
     if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
         lone.feed = _ArrivalFeed(chunks, n, engine, run.cores[0], run.entry, rec, adm, progress, run.clock)
     else:

@@ -1,16 +1,17 @@
 """The compiled core: the Python engine's replicas, in C, bit for bit.
 
 When continuous replicas take a trace's rows and nothing but the arrivals acts on them (no
-client, observers, gateway cap or horizon), the per-step Python of
+client, observers or horizon), the per-step Python of
 :class:`~driftsim.sim.engine.EngineCore` and :class:`~driftsim.sim.replica.ContinuousReplica` is
 most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS or a keyed policy, chunked prefill,
 recompute preemption, fast-forwarded decode runs, synchronous or async scheduling, the prefix
 cache of :class:`~driftsim.sim.prefix_cache.PrefixCachedBlocks` with its keys hashed as Python
 hashes them) with the same float operations in the same order, so its times equal the Python engine's
 bit for bit. A lone replica mirrors the replica that takes the rows in itself
-(:class:`driftsim.sim.run._ArrivalFeed`); several mirror the arrival process, the pass-through
-gateway's round-robin, least-outstanding or prefix-affinity router and each replica's SimPy process, in SimPy's
-event order. The Python engine stays the reference (``tests/test_stepcore.py``) and runs
+(:class:`driftsim.sim.run._ArrivalFeed`); several, or one behind a capped gateway, mirror the
+arrival process, the gateway (passing each arrival on, or queueing it in its policy's order when
+the replicas are at its cap), its round-robin, least-outstanding or prefix-affinity router and each
+replica's SimPy process, in SimPy's event order. The Python engine stays the reference (``tests/test_stepcore.py``) and runs
 everything else.
 
 :class:`CompiledCore` is the C state behind ctypes: rows go in with :meth:`CompiledCore.push`,
@@ -55,12 +56,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.sc_new.argtypes = [_i64p, ctypes.c_int, _f64p, ctypes.c_int, ctypes.c_int, _f64p, _f64p, i64,
                            _i64p, _f64p, _f64p, _f64p, _i64p, _i64p, _i64p, _i64p]
     lib.sc_cluster_new.restype = vp
-    lib.sc_cluster_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, *lib.sc_new.argtypes]
+    lib.sc_cluster_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, *lib.sc_new.argtypes]
     for prefix in ("sc_", "sc_cluster_"):  # a lone replica's functions and a cluster's: the same shapes
         getattr(lib, prefix + "free").argtypes = [vp]
         getattr(lib, prefix + "push").restype = ctypes.c_int
-        getattr(lib, prefix + "push").argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p, _i64p, _f64p, _f64p,
-                                                  _i64p, _i64p, _i64p, i64, _i64p]
+        getattr(lib, prefix + "push").argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p, _i64p, _f64p, _f64p, _f64p,
+                                                  _f64p, _i64p, _i64p, _i64p, i64, _i64p]
         getattr(lib, prefix + "run").restype = ctypes.c_int
         getattr(lib, prefix + "run").argtypes = [vp, ctypes.c_int]
         getattr(lib, prefix + "counters").argtypes = [vp, _f64p, _i64p]
@@ -144,11 +145,12 @@ POLICY_FCFS, POLICY_STATIC, POLICY_LAS, POLICY_SRPT = 0, 1, 2, 3
 
 class CompiledCore:
     """The engines of ``replicas`` replicas and their arrivals, in C (see the module docstring); several
-    replicas sit behind the pass-through gateway's ``router``."""
+    replicas sit behind the gateway's ``router``; a gateway with a cap of requests in flight per
+    replica queues the arrivals beyond it in its policy's order."""
 
     def __init__(self, lib: ctypes.CDLL, engine: EngineConfig, form: StepFormula, num_blocks: int, *,
                  replicas: int = 1, router: str = "least_outstanding", policy: int = POLICY_FCFS,
-                 prefix_caching: bool = False) -> None:
+                 prefix_caching: bool = False, gateway_cap: int | None = None) -> None:
         self._lib = lib
         self.replicas = replicas
         cap = max(8192, 4 * engine.max_num_seqs)
@@ -160,13 +162,16 @@ class CompiledCore:
                           dtype=np.int64)
         p, knots, values = _arrays(form)
         args = (config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values, cap, *self._out)
-        if replicas == 1:
+        if replicas == 1 and gateway_cap is None:  # a lone replica that takes the rows in itself
             self._state = lib.sc_new(*args)
             prefix = "sc_"
         else:
-            # ContinuousReplica.merge_runs for these runs: not where the router reads the engines' caches
-            merge = not engine.async_scheduling and router != "prefix_affinity"
-            self._state = lib.sc_cluster_new(replicas, ROUTERS[router], int(merge), *args)
+            # ContinuousReplica.merge_runs for these runs (driftsim.sim.run._build): not where the router
+            # reads the engines' caches, nor where a cap holds work back from several replicas
+            merge = not engine.async_scheduling and (replicas == 1 or (gateway_cap is None
+                                                                       and router != "prefix_affinity"))
+            self._state = lib.sc_cluster_new(replicas, ROUTERS[router], int(merge),
+                                             -1 if gateway_cap is None else gateway_cap, *args)
             prefix = "sc_cluster_"
         self._run, self._push, self._free, self._counters, self._drained = (
             getattr(lib, prefix + name) for name in ("run", "push", "free", "counters", "drained"))
@@ -184,12 +189,14 @@ class CompiledCore:
         self.close()
 
     def push(self, idx: np.ndarray, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
-             request_id: np.ndarray, key1: np.ndarray, key2: np.ndarray, id_tokens: np.ndarray | None = None,
-             id_counts: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
+             request_id: np.ndarray, key1: np.ndarray, key2: np.ndarray, gateway_key1: np.ndarray,
+             gateway_key2: np.ndarray, id_tokens: np.ndarray | None = None, id_counts: np.ndarray | None = None,
+             ids: np.ndarray | None = None) -> None:
         """Rows in trace order; ``output_tokens`` < 0 marks a row refused at its arrival (it still moves
         the arrival clock and ends decode runs, as in the Python feed); ``key1``, ``key2``: the engine
-        policy's static key of each row (a pair, compared in order); ``id_tokens`` (0: none),
-        ``id_counts``, ``ids``: each row's prefix ids, the rows' ids one after another."""
+        policy's static key of each row (a pair, compared in order), ``gateway_key1``, ``gateway_key2``
+        the gateway policy's (a capped gateway's queue); ``id_tokens`` (0: none), ``id_counts``, ``ids``:
+        each row's prefix ids, the rows' ids one after another."""
         n = len(idx)
         if id_tokens is None:
             id_tokens = id_counts = np.zeros(n, np.int64)
@@ -200,7 +207,8 @@ class CompiledCore:
         flat = np.ascontiguousarray(np.append(np.asarray(ids, dtype=np.int64), 0))  # never empty: a buffer
         args = [np.ascontiguousarray(a, dtype=t) for a, t in
                 ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64),
-                 (request_id, np.int64), (key1, np.float64), (key2, np.float64), (id_tokens, np.int64))]
+                 (request_id, np.int64), (key1, np.float64), (key2, np.float64), (gateway_key1, np.float64),
+                 (gateway_key2, np.float64), (id_tokens, np.int64))]
         if self._push(self._state, n, *args, offsets, counts, len(flat) - 1, flat) != 0:
             raise MemoryError("the compiled core could not take more rows")
 

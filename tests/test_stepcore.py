@@ -28,7 +28,7 @@ from driftsim.sim.run import simulate
 from driftsim.traces.schema import REQUEST_SCHEMA
 from driftsim.traces.stream import TraceStream
 from tests.conftest import STRICT
-from tests.factories import linear_cost, random_trace, table_cost, with_prefix_ids
+from tests.factories import linear_cost, make_trace, random_trace, table_cost, with_prefix_ids
 
 pytestmark = pytest.mark.skipif(stepcore.library() is None and not STRICT,
                                 reason="driftsim.sim._stepcore is not built (no C compiler at install)")
@@ -105,6 +105,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 ENGINE_POLICIES = ["fifo", "priority", "sjf", "aging", "edf", "las", "srpt"]  # keyed: they can order an engine
+GATEWAY_POLICIES = ["fifo", "priority", "sjf", "aging", "edf"]  # static keys: a capped gateway's queue in the core
 
 
 def _with_priorities_and_slos(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -132,10 +133,11 @@ def _with_max_tokens(trace: pl.DataFrame, seed: int) -> pl.DataFrame:
        cost=st.sampled_from(["linear", "table", "roofline", "token-table"]), capped=st.booleans(),
        burst=st.booleans(), rows_per_push=st.sampled_from([1, 3, 64, compiled_feed.BLOCK]), async_sched=st.booleans(),
        replicas=st.sampled_from([1, 1, 2, 3]), router=st.sampled_from(["round_robin", "least_outstanding", "prefix_affinity"]),
-       policy=st.sampled_from([None, None, *ENGINE_POLICIES]), id_tokens=st.sampled_from([None, None, 1, 10, 16, 32]))
+       policy=st.sampled_from([None, None, *ENGINE_POLICIES]), id_tokens=st.sampled_from([None, None, 1, 10, 16, 32]),
+       gateway_cap=st.sampled_from([None, None, 1, 2, 5]), gateway_policy=st.sampled_from(GATEWAY_POLICIES))
 def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seqs, budget, blocks, block_size, chunked,
                                                reserve, max_len, cost, capped, burst, rows_per_push, async_sched,
-                                               replicas, router, policy, id_tokens):
+                                               replicas, router, policy, id_tokens, gateway_cap, gateway_policy):
     trace = random_trace(n, rate=rate, seed=seed, max_in=1200, max_out=500)
     if id_tokens is not None:  # prefix caching is on (the default): shared prompts, next turns, evictions
         trace = with_prefix_ids(trace, seed=seed, id_tokens=id_tokens)
@@ -143,9 +145,10 @@ def test_compiled_runs_equal_the_python_engine(compiled_runs, n, rate, seed, seq
         trace = _with_max_tokens(trace, seed)
     if burst:  # many arrivals at one instant, some at a step's end
         trace = trace.with_columns((pl.col("arrival_s") * 4).round(0) / 4)
-    if policy is not None:
-        trace = _with_priorities_and_slos(trace, seed)
-    gateway = GatewayConfig(router=router, **({} if policy is None else {"policy": policy, "placement": "engine"}))
+    trace = _with_priorities_and_slos(trace, seed)
+    # a policy in the engine (the gateway's queue, with a cap, in arrival order), else at the gateway
+    placed = {"policy": gateway_policy} if policy is None else {"policy": policy, "placement": "engine"}
+    gateway = GatewayConfig(router=router, max_outstanding=gateway_cap, **placed)
     model = {"linear": linear_cost, "table": table_cost,
              "roofline": lambda: load_profile("a100-llama-3.1-8b").cost_model,
              "token-table": lambda: load_profile("l4-qwen1.5-1.8b-chat-kernels").cost_model}[cost]()
@@ -330,8 +333,8 @@ def test_runs_outside_the_core_keep_the_python_engine(compiled_runs, monkeypatch
         kwargs["admission"] = AdmissionConfig(estimator="driftsched")
     elif case == "observers":
         kwargs["observers"] = [lambda event: None]
-    elif case == "cap":
-        kwargs["gateway"] = GatewayConfig(max_outstanding=4)
+    elif case == "cap":  # a capped gateway whose policy keeps state of its own
+        kwargs["gateway"] = GatewayConfig(max_outstanding=4, policy="weighted")
     elif case == "horizon":
         kwargs["horizon_s"] = 1.0
     else:
@@ -357,6 +360,56 @@ def test_the_prefix_affinity_router_runs_in_the_core(compiled_runs, async_sched)
     assert fast.requests.equals(python.requests) and fast.replicas == python.replicas
     spread = run("round_robin")
     assert fast.summary["overall"]["prefix_token_hit_rate"] > spread.summary["overall"]["prefix_token_hit_rate"]
+
+
+@pytest.mark.parametrize("router", ["round_robin", "least_outstanding", "prefix_affinity"])
+@pytest.mark.parametrize("async_sched", [False, True])
+def test_a_capped_gateway_queues_in_its_policy_order_in_the_core(compiled_runs, router, async_sched):
+    # identical requests at one instant on identical replicas: steps end together, and the order in
+    # which the replicas wake decides which of them takes the gateway's next request
+    burst = make_trace([(0.0, 200, 40)] * 30, tenants=["a"] * 30)
+    later = random_trace(300, rate=30, seed=9, max_in=700, max_out=200).with_columns(pl.col("arrival_s") + 1.0,
+                                                                                      pl.col("request_id") + 30)
+    trace = _with_priorities_and_slos(pl.concat([burst, later]), 9)
+    trace = with_prefix_ids(trace, seed=9, id_tokens=16)
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, block_size=16, max_model_len=2048,
+                          async_scheduling=async_sched)
+    gateway = GatewayConfig(router=router, max_outstanding=3, policy="priority")
+
+    def run(**flags):
+        return simulate(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, **flags}), num_blocks=300,
+                        replicas=3, gateway=gateway)
+
+    fast, python = run(), run(compiled_core=False)
+    assert len(compiled_runs) == 1
+    assert fast.requests.equals(python.requests) and fast.replicas == python.replicas
+    assert _same(fast.summary, python.summary)
+    waited = fast.requests.filter(pl.col("queue_wait_s") > 0.5)
+    assert waited.height > 20  # held at the gateway, not in an engine: at most 3 in flight per replica
+    first_burst = fast.requests.head(30).sort("scheduled_s")["replica"].head(9).value_counts()
+    assert first_burst["count"].to_list() == [3, 3, 3]
+
+
+@pytest.mark.parametrize("router", ["round_robin", "least_outstanding", "prefix_affinity"])
+@pytest.mark.parametrize("async_sched", [False, True])
+def test_replicas_waking_at_one_instant_take_the_gateway_s_queue_in_simpy_s_order(compiled_runs, router, async_sched):
+    # every step lasts 0.25 s and arrivals fall on that grid: the replicas' steps end together, and
+    # which one takes the capped gateway's next request is the order their wake-ups were scheduled in
+    rng = np.random.default_rng(39)
+    n = 120
+    rows = list(zip((np.sort(rng.integers(0, 60, n)) * 0.25).tolist(), rng.integers(1, 64, n).tolist(),
+                    rng.integers(1, 12, n).tolist()))
+    trace = make_trace(rows).with_columns(pl.Series("priority", rng.integers(1, 4, n)).cast(REQUEST_SCHEMA["priority"]))
+    cost = linear_cost(overhead_s=0.25, per_prefill_token_s=0.0, per_prefill_attn_s=0.0, per_prefill_seq_s=0.0,
+                       per_decode_seq_s=0.0, per_decode_ctx_token_s=0.0)
+    engine = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, block_size=16, max_model_len=1024,
+                          async_scheduling=async_sched)
+    kw = dict(cost=cost, num_blocks=200, replicas=3,
+              gateway=GatewayConfig(router=router, max_outstanding=2, policy="priority"))
+    fast = simulate(trace, engine=engine, **kw)
+    python = simulate(trace, engine=EngineConfig(**{**engine.__dict__, "compiled_core": False}), **kw)
+    assert len(compiled_runs) == 1
+    assert fast.requests.equals(python.requests) and fast.replicas == python.replicas
 
 
 def test_prefix_ids_with_caching_off_take_the_core(compiled_runs):
