@@ -204,12 +204,15 @@ class CompiledCore:
         counts = np.ascontiguousarray(id_counts, dtype=np.int64)
         offsets = np.zeros(n, np.int64)
         np.cumsum(counts[:-1], out=offsets[1:])
-        flat = np.ascontiguousarray(np.append(np.asarray(ids, dtype=np.int64), 0))  # never empty: a buffer
+        flat = np.ascontiguousarray(ids, dtype=np.int64)
+        nids = len(flat)
+        if not nids:
+            flat = np.zeros(1, np.int64)  # ctypes wants a buffer
         args = [np.ascontiguousarray(a, dtype=t) for a, t in
                 ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64),
                  (request_id, np.int64), (key1, np.float64), (key2, np.float64), (gateway_key1, np.float64),
                  (gateway_key2, np.float64), (id_tokens, np.int64))]
-        if self._push(self._state, n, *args, offsets, counts, len(flat) - 1, flat) != 0:
+        if self._push(self._state, n, *args, offsets, counts, nids, flat) != 0:
             raise MemoryError("the compiled core could not take more rows")
 
     def run(self, final: bool) -> int:
