@@ -25,6 +25,7 @@ to back per size, and prints the ratio.
     python bench/bench_sim.py --python-engine --shared-prefix  # in process, the shared-prefix workload below
     python bench/bench_sim.py --python-engine --shared-prefix --replicas 4 --router prefix_affinity
     python bench/bench_sim.py --python-engine --replicas 4 --max-outstanding 32 --policy priority
+    python bench/bench_sim.py --python-engine --sessions     # in process, chat sessions (sessions_workload)
     python bench/bench_sim.py --rate 6 --max-prompt 4096    # a fixed offered rate, longer prompts
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
@@ -55,6 +56,8 @@ from driftsim.costmodel.profiles import load_profile  # noqa: E402
 from driftsim.sim.config import EngineConfig, GatewayConfig  # noqa: E402
 from driftsim.sim.router import ROUTERS  # noqa: E402
 from driftsim.sim.run import simulate  # noqa: E402
+from driftsim.sim.sessions import simulate_sessions  # noqa: E402
+from driftsim.traces.synth import LengthDist, TenantLoad, generate  # noqa: E402
 from driftsim.traces.loaders import load_trace  # noqa: E402
 from driftsim.traces.schema import REQUEST_SCHEMA  # noqa: E402
 
@@ -64,6 +67,7 @@ REPLICAS = 1  # --replicas: behind ROUTER
 ROUTER = "least_outstanding"  # --router
 GATEWAY = {}  # --max-outstanding, --policy: a capped gateway and its policy
 SHARED_PREFIX = False  # --shared-prefix: in process, shared_prefix_workload (prefix caching on)
+SESSIONS = False  # --sessions: in process, sessions_workload sent turn by turn
 
 
 MAX_PROMPT = 2048  # --max-prompt
@@ -99,6 +103,15 @@ def shared_prefix_workload(n: int, rate: float, seed: int) -> pl.DataFrame:
     ids = [[int(g) * 1000 + m for m in range(int(b))] for g, b in zip(pick, blocks)]
     return df.with_columns(pl.Series("prefix_ids", ids, dtype=pl.List(pl.Int64)),
                            pl.lit(16, dtype=pl.Int64).alias("prefix_block_tokens"))
+
+
+def sessions_workload(n: int, rate: float, seed: int) -> pl.DataFrame:
+    """Chat sessions of 1-6 turns (each prompt the history and a new input of 20-400 tokens, answers of
+    20-300, a mean think time of 2 s, one of 8 system prompts of 512 tokens), starting at ``rate / 3.5``
+    sessions per second (about ``rate`` requests per second)."""
+    chat = TenantLoad("chat", rate / 3.5, input=LengthDist.uniform(20, 400), output=LengthDist.uniform(20, 300),
+                      turns=LengthDist.uniform(1, 6), think_s=2.0, system_prompts=8, system_prompt_tokens=512)
+    return generate([chat], num_requests=n, seed=seed)
 
 
 def prefix_pair(n: int, rate: float) -> None:
@@ -137,11 +150,13 @@ def run_once(n: int, rate: float | None, mode: str = "compiled", seed: int = 0) 
     profile = load_profile(PROFILE)
     engine = EngineConfig(**ENGINE, fast_forward=mode != "step", compiled_core=mode == "compiled",
                           gpu_memory_utilization=0.9)
-    trace = (shared_prefix_workload if SHARED_PREFIX else workload)(n, rate, seed)
+    make = sessions_workload if SESSIONS and rate is not None else shared_prefix_workload if SHARED_PREFIX else workload
+    trace = make(n, rate, seed)
     blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
+    run = simulate_sessions if SESSIONS and rate is not None else simulate
     t0 = time.perf_counter()
-    res = simulate(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks, replicas=REPLICAS,
-                   gateway=GatewayConfig(router=ROUTER, **GATEWAY))
+    res = run(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks, replicas=REPLICAS,
+              gateway=GatewayConfig(router=ROUTER, **GATEWAY))
     wall = time.perf_counter() - t0
     steps = sum(r["steps"] for r in res.replicas)
     return {
@@ -241,6 +256,8 @@ def main() -> None:
                     help="in process, with --replicas: the gateway's router")
     ap.add_argument("--max-outstanding", type=int, help="in process: the gateway's cap of requests in flight per replica")
     ap.add_argument("--policy", default="fifo", help="in process, with --max-outstanding: the gateway's policy")
+    ap.add_argument("--sessions", action="store_true",
+                    help="in process: chat sessions (sessions_workload), each turn sent after the previous answer")
     ap.add_argument("--shared-prefix", action="store_true",
                     help="in process: requests carry the ids of 8 shared system prompts (prefix caching on)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -253,10 +270,11 @@ def main() -> None:
     if args.max_outstanding is not None:
         GATEWAY.update(max_outstanding=args.max_outstanding, policy=args.policy)
     globals()["SHARED_PREFIX"] = args.shared_prefix
+    globals()["SESSIONS"] = args.sessions
     if args.child:
         return child(args)
     args.in_process = (args.in_process or args.compare_step or args.python_engine or args.async_scheduling
-                       or args.replicas > 1 or args.shared_prefix or args.max_outstanding is not None)
+                       or args.replicas > 1 or args.shared_prefix or args.max_outstanding is not None or args.sessions)
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
@@ -316,14 +334,15 @@ def in_process(args, rate: float) -> None:
         cmd = [sys.executable, __file__, "--child", str(n), "--rate", repr(rate), "--mode", mode,
                "--max-prompt", str(MAX_PROMPT), "--replicas", str(args.replicas), "--router", args.router,
                *(["--async-scheduling"] if args.async_scheduling else []),
-               *(["--shared-prefix"] if args.shared_prefix else []),
+               *(["--shared-prefix"] if args.shared_prefix else []), *(["--sessions"] if args.sessions else []),
                *(["--max-outstanding", str(args.max_outstanding), "--policy", args.policy]
                  if args.max_outstanding is not None else [])]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(f"{n:>9} {r['engine']:>13} {r['wall_s']:>8.2f} {r['requests_per_s']:>9.0f} {r['engine_steps']:>10} "
               f"{r['steps_per_s']:>9.0f} {r['us_per_request']:>7.1f} {r['e2e_p50_s']:>7.2f}s {r['ttft_p99_s']:>8.2f}s "
               f"{r['peak_rss_mb']:>12.0f}")
-    hits = f"; prefix cache token hit rate {100 * r['prefix_token_hit_rate']:.1f} %" if SHARED_PREFIX else ""
+    hits = (f"; prefix cache token hit rate {100 * r['prefix_token_hit_rate']:.1f} %" if SHARED_PREFIX or SESSIONS
+            else "")
     print(f"(mean prompt {r['mean_input']:.0f} tokens, mean output {r['mean_output']:.0f} tokens{hits})")
 
 

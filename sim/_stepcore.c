@@ -7,7 +7,8 @@
  * synchronous replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed); with async
  * scheduling, or several replicas behind a router (Cluster, below: round robin, least outstanding or
  * prefix affinity, which reads each engine's cache), or a gateway with a cap that queues arrivals
- * in its policy's order, it mirrors the arrival process
+ * in its policy's order, or multi-turn sessions (timers that send a turn after the previous answer),
+ * it mirrors the arrival process
  * that hands each row in at its time (driftsim.sim.run._arrivals) and each replica's SimPy process:
  * the engine's inbox and its intake and release lags (EngineCore._intake), and a run cut by an
  * arrival during it (_wait_run). Every branch below names the Python method it mirrors; the
@@ -84,6 +85,7 @@ typedef struct {
     Cost cost;
     i64 bs, max_seqs, token_budget, max_model_len, kv_total, kv_used;
     int chunked, reserve_full, async_sched, prefix;
+    int cache_read_by_router; /* EngineCore.cache_read_by_router: the prefix-affinity router, several replicas */
 
     /* the prefix cache (PrefixCachedBlocks): refs, an open-addressing map from a cached block's key to
      * its reference count and its free-queue node (-1: referenced); the free queue, oldest first, and
@@ -134,6 +136,10 @@ typedef struct {
     i64 out_cap, out_n, *out_cnt, *out_idx, *out_gen, *out_pre, *out_rep, *out_cached;
     int index;
     double *out_sched, *out_first, *out_finish;
+    /* with sessions: the requests finished and not delivered yet (trace row, finish time), in order */
+    int track_finished;
+    i64 *fin_idx, nfinq, capfinq;
+    double *fin_t;
 } Core;
 
 /* Python's -(-a // b) for a >= 0, b > 0 */
@@ -639,6 +645,10 @@ static void finish(Core *s, int slot, double end) {
     s->out_gen[k] = r->generated;
     s->out_pre[k] = r->preemptions;
     s->out_cached[k] = r->cached > 0 ? r->cached : 0;
+    if (s->track_finished) { /* kept for Sessions' settle at delivery; room made at release */
+        s->fin_idx[s->nfinq] = r->idx;
+        s->fin_t[s->nfinq++] = end;
+    }
     free(r->keys);
     free(r->ids);
     r->keys = r->ids = NULL;
@@ -660,23 +670,43 @@ static int waiting_blocked(Core *s) {
     return admission_blocks(s, head, n, hit, hit_free) > free_after;
 }
 
-/* EngineCore._stable_steps */
-static i64 stable_steps(Core *s) {
-    while (s->heap[0].token != s->reqs[s->heap[0].slot].token || s->reqs[s->heap[0].slot].finish_g < 0)
-        heap_pop(s);
-    i64 to_finish = s->heap[0].g - s->decode_step;
-    i64 freeb = free_blocks(s), nd = s->num_decode, bs = s->bs;
-    i64 full_cycles = freeb / nd;
-    i64 k = full_cycles * bs;
-    if (k >= to_finish) return to_finish;
-    i64 left = freeb - full_cycles * nd;
-    while (k < to_finish) {
+/* EngineCore._steps_allocating: pure-decode steps from now whose new blocks come to at most `blocks` */
+static i64 steps_allocating(Core *s, i64 blocks) {
+    i64 nd = s->num_decode, bs = s->bs, full_cycles = blocks / nd;
+    i64 k = full_cycles * bs, left = blocks - full_cycles * nd;
+    for (;;) {
         i64 need = s->by_phase[pymod(-(s->decode_step + k), bs)];
         if (need > left) return k;
         left -= need;
         k++;
     }
-    return to_finish;
+}
+
+/* PrefixCachedBlocks.blocks_before_cached: free blocks an allocation takes before it evicts a cached
+ * one (-1: it never does) */
+static i64 blocks_before_cached(const Core *s) {
+    i64 blocks = 0;
+    for (int n = s->qhead; n >= 0; n = s->qn[n].next) {
+        if (!s->qn[n].count) return blocks;
+        blocks += s->qn[n].count;
+    }
+    return -1;
+}
+
+/* EngineCore._stable_steps */
+static i64 stable_steps(Core *s) {
+    while (s->heap[0].token != s->reqs[s->heap[0].slot].token || s->reqs[s->heap[0].slot].finish_g < 0)
+        heap_pop(s);
+    i64 to_finish = s->heap[0].g - s->decode_step;
+    if (s->cache_read_by_router && s->prefix) {
+        i64 before = blocks_before_cached(s);
+        if (before >= 0) {
+            i64 k = steps_allocating(s, before) + 1;
+            if (k < to_finish) to_finish = k;
+        }
+    }
+    i64 k = steps_allocating(s, free_blocks(s));
+    return k < to_finish ? k : to_finish;
 }
 
 /* EngineCore._pop_finished */
@@ -1252,6 +1282,17 @@ typedef struct {
     i64 cap, seq, *wake_seq;
     Row *gq;
     i64 gq_len, gq_cap;
+    /* multi-turn sessions (driftsim.sim.sessions.SessionSender): every row in `tab` (by trace row), the
+     * rows a previous turn holds back released by urgent timers (time, order scheduled, row) at
+     * max(open, settle + think) of their session's previous turn; the send times written to `sent`;
+     * arr_seq: when the arrival process's pending wake-up was scheduled */
+    int sessions;
+    Rows tab;
+    const i64 *next_turn;
+    const double *think, *open;
+    double *sent;
+    struct Timer { double t; i64 seq, row; } *timers;
+    i64 ntimers, captimers, arr_seq;
 } Cluster;
 
 static int gq_less(const Row *a, const Row *b) {
@@ -1337,6 +1378,44 @@ static int route(Cluster *c, const Row *w) {
     return best;
 }
 
+static int timer_less(const struct Timer *a, const struct Timer *b) {
+    return a->t < b->t || (a->t == b->t && a->seq < b->seq);
+}
+
+/* SessionSender.settled(i, t) at the cluster's time: the next turn of row i's session leaves at
+ * max(open, t + think), by an urgent timeout scheduled now */
+static int settle(Cluster *c, i64 i, double t) {
+    i64 j = c->next_turn[i];
+    if (j < 0) return 0;
+    double at = t + c->think[j];
+    if (c->open[j] >= at) at = c->open[j]; /* Python's max(open, t + think) */
+    if (c->ntimers == c->captimers
+        && grow((void **)&c->timers, &c->captimers, c->ntimers + 1, sizeof(struct Timer))) return -1;
+    struct Timer e = {timeout_end(c->now, at), c->seq++, j};
+    i64 k = c->ntimers++;
+    while (k > 0 && timer_less(&e, &c->timers[(k - 1) / 2])) {
+        c->timers[k] = c->timers[(k - 1) / 2];
+        k = (k - 1) / 2;
+    }
+    c->timers[k] = e;
+    return 0;
+}
+
+static struct Timer timer_pop(Cluster *c) {
+    struct Timer top = c->timers[0], last = c->timers[--c->ntimers];
+    i64 i = 0, n = c->ntimers;
+    for (;;) {
+        i64 k = 2 * i + 1;
+        if (k >= n) break;
+        if (k + 1 < n && timer_less(&c->timers[k + 1], &c->timers[k])) k++;
+        if (!timer_less(&c->timers[k], &last)) break;
+        c->timers[i] = c->timers[k];
+        i = k;
+    }
+    if (n) c->timers[i] = last;
+    return top;
+}
+
 /* ContinuousReplica.submit at time w of row `row` to replica r: the engine takes it, an idle replica
  * wakes, a fast-forwarded run is cut after the step in progress (nothing, when r's process is the
  * one running) */
@@ -1344,6 +1423,11 @@ static int submit(Cluster *c, int r, const Row *row, double w) {
     Core *s = c->eng[r];
     int slot = new_request(s, row);
     if (slot < 0) return -1;
+    if (s->track_finished && s->nfinq + s->nreqs >= s->capfinq) { /* room for every request it holds */
+        i64 cap = s->capfinq;
+        if (grow((void **)&s->fin_idx, &cap, s->nfinq + s->nreqs + 1, sizeof(i64))
+            || grow((void **)&s->fin_t, &s->capfinq, s->nfinq + s->nreqs + 1, sizeof(double))) return -1;
+    }
     c->outstanding[r]++;
     if (s->async_sched) { /* EngineCore.add: a plan awaiting its commit gives the step at the commit */
         if (inbox_push(s, slot, c->state[r] == R_RUN || c->state[r] == R_PLANNED ? -1 : s->steps)) return -1;
@@ -1377,16 +1461,33 @@ static int dispatch(Cluster *c, double w) {
     return 0;
 }
 
-/* The arrival process releases the next row at its wake w (URGENT: before any step ending then); the
- * gateway routes it at once (no cap) or queues it and dispatches (a cap). */
+/* _Release at time w: the gateway routes the row at once (no cap) or queues it and dispatches (a cap);
+ * a row refused at its release (recorded by Python) settles now */
+static int release_row(Cluster *c, Row *row, double w) {
+    if (row->out < 0) return c->sessions ? settle(c, row->idx, w) : 0;
+    if (c->cap >= 0) return gq_push(c, row) || dispatch(c, w) ? -1 : 0;
+    int r = route(c, row);
+    return r < 0 || submit(c, r, row, w) ? -1 : 0;
+}
+
+/* The arrival process releases the next row at its wake w (URGENT: before any step ending then); it
+ * schedules its next wake-up now, unless the next row is due already (it goes on at once) */
 static int cluster_arrival(Cluster *c, double w) {
     Rows *q = &c->q;
     i64 h = rows_take(q, w);
-    if (q->out[h] < 0) return 0; /* refused at release (recorded by Python) */
     Row row = row_at(q, h);
-    if (c->cap >= 0) return gq_push(c, &row) || dispatch(c, w) ? -1 : 0;
-    int r = route(c, &row);
-    return r < 0 || submit(c, r, &row, w) ? -1 : 0;
+    if (release_row(c, &row, w)) return -1;
+    if (q->len && q->at[q->head] - w > 0) c->arr_seq = c->seq++;
+    return 0;
+}
+
+/* A session's turn leaves (SessionSender's send): its send time is its arrival */
+static int cluster_send(Cluster *c) {
+    struct Timer e = timer_pop(c);
+    Row row = row_at(&c->tab, e.row);
+    row.at = c->now;
+    c->sent[e.row] = c->now;
+    return release_row(c, &row, c->now);
 }
 
 /* Replica r's process wakes at wake_at[r]: commits what it waited for, delivers its completions
@@ -1412,6 +1513,9 @@ static int cluster_wake(Cluster *c, int r) {
     } /* R_STEP: committed when planned; s->clock is its end */
     c->outstanding[r] -= c->pending[r];
     c->pending[r] = 0;
+    for (i64 k = 0; k < s->nfinq; k++) /* _deliver: each completion settles its session's turn */
+        if (settle(c, s->fin_idx[k], s->fin_t[k])) return RC_NOMEM;
+    s->nfinq = 0;
     if (c->cap >= 0 && dispatch(c, P)) return RC_NOMEM; /* Gateway.finished: slots freed */
     if (!has_work(s)) {
         c->state[r] = R_IDLE;
@@ -1475,6 +1579,10 @@ int sc_cluster_run(Cluster *c, int final) {
         if (c->out_n + c->max_seqs > c->out_cap) return RC_FULL;
         if (!q->len && !final) return RC_NEED_ROWS;
         double ta = q->len ? wake(q, q->at[q->head]) : INFINITY;
+        /* the urgent event first: the arrival process's wake or a session's send, by time and order */
+        int send = c->ntimers && (!q->len || c->timers[0].t < ta
+                                  || (c->timers[0].t == ta && c->timers[0].seq < c->arr_seq));
+        if (send) ta = c->timers[0].t;
         int best = -1;
         double tb = INFINITY;
         for (int i = 0; i < c->n; i++) /* SimPy's order: time, then the order events were scheduled in */
@@ -1483,9 +1591,9 @@ int sc_cluster_run(Cluster *c, int final) {
                 best = i;
                 tb = c->wake_at[i];
             }
-        if (q->len && (best < 0 || ta <= tb)) {
+        if ((q->len || send) && (best < 0 || ta <= tb)) {
             c->now = ta;
-            if (cluster_arrival(c, ta)) return RC_NOMEM;
+            if (send ? cluster_send(c) : cluster_arrival(c, ta)) return RC_NOMEM;
             continue;
         }
         if (best < 0) return RC_DONE;
@@ -1501,6 +1609,23 @@ int sc_cluster_push(Cluster *c, i64 n, const i64 *idx, const double *at, const i
     return rows_push(&c->q, n, idx, at, input, out, rid, k1, k2, gk1, gk2, idt, ioff, ilen, nids, ids);
 }
 
+/* Sessions: every row of the trace (in trace order, the whole trace at once), the next turn of each
+ * row's session (-1: none), each row's think time and open time, and where send times go; the
+ * arrays stay the caller's and must outlive the run. */
+int sc_cluster_sessions(Cluster *c, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
+                        const i64 *rid, const double *k1, const double *k2, const double *gk1, const double *gk2,
+                        const i64 *idt, const i64 *ioff, const i64 *ilen, i64 nids, const i64 *ids,
+                        const i64 *next_turn, const double *think, const double *open, double *sent) {
+    if (rows_push(&c->tab, n, idx, at, input, out, rid, k1, k2, gk1, gk2, idt, ioff, ilen, nids, ids)) return -1;
+    c->sessions = 1;
+    c->next_turn = next_turn;
+    c->think = think;
+    c->open = open;
+    c->sent = sent;
+    for (int i = 0; i < c->n; i++) c->eng[i]->track_finished = 1;
+    return 0;
+}
+
 void sc_cluster_free(Cluster *c) {
     if (!c) return;
     if (c->eng)
@@ -1509,6 +1634,8 @@ void sc_cluster_free(Cluster *c) {
     free(c->outstanding); free(c->pending); free(c->nplan); free(c->keys); free(c->wake_seq);
     for (i64 i = 0; i < c->gq_len; i++) free(c->gq[i].ids);
     free(c->gq);
+    free(c->timers);
+    rows_free(&c->tab);
     rows_free(&c->q);
     free(c);
 }
@@ -1569,7 +1696,7 @@ void sc_free(Core *s) {
     }
     free(s->m_key); free(s->m_ref); free(s->m_node); free(s->m_used); free(s->qn);
     free(s->reqs); free(s->free_slots); free(s->waiting); free(s->prefilling); free(s->by_phase);
-    free(s->heap); rows_free(&s->q); free(s->chunks);
+    free(s->heap); rows_free(&s->q); free(s->chunks); free(s->fin_idx); free(s->fin_t);
     free(s->ib_slot); free(s->ib_step); free(s->ends);
     free(s);
 }
@@ -1587,6 +1714,7 @@ Cluster *sc_cluster_new(int n, int router, int merge, i64 cap, const i64 *engine
     c->router = router;
     c->merge = merge;
     c->cap = cap;
+    c->arr_seq = c->seq++; /* the arrival process starts first */
     c->out_cap = out_cap;
     c->max_seqs = engine[1];
     c->eng = calloc((size_t)n, sizeof(Core *));
@@ -1613,6 +1741,7 @@ Cluster *sc_cluster_new(int n, int router, int merge, i64 cap, const i64 *engine
         }
         s->out_cnt = &c->out_n;
         s->index = i;
+        s->cache_read_by_router = router == ROUTE_PREFIX_AFFINITY && n > 1;
         c->eng[i] = s;
     }
     return c;

@@ -34,17 +34,21 @@ _ROUTER_NAMES = {RoundRobin: "round_robin", LeastOutstanding: "least_outstanding
 
 
 def compiled_core_for(engine: EngineConfig, core: EngineCore, gateway: Gateway, *, oracle: bool,
-                      replicas: int = 1) -> CompiledCore | None:
+                      replicas: int = 1, sender=None) -> CompiledCore | None:
     """The compiled core for ``replicas`` replicas like ``core`` behind ``gateway``, when the run stays
     inside what it models: FCFS or a keyed policy in the engine (:func:`_policy_mode`), a gateway that
     routes each arrival at once (no cap, a plain keyed policy) or, with a cap of requests in flight per
     replica, queues the rest in the order of a policy with static keys (fifo, priority, sjf, aging,
     edf); the round-robin, least-outstanding or prefix-affinity router; the oracle estimator and a
     cost model with a :class:`~driftsim.costmodel.base.StepFormula`; with or without prefix caching and
-    prefix ids. None: the Python engine runs it."""
+    prefix ids; multi-turn sessions (a ``sender`` with ``turns``, :class:`driftsim.sim.sessions.SessionSender`)
+    where no key reads the arrival time (a turn's is its send time, known only in the run: not aging
+    or edf). None: the Python engine runs it."""
     policy = _policy_mode(core.waiting)
     capped = gateway.cap is not None and _gateway_keyed(gateway.policy)
     if not (engine.compiled_core and (gateway.routes_at_arrival or capped) and oracle and policy is not None):
+        return None
+    if sender is not None and not (hasattr(sender, "turns") and _keys_ignore_arrival(core, gateway)):
         return None
     route = _ROUTER_NAMES.get(type(gateway.router)) if replicas > 1 else "least_outstanding"
     if route is None:
@@ -53,7 +57,13 @@ def compiled_core_for(engine: EngineConfig, core: EngineCore, gateway: Gateway, 
     if lib is None or form is None:
         return None
     return CompiledCore(lib, engine, form, core.total_blocks + 1, replicas=replicas, router=route, policy=policy,
-                        prefix_caching=core.prefix_caching, gateway_cap=gateway.cap)
+                        prefix_caching=core.prefix_caching, gateway_cap=gateway.cap, sessions=sender is not None)
+
+
+def _keys_ignore_arrival(core: EngineCore, gateway: Gateway) -> bool:
+    """No policy key reads the arrival time (aging and edf do); arrival only breaks ties."""
+    policies = [getattr(core.waiting, "policy", None)] + ([gateway.policy] if gateway.cap is not None else [])
+    return not any(isinstance(p, (Aging, Edf)) for p in policies)
 
 
 _STATIC_KEYS = (Fifo, Priority, Sjf, Aging, Edf)  # keys fixed at arrival, computed per row by _static_keys
@@ -100,10 +110,11 @@ def _static_keys(policy, chunk: pl.DataFrame, prompt: np.ndarray, gen: np.ndarra
 
 def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl.DataFrame], n: int,
                  engine: EngineConfig, cores: list[EngineCore], rec: ChunkedResults, progress,
-                 gateway_policy: Policy | None = None):
+                 gateway_policy: Policy | None = None, sender=None, sent: np.ndarray | None = None):
     """The SimPy process: each chunk's rows into ``fast``, its completions into ``rec``; at the end the
     counters reports read are copied onto the (idle) Python ``cores``. ``gateway_policy``: the policy
-    of a capped gateway (None: no cap)."""
+    of a capped gateway (None: no cap); ``sender``: sessions whose later turns the core sends itself
+    (one chunk), their send times written into ``sent``."""
     max_len, block_size, kv_total = engine.max_model_len, engine.block_size, cores[0].total_blocks
     policy = getattr(cores[0].waiting, "policy", None)  # a PolicyQueue's
     ids = cores[0].prefix_caching  # prefix ids are read only where the cache uses them
@@ -111,6 +122,15 @@ def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl
         for chunk in chunks:
             base = rec.rows
             recorder = rec.open(chunk)
+            if sender is not None:  # one chunk: every row to the core's table, those no turn holds as arrivals
+                rows = _rows(chunk, base, recorder, rec, max_len, block_size, kv_total, policy, gateway_policy,
+                             ids=ids)
+                fast.sessions(rows, *sender.turns(), sent)
+                fast.push(*_some_rows(rows, ~sender.held(chunk.height)))
+                while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=False)) != RC_NEED_ROWS:
+                    pass
+                rec.arrived()
+                continue
             for lo in range(0, chunk.height, BLOCK):  # a block at a time: memory follows the block, not the trace
                 fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total,
                                  policy, gateway_policy, ids=ids))
@@ -179,6 +199,15 @@ def _rows(chunk: pl.DataFrame, first: int, recorder: ResultRecorder, rec: Chunke
     return (rows, chunk["arrival_s"].to_numpy().astype(np.float64), prompt, gen,
             chunk["request_id"].to_numpy().astype(np.int64), key1, key2, gateway_key1, gateway_key2,
             *(_prefix_ids(chunk) if ids else ()))
+
+
+def _some_rows(rows: tuple, keep: np.ndarray) -> tuple:
+    """The rows of :func:`_rows`' arrays that ``keep`` selects (their prefix ids with them)."""
+    columns = [a[keep] for a in rows[:9]]
+    if len(rows) == 9:
+        return tuple(columns)
+    id_tokens, counts, flat = rows[9:]
+    return (*columns, id_tokens[keep], counts[keep], flat[np.repeat(keep, counts)])
 
 
 def _prefix_ids(chunk: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -210,6 +210,10 @@ class EngineCore:
         self.prefix_caching = config.prefix_caching and config.mode == "continuous"
         self.kv = PrefixCachedBlocks(num_blocks) if self.prefix_caching else KvBlocks(num_blocks)
         self._block_key_memo = BlockKeyMemo(self.block_size)
+        # a router reads this engine's cache at arrivals (prefix affinity): a fast-forwarded run must not
+        # evict a cached block before its last step, so that an arrival during it sees what a step-by-step
+        # run shows then (its earlier steps committed)
+        self.cache_read_by_router = False
         self.replica = replica
         self._observers = observer_tuple(observers)
         # a cost model may time a pure-decode step without a StepBatch (same value, bit for bit)
@@ -475,20 +479,25 @@ class EngineCore:
         while heap[0][2] != heap[0][3].epoch:  # drop entries of preempted requests
             heapq.heappop(heap)
         to_finish = heap[0][0] - self.decode_step
-        free, num_decode, block_size = self.free_blocks, self.num_decode, self.block_size
+        if self.cache_read_by_router and self.prefix_caching:
+            before = self.kv.blocks_before_cached()
+            if before is not None:  # steps whose allocations evict nothing, then the last one
+                to_finish = min(to_finish, self._steps_allocating(before) + 1)
+        return min(to_finish, self._steps_allocating(self.free_blocks))
+
+    def _steps_allocating(self, blocks: int) -> int:
+        """Pure-decode steps from now whose new KV blocks come to at most ``blocks`` in all."""
+        num_decode, block_size = self.num_decode, self.block_size
         by_phase, step = self._decodes_by_phase, self.decode_step
-        full_cycles = free // num_decode  # every block_size steps each decode takes exactly one block
+        full_cycles = blocks // num_decode  # every block_size steps each decode takes exactly one block
         k = full_cycles * block_size
-        if k >= to_finish:
-            return to_finish
-        left = free - full_cycles * num_decode
-        while k < to_finish:
+        left = blocks - full_cycles * num_decode
+        while True:
             need = by_phase[-(step + k) % block_size]
             if need > left:
                 return k
             left -= need
             k += 1
-        return to_finish
 
     def _plan_step(self, t: float) -> list[float]:
         """Plan one general iteration: the running pass, then, if it preempted nothing, the waiting pass."""

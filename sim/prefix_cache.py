@@ -217,6 +217,15 @@ class PrefixCachedBlocks(KvBlocks):
         self.version += 1
         return private + freed
 
+    def blocks_before_cached(self) -> int | None:
+        """Free blocks an allocation takes before it evicts a cached one (None: it never does)."""
+        blocks = 0
+        for count in self.queue.values():
+            if count is None:
+                return blocks
+            blocks += count
+        return None
+
     @property
     def cached_blocks(self) -> int:
         """Blocks with a hash (in use or free)."""

@@ -140,19 +140,19 @@ def simulate(
 
 def _start_arrivals(env, run: _Run, chunks, n: int, engine: EngineConfig, rec: ChunkedResults, adm, progress,
                     sender: Sender | None, sent: np.ndarray | None, *, horizon: bool) -> bool:
-    """Release the trace's rows: replicas that nothing but the arrivals acts on run in the compiled core
-    where it applies (True; no ``horizon``), else a lone replica takes them in itself at its step ends
+    """Release the trace's rows: replicas that nothing but the arrivals (and sessions' turns) act on run
+    in the compiled core where it applies (True; no ``horizon``), else a lone replica takes them in itself at its step ends
     when its runs merge (synchronous scheduling; no horizon, no gateway cap), else an arrival process
     releases each at its time."""
     lone = run.workers[0] if len(run.workers) == 1 else None
     continuous = all(isinstance(w, ContinuousReplica) for w in run.workers)
-    if not horizon and continuous and run.unwatched and sender is None:
+    if not horizon and continuous and run.unwatched:
         fast = compiled_core_for(engine, run.cores[0], run.gateway, oracle=adm.cfg.estimator == "oracle",
-                                 replicas=len(run.cores))
+                                 replicas=len(run.cores), sender=sender)
         if fast is not None:
             capped = run.gateway.cap is not None
             env.process(run_compiled(env, fast, chunks, n, engine, run.cores, rec, progress,
-                                     gateway_policy=run.gateway.policy if capped else None))
+                                     gateway_policy=run.gateway.policy if capped else None, sender=sender, sent=sent))
             return True
     fed = not horizon and run.gateway.cap is None
     if fed and isinstance(lone, ContinuousReplica) and lone.merge_runs and sender is None:
@@ -260,6 +260,8 @@ def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gat
                                              and not getattr(gw.router, "uses_request", False))))
         gw.replicas = [ContinuousReplica(env, core, i, on_finish, clock.next, merge_runs=merge_runs)
                        for i, core in enumerate(cores)]
+        for core in cores:  # where the router picks among caches, they must read as step by step
+            core.cache_read_by_router = replicas > 1 and getattr(gw.router, "uses_request", False)
         workers = gw.replicas
     else:
         workers = [MicroBatchWorker(env, core, i, gw, on_finish) for i, core in enumerate(cores)]

@@ -1,7 +1,8 @@
 """The compiled core: the Python engine's replicas, in C, bit for bit.
 
 When continuous replicas take a trace's rows and nothing but the arrivals acts on them (no
-client, observers or horizon), the per-step Python of
+client, closed loop, observers or horizon; multi-turn sessions, whose later turns the core sends
+itself, included), the per-step Python of
 :class:`~driftsim.sim.engine.EngineCore` and :class:`~driftsim.sim.replica.ContinuousReplica` is
 most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS or a keyed policy, chunked prefill,
 recompute preemption, fast-forwarded decode runs, synchronous or async scheduling, the prefix
@@ -66,6 +67,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, prefix + "run").argtypes = [vp, ctypes.c_int]
         getattr(lib, prefix + "counters").argtypes = [vp, _f64p, _i64p]
         getattr(lib, prefix + "drained").argtypes = [vp]
+    lib.sc_cluster_sessions.restype = ctypes.c_int
+    lib.sc_cluster_sessions.argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p, _i64p, _f64p, _f64p, _f64p, _f64p,
+                                        _i64p, _i64p, _i64p, i64, _i64p, _i64p, _f64p, _f64p, _f64p]
     lib.sc_block_keys.restype = i64
     lib.sc_block_keys.argtypes = [_i64p, i64, i64, i64, i64, _i64p]
     lib.sc_step_time.restype = f64
@@ -150,7 +154,7 @@ class CompiledCore:
 
     def __init__(self, lib: ctypes.CDLL, engine: EngineConfig, form: StepFormula, num_blocks: int, *,
                  replicas: int = 1, router: str = "least_outstanding", policy: int = POLICY_FCFS,
-                 prefix_caching: bool = False, gateway_cap: int | None = None) -> None:
+                 prefix_caching: bool = False, gateway_cap: int | None = None, sessions: bool = False) -> None:
         self._lib = lib
         self.replicas = replicas
         cap = max(8192, 4 * engine.max_num_seqs)
@@ -162,7 +166,7 @@ class CompiledCore:
                           dtype=np.int64)
         p, knots, values = _arrays(form)
         args = (config, _KINDS[form.kind], p, len(form.coefficients), len(form.knots), knots, values, cap, *self._out)
-        if replicas == 1 and gateway_cap is None:  # a lone replica that takes the rows in itself
+        if replicas == 1 and gateway_cap is None and not sessions:  # a lone replica that takes the rows in itself
             self._state = lib.sc_new(*args)
             prefix = "sc_"
         else:
@@ -188,6 +192,21 @@ class CompiledCore:
     def __del__(self) -> None:
         self.close()
 
+    def sessions(self, rows: tuple, next_turn: np.ndarray, think: np.ndarray, open_s: np.ndarray,
+                 sent: np.ndarray) -> None:
+        """Multi-turn sessions (a core made with ``sessions``): ``rows``, every row of the trace as
+        :meth:`push` takes them, trace row ``i`` at place ``i``; row ``i``'s session continues with row
+        ``next_turn[i]`` (-1: none), sent ``think`` after ``i`` settles and not before its ``open_s``;
+        the send times of those rows are written into ``sent`` as they leave. Rows no earlier turn holds
+        back are pushed as usual."""
+        if sent.dtype != np.float64 or not sent.flags.c_contiguous or not sent.flags.writeable:
+            raise ValueError("sent: a writable contiguous float64 array")
+        self._kept = arrays = (*self._row_arrays(*rows), np.ascontiguousarray(next_turn, dtype=np.int64),
+                               np.ascontiguousarray(think, dtype=np.float64),
+                               np.ascontiguousarray(open_s, dtype=np.float64), sent)  # the core reads them
+        if self._lib.sc_cluster_sessions(self._state, len(arrays[0]), *arrays) != 0:
+            raise MemoryError("the compiled core could not take the sessions' rows")
+
     def push(self, idx: np.ndarray, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
              request_id: np.ndarray, key1: np.ndarray, key2: np.ndarray, gateway_key1: np.ndarray,
              gateway_key2: np.ndarray, id_tokens: np.ndarray | None = None, id_counts: np.ndarray | None = None,
@@ -197,6 +216,15 @@ class CompiledCore:
         policy's static key of each row (a pair, compared in order), ``gateway_key1``, ``gateway_key2``
         the gateway policy's (a capped gateway's queue); ``id_tokens`` (0: none), ``id_counts``, ``ids``:
         each row's prefix ids, the rows' ids one after another."""
+        if self._push(self._state, len(idx), *self._row_arrays(
+                idx, arrival_s, input_tokens, output_tokens, request_id, key1, key2, gateway_key1, gateway_key2,
+                id_tokens, id_counts, ids)) != 0:
+            raise MemoryError("the compiled core could not take more rows")
+
+    @staticmethod
+    def _row_arrays(idx, arrival_s, input_tokens, output_tokens, request_id, key1, key2, gateway_key1, gateway_key2,
+                    id_tokens=None, id_counts=None, ids=None) -> tuple:
+        """:meth:`push`'s arguments as the C functions take them: contiguous columns, the ids' offsets."""
         n = len(idx)
         if id_tokens is None:
             id_tokens = id_counts = np.zeros(n, np.int64)
@@ -212,8 +240,7 @@ class CompiledCore:
                 ((idx, np.int64), (arrival_s, np.float64), (input_tokens, np.int64), (output_tokens, np.int64),
                  (request_id, np.int64), (key1, np.float64), (key2, np.float64), (gateway_key1, np.float64),
                  (gateway_key2, np.float64), (id_tokens, np.int64))]
-        if self._push(self._state, n, *args, offsets, counts, nids, flat) != 0:
-            raise MemoryError("the compiled core could not take more rows")
+        return (*args, offsets, counts, nids, flat)
 
     def run(self, final: bool) -> int:
         """Simulate until more rows are needed (``final``: there are none), the finished buffer is

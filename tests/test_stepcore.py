@@ -24,7 +24,10 @@ from driftsim.sim import compiled_feed, stepcore
 from driftsim.sim.config import EngineConfig, GatewayConfig
 from driftsim.sim.policies import POLICIES, Sjf
 from driftsim.sim.prefix_cache import block_keys
+from driftsim.sim.closed_loop import ClosedLoop, simulate_closed_loop
 from driftsim.sim.run import simulate
+from driftsim.sim.sessions import session_sends, simulate_sessions
+from driftsim.traces.synth import LengthDist, TenantLoad, generate
 from driftsim.traces.schema import REQUEST_SCHEMA
 from driftsim.traces.stream import TraceStream
 from tests.conftest import STRICT
@@ -410,6 +413,65 @@ def test_replicas_waking_at_one_instant_take_the_gateway_s_queue_in_simpy_s_orde
     python = simulate(trace, engine=EngineConfig(**{**engine.__dict__, "compiled_core": False}), **kw)
     assert len(compiled_runs) == 1
     assert fast.requests.equals(python.requests) and fast.replicas == python.replicas
+
+
+@pytest.mark.parametrize("replicas,router,cap,async_sched", [
+    (1, "least_outstanding", None, False), (1, "least_outstanding", 2, True), (3, "prefix_affinity", None, False),
+    (3, "round_robin", 2, False), (2, "least_outstanding", None, True)])
+def test_session_turns_are_sent_by_the_core(compiled_runs, replicas, router, cap, async_sched):
+    # each later turn leaves think_s after the previous answer is delivered, its history cached
+    chat = TenantLoad("chat", 8.0, input=LengthDist.uniform(20, 300), output=LengthDist.uniform(1, 200),
+                      turns=LengthDist.uniform(1, 6), think_s=0.5, system_prompts=2, system_prompt_tokens=300)
+    trace = generate([chat], num_requests=400, seed=4)
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, block_size=16, max_model_len=8192,
+                          async_scheduling=async_sched)
+    gateway = GatewayConfig(router=router, max_outstanding=cap, policy="sjf")
+
+    def run(**flags):
+        return simulate_sessions(trace, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, **flags}),
+                                 num_blocks=900, replicas=replicas, gateway=gateway)
+
+    fast, python = run(), run(compiled_core=False)
+    assert len(compiled_runs) == 1 and fast.engine_core == "compiled"
+    assert fast.requests.equals(python.requests) and fast.replicas == python.replicas
+    assert _same(fast.summary, python.summary)
+    req = fast.requests
+    sends = session_sends(trace["arrival_s"].to_numpy(), trace["session_id"].fill_null(-1).to_numpy(),
+                          trace["think_s"].to_numpy(), req["finish_s"].to_numpy())
+    held = req["arrival_s"].to_numpy() != trace["arrival_s"].to_numpy()
+    assert held.sum() > 100  # later turns were sent in the run, not at their table times
+    # a turn's send follows its predecessor's completion (delivered at or after it finished)
+    assert (req["arrival_s"].to_numpy() >= sends).all()
+    assert (req.filter(pl.col("cached_tokens") > 0).height > 200)
+
+
+def test_sessions_whose_policy_keys_on_arrival_keep_the_python_engine(compiled_runs):
+    trace = generate([TenantLoad("chat", 4.0, input=LengthDist.uniform(20, 100), output=LengthDist.uniform(1, 50),
+                                 turns=LengthDist.uniform(2, 3), think_s=0.5)], num_requests=40, seed=1)
+    simulate_sessions(trace, cost=linear_cost(), engine=EngineConfig(max_model_len=4096), num_blocks=400,
+                      gateway=GatewayConfig(policy="aging", placement="engine"))
+    assert not compiled_runs  # a turn's arrival, an aging key's input, is its send time
+
+
+def test_a_closed_loop_keeps_the_python_engine(compiled_runs):
+    simulate_closed_loop(random_trace(40, rate=20, seed=1, max_in=200, max_out=50), ClosedLoop(max_concurrency=4),
+                         cost=linear_cost(), engine=EngineConfig(max_model_len=4096), num_blocks=400)
+    assert not compiled_runs  # its sends wait on free slots, which the core does not keep
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_prefix_affinity_sees_the_caches_as_step_by_step_runs_leave_them(compiled):
+    # decode steps of a fast-forwarded run take free blocks and evict cached ones; a request routed during
+    # the run must not find a block that the run's earlier steps have already evicted
+    trace = with_prefix_ids(random_trace(87, rate=0.5, seed=13878, max_in=1200, max_out=500), seed=13878, id_tokens=1)
+    engine = EngineConfig(max_num_seqs=29, max_num_batched_tokens=4096, block_size=7, max_model_len=4096,
+                          chunked_prefill=False, compiled_core=compiled)
+    kw = dict(cost=load_profile("a100-llama-3.1-8b").cost_model, num_blocks=178, replicas=3,
+              gateway=GatewayConfig(router="prefix_affinity"))
+    fast = simulate(trace, engine=engine, **kw)
+    steps = simulate(trace, engine=EngineConfig(**{**engine.__dict__, "fast_forward": False}), **kw)
+    assert fast.requests.equals(steps.requests)
+    assert sum(r["prefix_evictions"] for r in fast.replicas) > 0
 
 
 def test_prefix_ids_with_caching_off_take_the_core(compiled_runs):
