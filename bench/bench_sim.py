@@ -26,6 +26,7 @@ to back per size, and prints the ratio.
     python bench/bench_sim.py --python-engine --shared-prefix --replicas 4 --router prefix_affinity
     python bench/bench_sim.py --python-engine --replicas 4 --max-outstanding 32 --policy priority
     python bench/bench_sim.py --python-engine --sessions     # in process, chat sessions (sessions_workload)
+    python bench/bench_sim.py --python-engine --max-concurrency 64  # in process, a closed loop
     python bench/bench_sim.py --rate 6 --max-prompt 4096    # a fixed offered rate, longer prompts
     python bench/bench_sim.py --prefix-pair 20000           # prefix caching on vs off, shared-prefix workload
 
@@ -37,6 +38,7 @@ min(512, prompt) tokens; on and off run the same table, best of 3 each.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -56,6 +58,7 @@ from driftsim.costmodel.profiles import load_profile  # noqa: E402
 from driftsim.sim.config import EngineConfig, GatewayConfig  # noqa: E402
 from driftsim.sim.router import ROUTERS  # noqa: E402
 from driftsim.sim.run import simulate  # noqa: E402
+from driftsim.sim.closed_loop import ClosedLoop, simulate_closed_loop  # noqa: E402
 from driftsim.sim.sessions import simulate_sessions  # noqa: E402
 from driftsim.traces.synth import LengthDist, TenantLoad, generate  # noqa: E402
 from driftsim.traces.loaders import load_trace  # noqa: E402
@@ -68,6 +71,7 @@ ROUTER = "least_outstanding"  # --router
 GATEWAY = {}  # --max-outstanding, --policy: a capped gateway and its policy
 SHARED_PREFIX = False  # --shared-prefix: in process, shared_prefix_workload (prefix caching on)
 SESSIONS = False  # --sessions: in process, sessions_workload sent turn by turn
+CONCURRENCY = 0  # --max-concurrency: in process, a closed loop of that many requests in flight
 
 
 MAX_PROMPT = 2048  # --max-prompt
@@ -154,6 +158,8 @@ def run_once(n: int, rate: float | None, mode: str = "compiled", seed: int = 0) 
     trace = make(n, rate, seed)
     blocks = profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
     run = simulate_sessions if SESSIONS and rate is not None else simulate
+    if CONCURRENCY and rate is not None:
+        run = functools.partial(simulate_closed_loop, loop=ClosedLoop(max_concurrency=CONCURRENCY))
     t0 = time.perf_counter()
     res = run(trace, cost=profile.cost_model, engine=engine, num_blocks=blocks, replicas=REPLICAS,
               gateway=GatewayConfig(router=ROUTER, **GATEWAY))
@@ -256,6 +262,8 @@ def main() -> None:
                     help="in process, with --replicas: the gateway's router")
     ap.add_argument("--max-outstanding", type=int, help="in process: the gateway's cap of requests in flight per replica")
     ap.add_argument("--policy", default="fifo", help="in process, with --max-outstanding: the gateway's policy")
+    ap.add_argument("--max-concurrency", type=int, default=0,
+                    help="in process: a closed loop of N requests in flight (open times: the workload's arrivals)")
     ap.add_argument("--sessions", action="store_true",
                     help="in process: chat sessions (sessions_workload), each turn sent after the previous answer")
     ap.add_argument("--shared-prefix", action="store_true",
@@ -271,10 +279,12 @@ def main() -> None:
         GATEWAY.update(max_outstanding=args.max_outstanding, policy=args.policy)
     globals()["SHARED_PREFIX"] = args.shared_prefix
     globals()["SESSIONS"] = args.sessions
+    globals()["CONCURRENCY"] = args.max_concurrency
     if args.child:
         return child(args)
     args.in_process = (args.in_process or args.compare_step or args.python_engine or args.async_scheduling
-                       or args.replicas > 1 or args.shared_prefix or args.max_outstanding is not None or args.sessions)
+                       or args.replicas > 1 or args.shared_prefix or args.max_outstanding is not None or args.sessions
+                       or args.max_concurrency > 0)
     if args.baseline and (args.in_process or args.prefix_pair):
         ap.error("--baseline compares whole processes: give it without --in-process and --prefix-pair")
 
@@ -335,6 +345,7 @@ def in_process(args, rate: float) -> None:
                "--max-prompt", str(MAX_PROMPT), "--replicas", str(args.replicas), "--router", args.router,
                *(["--async-scheduling"] if args.async_scheduling else []),
                *(["--shared-prefix"] if args.shared_prefix else []), *(["--sessions"] if args.sessions else []),
+               "--max-concurrency", str(args.max_concurrency),
                *(["--max-outstanding", str(args.max_outstanding), "--policy", args.policy]
                  if args.max_outstanding is not None else [])]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)

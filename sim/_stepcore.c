@@ -7,7 +7,7 @@
  * synchronous replica takes the trace's rows in itself (driftsim.sim.run._ArrivalFeed); with async
  * scheduling, or several replicas behind a router (Cluster, below: round robin, least outstanding or
  * prefix affinity, which reads each engine's cache), or a gateway with a cap that queues arrivals
- * in its policy's order, or multi-turn sessions (timers that send a turn after the previous answer),
+ * in its policy's order, or multi-turn sessions and closed loops (timers that send a row after an answer),
  * it mirrors the arrival process
  * that hands each row in at its time (driftsim.sim.run._arrivals) and each replica's SimPy process:
  * the engine's inbox and its intake and release lags (EngineCore._intake), and a run cut by an
@@ -1285,8 +1285,11 @@ typedef struct {
     /* multi-turn sessions (driftsim.sim.sessions.SessionSender): every row in `tab` (by trace row), the
      * rows a previous turn holds back released by urgent timers (time, order scheduled, row) at
      * max(open, settle + think) of their session's previous turn; the send times written to `sent`;
-     * arr_seq: when the arrival process's pending wake-up was scheduled */
+     * arr_seq: when the arrival process's pending wake-up was scheduled. A closed loop
+     * (driftsim.sim.closed_loop.ClosedLoopSender) holds every row: its timers free a slot (row
+     * TIMER_SLOT) or wake it at the next row's open time (TIMER_WAKE) */
     int sessions;
+    i64 loop_free, loop_next, loop_timer; /* a closed loop (ClosedLoopSender): free slots, next row, a wake pending */
     Rows tab;
     const i64 *next_turn;
     const double *think, *open;
@@ -1378,20 +1381,17 @@ static int route(Cluster *c, const Row *w) {
     return best;
 }
 
+enum { TIMER_SLOT = -1, TIMER_WAKE = -2 };
+
 static int timer_less(const struct Timer *a, const struct Timer *b) {
     return a->t < b->t || (a->t == b->t && a->seq < b->seq);
 }
 
-/* SessionSender.settled(i, t) at the cluster's time: the next turn of row i's session leaves at
- * max(open, t + think), by an urgent timeout scheduled now */
-static int settle(Cluster *c, i64 i, double t) {
-    i64 j = c->next_turn[i];
-    if (j < 0) return 0;
-    double at = t + c->think[j];
-    if (c->open[j] >= at) at = c->open[j]; /* Python's max(open, t + think) */
+/* urgent_timeout(env, max(0, at - now)), scheduled now, for `row` (a row to send, or TIMER_*) */
+static int timer_push(Cluster *c, double at, i64 row) {
     if (c->ntimers == c->captimers
         && grow((void **)&c->timers, &c->captimers, c->ntimers + 1, sizeof(struct Timer))) return -1;
-    struct Timer e = {timeout_end(c->now, at), c->seq++, j};
+    struct Timer e = {timeout_end(c->now, at), c->seq++, row};
     i64 k = c->ntimers++;
     while (k > 0 && timer_less(&e, &c->timers[(k - 1) / 2])) {
         c->timers[k] = c->timers[(k - 1) / 2];
@@ -1399,6 +1399,17 @@ static int settle(Cluster *c, i64 i, double t) {
     }
     c->timers[k] = e;
     return 0;
+}
+
+/* SessionSender.settled(i, t): the next turn of row i's session leaves at max(open, t + think);
+ * ClosedLoopSender.settled(i, t): a slot frees at t + think */
+static int settle(Cluster *c, i64 i, double t) {
+    if (c->sessions == 2) return timer_push(c, t + c->think[i], TIMER_SLOT);
+    i64 j = c->next_turn[i];
+    if (j < 0) return 0;
+    double at = t + c->think[j];
+    if (c->open[j] >= at) at = c->open[j]; /* Python's max(open, t + think) */
+    return timer_push(c, at, j);
 }
 
 static struct Timer timer_pop(Cluster *c) {
@@ -1481,13 +1492,38 @@ static int cluster_arrival(Cluster *c, double w) {
     return 0;
 }
 
-/* A session's turn leaves (SessionSender's send): its send time is its arrival */
+/* The sender's send(j): row j leaves now, its send time its arrival */
+static int send_row(Cluster *c, i64 j) {
+    Row row = row_at(&c->tab, j);
+    row.at = c->now;
+    c->sent[j] = c->now;
+    return release_row(c, &row, c->now);
+}
+
+/* ClosedLoopSender._advance: rows in order while slots are free and they are open, else a wake at the
+ * next one's open time */
+static int loop_advance(Cluster *c) {
+    while (c->loop_free > 0 && c->loop_next < c->tab.len) {
+        i64 i = c->loop_next;
+        if (c->open[i] > c->now) {
+            if (c->loop_timer) return 0;
+            c->loop_timer = 1;
+            return timer_push(c, c->open[i], TIMER_WAKE);
+        }
+        c->loop_free--;
+        c->loop_next++;
+        if (send_row(c, i)) return -1;
+    }
+    return 0;
+}
+
+/* The sender's timer fires: a session's turn leaves, or the closed loop frees a slot or wakes */
 static int cluster_send(Cluster *c) {
     struct Timer e = timer_pop(c);
-    Row row = row_at(&c->tab, e.row);
-    row.at = c->now;
-    c->sent[e.row] = c->now;
-    return release_row(c, &row, c->now);
+    if (e.row >= 0) return send_row(c, e.row);
+    if (e.row == TIMER_SLOT) c->loop_free++;
+    else c->loop_timer = 0;
+    return loop_advance(c);
 }
 
 /* Replica r's process wakes at wake_at[r]: commits what it waited for, delivers its completions
@@ -1609,15 +1645,21 @@ int sc_cluster_push(Cluster *c, i64 n, const i64 *idx, const double *at, const i
     return rows_push(&c->q, n, idx, at, input, out, rid, k1, k2, gk1, gk2, idt, ioff, ilen, nids, ids);
 }
 
-/* Sessions: every row of the trace (in trace order, the whole trace at once), the next turn of each
- * row's session (-1: none), each row's think time and open time, and where send times go; the
- * arrays stay the caller's and must outlive the run. */
+/* A sender: every row of the trace (in trace order, the whole trace at once), the next turn of each
+ * row's session (-1: none), each row's think time and open time, and where send times go (the
+ * arrays stay the caller's and must outlive the run); slots > 0: a closed loop of that many
+ * requests in flight instead of sessions (think: the pause after a completion). */
 int sc_cluster_sessions(Cluster *c, i64 n, const i64 *idx, const double *at, const i64 *input, const i64 *out,
                         const i64 *rid, const double *k1, const double *k2, const double *gk1, const double *gk2,
                         const i64 *idt, const i64 *ioff, const i64 *ilen, i64 nids, const i64 *ids,
-                        const i64 *next_turn, const double *think, const double *open, double *sent) {
+                        const i64 *next_turn, const double *think, const double *open, double *sent, i64 slots) {
     if (rows_push(&c->tab, n, idx, at, input, out, rid, k1, k2, gk1, gk2, idt, ioff, ilen, nids, ids)) return -1;
-    c->sessions = 1;
+    c->sessions = slots > 0 ? 2 : 1;
+    c->loop_free = slots;
+    if (slots > 0 && n > 0) { /* ClosedLoopSender.start: a wake at the first row's open time */
+        c->loop_timer = 1;
+        if (timer_push(c, open[0], TIMER_WAKE)) return -1;
+    }
     c->next_turn = next_turn;
     c->think = think;
     c->open = open;

@@ -76,6 +76,12 @@ class ClosedLoopSender:
     def held(self, n: int) -> np.ndarray:
         return np.ones(n, dtype=bool)
 
+    def compiled_sends(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """What the compiled core needs to run the loop itself: no session turns, each row's pause after
+        its completion, the open times and the slots (:meth:`driftsim.sim.stepcore.CompiledCore.sessions`)."""
+        n = len(self.open_s)
+        return np.full(n, -1, np.int64), np.full(n, float(self.loop.think_s)), self.open_s, self.loop.max_concurrency
+
     def start(self, env, send) -> None:
         self.env, self.send = env, send
         self._wake_at(self.open_s[0] if len(self.open_s) else math.inf)

@@ -41,14 +41,15 @@ def compiled_core_for(engine: EngineConfig, core: EngineCore, gateway: Gateway, 
     replica, queues the rest in the order of a policy with static keys (fifo, priority, sjf, aging,
     edf); the round-robin, least-outstanding or prefix-affinity router; the oracle estimator and a
     cost model with a :class:`~driftsim.costmodel.base.StepFormula`; with or without prefix caching and
-    prefix ids; multi-turn sessions (a ``sender`` with ``turns``, :class:`driftsim.sim.sessions.SessionSender`)
-    where no key reads the arrival time (a turn's is its send time, known only in the run: not aging
-    or edf). None: the Python engine runs it."""
+    prefix ids; multi-turn sessions or a closed loop (a ``sender`` with ``compiled_sends``:
+    :class:`driftsim.sim.sessions.SessionSender`, :class:`driftsim.sim.closed_loop.ClosedLoopSender`)
+    where no key reads the arrival time (a sent row's is its send time, known only in the run: not
+    aging or edf). None: the Python engine runs it."""
     policy = _policy_mode(core.waiting)
     capped = gateway.cap is not None and _gateway_keyed(gateway.policy)
     if not (engine.compiled_core and (gateway.routes_at_arrival or capped) and oracle and policy is not None):
         return None
-    if sender is not None and not (hasattr(sender, "turns") and _keys_ignore_arrival(core, gateway)):
+    if sender is not None and not (hasattr(sender, "compiled_sends") and _keys_ignore_arrival(core, gateway)):
         return None
     route = _ROUTER_NAMES.get(type(gateway.router)) if replicas > 1 else "least_outstanding"
     if route is None:
@@ -125,7 +126,7 @@ def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl
             if sender is not None:  # one chunk: every row to the core's table, those no turn holds as arrivals
                 rows = _rows(chunk, base, recorder, rec, max_len, block_size, kv_total, policy, gateway_policy,
                              ids=ids)
-                fast.sessions(rows, *sender.turns(), sent)
+                fast.sessions(rows, *sender.compiled_sends(), sent)
                 fast.push(*_some_rows(rows, ~sender.held(chunk.height)))
                 while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=False)) != RC_NEED_ROWS:
                     pass

@@ -64,10 +64,10 @@ class SessionSender:
     def held(self, n: int) -> np.ndarray:
         return self._held
 
-    def turns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def compiled_sends(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """What the compiled core needs to send the turns itself: each row's next turn (-1: none), think
-        times and open times (:meth:`driftsim.sim.stepcore.CompiledCore.sessions`)."""
-        return self.next_turn, self.think, self.open_s
+        times, open times, and no closed loop (:meth:`driftsim.sim.stepcore.CompiledCore.sessions`)."""
+        return self.next_turn, self.think, self.open_s, 0
 
     def start(self, env, send) -> None:
         self.env, self.send = env, send

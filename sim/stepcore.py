@@ -1,8 +1,8 @@
 """The compiled core: the Python engine's replicas, in C, bit for bit.
 
 When continuous replicas take a trace's rows and nothing but the arrivals acts on them (no
-client, closed loop, observers or horizon; multi-turn sessions, whose later turns the core sends
-itself, included), the per-step Python of
+client timeouts, observers or horizon; multi-turn sessions and closed loops, whose sends the core
+makes itself, included), the per-step Python of
 :class:`~driftsim.sim.engine.EngineCore` and :class:`~driftsim.sim.replica.ContinuousReplica` is
 most of a run's time. ``sim/_stepcore.c`` runs the same scheduler (FCFS or a keyed policy, chunked prefill,
 recompute preemption, fast-forwarded decode runs, synchronous or async scheduling, the prefix
@@ -69,7 +69,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, prefix + "drained").argtypes = [vp]
     lib.sc_cluster_sessions.restype = ctypes.c_int
     lib.sc_cluster_sessions.argtypes = [vp, i64, _i64p, _f64p, _i64p, _i64p, _i64p, _f64p, _f64p, _f64p, _f64p,
-                                        _i64p, _i64p, _i64p, i64, _i64p, _i64p, _f64p, _f64p, _f64p]
+                                        _i64p, _i64p, _i64p, i64, _i64p, _i64p, _f64p, _f64p, _f64p, i64]
     lib.sc_block_keys.restype = i64
     lib.sc_block_keys.argtypes = [_i64p, i64, i64, i64, i64, _i64p]
     lib.sc_step_time.restype = f64
@@ -192,18 +192,19 @@ class CompiledCore:
     def __del__(self) -> None:
         self.close()
 
-    def sessions(self, rows: tuple, next_turn: np.ndarray, think: np.ndarray, open_s: np.ndarray,
+    def sessions(self, rows: tuple, next_turn: np.ndarray, think: np.ndarray, open_s: np.ndarray, slots: int,
                  sent: np.ndarray) -> None:
-        """Multi-turn sessions (a core made with ``sessions``): ``rows``, every row of the trace as
-        :meth:`push` takes them, trace row ``i`` at place ``i``; row ``i``'s session continues with row
-        ``next_turn[i]`` (-1: none), sent ``think`` after ``i`` settles and not before its ``open_s``;
-        the send times of those rows are written into ``sent`` as they leave. Rows no earlier turn holds
-        back are pushed as usual."""
+        """A sender the core runs itself (a core made with ``sessions``): ``rows``, every row of the trace
+        as :meth:`push` takes them, trace row ``i`` at place ``i``. Multi-turn sessions (``slots`` 0): row
+        ``i``'s session continues with row ``next_turn[i]`` (-1: none), sent ``think`` after ``i`` settles
+        and not before its ``open_s``; rows no earlier turn holds back are pushed as usual. A closed loop
+        (``slots`` > 0): every row is held, sent in order when open and a slot is free, a slot freeing
+        ``think`` after a completion. Send times are written into ``sent`` as rows leave."""
         if sent.dtype != np.float64 or not sent.flags.c_contiguous or not sent.flags.writeable:
             raise ValueError("sent: a writable contiguous float64 array")
         self._kept = arrays = (*self._row_arrays(*rows), np.ascontiguousarray(next_turn, dtype=np.int64),
                                np.ascontiguousarray(think, dtype=np.float64),
-                               np.ascontiguousarray(open_s, dtype=np.float64), sent)  # the core reads them
+                               np.ascontiguousarray(open_s, dtype=np.float64), sent, int(slots))  # the core reads them
         if self._lib.sc_cluster_sessions(self._state, len(arrays[0]), *arrays) != 0:
             raise MemoryError("the compiled core could not take the sessions' rows")
 

@@ -24,7 +24,7 @@ from driftsim.sim import compiled_feed, stepcore
 from driftsim.sim.config import EngineConfig, GatewayConfig
 from driftsim.sim.policies import POLICIES, Sjf
 from driftsim.sim.prefix_cache import block_keys
-from driftsim.sim.closed_loop import ClosedLoop, simulate_closed_loop
+from driftsim.sim.closed_loop import ClosedLoop, closed_loop_sends, simulate_closed_loop
 from driftsim.sim.run import simulate
 from driftsim.sim.sessions import session_sends, simulate_sessions
 from driftsim.traces.synth import LengthDist, TenantLoad, generate
@@ -453,10 +453,25 @@ def test_sessions_whose_policy_keys_on_arrival_keep_the_python_engine(compiled_r
     assert not compiled_runs  # a turn's arrival, an aging key's input, is its send time
 
 
-def test_a_closed_loop_keeps_the_python_engine(compiled_runs):
-    simulate_closed_loop(random_trace(40, rate=20, seed=1, max_in=200, max_out=50), ClosedLoop(max_concurrency=4),
-                         cost=linear_cost(), engine=EngineConfig(max_model_len=4096), num_blocks=400)
-    assert not compiled_runs  # its sends wait on free slots, which the core does not keep
+@pytest.mark.parametrize("replicas,cap,async_sched", [(1, None, False), (1, None, True), (3, 2, False)])
+def test_a_closed_loop_runs_in_the_core(compiled_runs, replicas, cap, async_sched):
+    # at most 6 requests in flight, the next sent 0.25 s after a slot frees, in table order
+    trace = with_prefix_ids(random_trace(300, rate=100, seed=6, max_in=900, max_out=200), seed=6, id_tokens=16)
+    loop = ClosedLoop(max_concurrency=6, think_s=0.25)
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, block_size=16, max_model_len=2048,
+                          async_scheduling=async_sched)
+    gateway = GatewayConfig(max_outstanding=cap, policy="priority")
+
+    def run(**flags):
+        return simulate_closed_loop(trace, loop, cost=linear_cost(), engine=EngineConfig(**{**engine.__dict__, **flags}),
+                                    num_blocks=400, replicas=replicas, gateway=gateway)
+
+    fast, python = run(), run(compiled_core=False)
+    assert len(compiled_runs) == 1 and fast.engine_core == "compiled"
+    assert fast.requests.equals(python.requests) and fast.replicas == python.replicas
+    req = fast.requests
+    sends = closed_loop_sends(trace["arrival_s"].to_numpy(), req["finish_s"].to_numpy(), loop)
+    assert (req["arrival_s"].to_numpy() >= sends).all() and (req["arrival_s"].to_numpy() > trace["arrival_s"].to_numpy()).sum() > 200
 
 
 @pytest.mark.parametrize("compiled", [True, False])
