@@ -127,14 +127,12 @@ def run_compiled(env: simpy.Environment, fast: CompiledCore, chunks: Iterable[pl
                 rows = _rows(chunk, base, recorder, rec, max_len, block_size, kv_total, policy, gateway_policy,
                              ids=ids)
                 fast.sessions(rows, *sender.compiled_sends(), sent)
-                fast.push(*_some_rows(rows, ~sender.held(chunk.height)))
-                while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=False)) != RC_NEED_ROWS:
-                    pass
-                rec.arrived()
-                continue
-            for lo in range(0, chunk.height, BLOCK):  # a block at a time: memory follows the block, not the trace
-                fast.push(*_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total,
-                                 policy, gateway_policy, ids=ids))
+                blocks = iter([_some_rows(rows, ~sender.held(chunk.height))])
+            else:  # a block at a time: memory follows the block, not the trace
+                blocks = (_rows(chunk.slice(lo, BLOCK), base + lo, recorder, rec, max_len, block_size, kv_total,
+                                policy, gateway_policy, ids=ids) for lo in range(0, chunk.height, BLOCK))
+            for block in blocks:
+                fast.push(*block)
                 while (yield from _simulate(env, fast, rec, n, progress, kv_total, final=False)) != RC_NEED_ROWS:
                     pass
             rec.arrived()
