@@ -46,11 +46,10 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: dict[str, f
     if not weights.size:
         return {name: math.nan for name in qs}
     order = np.argsort(values, kind="stable")
-    v, w = values[order], weights[order]
-    del order
+    w = weights[order]
     # in place where the sum keeps the dtype (int64, float64): one array of the sample's size fewer at once
     cum = np.cumsum(w, out=w) if w.dtype in (np.int64, np.float64) else np.cumsum(w)
-    at = lambda rank: float(v[np.searchsorted(cum, rank, side="right")])  # noqa: E731
+    at = lambda rank: float(values[order[np.searchsorted(cum, rank, side="right")]])  # noqa: E731
     out = {}
     for name, q in qs.items():
         pos = q * (cum[-1] - 1)
@@ -67,8 +66,12 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
 
 def _itl_inputs(ok: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per completed request: its mean gap between tokens (s) and how many gaps it had."""
-    gaps = (ok["generated_tokens"].cast(pl.Int64) - 1).to_numpy()
-    tpot = ok["tpot_s"].fill_null(0.0).fill_nan(0.0).to_numpy()
+    gaps = ok["generated_tokens"].to_numpy().astype(np.int64)  # a copy in numpy: one array, not polars' two
+    gaps -= 1
+    tpot = ok["tpot_s"].to_numpy()  # NaN where null
+    if not tpot.flags.writeable:  # no nulls: polars' own buffer
+        tpot = tpot.copy()
+    tpot[np.isnan(tpot)] = 0.0
     return tpot, gaps
 
 
