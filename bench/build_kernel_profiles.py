@@ -24,7 +24,8 @@ from driftsim.costmodel.profiles import PROFILE_DIR
 DATE = "2026-12-05"  # recorded in the provenance; fixed so rebuilds are byte-identical
 DENSE = ("meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "Qwen/Qwen1.5-1.8B-Chat", "mistralai/Mistral-7B-v0.3")
 MATRIX = [(gpu, model, 1) for gpu in ("a100", "h100", "h200", "l40s", "l4") for model in DENSE] + [
-    (gpu, "meta-llama/Llama-3.1-70B", tp) for gpu in ("a100", "h100", "h200", "l40s") for tp in (4, 8)]
+    (gpu, "meta-llama/Llama-3.1-70B", tp) for gpu in ("a100", "h100", "h200", "l40s") for tp in (4, 8)] + [
+    ("h100", "codellama/CodeLlama-34b-Instruct-hf", 1)]  # the published vLLM 0.11 runs in VALIDATION.md
 
 
 def _pct(errs: dict, key: str) -> str:

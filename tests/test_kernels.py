@@ -220,7 +220,7 @@ def test_a_build_is_deterministic_and_loads_as_a_profile(tmp_path):
 
 
 def test_every_bundled_gpu_and_model_has_a_kernel_profile():
-    assert len(KERNEL_PROFILES) == 28
+    assert len(KERNEL_PROFILES) == 29
     for gpu in ("a100", "h100", "h200", "l40s", "l4"):
         for model in ("llama-3.1-8b", "qwen2.5-7b", "qwen1.5-1.8b-chat", "mistral-7b-v0.3"):
             assert f"{gpu}-{model}-kernels" in KERNEL_PROFILES

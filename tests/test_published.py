@@ -192,3 +192,69 @@ def test_measurement_fields_are_the_data_file_fields():
     for name in Measurement.__dataclass_fields__:
         if name != "licence":  # taken from the row's [source.*] table
             assert f"\n{name} = " in text, name
+
+
+RECORDED = '''
+[workload.sent]
+source = "s"
+description = "three 600-token prompts whose first 512 tokens are the same text, sent 0, 4 and 8 s in"
+input_lens = [600, 600, 600]
+output_lens = [20, 20, 20]
+send_s = [0.0, 4.0, 8.0]
+shared_prefix_tokens = {shared}
+'''
+
+
+def _recorded(tmp_path, *rows: str, shared: int = 512, extra: str = ""):
+    path = tmp_path / "runs.toml"
+    path.write_text(SOURCE + WORKLOADS + RECORDED.format(shared=shared) + extra + "".join(rows), encoding="utf-8")
+    return path
+
+
+def _sent_row(**over) -> str:
+    row = _row(workload="sent", rate='"recorded"', metric="ttft_mean_ms", **over)
+    return row.replace("prefix_caching = false", "prefix_caching = true")
+
+
+def test_a_recorded_workload_is_sent_at_its_times_and_its_shared_prefix_is_cached(tmp_path):
+    from driftsim.validation.published import _trace
+
+    (m,), _ = load_runs(_recorded(tmp_path, _sent_row()))
+    assert "recorded times" in m.setup
+    assert _trace(m, 0)["arrival_s"].to_list() == [0.0, 4.0, 8.0]
+    ttft = simulate_measurement(m)["ttft"]
+    # alone on the engine each time: the first prefills 600 tokens, the next two find 512 of them cached
+    assert ttft[1] == pytest.approx(ttft[2], rel=1e-9) and ttft[1] < 0.75 * ttft[0]
+    (fresh,), _ = load_runs(_recorded(tmp_path, _sent_row(), shared=0))
+    assert simulate_measurement(fresh)["ttft"] == pytest.approx([ttft[0]] * 3, rel=1e-9)
+
+
+def test_a_row_s_reported_kv_blocks_replace_the_profile_s(tmp_path):
+    """Three prompts sent at once: with the profile's KV they prefill together; with 48 blocks of 16 tokens
+    (the row's num_gpu_blocks, one of them vLLM's null block) only two fit, and the third waits."""
+    at_once = RECORDED.format(shared=0).replace("sent]", "burst]").replace("[0.0, 4.0, 8.0]", "[0.0, 0.0, 0.0]")
+    rows = [_sent_row(id="own").replace('workload = "sent"', 'workload = "burst"'),
+            _sent_row(id="small").replace('workload = "sent"', 'workload = "burst"') + "num_gpu_blocks = 48\n"]
+    own, small = load_runs(_recorded(tmp_path, *rows, extra=at_once))[0]
+    assert small.num_gpu_blocks == 48 and own.num_gpu_blocks == 0
+    roomy, tight = simulate_measurement(own)["ttft"], simulate_measurement(small)["ttft"]
+    assert max(tight) > max(roomy)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t: t.replace("send_s = [0.0, 4.0, 8.0]", "send_s = [0.0, 4.0]"), ["send_s", "one send time per request"]),
+    (lambda t: t.replace("send_s = [0.0, 4.0, 8.0]", "send_s = [1.0, 4.0, 8.0]"), ["send_s", "starting at 0"]),
+    (lambda t: t.replace("send_s = [0.0, 4.0, 8.0]", "send_s = [0.0, 8.0, 4.0]"), ["send_s", "never decreasing"]),
+    (lambda t: t.replace("shared_prefix_tokens = 512", "shared_prefix_tokens = 700"),
+     ["shared_prefix_tokens", "shortest prompt"]),
+    (lambda t: t.replace('request_rate = "recorded"', 'request_rate = "inf"'), ["request_rate", "recorded"]),
+    (lambda t: t.replace('workload = "sent"', 'workload = "recorded"'), ["request_rate", "recorded", "does not"]),
+    (lambda t: t + "num_gpu_blocks = -3\n", ["num_gpu_blocks", ">= 1"]),
+])
+def test_a_bad_recorded_workload_or_row_is_named(tmp_path, change, words):
+    path = _recorded(tmp_path, _sent_row())
+    path.write_text(change(path.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load_runs(path)
+    assert str(path) in str(exc.value)
+    assert all(w in str(exc.value) for w in words), str(exc.value)

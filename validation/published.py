@@ -96,6 +96,8 @@ class Workload:
     input_len: int = 0  # synthetic: mean prompt tokens
     output_len: int = 0  # synthetic: mean output tokens
     range_ratio: float = 0.0  # synthetic: lengths uniform in [len*(1-r), len*(1+r)]
+    send_s: tuple[float, ...] = ()  # recorded: each request's send time, s after the first (rows' request_rate "recorded")
+    shared_prefix_tokens: int = 0  # the first tokens of every prompt are the same text (prefix caching finds them)
 
     @property
     def requests(self) -> int:
@@ -130,6 +132,7 @@ class Measurement:
     metric: str
     published: float
     note: str = ""
+    num_gpu_blocks: int = 0  # KV blocks the published server reported; 0: the profile's at gpu_memory_utilization
     licence: str = field(default="", compare=False)  # from the row's [source.*] table
 
     @property
@@ -143,7 +146,8 @@ class Measurement:
     @property
     def setup(self) -> str:
         """One line a reader recognises the published run by."""
-        rate = "all at once" if math.isinf(self.request_rate) else f"{self.request_rate:g} req/s"
+        rate = ("sent at the recorded times" if self.workload.send_s else
+                "all at once" if math.isinf(self.request_rate) else f"{self.request_rate:g} req/s")
         cap = f", at most {self.max_concurrency} in flight" if self.max_concurrency else ""
         return (f"{self.gpu} TP{self.tp}, {self.model}, vLLM {self.vllm_version}, "
                 f"{self.workload.requests} requests {rate}{cap}")
@@ -164,8 +168,9 @@ _ROW_TYPES = {"id": str, "source": str, "url": str, "gpu": str, "tp": int, "mode
               "gpu_memory_utilization": float, "block_size": int, "async_scheduling": bool,
               "reserve_full_prompt": bool, "workload": str, "request_rate": (float, str), "max_concurrency": int,
               "metric": str, "published": float, "note": str}  # fmt: skip
+_OPTIONAL_ROW_TYPES = {"num_gpu_blocks": int}
 _WORKLOAD_KEYS = {"source", "description", "input_lens", "output_lens", "num_prompts", "input_len", "output_len",
-                  "range_ratio"}  # fmt: skip
+                  "range_ratio", "send_s", "shared_prefix_tokens"}  # fmt: skip
 
 
 def load_runs(path: str | Path = DEFAULT_RUNS) -> tuple[list[Measurement], list[Rejected]]:
@@ -220,11 +225,21 @@ def _workload(name: str, t: dict, path: Path, sources: dict) -> Workload:
     for k, v in lens.items():
         if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
             raise ConfigError(f"{where} {k}: expected a list of integers >= 0")
+    send, shared = t.get("send_s", []), t.get("shared_prefix_tokens", 0)
+    if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0:
+        raise ConfigError(f"{where} shared_prefix_tokens: expected an integer >= 0, got {shared!r}")
     if lens["input_lens"] or lens["output_lens"]:
         if len(lens["input_lens"]) != len(lens["output_lens"]) or min(lens["input_lens"]) < 1:
             raise ConfigError(f"{where}: input_lens and output_lens must have one entry per request "
                               f"(got {len(lens['input_lens'])} and {len(lens['output_lens'])}), prompts >= 1 token")
-        return Workload(name, str(t.get("description", "")), tuple(lens["input_lens"]), tuple(lens["output_lens"]))
+        if shared > min(lens["input_lens"]):
+            raise ConfigError(f"{where} shared_prefix_tokens: {shared} is longer than the shortest prompt "
+                              f"({min(lens['input_lens'])} tokens)")
+        _check_sends(send, len(lens["input_lens"]), where)
+        return Workload(name, str(t.get("description", "")), tuple(lens["input_lens"]), tuple(lens["output_lens"]),
+                        send_s=tuple(float(x) for x in send), shared_prefix_tokens=shared)
+    if send or shared:
+        raise ConfigError(f"{where}: send_s and shared_prefix_tokens need input_lens and output_lens")
     try:
         w = Workload(name, str(t.get("description", "")), num_prompts=t["num_prompts"], input_len=t["input_len"],
                      output_len=t["output_len"], range_ratio=float(t.get("range_ratio", 0.0)))
@@ -238,20 +253,37 @@ def _workload(name: str, t: dict, path: Path, sources: dict) -> Workload:
     return w
 
 
+def _check_sends(send: object, n: int, where: str) -> None:
+    """Recorded send times: none, or one per request, from 0, in send order."""
+    if isinstance(send, list) and not send:
+        return
+    ok = (isinstance(send, list) and len(send) == n
+          and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in send))
+    if not ok or send[0] != 0 or any(b < a for a, b in zip(send, send[1:])):
+        raise ConfigError(f"{where} send_s: expected one send time per request (s after the first, so starting at 0, "
+                          f"never decreasing); got {len(send) if isinstance(send, list) else send!r} for {n} requests")
+
+
 def _measurement(i: int, r: dict, path: Path, sources: dict, workloads: dict[str, Workload]) -> Measurement:
     where = f"{path}: measurement {i + 1} ({r.get('id', 'no id')})"
     missing = [k for k in _ROW_TYPES if k not in r]
-    unknown = sorted(set(r) - set(_ROW_TYPES))
+    unknown = sorted(set(r) - set(_ROW_TYPES) - set(_OPTIONAL_ROW_TYPES))
     if missing or unknown:
         raise ConfigError(f"{where}: " + "; ".join(
             ([f"missing field(s) {', '.join(missing)}"] if missing else [])
             + ([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])))
-    for key, kind in _ROW_TYPES.items():
-        if not _is(r[key], kind):
-            expected = "a number or \"inf\"" if isinstance(kind, tuple) else kind.__name__
+    for key, kind in (_ROW_TYPES | _OPTIONAL_ROW_TYPES).items():
+        if key in r and not _is(r[key], kind):
+            expected = "a number, \"inf\" or \"recorded\"" if isinstance(kind, tuple) else kind.__name__
             raise ConfigError(f"{where} {key}: expected {expected}, got {r[key]!r}")
     values = dict(r)
-    values["request_rate"] = _rate(r["request_rate"], where)
+    recorded = r["workload"] in workloads and bool(workloads[r["workload"]].send_s)
+    if recorded != (r["request_rate"] == "recorded"):
+        raise ConfigError(f"{where} request_rate: \"recorded\" exactly where the workload gives send_s "
+                          f"(workload {r['workload']!r} {'does' if recorded else 'does not'}), got {r['request_rate']!r}")
+    values["request_rate"] = math.nan if recorded else _rate(r["request_rate"], where)
+    if r.get("num_gpu_blocks", 0) < 0:
+        raise ConfigError(f"{where} num_gpu_blocks: expected an integer >= 1 (0 or absent: from the profile)")
     if r["source"] not in sources:
         raise ConfigError(f"{where} source: expected one of {sorted(sources)}, got {r['source']!r}")
     if r["workload"] not in workloads:
@@ -313,11 +345,18 @@ def _trace(m: Measurement, seed: int) -> pl.DataFrame:
         return generate_bench(BenchWorkload(num_prompts=w.num_prompts, request_rate=m.request_rate,
                                             input_len=w.input_len, output_len=w.output_len,
                                             range_ratio=w.range_ratio, seed=seed))
-    base = generate_bench(BenchWorkload(num_prompts=w.requests, request_rate=m.request_rate, input_len=1,
-                                        output_len=1, seed=seed))
-    return base.with_columns(pl.Series("input_tokens", w.input_lens, dtype=base["input_tokens"].dtype),
-                             pl.Series("output_tokens", [max(1, n) for n in w.output_lens],
-                                       dtype=base["output_tokens"].dtype))
+    rate = math.inf if w.send_s else m.request_rate
+    base = generate_bench(BenchWorkload(num_prompts=w.requests, request_rate=rate, input_len=1, output_len=1,
+                                        seed=seed))
+    trace = base.with_columns(pl.Series("input_tokens", w.input_lens, dtype=base["input_tokens"].dtype),
+                              pl.Series("output_tokens", [max(1, n) for n in w.output_lens],
+                                        dtype=base["output_tokens"].dtype))
+    if w.send_s:
+        trace = trace.with_columns(pl.Series("arrival_s", w.send_s, dtype=base["arrival_s"].dtype))
+    if w.shared_prefix_tokens:  # one prefix id covering the shared text: every prompt's first blocks are the same
+        trace = trace.with_columns(pl.lit([0], dtype=pl.List(pl.Int64)).alias("prefix_ids"),
+                                   pl.lit(w.shared_prefix_tokens, dtype=pl.Int64).alias("prefix_block_tokens"))
+    return trace
 
 
 def _engine(m: Measurement, profile: Profile) -> EngineConfig:
@@ -365,8 +404,8 @@ def simulate_measurement(m: Measurement, *, seed: int = 0) -> dict[str, np.ndarr
     """Simulate ``m``'s set-up with its profile; per-request arrays as the benchmark client computes them."""
     profile = resolve_profile(m)
     engine = _engine(m, profile)
-    kwargs = dict(cost=profile.cost_model, engine=engine, seed=seed,
-                  num_blocks=profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization))
+    blocks = m.num_gpu_blocks or profile.kv_capacity_blocks(engine.block_size, engine.gpu_memory_utilization)
+    kwargs = dict(cost=profile.cost_model, engine=engine, seed=seed, num_blocks=blocks)
     trace = _trace(m, seed)
     if m.max_concurrency:
         result = simulate_closed_loop(trace, ClosedLoop(max_concurrency=m.max_concurrency), **kwargs)

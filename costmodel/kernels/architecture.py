@@ -28,6 +28,8 @@ BUNDLED: dict[str, dict] = {
     "mistralai/Mistral-7B-v0.3": dict(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
                                       num_key_value_heads=8, intermediate_size=14336, vocab_size=32768,
                                       sliding_window=None),
+    "codellama/CodeLlama-34b-Instruct-hf": dict(num_hidden_layers=48, hidden_size=8192, num_attention_heads=64,
+                                                num_key_value_heads=8, intermediate_size=22016, vocab_size=32000),
 }
 _QKV_BIAS_TYPES = ("qwen2",)
 _REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
