@@ -200,6 +200,19 @@ def test_the_host_overhead_is_paid_per_step_and_per_scheduled_sequence(h100):
     assert HOST.per_seq_s > 0 and "inference-sim/inference-sim" in HOST.source
 
 
+def test_every_layer_pays_its_small_kernels_whatever_the_batch(h100):
+    """Norms, rotary, activation and the cache write are not in the tables: BLIS's per-layer time stands for
+    them, once per layer of the step, the same for one decode as for a full prefill."""
+    arch = load_architecture(LLAMA)
+    c = IterationComposer(h100, arch, tp=1, host=HOST)
+    bare = IterationComposer(h100, arch, tp=1, host=HOST.__class__(HOST.per_step_s, HOST.per_seq_s, HOST.source))
+    for batch in (IterationBatch(decode_ctx=(500,)), IterationBatch(prefill_chunks=((0, 2048),), decode_ctx=(500,) * 9)):
+        parts = c.breakdown(batch)
+        assert parts["small_kernels_s"] == pytest.approx(arch.num_layers * 32.09546717e-6)
+        assert parts["total_s"] - bare.breakdown(batch)["total_s"] == pytest.approx(parts["small_kernels_s"])
+    assert "beta5 = 32.09546717 us per layer" in HOST.source
+
+
 def test_a_falling_token_table_is_rejected():
     with pytest.raises(ValueError, match="non-decreasing"):
         TokenTableCostModel(overhead_s=1e-3, token_knots=[1, 2], token_cost_s=[2e-3, 1e-3])

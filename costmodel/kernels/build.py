@@ -32,22 +32,23 @@ from driftsim.costmodel.tokentable import TokenTableCostModel
 TOKEN_KNOTS = (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 3072, 4096,
                6144, 8192)
 PHASES = ("decode", "prefill", "mixed")
-# Host-side time per step and per scheduled sequence: BLIS's (inference-sim/inference-sim, Apache-2.0)
-# trained-physics step-time model, fitted by simulating 15 real vLLM serving runs on H100 SXM and matching
-# their mean TTFT and E2E latency.
-# Only its two overhead terms that are not GPU kernel work are taken; its roofline corrections and its
-# per-layer term (kernel launches, norms) stand for kernels, which the tables time here instead.
+# Host-side time per step and per scheduled sequence, and the small kernels' time per layer: BLIS's
+# (inference-sim/inference-sim, Apache-2.0) trained-physics step-time model, fitted by simulating 15 real
+# vLLM serving runs on H100 SXM and matching their mean TTFT and E2E latency. Its roofline corrections stand
+# for the GEMMs and attention, which the tables time here instead; its per-layer term stands for what the
+# tables leave out (launches, norms and the other small kernels), so it is taken with the two overheads.
 HOST = HostOverhead(
-    per_step_s=126.024825e-6, per_seq_s=4.41684444e-6,
+    per_step_s=126.024825e-6, per_seq_s=4.41684444e-6, per_layer_s=32.09546717e-6,
     source="BLIS trained-physics coefficients (github.com/inference-sim/inference-sim, Apache-2.0, commit "
            "f90a1e3a6787da17c2cd463dab6fb2660b1b1760, defaults.yaml trained_physics_coefficients.beta_coeffs, "
            "iteration 29): beta7 = 126.024825 us per step (constant per-step overhead: CUDA synchronisation, "
-           "sampler invocation, logging) and beta6 = 4.41684444 us per request in the step's batch (scheduling "
-           "and dispatch: queue management, attention metadata, token id lookup), fitted jointly with its roofline "
-           "terms by simulating 15 vLLM serving runs on NVIDIA H100 80GB HBM3 (the inference-sim vLLM fork with "
-           "step tracing; its version is not stated) and matching their mean TTFT and E2E latency; applied "
-           "unchanged to every GPU and model; BLIS's roofline terms and per-layer term (32.1 us) are kernel "
-           "time and are not added")
+           "sampler invocation, logging), beta6 = 4.41684444 us per request in the step's batch (scheduling "
+           "and dispatch: queue management, attention metadata, token id lookup) and beta5 = 32.09546717 us per "
+           "layer (per-layer overhead: kernel launches, norms; the small kernels the measured tables do not "
+           "hold), fitted jointly with its roofline terms by simulating 15 vLLM serving runs on NVIDIA H100 80GB "
+           "HBM3 (the inference-sim vLLM fork with step tracing; its version is not stated) and matching their "
+           "mean TTFT and E2E latency; applied unchanged to every GPU and model; BLIS's roofline corrections "
+           "stand for the GEMMs and attention, which the tables time, and are not added")
 # Datasheet numbers of each GPU, for KV capacity (memory) and the roofline comparison.
 GPU_SPECS = {
     "a100": GpuSpec("NVIDIA A100 SXM 80GB", 312e12, 2039e9, 85_899_345_920),
@@ -364,10 +365,11 @@ def _engine_note(gpu: str, tp: int) -> str:
 
 def _notes(result: BuildResult, tp: int) -> str:
     return (f"Step time composed from measured vLLM kernel times (GEMMs, prefill and decode attention"
-            f"{', custom all-reduce' if tp > 1 else ''}, LM head) plus a host overhead per step and per scheduled sequence, sampled over "
+            f"{', custom all-reduce' if tp > 1 else ''}, LM head) plus a host overhead per step and per scheduled sequence and a small-kernel time per layer, sampled over "
             f"{result.samples} batches inside the measured grid, and fitted (token-table form) by non-negative least squares on "
             "relative error (80 % of the batches; the error tables are on the other 20 %). Norms, rotary, "
-            "activation and sampling kernels are not in the tables. KV capacity from datasheet memory; the "
+            "activation, cache-write and sampling kernels are not in the tables; the per-layer time stands for "
+            "them. KV capacity from datasheet memory; the "
             "activation reserve is the spec profiles' 2 GiB per GPU guess.")
 
 

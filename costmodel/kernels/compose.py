@@ -5,12 +5,14 @@ GEMMs of a dense decoder (QKV, output projection, gate/up, down) over all the
 step's tokens with their columns or rows split ``tp`` ways, causal prefill
 attention of the step's chunks, decode attention of its decode sequences,
 and (tp > 1) two all-reduces of the layer's activations. Then the LM head
-over the sampled tokens (one per sequence) and the host-side overhead per
-step and per scheduled sequence.
+over the sampled tokens (one per sequence), the host-side overhead per
+step and per scheduled sequence, and a fixed time per layer for the
+layer's small kernels.
 
-NOTE: norms, rotary embedding, the activation function, the embedding
-gather and sampling kernels are not in the tables and are not composed;
-their cost is folded into the host overhead. A prefill chunk of ``n`` tokens
+NOTE: norms, rotary embedding, the activation function, the KV cache write,
+the embedding gather and sampling kernels are not in the tables; the
+per-layer term stands for them (launches and all: at the batch sizes
+served their time hardly depends on the tokens). A prefill chunk of ``n`` tokens
 after ``c`` cached ones is timed as the measured prefill of the chunks'
 mean total length scaled by the attention work ``n*c + n(n+1)/2`` it does;
 the decode sequences as the measured decode of their mean context.
@@ -50,6 +52,7 @@ class HostOverhead:
     per_step_s: float
     per_seq_s: float
     source: str
+    per_layer_s: float = 0.0  # the layer's small kernels (norms, rotary, activation, cache write), per layer
 
 
 class IterationComposer:
@@ -81,6 +84,7 @@ class IterationComposer:
             "allreduce_s": a.num_layers * comm,
             "lm_head_s": self._lm_head(seqs),
             "host_s": self.host.per_step_s + self.host.per_seq_s * seqs,
+            "small_kernels_s": a.num_layers * self.host.per_layer_s,
         }
         parts["total_s"] = math.fsum(parts.values())
         return parts
