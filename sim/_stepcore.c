@@ -147,6 +147,35 @@ static inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 /* Python's a % b for b > 0 */
 static inline i64 pymod(i64 a, i64 b) { i64 m = a % b; return m < 0 ? m + b : m; }
 
+/* The binary min-heaps below (finish steps, an engine's waiting queue under a policy, a capped gateway's
+ * queue, the senders' timers), one pair of sifts each: NAME##_up places e at h[i] and moves it towards the
+ * root, NAME##_down places e at the root of a heap of n > 0 and moves it down; LESS(ctx, a, b) compares
+ * elements by pointer */
+#define DEFINE_HEAP(NAME, TYPE, CTX, LESS)                                                                \
+    static void NAME##_up(CTX ctx, TYPE *h, i64 i, TYPE e) {                                              \
+        (void)ctx;                                                                                        \
+        while (i > 0) {                                                                                   \
+            i64 p = (i - 1) / 2;                                                                          \
+            if (!LESS(ctx, &e, &h[p])) break;                                                             \
+            h[i] = h[p];                                                                                  \
+            i = p;                                                                                        \
+        }                                                                                                 \
+        h[i] = e;                                                                                         \
+    }                                                                                                     \
+    static void NAME##_down(CTX ctx, TYPE *h, i64 n, TYPE e) {                                            \
+        (void)ctx;                                                                                        \
+        i64 i = 0;                                                                                        \
+        for (;;) {                                                                                        \
+            i64 k = 2 * i + 1;                                                                            \
+            if (k >= n) break;                                                                            \
+            if (k + 1 < n && LESS(ctx, &h[k + 1], &h[k])) k++;                                            \
+            if (!LESS(ctx, &h[k], &e)) break;                                                             \
+            h[i] = h[k];                                                                                  \
+            i = k;                                                                                        \
+        }                                                                                                 \
+        h[i] = e;                                                                                         \
+    }
+
 /* ------------------------------------------------------------------ cost formulas */
 
 static double table_eval(const Cost *c, double x, double per_unit) {
@@ -245,34 +274,21 @@ static inline int wait_less(const Core *s, int a, int b) {
     return rank_less(x->wk1, x->wk2, x, y->wk1, y->wk2, y);
 }
 
+#define WAIT_LESS(s, a, b) wait_less(s, *(a), *(b))
+DEFINE_HEAP(wheap, int, const Core *, WAIT_LESS)
+
 /* PolicyQueue.push: into the policy's heap with its key now (a preempted request too) */
 static int wheap_push(Core *s, int slot) {
     if (waiting_grow(s)) return -1;
     Req *r = &s->reqs[slot];
     policy_key(s, r, &r->wk1, &r->wk2);
-    int i = s->wlen++;
-    while (i > 0) {
-        int parent = (i - 1) / 2;
-        if (!wait_less(s, slot, s->waiting[parent])) break;
-        s->waiting[i] = s->waiting[parent];
-        i = parent;
-    }
-    s->waiting[i] = slot;
+    wheap_up(s, s->waiting, s->wlen++, slot);
     return 0;
 }
 
 static void wheap_pop(Core *s) {
-    int last = s->waiting[--s->wlen], n = s->wlen, i = 0;
-    if (!n) return;
-    for (;;) {
-        int l = 2 * i + 1, r = l + 1, m = i, best = last;
-        if (l < n && wait_less(s, s->waiting[l], best)) { m = l; best = s->waiting[l]; }
-        if (r < n && wait_less(s, s->waiting[r], best)) m = r;
-        if (m == i) break;
-        s->waiting[i] = s->waiting[m];
-        i = m;
-    }
-    s->waiting[i] = last;
+    int last = s->waiting[--s->wlen];
+    if (s->wlen) wheap_down(s, s->waiting, s->wlen, last);
 }
 
 static int waiting_push(Core *s, int slot) {
@@ -307,6 +323,9 @@ static int heap_less(const HeapEntry *a, const HeapEntry *b) {
     return a->g < b->g || (a->g == b->g && a->order < b->order);
 }
 
+#define FINISH_LESS(s, a, b) heap_less(a, b)
+DEFINE_HEAP(finish_heap, HeapEntry, const Core *, FINISH_LESS)
+
 static int heap_push(Core *s, HeapEntry e) {
     if (s->nheap == s->capheap) {
         int n = s->capheap ? s->capheap * 2 : 256;
@@ -315,31 +334,13 @@ static int heap_push(Core *s, HeapEntry e) {
         s->heap = h;
         s->capheap = n;
     }
-    int i = s->nheap++;
-    while (i > 0) {
-        int parent = (i - 1) / 2;
-        if (!heap_less(&e, &s->heap[parent])) break;
-        s->heap[i] = s->heap[parent];
-        i = parent;
-    }
-    s->heap[i] = e;
+    finish_heap_up(s, s->heap, s->nheap++, e);
     return 0;
 }
 
 static void heap_pop(Core *s) {
     HeapEntry last = s->heap[--s->nheap];
-    int n = s->nheap, i = 0;
-    if (!n) return;
-    for (;;) {
-        int l = 2 * i + 1, r = l + 1, m = i;
-        const HeapEntry *best = &last;
-        if (l < n && heap_less(&s->heap[l], best)) { m = l; best = &s->heap[l]; }
-        if (r < n && heap_less(&s->heap[r], best)) { m = r; }
-        if (m == i) break;
-        s->heap[i] = s->heap[m];
-        i = m;
-    }
-    s->heap[i] = last;
+    if (s->nheap) finish_heap_down(s, s->heap, s->nheap, last);
 }
 
 static void running_append(Core *s, int slot) {
@@ -1305,6 +1306,9 @@ static int gq_less(const Row *a, const Row *b) {
     return a->rid < b->rid;
 }
 
+#define GQ_LESS(c, a, b) gq_less(a, b)
+DEFINE_HEAP(gq, Row, const Cluster *, GQ_LESS)
+
 /* Policy.push at a capped gateway: a copy of row w (its ids too) */
 static int gq_push(Cluster *c, const Row *w) {
     if (c->gq_len == c->gq_cap && grow((void **)&c->gq, &c->gq_cap, c->gq_len + 1, sizeof(Row))) return -1;
@@ -1312,30 +1316,14 @@ static int gq_push(Cluster *c, const Row *w) {
     e.ids = malloc((size_t)(w->nids + 1) * sizeof(i64));
     if (!e.ids) return -1;
     if (w->nids) memcpy(e.ids, w->ids, (size_t)w->nids * sizeof(i64));
-    i64 i = c->gq_len++;
-    while (i > 0) {
-        i64 p = (i - 1) / 2;
-        if (!gq_less(&e, &c->gq[p])) break;
-        c->gq[i] = c->gq[p];
-        i = p;
-    }
-    c->gq[i] = e;
+    gq_up(c, c->gq, c->gq_len++, e);
     return 0;
 }
 
 /* Policy.pop: the head leaves the heap (its ids are the caller's to free) */
 static Row gq_pop(Cluster *c) {
     Row top = c->gq[0], last = c->gq[--c->gq_len];
-    i64 i = 0, n = c->gq_len;
-    for (;;) {
-        i64 k = 2 * i + 1;
-        if (k >= n) break;
-        if (k + 1 < n && gq_less(&c->gq[k + 1], &c->gq[k])) k++;
-        if (!gq_less(&c->gq[k], &last)) break;
-        c->gq[i] = c->gq[k];
-        i = k;
-    }
-    if (n) c->gq[i] = last;
+    if (c->gq_len) gq_down(c, c->gq, c->gq_len, last);
     return top;
 }
 
@@ -1387,17 +1375,15 @@ static int timer_less(const struct Timer *a, const struct Timer *b) {
     return a->t < b->t || (a->t == b->t && a->seq < b->seq);
 }
 
+#define TIMER_LESS(c, a, b) timer_less(a, b)
+DEFINE_HEAP(timers, struct Timer, const Cluster *, TIMER_LESS)
+
 /* urgent_timeout(env, max(0, at - now)), scheduled now, for `row` (a row to send, or TIMER_*) */
 static int timer_push(Cluster *c, double at, i64 row) {
     if (c->ntimers == c->captimers
         && grow((void **)&c->timers, &c->captimers, c->ntimers + 1, sizeof(struct Timer))) return -1;
     struct Timer e = {timeout_end(c->now, at), c->seq++, row};
-    i64 k = c->ntimers++;
-    while (k > 0 && timer_less(&e, &c->timers[(k - 1) / 2])) {
-        c->timers[k] = c->timers[(k - 1) / 2];
-        k = (k - 1) / 2;
-    }
-    c->timers[k] = e;
+    timers_up(c, c->timers, c->ntimers++, e);
     return 0;
 }
 
@@ -1414,16 +1400,7 @@ static int settle(Cluster *c, i64 i, double t) {
 
 static struct Timer timer_pop(Cluster *c) {
     struct Timer top = c->timers[0], last = c->timers[--c->ntimers];
-    i64 i = 0, n = c->ntimers;
-    for (;;) {
-        i64 k = 2 * i + 1;
-        if (k >= n) break;
-        if (k + 1 < n && timer_less(&c->timers[k + 1], &c->timers[k])) k++;
-        if (!timer_less(&c->timers[k], &last)) break;
-        c->timers[i] = c->timers[k];
-        i = k;
-    }
-    if (n) c->timers[i] = last;
+    if (c->ntimers) timers_down(c, c->timers, c->ntimers, last);
     return top;
 }
 
