@@ -138,6 +138,17 @@ class ModelArch:
         gathered = 0 if self.tied_embeddings else self.embedding_params
         return (self.num_params - gathered) * self.dtype_bytes
 
+    def elementwise_bytes_per_token_layer(self, tp: int = 1) -> int:
+        """DRAM bytes one token moves through a layer's element-wise kernels, on one GPU of ``tp``.
+
+        Two fused residual-add + RMSNorms (read residual and input, write both: 4 x hidden each; replicated on
+        every GPU), rotary embedding of q and k (read and write), the KV cache write (read k and v, write them
+        to the cache) and SiLU-and-mul (read gate and up, write their product): the memory traffic between the
+        GEMMs that a prefill of thousands of tokens pays per token.
+        """
+        q, kv, inter = self.q_dim // tp, self.kv_dim // tp, self.intermediate_size // tp
+        return (8 * self.hidden_size + 2 * (q + kv) + 4 * kv + 3 * inter) * self.dtype_bytes
+
     @property
     def kv_bytes_per_token(self) -> int:
         """KV-cache size of one token: K and V, every layer, every KV head, B."""

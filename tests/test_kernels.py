@@ -202,7 +202,7 @@ def test_the_host_overhead_is_paid_per_step_and_per_scheduled_sequence(h100):
 
 def test_every_layer_pays_its_small_kernels_whatever_the_batch(h100):
     """Norms, rotary, activation and the cache write are not in the tables: BLIS's per-layer time stands for
-    them, once per layer of the step, the same for one decode as for a full prefill."""
+    their fixed part, once per layer of the step, the same for one decode as for a full prefill."""
     arch = load_architecture(LLAMA)
     c = IterationComposer(h100, arch, tp=1, host=HOST)
     bare = IterationComposer(h100, arch, tp=1, host=HOST.__class__(HOST.per_step_s, HOST.per_seq_s, HOST.source))
@@ -211,6 +211,25 @@ def test_every_layer_pays_its_small_kernels_whatever_the_batch(h100):
         assert parts["small_kernels_s"] == pytest.approx(arch.num_layers * 32.09546717e-6)
         assert parts["total_s"] - bare.breakdown(batch)["total_s"] == pytest.approx(parts["small_kernels_s"])
     assert "beta5 = 32.09546717 us per layer" in HOST.source
+
+
+def test_element_wise_kernels_move_their_bytes_per_token_at_the_measured_streaming_bandwidth(h100):
+    """A prefill of thousands of tokens moves gigabytes through norms, rotary, SiLU-and-mul and the cache
+    write; the tables time none of it. Bytes per token and layer counted by hand for Llama-3.1-8B."""
+    arch = load_architecture(LLAMA)
+    # 2 norms x 4 x 4096 + rotary 2 x (4096 + 1024) + cache write 4 x 1024 + SiLU-and-mul 3 x 14336, bf16
+    assert arch.elementwise_bytes_per_token_layer(1) == (32768 + 10240 + 4096 + 43008) * 2
+    assert arch.elementwise_bytes_per_token_layer(2) == (32768 + 5120 + 2048 + 21504) * 2  # norms replicated
+    c = IterationComposer(h100, arch, tp=1, host=HOST)
+    weights = arch.layer_matmul_params * arch.dtype_bytes
+    one_token = c.breakdown(IterationBatch(decode_ctx=(2,)))["gemm_s"] / arch.num_layers
+    bandwidth = weights / one_token
+    assert 0.6 * 3.35e12 < bandwidth < 3.35e12  # the H100's datasheet 3.35 TB/s, reached in part
+    for n in (1, 512, 4096):
+        parts = c.breakdown(IterationBatch(prefill_chunks=((0, n),)))
+        assert parts["elementwise_s"] == pytest.approx(arch.num_layers * n * (32768 + 10240 + 4096 + 43008) * 2
+                                                       / bandwidth)
+    assert c.breakdown(IterationBatch(prefill_chunks=((0, 4096),)))["elementwise_s"] > 4e-3  # > 4 ms: not noise
 
 
 def test_a_falling_token_table_is_rejected():

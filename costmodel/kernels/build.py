@@ -368,8 +368,9 @@ def _notes(result: BuildResult, tp: int) -> str:
             f"{', custom all-reduce' if tp > 1 else ''}, LM head) plus a host overhead per step and per scheduled sequence and a small-kernel time per layer, sampled over "
             f"{result.samples} batches inside the measured grid, and fitted (token-table form) by non-negative least squares on "
             "relative error (80 % of the batches; the error tables are on the other 20 %). Norms, rotary, "
-            "activation, cache-write and sampling kernels are not in the tables; the per-layer time stands for "
-            "them. KV capacity from datasheet memory; the "
+            "activation, cache-write and sampling kernels are not in the tables: they are timed as the per-layer "
+            "time plus their DRAM traffic per token (ModelArch.elementwise_bytes_per_token_layer) at the bandwidth "
+            "the tables' one-token GEMMs reach streaming the layer's weights. KV capacity from datasheet memory; the "
             "activation reserve is the spec profiles' 2 GiB per GPU guess.")
 
 

@@ -6,13 +6,16 @@ step's tokens with their columns or rows split ``tp`` ways, causal prefill
 attention of the step's chunks, decode attention of its decode sequences,
 and (tp > 1) two all-reduces of the layer's activations. Then the LM head
 over the sampled tokens (one per sequence), the host-side overhead per
-step and per scheduled sequence, and a fixed time per layer for the
-layer's small kernels.
+step and per scheduled sequence, and the layer's small kernels: a fixed
+time per layer plus their memory traffic per token.
 
 NOTE: norms, rotary embedding, the activation function, the KV cache write,
-the embedding gather and sampling kernels are not in the tables; the
-per-layer term stands for them (launches and all: at the batch sizes
-served their time hardly depends on the tokens). A prefill chunk of ``n`` tokens
+the embedding gather and sampling kernels are not in the tables. They are
+timed as a fixed time per layer (launches and all: what they cost at the
+few tokens of a decode step) plus their DRAM traffic per token
+(``ModelArch.elementwise_bytes_per_token_layer``) at the bandwidth the same
+tables show when a one-token GEMM streams the layer's weights: a prefill of
+thousands of tokens moves gigabytes through them. A prefill chunk of ``n`` tokens
 after ``c`` cached ones is timed as the measured prefill of the chunks'
 mean total length scaled by the attention work ``n*c + n(n+1)/2`` it does;
 the decode sequences as the measured decode of their mean context.
@@ -20,6 +23,7 @@ the decode sequences as the measured decode of their mean context.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -72,10 +76,7 @@ class IterationComposer:
         seqs = len(batch.prefill_chunks) + len(batch.decode_ctx)
         if tokens == 0:
             raise KernelDataError("an iteration needs at least one token")
-        g = self.source.gemm_time
-        gemm = (g(tokens, (a.q_dim + 2 * a.kv_dim) // tp, a.hidden_size) + g(tokens, a.hidden_size, a.q_dim // tp)
-                + g(tokens, 2 * a.intermediate_size // tp, a.hidden_size)
-                + g(tokens, a.hidden_size, a.intermediate_size // tp))
+        gemm = self._layer_gemms(tokens)
         comm = 2 * self.source.allreduce_time(tokens * a.hidden_size * 2, tp) if tp > 1 else 0.0
         parts = {
             "gemm_s": a.num_layers * gemm,
@@ -85,12 +86,24 @@ class IterationComposer:
             "lm_head_s": self._lm_head(seqs),
             "host_s": self.host.per_step_s + self.host.per_seq_s * seqs,
             "small_kernels_s": a.num_layers * self.host.per_layer_s,
+            "elementwise_s": a.num_layers * tokens * a.elementwise_bytes_per_token_layer(tp) / self._stream_bandwidth,
         }
         parts["total_s"] = math.fsum(parts.values())
         return parts
 
     def time(self, batch: IterationBatch) -> float:
         return self.breakdown(batch)["total_s"]
+
+    def _layer_gemms(self, tokens: int) -> float:
+        a, tp, g = self.arch, self.tp, self.source.gemm_time
+        return (g(tokens, (a.q_dim + 2 * a.kv_dim) // tp, a.hidden_size) + g(tokens, a.hidden_size, a.q_dim // tp)
+                + g(tokens, 2 * a.intermediate_size // tp, a.hidden_size)
+                + g(tokens, a.hidden_size, a.intermediate_size // tp))
+
+    @functools.cached_property
+    def _stream_bandwidth(self) -> float:
+        """B/s this GPU reaches streaming memory: the layer's weights read by its GEMMs for one token (measured)."""
+        return self.arch.layer_matmul_params // self.tp * self.arch.dtype_bytes / self._layer_gemms(1)
 
     def _heads(self) -> tuple[int, int, int]:
         return self.arch.num_heads // self.tp, self.arch.num_kv_heads // self.tp, self.arch.head_dim
