@@ -200,6 +200,15 @@ class Admission:
             "true_job_size": pl.when(observed.is_not_null()).then(_job_size_expr(units + pl.Series(self.observed))),
         }
 
+    def add_columns(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with :meth:`columns` appended; an oracle's observed length shares its estimate's buffer."""
+        cols = self.columns()
+        if self.cfg.estimator != "oracle":
+            return frame.with_columns(**cols)
+        del cols["observed_output"]  # the same values as est_output: one column's memory for both
+        out = frame.with_columns(**cols).with_columns(observed_output=pl.col("est_output"))
+        return out.select(*frame.columns, *self.columns())
+
     def history(self) -> pl.DataFrame | None:
         """The DriftSched calibrator's bias after every completion (None for the other estimators)."""
         model = getattr(self, "model", None)
