@@ -201,13 +201,23 @@ class Admission:
         }
 
     def add_columns(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` with :meth:`columns` appended; an oracle's observed length shares its estimate's buffer."""
-        cols = self.columns()
+        """``frame`` (a results table) with :meth:`columns` appended.
+
+        NOTE: memory. An oracle's columns are built as series, not expressions: evaluating any expression
+        on the table materialises its all-null columns (~50 MB at 1M requests), and its observed length
+        is the same series as its estimate (one buffer for both). Values as :meth:`columns` gives them.
+        """
         if self.cfg.estimator != "oracle":
-            return frame.with_columns(**cols)
-        del cols["observed_output"]  # the same values as est_output: one column's memory for both
-        out = frame.with_columns(**cols).with_columns(observed_output=pl.col("est_output"))
-        return out.select(*frame.columns, *self.columns())
+            return frame.with_columns(**self.columns())
+        n = frame.height
+        generated = frame["generated_tokens"].cast(pl.Int64)
+        ok = frame["status"] == "ok"
+        real = generated if ok.all() else generated.zip_with(ok, pl.repeat(None, n, dtype=pl.Int64, eager=True))
+        return frame.with_columns(
+            pl.repeat(None, n, dtype=pl.String, eager=True).alias("category"), real.alias("est_output"),
+            real.alias("observed_output"), pl.repeat(None, n, dtype=pl.Float64, eager=True).alias("est_bias"),
+            pl.repeat(None, n, dtype=JOB_SIZE, eager=True).alias("job_size"),
+            pl.repeat(None, n, dtype=JOB_SIZE, eager=True).alias("true_job_size"))
 
     def history(self) -> pl.DataFrame | None:
         """The DriftSched calibrator's bias after every completion (None for the other estimators)."""
