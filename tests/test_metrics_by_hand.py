@@ -16,6 +16,8 @@ A 0.1, B 0.1025, C 0.1. SLOs: gold TTFT <= 0.15 s and E2E <= 0.4 s (A met, B mis
 
 from __future__ import annotations
 
+import numpy as np
+import polars as pl
 import pytest
 
 from driftsim.costmodel.linear import LinearCostModel
@@ -88,3 +90,36 @@ def test_a_lone_tenant_gets_the_figures_of_its_own_rows_and_its_own_copy(result)
     assert summary["tenants"]["gold"]["completed"] == 2
     summary["overall"]["completed"] = -1  # a caller changing one group leaves the other alone
     assert summary["tenants"]["gold"]["completed"] == 2
+
+
+def test_summary_quantiles_read_from_one_sorted_copy_equal_polars_quantiles():
+    """The summary sorts each metric once and reads every quantile from that copy (memory); the figures
+    must be exactly those of ``quantile`` on the unsorted column, nulls and NaNs included."""
+    from driftsim.sim.metrics import _QUANTILES, _mean_and_quantiles
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        n = int(rng.integers(1, 2000))
+        values = rng.lognormal(0.0, 2.0, n)
+        if trial % 5 == 0:
+            values[rng.integers(0, n, max(1, n // 20))] = np.nan
+        col = pl.Series("x", values)
+        if trial % 3 == 0:
+            col = col.scatter(rng.integers(0, n, max(1, n // 10)).tolist(), None)
+        got = _mean_and_quantiles(col, _QUANTILES)
+        want = {"mean": col.mean(), **{k: col.quantile(q, interpolation="linear") for k, q in _QUANTILES.items()}}
+        for k, w in want.items():
+            assert (w is None and np.isnan(got[k])) or got[k] == w or (np.isnan(w) and np.isnan(got[k])), (trial, k)
+
+
+def test_an_oracle_run_without_slos_has_null_outcomes_and_null_estimates_for_refused_requests():
+    """The memory-lean paths (series instead of expressions) give what the expressions gave: slo_met null
+    where no request carries an SLO, est_output = observed_output = generated tokens for completed
+    requests and null for a refused one."""
+    trace = make_trace([(0.0, 10, 3), (0.0, 5000, 5), (0.1, 10, 2)])
+    r = simulate(trace, cost=COST, engine=EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, block_size=16,
+                                                       max_model_len=1024), num_blocks=64).requests
+    assert r["status"].to_list() == ["ok", "rejected", "ok"]
+    assert r["slo_met"].null_count() == 3 and r["slo_met"].dtype == pl.Boolean
+    assert r["est_output"].to_list() == [3, None, 2] and r["observed_output"].to_list() == [3, None, 2]
+    assert r["category"].null_count() == 3 and r["est_bias"].null_count() == 3
