@@ -117,9 +117,9 @@ def simulate(
     env = simpy.Environment()
     adm = Admission(admission, empty_trace() if streamed_input else trace, seed=seed)
     sink = _result_sink(summary_only=summary_only, results_path=results_path)
-    chunk_columns = adm.add_columns if admission.estimator == "oracle" else None  # expressions: same per chunk
+    add_estimates = adm.add_columns if admission.estimator == "oracle" else None  # per chunk; the others after the run
     sent = trace["arrival_s"].to_numpy().copy() if sender is not None else None  # send times, set as rows leave
-    rec = ChunkedResults(sink.write, _finalizer(sent, chunk_columns))
+    rec = ChunkedResults(sink.write, _finalizer(sent, add_estimates))
     chunks = _trace_chunks(trace, sink, chunk_rows)
     run = _build(env, cost=cost, engine=engine, gateway=gateway, replicas=replicas, num_blocks=num_blocks,
                  client=client, rec=rec, adm=adm, observers=observers)
@@ -133,7 +133,7 @@ def simulate(
         if isinstance(sink, ParquetSink):
             sink.abort()
         raise
-    result = _collect(run, sink, adm, chunk_columns, microbatch=engine.mode == "microbatch")
+    result = _collect(run, sink, adm, add_estimates, microbatch=engine.mode == "microbatch")
     result.engine_core = "compiled" if compiled else "python"
     return result
 
@@ -185,14 +185,14 @@ def _check_arguments(*, engine: EngineConfig, gateway: GatewayConfig, admission:
         raise ConfigError("gateway.placement 'engine' needs engine.mode 'continuous'; the micro-batch worker orders at the gateway")
 
 
-def _finalizer(sent: np.ndarray | None, chunk_columns: Callable[[pl.DataFrame], pl.DataFrame] | None):
+def _finalizer(sent: np.ndarray | None, add_estimates: Callable[[pl.DataFrame], pl.DataFrame] | None):
     """How a settled chunk becomes result rows; with a sender, ``arrival_s`` are the send times (one chunk)."""
 
     def finalize(r, chunk: pl.DataFrame) -> pl.DataFrame:
         if sent is not None:
             chunk = chunk.with_columns(pl.Series("arrival_s", sent))
         frame = r.to_frame(chunk)
-        return chunk_columns(frame) if chunk_columns is not None else frame
+        return add_estimates(frame) if add_estimates is not None else frame
 
     return finalize
 
@@ -275,7 +275,7 @@ def _build(env: simpy.Environment, *, cost: CostModel, engine: EngineConfig, gat
                 unwatched=unwatched)
 
 
-def _collect(run: _Run, sink, adm: Admission, chunk_columns: Callable | None, *, microbatch: bool) -> SimResult:
+def _collect(run: _Run, sink, adm: Admission, add_estimates: Callable | None, *, microbatch: bool) -> SimResult:
     """Replica counters, the per-request rows (if kept) and the summary."""
     replica_stats = [
         {"replica": i, "busy_s": c.busy_s, "steps": c.steps, "preemptions": c.preemptions, "kv_blocks": c.total_blocks,
@@ -291,7 +291,7 @@ def _collect(run: _Run, sink, adm: Admission, chunk_columns: Callable | None, *,
         path = sink.close() if isinstance(sink, ParquetSink) else None
         return SimResult(requests=None, replicas=replica_stats, summary=summary, requests_path=path)
     requests = sink.frame()
-    if chunk_columns is None:
+    if add_estimates is None:
         requests = adm.add_columns(requests)
     summary = summarize(requests, replica_stats)
     summary["estimation"] = adm.summary(requests)
