@@ -175,19 +175,8 @@ class Admission:
                 category=category, tenant=req.tenant, input_tokens=int(self.prompt_units[i]), actual_output=observed, now=t
             )
 
-    def columns(self) -> dict[str, pl.Series | pl.Expr]:
-        """Per-request estimate columns for the results table (vectorised; no per-row Python)."""
-        if self.cfg.estimator == "oracle":
-            # the estimate is the real length; sizes and categories are not computed
-            real = pl.when(pl.col("status") == "ok").then(pl.col("generated_tokens").cast(pl.Int64))
-            return {
-                "category": pl.lit(None, dtype=pl.String),
-                "est_output": real,
-                "observed_output": real,
-                "est_bias": pl.lit(None, dtype=pl.Float64),
-                "job_size": pl.lit(None, dtype=JOB_SIZE),
-                "true_job_size": pl.lit(None, dtype=JOB_SIZE),
-            }
+    def _estimate_columns(self) -> dict[str, pl.Series | pl.Expr]:
+        """A learning estimator's per-request columns for the results table (vectorised; no per-row Python)."""
         observed = pl.Series(self.observed)
         observed = pl.when(observed >= 0).then(observed).alias("observed_output")
         units = pl.Series(self.prompt_units)
@@ -201,14 +190,16 @@ class Admission:
         }
 
     def add_columns(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` (a results table) with :meth:`columns` appended.
+        """``frame`` (a results table) with the estimate columns appended: category, estimated and observed
+        output, bias and job sizes. An oracle's estimate is the real length of a completed request (null
+        otherwise) and it computes no category, bias or size.
 
         NOTE: memory. An oracle's columns are built as series, not expressions: evaluating any expression
         on the table materialises its all-null columns (~50 MB at 1M requests), and its observed length
-        is the same series as its estimate (one buffer for both). Values as :meth:`columns` gives them.
+        is the same series as its estimate (one buffer for both).
         """
         if self.cfg.estimator != "oracle":
-            return frame.with_columns(**self.columns())
+            return frame.with_columns(**self._estimate_columns())
         n = frame.height
         generated = frame["generated_tokens"].cast(pl.Int64)
         ok = frame["status"] == "ok"
