@@ -69,6 +69,12 @@ def main() -> None:
         if i:
             real.append(1e3 * prefill_s)
             composed.append(1e3 * t)
+    big = composer.breakdown(IterationBatch(prefill_chunks=((0, 4096),)))
+    arch = composer.arch
+    moved = arch.num_layers * 4096 * arch.elementwise_bytes_per_token_layer(1)
+    print(f"\ncomposed 4,096-token prefill: {1e3 * big['total_s']:.1f} ms, of which GEMMs {1e3 * big['gemm_s']:.1f} ms "
+          f"and element-wise traffic {1e3 * big['elementwise_s']:.1f} ms ({moved / 1e9:.1f} GB at "
+          f"{moved / big['elementwise_s'] / 1e12:.2f} TB/s, the tables' one-token GEMM streaming bandwidth)")
     r, c = np.array(real), np.array(composed)
     slope, intercept = np.polyfit(c, r, 1)
     print(f"\n{len(r)} requests with the prefix cached: median real / composed {np.median(r / c):.4f}; "
